@@ -1,0 +1,273 @@
+//! `ferry check`: the seed's pre-migration checklist, each item answered
+//! `ok`, `warn` or `fail` with a reason.
+
+use serde::Serialize;
+
+use crate::config::OnConflict;
+use crate::engines::{self, Target};
+use crate::plugin::Plugin;
+use crate::settings::Settings;
+use crate::shape;
+use crate::source::SnapshotSource;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckItem {
+    pub name: &'static str,
+    pub level: Level,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub ok: bool,
+    pub items: Vec<CheckItem>,
+}
+
+struct Items(Vec<CheckItem>);
+
+impl Items {
+    fn push(&mut self, name: &'static str, level: Level, detail: impl Into<String>) {
+        self.0.push(CheckItem { name, level, detail: detail.into() });
+    }
+}
+
+/// Runs every check it can: a failing connection skips the checks that need
+/// it, and says so.
+pub async fn check(settings: &Settings) -> CheckReport {
+    let mut items = Items(Vec::new());
+
+    let path = settings.plugin.path.clone();
+    let options = settings.plugin.options.clone();
+    match tokio::task::spawn_blocking(move || Plugin::load(&path, &options)).await {
+        Ok(Ok(plugin)) => {
+            let pinned = settings.plugin.options.pinned_sha256.is_some();
+            items.push(
+                "plugin",
+                if pinned { Level::Ok } else { Level::Warn },
+                if pinned {
+                    format!("{} loads and matches its pin sha256 {}", plugin.path().display(), plugin.sha256())
+                } else {
+                    format!(
+                        "{} loads; not pinned: set plugin.sha256 = \"{}\"",
+                        plugin.path().display(),
+                        plugin.sha256()
+                    )
+                },
+            );
+        }
+        Ok(Err(e)) => items.push("plugin", Level::Fail, e.to_string()),
+        Err(e) => items.push("plugin", Level::Fail, e.to_string()),
+    }
+
+    let mut source_size = None;
+    match engines::open_source(&settings.source).await {
+        Err(e) => items.push("source connectivity", Level::Fail, format!("{e:#}")),
+        Ok(mut source) => {
+            items.push("source connectivity", Level::Ok, format!("connected to {}", settings.source.url));
+            source_size = check_source(settings, source.as_mut(), &mut items).await;
+        }
+    }
+
+    match engines::open_target(settings).await {
+        Err(e) => items.push("target connectivity", Level::Fail, format!("{e:#}")),
+        Ok(mut target) => {
+            items.push("target connectivity", Level::Ok, format!("connected to {}", settings.target.url));
+            check_target(settings, target.as_mut(), source_size, &mut items).await;
+        }
+    }
+
+    let ok = items.0.iter().all(|i| i.level != Level::Fail);
+    CheckReport { ok, items: items.0 }
+}
+
+/// Source checks; returns the table's size for the disk check.
+async fn check_source(settings: &Settings, source: &mut dyn SnapshotSource, items: &mut Items) -> Option<u64> {
+    let table = &settings.source.table;
+    match source.shape().await {
+        Err(e) => {
+            items.push("source table", Level::Fail, format!("{e:#}"));
+            return None;
+        }
+        Ok(None) => {
+            items.push("source table", Level::Fail, format!("table {table} does not exist; check source.table"));
+            return None;
+        }
+        Ok(Some(shape)) => {
+            let problems = shape::mismatches(&shape, &shape::SOURCE_COLUMNS, "id");
+            if problems.is_empty() {
+                items.push(
+                    "source table",
+                    Level::Ok,
+                    format!("{table} has the columns transform-user reads and PRIMARY KEY (id)"),
+                );
+            } else {
+                items.push("source table", Level::Fail, format!("{table}: {}", problems.join("; ")));
+            }
+        }
+    }
+    match source.can_read().await {
+        Ok(true) => items.push("source privileges", Level::Ok, format!("may SELECT from {table}")),
+        Ok(false) => items.push(
+            "source privileges",
+            Level::Fail,
+            format!("the source role may not SELECT from {table}; GRANT SELECT"),
+        ),
+        Err(e) => items.push("source privileges", Level::Warn, format!("cannot tell: {e:#}")),
+    }
+    match source.count().await {
+        Ok(n) => items.push("source rows", Level::Ok, format!("{n} rows in {table}")),
+        Err(e) => items.push("source rows", Level::Fail, format!("{e:#}")),
+    }
+    match source.integrity().await {
+        Err(e) => items.push("source integrity", Level::Warn, format!("cannot check: {e:#}")),
+        Ok(i) => {
+            if i.duplicate_keys > 0 {
+                items.push(
+                    "source keys",
+                    Level::Fail,
+                    format!("{} duplicate id values: keyset extraction needs a unique key", i.duplicate_keys),
+                );
+            } else {
+                items.push("source keys", Level::Ok, "id is unique");
+            }
+            let nulls = i.null_names + i.null_emails + i.null_created_at;
+            if nulls > 0 {
+                items.push(
+                    "source NULLs",
+                    Level::Warn,
+                    format!(
+                        "{} NULL name, {} NULL email, {} NULL created_at: the plugin rejects these rows (they go to the dead letters)",
+                        i.null_names, i.null_emails, i.null_created_at
+                    ),
+                );
+            } else {
+                items.push("source NULLs", Level::Ok, "no NULL name, email or created_at");
+            }
+            if i.duplicate_emails > 0 {
+                items.push(
+                    "source duplicates",
+                    Level::Warn,
+                    format!(
+                        "{} emails repeat case-insensitively: a UNIQUE index on the target's email would reject them",
+                        i.duplicate_emails
+                    ),
+                );
+            } else {
+                items.push("source duplicates", Level::Ok, "emails are unique case-insensitively");
+            }
+        }
+    }
+    source.size_bytes().await.ok().flatten()
+}
+
+async fn check_target(settings: &Settings, target: &mut dyn Target, source_size: Option<u64>, items: &mut Items) {
+    let table = &settings.target.table;
+    let mut exists = false;
+    match target.shape().await {
+        Err(e) => items.push("target table", Level::Fail, format!("{e:#}")),
+        Ok(None) if settings.create_table => {
+            items.push("target table", Level::Ok, format!("{table} does not exist; it will be created"))
+        }
+        Ok(None) => items.push(
+            "target table",
+            Level::Fail,
+            format!("{table} does not exist; create it or set target.create_table = true"),
+        ),
+        Ok(Some(shape)) => {
+            exists = true;
+            let problems = shape::mismatches(&shape, &shape::TARGET_COLUMNS, "id");
+            if problems.is_empty() {
+                items.push("target table", Level::Ok, format!("{table} matches the plugin's output (new-user)"));
+            } else {
+                items.push(
+                    "target table",
+                    Level::Fail,
+                    format!("{table} does not match the plugin's output: {}", problems.join("; ")),
+                );
+            }
+        }
+    }
+    match target.privileges().await {
+        Ok(Ok(())) => {
+            items.push("target privileges", Level::Ok, "may write the target table and the ferry control tables")
+        }
+        Ok(Err(missing)) => items.push("target privileges", Level::Fail, missing),
+        Err(e) => items.push("target privileges", Level::Warn, format!("cannot tell: {e:#}")),
+    }
+    match (target.free_bytes().await.ok().flatten(), source_size) {
+        (Some(free), Some(size)) if free < size => items.push(
+            "target disk",
+            Level::Fail,
+            format!("{} free on the target, the source table takes {}: not enough room", human(free), human(size)),
+        ),
+        (Some(free), Some(size)) if free < size.saturating_mul(2) => items.push(
+            "target disk",
+            Level::Warn,
+            format!("{} free on the target, less than twice the source's {}", human(free), human(size)),
+        ),
+        (Some(free), Some(size)) => items.push(
+            "target disk",
+            Level::Ok,
+            format!("{} free on the target for a {} source table", human(free), human(size)),
+        ),
+        _ => items.push(
+            "target disk",
+            Level::Warn,
+            "cannot measure free disk on the target (remote server or no permission)",
+        ),
+    }
+    if exists {
+        match target.count_rows().await {
+            Ok(0) => items.push("target rows", Level::Ok, format!("{table} is empty")),
+            Ok(n) if settings.on_conflict == OnConflict::Error => items.push(
+                "target rows",
+                Level::Warn,
+                format!(
+                    "{table} already has {n} rows; a conflicting key will stop the run (target.on_conflict = \"error\")"
+                ),
+            ),
+            Ok(n) => items.push(
+                "target rows",
+                Level::Ok,
+                format!("{table} already has {n} rows; conflicts: {:?}", settings.on_conflict).to_lowercase(),
+            ),
+            Err(e) => items.push("target rows", Level::Warn, format!("{e:#}")),
+        }
+    }
+    match target.latest_run(&settings.pipeline).await {
+        Ok(Some(run)) if run.status.resumable() => items.push(
+            "previous run",
+            Level::Warn,
+            format!(
+                "run {} is {} at key {:?}: `ferry migrate` resumes it",
+                run.run_id,
+                run.status.as_str(),
+                run.last_key
+            ),
+        ),
+        Ok(Some(run)) => {
+            items.push("previous run", Level::Ok, format!("last run {} is {}", run.run_id, run.status.as_str()))
+        }
+        Ok(None) => items.push("previous run", Level::Ok, format!("no run of pipeline {} yet", settings.pipeline)),
+        Err(e) => items.push("previous run", Level::Warn, format!("{e:#}")),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}

@@ -1,0 +1,258 @@
+//! The command line: parses flags, resolves settings, runs a command, prints
+//! its report and maps the outcome to an exit code (see [`crate::exit`]).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ConfigError;
+use crate::migrate::{Ending, MigrateOptions};
+use crate::settings::{Overrides, Settings};
+use crate::validate::ValidateOptions;
+use crate::{exit, report};
+
+/// Move data from an old database to a new one with zero data loss, every row
+/// transformed by a sandboxed WebAssembly plugin.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+pub struct Cli {
+    /// Pipeline configuration file.
+    #[arg(long, short, global = true, default_value = "ferry.toml", env = "FERRY_CONFIG")]
+    config: PathBuf,
+    /// Print the report as JSON on stdout (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Pre-migration checklist: connectivity, privileges, disk, shapes, data.
+    Check,
+    /// Big-bang migration: extract → transform (plugin) → load, resumable.
+    Migrate {
+        /// Only resume an unfinished run (fail if there is none).
+        #[arg(long, conflicts_with = "restart")]
+        resume: bool,
+        /// Abandon any unfinished run and start a new one.
+        #[arg(long)]
+        restart: bool,
+        /// Never draw a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Post-migration validation: counts, re-transformed sample, checksums.
+    Validate {
+        /// Rows to re-transform and deep-diff.
+        #[arg(long)]
+        sample: Option<usize>,
+        /// Target rows per checksum segment.
+        #[arg(long)]
+        segment_rows: Option<usize>,
+        /// Skip the full checksum comparison.
+        #[arg(long)]
+        no_checksum: bool,
+    },
+    /// Dead letters of the latest run.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// List the dead letters of the pipeline's latest run.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginAction {
+    /// Load a plugin in the sandbox and print its identity.
+    Info { path: PathBuf },
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { exit::USAGE } else { exit::OK };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return exit::ERROR;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+fn fail(e: &anyhow::Error) -> i32 {
+    eprintln!("error: {e:#}");
+    if e.downcast_ref::<ConfigError>().is_some() { exit::USAGE } else { exit::ERROR }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("reports serialise"));
+}
+
+async fn run(cli: Cli) -> i32 {
+    if let Command::Plugin { action: PluginAction::Info { path } } = &cli.command {
+        return plugin_info(path, cli.json);
+    }
+    let explicit = std::env::args().any(|a| a == "--config" || a == "-c" || a.starts_with("--config="))
+        || std::env::var_os("FERRY_CONFIG").is_some();
+    let settings = match Settings::resolve(&cli.config, explicit, &cli.overrides) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.into()),
+    };
+    match cli.command {
+        Command::Check => {
+            let r = crate::check::check(&settings).await;
+            if cli.json {
+                print_json(&r)
+            } else {
+                println!("{}", report::check(&r))
+            }
+            if r.ok { exit::OK } else { exit::VERIFY_FAILED }
+        }
+        Command::Migrate { resume, restart, no_progress } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            spawn_signal_handler(Arc::clone(&stop));
+            let options = MigrateOptions {
+                resume_only: resume,
+                restart,
+                progress: !no_progress && !cli.json && std::io::stderr().is_terminal(),
+            };
+            match crate::migrate::migrate(&settings, options, stop).await {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    let dead = recent_dead_letters(&settings, &r.run_id).await;
+                    if cli.json {
+                        print_json(&r)
+                    } else {
+                        println!("{}", report::migrate(&r, &dead))
+                    }
+                    match r.ending {
+                        Ending::Fatal => exit::FATAL,
+                        Ending::Interrupted => exit::INTERRUPTED,
+                        _ if r.stats.dead_lettered > 0 => exit::DEAD_LETTERS,
+                        _ => exit::OK,
+                    }
+                }
+            }
+        }
+        Command::Validate { sample, segment_rows, no_checksum } => {
+            let options = ValidateOptions {
+                sample_size: sample.unwrap_or(settings.sample_size),
+                segment_rows: segment_rows.unwrap_or(settings.segment_rows).max(1),
+                checksum: !no_checksum,
+            };
+            match crate::validate::validate(&settings, options).await {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    if cli.json {
+                        print_json(&r)
+                    } else {
+                        println!("{}", report::validate(&r))
+                    }
+                    if r.ok { exit::OK } else { exit::VERIFY_FAILED }
+                }
+            }
+        }
+        Command::Dlq { action: DlqAction::List { limit } } => match dlq_list(&settings, limit).await {
+            Err(e) => fail(&e),
+            Ok(records) => {
+                if cli.json {
+                    print_json(&records)
+                } else {
+                    println!("{}", report::dead_letters(&records))
+                }
+                exit::OK
+            }
+        },
+        Command::Plugin { .. } => unreachable!("handled above"),
+    }
+}
+
+/// SIGINT/SIGTERM: stop extracting, commit what is in flight, exit cleanly.
+/// A second signal exits at once (the checkpoint is still consistent).
+fn spawn_signal_handler(stop: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("second signal: exiting now; the last committed checkpoint is intact");
+                std::process::exit(exit::INTERRUPTED);
+            }
+            eprintln!("stopping after the batches in flight are committed (signal again to exit now)");
+        }
+    });
+}
+
+async fn recent_dead_letters(settings: &Settings, run_id: &str) -> Vec<crate::control::DeadLetterRecord> {
+    match crate::engines::open_target(settings).await {
+        Ok(mut t) => t.dead_letters(run_id, Some(10)).await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn dlq_list(settings: &Settings, limit: usize) -> anyhow::Result<Vec<crate::control::DeadLetterRecord>> {
+    let mut target = crate::engines::open_target(settings).await?;
+    let run = target.latest_run(&settings.pipeline).await?.ok_or_else(|| {
+        anyhow::anyhow!("no run of pipeline {} is recorded in {}", settings.pipeline, settings.target.url)
+    })?;
+    target.dead_letters(&run.run_id, Some(limit)).await
+}
+
+fn plugin_info(path: &std::path::Path, json: bool) -> i32 {
+    let options = crate::plugin::LoadOptions { limits: Default::default(), pinned_sha256: None, cache_dir: None };
+    match crate::plugin::Plugin::load(path, &options) {
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::ERROR
+        }
+        Ok(p) => {
+            if json {
+                print_json(
+                    &serde_json::json!({"path": path, "sha256": p.sha256(), "exports": crate::plugin::INTERFACE}),
+                );
+            } else {
+                println!("{}\n  sha256  {}\n  exports {}", path.display(), p.sha256(), crate::plugin::INTERFACE);
+            }
+            exit::OK
+        }
+    }
+}

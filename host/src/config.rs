@@ -1,0 +1,232 @@
+//! `ferry.toml`: what the user writes. These types only deserialise and
+//! check; [`crate::settings`] turns them into the runtime settings the rest of
+//! ferry uses (nothing past that point sees raw configuration).
+//!
+//! `${NAME}` in the file is replaced by the environment variable `NAME`
+//! (`${NAME:-default}` gives a default, `$$` is a literal `$`) before parsing;
+//! unknown keys and wrong types are errors naming the file, line and key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The pipeline's name: runs, checkpoints and dead letters are recorded
+    /// under it. Default: "default".
+    pub name: Option<String>,
+    #[serde(default)]
+    pub source: EndpointConfig,
+    #[serde(default)]
+    pub target: TargetConfig,
+    #[serde(default)]
+    pub plugin: PluginConfig,
+    #[serde(default)]
+    pub migrate: MigrateConfig,
+    #[serde(default)]
+    pub validate: ValidateConfig,
+}
+
+/// `[source]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `postgres://user:password@host:port/db` or `sqlite://path/to/file.db`.
+    pub url: Option<String>,
+    /// Table name, optionally schema-qualified (`public.users`). Default `users`.
+    pub table: Option<String>,
+}
+
+/// `[target]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub url: Option<String>,
+    pub table: Option<String>,
+    /// Create the target table (with the plugin's output shape) if missing.
+    pub create_table: Option<bool>,
+    /// What to do with a row whose key already exists in the target.
+    pub on_conflict: Option<OnConflict>,
+    /// How rows are written into PostgreSQL.
+    pub load_method: Option<LoadMethod>,
+}
+
+/// Conflict policy for pre-existing target rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    /// Stop the run with an error naming the key (default: never silent).
+    #[default]
+    Error,
+    /// Keep the existing row; count the source row as skipped.
+    Skip,
+    /// Replace the existing row with the transformed one.
+    Overwrite,
+}
+
+/// PostgreSQL load path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadMethod {
+    /// `COPY ... FROM STDIN (FORMAT binary)`.
+    #[default]
+    CopyBinary,
+    /// `COPY ... FROM STDIN` in text format.
+    CopyText,
+}
+
+/// `[plugin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Path of the `.wasm` component (relative paths are relative to the file).
+    pub path: Option<PathBuf>,
+    /// Pinned SHA-256 of the `.wasm` (hex).
+    pub sha256: Option<String>,
+    /// Memory cap per instance, MiB. Default 64.
+    pub memory_limit_mb: Option<u64>,
+    /// CPU deadline per call, milliseconds. Default 2000.
+    pub call_timeout_ms: Option<u64>,
+    /// Directory for compiled-plugin cache; `""` disables it.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `[migrate]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateConfig {
+    /// Rows per batch (one keyset page, one plugin call, one target
+    /// transaction with its checkpoint). Default 2000.
+    pub batch_size: Option<usize>,
+    /// Plugin instances transforming in parallel. Default 1.
+    pub workers: Option<usize>,
+}
+
+/// `[validate]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// Rows re-transformed and deep-diffed. Default 100.
+    pub sample_size: Option<usize>,
+    /// Target rows per checksum segment. Default 10000.
+    pub segment_rows: Option<usize>,
+}
+
+/// A configuration error: what, where, how to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{path}:{line}: environment variable {name} is not set (referenced as ${{{name}}}); export it or write ${{{name}:-default}}"
+    )]
+    MissingEnv { path: PathBuf, line: usize, name: String },
+    #[error("{path}:{line}: unterminated ${{...}} reference")]
+    Unterminated { path: PathBuf, line: usize },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl FileConfig {
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path, |name| std::env::var(name).ok())
+    }
+
+    /// Parses configuration text; `env` resolves `${NAME}` references.
+    pub fn parse(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<FileConfig, ConfigError> {
+        let text = interpolate(text, path, env)?;
+        toml::from_str(&text).map_err(|e| {
+            let (line, column) = e.span().map(|span| line_col(&text, span.start)).unwrap_or((1, 1));
+            ConfigError::Parse { path: path.into(), line, column, message: e.message().trim().to_string() }
+        })
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.chars().count(), |i| before[i + 1..].chars().count()) + 1;
+    (line, column)
+}
+
+/// Replaces `${NAME}`, `${NAME:-default}` and `$$` line by line, so that line
+/// numbers in later errors still point into the user's file.
+fn interpolate(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let line_no = index + 1;
+        // Comments are left alone: a commented-out ${VAR} is not required.
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                out.push('$');
+                rest = tail;
+            } else if let Some(inner) = after.strip_prefix('{') {
+                let end = inner.find('}').ok_or(ConfigError::Unterminated { path: path.into(), line: line_no })?;
+                let reference = &inner[..end];
+                let (name, default) = match reference.split_once(":-") {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (reference, None),
+                };
+                match env(name).or_else(|| default.map(str::to_string)) {
+                    Some(value) => out.push_str(&value),
+                    None => {
+                        return Err(ConfigError::MissingEnv { path: path.into(), line: line_no, name: name.into() });
+                    }
+                }
+                rest = &inner[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        FileConfig::parse(text, Path::new("ferry.toml"), |name| (name == "PGPASS").then(|| "s3cret".to_string()))
+    }
+
+    #[test]
+    fn interpolates_env_with_defaults() {
+        let cfg = parse("[source]\nurl = \"postgres://u:${PGPASS}@h/${DB:-legacy}\"\n").unwrap();
+        assert_eq!(cfg.source.url.as_deref(), Some("postgres://u:s3cret@h/legacy"));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = parse("name = \"x\"\n[target]\ntabel = \"users\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("ferry.toml:3:"), "{err}");
+        assert!(err.contains("tabel"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let err = parse("[migrate]\n\nbatch_size = \"big\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("ferry.toml:3:"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_names_variable_and_line() {
+        let err = parse("\n[source]\nurl = \"${NOPE}\"\n").unwrap_err().to_string();
+        assert!(err.contains("ferry.toml:3") && err.contains("NOPE"), "{err}");
+    }
+}

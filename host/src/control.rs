@@ -1,0 +1,108 @@
+//! The control store: runs, checkpoints, dead letters and lineage, kept in
+//! the target (schema `ferry` in PostgreSQL, `ferry_*` tables in SQLite) so
+//! that a checkpoint can commit in the same transaction as the rows.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+/// A run's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Started and not finished (or killed): resumable.
+    Running,
+    /// Every source row is loaded or dead-lettered.
+    Completed,
+    /// Stopped by a plugin `fatal` or an error: resumable once fixed.
+    Failed,
+    /// Stopped by SIGINT/SIGTERM after its last committed batch: resumable.
+    Interrupted,
+    /// Replaced by a new run (`--restart`).
+    Abandoned,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Abandoned => "abandoned",
+        }
+    }
+
+    pub fn parse(s: &str) -> RunStatus {
+        match s {
+            "completed" => RunStatus::Completed,
+            "failed" => RunStatus::Failed,
+            "interrupted" => RunStatus::Interrupted,
+            "abandoned" => RunStatus::Abandoned,
+            _ => RunStatus::Running,
+        }
+    }
+
+    pub fn resumable(self) -> bool {
+        matches!(self, RunStatus::Running | RunStatus::Failed | RunStatus::Interrupted)
+    }
+}
+
+/// The seed's counters, plus `skipped`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub extracted: u64,
+    pub transformed: u64,
+    pub loaded: u64,
+    pub skipped: u64,
+    /// Rows in the dead-letter table (the seed's `errors`).
+    pub dead_lettered: u64,
+}
+
+/// One run of a pipeline, as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub pipeline: String,
+    /// The source, redacted (`postgres://u:***@h/db users`).
+    pub source: String,
+    pub target_table: String,
+    pub plugin_sha256: String,
+    pub status: RunStatus,
+    /// The checkpoint: highest source key committed.
+    pub last_key: Option<i64>,
+    pub batches: u64,
+    pub stats: Stats,
+    pub message: Option<String>,
+}
+
+/// A stored dead letter.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterRecord {
+    pub run_id: String,
+    pub source_key: String,
+    pub source_row: String,
+    pub kind: String,
+    pub reason: String,
+    pub plugin_sha256: String,
+}
+
+/// Runs, checkpoints and dead letters.
+///
+/// Contract: a run's checkpoint and counters change only inside
+/// `Sink::commit_batch`'s transaction; the methods here create runs, change
+/// their status and read them back.
+#[async_trait]
+pub trait ControlStore: Send {
+    /// Creates the control tables if they are missing (idempotent).
+    async fn ensure_control_tables(&mut self) -> anyhow::Result<()>;
+    /// The most recent run of `pipeline`, if any.
+    async fn latest_run(&mut self, pipeline: &str) -> anyhow::Result<Option<RunRecord>>;
+    /// Records a new run.
+    async fn insert_run(&mut self, run: &RunRecord) -> anyhow::Result<()>;
+    /// Sets a run's status (and message).
+    async fn set_status(&mut self, run_id: &str, status: RunStatus, message: Option<&str>) -> anyhow::Result<()>;
+    /// Dead letters of a run (all when `limit` is None), oldest first.
+    async fn dead_letters(&mut self, run_id: &str, limit: Option<usize>) -> anyhow::Result<Vec<DeadLetterRecord>>;
+    /// The plugin hashes that produced a run's batches.
+    async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>>;
+}

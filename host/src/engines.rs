@@ -1,0 +1,34 @@
+//! Opening the source and target for the engine a URL names. The rest of
+//! ferry sees only the role traits.
+
+use crate::config::LoadMethod;
+use crate::control::ControlStore;
+use crate::db::Engine;
+use crate::settings::{Endpoint, Settings};
+use crate::sink::{Sink, TargetReader};
+use crate::source::SnapshotSource;
+
+/// Everything a target does: load, keep control state, read back.
+pub trait Target: Sink + ControlStore + TargetReader {}
+impl<T: Sink + ControlStore + TargetReader> Target for T {}
+
+pub async fn open_source(source: &Endpoint) -> anyhow::Result<Box<dyn SnapshotSource>> {
+    Ok(match source.url.engine() {
+        Engine::Postgres => Box::new(crate::postgres::PgSource::connect(&source.url, &source.table).await?),
+        Engine::Sqlite => Box::new(crate::sqlite::SqliteSource::connect(&source.url, &source.table).await?),
+    })
+}
+
+pub async fn open_target(settings: &Settings) -> anyhow::Result<Box<dyn Target>> {
+    let t = &settings.target;
+    let source_table = settings.source.table.to_string();
+    Ok(match t.url.engine() {
+        Engine::Postgres => {
+            let method: LoadMethod = settings.load_method;
+            Box::new(crate::postgres::PgTarget::connect(&t.url, &t.table, method, source_table).await?)
+        }
+        Engine::Sqlite => Box::new(
+            crate::sqlite::SqliteTarget::connect(&t.url, &t.table, settings.pipeline.clone(), source_table).await?,
+        ),
+    })
+}

@@ -1,0 +1,26 @@
+//! ferry: moves data from an old database to a new one with zero data loss,
+//! transforming every row in a sandboxed WebAssembly component.
+//!
+//! Data flows one way — source → batch → plugin → sink — with the control
+//! state (runs, checkpoints, dead letters) kept in the target beside the
+//! data. See ARCHITECTURE.md for the map.
+
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod db;
+pub mod engines;
+pub mod exit;
+pub mod migrate;
+pub mod model;
+pub mod plugin;
+pub mod postgres;
+pub mod report;
+pub mod settings;
+pub mod shape;
+pub mod sink;
+pub mod source;
+pub mod sqlite;
+pub mod time;
+pub mod validate;

@@ -1,0 +1,263 @@
+//! The plugin runtime: the only module that uses wasmtime.
+//!
+//! [`Plugin`] is a compiled, validated component identified by the SHA-256 of
+//! its `.wasm` file; [`Transformer`] is one sandboxed instance of it that
+//! transforms batches. A trap never escapes this module as an error: the
+//! rows involved come back as [`Outcome::Trapped`] and the poisoned instance
+//! is replaced by a fresh one before the next call.
+
+mod bindings;
+mod sandbox;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{Engine, Store};
+
+pub use bindings::INTERFACE;
+pub use sandbox::{DEFAULT_CALL_TIMEOUT, DEFAULT_MEMORY_LIMIT, Limits};
+
+use crate::model::{LegacyUser, Outcome};
+use bindings::{UserTransform, UserTransformPre};
+use sandbox::State;
+
+/// Why a plugin cannot be used. Each message says what is wrong and how to
+/// fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("cannot read plugin {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "plugin {path} is not a WebAssembly file (it does not start with \\0asm); \
+         give the path of a component built for wasm32-wasip2"
+    )]
+    NotWasm { path: PathBuf },
+    #[error(
+        "plugin {path} is a core WebAssembly module, not a component; build it with \
+         `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule { path: PathBuf },
+    #[error("plugin {path} does not compile as a component: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error(
+        "plugin {path} does not export `{INTERFACE}` (it exports: {exports}); build it \
+         against wit/transform.wit, world `user-transform`"
+    )]
+    WrongWorld { path: PathBuf, exports: String },
+    #[error("plugin {path} cannot be instantiated in ferry's sandbox: {message}")]
+    Instantiate { path: PathBuf, message: String },
+    #[error(
+        "plugin {path} has sha256 {actual} but the configuration pins {pinned}; \
+         rebuild the pinned version or update plugin.sha256 after reviewing the new one"
+    )]
+    PinMismatch { path: PathBuf, pinned: String, actual: String },
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// A loaded plugin: compiled once, instantiated many times.
+pub struct Plugin {
+    engine: Engine,
+    pre: UserTransformPre<State>,
+    path: PathBuf,
+    sha256: String,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("path", &self.path).field("sha256", &self.sha256).finish()
+    }
+}
+
+/// How to load a plugin.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub limits: Limits,
+    /// Expected SHA-256 (hex) of the `.wasm`; a mismatch is an error.
+    pub pinned_sha256: Option<String>,
+    /// Where compiled code is cached between runs (None: no cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The SHA-256 of a file's bytes, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Plugin {
+    /// Reads, checks, pins and compiles the component at `path`.
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<Arc<Plugin>, PluginError> {
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.into(), source })?;
+        let sha256 = sha256_hex(&bytes);
+        if let Some(pinned) = &options.pinned_sha256 {
+            if !pinned.eq_ignore_ascii_case(&sha256) {
+                return Err(PluginError::PinMismatch { path: path.into(), pinned: pinned.clone(), actual: sha256 });
+            }
+        }
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(PluginError::NotWasm { path: path.into() });
+        }
+        // Bytes 4..8: version and layer. Core modules are layer 0.
+        if bytes[6..8] == [0, 0] {
+            return Err(PluginError::CoreModule { path: path.into() });
+        }
+        let engine =
+            sandbox::engine(options.cache_dir.as_deref()).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let component = Component::new(&engine, &bytes)
+            .map_err(|e| PluginError::Invalid { path: path.into(), message: format!("{e:#}") })?;
+        let mut linker: Linker<State> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Instantiate { path: path.into(), message: format!("{e:#}") })?;
+        let pre = UserTransformPre::new(instance_pre)
+            .map_err(|_| PluginError::WrongWorld { path: path.into(), exports: export_names(&engine, &component) })?;
+        Ok(Arc::new(Plugin { engine, pre, path: path.into(), sha256, limits: options.limits }))
+    }
+
+    /// SHA-256 of the `.wasm`, lowercase hex: the plugin's identity.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// A fresh sandboxed instance.
+    pub fn instantiate(self: &Arc<Self>) -> Result<Transformer, PluginError> {
+        let (store, bindings) = self.fresh()?;
+        Ok(Transformer { plugin: Arc::clone(self), store, bindings, traps: 0 })
+    }
+
+    fn fresh(&self) -> Result<(Store<State>, UserTransform), PluginError> {
+        let mut store = Store::new(&self.engine, State::new(&self.limits));
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.limits.deadline_ticks());
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| PluginError::Instantiate { path: self.path.clone(), message: format!("{e:#}") })?;
+        Ok((store, bindings))
+    }
+}
+
+fn export_names(engine: &Engine, component: &Component) -> String {
+    let names: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, item)| match item.ty {
+            ComponentItem::ComponentInstance(_) => format!("instance {name}"),
+            ComponentItem::ComponentFunc(_) => format!("function {name}"),
+            _ => name.to_string(),
+        })
+        .collect();
+    if names.is_empty() { "nothing".into() } else { names.join(", ") }
+}
+
+/// One sandboxed instance of a plugin. Not shared between threads: each
+/// transform worker owns one.
+pub struct Transformer {
+    plugin: Arc<Plugin>,
+    store: Store<State>,
+    bindings: UserTransform,
+    traps: u64,
+}
+
+impl Transformer {
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// How many traps this transformer has contained (each replaced the
+    /// instance).
+    pub fn traps(&self) -> u64 {
+        self.traps
+    }
+
+    /// Transforms a batch: one [`Outcome`] per row, in order. The rows are
+    /// handed back unchanged (they were moved across the border and back, not
+    /// copied) so the caller can dead-letter them.
+    ///
+    /// The whole batch goes in one call. If that call traps, the instance is
+    /// replaced and the batch is replayed one row per call on fresh instances
+    /// to find the row(s) that trap; only those become `Trapped`.
+    pub fn transform_batch(&mut self, rows: Vec<LegacyUser>) -> Result<(Vec<LegacyUser>, Vec<Outcome>), PluginError> {
+        let wit_rows: Vec<_> = rows.into_iter().map(bindings::to_wit).collect();
+        self.store.set_epoch_deadline(self.plugin.limits.deadline_ticks());
+        let result = self.bindings.ferry_transform_transform_user().call_transform_batch(&mut self.store, &wit_rows);
+        let rows: Vec<LegacyUser> = wit_rows.into_iter().map(bindings::from_wit).collect();
+        match result {
+            Ok(results) if results.len() == rows.len() => {
+                Ok((rows, results.into_iter().map(bindings::outcome).collect()))
+            }
+            Ok(results) => {
+                let message = format!(
+                    "plugin returned {} results for a batch of {} rows (transform-batch must return one per row)",
+                    results.len(),
+                    rows.len()
+                );
+                Ok((rows.clone(), rows.iter().map(|_| Outcome::Fatal(message.clone())).collect()))
+            }
+            Err(_) => {
+                self.replace()?;
+                let mut outcomes = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    outcomes.push(self.transform_one(row)?);
+                }
+                Ok((rows, outcomes))
+            }
+        }
+    }
+
+    /// Transforms one row (one call). A trap is contained and reported as
+    /// [`Outcome::Trapped`]; the instance is then replaced.
+    pub fn transform_one(&mut self, row: &LegacyUser) -> Result<Outcome, PluginError> {
+        let wit_row = bindings::to_wit(row.clone());
+        self.store.set_epoch_deadline(self.plugin.limits.deadline_ticks());
+        match self.bindings.ferry_transform_transform_user().call_transform(&mut self.store, &wit_row) {
+            Ok(result) => Ok(bindings::outcome(result)),
+            Err(err) => {
+                let message = self.trap_message(&err);
+                self.replace()?;
+                Ok(Outcome::Trapped(message))
+            }
+        }
+    }
+
+    fn trap_message(&self, err: &wasmtime::Error) -> String {
+        let trap = match err.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => format!(
+                "plugin trapped: exceeded its CPU deadline of {} ms for one call",
+                self.plugin.limits.call_timeout.as_millis()
+            ),
+            Some(trap) => format!("plugin trapped: {trap}"),
+            None => format!("plugin trapped: {}", err.root_cause()),
+        };
+        let stderr = self.store.data().stderr();
+        let memory = if format!("{err:?}").contains("growing memory") || stderr.contains("memory allocation") {
+            format!(" (memory cap {} bytes reached)", self.plugin.limits.memory_bytes)
+        } else {
+            String::new()
+        };
+        match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+            Some(last) if !stderr.is_empty() => format!("{trap}{memory}; plugin stderr: {}", last.trim()),
+            _ => format!("{trap}{memory}"),
+        }
+    }
+
+    fn replace(&mut self) -> Result<(), PluginError> {
+        self.traps += 1;
+        let (store, bindings) = self.plugin.fresh()?;
+        self.store = store;
+        self.bindings = bindings;
+        Ok(())
+    }
+}

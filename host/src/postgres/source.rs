@@ -1,0 +1,139 @@
+//! Reading the legacy table from PostgreSQL with keyset pagination.
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::postgres::{PgConnection, PgRow};
+
+use super::{connect, describe_error, table_shape};
+use crate::db::{DbUrl, TableName};
+use crate::model::LegacyUser;
+use crate::shape::TableShape;
+use crate::source::{Integrity, SnapshotSource, SourceBatch};
+
+/// A PostgreSQL table read in primary-key order.
+pub struct PgSource {
+    conn: PgConnection,
+    table: TableName,
+    url: DbUrl,
+    select: String,
+}
+
+impl PgSource {
+    pub async fn connect(url: &DbUrl, table: &TableName) -> anyhow::Result<PgSource> {
+        let conn = connect(url, "source").await?;
+        // Casts make the reader independent of the exact column types:
+        // integer keys of any width, text/varchar names, timestamp or
+        // timestamptz (read as UTC), and json/jsonb/text metadata as text.
+        let select = format!(
+            "SELECT id::int8, name::text, email::text, created_at::timestamptz, metadata::text FROM {}",
+            table.quoted()
+        );
+        Ok(PgSource { conn, table: table.clone(), url: url.clone(), select })
+    }
+
+    fn decode(row: &PgRow) -> Result<LegacyUser, sqlx::Error> {
+        let created_at: Option<DateTime<Utc>> = row.try_get(3)?;
+        Ok(LegacyUser {
+            id: row.try_get(0)?,
+            name: row.try_get(1)?,
+            email: row.try_get(2)?,
+            created_at: created_at.map(|t| t.timestamp_micros()),
+            metadata: row.try_get(4)?,
+        })
+    }
+
+    fn batch(rows: Vec<PgRow>) -> anyhow::Result<SourceBatch> {
+        let rows = rows.iter().map(Self::decode).collect::<Result<Vec<_>, _>>()?;
+        let last_key = rows.last().map(|r| r.id);
+        Ok(SourceBatch { rows, unreadable: Vec::new(), last_key })
+    }
+
+    fn context(&self, what: &str, e: sqlx::Error) -> anyhow::Error {
+        anyhow::anyhow!("{what} from source table {} at {}: {}", self.table, self.url, describe_error(&e))
+    }
+}
+
+#[async_trait]
+impl SnapshotSource for PgSource {
+    async fn shape(&mut self) -> anyhow::Result<Option<TableShape>> {
+        table_shape(&mut self.conn, &self.table).await
+    }
+
+    async fn count(&mut self) -> anyhow::Result<u64> {
+        let sql = format!("SELECT count(*) FROM {}", self.table.quoted());
+        let n: i64 =
+            sqlx::query_scalar(&sql).fetch_one(&mut self.conn).await.map_err(|e| self.context("counting rows", e))?;
+        Ok(n as u64)
+    }
+
+    async fn read_after(&mut self, after: Option<i64>, limit: usize) -> anyhow::Result<SourceBatch> {
+        let rows = match after {
+            Some(key) => {
+                let sql = format!("{} WHERE id > $1 ORDER BY id LIMIT $2", self.select);
+                sqlx::query(&sql).bind(key).bind(limit as i64).fetch_all(&mut self.conn).await
+            }
+            None => {
+                let sql = format!("{} ORDER BY id LIMIT $1", self.select);
+                sqlx::query(&sql).bind(limit as i64).fetch_all(&mut self.conn).await
+            }
+        }
+        .map_err(|e| self.context("reading rows", e))?;
+        Self::batch(rows)
+    }
+
+    async fn read_keys(&mut self, keys: &[i64]) -> anyhow::Result<SourceBatch> {
+        let sql = format!("{} WHERE id = ANY($1) ORDER BY id", self.select);
+        let rows = sqlx::query(&sql)
+            .bind(keys)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| self.context("reading rows", e))?;
+        Self::batch(rows)
+    }
+
+    async fn sample_keys(&mut self, n: usize) -> anyhow::Result<Vec<i64>> {
+        let sql = format!("SELECT id::int8 FROM {} ORDER BY random() LIMIT $1", self.table.quoted());
+        sqlx::query_scalar(&sql)
+            .bind(n as i64)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| self.context("sampling keys", e))
+    }
+
+    async fn size_bytes(&mut self) -> anyhow::Result<Option<u64>> {
+        let size: Option<i64> = sqlx::query_scalar("SELECT pg_total_relation_size(to_regclass($1))")
+            .bind(self.table.quoted())
+            .fetch_one(&mut self.conn)
+            .await
+            .context("measuring the source table")?;
+        Ok(size.map(|s| s as u64))
+    }
+
+    async fn integrity(&mut self) -> anyhow::Result<Integrity> {
+        let sql = format!(
+            "SELECT count(*) FILTER (WHERE name IS NULL), count(*) FILTER (WHERE email IS NULL), \
+             count(*) FILTER (WHERE created_at IS NULL), count(*) - count(DISTINCT id), \
+             count(email) - count(DISTINCT lower(email)) FROM {}",
+            self.table.quoted()
+        );
+        let row =
+            sqlx::query(&sql).fetch_one(&mut self.conn).await.map_err(|e| self.context("checking integrity", e))?;
+        let get = |i: usize| -> anyhow::Result<u64> { Ok(row.try_get::<i64, _>(i)? as u64) };
+        Ok(Integrity {
+            null_names: get(0)?,
+            null_emails: get(1)?,
+            null_created_at: get(2)?,
+            duplicate_keys: get(3)?,
+            duplicate_emails: get(4)?,
+        })
+    }
+
+    async fn can_read(&mut self) -> anyhow::Result<bool> {
+        Ok(sqlx::query_scalar("SELECT has_table_privilege($1, 'SELECT')")
+            .bind(self.table.quoted())
+            .fetch_one(&mut self.conn)
+            .await?)
+    }
+}

@@ -1,0 +1,522 @@
+//! Writing into PostgreSQL: COPY for rows, the `ferry` control schema for
+//! runs, checkpoints, dead letters and lineage — all of a batch in one
+//! transaction.
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::{Connection, Row};
+
+use super::copy::{self, ColumnEncoding};
+use super::{connect, describe_error, table_shape};
+use crate::config::{LoadMethod, OnConflict};
+use crate::control::{ControlStore, DeadLetterRecord, RunRecord, RunStatus, Stats};
+use crate::db::{DbUrl, TableName};
+use crate::shape::TableShape;
+use crate::sink::{Applied, ConflictError, FencedError, LoadBatch, Sink, TargetReader, TargetRow};
+
+/// The control schema. Its DDL is idempotent and runs under an advisory lock
+/// so that concurrent first runs do not race on `CREATE … IF NOT EXISTS`.
+const CONTROL_DDL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS ferry;
+CREATE TABLE IF NOT EXISTS ferry.runs (
+    run_id        text PRIMARY KEY,
+    pipeline      text NOT NULL,
+    source        text NOT NULL,
+    target_table  text NOT NULL,
+    plugin_sha256 text NOT NULL,
+    status        text NOT NULL,
+    last_key      bigint,
+    batches       bigint NOT NULL DEFAULT 0,
+    extracted     bigint NOT NULL DEFAULT 0,
+    transformed   bigint NOT NULL DEFAULT 0,
+    loaded        bigint NOT NULL DEFAULT 0,
+    skipped       bigint NOT NULL DEFAULT 0,
+    dead_lettered bigint NOT NULL DEFAULT 0,
+    message       text,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz
+);
+CREATE INDEX IF NOT EXISTS runs_pipeline ON ferry.runs (pipeline, started_at);
+CREATE TABLE IF NOT EXISTS ferry.dead_letters (
+    id            bigserial PRIMARY KEY,
+    run_id        text NOT NULL REFERENCES ferry.runs (run_id),
+    pipeline      text NOT NULL,
+    source_table  text NOT NULL,
+    source_key    text NOT NULL,
+    source_row    jsonb NOT NULL,
+    kind          text NOT NULL,
+    reason        text NOT NULL,
+    plugin_sha256 text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (run_id, source_key)
+);
+CREATE TABLE IF NOT EXISTS ferry.batches (
+    run_id        text NOT NULL REFERENCES ferry.runs (run_id),
+    seq           bigint NOT NULL,
+    first_key     bigint NOT NULL,
+    last_key      bigint NOT NULL,
+    loaded        bigint NOT NULL,
+    dead_lettered bigint NOT NULL,
+    plugin_sha256 text NOT NULL,
+    committed_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, seq)
+);
+"#;
+
+/// Key of the advisory lock that serialises control-schema DDL.
+const DDL_LOCK: i64 = 0x6665_7272_7900_0001;
+
+/// A PostgreSQL target.
+pub struct PgTarget {
+    conn: PgConnection,
+    table: TableName,
+    url: DbUrl,
+    loader: Loader,
+    source_table: String,
+}
+
+/// What COPY needs besides the connection (kept apart so a transaction can
+/// borrow the connection while the loader is used).
+struct Loader {
+    target: String,
+    table_name: String,
+    load_method: LoadMethod,
+    /// Column encodings for COPY, learned from the table's shape on first use.
+    encodings: Option<[ColumnEncoding; 6]>,
+    buf: BytesMut,
+}
+
+impl PgTarget {
+    pub async fn connect(
+        url: &DbUrl,
+        table: &TableName,
+        load_method: LoadMethod,
+        source_table: String,
+    ) -> anyhow::Result<PgTarget> {
+        let conn = connect(url, "target").await?;
+        let loader = Loader {
+            target: table.quoted(),
+            table_name: table.to_string(),
+            load_method,
+            encodings: None,
+            buf: BytesMut::new(),
+        };
+        Ok(PgTarget { conn, table: table.clone(), url: url.clone(), loader, source_table })
+    }
+
+    async fn encodings(&mut self) -> anyhow::Result<[ColumnEncoding; 6]> {
+        if let Some(e) = self.loader.encodings {
+            return Ok(e);
+        }
+        let shape = table_shape(&mut self.conn, &self.table)
+            .await?
+            .with_context(|| format!("target table {} does not exist in {}", self.table, self.url))?;
+        let enc = |name: &str, ts: bool| {
+            shape.column(name).map(|c| ColumnEncoding::for_type(&c.data_type, ts)).unwrap_or(ColumnEncoding::Text)
+        };
+        let e = [
+            enc("id", false),
+            enc("first_name", false),
+            enc("last_name", false),
+            enc("email", false),
+            enc("created_at", true),
+            enc("settings", false),
+        ];
+        self.loader.encodings = Some(e);
+        Ok(e)
+    }
+
+    fn decode_target(row: &PgRow) -> Result<TargetRow, sqlx::Error> {
+        let created: Option<DateTime<Utc>> = row.try_get(4)?;
+        let settings: Option<String> = row.try_get(5)?;
+        Ok([
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+            created.map(|t| crate::time::format_rfc3339_micros(t.timestamp_micros())),
+            settings.map(|s| crate::validate::canonical_json(&s)),
+        ])
+    }
+
+    fn select_target(&self) -> String {
+        format!(
+            "SELECT id::text, first_name::text, last_name::text, email::text, created_at::timestamptz, settings::text FROM {}",
+            self.table.quoted()
+        )
+    }
+}
+
+impl Loader {
+    fn columns() -> &'static str {
+        r#""id", "first_name", "last_name", "email", "created_at", "settings""#
+    }
+
+    /// COPYs the batch's rows into `table` (the target, or the staging table).
+    async fn copy_rows(&mut self, tx: &mut PgConnection, table: &str, batch: &LoadBatch) -> Result<u64, sqlx::Error> {
+        let encodings = self.encodings.expect("encodings resolved before copy");
+        let (sql, binary) = match (self.load_method, encodings[4]) {
+            // A timestamp kept in a text column is written as text either way.
+            (LoadMethod::CopyBinary, _) => {
+                (format!("COPY {table} ({}) FROM STDIN (FORMAT binary)", Self::columns()), true)
+            }
+            (LoadMethod::CopyText, _) => (format!("COPY {table} ({}) FROM STDIN", Self::columns()), false),
+        };
+        if binary {
+            copy::encode_binary(&batch.rows, &encodings, &mut self.buf);
+        } else {
+            copy::encode_text(&batch.rows, &mut self.buf);
+        }
+        let mut copy_in = tx.copy_in_raw(&sql).await?;
+        copy_in.send(self.buf.split().freeze()).await?;
+        copy_in.finish().await
+    }
+
+    async fn apply(
+        &mut self,
+        tx: &mut PgConnection,
+        batch: &LoadBatch,
+        policy: OnConflict,
+    ) -> Result<Applied, sqlx::Error> {
+        let total = batch.rows.len() as u64;
+        if total == 0 {
+            return Ok(Applied::default());
+        }
+        let target = self.target.clone();
+        match policy {
+            OnConflict::Error => {
+                let loaded = self.copy_rows(tx, &target, batch).await?;
+                Ok(Applied { loaded, skipped: 0 })
+            }
+            OnConflict::Skip | OnConflict::Overwrite => {
+                sqlx::query(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS ferry_stage ON COMMIT DELETE ROWS AS \
+                     SELECT {} FROM {target} WITH NO DATA",
+                    Self::columns()
+                ))
+                .execute(&mut *tx)
+                .await?;
+                self.copy_rows(tx, "ferry_stage", batch).await?;
+                let action = if policy == OnConflict::Skip {
+                    "DO NOTHING".to_string()
+                } else {
+                    r#"DO UPDATE SET "first_name" = EXCLUDED."first_name", "last_name" = EXCLUDED."last_name", "email" = EXCLUDED."email", "created_at" = EXCLUDED."created_at", "settings" = EXCLUDED."settings""#.to_string()
+                };
+                let sql = format!(
+                    "INSERT INTO {target} ({cols}) SELECT {cols} FROM ferry_stage ON CONFLICT (\"id\") {action}",
+                    cols = Self::columns()
+                );
+                let written = sqlx::query(&sql).execute(&mut *tx).await?.rows_affected();
+                Ok(Applied { loaded: written, skipped: total - written })
+            }
+        }
+    }
+}
+
+/// The statements of a DDL script (statements end with `;` at a line end).
+pub(crate) fn ddl_statements(script: &str) -> impl Iterator<Item = &str> {
+    script.split(";\n").map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn record(row: &PgRow) -> Result<RunRecord, sqlx::Error> {
+    let n = |i: &str| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(i)? as u64) };
+    Ok(RunRecord {
+        run_id: row.try_get("run_id")?,
+        pipeline: row.try_get("pipeline")?,
+        source: row.try_get("source")?,
+        target_table: row.try_get("target_table")?,
+        plugin_sha256: row.try_get("plugin_sha256")?,
+        status: RunStatus::parse(row.try_get("status")?),
+        last_key: row.try_get("last_key")?,
+        batches: n("batches")?,
+        stats: Stats {
+            extracted: n("extracted")?,
+            transformed: n("transformed")?,
+            loaded: n("loaded")?,
+            skipped: n("skipped")?,
+            dead_lettered: n("dead_lettered")?,
+        },
+        message: row.try_get("message")?,
+    })
+}
+
+#[async_trait]
+impl Sink for PgTarget {
+    async fn shape(&mut self) -> anyhow::Result<Option<TableShape>> {
+        table_shape(&mut self.conn, &self.table).await
+    }
+
+    async fn create_table(&mut self) -> anyhow::Result<()> {
+        if let Some(schema) = &self.table.schema {
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", crate::db::quote_ident(schema)))
+                .execute(&mut self.conn)
+                .await?;
+        }
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (id text PRIMARY KEY, first_name text NOT NULL, last_name text NOT NULL, \
+             email text NOT NULL, created_at timestamptz NOT NULL, settings jsonb NOT NULL)",
+            self.table.quoted()
+        );
+        sqlx::query(&sql)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating target table {}: {}", self.table, describe_error(&e)))?;
+        self.loader.encodings = None;
+        Ok(())
+    }
+
+    async fn commit_batch(&mut self, batch: &LoadBatch, policy: OnConflict) -> anyhow::Result<Applied> {
+        self.encodings().await?;
+        let mut tx = self.conn.begin().await.context("starting the batch transaction")?;
+        // Take the run row lock first: it fences concurrent writers of the
+        // same run (the second one sees a checkpoint that moved).
+        let stored: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT last_key FROM ferry.runs WHERE run_id = $1 FOR UPDATE")
+                .bind(&batch.run_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("locking the run's checkpoint")?;
+        match stored {
+            Some(key) if key == batch.previous_key => {}
+            _ => {
+                return Err(FencedError { run_id: batch.run_id.clone() }.into());
+            }
+        }
+        let applied = {
+            let this = &mut self.loader;
+            match this.apply(&mut tx, batch, policy).await {
+                Ok(a) => a,
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
+                    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+                    let key = pg
+                        .and_then(|p| p.detail())
+                        .and_then(|d| {
+                            d.split_once(")=(").map(|(_, rest)| rest.trim_end_matches(") already exists.").to_string())
+                        })
+                        .unwrap_or_else(|| db.message().to_string());
+                    return Err(ConflictError { table: this.table_name.clone(), key }.into());
+                }
+                Err(e) => anyhow::bail!("loading batch {} into {}: {}", batch.seq, this.table_name, describe_error(&e)),
+            }
+        };
+        if !batch.dead.is_empty() {
+            let keys: Vec<String> = batch.dead.iter().map(|d| d.source_key.to_string()).collect();
+            let rows: Vec<String> = batch.dead.iter().map(|d| d.source_row.to_json()).collect();
+            let kinds: Vec<&str> = batch.dead.iter().map(|d| d.kind.as_str()).collect();
+            let reasons: Vec<&str> = batch.dead.iter().map(|d| d.reason.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO ferry.dead_letters (run_id, pipeline, source_table, source_key, source_row, kind, reason, plugin_sha256) \
+                 SELECT $1, r.pipeline, $2, k, j::jsonb, kd, rs, $3 \
+                 FROM ferry.runs r, unnest($4::text[], $5::text[], $6::text[], $7::text[]) AS t(k, j, kd, rs) WHERE r.run_id = $1",
+            )
+            .bind(&batch.run_id)
+            .bind(&self.source_table)
+            .bind(&batch.plugin_sha256)
+            .bind(&keys)
+            .bind(&rows)
+            .bind(&kinds)
+            .bind(&reasons)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| anyhow::anyhow!("recording dead letters: {}", describe_error(&e)))?;
+        }
+        let dead = batch.dead.len() as i64;
+        sqlx::query(
+            "INSERT INTO ferry.batches (run_id, seq, first_key, last_key, loaded, dead_lettered, plugin_sha256) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&batch.run_id)
+        .bind(batch.seq as i64)
+        .bind(batch.first_key)
+        .bind(batch.last_key)
+        .bind(applied.loaded as i64)
+        .bind(dead)
+        .bind(&batch.plugin_sha256)
+        .execute(&mut *tx)
+        .await
+        .context("recording the batch's lineage")?;
+        sqlx::query(
+            "UPDATE ferry.runs SET last_key = $2, batches = batches + 1, extracted = extracted + $3, \
+             transformed = transformed + $4, loaded = loaded + $5, skipped = skipped + $6, \
+             dead_lettered = dead_lettered + $7, status = 'running', updated_at = now() WHERE run_id = $1",
+        )
+        .bind(&batch.run_id)
+        .bind(batch.last_key)
+        .bind(batch.extracted as i64)
+        .bind(batch.rows.len() as i64)
+        .bind(applied.loaded as i64)
+        .bind(applied.skipped as i64)
+        .bind(dead)
+        .execute(&mut *tx)
+        .await
+        .context("advancing the checkpoint")?;
+        tx.commit().await.context("committing the batch")?;
+        Ok(applied)
+    }
+
+    async fn free_bytes(&mut self) -> anyhow::Result<Option<u64>> {
+        // Only visible when the server runs on this machine and the role may
+        // read data_directory (superuser or pg_read_all_settings).
+        let dir: Result<String, _> =
+            sqlx::query_scalar("SELECT current_setting('data_directory')").fetch_one(&mut self.conn).await;
+        Ok(dir.ok().and_then(|d| fs4::available_space(&d).ok()))
+    }
+
+    async fn privileges(&mut self) -> anyhow::Result<Result<(), String>> {
+        let (create_db, schema_ok, table_ok): (bool, bool, Option<bool>) = sqlx::query_as(
+            "SELECT has_database_privilege(current_database(), 'CREATE'), \
+             (SELECT has_schema_privilege('ferry', 'CREATE') FROM pg_namespace WHERE nspname = 'ferry'), \
+             CASE WHEN to_regclass($1) IS NULL THEN NULL ELSE has_table_privilege($1, 'INSERT, UPDATE, SELECT') END",
+        )
+        .bind(self.table.quoted())
+        .fetch_one(&mut self.conn)
+        .await
+        .map(|(a, b, c): (bool, Option<bool>, Option<bool>)| (a, b.unwrap_or(a), c))?;
+        let mut missing = Vec::new();
+        if !schema_ok {
+            missing.push("CREATE on the database or on schema ferry (for the control tables)".to_string());
+        }
+        let _ = create_db;
+        if table_ok == Some(false) {
+            missing.push(format!("INSERT, UPDATE and SELECT on {}", self.table));
+        }
+        Ok(if missing.is_empty() { Ok(()) } else { Err(format!("the target role lacks {}", missing.join(" and "))) })
+    }
+}
+
+#[async_trait]
+impl ControlStore for PgTarget {
+    async fn ensure_control_tables(&mut self) -> anyhow::Result<()> {
+        let mut tx = self.conn.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
+        for statement in ddl_statements(CONTROL_DDL) {
+            sqlx::query(statement).execute(&mut *tx).await.map_err(|e| {
+                anyhow::anyhow!("creating the ferry control schema in {}: {}", self.url, describe_error(&e))
+            })?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn latest_run(&mut self, pipeline: &str) -> anyhow::Result<Option<RunRecord>> {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT to_regclass('ferry.runs')::oid::int8").fetch_one(&mut self.conn).await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let row =
+            sqlx::query("SELECT * FROM ferry.runs WHERE pipeline = $1 ORDER BY started_at DESC, run_id DESC LIMIT 1")
+                .bind(pipeline)
+                .fetch_optional(&mut self.conn)
+                .await?;
+        Ok(row.as_ref().map(record).transpose()?)
+    }
+
+    async fn insert_run(&mut self, run: &RunRecord) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO ferry.runs (run_id, pipeline, source, target_table, plugin_sha256, status, last_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&run.run_id)
+        .bind(&run.pipeline)
+        .bind(&run.source)
+        .bind(&run.target_table)
+        .bind(&run.plugin_sha256)
+        .bind(run.status.as_str())
+        .bind(run.last_key)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_status(&mut self, run_id: &str, status: RunStatus, message: Option<&str>) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE ferry.runs SET status = $2, message = $3, updated_at = now(), \
+             finished_at = CASE WHEN $2 IN ('completed', 'abandoned') THEN now() ELSE NULL END WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .bind(status.as_str())
+        .bind(message)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&mut self, run_id: &str, limit: Option<usize>) -> anyhow::Result<Vec<DeadLetterRecord>> {
+        let rows = sqlx::query(
+            "SELECT run_id, source_key, source_row::text AS source_row, kind, reason, plugin_sha256 \
+             FROM ferry.dead_letters WHERE run_id = $1 ORDER BY id LIMIT $2",
+        )
+        .bind(run_id)
+        .bind(limit.map(|l| l as i64).unwrap_or(i64::MAX))
+        .fetch_all(&mut self.conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetterRecord {
+                    run_id: r.try_get("run_id")?,
+                    source_key: r.try_get("source_key")?,
+                    source_row: r.try_get("source_row")?,
+                    kind: r.try_get("kind")?,
+                    reason: r.try_get("reason")?,
+                    plugin_sha256: r.try_get("plugin_sha256")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT plugin_sha256 FROM ferry.batches WHERE run_id = $1 ORDER BY 1")
+            .bind(run_id)
+            .fetch_all(&mut self.conn)
+            .await?)
+    }
+}
+
+#[async_trait]
+impl TargetReader for PgTarget {
+    async fn count_rows(&mut self) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", self.table.quoted()))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| anyhow::anyhow!("counting target rows in {}: {}", self.table, describe_error(&e)))?;
+        Ok(n as u64)
+    }
+
+    async fn read_range(
+        &mut self,
+        from: Option<(&str, bool)>,
+        before: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<TargetRow>> {
+        // COLLATE "C": byte order, the order ferry's segments are cut in.
+        let op = if from.is_some_and(|(_, inclusive)| inclusive) { ">=" } else { ">" };
+        let sql = format!(
+            "{} WHERE ($1::text IS NULL OR id COLLATE \"C\" {op} $1) AND ($2::text IS NULL OR id COLLATE \"C\" < $2) \
+             ORDER BY id COLLATE \"C\" LIMIT $3",
+            self.select_target()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(from.map(|(k, _)| k))
+            .bind(before)
+            .bind(limit as i64)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading target rows from {}: {}", self.table, describe_error(&e)))?;
+        Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
+    }
+
+    async fn read_keys(&mut self, keys: &[String]) -> anyhow::Result<Vec<TargetRow>> {
+        let sql = format!("{} WHERE id = ANY($1)", self.select_target());
+        let rows = sqlx::query(&sql)
+            .bind(keys)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading target rows from {}: {}", self.table, describe_error(&e)))?;
+        Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
+    }
+}

@@ -1,0 +1,193 @@
+//! Runtime settings: the configuration file merged with command-line flags,
+//! checked and resolved into the types the rest of ferry runs on.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{ConfigError, FileConfig, LoadMethod, OnConflict};
+use crate::db::{DbUrl, TableName};
+use crate::plugin::{self, Limits};
+
+/// Default rows per batch: one keyset page, one plugin call and one target
+/// transaction. Past ~1000 rows the WASM boundary cost per row stops falling;
+/// 2000 amortises the per-transaction commit while keeping a batch ~1 MB.
+pub const DEFAULT_BATCH_SIZE: usize = 2000;
+/// Default sample of re-transformed rows in `ferry validate` (the seed's 100).
+pub const DEFAULT_SAMPLE_SIZE: usize = 100;
+/// Default target rows per checksum segment: 100 segments per million rows,
+/// so a mismatch narrows to 10k rows in one pass.
+pub const DEFAULT_SEGMENT_ROWS: usize = 10_000;
+
+/// Flags that override the file (all optional).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Pipeline name (runs and checkpoints are recorded under it).
+    #[arg(long, global = true)]
+    pub name: Option<String>,
+    /// Source database URL (postgres://… or sqlite://…).
+    #[arg(long = "source", global = true, value_name = "URL")]
+    pub source_url: Option<String>,
+    /// Source table (`table` or `schema.table`).
+    #[arg(long, global = true, value_name = "TABLE")]
+    pub source_table: Option<String>,
+    /// Target database URL.
+    #[arg(long = "target", global = true, value_name = "URL")]
+    pub target_url: Option<String>,
+    /// Target table.
+    #[arg(long, global = true, value_name = "TABLE")]
+    pub target_table: Option<String>,
+    /// Create the target table if it does not exist.
+    #[arg(long, global = true)]
+    pub create_table: bool,
+    /// Policy for rows whose key already exists in the target.
+    #[arg(long, global = true, value_enum)]
+    pub on_conflict: Option<OnConflict>,
+    /// Plugin component (.wasm).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub plugin: Option<PathBuf>,
+    /// Expected SHA-256 of the plugin.
+    #[arg(long, global = true, value_name = "HEX")]
+    pub plugin_sha256: Option<String>,
+    /// Rows per batch.
+    #[arg(long, global = true)]
+    pub batch_size: Option<usize>,
+    /// Parallel plugin instances.
+    #[arg(long, global = true)]
+    pub workers: Option<usize>,
+}
+
+/// Where rows come from or go to.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub url: DbUrl,
+    pub table: TableName,
+}
+
+/// Plugin settings.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    pub path: PathBuf,
+    pub options: plugin::LoadOptions,
+}
+
+/// Everything a command needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub pipeline: String,
+    pub source: Endpoint,
+    pub target: Endpoint,
+    pub create_table: bool,
+    pub on_conflict: OnConflict,
+    pub load_method: LoadMethod,
+    pub plugin: PluginSettings,
+    pub batch_size: usize,
+    pub workers: usize,
+    pub sample_size: usize,
+    pub segment_rows: usize,
+}
+
+impl Settings {
+    /// Loads `path` (if it exists, or if it was named explicitly) and applies
+    /// the overrides.
+    pub fn resolve(path: &Path, explicit: bool, overrides: &Overrides) -> Result<Settings, ConfigError> {
+        let file = if path.exists() || explicit { FileConfig::load(path)? } else { FileConfig::default() };
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf);
+        Self::from_parts(file, path, base.as_deref(), overrides)
+    }
+
+    fn from_parts(file: FileConfig, path: &Path, base: Option<&Path>, o: &Overrides) -> Result<Settings, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
+        let url = |flag: &Option<String>, value: &Option<String>, key: &str| -> Result<DbUrl, ConfigError> {
+            let raw = flag.as_ref().or(value.as_ref()).ok_or_else(|| {
+                invalid(format!("{key} is required: set it in the file or pass --{}", key.replace(".url", "")))
+            })?;
+            DbUrl::parse(raw).map_err(|e| invalid(format!("{key}: {e}")))
+        };
+        let table = |flag: &Option<String>, value: &Option<String>, key: &str| -> Result<TableName, ConfigError> {
+            let raw = flag.as_deref().or(value.as_deref()).unwrap_or("users");
+            TableName::parse(raw).map_err(|e| invalid(format!("{key}: {e}")))
+        };
+        let source = Endpoint {
+            url: url(&o.source_url, &file.source.url, "source.url")?,
+            table: table(&o.source_table, &file.source.table, "source.table")?,
+        };
+        let target = Endpoint {
+            url: url(&o.target_url, &file.target.url, "target.url")?,
+            table: table(&o.target_table, &file.target.table, "target.table")?,
+        };
+        let plugin_path = o
+            .plugin
+            .clone()
+            .or_else(|| file.plugin.path.as_ref().map(|p| relative_to(base, p)))
+            .ok_or_else(|| invalid("plugin.path is required: set it in the file or pass --plugin".into()))?;
+        let memory_mb = file.plugin.memory_limit_mb.unwrap_or(plugin::DEFAULT_MEMORY_LIMIT >> 20);
+        if memory_mb == 0 || memory_mb > 4096 {
+            return Err(invalid(format!("plugin.memory_limit_mb = {memory_mb}: must be between 1 and 4096")));
+        }
+        let timeout_ms = file.plugin.call_timeout_ms.unwrap_or(plugin::DEFAULT_CALL_TIMEOUT.as_millis() as u64);
+        if timeout_ms == 0 {
+            return Err(invalid("plugin.call_timeout_ms must be positive".into()));
+        }
+        let sha = o.plugin_sha256.clone().or(file.plugin.sha256.clone());
+        if let Some(sha) = &sha {
+            if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(invalid(format!("plugin.sha256 `{sha}` is not a SHA-256 (64 hex digits)")));
+            }
+        }
+        let cache_dir = match &file.plugin.cache_dir {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(relative_to(base, dir)),
+            None => default_cache_dir(),
+        };
+        let batch_size = o.batch_size.or(file.migrate.batch_size).unwrap_or(DEFAULT_BATCH_SIZE);
+        if !(1..=100_000).contains(&batch_size) {
+            return Err(invalid(format!("migrate.batch_size = {batch_size}: must be between 1 and 100000")));
+        }
+        let workers = o.workers.or(file.migrate.workers).unwrap_or(1);
+        if !(1..=64).contains(&workers) {
+            return Err(invalid(format!("migrate.workers = {workers}: must be between 1 and 64")));
+        }
+        let segment_rows = file.validate.segment_rows.unwrap_or(DEFAULT_SEGMENT_ROWS);
+        if segment_rows == 0 {
+            return Err(invalid("validate.segment_rows must be positive".into()));
+        }
+        Ok(Settings {
+            pipeline: o.name.clone().or(file.name).unwrap_or_else(|| "default".into()),
+            source,
+            target,
+            create_table: o.create_table || file.target.create_table.unwrap_or(false),
+            on_conflict: o.on_conflict.or(file.target.on_conflict).unwrap_or_default(),
+            load_method: file.target.load_method.unwrap_or_default(),
+            plugin: PluginSettings {
+                path: plugin_path,
+                options: plugin::LoadOptions {
+                    limits: Limits { memory_bytes: memory_mb << 20, call_timeout: Duration::from_millis(timeout_ms) },
+                    pinned_sha256: sha,
+                    cache_dir,
+                },
+            },
+            batch_size,
+            workers,
+            sample_size: file.validate.sample_size.unwrap_or(DEFAULT_SAMPLE_SIZE),
+            segment_rows,
+        })
+    }
+}
+
+fn relative_to(base: Option<&Path>, path: &Path) -> PathBuf {
+    match base {
+        Some(base) if path.is_relative() => base.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// `$FERRY_CACHE_DIR`, else `$XDG_CACHE_HOME/ferry`, else `~/.cache/ferry`.
+fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("FERRY_CACHE_DIR") {
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("ferry"))
+}

@@ -1,0 +1,109 @@
+//! The sink role (loading batches) and the target-reader role (reading the
+//! target back for validation).
+
+use async_trait::async_trait;
+
+use crate::config::OnConflict;
+use crate::model::{DeadLetter, NewUser};
+use crate::shape::TableShape;
+
+/// One batch to apply, with the checkpoint it advances.
+#[derive(Debug)]
+pub struct LoadBatch {
+    pub run_id: String,
+    /// Batch number within the run (0, 1, …).
+    pub seq: u64,
+    /// The run's checkpoint before this batch: the sink refuses the batch if
+    /// the stored checkpoint is not this (another process moved it).
+    pub previous_key: Option<i64>,
+    /// The checkpoint after this batch: its highest source key.
+    pub last_key: i64,
+    pub first_key: i64,
+    pub rows: Vec<NewUser>,
+    pub dead: Vec<DeadLetter>,
+    /// Source rows read for this batch.
+    pub extracted: u64,
+    pub plugin_sha256: String,
+}
+
+/// What applying a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Rows written (inserted, or overwritten under `on_conflict = overwrite`).
+    pub loaded: u64,
+    /// Rows left alone because their key existed (`on_conflict = skip`).
+    pub skipped: u64,
+}
+
+/// A batch stopped because a row's key already exists (`on_conflict = error`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "target table {table} already has a row with key {key}; nothing of this batch was written. \
+     Set target.on_conflict = \"skip\" (keep existing rows) or \"overwrite\", or empty the target table"
+)]
+pub struct ConflictError {
+    pub table: String,
+    pub key: String,
+}
+
+/// A batch was refused because the stored checkpoint is not the one this
+/// process expected: another ferry is running the same pipeline.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the checkpoint of run {run_id} moved under this process (is another ferry running the same pipeline?); stopped without writing"
+)]
+pub struct FencedError {
+    pub run_id: String,
+}
+
+/// Where transformed rows are written.
+///
+/// Contract: `commit_batch` writes the batch's rows, its dead letters, its
+/// lineage record and the run's new checkpoint in ONE transaction, and only
+/// if the stored checkpoint equals `previous_key`. So after a crash at any
+/// moment a batch is either wholly applied with its checkpoint or not at
+/// all, and resuming from the stored checkpoint applies every row exactly
+/// once.
+#[async_trait]
+pub trait Sink: Send {
+    /// The target table's shape, or `None` if it does not exist.
+    async fn shape(&mut self) -> anyhow::Result<Option<TableShape>>;
+    /// Creates the target table with the plugin's output shape.
+    async fn create_table(&mut self) -> anyhow::Result<()>;
+    /// Applies a batch (see the trait's contract). A key conflict under
+    /// `OnConflict::Error` fails with [`ConflictError`].
+    async fn commit_batch(&mut self, batch: &LoadBatch, policy: OnConflict) -> anyhow::Result<Applied>;
+    /// Free bytes on the target's disk, when ferry can see it.
+    async fn free_bytes(&mut self) -> anyhow::Result<Option<u64>>;
+    /// Whether the connected role may write the target table and create the
+    /// control tables; `Err` text explains what is missing.
+    async fn privileges(&mut self) -> anyhow::Result<Result<(), String>>;
+}
+
+/// A target row read back, each field in ferry's canonical text form (see
+/// `validate::canonical`): id, first_name, last_name, email, created_at,
+/// settings.
+pub type TargetRow = [Option<String>; 6];
+
+/// The target's column names, in [`TargetRow`] order.
+pub const TARGET_FIELDS: [&str; 6] = ["id", "first_name", "last_name", "email", "created_at", "settings"];
+
+/// Reads the target back for validation.
+///
+/// Contract: keys compare as byte strings (`COLLATE "C"` in PostgreSQL,
+/// `BINARY` in SQLite), which is Rust's `str` order, so ranges cut by ferry
+/// mean the same thing on every engine.
+#[async_trait]
+pub trait TargetReader: Send {
+    async fn count_rows(&mut self) -> anyhow::Result<u64>;
+    /// Rows with key after `from` (`(key, inclusive)`; `None`: from the
+    /// start) and `< before` (`None`: to the end), ascending, at most `limit`.
+    async fn read_range(
+        &mut self,
+        from: Option<(&str, bool)>,
+        before: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<TargetRow>>;
+    /// Rows with these keys.
+    async fn read_keys(&mut self, keys: &[String]) -> anyhow::Result<Vec<TargetRow>>;
+}

@@ -1,0 +1,66 @@
+//! The snapshot-source role: reading a table's rows in primary-key order.
+
+use async_trait::async_trait;
+
+use crate::model::{DeadLetter, LegacyUser};
+use crate::shape::TableShape;
+
+/// A batch as read from the source.
+#[derive(Debug, Default)]
+pub struct SourceBatch {
+    /// Rows ready for the plugin, in ascending key order.
+    pub rows: Vec<LegacyUser>,
+    /// Rows the source could read but not represent (e.g. a SQLite
+    /// `created_at` that is not a timestamp): dead letters, never dropped.
+    pub unreadable: Vec<DeadLetter>,
+    /// The highest key in this batch (rows and unreadable alike): the
+    /// checkpoint once the batch is committed.
+    pub last_key: Option<i64>,
+}
+
+impl SourceBatch {
+    pub fn len(&self) -> usize {
+        self.rows.len() + self.unreadable.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What `ferry check` wants to know about the source data.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Integrity {
+    pub null_names: u64,
+    pub null_emails: u64,
+    pub null_created_at: u64,
+    pub duplicate_keys: u64,
+    pub duplicate_emails: u64,
+}
+
+/// A table to read, in primary-key order.
+///
+/// Contract: `read_after(k, n)` returns the first `n` rows whose key is
+/// strictly greater than `k` (all rows when `k` is `None`), in ascending key
+/// order — keyset pagination, never `OFFSET`. So a run that restarts from a
+/// checkpointed key reads each remaining row exactly once, and each page
+/// costs the same however deep into the table it is.
+#[async_trait]
+pub trait SnapshotSource: Send {
+    /// The table's shape, or `None` if it does not exist.
+    async fn shape(&mut self) -> anyhow::Result<Option<TableShape>>;
+    /// Number of rows.
+    async fn count(&mut self) -> anyhow::Result<u64>;
+    /// The next page after `after` (see the trait's contract).
+    async fn read_after(&mut self, after: Option<i64>, limit: usize) -> anyhow::Result<SourceBatch>;
+    /// The rows with these keys (missing keys are absent from the result).
+    async fn read_keys(&mut self, keys: &[i64]) -> anyhow::Result<SourceBatch>;
+    /// Up to `n` keys chosen uniformly at random.
+    async fn sample_keys(&mut self, n: usize) -> anyhow::Result<Vec<i64>>;
+    /// The table's size on disk, when the engine can tell.
+    async fn size_bytes(&mut self) -> anyhow::Result<Option<u64>>;
+    /// NULLs and duplicates the transform or the target would reject.
+    async fn integrity(&mut self) -> anyhow::Result<Integrity>;
+    /// Whether the connected role may read the table.
+    async fn can_read(&mut self) -> anyhow::Result<bool>;
+}

@@ -1,0 +1,388 @@
+//! Writing into SQLite: multi-row inserts and the `ferry_*` control tables,
+//! a batch and its checkpoint in one transaction.
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
+
+use super::{connect, table_shape, table_sql};
+use crate::config::OnConflict;
+use crate::control::{ControlStore, DeadLetterRecord, RunRecord, RunStatus, Stats};
+use crate::db::{DbUrl, TableName};
+use crate::shape::TableShape;
+use crate::sink::{Applied, ConflictError, FencedError, LoadBatch, Sink, TargetReader, TargetRow};
+
+const CONTROL_DDL: &str = r#"
+CREATE TABLE IF NOT EXISTS ferry_runs (
+    run_id        TEXT PRIMARY KEY,
+    pipeline      TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    target_table  TEXT NOT NULL,
+    plugin_sha256 TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    last_key      INTEGER,
+    batches       INTEGER NOT NULL DEFAULT 0,
+    extracted     INTEGER NOT NULL DEFAULT 0,
+    transformed   INTEGER NOT NULL DEFAULT 0,
+    loaded        INTEGER NOT NULL DEFAULT 0,
+    skipped       INTEGER NOT NULL DEFAULT 0,
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    message       TEXT,
+    started_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    updated_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    finished_at   TEXT
+);
+CREATE INDEX IF NOT EXISTS ferry_runs_pipeline ON ferry_runs (pipeline, started_at);
+CREATE TABLE IF NOT EXISTS ferry_dead_letters (
+    id            INTEGER PRIMARY KEY,
+    run_id        TEXT NOT NULL REFERENCES ferry_runs (run_id),
+    pipeline      TEXT NOT NULL,
+    source_table  TEXT NOT NULL,
+    source_key    TEXT NOT NULL,
+    source_row    TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    plugin_sha256 TEXT NOT NULL,
+    created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    UNIQUE (run_id, source_key)
+);
+CREATE TABLE IF NOT EXISTS ferry_batches (
+    run_id        TEXT NOT NULL REFERENCES ferry_runs (run_id),
+    seq           INTEGER NOT NULL,
+    first_key     INTEGER NOT NULL,
+    last_key      INTEGER NOT NULL,
+    loaded        INTEGER NOT NULL,
+    dead_lettered INTEGER NOT NULL,
+    plugin_sha256 TEXT NOT NULL,
+    committed_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    PRIMARY KEY (run_id, seq)
+);
+"#;
+
+/// Rows per INSERT statement: 6 parameters a row stays under SQLite's
+/// default limit of 32766 bound parameters.
+const ROWS_PER_INSERT: usize = 1000;
+
+/// A SQLite target.
+pub struct SqliteTarget {
+    conn: SqliteConnection,
+    table: TableName,
+    url: DbUrl,
+    pipeline: String,
+    source_table: String,
+}
+
+impl SqliteTarget {
+    pub async fn connect(
+        url: &DbUrl,
+        table: &TableName,
+        pipeline: String,
+        source_table: String,
+    ) -> anyhow::Result<SqliteTarget> {
+        let conn = connect(url, "target", true).await?;
+        Ok(SqliteTarget { conn, table: table.clone(), url: url.clone(), pipeline, source_table })
+    }
+
+    fn decode_target(row: &SqliteRow) -> Result<TargetRow, sqlx::Error> {
+        let text = |i: usize| -> Result<Option<String>, sqlx::Error> { row.try_get_unchecked::<Option<String>, _>(i) };
+        let created = text(4)?.map(|s| match crate::time::parse_text(&s) {
+            Some(t) => crate::time::format_rfc3339_micros(t),
+            None => s,
+        });
+        Ok([text(0)?, text(1)?, text(2)?, text(3)?, created, text(5)?.map(|s| crate::validate::canonical_json(&s))])
+    }
+
+    fn select_target(&self) -> String {
+        format!("SELECT id, first_name, last_name, email, created_at, settings FROM {}", table_sql(&self.table))
+    }
+
+    async fn first_existing_key(&mut self, batch: &LoadBatch) -> Option<String> {
+        let keys: Vec<&str> = batch.rows.iter().map(|r| r.id.as_str()).collect();
+        let sql =
+            format!("SELECT id FROM {} WHERE id IN (SELECT value FROM json_each(?1)) LIMIT 1", table_sql(&self.table));
+        sqlx::query_scalar(&sql)
+            .bind(serde_json::to_string(&keys).ok()?)
+            .fetch_optional(&mut self.conn)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+fn record(row: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
+    let n = |i: &str| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(i)? as u64) };
+    Ok(RunRecord {
+        run_id: row.try_get("run_id")?,
+        pipeline: row.try_get("pipeline")?,
+        source: row.try_get("source")?,
+        target_table: row.try_get("target_table")?,
+        plugin_sha256: row.try_get("plugin_sha256")?,
+        status: RunStatus::parse(row.try_get("status")?),
+        last_key: row.try_get("last_key")?,
+        batches: n("batches")?,
+        stats: Stats {
+            extracted: n("extracted")?,
+            transformed: n("transformed")?,
+            loaded: n("loaded")?,
+            skipped: n("skipped")?,
+            dead_lettered: n("dead_lettered")?,
+        },
+        message: row.try_get("message")?,
+    })
+}
+
+#[async_trait]
+impl Sink for SqliteTarget {
+    async fn shape(&mut self) -> anyhow::Result<Option<TableShape>> {
+        table_shape(&mut self.conn, &self.table).await
+    }
+
+    async fn create_table(&mut self) -> anyhow::Result<()> {
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (id TEXT PRIMARY KEY NOT NULL, first_name TEXT NOT NULL, last_name TEXT NOT NULL, \
+             email TEXT NOT NULL, created_at TEXT NOT NULL, settings TEXT NOT NULL CHECK (json_valid(settings)))",
+            table_sql(&self.table)
+        );
+        sqlx::query(&sql).execute(&mut self.conn).await?;
+        Ok(())
+    }
+
+    async fn commit_batch(&mut self, batch: &LoadBatch, policy: OnConflict) -> anyhow::Result<Applied> {
+        let table = table_sql(&self.table);
+        let mut tx = self.conn.begin().await?;
+        let stored: Option<Option<i64>> = sqlx::query_scalar("SELECT last_key FROM ferry_runs WHERE run_id = ?1")
+            .bind(&batch.run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if stored != Some(batch.previous_key) {
+            return Err(FencedError { run_id: batch.run_id.clone() }.into());
+        }
+        let mut loaded = 0u64;
+        for chunk in batch.rows.chunks(ROWS_PER_INSERT) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                "INSERT INTO {table} (id, first_name, last_name, email, created_at, settings) "
+            ));
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.id)
+                    .push_bind(&r.first_name)
+                    .push_bind(&r.last_name)
+                    .push_bind(&r.email)
+                    .push_bind(crate::time::format_sqlite(r.created_at))
+                    .push_bind(&r.settings);
+            });
+            match policy {
+                OnConflict::Error => {}
+                OnConflict::Skip => {
+                    qb.push(" ON CONFLICT (id) DO NOTHING");
+                }
+                OnConflict::Overwrite => {
+                    qb.push(
+                        " ON CONFLICT (id) DO UPDATE SET first_name = excluded.first_name, last_name = excluded.last_name, \
+                         email = excluded.email, created_at = excluded.created_at, settings = excluded.settings",
+                    );
+                }
+            }
+            match qb.build().execute(&mut *tx).await {
+                Ok(done) => loaded += done.rows_affected(),
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    tx.rollback().await?;
+                    let key = self.first_existing_key(batch).await.unwrap_or_else(|| db.message().to_string());
+                    return Err(ConflictError { table: self.table.to_string(), key }.into());
+                }
+                Err(e) => anyhow::bail!("loading batch {} into {}: {e}", batch.seq, self.table),
+            }
+        }
+        let applied = Applied { loaded, skipped: batch.rows.len() as u64 - loaded };
+        for d in &batch.dead {
+            sqlx::query(
+                "INSERT INTO ferry_dead_letters (run_id, pipeline, source_table, source_key, source_row, kind, reason, plugin_sha256) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .bind(&batch.run_id)
+            .bind(&self.pipeline)
+            .bind(&self.source_table)
+            .bind(d.source_key.to_string())
+            .bind(d.source_row.to_json())
+            .bind(d.kind.as_str())
+            .bind(&d.reason)
+            .bind(&batch.plugin_sha256)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let dead = batch.dead.len() as i64;
+        sqlx::query(
+            "INSERT INTO ferry_batches (run_id, seq, first_key, last_key, loaded, dead_lettered, plugin_sha256) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(&batch.run_id)
+        .bind(batch.seq as i64)
+        .bind(batch.first_key)
+        .bind(batch.last_key)
+        .bind(applied.loaded as i64)
+        .bind(dead)
+        .bind(&batch.plugin_sha256)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE ferry_runs SET last_key = ?2, batches = batches + 1, extracted = extracted + ?3, \
+             transformed = transformed + ?4, loaded = loaded + ?5, skipped = skipped + ?6, dead_lettered = dead_lettered + ?7, \
+             status = 'running', updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE run_id = ?1",
+        )
+        .bind(&batch.run_id)
+        .bind(batch.last_key)
+        .bind(batch.extracted as i64)
+        .bind(batch.rows.len() as i64)
+        .bind(applied.loaded as i64)
+        .bind(applied.skipped as i64)
+        .bind(dead)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn free_bytes(&mut self) -> anyhow::Result<Option<u64>> {
+        let dir = self.url.sqlite_path().map(|p| {
+            std::path::Path::new(p)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."))
+                .to_path_buf()
+        });
+        Ok(dir.and_then(|d| fs4::available_space(d).ok()))
+    }
+
+    async fn privileges(&mut self) -> anyhow::Result<Result<(), String>> {
+        // A write lock proves the file and its directory are writable.
+        match sqlx::query("BEGIN IMMEDIATE").execute(&mut self.conn).await {
+            Ok(_) => {
+                sqlx::query("ROLLBACK").execute(&mut self.conn).await?;
+                Ok(Ok(()))
+            }
+            Err(e) => Ok(Err(format!("cannot write {}: {e}", self.url))),
+        }
+    }
+}
+
+#[async_trait]
+impl ControlStore for SqliteTarget {
+    async fn ensure_control_tables(&mut self) -> anyhow::Result<()> {
+        for statement in crate::postgres::ddl_statements(CONTROL_DDL) {
+            sqlx::query(statement).execute(&mut self.conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn latest_run(&mut self, pipeline: &str) -> anyhow::Result<Option<RunRecord>> {
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'ferry_runs'")
+                .fetch_optional(&mut self.conn)
+                .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let row =
+            sqlx::query("SELECT * FROM ferry_runs WHERE pipeline = ?1 ORDER BY started_at DESC, rowid DESC LIMIT 1")
+                .bind(pipeline)
+                .fetch_optional(&mut self.conn)
+                .await?;
+        Ok(row.as_ref().map(record).transpose()?)
+    }
+
+    async fn insert_run(&mut self, run: &RunRecord) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO ferry_runs (run_id, pipeline, source, target_table, plugin_sha256, status, last_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(&run.run_id)
+        .bind(&run.pipeline)
+        .bind(&run.source)
+        .bind(&run.target_table)
+        .bind(&run.plugin_sha256)
+        .bind(run.status.as_str())
+        .bind(run.last_key)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_status(&mut self, run_id: &str, status: RunStatus, message: Option<&str>) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE ferry_runs SET status = ?2, message = ?3, updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now'), \
+             finished_at = CASE WHEN ?2 IN ('completed', 'abandoned') THEN strftime('%Y-%m-%d %H:%M:%f', 'now') END \
+             WHERE run_id = ?1",
+        )
+        .bind(run_id)
+        .bind(status.as_str())
+        .bind(message)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&mut self, run_id: &str, limit: Option<usize>) -> anyhow::Result<Vec<DeadLetterRecord>> {
+        let rows = sqlx::query(
+            "SELECT run_id, source_key, source_row, kind, reason, plugin_sha256 FROM ferry_dead_letters \
+             WHERE run_id = ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(run_id)
+        .bind(limit.map(|l| l as i64).unwrap_or(-1))
+        .fetch_all(&mut self.conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetterRecord {
+                    run_id: r.try_get("run_id")?,
+                    source_key: r.try_get("source_key")?,
+                    source_row: r.try_get("source_row")?,
+                    kind: r.try_get("kind")?,
+                    reason: r.try_get("reason")?,
+                    plugin_sha256: r.try_get("plugin_sha256")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT plugin_sha256 FROM ferry_batches WHERE run_id = ?1 ORDER BY 1")
+            .bind(run_id)
+            .fetch_all(&mut self.conn)
+            .await?)
+    }
+}
+
+#[async_trait]
+impl TargetReader for SqliteTarget {
+    async fn count_rows(&mut self) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table_sql(&self.table)))
+            .fetch_one(&mut self.conn)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn read_range(
+        &mut self,
+        from: Option<(&str, bool)>,
+        before: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<TargetRow>> {
+        let op = if from.is_some_and(|(_, inclusive)| inclusive) { ">=" } else { ">" };
+        let sql = format!(
+            "{} WHERE (?1 IS NULL OR id {op} ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id LIMIT ?3",
+            self.select_target()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(from.map(|(k, _)| k))
+            .bind(before)
+            .bind(limit as i64)
+            .fetch_all(&mut self.conn)
+            .await?;
+        Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
+    }
+
+    async fn read_keys(&mut self, keys: &[String]) -> anyhow::Result<Vec<TargetRow>> {
+        let sql = format!("{} WHERE id IN (SELECT value FROM json_each(?1))", self.select_target());
+        let rows = sqlx::query(&sql).bind(serde_json::to_string(keys)?).fetch_all(&mut self.conn).await?;
+        Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
+    }
+}

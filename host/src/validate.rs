@@ -1,0 +1,462 @@
+//! `ferry validate`: the seed's three post-migration checks, done properly.
+//!
+//! 1. **Counts with accounting**: `source rows = loaded + skipped + dead
+//!    letters`, and the target holds `source rows − dead letters` rows.
+//! 2. **Sample**: N random source rows re-transformed with the plugin version
+//!    that loaded them, deep-diffed field by field against the target.
+//! 3. **Checksums**: the target is cut into key-range segments of
+//!    `segment_rows` rows (keys in byte order); each source row is
+//!    re-transformed and hashed into the segment its target key falls in; the
+//!    per-segment hashes are compared, and each mismatching segment is then
+//!    read row by row on both sides to list exactly which keys are missing,
+//!    extra or different.
+//!
+//! Segment hashes are order-independent (a sum of per-row SHA-256 prefixes,
+//! plus a count), so the source can be read in its own key order while the
+//! target is read in its own.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::control::RunRecord;
+use crate::engines::{self, Target};
+use crate::model::{NewUser, Outcome};
+use crate::plugin::{Plugin, Transformer};
+use crate::settings::Settings;
+use crate::sink::{TARGET_FIELDS, TargetRow};
+use crate::source::SnapshotSource;
+
+/// Mismatching segments read row by row in one validation. Past this the
+/// report says how many more mismatch; fix the first ones and re-run.
+const MAX_DRILLED_SEGMENTS: usize = 32;
+/// Differences listed per category in the report.
+const MAX_LISTED: usize = 1000;
+
+/// What to validate.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidateOptions {
+    pub sample_size: usize,
+    pub segment_rows: usize,
+    pub checksum: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CountCheck {
+    pub ok: bool,
+    pub source_rows: u64,
+    pub target_rows: u64,
+    pub loaded: u64,
+    pub skipped: u64,
+    pub dead_lettered: u64,
+    pub run_id: String,
+    pub run_status: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldDiff {
+    pub key: String,
+    pub field: String,
+    pub expected: Option<String>,
+    pub actual: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleCheck {
+    pub ok: bool,
+    pub sampled: usize,
+    pub matched: usize,
+    /// Sampled rows the plugin rejects (they belong in the dead letters).
+    pub rejected: usize,
+    pub differences: Vec<FieldDiff>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChecksumCheck {
+    pub ok: bool,
+    pub segments: usize,
+    pub mismatched_segments: usize,
+    pub source_rows_hashed: u64,
+    pub target_rows_hashed: u64,
+    /// Target keys the source says should exist but do not.
+    pub missing: Vec<String>,
+    /// Target keys no source row produces.
+    pub extra: Vec<String>,
+    /// Keys present on both sides whose rows differ, with the fields.
+    pub different: Vec<FieldDiff>,
+    /// Mismatching segments not drilled into (over the per-run limit).
+    pub undrilled_segments: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidationReport {
+    pub ok: bool,
+    pub pipeline: String,
+    pub plugin_sha256: String,
+    pub counts: CountCheck,
+    pub sample: SampleCheck,
+    pub checksum: Option<ChecksumCheck>,
+    pub elapsed_seconds: f64,
+}
+
+/// Canonical JSON text: object keys sorted, no whitespace, integral numbers
+/// without a fraction (`1.0` and `1e0` are `1`), so that PostgreSQL's jsonb
+/// normalisation and the plugin's own formatting compare equal. Invalid JSON
+/// is returned unchanged (and then differs).
+pub fn canonical_json(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => {
+            let mut out = String::with_capacity(text.len());
+            write_canonical(&v, &mut out);
+            out
+        }
+        Err(_) => text.to_string(),
+    }
+}
+
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let sorted: BTreeMap<&String, &Value> = map.iter().collect();
+            out.push('{');
+            for (i, (k, v)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => out.push_str(&(f as i64).to_string()),
+            _ => out.push_str(&n.to_string()),
+        },
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// A transformed row in canonical target form.
+pub fn canonical_row(row: &NewUser) -> TargetRow {
+    [
+        Some(row.id.clone()),
+        Some(row.first_name.clone()),
+        Some(row.last_name.clone()),
+        Some(row.email.clone()),
+        Some(crate::time::format_rfc3339_micros(row.created_at)),
+        Some(canonical_json(&row.settings)),
+    ]
+}
+
+/// A row's hash: SHA-256 over its fields with lengths (so that field
+/// boundaries cannot shift), truncated to 128 bits for the segment sums.
+pub fn row_hash(row: &TargetRow) -> u128 {
+    let mut h = Sha256::new();
+    for field in row {
+        match field {
+            None => h.update([0u8]),
+            Some(s) => {
+                h.update([1u8]);
+                h.update((s.len() as u64).to_le_bytes());
+                h.update(s.as_bytes());
+            }
+        }
+    }
+    let digest = h.finalize();
+    u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
+}
+
+/// Field-by-field differences between the expected and the actual row.
+pub fn diff_fields(key: &str, expected: &TargetRow, actual: &TargetRow) -> Vec<FieldDiff> {
+    TARGET_FIELDS
+        .iter()
+        .zip(expected.iter().zip(actual.iter()))
+        .filter(|(_, (e, a))| e != a)
+        .map(|(field, (e, a))| FieldDiff {
+            key: key.to_string(),
+            field: field.to_string(),
+            expected: e.clone(),
+            actual: a.clone(),
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Segment {
+    rows: u64,
+    sum: u128,
+}
+
+impl Segment {
+    fn add(&mut self, hash: u128) {
+        self.rows += 1;
+        self.sum = self.sum.wrapping_add(hash);
+    }
+}
+
+/// Runs the three checks.
+pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::Result<ValidationReport> {
+    let started = std::time::Instant::now();
+    let mut target = engines::open_target(settings).await?;
+    let run = target.latest_run(&settings.pipeline).await?.with_context(|| {
+        format!(
+            "no run of pipeline {} is recorded in {}; run `ferry migrate` first (or check `name` in the configuration)",
+            settings.pipeline, settings.target.url
+        )
+    })?;
+    let path = settings.plugin.path.clone();
+    let load = settings.plugin.options.clone();
+    let plugin: std::sync::Arc<Plugin> = tokio::task::spawn_blocking(move || Plugin::load(&path, &load)).await??;
+    let versions = target.plugin_versions(&run.run_id).await?;
+    if !versions.is_empty() && !versions.iter().any(|v| v == plugin.sha256()) {
+        anyhow::bail!(
+            "run {} was loaded by plugin sha256 {} but the configured plugin is {}; validate with the version that loaded the data",
+            run.run_id,
+            versions.join(", "),
+            plugin.sha256()
+        );
+    }
+    let mut transformer = plugin.instantiate()?;
+    let mut source = engines::open_source(&settings.source).await?;
+
+    let counts = check_counts(source.as_mut(), target.as_mut(), &run).await?;
+    let sample = check_sample(source.as_mut(), target.as_mut(), &mut transformer, options.sample_size).await?;
+    let checksum = if options.checksum {
+        Some(check_checksums(settings, source.as_mut(), target.as_mut(), &mut transformer, options.segment_rows).await?)
+    } else {
+        None
+    };
+    let ok = counts.ok && sample.ok && checksum.as_ref().is_none_or(|c| c.ok);
+    Ok(ValidationReport {
+        ok,
+        pipeline: settings.pipeline.clone(),
+        plugin_sha256: plugin.sha256().to_string(),
+        counts,
+        sample,
+        checksum,
+        elapsed_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+async fn check_counts(
+    source: &mut dyn SnapshotSource,
+    target: &mut dyn Target,
+    run: &RunRecord,
+) -> anyhow::Result<CountCheck> {
+    let source_rows = source.count().await?;
+    let target_rows = target.count_rows().await?;
+    let s = run.stats;
+    let ok = source_rows == s.loaded + s.skipped + s.dead_lettered && target_rows + s.dead_lettered == source_rows;
+    Ok(CountCheck {
+        ok,
+        source_rows,
+        target_rows,
+        loaded: s.loaded,
+        skipped: s.skipped,
+        dead_lettered: s.dead_lettered,
+        run_id: run.run_id.clone(),
+        run_status: run.status.as_str().to_string(),
+    })
+}
+
+/// Runs the plugin on a batch from async code (the call is CPU-bound).
+fn transform(
+    transformer: &mut Transformer,
+    rows: Vec<crate::model::LegacyUser>,
+) -> anyhow::Result<Vec<(i64, Outcome)>> {
+    let (rows, outcomes) = tokio::task::block_in_place(|| transformer.transform_batch(rows))?;
+    Ok(rows.into_iter().map(|r| r.id).zip(outcomes).collect())
+}
+
+async fn check_sample(
+    source: &mut dyn SnapshotSource,
+    target: &mut dyn Target,
+    transformer: &mut Transformer,
+    size: usize,
+) -> anyhow::Result<SampleCheck> {
+    let keys = source.sample_keys(size).await?;
+    let batch = source.read_keys(&keys).await?;
+    let sampled = batch.len();
+    let mut expected = Vec::new();
+    let mut rejected = batch.unreadable.len();
+    for (_, outcome) in transform(transformer, batch.rows)? {
+        match outcome {
+            Outcome::Row(row) => expected.push(canonical_row(&row)),
+            _ => rejected += 1,
+        }
+    }
+    let target_keys: Vec<String> = expected.iter().filter_map(|r| r[0].clone()).collect();
+    let actual: BTreeMap<String, TargetRow> =
+        target.read_keys(&target_keys).await?.into_iter().filter_map(|r| r[0].clone().map(|k| (k, r))).collect();
+    let mut differences = Vec::new();
+    let mut matched = 0;
+    for row in &expected {
+        let key = row[0].clone().unwrap_or_default();
+        match actual.get(&key) {
+            Some(found) if found == row => matched += 1,
+            Some(found) => differences.extend(diff_fields(&key, row, found)),
+            None => differences.push(FieldDiff {
+                key,
+                field: "(row)".into(),
+                expected: Some("present".into()),
+                actual: None,
+            }),
+        }
+    }
+    Ok(SampleCheck { ok: differences.is_empty(), sampled, matched, rejected, differences })
+}
+
+async fn check_checksums(
+    settings: &Settings,
+    source: &mut dyn SnapshotSource,
+    target: &mut dyn Target,
+    transformer: &mut Transformer,
+    segment_rows: usize,
+) -> anyhow::Result<ChecksumCheck> {
+    // Pass 1, target: cut segments of `segment_rows` rows and hash them.
+    // boundaries[i] is the first key of segment i + 1; segment 0 starts at
+    // the beginning of the key space and the last one runs to its end.
+    let mut boundaries: Vec<String> = Vec::new();
+    let mut target_segments: Vec<Segment> = vec![Segment::default()];
+    let mut target_rows_hashed = 0u64;
+    let mut after: Option<String> = None;
+    loop {
+        let page = target.read_range(after.as_deref().map(|k| (k, false)), None, segment_rows).await?;
+        let Some(last) = page.last() else { break };
+        after = last[0].clone();
+        for row in &page {
+            let current = target_segments.last_mut().expect("at least one segment");
+            if current.rows as usize == segment_rows {
+                boundaries.push(row[0].clone().unwrap_or_default());
+                target_segments.push(Segment::default());
+            }
+            target_segments.last_mut().expect("segment").add(row_hash(row));
+            target_rows_hashed += 1;
+        }
+    }
+    let segment_of = |key: &str| boundaries.partition_point(|b| b.as_str() <= key);
+
+    // Pass 2, source: re-transform and hash into the same segments.
+    let mut source_segments = vec![Segment::default(); target_segments.len()];
+    let mut source_rows_hashed = 0u64;
+    scan_source(settings, source, transformer, |row| {
+        let key = row[0].as_deref().unwrap_or_default();
+        source_segments[segment_of(key)].add(row_hash(&row));
+        source_rows_hashed += 1;
+    })
+    .await?;
+
+    let mismatched: Vec<usize> =
+        (0..target_segments.len()).filter(|&i| source_segments[i] != target_segments[i]).collect();
+    let drilled: BTreeSet<usize> = mismatched.iter().copied().take(MAX_DRILLED_SEGMENTS).collect();
+    let mut missing = Vec::new();
+    let mut extra = Vec::new();
+    let mut different = Vec::new();
+    if !drilled.is_empty() {
+        // Pass 3: the mismatching segments, row by row, on both sides.
+        let mut expected: BTreeMap<String, TargetRow> = BTreeMap::new();
+        scan_source(settings, source, transformer, |row| {
+            let key = row[0].clone().unwrap_or_default();
+            if drilled.contains(&segment_of(&key)) {
+                expected.insert(key, row);
+            }
+        })
+        .await?;
+        let mut actual: BTreeMap<String, TargetRow> = BTreeMap::new();
+        for &segment in &drilled {
+            let lower = segment.checked_sub(1).map(|i| boundaries[i].clone());
+            let upper = boundaries.get(segment).cloned();
+            let mut from = lower.map(|k| (k, true));
+            loop {
+                let page = target
+                    .read_range(from.as_ref().map(|(k, inc)| (k.as_str(), *inc)), upper.as_deref(), segment_rows)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                from = last[0].clone().map(|k| (k, false));
+                for row in page {
+                    if let Some(key) = row[0].clone() {
+                        actual.insert(key, row);
+                    }
+                }
+            }
+        }
+        for (key, row) in &expected {
+            match actual.get(key) {
+                None => missing.push(key.clone()),
+                Some(found) if found != row => different.extend(diff_fields(key, row, found)),
+                Some(_) => {}
+            }
+        }
+        extra.extend(actual.keys().filter(|k| !expected.contains_key(*k)).cloned());
+        missing.truncate(MAX_LISTED);
+        extra.truncate(MAX_LISTED);
+        different.truncate(MAX_LISTED);
+    }
+    Ok(ChecksumCheck {
+        ok: mismatched.is_empty(),
+        segments: target_segments.len(),
+        mismatched_segments: mismatched.len(),
+        source_rows_hashed,
+        target_rows_hashed,
+        missing,
+        extra,
+        different,
+        undrilled_segments: mismatched.len() - drilled.len(),
+    })
+}
+
+/// Reads the whole source in key order, transforms it, and hands each
+/// transformed row (canonical form) to `each`. Rejected rows are skipped:
+/// they are accounted for by the counts check.
+async fn scan_source(
+    settings: &Settings,
+    source: &mut dyn SnapshotSource,
+    transformer: &mut Transformer,
+    mut each: impl FnMut(TargetRow),
+) -> anyhow::Result<()> {
+    let mut after = None;
+    loop {
+        let batch = source.read_after(after, settings.batch_size.max(1000)).await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        after = batch.last_key;
+        for (_, outcome) in transform(transformer, batch.rows)? {
+            if let Outcome::Row(row) = outcome {
+                each(canonical_row(&row));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_normalises_like_jsonb() {
+        assert_eq!(canonical_json(r#"{"theme": "dark", "a": 1.0, "n": 1e2}"#), r#"{"a":1,"n":100,"theme":"dark"}"#);
+        assert_eq!(canonical_json("{\"x\": [1, {\"b\":2,\"a\":1}]}"), r#"{"x":[1,{"a":1,"b":2}]}"#);
+    }
+
+    #[test]
+    fn row_hash_sees_field_boundaries() {
+        let a: TargetRow = [Some("ab".into()), Some("c".into()), None, None, None, None];
+        let b: TargetRow = [Some("a".into()), Some("bc".into()), None, None, None, None];
+        assert_ne!(row_hash(&a), row_hash(&b));
+    }
+}

@@ -1,0 +1,69 @@
+//! A plugin that misbehaves on purpose, so the test-suite can prove the host
+//! contains it. It applies the seed's rules, except for rows whose `name` is
+//! one of these triggers:
+//!
+//! * `chaos:panic` — panics (a trap);
+//! * `chaos:loop` — never returns (the host's CPU deadline must stop it);
+//! * `chaos:alloc` — allocates without bound (the memory cap must stop it);
+//! * `chaos:fatal` — returns `fatal`, which must stop the run cleanly.
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "user-transform",
+});
+
+use exports::ferry::transform::transform_user::{Guest, LegacyUser, NewUser, RowError};
+
+struct Plugin;
+
+fn apply(row: LegacyUser) -> Result<NewUser, RowError> {
+    match row.name.as_deref() {
+        Some("chaos:panic") => panic!("chaos plugin: deliberate panic on row {}", row.id),
+        Some("chaos:loop") => {
+            let mut x: u64 = row.id as u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        Some("chaos:alloc") => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        Some("chaos:fatal") => {
+            return Err(RowError::Fatal(format!("chaos plugin: deliberate fatal on row {}", row.id)));
+        }
+        _ => {}
+    }
+    let legacy = user_rules::Legacy {
+        id: row.id,
+        name: row.name.as_deref(),
+        email: row.email.as_deref(),
+        created_at: row.created_at,
+        metadata: row.metadata.as_deref(),
+    };
+    user_rules::transform(&legacy)
+        .map(|u| NewUser {
+            id: u.id,
+            first_name: u.first_name,
+            last_name: u.last_name,
+            email: u.email,
+            created_at: u.created_at,
+            settings: u.settings,
+        })
+        .map_err(RowError::Reject)
+}
+
+impl Guest for Plugin {
+    fn transform(row: LegacyUser) -> Result<NewUser, RowError> {
+        apply(row)
+    }
+
+    fn transform_batch(rows: Vec<LegacyUser>) -> Vec<Result<NewUser, RowError>> {
+        rows.into_iter().map(apply).collect()
+    }
+}
+
+export!(Plugin);
