@@ -129,10 +129,8 @@ impl Settings {
             return Err(invalid("plugin.call_timeout_ms must be positive".into()));
         }
         let sha = o.plugin_sha256.clone().or(file.plugin.sha256.clone());
-        if let Some(sha) = &sha {
-            if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(invalid(format!("plugin.sha256 `{sha}` is not a SHA-256 (64 hex digits)")));
-            }
+        if let Some(sha) = sha.as_ref().filter(|s| s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit())) {
+            return Err(invalid(format!("plugin.sha256 `{sha}` is not a SHA-256 (64 hex digits)")));
         }
         let cache_dir = match &file.plugin.cache_dir {
             Some(dir) if dir.as_os_str().is_empty() => None,

@@ -1,1 +1,13 @@
+//! ferry's end-to-end suite: real PostgreSQL, real SQLite, real plugin
+//! components built from source, and the real `ferry` binary. One test
+//! binary, so it links once.
 
+mod support;
+
+mod checks;
+mod config_errors;
+mod containment;
+mod migrate;
+mod resume;
+mod transform_rules;
+mod validate;

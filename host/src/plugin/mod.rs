@@ -17,6 +17,9 @@ use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Engine, Store};
 
 pub use bindings::INTERFACE;
+
+/// Characters of the plugin's stderr kept in a trap's dead-letter reason.
+const STDERR_IN_REASON: usize = 500;
 pub use sandbox::{DEFAULT_CALL_TIMEOUT, DEFAULT_MEMORY_LIMIT, Limits};
 
 use crate::model::{LegacyUser, Outcome};
@@ -92,10 +95,8 @@ impl Plugin {
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Arc<Plugin>, PluginError> {
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.into(), source })?;
         let sha256 = sha256_hex(&bytes);
-        if let Some(pinned) = &options.pinned_sha256 {
-            if !pinned.eq_ignore_ascii_case(&sha256) {
-                return Err(PluginError::PinMismatch { path: path.into(), pinned: pinned.clone(), actual: sha256 });
-            }
+        if let Some(pinned) = options.pinned_sha256.as_ref().filter(|p| !p.eq_ignore_ascii_case(&sha256)) {
+            return Err(PluginError::PinMismatch { path: path.into(), pinned: pinned.clone(), actual: sha256 });
         }
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(PluginError::NotWasm { path: path.into() });
@@ -247,10 +248,16 @@ impl Transformer {
         } else {
             String::new()
         };
-        match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
-            Some(last) if !stderr.is_empty() => format!("{trap}{memory}; plugin stderr: {}", last.trim()),
-            _ => format!("{trap}{memory}"),
-        }
+        // What the plugin said before dying (a panic message), without the
+        // toolchain's hints, bounded.
+        let said: Vec<&str> =
+            stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("note: run with")).collect();
+        let said = said.join(" | ");
+        let said = match said.char_indices().rev().nth(STDERR_IN_REASON) {
+            Some((i, _)) => format!("…{}", &said[i..]),
+            None => said,
+        };
+        if said.is_empty() { format!("{trap}{memory}") } else { format!("{trap}{memory}; plugin stderr: {said}") }
     }
 
     fn replace(&mut self) -> Result<(), PluginError> {

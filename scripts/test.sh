@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test of ferry: formatting, lints, the plugin rules' unit tests,
+# the host's unit tests and the end-to-end suite (real PostgreSQL, real
+# SQLite, real plugin components built from source).
+#
+# Needs: rustup (installs the wasm32-wasip2 target), PostgreSQL reachable at
+# $FERRY_TEST_PG (default postgres://postgres@127.0.0.1:5432, a role that
+# may CREATE DATABASE).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "==> toolchain"
+rustup target add wasm32-wasip2 >/dev/null
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "==> format"
+cargo fmt --all -- --check
+(cd plugins && cargo fmt --all -- --check)
+
+echo "==> plugins (wasm32-wasip2 components, built from source)"
+(cd plugins && cargo build --release --target wasm32-wasip2)
+
+echo "==> plugin rules (native unit tests)"
+(cd plugins && cargo test -p user-rules --quiet)
+
+echo "==> lints"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "==> host unit tests and the end-to-end suite"
+cargo test --workspace

@@ -1,0 +1,157 @@
+//! Bad input gets a clear error — what, where, how to fix — and nothing is
+//! written.
+
+use crate::support::*;
+
+fn write_config(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_str().unwrap().to_string();
+    (dir, p)
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let (_d, path) = write_config("name = \"x\"\n\n[target]\nurl = \"sqlite://x.db\"\ntabel = \"users\"\n");
+    let run = ferry(&["--config", &path, "check"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains(&format!("{path}:5:")), "{run:?}");
+    assert!(run.stderr.contains("tabel"), "{run:?}");
+}
+
+#[test]
+fn wrong_type_names_line_and_key() {
+    let (_d, path) = write_config("[migrate]\nbatch_size = \"lots\"\n");
+    let run = ferry(&["--config", &path, "migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("{path}:2:")) && run.stderr.contains("invalid type: string \"lots\""),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn missing_environment_variable_is_named() {
+    let (_d, path) = write_config("[source]\nurl = \"${FERRY_TEST_SURELY_UNSET_VAR}\"\n");
+    let run = ferry(&["--config", &path, "check"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("FERRY_TEST_SURELY_UNSET_VAR") && run.stderr.contains(":2"), "{run:?}");
+}
+
+#[test]
+fn missing_config_file_named_explicitly_is_an_error() {
+    let run = ferry(&["--config", "/nonexistent/ferry.toml", "check"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("/nonexistent/ferry.toml"), "{run:?}");
+}
+
+#[tokio::test]
+async fn unreachable_database_is_clear_and_hides_the_password() {
+    let target = SqliteDb::new();
+    let p = Pipeline::new("postgres://app:hunter2@127.0.0.1:1/legacy", &target.url(), &plugins().transform_user, "");
+    let run = p.ferry(&["migrate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("cannot connect to source PostgreSQL at postgres://app:***@127.0.0.1:1/legacy"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("hunter2") && !run.stdout.contains("hunter2"), "password leaked: {run:?}");
+}
+
+#[tokio::test]
+async fn missing_source_table_is_named() {
+    let (source, target) = (PgDb::new("src").await, SqliteDb::new());
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    let run = p.ferry(&["migrate", "--create-table"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("source table users does not exist"), "{run:?}");
+}
+
+#[tokio::test]
+async fn source_without_primary_key_is_refused() {
+    let (source, target) = (PgDb::new("src").await, SqliteDb::new());
+    source.exec("CREATE TABLE users (id bigint, name text, email text, created_at timestamp, metadata text)").await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    let run = p.ferry(&["migrate", "--create-table"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("no primary key"), "{run:?}");
+}
+
+#[tokio::test]
+async fn target_shape_mismatch_is_listed_before_writing() {
+    let (source, target) = (PgDb::new("src").await, PgDb::new("dst").await);
+    seed_pg_legacy(&source, 10).await;
+    target.exec("CREATE TABLE users (id bigint PRIMARY KEY, first_name text, last_name text, email text, created_at timestamptz)").await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    let run = p.ferry(&["migrate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("does not match the plugin's output"), "{run:?}");
+    assert!(run.stderr.contains("column `id` has type bigint"), "{run:?}");
+    assert!(run.stderr.contains("column `settings` is missing"), "{run:?}");
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'ferry'").await,
+        0,
+        "nothing written"
+    );
+}
+
+/// Plugin problems are found before anything is written to the target.
+async fn plugin_error(plugin: &std::path::Path, extra: &str) -> Run {
+    let (source, target) = (PgDb::new("src").await, PgDb::new("dst").await);
+    seed_pg_legacy(&source, 10).await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&source.url(), &target.url(), plugin, extra);
+    let run = p.ferry(&["migrate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'ferry'").await,
+        0,
+        "nothing written: {run:?}"
+    );
+    run
+}
+
+#[tokio::test]
+async fn plugin_of_the_wrong_world_is_refused() {
+    let run = plugin_error(&plugins().wrong_world, "").await;
+    assert!(run.stderr.contains("does not export `ferry:transform/transform-user@0.1.0`"), "{run:?}");
+    assert!(run.stderr.contains("greet"), "lists what it does export: {run:?}");
+}
+
+#[tokio::test]
+async fn a_core_module_is_not_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("core.wasm");
+    // The smallest valid core module: magic and version 1.
+    std::fs::write(&path, b"\0asm\x01\0\0\0").unwrap();
+    let run = plugin_error(&path, "").await;
+    assert!(run.stderr.contains("is a core WebAssembly module, not a component"), "{run:?}");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_wasm_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("transform.js");
+    std::fs::write(&path, "export function transform() {}").unwrap();
+    let run = plugin_error(&path, "").await;
+    assert!(run.stderr.contains("is not a WebAssembly file"), "{run:?}");
+}
+
+#[tokio::test]
+async fn a_pinned_hash_mismatch_is_refused() {
+    let run = plugin_error(&plugins().transform_user, &format!("sha256 = \"{}\"\n", "ab".repeat(32))).await;
+    assert!(run.stderr.contains("but the configuration pins"), "{run:?}");
+}
+
+#[tokio::test]
+async fn the_right_pin_is_accepted() {
+    let bytes = std::fs::read(&plugins().transform_user).unwrap();
+    let sha = ferry::plugin::sha256_hex(&bytes);
+    let (source, target) = (SqliteDb::new(), SqliteDb::new());
+    seed_sqlite_legacy(&source, 20).await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, &format!("sha256 = \"{sha}\"\n"));
+    let run = p.ferry(&["migrate", "--create-table", "--json"]);
+    assert_eq!(run.code, 0, "20 generated rows are all valid: {run:?}");
+    assert_eq!(run.json()["plugin_sha256"], sha);
+}

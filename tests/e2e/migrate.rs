@@ -1,0 +1,200 @@
+//! `ferry migrate` between engines, with counts, content and dead letters
+//! checked in the target, and the conflict policies.
+
+use crate::support::*;
+
+const N: i64 = 5_000;
+
+/// Checks a migrated PostgreSQL target: counts, one row's exact content, and
+/// the dead letters of the invalid-JSON rows with their reasons.
+async fn assert_pg_target(target: &PgDb, n: i64) {
+    let invalid = invalid_rows(n);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, n - invalid);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.dead_letters").await, invalid);
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM ferry.dead_letters WHERE kind = 'reject' AND reason LIKE 'metadata is not valid JSON: EOF while parsing%' AND (source_key::int8 % 50) = 0").await,
+        invalid,
+        "every invalid-JSON row is a dead letter with the parser's message"
+    );
+    // Row 6: name 'Mary Ann de la Cruz 6', metadata theme dark / false.
+    let mut c = target.conn().await;
+    let (first, last, email, created, settings): (String, String, String, String, serde_json::Value) = sqlx::query_as(
+        "SELECT first_name, last_name, email, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), settings FROM users WHERE id = 'user_6'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!((first.as_str(), last.as_str()), ("Mary", "Ann de la Cruz 6"));
+    assert_eq!(email, "user.6@example.com");
+    assert_eq!(created, "2020-01-01 00:00:06.000006", "microseconds kept");
+    assert_eq!(settings, serde_json::json!({"theme": "dark", "notifications": false}));
+    // Row 7: NULL metadata → defaults.
+    let s: serde_json::Value =
+        sqlx::query_scalar("SELECT settings FROM users WHERE id = 'user_7'").fetch_one(&mut c).await.unwrap();
+    assert_eq!(s, serde_json::json!({"theme": "light", "notifications": true}));
+}
+
+async fn assert_sqlite_target(target: &SqliteDb, n: i64) {
+    let invalid = invalid_rows(n);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, n - invalid);
+    assert_eq!(
+        target
+            .scalar_i64("SELECT count(*) FROM ferry_dead_letters WHERE reason LIKE 'metadata is not valid JSON%'")
+            .await,
+        invalid
+    );
+    let mut c = target.conn().await;
+    let (first, last, email, settings): (String, String, String, String) =
+        sqlx::query_as("SELECT first_name, last_name, email, settings FROM users WHERE id = 'user_6'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!((first.as_str(), last.as_str(), email.as_str()), ("Mary", "Ann de la Cruz 6", "user.6@example.com"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&settings).unwrap(),
+        serde_json::json!({"theme": "dark", "notifications": false})
+    );
+}
+
+fn assert_migrated(run: &Run, n: i64) {
+    assert_eq!(run.code, 4, "completed with dead letters: {run:?}");
+    let j = run.json();
+    assert_eq!(j["ending"], "completed", "{run:?}");
+    assert_eq!(j["stats"]["extracted"], n);
+    assert_eq!(j["stats"]["loaded"], n - invalid_rows(n));
+    assert_eq!(j["stats"]["dead_lettered"], invalid_rows(n));
+    assert_eq!(j["accounted"], true);
+}
+
+fn assert_valid(p: &Pipeline) {
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["ok"], true);
+}
+
+#[tokio::test]
+async fn migrates_postgres_to_postgres() {
+    let (source, target) = (PgDb::new("src").await, PgDb::new("dst").await);
+    seed_pg_legacy(&source, N).await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(
+        &source.url(),
+        &target.url(),
+        &plugins().transform_user,
+        "[migrate]\nbatch_size = 700\nworkers = 2\n",
+    );
+    assert_migrated(&p.ferry(&["migrate", "--json"]), N);
+    assert_pg_target(&target, N).await;
+    assert_valid(&p);
+}
+
+#[tokio::test]
+async fn migrates_postgres_to_postgres_with_text_copy() {
+    let (source, target) = (PgDb::new("src").await, PgDb::new("dst").await);
+    seed_pg_legacy(&source, 1_000).await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::with_target_keys(
+        &source.url(),
+        &target.url(),
+        &plugins().transform_user,
+        "load_method = \"copy-text\"\n",
+        "",
+    );
+    assert_migrated(&p.ferry(&["migrate", "--json"]), 1_000);
+    assert_pg_target(&target, 1_000).await;
+    assert_valid(&p);
+}
+
+#[tokio::test]
+async fn migrates_postgres_to_sqlite() {
+    let source = PgDb::new("src").await;
+    seed_pg_legacy(&source, N).await;
+    let target = SqliteDb::new();
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    let run = p.ferry(&["migrate", "--json", "--create-table"]);
+    assert_migrated(&run, N);
+    assert_sqlite_target(&target, N).await;
+    assert_valid(&p);
+}
+
+#[tokio::test]
+async fn migrates_sqlite_to_postgres() {
+    let source = SqliteDb::new();
+    seed_sqlite_legacy(&source, N).await;
+    let target = PgDb::new("dst").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "[migrate]\nbatch_size = 333\n");
+    assert_migrated(&p.ferry(&["migrate", "--json"]), N);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, N - invalid_rows(N));
+    let micros = target
+        .scalar_i64("SELECT extract(microseconds FROM created_at)::int8 % 1000000 FROM users WHERE id = 'user_123'")
+        .await;
+    assert_eq!(micros, 123, "SQLite text timestamps keep their microseconds");
+    assert_valid(&p);
+}
+
+#[tokio::test]
+async fn migrates_sqlite_to_sqlite() {
+    let (source, target) = (SqliteDb::new(), SqliteDb::new());
+    seed_sqlite_legacy(&source, N).await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    assert_migrated(&p.ferry(&["migrate", "--json", "--create-table"]), N);
+    assert_sqlite_target(&target, N).await;
+    assert_valid(&p);
+}
+
+#[tokio::test]
+async fn existing_target_rows_stop_the_run_by_default_and_follow_the_policy_otherwise() {
+    let (source, target) = (PgDb::new("src").await, PgDb::new("dst").await);
+    seed_pg_legacy(&source, 300).await;
+    target.exec(PG_NEW_DDL).await;
+    target
+        .exec("INSERT INTO users VALUES ('user_5', 'Old', 'Row', 'old@example.com', now(), '{\"theme\":\"old\"}')")
+        .await;
+
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    let run = p.ferry(&["migrate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("already has a row with key user_5") && run.stderr.contains("on_conflict"), "{run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 1, "nothing of the failing batch was written");
+
+    // skip: the existing row stays, counted as skipped.
+    let p = Pipeline::with_target_keys(
+        &source.url(),
+        &target.url(),
+        &plugins().transform_user,
+        "on_conflict = \"skip\"\n",
+        "",
+    );
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(run.json()["stats"]["skipped"], 1);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE first_name = 'Old'").await, 1);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 300 - invalid_rows(300));
+
+    // overwrite, on a fresh run: every row is replaced by its transform.
+    let run = ferry(&[
+        "--config",
+        p.config.to_str().unwrap(),
+        "--on-conflict",
+        "overwrite",
+        "migrate",
+        "--restart",
+        "--json",
+    ]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE first_name = 'Old'").await, 0);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 300 - invalid_rows(300));
+}
+
+#[tokio::test]
+async fn a_second_run_after_completion_does_nothing() {
+    let (source, target) = (SqliteDb::new(), SqliteDb::new());
+    seed_sqlite_legacy(&source, 100).await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    assert_eq!(p.ferry(&["migrate", "--create-table"]).code, 4);
+    let again = p.ferry(&["migrate", "--json"]);
+    assert_eq!(again.json()["ending"], "already_completed", "{again:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 100 - invalid_rows(100));
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry_dead_letters").await, invalid_rows(100));
+}

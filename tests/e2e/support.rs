@@ -1,0 +1,275 @@
+//! What every end-to-end test needs: the plugins (built once from source),
+//! throwaway databases (unique names, dropped after), a configuration file,
+//! and the real `ferry` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::{Connection, PgConnection};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+}
+
+/// The plugin components, built from source by the first test that needs
+/// them. Cargo's own lock makes concurrent test processes wait for one build;
+/// later calls are no-ops.
+pub struct Plugins {
+    pub transform_user: PathBuf,
+    pub chaos: PathBuf,
+    pub wrong_world: PathBuf,
+}
+
+pub fn plugins() -> &'static Plugins {
+    static PLUGINS: OnceLock<Plugins> = OnceLock::new();
+    PLUGINS.get_or_init(|| {
+        let dir = root().join("plugins");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+            .current_dir(&dir)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .status()
+            .expect("run cargo to build the plugins");
+        assert!(
+            status.success(),
+            "building the plugins failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)"
+        );
+        let out = dir.join("target/wasm32-wasip2/release");
+        Plugins {
+            transform_user: out.join("transform_user.wasm"),
+            chaos: out.join("chaos.wasm"),
+            wrong_world: out.join("wrong_world.wasm"),
+        }
+    })
+}
+
+/// The PostgreSQL server the tests use (`FERRY_TEST_PG`, default the local
+/// one) — without a database name.
+pub fn pg_server() -> String {
+    std::env::var("FERRY_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
+/// A database created for one test and dropped when the test ends.
+pub struct PgDb {
+    pub name: String,
+}
+
+impl PgDb {
+    pub async fn new(tag: &str) -> PgDb {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "ferry_t_{tag}_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        let mut admin = admin().await;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.expect("create test database");
+        PgDb { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", pg_server(), self.name)
+    }
+
+    pub async fn conn(&self) -> PgConnection {
+        PgConnection::connect(&self.url()).await.expect("connect to test database")
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        let mut c = self.conn().await;
+        sqlx::raw_sql(sql).execute(&mut c).await.unwrap_or_else(|e| panic!("{e}\nin:\n{sql}"));
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        let mut c = self.conn().await;
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap_or_else(|e| panic!("{e}\nin: {sql}"))
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop from a fresh thread and runtime: Drop may run inside a runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let mut admin = admin().await;
+                let _ =
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await;
+            });
+        })
+        .join();
+    }
+}
+
+async fn admin() -> PgConnection {
+    PgConnection::connect(&format!("{}/postgres", pg_server())).await.expect("connect to PostgreSQL (is it running?)")
+}
+
+/// The legacy table, PostgreSQL flavour.
+pub const PG_LEGACY_DDL: &str =
+    "CREATE TABLE users (id bigint PRIMARY KEY, name text, email text, created_at timestamp, metadata text)";
+/// The new table, PostgreSQL flavour.
+pub const PG_NEW_DDL: &str = "CREATE TABLE users (id text PRIMARY KEY, first_name text NOT NULL, last_name text NOT NULL, \
+     email text NOT NULL, created_at timestamptz NOT NULL, settings jsonb NOT NULL)";
+
+/// Fills a PostgreSQL legacy table with `n` generated rows. Every 50th row
+/// (id % 50 == 0) has invalid JSON metadata, every 7th (not 50th) NULL
+/// metadata; names have several spaces and Unicode, emails mixed case,
+/// timestamps microseconds.
+pub async fn seed_pg_legacy(db: &PgDb, n: i64) {
+    db.exec(PG_LEGACY_DDL).await;
+    db.exec(&format!(
+        "INSERT INTO users SELECT i, \
+           (ARRAY['Jean-Luc  Picard', 'Mary Ann de la Cruz', 'Zoë Ångström', 'Prince', ' Leading'])[1 + i % 5] || ' ' || i, \
+           'User.' || i || '@Example.COM', \
+           timestamp '2020-01-01 00:00:00' + make_interval(secs => i * 1.000001), \
+           CASE WHEN i % 50 = 0 THEN '{{\"theme\": \"dark\"' \
+                WHEN i % 7 = 0 THEN NULL \
+                WHEN i % 3 = 0 THEN '{{\"theme\": \"dark\", \"notifications\": false}}' \
+                ELSE '{{\"notifications\": ' || (i % 2 = 0)::text || '}}' END \
+         FROM generate_series(1, {n}) AS i"
+    ))
+    .await;
+}
+
+/// How many of `n` generated rows the plugin rejects (invalid JSON).
+pub fn invalid_rows(n: i64) -> i64 {
+    n / 50
+}
+
+/// A SQLite database file in a temporary directory.
+pub struct SqliteDb {
+    /// Kept alive so the directory is removed when the test ends.
+    pub _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl SqliteDb {
+    pub fn new() -> SqliteDb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        SqliteDb { _dir: dir, path }
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+
+    pub async fn conn(&self) -> sqlx::SqliteConnection {
+        use std::str::FromStr;
+        let opts = sqlx::sqlite::SqliteConnectOptions::from_str(&self.url()).unwrap().create_if_missing(true);
+        sqlx::SqliteConnection::connect_with(&opts).await.expect("open sqlite")
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        let mut c = self.conn().await;
+        sqlx::raw_sql(sql).execute(&mut c).await.unwrap_or_else(|e| panic!("{e}\nin:\n{sql}"));
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        let mut c = self.conn().await;
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap_or_else(|e| panic!("{e}\nin: {sql}"))
+    }
+}
+
+/// The same generated rows as [`seed_pg_legacy`], in SQLite.
+pub async fn seed_sqlite_legacy(db: &SqliteDb, n: i64) {
+    db.exec("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, email TEXT, created_at TIMESTAMP, metadata TEXT)")
+        .await;
+    db.exec(&format!(
+        "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) \
+         INSERT INTO users SELECT i, \
+           CASE i % 5 WHEN 1 THEN 'Mary Ann de la Cruz' WHEN 2 THEN 'Zoë Ångström' WHEN 3 THEN 'Prince' \
+                      WHEN 4 THEN ' Leading' ELSE 'Jean-Luc  Picard' END || ' ' || i, \
+           'User.' || i || '@Example.COM', \
+           strftime('%Y-%m-%d %H:%M:%f', '2020-01-01 00:00:00', '+' || i || ' seconds') || printf('%03d', i % 1000), \
+           CASE WHEN i % 50 = 0 THEN '{{\"theme\": \"dark\"' \
+                WHEN i % 7 = 0 THEN NULL \
+                WHEN i % 3 = 0 THEN '{{\"theme\": \"dark\", \"notifications\": false}}' \
+                ELSE '{{\"notifications\": ' || CASE WHEN i % 2 = 0 THEN 'true' ELSE 'false' END || '}}' END \
+         FROM s"
+    ))
+    .await;
+}
+
+/// A pipeline configuration written to a temporary file.
+pub struct Pipeline {
+    /// Kept alive so the directory is removed when the test ends.
+    pub _dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Pipeline {
+    /// `extra` is appended verbatim after the `[plugin]` path (more plugin
+    /// keys, then more sections).
+    pub fn new(source: &str, target: &str, plugin: &Path, extra: &str) -> Pipeline {
+        Self::with_target_keys(source, target, plugin, "", extra)
+    }
+
+    /// Like [`Pipeline::new`], with `target_keys` added to `[target]`.
+    pub fn with_target_keys(source: &str, target: &str, plugin: &Path, target_keys: &str, extra: &str) -> Pipeline {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("ferry.toml");
+        let text = format!(
+            "name = \"test\"\n\n[source]\nurl = \"{source}\"\ntable = \"users\"\n\n[target]\nurl = \"{target}\"\ntable = \"users\"\n{target_keys}\n\
+             [plugin]\npath = \"{}\"\n{extra}\n",
+            plugin.display()
+        );
+        std::fs::write(&config, text).expect("write config");
+        Pipeline { _dir: dir, config }
+    }
+
+    pub fn ferry(&self, args: &[&str]) -> Run {
+        let mut full = vec!["--config", self.config.to_str().expect("utf-8 path")];
+        full.extend_from_slice(args);
+        ferry(&full)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = ferry_command();
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd
+    }
+}
+
+/// The `ferry` binary under test, with a shared compiled-plugin cache.
+pub fn ferry_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.env("FERRY_CACHE_DIR", root().join("target/ferry-test-cache")).env_remove("FERRY_CONFIG");
+    cmd
+}
+
+/// The outcome of one `ferry` invocation.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+pub fn ferry(args: &[&str]) -> Run {
+    let Output { status, stdout, stderr } = ferry_command().args(args).output().expect("run ferry");
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
