@@ -15,7 +15,8 @@
 #
 # Environment:
 #   FERRY_BIN     ferry binary (default target/release/ferry; built if missing)
-#   FERRY_PLUGIN  transform plugin (default plugins/target/wasm32-wasip2/release/transform_user.wasm)
+#   FERRY_PLUGIN  transform plugin (default plugins/target/wasm32-wasip2/release/transform_user.wasm;
+#                 built when missing, and rebuilt whenever FERRY_BIN is built)
 #   BATCH_SIZE    [migrate] batch_size in the generated ferry.toml (default 2000)
 #   SKIP_FERRY=1  run only the data generation and the SQL baseline
 #   KEEP=1        keep the bench databases at the end (default: dropped)
@@ -160,10 +161,13 @@ record() {
 
 # --- clean-up ------------------------------------------------------------------
 
+CONNECTED=0
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/ferry-bench.XXXXXX")
 cleanup() {
     local rc=$?
-    if [[ $KEEP == 1 ]]; then
+    if [[ $CONNECTED != 1 ]]; then
+        :   # never reached the server: nothing to drop
+    elif [[ $KEEP == 1 ]]; then
         log "KEEP=1: leaving databases $DB_SRC, $DB_SQL, $DB_FERRY"
     else
         for db in "$DB_SRC" "$DB_SQL" "$DB_FERRY"; do
@@ -189,6 +193,7 @@ done
 [[ -x /usr/bin/time ]] || die "/usr/bin/time (GNU time) is required for peak RSS"
 pg -d postgres -c 'SELECT 1' >/dev/null \
     || die "cannot connect to PostgreSQL at $PGHOST:$PGPORT as $PGUSER"
+CONNECTED=1
 [[ $(psql -X -At -d postgres -c "SELECT count(*) FROM pg_collation WHERE collname = 'und-x-icu'") == 1 ]] \
     || die "the server has no ICU collation \"und-x-icu\" (needed for the baseline's Unicode lower())"
 
@@ -203,6 +208,10 @@ if [[ $SKIP_FERRY != 1 ]]; then
         command -v cargo >/dev/null || die "$FERRY_BIN does not exist and cargo is not on PATH"
         log "building ferry (cargo build --release -p ferry)"
         (cd "$ROOT" && cargo build --release -p ferry) || die "building ferry failed"
+        BUILD_PLUGIN=1
+    fi
+    if [[ ${BUILD_PLUGIN:-0} == 1 || ! -e $FERRY_PLUGIN ]]; then
+        command -v cargo >/dev/null || die "$FERRY_PLUGIN does not exist and cargo is not on PATH"
         log "building the transform-user plugin (wasm32-wasip2)"
         (cd "$ROOT/plugins" && cargo build --release --target wasm32-wasip2 -p transform-user) \
             || die "building the transform-user plugin failed"
@@ -233,6 +242,10 @@ for N in "${SIZES[@]}"; do
     pg -d "$DB_SRC" -f "$BENCH_DIR/baseline.sql" || die "loading bench/baseline.sql failed"
 
     # 2. SQL baseline -------------------------------------------------------------
+    # Two psql clients joined by a pipe; the transform runs in the source
+    # backend, jsonb/timestamptz parsing and the PK in the target backend.
+    # Its rows/s = N source rows / wall time, although it writes only the rows
+    # it can transform (the others are silently skipped: it cannot dead-letter).
     log "N=$N: SQL baseline (psql \\copy | psql \\copy)"
     recreate_target "$DB_SQL"
     checkpoint

@@ -80,9 +80,10 @@ pub trait Sink: Send {
     async fn privileges(&mut self) -> anyhow::Result<Result<(), String>>;
 }
 
-/// A target row read back, each field in ferry's canonical text form (see
-/// `validate::canonical`): id, first_name, last_name, email, created_at,
-/// settings.
+/// A target row read back, each field in ferry's canonical text form: id,
+/// first_name, last_name, email as stored; created_at as microseconds since
+/// the Unix epoch in decimal; settings as canonical JSON
+/// (`validate::canonical_json`).
 pub type TargetRow = [Option<String>; 6];
 
 /// The target's column names, in [`TargetRow`] order.
@@ -106,4 +107,9 @@ pub trait TargetReader: Send {
     ) -> anyhow::Result<Vec<TargetRow>>;
     /// Rows with these keys.
     async fn read_keys(&mut self, keys: &[String]) -> anyhow::Result<Vec<TargetRow>>;
+    /// The keys that cut the table, in key order, into segments of
+    /// `segment_rows` rows: the first key of every segment but the first.
+    async fn segment_boundaries(&mut self, segment_rows: usize) -> anyhow::Result<Vec<String>>;
+    /// Streams every row, in no particular order, to `each`.
+    async fn scan(&mut self, each: &mut (dyn FnMut(TargetRow) + Send)) -> anyhow::Result<()>;
 }

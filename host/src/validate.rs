@@ -16,6 +16,7 @@
 //! target is read in its own.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -150,16 +151,25 @@ fn write_canonical(v: &Value, out: &mut String) {
     }
 }
 
-/// A transformed row in canonical target form.
-pub fn canonical_row(row: &NewUser) -> TargetRow {
+/// A transformed row in canonical target form (see [`TargetRow`]).
+pub fn canonical_row(row: NewUser) -> TargetRow {
+    let settings = canonical_json(&row.settings);
     [
-        Some(row.id.clone()),
-        Some(row.first_name.clone()),
-        Some(row.last_name.clone()),
-        Some(row.email.clone()),
-        Some(crate::time::format_rfc3339_micros(row.created_at)),
-        Some(canonical_json(&row.settings)),
+        Some(row.id),
+        Some(row.first_name),
+        Some(row.last_name),
+        Some(row.email),
+        Some(row.created_at.to_string()),
+        Some(settings),
     ]
+}
+
+/// A canonical field as a person reads it (timestamps in RFC 3339).
+pub fn display_field(field: &str, value: &str) -> String {
+    match (field, value.parse::<i64>()) {
+        ("created_at", Ok(micros)) => crate::time::format_rfc3339_micros(micros),
+        _ => value.to_string(),
+    }
 }
 
 /// A row's hash: SHA-256 over its fields with lengths (so that field
@@ -189,8 +199,8 @@ pub fn diff_fields(key: &str, expected: &TargetRow, actual: &TargetRow) -> Vec<F
         .map(|(field, (e, a))| FieldDiff {
             key: key.to_string(),
             field: field.to_string(),
-            expected: e.clone(),
-            actual: a.clone(),
+            expected: e.as_deref().map(|v| display_field(field, v)),
+            actual: a.as_deref().map(|v| display_field(field, v)),
         })
         .collect()
 }
@@ -236,7 +246,7 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
     let counts = check_counts(source.as_mut(), target.as_mut(), &run).await?;
     let sample = check_sample(source.as_mut(), target.as_mut(), &mut transformer, options.sample_size).await?;
     let checksum = if options.checksum {
-        Some(check_checksums(settings, source.as_mut(), target.as_mut(), &mut transformer, options.segment_rows).await?)
+        Some(check_checksums(settings, source, target, &mut transformer, options.segment_rows).await?.0)
     } else {
         None
     };
@@ -295,7 +305,7 @@ async fn check_sample(
     let mut rejected = batch.unreadable.len();
     for (_, outcome) in transform(transformer, batch.rows)? {
         match outcome {
-            Outcome::Row(row) => expected.push(canonical_row(&row)),
+            Outcome::Row(row) => expected.push(canonical_row(row)),
             _ => rejected += 1,
         }
     }
@@ -322,56 +332,61 @@ async fn check_sample(
 
 async fn check_checksums(
     settings: &Settings,
-    source: &mut dyn SnapshotSource,
-    target: &mut dyn Target,
+    source: Box<dyn SnapshotSource>,
+    target: Box<dyn Target>,
     transformer: &mut Transformer,
     segment_rows: usize,
-) -> anyhow::Result<ChecksumCheck> {
-    // Pass 1, target: cut segments of `segment_rows` rows and hash them.
-    // boundaries[i] is the first key of segment i + 1; segment 0 starts at
-    // the beginning of the key space and the last one runs to its end.
-    let mut boundaries: Vec<String> = Vec::new();
-    let mut target_segments: Vec<Segment> = vec![Segment::default()];
-    let mut target_rows_hashed = 0u64;
-    let mut after: Option<String> = None;
-    loop {
-        let page = target.read_range(after.as_deref().map(|k| (k, false)), None, segment_rows).await?;
-        let Some(last) = page.last() else { break };
-        after = last[0].clone();
-        for row in &page {
-            let current = target_segments.last_mut().expect("at least one segment");
-            if current.rows as usize == segment_rows {
-                boundaries.push(row[0].clone().unwrap_or_default());
-                target_segments.push(Segment::default());
-            }
-            target_segments.last_mut().expect("segment").add(row_hash(row));
-            target_rows_hashed += 1;
-        }
-    }
-    let segment_of = |key: &str| boundaries.partition_point(|b| b.as_str() <= key);
+) -> anyhow::Result<(ChecksumCheck, Box<dyn SnapshotSource>, Box<dyn Target>)> {
+    // Segments are cut on the target's keys, in byte order: boundaries[i] is
+    // the first key of segment i + 1; segment 0 starts at the beginning of
+    // the key space and the last one runs to its end.
+    let started = std::time::Instant::now();
+    let mut target = target;
+    let boundaries = Arc::new(target.segment_boundaries(segment_rows).await?);
+    tracing::info!(elapsed = ?started.elapsed(), segments = boundaries.len() + 1, "segments cut");
+    let segments = boundaries.len() + 1;
+    let segment_of = |boundaries: &[String], key: &str| boundaries.partition_point(|b| b.as_str() <= key);
 
-    // Pass 2, source: re-transform and hash into the same segments.
-    let mut source_segments = vec![Segment::default(); target_segments.len()];
+    // The target and the source are hashed at the same time: the target
+    // pass on its own task, the source pass (read ahead, transform) here.
+    let cut = Arc::clone(&boundaries);
+    let target_pass = tokio::spawn(async move {
+        let mut sums = vec![Segment::default(); segments];
+        let mut rows = 0u64;
+        let result = target
+            .scan(&mut |row| {
+                let key = row[0].as_deref().unwrap_or_default();
+                sums[segment_of(&cut, key)].add(row_hash(&row));
+                rows += 1;
+            })
+            .await;
+        (target, result.map(|()| (sums, rows)))
+    });
+    let mut source_sums = vec![Segment::default(); segments];
     let mut source_rows_hashed = 0u64;
-    scan_source(settings, source, transformer, |row| {
+    let source = scan_source(settings, source, transformer, |row| {
         let key = row[0].as_deref().unwrap_or_default();
-        source_segments[segment_of(key)].add(row_hash(&row));
+        source_sums[segment_of(&boundaries, key)].add(row_hash(&row));
         source_rows_hashed += 1;
     })
-    .await?;
+    .await;
+    tracing::info!(elapsed = ?started.elapsed(), rows = source_rows_hashed, "source pass done");
+    let (mut target, target_result) = target_pass.await.context("the target checksum task panicked")?;
+    tracing::info!(elapsed = ?started.elapsed(), "target pass done");
+    let mut source = source?;
+    let (target_sums, target_rows_hashed) = target_result?;
 
-    let mismatched: Vec<usize> =
-        (0..target_segments.len()).filter(|&i| source_segments[i] != target_segments[i]).collect();
+    let mismatched: Vec<usize> = (0..segments).filter(|&i| source_sums[i] != target_sums[i]).collect();
     let drilled: BTreeSet<usize> = mismatched.iter().copied().take(MAX_DRILLED_SEGMENTS).collect();
     let mut missing = Vec::new();
     let mut extra = Vec::new();
     let mut different = Vec::new();
     if !drilled.is_empty() {
-        // Pass 3: the mismatching segments, row by row, on both sides.
+        // The mismatching segments, row by row, on both sides.
         let mut expected: BTreeMap<String, TargetRow> = BTreeMap::new();
-        scan_source(settings, source, transformer, |row| {
+        source = scan_source(settings, source, transformer, |row| {
             let key = row[0].clone().unwrap_or_default();
-            if drilled.contains(&segment_of(&key)) {
+            if drilled.contains(&segment_of(&boundaries, &key)) {
                 expected.insert(key, row);
             }
         })
@@ -406,9 +421,9 @@ async fn check_checksums(
         extra.truncate(MAX_LISTED);
         different.truncate(MAX_LISTED);
     }
-    Ok(ChecksumCheck {
+    let check = ChecksumCheck {
         ok: mismatched.is_empty(),
-        segments: target_segments.len(),
+        segments,
         mismatched_segments: mismatched.len(),
         source_rows_hashed,
         target_rows_hashed,
@@ -416,31 +431,50 @@ async fn check_checksums(
         extra,
         different,
         undrilled_segments: mismatched.len() - drilled.len(),
-    })
+    };
+    Ok((check, source, target))
 }
 
-/// Reads the whole source in key order, transforms it, and hands each
-/// transformed row (canonical form) to `each`. Rejected rows are skipped:
-/// they are accounted for by the counts check.
+/// Reads the whole source in key order (a reader task keeps one batch
+/// ahead), transforms it, and hands each transformed row (canonical form) to
+/// `each`. Rejected rows are skipped: the counts check accounts for them.
+/// Gives the source back.
 async fn scan_source(
     settings: &Settings,
-    source: &mut dyn SnapshotSource,
+    source: Box<dyn SnapshotSource>,
     transformer: &mut Transformer,
     mut each: impl FnMut(TargetRow),
-) -> anyhow::Result<()> {
-    let mut after = None;
-    loop {
-        let batch = source.read_after(after, settings.batch_size.max(1000)).await?;
-        if batch.is_empty() {
-            return Ok(());
+) -> anyhow::Result<Box<dyn SnapshotSource>> {
+    let batch_size = settings.batch_size;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        let mut source = source;
+        let mut after = None;
+        loop {
+            match source.read_after(after, batch_size).await {
+                Ok(batch) if batch.is_empty() => break,
+                Ok(batch) => {
+                    after = batch.last_key;
+                    if tx.send(Ok(batch)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+            }
         }
-        after = batch.last_key;
-        for (_, outcome) in transform(transformer, batch.rows)? {
+        source
+    });
+    while let Some(batch) = rx.recv().await {
+        for (_, outcome) in transform(transformer, batch?.rows)? {
             if let Outcome::Row(row) = outcome {
-                each(canonical_row(&row));
+                each(canonical_row(row));
             }
         }
     }
+    reader.await.context("the source reader task panicked")
 }
 
 #[cfg(test)]

@@ -24,11 +24,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connects with the session settings ferry relies on: UTC (so `timestamp`
 /// columns are read and written as UTC) and a recognisable application name.
 pub async fn connect(url: &DbUrl, role: &str) -> anyhow::Result<PgConnection> {
+    connect_with(url, role, &[]).await
+}
+
+/// [`connect`] with more session settings.
+pub async fn connect_with(url: &DbUrl, role: &str, settings: &[(&str, &str)]) -> anyhow::Result<PgConnection> {
     let options = PgConnectOptions::from_str(url.expose())
         .with_context(|| format!("{role}.url {url} is not a valid PostgreSQL URL"))?
         .options([("TimeZone", "UTC"), ("lock_timeout", "60s")])
+        .options(settings.iter().copied())
         .application_name("ferry")
-        .log_statements(tracing::log::LevelFilter::Trace);
+        .log_statements(tracing::log::LevelFilter::Trace)
+        // Long scans are expected here; they are not worth a warning.
+        .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
     match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
         Err(_) => anyhow::bail!(
             "cannot connect to {role} PostgreSQL at {url}: no answer within {}s; is the server up and is {role}.url right?",

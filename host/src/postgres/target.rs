@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{Connection, Row};
 
 use super::copy::{self, ColumnEncoding};
-use super::{connect, describe_error, table_shape};
+use super::{describe_error, table_shape};
 use crate::config::{LoadMethod, OnConflict};
 use crate::control::{ControlStore, DeadLetterRecord, RunRecord, RunStatus, Stats};
 use crate::db::{DbUrl, TableName};
@@ -97,7 +97,11 @@ impl PgTarget {
         load_method: LoadMethod,
         source_table: String,
     ) -> anyhow::Result<PgTarget> {
-        let conn = connect(url, "target").await?;
+        // Batches commit asynchronously: a server crash may lose the last
+        // few commits, but each took its checkpoint with it, so a resume
+        // redoes exactly those batches. Run statuses commit synchronously
+        // (see set_status), which also makes every earlier commit durable.
+        let conn = super::connect_with(url, "target", &[("synchronous_commit", "off")]).await?;
         let loader = Loader {
             target: table.quoted(),
             table_name: table.to_string(),
@@ -138,7 +142,7 @@ impl PgTarget {
             row.try_get(1)?,
             row.try_get(2)?,
             row.try_get(3)?,
-            created.map(|t| crate::time::format_rfc3339_micros(t.timestamp_micros())),
+            created.map(|t| t.timestamp_micros().to_string()),
             settings.map(|s| crate::validate::canonical_json(&s)),
         ])
     }
@@ -434,6 +438,8 @@ impl ControlStore for PgTarget {
     }
 
     async fn set_status(&mut self, run_id: &str, status: RunStatus, message: Option<&str>) -> anyhow::Result<()> {
+        let mut tx = self.conn.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
         sqlx::query(
             "UPDATE ferry.runs SET status = $2, message = $3, updated_at = now(), \
              finished_at = CASE WHEN $2 IN ('completed', 'abandoned') THEN now() ELSE NULL END WHERE run_id = $1",
@@ -441,8 +447,9 @@ impl ControlStore for PgTarget {
         .bind(run_id)
         .bind(status.as_str())
         .bind(message)
-        .execute(&mut self.conn)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -508,6 +515,31 @@ impl TargetReader for PgTarget {
             .await
             .map_err(|e| anyhow::anyhow!("reading target rows from {}: {}", self.table, describe_error(&e)))?;
         Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
+    }
+
+    async fn segment_boundaries(&mut self, segment_rows: usize) -> anyhow::Result<Vec<String>> {
+        let sql = format!(
+            "SELECT id FROM (SELECT id::text AS id, row_number() OVER (ORDER BY id COLLATE \"C\") AS rn FROM {}) s \
+             WHERE rn > 1 AND (rn - 1) % $1 = 0 ORDER BY rn",
+            self.table.quoted()
+        );
+        sqlx::query_scalar(&sql)
+            .bind(segment_rows as i64)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| anyhow::anyhow!("cutting {} into segments: {}", self.table, describe_error(&e)))
+    }
+
+    async fn scan(&mut self, each: &mut (dyn FnMut(TargetRow) + Send)) -> anyhow::Result<()> {
+        use futures_util::TryStreamExt;
+        let sql = self.select_target();
+        let mut rows = sqlx::query(&sql).fetch(&mut self.conn);
+        while let Some(row) =
+            rows.try_next().await.map_err(|e| anyhow::anyhow!("reading {}: {}", self.table, describe_error(&e)))?
+        {
+            each(Self::decode_target(&row)?);
+        }
+        Ok(())
     }
 
     async fn read_keys(&mut self, keys: &[String]) -> anyhow::Result<Vec<TargetRow>> {

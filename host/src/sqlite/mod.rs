@@ -23,7 +23,9 @@ pub async fn connect(url: &DbUrl, role: &str, writable: bool) -> anyhow::Result<
     let options = SqliteConnectOptions::from_str(url.expose())
         .with_context(|| format!("{role}.url {url} is not a valid SQLite URL (write sqlite://path/to/file.db)"))?
         .busy_timeout(Duration::from_secs(30))
-        .log_statements(tracing::log::LevelFilter::Trace);
+        .log_statements(tracing::log::LevelFilter::Trace)
+        // Long scans are expected here; they are not worth a warning.
+        .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
     let options = if writable {
         options.create_if_missing(true).journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal)
     } else {

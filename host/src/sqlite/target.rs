@@ -86,7 +86,7 @@ impl SqliteTarget {
     fn decode_target(row: &SqliteRow) -> Result<TargetRow, sqlx::Error> {
         let text = |i: usize| -> Result<Option<String>, sqlx::Error> { row.try_get_unchecked::<Option<String>, _>(i) };
         let created = text(4)?.map(|s| match crate::time::parse_text(&s) {
-            Some(t) => crate::time::format_rfc3339_micros(t),
+            Some(t) => t.to_string(),
             None => s,
         });
         Ok([text(0)?, text(1)?, text(2)?, text(3)?, created, text(5)?.map(|s| crate::validate::canonical_json(&s))])
@@ -378,6 +378,24 @@ impl TargetReader for SqliteTarget {
             .fetch_all(&mut self.conn)
             .await?;
         Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
+    }
+
+    async fn segment_boundaries(&mut self, segment_rows: usize) -> anyhow::Result<Vec<String>> {
+        let sql = format!(
+            "SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM {}) WHERE rn > 1 AND (rn - 1) % ?1 = 0 ORDER BY rn",
+            table_sql(&self.table)
+        );
+        Ok(sqlx::query_scalar(&sql).bind(segment_rows as i64).fetch_all(&mut self.conn).await?)
+    }
+
+    async fn scan(&mut self, each: &mut (dyn FnMut(TargetRow) + Send)) -> anyhow::Result<()> {
+        use futures_util::TryStreamExt;
+        let sql = self.select_target();
+        let mut rows = sqlx::query(&sql).fetch(&mut self.conn);
+        while let Some(row) = rows.try_next().await? {
+            each(Self::decode_target(&row)?);
+        }
+        Ok(())
     }
 
     async fn read_keys(&mut self, keys: &[String]) -> anyhow::Result<Vec<TargetRow>> {
