@@ -17,7 +17,7 @@
 #   FERRY_BIN     ferry binary (default target/release/ferry; built if missing)
 #   FERRY_PLUGIN  transform plugin (default plugins/target/wasm32-wasip2/release/transform_user.wasm;
 #                 built when missing, and rebuilt whenever FERRY_BIN is built)
-#   BATCH_SIZE    [migrate] batch_size in the generated ferry.toml (default 2000)
+#   BATCH_SIZE    [migrate] batch_size in the generated ferry.toml (default 5000, ferry's own)
 #   SKIP_FERRY=1  run only the data generation and the SQL baseline
 #   KEEP=1        keep the bench databases at the end (default: dropped)
 #   PGHOST / PGPORT / PGUSER   default 127.0.0.1 / 5432 / postgres (trust auth)
@@ -54,7 +54,7 @@ FERRY_BIN=${FERRY_BIN:-target/release/ferry}
 case $FERRY_BIN in /*) ;; *) FERRY_BIN=$ROOT/$FERRY_BIN ;; esac
 FERRY_PLUGIN=${FERRY_PLUGIN:-$ROOT/plugins/target/wasm32-wasip2/release/transform_user.wasm}
 case $FERRY_PLUGIN in /*) ;; *) FERRY_PLUGIN=$ROOT/$FERRY_PLUGIN ;; esac
-BATCH_SIZE=${BATCH_SIZE:-2000}
+BATCH_SIZE=${BATCH_SIZE:-5000}  # ferry's default (settings::DEFAULT_BATCH_SIZE)
 SKIP_FERRY=${SKIP_FERRY:-0}
 KEEP=${KEEP:-0}
 

@@ -143,9 +143,21 @@ impl FileConfig {
         let text = interpolate(text, path, env)?;
         toml::from_str(&text).map_err(|e| {
             let (line, column) = e.span().map(|span| line_col(&text, span.start)).unwrap_or((1, 1));
-            ConfigError::Parse { path: path.into(), line, column, message: e.message().trim().to_string() }
+            let mut message = e.message().trim().to_string();
+            // Name the key when the message does not (wrong types do not).
+            if let Some(key) = key_on_line(&text, line).filter(|k| !message.contains(k.as_str())) {
+                message = format!("key `{key}`: {message}");
+            }
+            ConfigError::Parse { path: path.into(), line, column, message }
         })
     }
+}
+
+/// The key assigned on a line (`key = value`), if any.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let (key, _) = text.lines().nth(line.checked_sub(1)?)?.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && !key.starts_with('[') && !key.starts_with('#')).then(|| key.to_string())
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -222,6 +234,7 @@ mod tests {
     fn wrong_type_names_line() {
         let err = parse("[migrate]\n\nbatch_size = \"big\"\n").unwrap_err().to_string();
         assert!(err.starts_with("ferry.toml:3:"), "{err}");
+        assert!(err.contains("key `batch_size`"), "{err}");
     }
 
     #[test]

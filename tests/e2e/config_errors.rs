@@ -26,7 +26,9 @@ fn wrong_type_names_line_and_key() {
     let run = ferry(&["--config", &path, "migrate"]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
-        run.stderr.contains(&format!("{path}:2:")) && run.stderr.contains("invalid type: string \"lots\""),
+        run.stderr.contains(&format!("{path}:2:"))
+            && run.stderr.contains("invalid type: string \"lots\"")
+            && run.stderr.contains("key `batch_size`"),
         "{run:?}"
     );
 }

@@ -18,7 +18,10 @@
 //!   `false`, `0`, `""`); `notifications` = `metadata.notifications ?? true`
 //!   (only missing or `null` take the default).
 
-use serde_json::{Map, Value};
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
 
 /// A legacy row, host-independent.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,30 +68,26 @@ pub fn transform(row: &Legacy<'_>) -> Result<NewUser, String> {
 }
 
 fn settings(metadata: Option<&str>) -> Result<String, String> {
-    let empty = Map::new();
-    let parsed;
-    let object: &Map<String, Value> = match metadata {
-        None | Some("") => &empty,
-        Some(text) => {
-            parsed = serde_json::from_str::<Value>(text).map_err(|e| format!("metadata is not valid JSON: {e}"))?;
-            match &parsed {
-                Value::Object(map) => map,
-                Value::Null => {
-                    return Err("metadata is JSON null (the seed reads null.theme and throws a TypeError)".to_string());
-                }
-                // A number, string, boolean or array has no `theme` or
-                // `notifications` property in JavaScript: defaults apply.
-                _ => &empty,
+    let (theme, notifications) = match metadata {
+        None | Some("") => (None, None),
+        Some(text) => match serde_json::from_str::<Metadata>(text) {
+            Err(e) => return Err(format!("metadata is not valid JSON: {e}")),
+            Ok(Metadata::Null) => {
+                return Err("metadata is JSON null (the seed reads null.theme and throws a TypeError)".to_string());
             }
-        }
+            Ok(Metadata::Object { theme, notifications }) => (theme, notifications),
+            // A number, string, boolean or array has no `theme` or
+            // `notifications` property in JavaScript: defaults apply.
+            Ok(Metadata::Other) => (None, None),
+        },
     };
-    let theme = match object.get("theme") {
-        Some(v) if !js_falsy(v) => v.clone(),
+    let theme = match theme {
+        Some(v) if !js_falsy(&v) => v,
         _ => Value::String("light".into()),
     };
-    let notifications = match object.get("notifications") {
+    let notifications = match notifications {
         None | Some(Value::Null) => Value::Bool(true),
-        Some(v) => v.clone(),
+        Some(v) => v,
     };
     // Written by hand to keep the seed's key order (theme, notifications).
     let mut out = String::with_capacity(48);
@@ -98,6 +97,105 @@ fn settings(metadata: Option<&str>) -> Result<String, String> {
     out.push_str(&notifications.to_string());
     out.push('}');
     Ok(out)
+}
+
+/// What the transform needs of the metadata document. Parsing into this
+/// validates the whole document (as `JSON.parse` does) but keeps only the two
+/// keys it reads: the rest is skipped without building a map.
+enum Metadata {
+    /// An object: its `theme` and `notifications` (the last one wins when a
+    /// key repeats, as in `JSON.parse`).
+    Object { theme: Option<Value>, notifications: Option<Value> },
+    /// JSON `null`.
+    Null,
+    /// Any other JSON value.
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MetadataVisitor)
+    }
+}
+
+struct MetadataVisitor;
+
+impl<'de> Visitor<'de> for MetadataVisitor {
+    type Value = Metadata;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON document")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Metadata, A::Error> {
+        let (mut theme, mut notifications) = (None, None);
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Theme => theme = Some(map.next_value()?),
+                Key::Notifications => notifications = Some(map.next_value()?),
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Metadata::Object { theme, notifications })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Metadata, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Metadata::Other)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Metadata, E> {
+        Ok(Metadata::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Metadata, E> {
+        Ok(Metadata::Other)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Metadata, E> {
+        Ok(Metadata::Other)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Metadata, E> {
+        Ok(Metadata::Other)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Metadata, E> {
+        Ok(Metadata::Other)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Metadata, E> {
+        Ok(Metadata::Other)
+    }
+}
+
+/// An object key, recognised without allocating.
+enum Key {
+    Theme,
+    Notifications,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "theme" => Key::Theme,
+                    "notifications" => Key::Notifications,
+                    _ => Key::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
 }
 
 /// JavaScript falsiness of a JSON value (`NaN` and `undefined` cannot occur).
@@ -125,6 +223,23 @@ mod tests {
         assert_eq!((out.first_name.as_str(), out.last_name.as_str()), ("Mary", "Ann de la Cruz"));
         let out = transform(&row(" Leading", None)).unwrap();
         assert_eq!((out.first_name.as_str(), out.last_name.as_str()), ("", "Leading"));
+    }
+
+    #[test]
+    fn repeated_keys_keep_the_last_value_like_json_parse() {
+        let out = transform(&row("a", Some(r#"{"theme":"dark","x":{"theme":1},"theme":"blue"}"#))).unwrap();
+        assert_eq!(out.settings, r#"{"theme":"blue","notifications":true}"#);
+    }
+
+    #[test]
+    fn escaped_keys_are_recognised() {
+        let out = transform(&row("a", Some(r#"{"the\u006de":"dark"}"#))).unwrap();
+        assert_eq!(out.settings, r#"{"theme":"dark","notifications":true}"#);
+    }
+
+    #[test]
+    fn trailing_garbage_is_invalid() {
+        assert!(transform(&row("a", Some(r#"{} x"#))).unwrap_err().contains("trailing characters"));
     }
 
     #[test]
