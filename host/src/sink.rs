@@ -107,9 +107,10 @@ pub trait TargetReader: Send {
     ) -> anyhow::Result<Vec<TargetRow>>;
     /// Rows with these keys.
     async fn read_keys(&mut self, keys: &[String]) -> anyhow::Result<Vec<TargetRow>>;
-    /// The keys that cut the table, in key order, into segments of
-    /// `segment_rows` rows: the first key of every segment but the first.
-    async fn segment_boundaries(&mut self, segment_rows: usize) -> anyhow::Result<Vec<String>>;
+    /// The keys that cut the table, in key order, into segments of about
+    /// `segment_rows` rows (the table has about `total_rows`): the first key
+    /// of every segment but the first. Segments need not be exactly equal.
+    async fn segment_boundaries(&mut self, segment_rows: usize, total_rows: u64) -> anyhow::Result<Vec<String>>;
     /// Streams every row, in no particular order, to `each`.
     async fn scan(&mut self, each: &mut (dyn FnMut(TargetRow) + Send)) -> anyhow::Result<()>;
 }

@@ -342,7 +342,8 @@ async fn check_checksums(
     // the key space and the last one runs to its end.
     let started = std::time::Instant::now();
     let mut target = target;
-    let boundaries = Arc::new(target.segment_boundaries(segment_rows).await?);
+    let total = target.count_rows().await?;
+    let boundaries = Arc::new(target.segment_boundaries(segment_rows, total).await?);
     tracing::info!(elapsed = ?started.elapsed(), segments = boundaries.len() + 1, "segments cut");
     let segments = boundaries.len() + 1;
     let segment_of = |boundaries: &[String], key: &str| boundaries.partition_point(|b| b.as_str() <= key);

@@ -517,7 +517,26 @@ impl TargetReader for PgTarget {
         Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
     }
 
-    async fn segment_boundaries(&mut self, segment_rows: usize) -> anyhow::Result<Vec<String>> {
+    async fn segment_boundaries(&mut self, segment_rows: usize, total_rows: u64) -> anyhow::Result<Vec<String>> {
+        // Large tables: cut on a page sample (TABLESAMPLE SYSTEM reads a few
+        // percent of the pages) with SAMPLES_PER_SEGMENT keys per segment,
+        // instead of sorting every key.
+        const SAMPLES_PER_SEGMENT: u64 = 32;
+        let wanted = SAMPLES_PER_SEGMENT * (total_rows / segment_rows as u64 + 1);
+        let percent = 100.0 * wanted as f64 / total_rows.max(1) as f64;
+        if percent < 25.0 {
+            let sql = format!("SELECT id::text FROM {} TABLESAMPLE SYSTEM ($1)", self.table.quoted());
+            let mut keys: Vec<String> = sqlx::query_scalar(&sql)
+                .bind(percent)
+                .fetch_all(&mut self.conn)
+                .await
+                .map_err(|e| anyhow::anyhow!("sampling {} for segments: {}", self.table, describe_error(&e)))?;
+            keys.sort_unstable();
+            let mut cut: Vec<String> =
+                keys.into_iter().skip(SAMPLES_PER_SEGMENT as usize).step_by(SAMPLES_PER_SEGMENT as usize).collect();
+            cut.dedup();
+            return Ok(cut);
+        }
         let sql = format!(
             "SELECT id FROM (SELECT id::text AS id, row_number() OVER (ORDER BY id COLLATE \"C\") AS rn FROM {}) s \
              WHERE rn > 1 AND (rn - 1) % $1 = 0 ORDER BY rn",

@@ -380,7 +380,7 @@ impl TargetReader for SqliteTarget {
         Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
     }
 
-    async fn segment_boundaries(&mut self, segment_rows: usize) -> anyhow::Result<Vec<String>> {
+    async fn segment_boundaries(&mut self, segment_rows: usize, _total_rows: u64) -> anyhow::Result<Vec<String>> {
         let sql = format!(
             "SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM {}) WHERE rn > 1 AND (rn - 1) % ?1 = 0 ORDER BY rn",
             table_sql(&self.table)
