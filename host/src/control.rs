@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use serde::Serialize;
+use sqlx::{ColumnIndex, Decode, Row, Type};
 
 /// A run's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -105,4 +106,50 @@ pub trait ControlStore: Send {
     async fn dead_letters(&mut self, run_id: &str, limit: Option<usize>) -> anyhow::Result<Vec<DeadLetterRecord>>;
     /// The plugin hashes that produced a run's batches.
     async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>>;
+}
+
+/// Reads a `runs` row (same columns in every engine's control tables).
+pub(crate) fn run_from_row<'r, R>(row: &'r R) -> Result<RunRecord, sqlx::Error>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let n = |column: &'static str| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(column)? as u64) };
+    Ok(RunRecord {
+        run_id: row.try_get("run_id")?,
+        pipeline: row.try_get("pipeline")?,
+        source: row.try_get("source")?,
+        target_table: row.try_get("target_table")?,
+        plugin_sha256: row.try_get("plugin_sha256")?,
+        status: RunStatus::parse(&row.try_get::<String, _>("status")?),
+        last_key: row.try_get("last_key")?,
+        batches: n("batches")?,
+        stats: Stats {
+            extracted: n("extracted")?,
+            transformed: n("transformed")?,
+            loaded: n("loaded")?,
+            skipped: n("skipped")?,
+            dead_lettered: n("dead_lettered")?,
+        },
+        message: row.try_get("message")?,
+    })
+}
+
+/// Reads a `dead_letters` row (with `source_row` as text).
+pub(crate) fn dead_letter_from_row<'r, R>(row: &'r R) -> Result<DeadLetterRecord, sqlx::Error>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(DeadLetterRecord {
+        run_id: row.try_get("run_id")?,
+        source_key: row.try_get("source_key")?,
+        source_row: row.try_get("source_row")?,
+        kind: row.try_get("kind")?,
+        reason: row.try_get("reason")?,
+        plugin_sha256: row.try_get("plugin_sha256")?,
+    })
 }

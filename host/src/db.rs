@@ -143,6 +143,11 @@ pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// The statements of a DDL script (statements end with `;` at a line end).
+pub fn ddl_statements(script: &str) -> impl Iterator<Item = &str> {
+    script.split(";\n").map(str::trim).filter(|s| !s.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,20 @@ pub trait Sink: Send {
 /// (`validate::canonical_json`).
 pub type TargetRow = [Option<String>; 6];
 
+/// A row as the driver hands it over, borrowed (nothing copied): what the
+/// checksum pass hashes. `created_at` is `None` when NULL or unreadable.
+#[derive(Debug, Clone, Copy)]
+pub struct RowView<'a> {
+    pub id: Option<&'a str>,
+    pub first_name: Option<&'a str>,
+    pub last_name: Option<&'a str>,
+    pub email: Option<&'a str>,
+    /// Microseconds since the Unix epoch.
+    pub created_at: Option<i64>,
+    /// JSON text, not yet canonical.
+    pub settings: Option<&'a str>,
+}
+
 /// The target's column names, in [`TargetRow`] order.
 pub const TARGET_FIELDS: [&str; 6] = ["id", "first_name", "last_name", "email", "created_at", "settings"];
 
@@ -112,5 +126,5 @@ pub trait TargetReader: Send {
     /// of every segment but the first. Segments need not be exactly equal.
     async fn segment_boundaries(&mut self, segment_rows: usize, total_rows: u64) -> anyhow::Result<Vec<String>>;
     /// Streams every row, in no particular order, to `each`.
-    async fn scan(&mut self, each: &mut (dyn FnMut(TargetRow) + Send)) -> anyhow::Result<()>;
+    async fn scan(&mut self, each: &mut (dyn for<'a, 'r> FnMut(&'a RowView<'r>) + Send)) -> anyhow::Result<()>;
 }

@@ -28,7 +28,7 @@ use crate::engines::{self, Target};
 use crate::model::{NewUser, Outcome};
 use crate::plugin::{Plugin, Transformer};
 use crate::settings::Settings;
-use crate::sink::{TARGET_FIELDS, TargetRow};
+use crate::sink::{RowView, TARGET_FIELDS, TargetRow};
 use crate::source::SnapshotSource;
 
 /// Mismatching segments read row by row in one validation. Past this the
@@ -172,11 +172,11 @@ pub fn display_field(field: &str, value: &str) -> String {
     }
 }
 
-/// A row's hash: SHA-256 over its fields with lengths (so that field
-/// boundaries cannot shift), truncated to 128 bits for the segment sums.
-pub fn row_hash(row: &TargetRow) -> u128 {
-    let mut h = Sha256::new();
-    for field in row {
+/// A row's hash: SHA-256 over its fields in canonical form, each with its
+/// length (so that field boundaries cannot shift), truncated to 128 bits for
+/// the segment sums.
+pub fn row_hash(row: &RowView<'_>) -> u128 {
+    fn text(h: &mut Sha256, field: Option<&str>) {
         match field {
             None => h.update([0u8]),
             Some(s) => {
@@ -186,8 +186,33 @@ pub fn row_hash(row: &TargetRow) -> u128 {
             }
         }
     }
+    let mut h = Sha256::new();
+    text(&mut h, row.id);
+    text(&mut h, row.first_name);
+    text(&mut h, row.last_name);
+    text(&mut h, row.email);
+    match row.created_at {
+        None => h.update([0u8]),
+        Some(micros) => {
+            h.update([2u8]);
+            h.update(micros.to_le_bytes());
+        }
+    }
+    text(&mut h, row.settings.map(canonical_json).as_deref());
     let digest = h.finalize();
     u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
+}
+
+/// A transformed row seen as a target row, for hashing.
+fn view(row: &NewUser) -> RowView<'_> {
+    RowView {
+        id: Some(&row.id),
+        first_name: Some(&row.first_name),
+        last_name: Some(&row.last_name),
+        email: Some(&row.email),
+        created_at: Some(row.created_at),
+        settings: Some(&row.settings),
+    }
 }
 
 /// Field-by-field differences between the expected and the actual row.
@@ -246,7 +271,10 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
     let counts = check_counts(source.as_mut(), target.as_mut(), &run).await?;
     let sample = check_sample(source.as_mut(), target.as_mut(), &mut transformer, options.sample_size).await?;
     let checksum = if options.checksum {
-        Some(check_checksums(settings, source, target, &mut transformer, options.segment_rows).await?.0)
+        Some(
+            check_checksums(settings, source, target, &mut transformer, options.segment_rows, counts.target_rows)
+                .await?,
+        )
     } else {
         None
     };
@@ -336,14 +364,14 @@ async fn check_checksums(
     target: Box<dyn Target>,
     transformer: &mut Transformer,
     segment_rows: usize,
-) -> anyhow::Result<(ChecksumCheck, Box<dyn SnapshotSource>, Box<dyn Target>)> {
+    target_rows: u64,
+) -> anyhow::Result<ChecksumCheck> {
     // Segments are cut on the target's keys, in byte order: boundaries[i] is
     // the first key of segment i + 1; segment 0 starts at the beginning of
     // the key space and the last one runs to its end.
     let started = std::time::Instant::now();
     let mut target = target;
-    let total = target.count_rows().await?;
-    let boundaries = Arc::new(target.segment_boundaries(segment_rows, total).await?);
+    let boundaries = Arc::new(target.segment_boundaries(segment_rows, target_rows).await?);
     tracing::info!(elapsed = ?started.elapsed(), segments = boundaries.len() + 1, "segments cut");
     let segments = boundaries.len() + 1;
     let segment_of = |boundaries: &[String], key: &str| boundaries.partition_point(|b| b.as_str() <= key);
@@ -356,8 +384,7 @@ async fn check_checksums(
         let mut rows = 0u64;
         let result = target
             .scan(&mut |row| {
-                let key = row[0].as_deref().unwrap_or_default();
-                sums[segment_of(&cut, key)].add(row_hash(&row));
+                sums[segment_of(&cut, row.id.unwrap_or_default())].add(row_hash(row));
                 rows += 1;
             })
             .await;
@@ -366,15 +393,14 @@ async fn check_checksums(
     let mut source_sums = vec![Segment::default(); segments];
     let mut source_rows_hashed = 0u64;
     let source = scan_source(settings, source, transformer, |row| {
-        let key = row[0].as_deref().unwrap_or_default();
-        source_sums[segment_of(&boundaries, key)].add(row_hash(&row));
+        source_sums[segment_of(&boundaries, &row.id)].add(row_hash(&view(&row)));
         source_rows_hashed += 1;
     })
     .await;
     tracing::info!(elapsed = ?started.elapsed(), rows = source_rows_hashed, "source pass done");
     let (mut target, target_result) = target_pass.await.context("the target checksum task panicked")?;
     tracing::info!(elapsed = ?started.elapsed(), "target pass done");
-    let mut source = source?;
+    let source = source?;
     let (target_sums, target_rows_hashed) = target_result?;
 
     let mismatched: Vec<usize> = (0..segments).filter(|&i| source_sums[i] != target_sums[i]).collect();
@@ -385,10 +411,9 @@ async fn check_checksums(
     if !drilled.is_empty() {
         // The mismatching segments, row by row, on both sides.
         let mut expected: BTreeMap<String, TargetRow> = BTreeMap::new();
-        source = scan_source(settings, source, transformer, |row| {
-            let key = row[0].clone().unwrap_or_default();
-            if drilled.contains(&segment_of(&boundaries, &key)) {
-                expected.insert(key, row);
+        scan_source(settings, source, transformer, |row| {
+            if drilled.contains(&segment_of(&boundaries, &row.id)) {
+                expected.insert(row.id.clone(), canonical_row(row));
             }
         })
         .await?;
@@ -422,7 +447,7 @@ async fn check_checksums(
         extra.truncate(MAX_LISTED);
         different.truncate(MAX_LISTED);
     }
-    let check = ChecksumCheck {
+    Ok(ChecksumCheck {
         ok: mismatched.is_empty(),
         segments,
         mismatched_segments: mismatched.len(),
@@ -432,19 +457,17 @@ async fn check_checksums(
         extra,
         different,
         undrilled_segments: mismatched.len() - drilled.len(),
-    };
-    Ok((check, source, target))
+    })
 }
 
 /// Reads the whole source in key order (a reader task keeps one batch
-/// ahead), transforms it, and hands each transformed row (canonical form) to
-/// `each`. Rejected rows are skipped: the counts check accounts for them.
+/// ahead), transforms it, and hands each transformed row to `each`. Rejected rows are skipped: the counts check accounts for them.
 /// Gives the source back.
 async fn scan_source(
     settings: &Settings,
     source: Box<dyn SnapshotSource>,
     transformer: &mut Transformer,
-    mut each: impl FnMut(TargetRow),
+    mut each: impl FnMut(NewUser),
 ) -> anyhow::Result<Box<dyn SnapshotSource>> {
     let batch_size = settings.batch_size;
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
@@ -471,7 +494,7 @@ async fn scan_source(
     while let Some(batch) = rx.recv().await {
         for (_, outcome) in transform(transformer, batch?.rows)? {
             if let Outcome::Row(row) = outcome {
-                each(canonical_row(row));
+                each(row);
             }
         }
     }
@@ -489,9 +512,19 @@ mod tests {
     }
 
     #[test]
-    fn row_hash_sees_field_boundaries() {
-        let a: TargetRow = [Some("ab".into()), Some("c".into()), None, None, None, None];
-        let b: TargetRow = [Some("a".into()), Some("bc".into()), None, None, None, None];
+    fn row_hash_sees_field_boundaries_and_canonical_json() {
+        let a = RowView {
+            id: Some("ab"),
+            first_name: Some("c"),
+            last_name: None,
+            email: None,
+            created_at: None,
+            settings: None,
+        };
+        let b = RowView { id: Some("a"), first_name: Some("bc"), ..a };
         assert_ne!(row_hash(&a), row_hash(&b));
+        let c = RowView { settings: Some(r#"{"b": 1, "a": 2.0}"#), ..a };
+        let d = RowView { settings: Some(r#"{"a":2,"b":1}"#), ..a };
+        assert_eq!(row_hash(&c), row_hash(&d), "settings compare as canonical JSON");
     }
 }

@@ -198,3 +198,35 @@ async fn a_second_run_after_completion_does_nothing() {
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 100 - invalid_rows(100));
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry_dead_letters").await, invalid_rows(100));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_quickstart_example_migrates_and_validates() {
+    plugins();
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = SqliteDb::new();
+    legacy.exec(&std::fs::read_to_string(root().join("examples/quickstart/legacy.sql")).unwrap()).await;
+    std::fs::copy(&legacy.path, dir.path().join("legacy.db")).unwrap();
+    let config = root().join("examples/quickstart/ferry.toml");
+    let run_in = |args: &[&str]| {
+        let out = ferry_command()
+            .env("FERRY_QUICKSTART_DIR", dir.path())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let check = run_in(&["check"]);
+    assert_eq!(check.code, 0, "{check:?}");
+    let run = run_in(&["migrate", "--json"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    let j = run.json();
+    assert_eq!((j["stats"]["loaded"].as_u64(), j["stats"]["dead_lettered"].as_u64()), (Some(10), Some(5)), "{run:?}");
+    let v = run_in(&["validate"]);
+    assert_eq!(v.code, 0, "{v:?}");
+}

@@ -6,7 +6,6 @@ mod target;
 
 pub use source::PgSource;
 pub use target::PgTarget;
-pub(crate) use target::ddl_statements;
 
 use std::str::FromStr;
 use std::time::Duration;

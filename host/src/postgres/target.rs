@@ -12,10 +12,10 @@ use sqlx::{Connection, Row};
 use super::copy::{self, ColumnEncoding};
 use super::{describe_error, table_shape};
 use crate::config::{LoadMethod, OnConflict};
-use crate::control::{ControlStore, DeadLetterRecord, RunRecord, RunStatus, Stats};
+use crate::control::{ControlStore, DeadLetterRecord, RunRecord, RunStatus};
 use crate::db::{DbUrl, TableName};
 use crate::shape::TableShape;
-use crate::sink::{Applied, ConflictError, FencedError, LoadBatch, Sink, TargetReader, TargetRow};
+use crate::sink::{Applied, ConflictError, FencedError, LoadBatch, RowView, Sink, TargetReader, TargetRow};
 
 /// The control schema. Its DDL is idempotent and runs under an advisory lock
 /// so that concurrent first runs do not race on `CREATE … IF NOT EXISTS`.
@@ -221,33 +221,6 @@ impl Loader {
     }
 }
 
-/// The statements of a DDL script (statements end with `;` at a line end).
-pub(crate) fn ddl_statements(script: &str) -> impl Iterator<Item = &str> {
-    script.split(";\n").map(str::trim).filter(|s| !s.is_empty())
-}
-
-fn record(row: &PgRow) -> Result<RunRecord, sqlx::Error> {
-    let n = |i: &str| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(i)? as u64) };
-    Ok(RunRecord {
-        run_id: row.try_get("run_id")?,
-        pipeline: row.try_get("pipeline")?,
-        source: row.try_get("source")?,
-        target_table: row.try_get("target_table")?,
-        plugin_sha256: row.try_get("plugin_sha256")?,
-        status: RunStatus::parse(row.try_get("status")?),
-        last_key: row.try_get("last_key")?,
-        batches: n("batches")?,
-        stats: Stats {
-            extracted: n("extracted")?,
-            transformed: n("transformed")?,
-            loaded: n("loaded")?,
-            skipped: n("skipped")?,
-            dead_lettered: n("dead_lettered")?,
-        },
-        message: row.try_get("message")?,
-    })
-}
-
 #[async_trait]
 impl Sink for PgTarget {
     async fn shape(&mut self) -> anyhow::Result<Option<TableShape>> {
@@ -397,7 +370,7 @@ impl ControlStore for PgTarget {
     async fn ensure_control_tables(&mut self) -> anyhow::Result<()> {
         let mut tx = self.conn.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
-        for statement in ddl_statements(CONTROL_DDL) {
+        for statement in crate::db::ddl_statements(CONTROL_DDL) {
             sqlx::query(statement).execute(&mut *tx).await.map_err(|e| {
                 anyhow::anyhow!("creating the ferry control schema in {}: {}", self.url, describe_error(&e))
             })?;
@@ -417,7 +390,7 @@ impl ControlStore for PgTarget {
                 .bind(pipeline)
                 .fetch_optional(&mut self.conn)
                 .await?;
-        Ok(row.as_ref().map(record).transpose()?)
+        Ok(row.as_ref().map(crate::control::run_from_row).transpose()?)
     }
 
     async fn insert_run(&mut self, run: &RunRecord) -> anyhow::Result<()> {
@@ -462,18 +435,7 @@ impl ControlStore for PgTarget {
         .bind(limit.map(|l| l as i64).unwrap_or(i64::MAX))
         .fetch_all(&mut self.conn)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeadLetterRecord {
-                    run_id: r.try_get("run_id")?,
-                    source_key: r.try_get("source_key")?,
-                    source_row: r.try_get("source_row")?,
-                    kind: r.try_get("kind")?,
-                    reason: r.try_get("reason")?,
-                    plugin_sha256: r.try_get("plugin_sha256")?,
-                })
-            })
-            .collect()
+        Ok(rows.iter().map(crate::control::dead_letter_from_row).collect::<Result<_, _>>()?)
     }
 
     async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>> {
@@ -549,14 +511,22 @@ impl TargetReader for PgTarget {
             .map_err(|e| anyhow::anyhow!("cutting {} into segments: {}", self.table, describe_error(&e)))
     }
 
-    async fn scan(&mut self, each: &mut (dyn FnMut(TargetRow) + Send)) -> anyhow::Result<()> {
+    async fn scan(&mut self, each: &mut (dyn for<'a, 'r> FnMut(&'a RowView<'r>) + Send)) -> anyhow::Result<()> {
         use futures_util::TryStreamExt;
         let sql = self.select_target();
         let mut rows = sqlx::query(&sql).fetch(&mut self.conn);
         while let Some(row) =
             rows.try_next().await.map_err(|e| anyhow::anyhow!("reading {}: {}", self.table, describe_error(&e)))?
         {
-            each(Self::decode_target(&row)?);
+            let created: Option<DateTime<Utc>> = row.try_get(4)?;
+            each(&RowView {
+                id: row.try_get(0)?,
+                first_name: row.try_get(1)?,
+                last_name: row.try_get(2)?,
+                email: row.try_get(3)?,
+                created_at: created.map(|t| t.timestamp_micros()),
+                settings: row.try_get(5)?,
+            });
         }
         Ok(())
     }

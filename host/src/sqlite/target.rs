@@ -7,10 +7,10 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 
 use super::{connect, table_shape, table_sql};
 use crate::config::OnConflict;
-use crate::control::{ControlStore, DeadLetterRecord, RunRecord, RunStatus, Stats};
+use crate::control::{ControlStore, DeadLetterRecord, RunRecord, RunStatus};
 use crate::db::{DbUrl, TableName};
 use crate::shape::TableShape;
-use crate::sink::{Applied, ConflictError, FencedError, LoadBatch, Sink, TargetReader, TargetRow};
+use crate::sink::{Applied, ConflictError, FencedError, LoadBatch, RowView, Sink, TargetReader, TargetRow};
 
 const CONTROL_DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS ferry_runs (
@@ -107,28 +107,6 @@ impl SqliteTarget {
             .ok()
             .flatten()
     }
-}
-
-fn record(row: &SqliteRow) -> Result<RunRecord, sqlx::Error> {
-    let n = |i: &str| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(i)? as u64) };
-    Ok(RunRecord {
-        run_id: row.try_get("run_id")?,
-        pipeline: row.try_get("pipeline")?,
-        source: row.try_get("source")?,
-        target_table: row.try_get("target_table")?,
-        plugin_sha256: row.try_get("plugin_sha256")?,
-        status: RunStatus::parse(row.try_get("status")?),
-        last_key: row.try_get("last_key")?,
-        batches: n("batches")?,
-        stats: Stats {
-            extracted: n("extracted")?,
-            transformed: n("transformed")?,
-            loaded: n("loaded")?,
-            skipped: n("skipped")?,
-            dead_lettered: n("dead_lettered")?,
-        },
-        message: row.try_get("message")?,
-    })
 }
 
 #[async_trait]
@@ -267,7 +245,7 @@ impl Sink for SqliteTarget {
 #[async_trait]
 impl ControlStore for SqliteTarget {
     async fn ensure_control_tables(&mut self) -> anyhow::Result<()> {
-        for statement in crate::postgres::ddl_statements(CONTROL_DDL) {
+        for statement in crate::db::ddl_statements(CONTROL_DDL) {
             sqlx::query(statement).execute(&mut self.conn).await?;
         }
         Ok(())
@@ -286,7 +264,7 @@ impl ControlStore for SqliteTarget {
                 .bind(pipeline)
                 .fetch_optional(&mut self.conn)
                 .await?;
-        Ok(row.as_ref().map(record).transpose()?)
+        Ok(row.as_ref().map(crate::control::run_from_row).transpose()?)
     }
 
     async fn insert_run(&mut self, run: &RunRecord) -> anyhow::Result<()> {
@@ -329,18 +307,7 @@ impl ControlStore for SqliteTarget {
         .bind(limit.map(|l| l as i64).unwrap_or(-1))
         .fetch_all(&mut self.conn)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeadLetterRecord {
-                    run_id: r.try_get("run_id")?,
-                    source_key: r.try_get("source_key")?,
-                    source_row: r.try_get("source_row")?,
-                    kind: r.try_get("kind")?,
-                    reason: r.try_get("reason")?,
-                    plugin_sha256: r.try_get("plugin_sha256")?,
-                })
-            })
-            .collect()
+        Ok(rows.iter().map(crate::control::dead_letter_from_row).collect::<Result<_, _>>()?)
     }
 
     async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>> {
@@ -388,12 +355,20 @@ impl TargetReader for SqliteTarget {
         Ok(sqlx::query_scalar(&sql).bind(segment_rows as i64).fetch_all(&mut self.conn).await?)
     }
 
-    async fn scan(&mut self, each: &mut (dyn FnMut(TargetRow) + Send)) -> anyhow::Result<()> {
+    async fn scan(&mut self, each: &mut (dyn for<'a, 'r> FnMut(&'a RowView<'r>) + Send)) -> anyhow::Result<()> {
         use futures_util::TryStreamExt;
         let sql = self.select_target();
         let mut rows = sqlx::query(&sql).fetch(&mut self.conn);
         while let Some(row) = rows.try_next().await? {
-            each(Self::decode_target(&row)?);
+            let text = |i: usize| row.try_get_unchecked::<Option<&str>, _>(i);
+            each(&RowView {
+                id: text(0)?,
+                first_name: text(1)?,
+                last_name: text(2)?,
+                email: text(3)?,
+                created_at: text(4)?.and_then(crate::time::parse_text),
+                settings: text(5)?,
+            });
         }
         Ok(())
     }
