@@ -208,18 +208,7 @@ async fn the_quickstart_example_migrates_and_validates() {
     std::fs::copy(&legacy.path, dir.path().join("legacy.db")).unwrap();
     let config = root().join("examples/quickstart/ferry.toml");
     let run_in = |args: &[&str]| {
-        let out = ferry_command()
-            .env("FERRY_QUICKSTART_DIR", dir.path())
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        run(ferry_command().env("FERRY_QUICKSTART_DIR", dir.path()).arg("--config").arg(&config).args(args))
     };
     let check = run_in(&["check"]);
     assert_eq!(check.code, 0, "{check:?}");

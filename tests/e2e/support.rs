@@ -266,7 +266,12 @@ impl std::fmt::Debug for Run {
 }
 
 pub fn ferry(args: &[&str]) -> Run {
-    let Output { status, stdout, stderr } = ferry_command().args(args).output().expect("run ferry");
+    run(ferry_command().args(args))
+}
+
+/// Runs a command to completion and captures what it said.
+pub fn run(cmd: &mut Command) -> Run {
+    let Output { status, stdout, stderr } = cmd.output().expect("run ferry");
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
