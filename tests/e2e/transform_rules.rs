@@ -170,3 +170,16 @@ fn batch_form_matches_single_calls_in_order() {
     assert_eq!(back, rows, "rows come back unchanged");
     assert_eq!(batch, singles);
 }
+
+#[test]
+fn key_mapping_matches_the_transform_and_is_optional() {
+    let mut t = transformer();
+    assert!(t.plugin().has_key_mapping());
+    let row = ok(&mut t, row(Some("a"), Some("a@b"), None));
+    assert_eq!(t.target_key(42).unwrap(), Some(ferry::plugin::KeyOutcome::Key(row.id)));
+    // A plugin of the base world (no user-key) still loads; it maps nothing.
+    let options = LoadOptions { limits: Default::default(), pinned_sha256: None, cache_dir: None };
+    let mut chaos = Plugin::load(&plugins().chaos, &options).unwrap().instantiate().unwrap();
+    assert!(!chaos.plugin().has_key_mapping());
+    assert_eq!(chaos.target_key(42).unwrap(), None);
+}

@@ -8,12 +8,15 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::ferry::transform::transform_user as wit;
-use ferry::transform::types::RowError;
+pub use ferry::transform::types::RowError;
 
 use crate::model::{LegacyUser, NewUser, Outcome};
 
 /// The fully qualified name of the interface a plugin must export.
 pub const INTERFACE: &str = "ferry:transform/transform-user@0.1.0";
+
+/// The optional interface that maps source keys to target keys.
+pub const KEY_INTERFACE: &str = "ferry:transform/user-key@0.1.0";
 
 pub fn to_wit(row: LegacyUser) -> wit::LegacyUser {
     wit::LegacyUser { id: row.id, name: row.name, email: row.email, created_at: row.created_at, metadata: row.metadata }

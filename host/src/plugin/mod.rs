@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::component::{Component, ComponentExportIndex, Linker, TypedFunc, types::ComponentItem};
 use wasmtime::{Engine, Store};
 
 pub use bindings::INTERFACE;
@@ -64,6 +64,8 @@ pub enum PluginError {
 pub struct Plugin {
     engine: Engine,
     pre: UserTransformPre<State>,
+    /// The optional `user-key.target-key` export (world `user-transform-keyed`).
+    key_export: Option<ComponentExportIndex>,
     path: PathBuf,
     sha256: String,
     limits: Limits,
@@ -116,7 +118,13 @@ impl Plugin {
             .map_err(|e| PluginError::Instantiate { path: path.into(), message: format!("{e:#}") })?;
         let pre = UserTransformPre::new(instance_pre)
             .map_err(|_| PluginError::WrongWorld { path: path.into(), exports: export_names(&engine, &component) })?;
-        Ok(Arc::new(Plugin { engine, pre, path: path.into(), sha256, limits: options.limits }))
+        let key_export = component
+            .get_export_index(None, bindings::KEY_INTERFACE)
+            .and_then(|instance| component.get_export_index(Some(&instance), "target-key"));
+        let plugin = Plugin { engine, pre, key_export, path: path.into(), sha256, limits: options.limits };
+        // Instantiate once now: a bad `user-key` signature is a load error.
+        plugin.fresh()?;
+        Ok(Arc::new(plugin))
     }
 
     /// SHA-256 of the `.wasm`, lowercase hex: the plugin's identity.
@@ -134,19 +142,31 @@ impl Plugin {
 
     /// A fresh sandboxed instance.
     pub fn instantiate(self: &Arc<Self>) -> Result<Transformer, PluginError> {
-        let (store, bindings) = self.fresh()?;
-        Ok(Transformer { plugin: Arc::clone(self), store, bindings, traps: 0 })
+        let (store, bindings, key) = self.fresh()?;
+        Ok(Transformer { plugin: Arc::clone(self), store, bindings, key, traps: 0 })
     }
 
-    fn fresh(&self) -> Result<(Store<State>, UserTransform), PluginError> {
+    /// Whether the plugin maps source keys to target keys (`user-key`).
+    pub fn has_key_mapping(&self) -> bool {
+        self.key_export.is_some()
+    }
+
+    fn fresh(&self) -> Result<(Store<State>, UserTransform, Option<KeyFunc>), PluginError> {
+        let instantiate =
+            |e: wasmtime::Error| PluginError::Instantiate { path: self.path.clone(), message: format!("{e:#}") };
         let mut store = Store::new(&self.engine, State::new(&self.limits));
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.limits.deadline_ticks());
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| PluginError::Instantiate { path: self.path.clone(), message: format!("{e:#}") })?;
-        Ok((store, bindings))
+        let instance = self.pre.instance_pre().instantiate(&mut store).map_err(instantiate)?;
+        let bindings = UserTransform::new(&mut store, &instance).map_err(instantiate)?;
+        let key = match &self.key_export {
+            None => None,
+            Some(index) => Some(instance.get_typed_func(&mut store, index).map_err(|e| PluginError::Instantiate {
+                path: self.path.clone(),
+                message: format!("its `{}` export does not have the contract's type: {e:#}", bindings::KEY_INTERFACE),
+            })?),
+        };
+        Ok((store, bindings, key))
     }
 }
 
@@ -163,12 +183,25 @@ fn export_names(engine: &Engine, component: &Component) -> String {
     if names.is_empty() { "nothing".into() } else { names.join(", ") }
 }
 
+/// `user-key.target-key`: `func(id: s64) -> result<string, row-error>`.
+type KeyFunc = TypedFunc<(i64,), (Result<String, bindings::RowError>,)>;
+
+/// What became of a source key in `user-key.target-key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOutcome {
+    Key(String),
+    Rejected(String),
+    Trapped(String),
+    Fatal(String),
+}
+
 /// One sandboxed instance of a plugin. Not shared between threads: each
 /// transform worker owns one.
 pub struct Transformer {
     plugin: Arc<Plugin>,
     store: Store<State>,
     bindings: UserTransform,
+    key: Option<KeyFunc>,
     traps: u64,
 }
 
@@ -233,6 +266,23 @@ impl Transformer {
         }
     }
 
+    /// The target key of a source key, through the plugin's `user-key`
+    /// export. `Ok(None)` when the plugin has no such export.
+    pub fn target_key(&mut self, id: i64) -> Result<Option<KeyOutcome>, PluginError> {
+        let Some(func) = self.key else { return Ok(None) };
+        self.store.set_epoch_deadline(self.plugin.limits.deadline_ticks());
+        match func.call(&mut self.store, (id,)) {
+            Ok((Ok(key),)) => Ok(Some(KeyOutcome::Key(key))),
+            Ok((Err(bindings::RowError::Reject(reason)),)) => Ok(Some(KeyOutcome::Rejected(reason))),
+            Ok((Err(bindings::RowError::Fatal(reason)),)) => Ok(Some(KeyOutcome::Fatal(reason))),
+            Err(err) => {
+                let message = self.trap_message(&err);
+                self.replace()?;
+                Ok(Some(KeyOutcome::Trapped(message)))
+            }
+        }
+    }
+
     fn trap_message(&self, err: &wasmtime::Error) -> String {
         let trap = match err.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => format!(
@@ -262,9 +312,10 @@ impl Transformer {
 
     fn replace(&mut self) -> Result<(), PluginError> {
         self.traps += 1;
-        let (store, bindings) = self.plugin.fresh()?;
+        let (store, bindings, key) = self.plugin.fresh()?;
         self.store = store;
         self.bindings = bindings;
+        self.key = key;
         Ok(())
     }
 }

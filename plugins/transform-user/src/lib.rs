@@ -4,7 +4,7 @@
 
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "user-transform",
+    world: "user-transform-keyed",
 });
 
 use exports::ferry::transform::transform_user::{Guest, LegacyUser, NewUser, RowError};
@@ -38,6 +38,12 @@ impl Guest for Plugin {
 
     fn transform_batch(rows: Vec<LegacyUser>) -> Vec<Result<NewUser, RowError>> {
         rows.into_iter().map(apply).collect()
+    }
+}
+
+impl exports::ferry::transform::user_key::Guest for Plugin {
+    fn target_key(id: i64) -> Result<String, RowError> {
+        Ok(user_rules::target_key(id))
     }
 }
 

@@ -45,6 +45,11 @@ pub struct NewUser {
     pub settings: String,
 }
 
+/// The new table's key for a legacy id (the same rule as [`transform`]'s).
+pub fn target_key(id: i64) -> String {
+    format!("user_{id}")
+}
+
 /// Transforms one row; `Err` is a rejection reason.
 pub fn transform(row: &Legacy<'_>) -> Result<NewUser, String> {
     let name = row.name.ok_or_else(|| "name is NULL (the seed's name.split(' ') throws a TypeError)".to_string())?;
@@ -57,14 +62,7 @@ pub fn transform(row: &Legacy<'_>) -> Result<NewUser, String> {
         None => (name.to_string(), String::new()),
     };
     let settings = settings(row.metadata)?;
-    Ok(NewUser {
-        id: format!("user_{}", row.id),
-        first_name,
-        last_name,
-        email: email.to_lowercase(),
-        created_at,
-        settings,
-    })
+    Ok(NewUser { id: target_key(row.id), first_name, last_name, email: email.to_lowercase(), created_at, settings })
 }
 
 fn settings(metadata: Option<&str>) -> Result<String, String> {
