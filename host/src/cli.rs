@@ -59,6 +59,18 @@ enum Command {
         #[arg(long)]
         no_checksum: bool,
     },
+    /// Apply Debezium change events (JSON lines) through the plugin, exactly once.
+    Apply {
+        /// JSONL file of events, or `-` for stdin.
+        #[arg(long, default_value = "-")]
+        input: PathBuf,
+        /// Changes per target transaction, at most (source transactions are never split).
+        #[arg(long, default_value_t = 2000)]
+        group_size: usize,
+        /// Unit of integer timestamps in events without a schema.
+        #[arg(long, value_enum, default_value = "micros")]
+        integer_time: IntegerTimeArg,
+    },
     /// Dead letters of the latest run.
     Dlq {
         #[command(subcommand)]
@@ -69,6 +81,13 @@ enum Command {
         #[command(subcommand)]
         action: PluginAction,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum IntegerTimeArg {
+    Micros,
+    Millis,
+    Nanos,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +201,45 @@ async fn run(cli: Cli) -> i32 {
                         println!("{}", report::validate(&r))
                     }
                     if r.ok { exit::OK } else { exit::VERIFY_FAILED }
+                }
+            }
+        }
+        Command::Apply { input, group_size, integer_time } => {
+            use crate::cdc::debezium::IntegerTime;
+            let options = crate::cdc::apply::ApplyOptions {
+                group_size: group_size.max(1),
+                integer_time: match integer_time {
+                    IntegerTimeArg::Micros => IntegerTime::Micros,
+                    IntegerTimeArg::Millis => IntegerTime::Millis,
+                    IntegerTimeArg::Nanos => IntegerTime::Nanos,
+                },
+            };
+            let result = if input.as_os_str() == "-" {
+                crate::cdc::apply::apply_debezium(&settings, tokio::io::BufReader::new(tokio::io::stdin()), options)
+                    .await
+            } else {
+                match tokio::fs::File::open(&input).await {
+                    Ok(file) => {
+                        crate::cdc::apply::apply_debezium(&settings, tokio::io::BufReader::new(file), options).await
+                    }
+                    Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", input.display())),
+                }
+            };
+            match result {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    if cli.json {
+                        print_json(&r)
+                    } else {
+                        println!("{}", report::apply(&r))
+                    }
+                    if r.fatal.is_some() {
+                        exit::FATAL
+                    } else if r.dead_lettered > 0 {
+                        exit::DEAD_LETTERS
+                    } else {
+                        exit::OK
+                    }
                 }
             }
         }

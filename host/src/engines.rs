@@ -1,6 +1,7 @@
 //! Opening the source and target for the engine a URL names. The rest of
 //! ferry sees only the role traits.
 
+use crate::cdc::apply::ChangeSink;
 use crate::config::LoadMethod;
 use crate::control::ControlStore;
 use crate::db::Engine;
@@ -11,6 +12,31 @@ use crate::source::SnapshotSource;
 /// Everything a target does: load, keep control state, read back.
 pub trait Target: Sink + ControlStore + TargetReader {}
 impl<T: Sink + ControlStore + TargetReader> Target for T {}
+
+/// A target that also applies change streams.
+pub trait ChangeTarget: Target + ChangeSink {}
+impl<T: Target + ChangeSink> ChangeTarget for T {}
+
+/// Opens the target for `ferry apply`. Change streams are applied into
+/// PostgreSQL targets (SQLite is not implemented yet).
+pub async fn open_change_target(settings: &Settings) -> anyhow::Result<Box<dyn ChangeTarget>> {
+    let t = &settings.target;
+    match t.url.engine() {
+        Engine::Postgres => Ok(Box::new(
+            crate::postgres::PgTarget::connect(
+                &t.url,
+                &t.table,
+                settings.load_method,
+                settings.source.table.to_string(),
+            )
+            .await?,
+        )),
+        Engine::Sqlite => anyhow::bail!(
+            "applying change streams into SQLite ({}) is not supported yet; use a PostgreSQL target",
+            t.url
+        ),
+    }
+}
 
 pub async fn open_source(source: &Endpoint) -> anyhow::Result<Box<dyn SnapshotSource>> {
     Ok(match source.url.engine() {

@@ -5,6 +5,7 @@
 //! state (runs, checkpoints, dead letters) kept in the target beside the
 //! data. See ARCHITECTURE.md for the map.
 
+pub mod cdc;
 pub mod check;
 pub mod cli;
 pub mod config;

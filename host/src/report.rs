@@ -166,6 +166,29 @@ pub fn validate(r: &ValidationReport) -> String {
     out
 }
 
+pub fn apply(r: &crate::cdc::apply::ApplyReport) -> String {
+    let mut t = table(&["apply", ""]);
+    let position = r.checkpoint.position.map_or("none (snapshot only)".to_string(), |p| p.to_string());
+    for (k, v) in [
+        ("pipeline", r.pipeline.clone()),
+        ("lines read", r.lines.to_string()),
+        ("already applied (skipped)", r.skipped_replayed.to_string()),
+        ("tombstones", r.tombstones.to_string()),
+        ("upserts", r.upserts.to_string()),
+        ("deletes", r.deletes.to_string()),
+        ("truncates", r.truncates.to_string()),
+        ("dead letters", r.dead_lettered.to_string()),
+        ("target transactions", r.transactions.to_string()),
+        ("checkpoint", position),
+    ] {
+        t.add_row(vec![Cell::new(k), Cell::new(v)]);
+    }
+    match &r.fatal {
+        Some(reason) => format!("{t}\nstopped: {reason}"),
+        None => t.to_string(),
+    }
+}
+
 pub fn dead_letters(records: &[DeadLetterRecord]) -> String {
     let mut t = table(&["source key", "kind", "reason", "source row"]);
     for d in records {

@@ -7,6 +7,7 @@ mod support;
 mod checks;
 mod config_errors;
 mod containment;
+mod debezium;
 mod migrate;
 mod resume;
 mod transform_rules;

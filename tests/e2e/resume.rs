@@ -4,46 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use rand::Rng;
-
 use crate::support::*;
-
-/// Starts `migrate`, kills it with SIGKILL after a random delay, and repeats
-/// until a run finishes by itself. Returns how many kills interrupted a run.
-fn kill_until_done(p: &Pipeline, extra: &[&str]) -> u32 {
-    let mut rng = rand::rng();
-    let mut kills = 0;
-    for attempt in 0..60 {
-        let mut args = vec!["migrate", "--json"];
-        args.extend_from_slice(extra);
-        let mut child =
-            p.command(&args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-        // Early attempts die young; later ones get longer so the run ends.
-        let delay = Duration::from_millis(rng.random_range(20..200 + attempt * 40));
-        let deadline = Instant::now() + delay;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                let out = child.wait_with_output().unwrap();
-                assert_eq!(
-                    status.code(),
-                    Some(4),
-                    "ferry ended by itself with an unexpected status\nstdout: {}\nstderr: {}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                return kills;
-            }
-            if Instant::now() >= deadline {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                kills += 1;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    panic!("the migration never completed in 60 attempts");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resume_after_kill_loads_each_row_once_postgres() {
@@ -57,7 +18,7 @@ async fn resume_after_kill_loads_each_row_once_postgres() {
         &plugins().transform_user,
         "[migrate]\nbatch_size = 200\nworkers = 2\n",
     );
-    let kills = kill_until_done(&p, &[]);
+    let kills = kill_until_done(|| p.command(&["migrate", "--json"]), &[4]);
     assert!(kills >= 3, "only {kills} kills landed before completion: the test did not exercise resume");
 
     let invalid = invalid_rows(n);
@@ -85,7 +46,7 @@ async fn resume_after_kill_loads_each_row_once_sqlite() {
     let (source, target) = (SqliteDb::new(), SqliteDb::new());
     seed_sqlite_legacy(&source, n).await;
     let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "[migrate]\nbatch_size = 100\n");
-    let kills = kill_until_done(&p, &["--create-table"]);
+    let kills = kill_until_done(|| p.command(&["migrate", "--json", "--create-table"]), &[4]);
     assert!(kills >= 2, "only {kills} kills landed before completion");
     let invalid = invalid_rows(n);
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, n - invalid);

@@ -278,3 +278,39 @@ pub fn run(cmd: &mut Command) -> Run {
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
 }
+
+/// Starts the command, kills it with SIGKILL after a random delay, and
+/// repeats until a run ends by itself with one of `done` exit codes. Returns
+/// how many kills interrupted a run.
+pub fn kill_until_done(command: impl Fn() -> Command, done: &[i32]) -> u32 {
+    use rand::Rng;
+    use std::time::{Duration, Instant};
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    for attempt in 0..60 {
+        let mut child =
+            command().stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        // Early attempts die young; later ones get longer so the run ends.
+        let deadline = Instant::now() + Duration::from_millis(rng.random_range(20..200 + attempt * 40));
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let out = child.wait_with_output().unwrap();
+                assert!(
+                    status.code().is_some_and(|c| done.contains(&c)),
+                    "ferry ended by itself with {status}\nstdout: {}\nstderr: {}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                return kills;
+            }
+            if Instant::now() >= deadline {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    panic!("the command never completed in 60 attempts");
+}

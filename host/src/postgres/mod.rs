@@ -1,5 +1,6 @@
 //! PostgreSQL: the source and the target (sink, control store, reader).
 
+mod changes;
 mod copy;
 mod source;
 mod target;

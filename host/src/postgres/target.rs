@@ -14,6 +14,7 @@ use super::{describe_error, table_shape};
 use crate::config::{LoadMethod, OnConflict};
 use crate::control::{ControlStore, DeadLetterRecord, RunRecord, RunStatus};
 use crate::db::{DbUrl, TableName};
+use crate::model::NewUser;
 use crate::shape::TableShape;
 use crate::sink::{Applied, ConflictError, FencedError, LoadBatch, RowView, Sink, TargetReader, TargetRow};
 
@@ -72,16 +73,16 @@ const DDL_LOCK: i64 = 0x6665_7272_7900_0001;
 
 /// A PostgreSQL target.
 pub struct PgTarget {
-    conn: PgConnection,
-    table: TableName,
-    url: DbUrl,
-    loader: Loader,
+    pub(super) conn: PgConnection,
+    pub(super) table: TableName,
+    pub(super) url: DbUrl,
+    pub(super) loader: Loader,
     source_table: String,
 }
 
 /// What COPY needs besides the connection (kept apart so a transaction can
 /// borrow the connection while the loader is used).
-struct Loader {
+pub(super) struct Loader {
     target: String,
     table_name: String,
     load_method: LoadMethod,
@@ -112,7 +113,7 @@ impl PgTarget {
         Ok(PgTarget { conn, table: table.clone(), url: url.clone(), loader, source_table })
     }
 
-    async fn encodings(&mut self) -> anyhow::Result<[ColumnEncoding; 6]> {
+    pub(super) async fn encodings(&mut self) -> anyhow::Result<[ColumnEncoding; 6]> {
         if let Some(e) = self.loader.encodings {
             return Ok(e);
         }
@@ -161,7 +162,7 @@ impl Loader {
     }
 
     /// COPYs the batch's rows into `table` (the target, or the staging table).
-    async fn copy_rows(&mut self, tx: &mut PgConnection, table: &str, batch: &LoadBatch) -> Result<u64, sqlx::Error> {
+    async fn copy_rows(&mut self, tx: &mut PgConnection, table: &str, rows: &[NewUser]) -> Result<u64, sqlx::Error> {
         let encodings = self.encodings.expect("encodings resolved before copy");
         let (sql, binary) = match (self.load_method, encodings[4]) {
             // A timestamp kept in a text column is written as text either way.
@@ -171,29 +172,31 @@ impl Loader {
             (LoadMethod::CopyText, _) => (format!("COPY {table} ({}) FROM STDIN", Self::columns()), false),
         };
         if binary {
-            copy::encode_binary(&batch.rows, &encodings, &mut self.buf);
+            copy::encode_binary(rows, &encodings, &mut self.buf);
         } else {
-            copy::encode_text(&batch.rows, &mut self.buf);
+            copy::encode_text(rows, &mut self.buf);
         }
         let mut copy_in = tx.copy_in_raw(&sql).await?;
         copy_in.send(self.buf.split().freeze()).await?;
         copy_in.finish().await
     }
 
-    async fn apply(
+    /// Writes `rows` into the target under `policy` (COPY straight in, or
+    /// through a staging table for skip/overwrite).
+    pub(super) async fn apply(
         &mut self,
         tx: &mut PgConnection,
-        batch: &LoadBatch,
+        rows: &[NewUser],
         policy: OnConflict,
     ) -> Result<Applied, sqlx::Error> {
-        let total = batch.rows.len() as u64;
+        let total = rows.len() as u64;
         if total == 0 {
             return Ok(Applied::default());
         }
         let target = self.target.clone();
         match policy {
             OnConflict::Error => {
-                let loaded = self.copy_rows(tx, &target, batch).await?;
+                let loaded = self.copy_rows(tx, &target, rows).await?;
                 Ok(Applied { loaded, skipped: 0 })
             }
             OnConflict::Skip | OnConflict::Overwrite => {
@@ -204,7 +207,9 @@ impl Loader {
                 ))
                 .execute(&mut *tx)
                 .await?;
-                self.copy_rows(tx, "ferry_stage", batch).await?;
+                // Emptied at commit, and here: a transaction may stage twice.
+                sqlx::query("TRUNCATE ferry_stage").execute(&mut *tx).await?;
+                self.copy_rows(tx, "ferry_stage", rows).await?;
                 let action = if policy == OnConflict::Skip {
                     "DO NOTHING".to_string()
                 } else {
@@ -265,7 +270,7 @@ impl Sink for PgTarget {
         }
         let applied = {
             let this = &mut self.loader;
-            match this.apply(&mut tx, batch, policy).await {
+            match this.apply(&mut tx, &batch.rows, policy).await {
                 Ok(a) => a,
                 Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
                     let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();

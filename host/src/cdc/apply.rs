@@ -1,0 +1,345 @@
+//! Applying a change stream through the plugin, exactly once.
+//!
+//! Input items are decoded ([`super::debezium`]), given an effective
+//! position, skipped if the target's checkpoint is already past them,
+//! transformed (upserts through `transform-batch`, deletes through
+//! `user-key`), and applied with the new checkpoint in one target
+//! transaction per source transaction (or group of them).
+//!
+//! Dedup rules: a positioned item is applied only if its position is after
+//! the stored one. Snapshot reads carry no usable position (they share the
+//! snapshot's LSN); they are applied while the checkpoint says the stream
+//! has not started (replaying them is idempotent: they are upserts of one
+//! consistent snapshot) and skipped once any streamed change was applied.
+
+use async_trait::async_trait;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+use super::debezium::{self, ChangeOp, Decoded, IntegerTime};
+use super::position::Position;
+use crate::engines;
+use crate::model::{LegacyUser, NewUser, Outcome};
+use crate::plugin::{KeyOutcome, Plugin, Transformer};
+use crate::settings::Settings;
+
+/// What the target does for one change, in stream order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetOp {
+    Upsert(NewUser),
+    Delete(String),
+    Truncate,
+}
+
+/// Where a pipeline's change stream stands in the target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ChangeCheckpoint {
+    /// The last applied position (`None`: nothing streamed yet).
+    pub position: Option<Position>,
+    /// Whether any streamed (non-snapshot) change has been applied.
+    pub streaming: bool,
+}
+
+/// A change that was not applied, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeDeadLetter {
+    /// Unique per pipeline: the position, or `snapshot:<hash>` for snapshot
+    /// items, so a replay never records it twice.
+    pub dedup_key: String,
+    pub source_key: Option<i64>,
+    /// The raw event.
+    pub event: String,
+    pub reason: String,
+}
+
+/// A group of changes to apply atomically.
+#[derive(Debug, Default)]
+pub struct ChangeBatch {
+    pub pipeline: String,
+    pub ops: Vec<TargetOp>,
+    pub dead: Vec<ChangeDeadLetter>,
+    /// The checkpoint this batch was planned against (fencing).
+    pub previous: ChangeCheckpoint,
+    /// The checkpoint after it.
+    pub next: ChangeCheckpoint,
+    pub plugin_sha256: String,
+}
+
+/// Where changes are applied.
+///
+/// Contract: `apply_changes` performs the ops in order, records the dead
+/// letters (ignoring ones already recorded) and stores `next` — all in one
+/// transaction, and only if the stored checkpoint equals `previous`. A crash
+/// therefore loses whole batches with their checkpoints, and a replay of the
+/// input applies each change exactly once.
+#[async_trait]
+pub trait ChangeSink: Send {
+    /// Creates the change-stream control tables if missing.
+    async fn ensure_change_tables(&mut self) -> anyhow::Result<()>;
+    /// The pipeline's checkpoint (default when it never applied anything).
+    async fn change_checkpoint(&mut self, pipeline: &str) -> anyhow::Result<ChangeCheckpoint>;
+    /// Applies a batch (see the trait's contract).
+    async fn apply_changes(&mut self, batch: &ChangeBatch) -> anyhow::Result<()>;
+}
+
+/// What `ferry apply` reports.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApplyReport {
+    pub pipeline: String,
+    pub lines: u64,
+    pub tombstones: u64,
+    /// Items already applied before (positions at or before the checkpoint).
+    pub skipped_replayed: u64,
+    pub upserts: u64,
+    pub deletes: u64,
+    pub truncates: u64,
+    pub dead_lettered: u64,
+    pub transactions: u64,
+    pub checkpoint: ChangeCheckpoint,
+    /// Set when the plugin returned `fatal`: nothing after the last commit
+    /// was applied.
+    pub fatal: Option<String>,
+}
+
+/// How to apply.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions {
+    /// Changes grouped into one target transaction, at most (whole source
+    /// transactions are never split).
+    pub group_size: usize,
+    /// Unit of integer timestamps in events without a schema.
+    pub integer_time: IntegerTime,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions { group_size: 2000, integer_time: IntegerTime::Micros }
+    }
+}
+
+/// One decoded input item on its way to the target.
+struct Pending {
+    raw: String,
+    /// Effective position (`None`: snapshot item).
+    position: Option<Position>,
+    item: Item,
+}
+
+enum Item {
+    Op(ChangeOp),
+    Reject { key: Option<i64>, reason: String },
+}
+
+/// Reads Debezium events line by line from `input` and applies them.
+pub async fn apply_debezium(
+    settings: &Settings,
+    input: impl AsyncBufRead + Unpin,
+    options: ApplyOptions,
+) -> anyhow::Result<ApplyReport> {
+    let path = settings.plugin.path.clone();
+    let load = settings.plugin.options.clone();
+    let plugin: std::sync::Arc<Plugin> = tokio::task::spawn_blocking(move || Plugin::load(&path, &load)).await??;
+    let mut transformer = plugin.instantiate()?;
+    let mut target = engines::open_change_target(settings).await?;
+    crate::migrate::prepare_target(settings, target.as_mut()).await?;
+    target.ensure_change_tables().await?;
+    let mut checkpoint = target.change_checkpoint(&settings.pipeline).await?;
+    let mut report = ApplyReport { pipeline: settings.pipeline.clone(), ..Default::default() };
+
+    let mut lines = input.lines();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut current_tx: Option<i64> = None;
+    // Carry-forward for items without a position of their own.
+    let mut last_position: Option<Position> = checkpoint.position;
+    let mut unpositioned = 0u32;
+    while let Some(line) = lines.next_line().await? {
+        report.lines += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let decoded = debezium::decode(&line, options.integer_time);
+        let (position, snapshot, tx, item) = match decoded {
+            Decoded::Tombstone => {
+                report.tombstones += 1;
+                continue;
+            }
+            Decoded::Event(e) => (e.position, e.snapshot, e.tx_id, Item::Op(e.op)),
+            Decoded::Rejected { position, snapshot, key, reason } => {
+                (position, snapshot, None, Item::Reject { key, reason })
+            }
+        };
+        let position = match (position, snapshot) {
+            (_, true) => None,
+            (Some(p), false) => {
+                last_position = Some(p);
+                unpositioned = 0;
+                Some(p)
+            }
+            (None, false) => match last_position {
+                Some(p) => {
+                    unpositioned += 1;
+                    Some(p.then(unpositioned))
+                }
+                // Before any position: treated like a snapshot item.
+                None => None,
+            },
+        };
+        let replayed = match position {
+            Some(p) => checkpoint.position.is_some_and(|c| p <= c),
+            None => checkpoint.streaming,
+        };
+        if replayed {
+            report.skipped_replayed += 1;
+            continue;
+        }
+        // Flush at source-transaction boundaries once the group is full.
+        if pending.len() >= options.group_size
+            && (tx.is_none() || tx != current_tx)
+            && !flush(settings, &mut transformer, target.as_mut(), &mut pending, &mut checkpoint, &mut report).await?
+        {
+            return Ok(report);
+        }
+        current_tx = tx;
+        pending.push(Pending { raw: line, position, item });
+    }
+    flush(settings, &mut transformer, target.as_mut(), &mut pending, &mut checkpoint, &mut report).await?;
+    report.checkpoint = checkpoint;
+    Ok(report)
+}
+
+/// Transforms and applies the pending items. Returns `false` when the plugin
+/// asked to stop (nothing of this group is applied).
+async fn flush(
+    settings: &Settings,
+    transformer: &mut Transformer,
+    target: &mut dyn engines::ChangeTarget,
+    pending: &mut Vec<Pending>,
+    checkpoint: &mut ChangeCheckpoint,
+    report: &mut ApplyReport,
+) -> anyhow::Result<bool> {
+    if pending.is_empty() {
+        return Ok(true);
+    }
+    let items = std::mem::take(pending);
+    // Upserts go through the plugin in one batch call.
+    let rows: Vec<LegacyUser> = items
+        .iter()
+        .filter_map(|p| match &p.item {
+            Item::Op(ChangeOp::Upsert(row)) => Some(row.clone()),
+            _ => None,
+        })
+        .collect();
+    let (_, outcomes) = tokio::task::block_in_place(|| transformer.transform_batch(rows))?;
+    let mut outcomes = outcomes.into_iter();
+    let mut batch = ChangeBatch {
+        pipeline: settings.pipeline.clone(),
+        previous: *checkpoint,
+        next: *checkpoint,
+        plugin_sha256: transformer.plugin().sha256().to_string(),
+        ..Default::default()
+    };
+    let mut counts = (0u64, 0u64, 0u64);
+    for p in &items {
+        let dead = |key: Option<i64>, reason: String| ChangeDeadLetter {
+            dedup_key: dedup_key(p),
+            source_key: key,
+            event: p.raw.clone(),
+            reason,
+        };
+        let outcome = match &p.item {
+            Item::Reject { key, reason } => Planned::Dead(dead(*key, reason.clone())),
+            Item::Op(ChangeOp::Upsert(row)) => match outcomes.next().expect("one outcome per upsert") {
+                Outcome::Row(new) => Planned::Op(TargetOp::Upsert(new)),
+                Outcome::Rejected(reason) => {
+                    Planned::Dead(dead(Some(row.id), format!("plugin rejected the row: {reason}")))
+                }
+                Outcome::Trapped(reason) => Planned::Dead(dead(Some(row.id), reason)),
+                Outcome::Fatal(reason) => Planned::Fatal(format!("plugin fatal on source row {}: {reason}", row.id)),
+            },
+            Item::Op(ChangeOp::Delete { id, before }) => match delete_key(transformer, *id, before.as_ref())? {
+                Ok(key) => Planned::Op(TargetOp::Delete(key)),
+                Err(Stop::Dead(reason)) => Planned::Dead(dead(Some(*id), reason)),
+                Err(Stop::Fatal(reason)) => Planned::Fatal(reason),
+            },
+            Item::Op(ChangeOp::Truncate) => Planned::Op(TargetOp::Truncate),
+        };
+        match outcome {
+            Planned::Op(op) => {
+                match &op {
+                    TargetOp::Upsert(_) => counts.0 += 1,
+                    TargetOp::Delete(_) => counts.1 += 1,
+                    TargetOp::Truncate => counts.2 += 1,
+                }
+                batch.ops.push(op);
+            }
+            Planned::Dead(d) => batch.dead.push(d),
+            Planned::Fatal(reason) => {
+                report.fatal = Some(reason);
+                report.checkpoint = *checkpoint;
+                return Ok(false);
+            }
+        }
+        if let Some(pos) = p.position {
+            batch.next.position = Some(batch.next.position.map_or(pos, |c| c.max(pos)));
+            batch.next.streaming = true;
+        }
+    }
+    target.apply_changes(&batch).await?;
+    *checkpoint = batch.next;
+    report.upserts += counts.0;
+    report.deletes += counts.1;
+    report.truncates += counts.2;
+    report.dead_lettered += batch.dead.len() as u64;
+    report.transactions += 1;
+    Ok(true)
+}
+
+/// What one input item becomes.
+enum Planned {
+    Op(TargetOp),
+    Dead(ChangeDeadLetter),
+    Fatal(String),
+}
+
+enum Stop {
+    Dead(String),
+    Fatal(String),
+}
+
+/// The target key of a deleted row: `user-key` when the plugin has it, else
+/// the transform of the full before-image when the event carries one.
+fn delete_key(
+    transformer: &mut Transformer,
+    id: i64,
+    before: Option<&LegacyUser>,
+) -> anyhow::Result<Result<String, Stop>> {
+    if let Some(outcome) = tokio::task::block_in_place(|| transformer.target_key(id))? {
+        return Ok(match outcome {
+            KeyOutcome::Key(key) => Ok(key),
+            KeyOutcome::Rejected(reason) | KeyOutcome::Trapped(reason) => Err(Stop::Dead(reason)),
+            KeyOutcome::Fatal(reason) => {
+                Err(Stop::Fatal(format!("plugin fatal on the key of source row {id}: {reason}")))
+            }
+        });
+    }
+    let Some(before) = before else {
+        return Ok(Err(Stop::Dead(
+            "delete carries only the key and the plugin does not export user-key (target-key); \
+             export it, or set REPLICA IDENTITY FULL on the source table"
+                .into(),
+        )));
+    };
+    Ok(match tokio::task::block_in_place(|| transformer.transform_one(before))? {
+        Outcome::Row(row) => Ok(row.id),
+        Outcome::Rejected(reason) | Outcome::Trapped(reason) => Err(Stop::Dead(reason)),
+        Outcome::Fatal(reason) => Err(Stop::Fatal(reason)),
+    })
+}
+
+fn dedup_key(p: &Pending) -> String {
+    match p.position {
+        Some(pos) => pos.to_string(),
+        None => format!("snapshot:{}", hex::encode(&Sha256::digest(p.raw.as_bytes())[..16])),
+    }
+}

@@ -1,0 +1,6 @@
+//! Change data capture: positions in a change stream, change events
+//! (Debezium's envelope), and applying them exactly once.
+
+pub mod apply;
+pub mod debezium;
+pub mod position;

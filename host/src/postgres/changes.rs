@@ -1,0 +1,169 @@
+//! Applying change streams into PostgreSQL: ops in order, dead letters and
+//! the stream position in one transaction.
+
+use anyhow::Context;
+use async_trait::async_trait;
+use sqlx::Connection;
+
+use super::describe_error;
+use super::target::PgTarget;
+use crate::cdc::apply::{ChangeBatch, ChangeCheckpoint, ChangeSink, TargetOp};
+use crate::cdc::position::Position;
+use crate::config::OnConflict;
+use crate::model::NewUser;
+use crate::sink::FencedError;
+
+const CHANGE_DDL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS ferry;
+CREATE TABLE IF NOT EXISTS ferry.change_checkpoints (
+    pipeline      text PRIMARY KEY,
+    commit_lsn    bigint,
+    lsn           bigint,
+    seq           integer,
+    streaming     boolean NOT NULL DEFAULT false,
+    applied       bigint NOT NULL DEFAULT 0,
+    dead_lettered bigint NOT NULL DEFAULT 0,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
+    id            bigserial PRIMARY KEY,
+    pipeline      text NOT NULL,
+    dedup_key     text NOT NULL,
+    source_key    text,
+    event         text NOT NULL,
+    reason        text NOT NULL,
+    plugin_sha256 text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (pipeline, dedup_key)
+);
+"#;
+
+/// Advisory lock serialising this DDL across processes.
+const DDL_LOCK: i64 = 0x6665_7272_7900_0002;
+
+type Stored = (Option<i64>, Option<i64>, Option<i32>, bool);
+
+fn checkpoint_of(stored: Option<Stored>) -> ChangeCheckpoint {
+    match stored {
+        None => ChangeCheckpoint::default(),
+        Some((commit, lsn, seq, streaming)) => ChangeCheckpoint {
+            position: match (commit, lsn) {
+                (Some(c), Some(l)) => Some(Position { commit: c as u64, lsn: l as u64, seq: seq.unwrap_or(0) as u32 }),
+                _ => None,
+            },
+            streaming,
+        },
+    }
+}
+
+#[async_trait]
+impl ChangeSink for PgTarget {
+    async fn ensure_change_tables(&mut self) -> anyhow::Result<()> {
+        let mut tx = self.conn.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
+        for statement in crate::db::ddl_statements(CHANGE_DDL) {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating the change-stream control tables: {}", describe_error(&e)))?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn change_checkpoint(&mut self, pipeline: &str) -> anyhow::Result<ChangeCheckpoint> {
+        let stored: Option<Stored> =
+            sqlx::query_as("SELECT commit_lsn, lsn, seq, streaming FROM ferry.change_checkpoints WHERE pipeline = $1")
+                .bind(pipeline)
+                .fetch_optional(&mut self.conn)
+                .await?;
+        Ok(checkpoint_of(stored))
+    }
+
+    async fn apply_changes(&mut self, batch: &ChangeBatch) -> anyhow::Result<()> {
+        self.encodings().await?;
+        let target = self.table.quoted();
+        let mut tx = self.conn.begin().await.context("starting the change transaction")?;
+        sqlx::query("INSERT INTO ferry.change_checkpoints (pipeline) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(&batch.pipeline)
+            .execute(&mut *tx)
+            .await?;
+        let stored: Option<Stored> = sqlx::query_as(
+            "SELECT commit_lsn, lsn, seq, streaming FROM ferry.change_checkpoints WHERE pipeline = $1 FOR UPDATE",
+        )
+        .bind(&batch.pipeline)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if checkpoint_of(stored) != batch.previous {
+            return Err(FencedError { run_id: format!("change stream {}", batch.pipeline) }.into());
+        }
+        // Runs of the same kind of op are applied together, in order.
+        let mut i = 0;
+        while i < batch.ops.len() {
+            match &batch.ops[i] {
+                TargetOp::Upsert(_) => {
+                    let mut run: Vec<NewUser> = Vec::new();
+                    while let Some(TargetOp::Upsert(row)) = batch.ops.get(i) {
+                        // A key upserted twice in one run: the later wins
+                        // (one INSERT … ON CONFLICT may touch a row once).
+                        if let Some(pos) = run.iter().position(|r| r.id == row.id) {
+                            run.remove(pos);
+                        }
+                        run.push(row.clone());
+                        i += 1;
+                    }
+                    self.loader
+                        .apply(&mut tx, &run, OnConflict::Overwrite)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("upserting into {}: {}", self.table, describe_error(&e)))?;
+                }
+                TargetOp::Delete(_) => {
+                    let mut keys: Vec<&str> = Vec::new();
+                    while let Some(TargetOp::Delete(key)) = batch.ops.get(i) {
+                        keys.push(key);
+                        i += 1;
+                    }
+                    sqlx::query(&format!("DELETE FROM {target} WHERE id = ANY($1)"))
+                        .bind(&keys)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("deleting from {}: {}", self.table, describe_error(&e)))?;
+                }
+                TargetOp::Truncate => {
+                    sqlx::query(&format!("TRUNCATE {target}")).execute(&mut *tx).await?;
+                    i += 1;
+                }
+            }
+        }
+        for d in &batch.dead {
+            sqlx::query(
+                "INSERT INTO ferry.change_dead_letters (pipeline, dedup_key, source_key, event, reason, plugin_sha256) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pipeline, dedup_key) DO NOTHING",
+            )
+            .bind(&batch.pipeline)
+            .bind(&d.dedup_key)
+            .bind(d.source_key.map(|k| k.to_string()))
+            .bind(&d.event)
+            .bind(&d.reason)
+            .bind(&batch.plugin_sha256)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let p = batch.next.position;
+        sqlx::query(
+            "UPDATE ferry.change_checkpoints SET commit_lsn = $2, lsn = $3, seq = $4, streaming = $5, \
+             applied = applied + $6, dead_lettered = dead_lettered + $7, updated_at = now() WHERE pipeline = $1",
+        )
+        .bind(&batch.pipeline)
+        .bind(p.map(|p| p.commit as i64))
+        .bind(p.map(|p| p.lsn as i64))
+        .bind(p.map(|p| p.seq as i32))
+        .bind(batch.next.streaming)
+        .bind(batch.ops.len() as i64)
+        .bind(batch.dead.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await.context("committing the change transaction")?;
+        Ok(())
+    }
+}

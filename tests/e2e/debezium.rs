@@ -1,0 +1,308 @@
+//! `ferry apply`: Debezium change events into PostgreSQL through the plugin,
+//! exactly once across replays.
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// A Debezium PostgreSQL-connector envelope.
+fn envelope(op: &str, before: Value, after: Value, tx: i64, last_commit: u64, lsn: u64, snapshot: &str) -> Value {
+    json!({
+        "before": before,
+        "after": after,
+        "source": {
+            "version": "2.7.3.Final", "connector": "postgresql", "name": "legacy", "ts_ms": 1700000000000u64,
+            "snapshot": snapshot, "db": "legacy", "schema": "public", "table": "users",
+            "sequence": format!("[\"{last_commit}\",\"{lsn}\"]"), "txId": tx, "lsn": lsn
+        },
+        "op": op,
+        "ts_ms": 1700000000001u64
+    })
+}
+
+fn user(id: i64, name: &str, email: &str, micros: i64, metadata: Option<&str>) -> Value {
+    json!({"id": id, "name": name, "email": email, "created_at": micros, "metadata": metadata})
+}
+
+fn key_only(id: i64) -> Value {
+    json!({"id": id, "name": null, "email": null, "created_at": null, "metadata": null})
+}
+
+/// The stream the tests replay: a snapshot of three rows, then changes of
+/// every shape, and three events that must be dead-lettered.
+fn stream() -> Vec<String> {
+    let t = 1_700_000_000_123_456i64;
+    let mut lines: Vec<Value> = vec![
+        envelope("r", Value::Null, user(1, "Mary Ann de la Cruz", "Mary@X.ORG", t, None), 1, 0, 100, "first"),
+        envelope(
+            "r",
+            Value::Null,
+            user(2, "Zoë Ångström", "ZOE@X.ORG", t + 1, Some(r#"{"theme":"dark"}"#)),
+            1,
+            0,
+            100,
+            "true",
+        ),
+        envelope("r", Value::Null, user(3, "Prince", "P@X.ORG", t + 2, None), 1, 0, 100, "last"),
+        // tx 10: insert 4
+        envelope(
+            "c",
+            Value::Null,
+            user(4, "New Comer", "NEW@X.ORG", t + 3, Some(r#"{"notifications":false}"#)),
+            10,
+            100,
+            200,
+            "false",
+        ),
+        // tx 11: update 1 (with the schema-carrying form below)
+        // tx 12: delete 2, key only (REPLICA IDENTITY DEFAULT)
+        envelope("d", key_only(2), Value::Null, 12, 300, 400, "false"),
+    ];
+    // tx 11, as {key, value:{schema, payload}} with a ZonedTimestamp.
+    let mut update = envelope(
+        "u",
+        Value::Null,
+        json!({"id": 1, "name": "Mary Ann Updated", "email": "MARY@X.ORG", "created_at": "2024-01-15T09:30:00.654321Z", "metadata": "{\"theme\":\"blue\"}"}),
+        11,
+        200,
+        300,
+        "false",
+    );
+    update["source"]["lsn"] = json!(300);
+    let wrapped = json!({
+        "key": {"id": 1},
+        "value": {
+            "schema": {"type": "struct", "fields": [{"field": "after", "fields": [{"field": "created_at", "name": "io.debezium.time.ZonedTimestamp", "type": "string"}]}]},
+            "payload": update
+        }
+    });
+    lines.insert(4, wrapped);
+    let mut out: Vec<String> = lines.iter().map(Value::to_string).collect();
+    // tx 13: primary-key change 3 → 30: delete, tombstone, create.
+    out.push(envelope("d", key_only(3), Value::Null, 13, 400, 500, "false").to_string());
+    out.push(json!({"key": {"id": 3}, "value": null}).to_string());
+    out.push(
+        envelope("c", Value::Null, user(30, "Prince Again", "P30@X.ORG", t + 4, None), 13, 400, 510, "false")
+            .to_string(),
+    );
+    // Bad events: not JSON, no op, an unavailable TOASTed value.
+    out.push("{this is not json".to_string());
+    out.push(
+        json!({"after": user(5, "a", "b", t, None), "source": {"lsn": 600, "sequence": "[\"510\",\"600\"]"}})
+            .to_string(),
+    );
+    out.push(
+        envelope(
+            "u",
+            Value::Null,
+            user(4, "New Comer", "NEW@X.ORG", t + 3, Some("__debezium_unavailable_value")),
+            14,
+            510,
+            700,
+            "false",
+        )
+        .to_string(),
+    );
+    // tx 15: update 4 again, for real.
+    out.push(
+        envelope(
+            "u",
+            Value::Null,
+            user(4, "New  Comer", "NEW@X.ORG", t + 3, Some(r#"{"theme":"green"}"#)),
+            15,
+            700,
+            800,
+            "false",
+        )
+        .to_string(),
+    );
+    out
+}
+
+fn write_lines(dir: &std::path::Path, name: &str, lines: &[String]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+async fn target_rows(db: &PgDb) -> Vec<(String, String, String, String, Value)> {
+    let mut c = db.conn().await;
+    sqlx::query_as("SELECT id, first_name, last_name, email, settings FROM users ORDER BY id")
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+}
+
+async fn assert_final_state(db: &PgDb) {
+    let rows = target_rows(db).await;
+    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(ids, vec!["user_1", "user_30", "user_4"], "2 deleted, 3 renumbered to 30");
+    assert_eq!((rows[0].1.as_str(), rows[0].2.as_str(), rows[0].3.as_str()), ("Mary", "Ann Updated", "mary@x.org"));
+    assert_eq!(rows[0].4, json!({"theme": "blue", "notifications": true}));
+    assert_eq!((rows[2].1.as_str(), rows[2].2.as_str()), ("New", " Comer"));
+    assert_eq!(rows[2].4, json!({"theme": "green", "notifications": true}));
+    let micros =
+        db.scalar_i64("SELECT (extract(epoch FROM created_at) * 1000000)::int8 FROM users WHERE id = 'user_1'").await;
+    assert_eq!(micros % 1_000_000, 654_321, "ZonedTimestamp microseconds kept");
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 3);
+}
+
+fn pipeline(target: &PgDb, plugin: &std::path::Path) -> Pipeline {
+    // The source is not read by `apply`; any URL of the right shape does.
+    Pipeline::new("postgres://postgres@127.0.0.1:5432/unused", &target.url(), plugin, "")
+}
+
+#[tokio::test]
+async fn applies_every_shape_and_dead_letters_bad_events() {
+    let target = PgDb::new("dbz").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = pipeline(&target, &plugins().transform_user);
+    let file = write_lines(p.config.parent().unwrap(), "events.jsonl", &stream());
+    let run = p.ferry(&["apply", "--input", &file, "--json"]);
+    assert_eq!(run.code, 4, "dead letters present: {run:?}");
+    let j = run.json();
+    assert_eq!(
+        (j["upserts"].as_u64(), j["deletes"].as_u64(), j["dead_lettered"].as_u64()),
+        (Some(7), Some(2), Some(3)),
+        "{run:?}"
+    );
+    assert_eq!(j["tombstones"], 1);
+    assert_final_state(&target).await;
+    let mut c = target.conn().await;
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM ferry.change_dead_letters ORDER BY id").fetch_all(&mut c).await.unwrap();
+    assert!(reasons[0].starts_with("not JSON"), "{reasons:?}");
+    assert!(reasons[1].contains("no `op`"), "{reasons:?}");
+    assert!(reasons[2].contains("__debezium_unavailable_value") && reasons[2].contains("metadata"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn replays_apply_nothing_twice() {
+    let target = PgDb::new("dbz").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = pipeline(&target, &plugins().transform_user);
+    let lines = stream();
+    let dir = p.config.parent().unwrap().to_path_buf();
+    // A consumer that stops part-way and restarts from an earlier offset,
+    // then replays the whole stream twice (at-least-once delivery).
+    for cut in [6, 9] {
+        let first = write_lines(&dir, &format!("part-{cut}.jsonl"), &lines[..cut]);
+        assert!([0, 4].contains(&p.ferry(&["apply", "--input", &first, "--group-size", "1"]).code));
+    }
+    let all = write_lines(&dir, "all.jsonl", &lines);
+    let again = p.ferry(&["apply", "--input", &all, "--json"]);
+    assert!([0, 4].contains(&again.code), "{again:?}");
+    let j = again.json();
+    assert_eq!(j["skipped_replayed"], 8, "the 9 lines applied before, less the tombstone: {again:?}");
+    let last = p.ferry(&["apply", "--input", &all, "--json"]);
+    assert_eq!(last.code, 0, "nothing new: {last:?}");
+    assert_eq!((last.json()["upserts"].as_u64(), last.json()["deletes"].as_u64()), (Some(0), Some(0)));
+    assert_final_state(&target).await;
+}
+
+#[tokio::test]
+async fn truncate_empties_the_target() {
+    let target = PgDb::new("dbz").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = pipeline(&target, &plugins().transform_user);
+    let mut lines = stream();
+    lines.push(
+        json!({"source": {"lsn": 900, "sequence": "[\"800\",\"900\"]", "txId": 16, "snapshot": "false"}, "op": "t"})
+            .to_string(),
+    );
+    let file = write_lines(p.config.parent().unwrap(), "events.jsonl", &lines);
+    let run = p.ferry(&["apply", "--input", &file, "--json"]);
+    assert_eq!(run.json()["truncates"], 1, "{run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 0);
+}
+
+#[tokio::test]
+async fn key_only_deletes_need_the_key_mapping() {
+    let target = PgDb::new("dbz").await;
+    target.exec(PG_NEW_DDL).await;
+    // The chaos plugin exports only transform-user: no user-key.
+    let p = pipeline(&target, &plugins().chaos);
+    let t = 1_700_000_000_000_000i64;
+    let lines = vec![
+        envelope("c", Value::Null, user(1, "A B", "a@x", t, None), 1, 0, 10, "false").to_string(),
+        envelope("c", Value::Null, user(2, "C D", "c@x", t, None), 1, 0, 11, "false").to_string(),
+        envelope("d", key_only(1), Value::Null, 2, 12, 20, "false").to_string(),
+        // A full before-image (REPLICA IDENTITY FULL) is enough.
+        envelope("d", user(2, "C D", "c@x", t, None), Value::Null, 3, 21, 30, "false").to_string(),
+    ];
+    let file = write_lines(p.config.parent().unwrap(), "events.jsonl", &lines);
+    let run = p.ferry(&["apply", "--input", &file, "--json"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_1'").await, 1, "kept: no key mapping");
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_2'").await,
+        0,
+        "deleted via before-image"
+    );
+    let mut c = target.conn().await;
+    let reason: String =
+        sqlx::query_scalar("SELECT reason FROM ferry.change_dead_letters").fetch_one(&mut c).await.unwrap();
+    assert!(reason.contains("user-key"), "{reason}");
+}
+
+/// A long stream of inserts, updates and deletes over 2000 keys.
+fn busy_stream(events: usize) -> Vec<String> {
+    let t = 1_700_000_000_000_000i64;
+    let mut lines = Vec::with_capacity(events);
+    let mut commit = 0u64;
+    for i in 0..events {
+        let id = (i * 7919 % 2000) as i64 + 1;
+        let lsn = 1000 + i as u64 * 10;
+        let line = match i % 5 {
+            0..=2 => envelope(
+                if i % 5 == 0 { "c" } else { "u" },
+                Value::Null,
+                user(
+                    id,
+                    &format!("Name {i} Of {id}"),
+                    &format!("U{id}@X.ORG"),
+                    t + i as i64,
+                    Some(&format!(r#"{{"theme":"t{i}"}}"#)),
+                ),
+                i as i64,
+                commit,
+                lsn,
+                "false",
+            ),
+            3 => envelope("d", key_only(id), Value::Null, i as i64, commit, lsn, "false"),
+            _ => envelope(
+                "u",
+                Value::Null,
+                user(id, "Bad Json", "b@x", t, Some("{oops")),
+                i as i64,
+                commit,
+                lsn,
+                "false",
+            ),
+        };
+        commit = lsn + 1;
+        lines.push(line.to_string());
+    }
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_during_apply_converges_to_the_uninterrupted_result() {
+    let (killed, reference) = (PgDb::new("dbzk").await, PgDb::new("dbzr").await);
+    killed.exec(PG_NEW_DDL).await;
+    reference.exec(PG_NEW_DDL).await;
+    let lines = busy_stream(40_000);
+    let p_ref = pipeline(&reference, &plugins().transform_user);
+    let file = write_lines(p_ref.config.parent().unwrap(), "events.jsonl", &lines);
+    assert_eq!(p_ref.ferry(&["apply", "--input", &file]).code, 4);
+
+    let p = pipeline(&killed, &plugins().transform_user);
+    let kills = kill_until_done(|| p.command(&["apply", "--input", &file, "--group-size", "100"]), &[0, 4]);
+    assert!(kills >= 2, "only {kills} kills landed");
+    assert_eq!(target_rows(&killed).await, target_rows(&reference).await, "same rows as one uninterrupted apply");
+    assert_eq!(
+        killed.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await,
+        reference.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await,
+        "each dead letter recorded once"
+    );
+}
