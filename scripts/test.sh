@@ -5,7 +5,8 @@
 #
 # Needs: rustup (installs the wasm32-wasip2 target), PostgreSQL reachable at
 # $FERRY_TEST_PG (default postgres://postgres@127.0.0.1:5432, a role that
-# may CREATE DATABASE).
+# may CREATE DATABASE), and NATS with JetStream at $FERRY_TEST_NATS (default
+# 127.0.0.1:4222).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

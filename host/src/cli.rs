@@ -64,6 +64,21 @@ enum Command {
         /// JSONL file of events, or `-` for stdin.
         #[arg(long, default_value = "-")]
         input: PathBuf,
+        /// Consume from NATS JetStream at this address instead (e.g. nats://127.0.0.1:4222).
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
+        /// The JetStream stream (with --nats).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only this subject of the stream (with --nats).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Durable consumer name (default ferry-<pipeline>).
+        #[arg(long)]
+        durable: Option<String>,
+        /// With --nats: exit after this many seconds without a message (default: run until signalled).
+        #[arg(long, value_name = "SECONDS")]
+        idle_exit: Option<f64>,
         /// Changes per target transaction, at most (source transactions are never split).
         #[arg(long, default_value_t = 2000)]
         group_size: usize,
@@ -204,8 +219,9 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Apply { input, group_size, integer_time } => {
+        Command::Apply { input, nats, stream, subject, durable, idle_exit, group_size, integer_time } => {
             use crate::cdc::debezium::IntegerTime;
+            use crate::cdc::input::{EventInput, JetStreamInput, JetStreamOptions, LineInput};
             let options = crate::cdc::apply::ApplyOptions {
                 group_size: group_size.max(1),
                 integer_time: match integer_time {
@@ -214,16 +230,33 @@ async fn run(cli: Cli) -> i32 {
                     IntegerTimeArg::Nanos => IntegerTime::Nanos,
                 },
             };
-            let result = if input.as_os_str() == "-" {
-                crate::cdc::apply::apply_debezium(&settings, tokio::io::BufReader::new(tokio::io::stdin()), options)
-                    .await
-            } else {
-                match tokio::fs::File::open(&input).await {
-                    Ok(file) => {
-                        crate::cdc::apply::apply_debezium(&settings, tokio::io::BufReader::new(file), options).await
-                    }
-                    Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", input.display())),
+            let stop = Arc::new(AtomicBool::new(false));
+            spawn_signal_handler(Arc::clone(&stop));
+            let opened: anyhow::Result<Box<dyn EventInput>> = match (nats, stream) {
+                (Some(url), Some(stream)) => {
+                    let js = JetStreamOptions {
+                        url,
+                        durable: durable.unwrap_or_else(|| format!("ferry-{}", settings.pipeline)),
+                        stream,
+                        subject: subject.unwrap_or_default(),
+                        idle_flush: std::time::Duration::from_millis(100),
+                        idle_exit: idle_exit.map(std::time::Duration::from_secs_f64),
+                        max_ack_pending: (options.group_size as i64 * 10).max(10_000),
+                    };
+                    JetStreamInput::connect(&js).await.map(|i| Box::new(i) as Box<dyn EventInput>)
                 }
+                (Some(_), None) => Err(anyhow::anyhow!("--nats needs --stream (the JetStream stream to consume)")),
+                _ if input.as_os_str() == "-" => {
+                    Ok(Box::new(LineInput::new(tokio::io::BufReader::new(tokio::io::stdin()))) as Box<dyn EventInput>)
+                }
+                _ => match tokio::fs::File::open(&input).await {
+                    Ok(file) => Ok(Box::new(LineInput::new(tokio::io::BufReader::new(file))) as Box<dyn EventInput>),
+                    Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", input.display())),
+                },
+            };
+            let result = match opened {
+                Ok(mut events) => crate::cdc::apply::apply_debezium(&settings, events.as_mut(), options, stop).await,
+                Err(e) => Err(e),
             };
             match result {
                 Err(e) => fail(&e),

@@ -306,3 +306,89 @@ async fn kill_during_apply_converges_to_the_uninterrupted_result() {
         "each dead letter recorded once"
     );
 }
+
+/// A JetStream stream made for one test and deleted after it.
+struct TestStream {
+    name: String,
+    subject: String,
+    js: async_nats::jetstream::Context,
+}
+
+impl TestStream {
+    async fn new() -> TestStream {
+        let client =
+            async_nats::connect(nats_server()).await.expect("NATS at 127.0.0.1:4222 (is it running with -js?)");
+        let js = async_nats::jetstream::new(client);
+        let tag = format!("{}_{}", std::process::id(), rand::random::<u32>());
+        let (name, subject) = (format!("FERRY_T_{tag}"), format!("ferry.t{tag}.legacy.public.users"));
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+        TestStream { name, subject, js }
+    }
+
+    async fn publish(&self, lines: &[String]) {
+        for line in lines {
+            // Debezium Server sends a tombstone as an empty message.
+            let payload = if line.contains("\"value\":null") { String::new() } else { line.clone() };
+            self.js.publish(self.subject.clone(), payload.into()).await.unwrap().await.unwrap();
+        }
+    }
+
+    async fn consumer_backlog(&self, durable: &str) -> (u64, usize) {
+        let stream = self.js.get_stream(&self.name).await.unwrap();
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream.get_consumer(durable).await.unwrap();
+        let info = consumer.info().await.unwrap();
+        (info.num_pending, info.num_ack_pending)
+    }
+}
+
+impl Drop for TestStream {
+    fn drop(&mut self) {
+        let (js, name) = (self.js.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let _ = js.delete_stream(&name).await;
+            });
+        })
+        .join();
+    }
+}
+
+fn nats_server() -> String {
+    std::env::var("FERRY_TEST_NATS").unwrap_or_else(|_| "127.0.0.1:4222".into())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumes_jetstream_acks_after_commit_and_ignores_redeliveries() {
+    let target = PgDb::new("dbzn").await;
+    target.exec(PG_NEW_DDL).await;
+    let s = TestStream::new().await;
+    s.publish(&stream()).await;
+    let p = pipeline(&target, &plugins().transform_user);
+    let url = format!("nats://{}", nats_server());
+    let args = ["apply", "--nats", &url, "--stream", &s.name, "--subject", &s.subject, "--idle-exit", "1", "--json"];
+    let run = p.ferry(&args);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(run.json()["dead_lettered"], 3, "{run:?}");
+    assert_final_state(&target).await;
+    assert_eq!(s.consumer_backlog("ferry-test").await, (0, 0), "everything acknowledged after the commit");
+
+    // Debezium restarts and sends the whole stream again.
+    s.publish(&stream()).await;
+    let again = p.ferry(&args);
+    assert_eq!(again.code, 0, "{again:?}");
+    let j = again.json();
+    assert_eq!(
+        (j["upserts"].as_u64(), j["deletes"].as_u64(), j["dead_lettered"].as_u64()),
+        (Some(0), Some(0), Some(0)),
+        "{again:?}"
+    );
+    assert_final_state(&target).await;
+    assert_eq!(s.consumer_backlog("ferry-test").await, (0, 0));
+}

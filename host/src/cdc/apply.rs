@@ -15,9 +15,11 @@
 use async_trait::async_trait;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::debezium::{self, ChangeOp, Decoded, IntegerTime};
+use super::input::{EventInput, Next};
 use super::position::Position;
 use crate::engines;
 use crate::model::{LegacyUser, NewUser, Outcome};
@@ -131,11 +133,14 @@ enum Item {
     Reject { key: Option<i64>, reason: String },
 }
 
-/// Reads Debezium events line by line from `input` and applies them.
+/// Reads Debezium events from `input` and applies them until the input
+/// ends, the plugin returns `fatal`, or `stop` is set (SIGINT/SIGTERM): what
+/// is pending is then committed and acknowledged first.
 pub async fn apply_debezium(
     settings: &Settings,
-    input: impl AsyncBufRead + Unpin,
+    input: &mut dyn EventInput,
     options: ApplyOptions,
+    stop: Arc<AtomicBool>,
 ) -> anyhow::Result<ApplyReport> {
     let path = settings.plugin.path.clone();
     let load = settings.plugin.options.clone();
@@ -147,21 +152,43 @@ pub async fn apply_debezium(
     let mut checkpoint = target.change_checkpoint(&settings.pipeline).await?;
     let mut report = ApplyReport { pipeline: settings.pipeline.clone(), ..Default::default() };
 
-    let mut lines = input.lines();
     let mut pending: Vec<Pending> = Vec::new();
     let mut current_tx: Option<i64> = None;
+    // Tokens: of the last item in `pending`, and of the last item seen.
+    let mut group_last: Option<u64> = None;
+    let mut last_seen: Option<u64> = None;
     // Carry-forward for items without a position of their own.
     let mut last_position: Option<Position> = checkpoint.position;
     let mut unpositioned = 0u32;
-    while let Some(line) = lines.next_line().await? {
+    macro_rules! flush_and_ack {
+        () => {
+            if !flush(settings, &mut transformer, target.as_mut(), &mut pending, &mut checkpoint, &mut report).await? {
+                return Ok(report);
+            }
+            if let Some(token) = group_last.take() {
+                input.commit(token).await?;
+            }
+        };
+    }
+    while !stop.load(Ordering::Relaxed) {
+        let (line, token) = match input.next().await? {
+            Next::End => break,
+            Next::Idle => {
+                flush_and_ack!();
+                continue;
+            }
+            Next::Item(line, token) => (line, token),
+        };
         report.lines += 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let decoded = debezium::decode(&line, options.integer_time);
+        last_seen = Some(token);
+        let decoded =
+            if line.trim().is_empty() { Decoded::Tombstone } else { debezium::decode(&line, options.integer_time) };
         let (position, snapshot, tx, item) = match decoded {
             Decoded::Tombstone => {
                 report.tombstones += 1;
+                if pending.is_empty() {
+                    input.commit(token).await?;
+                }
                 continue;
             }
             Decoded::Event(e) => (e.position, e.snapshot, e.tx_id, Item::Op(e.op)),
@@ -191,19 +218,23 @@ pub async fn apply_debezium(
         };
         if replayed {
             report.skipped_replayed += 1;
+            if pending.is_empty() {
+                input.commit(token).await?;
+            }
             continue;
         }
         // Flush at source-transaction boundaries once the group is full.
-        if pending.len() >= options.group_size
-            && (tx.is_none() || tx != current_tx)
-            && !flush(settings, &mut transformer, target.as_mut(), &mut pending, &mut checkpoint, &mut report).await?
-        {
-            return Ok(report);
+        if pending.len() >= options.group_size && (tx.is_none() || tx != current_tx) {
+            flush_and_ack!();
         }
         current_tx = tx;
         pending.push(Pending { raw: line, position, item });
+        group_last = Some(token);
     }
-    flush(settings, &mut transformer, target.as_mut(), &mut pending, &mut checkpoint, &mut report).await?;
+    flush_and_ack!();
+    if let Some(token) = last_seen {
+        input.commit(token).await?;
+    }
     report.checkpoint = checkpoint;
     Ok(report)
 }

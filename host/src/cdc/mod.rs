@@ -3,4 +3,5 @@
 
 pub mod apply;
 pub mod debezium;
+pub mod input;
 pub mod position;
