@@ -5,6 +5,7 @@
 mod support;
 
 mod checks;
+mod cluster;
 mod config_errors;
 mod containment;
 mod debezium;
