@@ -59,5 +59,8 @@ mod tests {
         assert_eq!(parse_text(&format_rfc3339_micros(micros)), Some(micros));
         assert_eq!(parse_text("2024-05-01T10:20:30.123456+02:00"), Some(micros - 7_200_000_000));
         assert_eq!(parse_text("not a time"), None);
+        // PostgreSQL's text output of timestamptz (as pgoutput sends it).
+        assert_eq!(parse_text("2024-05-01 10:20:30.123456+00"), Some(micros));
+        assert_eq!(parse_text("2024-05-01 12:20:30.123456+02"), Some(micros));
     }
 }

@@ -4,4 +4,5 @@
 pub mod apply;
 pub mod debezium;
 pub mod input;
+pub mod pgoutput;
 pub mod position;
