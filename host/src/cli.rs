@@ -86,6 +86,24 @@ enum Command {
         #[arg(long, value_enum, default_value = "micros")]
         integer_time: IntegerTimeArg,
     },
+    /// Follow the PostgreSQL source by logical replication: initial load, then changes.
+    Sync {
+        /// Replication slot (default ferry_<pipeline>).
+        #[arg(long)]
+        slot: Option<String>,
+        /// Publication (default ferry_<pipeline>).
+        #[arg(long)]
+        publication: Option<String>,
+        /// Rows per initial-load chunk.
+        #[arg(long, default_value_t = 5000)]
+        chunk_rows: usize,
+        /// Exit after this many seconds without a change (default: run until signalled).
+        #[arg(long, value_name = "SECONDS")]
+        idle_exit: Option<f64>,
+        /// Drop the slot and the publication (teardown) instead of syncing.
+        #[arg(long)]
+        teardown: bool,
+    },
     /// Dead letters of the latest run.
     Dlq {
         #[command(subcommand)]
@@ -269,6 +287,57 @@ async fn run(cli: Cli) -> i32 {
                     if r.fatal.is_some() {
                         exit::FATAL
                     } else if r.dead_lettered > 0 {
+                        exit::DEAD_LETTERS
+                    } else {
+                        exit::OK
+                    }
+                }
+            }
+        }
+        Command::Sync { slot, publication, chunk_rows, idle_exit, teardown } => {
+            let name = |given: Option<String>| {
+                given.unwrap_or_else(|| {
+                    let clean: String = settings
+                        .pipeline
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+                        .collect();
+                    format!("ferry_{clean}")
+                })
+            };
+            let options = crate::cdc::sync::SyncOptions {
+                slot: name(slot),
+                publication: name(publication),
+                chunk_rows: chunk_rows.max(1),
+                idle_exit: idle_exit.map(std::time::Duration::from_secs_f64),
+            };
+            if teardown {
+                return match crate::cdc::sync::teardown(&settings, &options).await {
+                    Ok(()) => {
+                        println!("dropped replication slot {} and publication {}", options.slot, options.publication);
+                        exit::OK
+                    }
+                    Err(e) => fail(&e),
+                };
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            spawn_signal_handler(Arc::clone(&stop));
+            match crate::cdc::sync::sync(&settings, &options, stop).await {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    if cli.json {
+                        print_json(&r)
+                    } else {
+                        println!(
+                            "initial load: {} rows in {} chunks\n{}",
+                            r.snapshot_rows,
+                            r.snapshot_chunks,
+                            report::apply(&r.stream)
+                        )
+                    }
+                    if r.stream.fatal.is_some() {
+                        exit::FATAL
+                    } else if r.stream.dead_lettered > 0 {
                         exit::DEAD_LETTERS
                     } else {
                         exit::OK

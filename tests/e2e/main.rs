@@ -11,5 +11,6 @@ mod containment;
 mod debezium;
 mod migrate;
 mod resume;
+mod sync;
 mod transform_rules;
 mod validate;

@@ -124,7 +124,12 @@ pub const PG_NEW_DDL: &str = "CREATE TABLE users (id text PRIMARY KEY, first_nam
 /// timestamps microseconds.
 pub async fn seed_pg_legacy(db: &PgDb, n: i64) {
     db.exec(PG_LEGACY_DDL).await;
-    db.exec(&format!(
+    db.exec(&pg_legacy_rows(1, n)).await;
+}
+
+/// The INSERT of generated legacy rows `from..=to` (see [`seed_pg_legacy`]).
+pub fn pg_legacy_rows(from: i64, to: i64) -> String {
+    format!(
         "INSERT INTO users SELECT i, \
            (ARRAY['Jean-Luc  Picard', 'Mary Ann de la Cruz', 'Zoë Ångström', 'Prince', ' Leading'])[1 + i % 5] || ' ' || i, \
            'User.' || i || '@Example.COM', \
@@ -133,9 +138,8 @@ pub async fn seed_pg_legacy(db: &PgDb, n: i64) {
                 WHEN i % 7 = 0 THEN NULL \
                 WHEN i % 3 = 0 THEN '{{\"theme\": \"dark\", \"notifications\": false}}' \
                 ELSE '{{\"notifications\": ' || (i % 2 = 0)::text || '}}' END \
-         FROM generate_series(1, {n}) AS i"
-    ))
-    .await;
+         FROM generate_series({from}, {to}) AS i"
+    )
 }
 
 /// How many of `n` generated rows the plugin rejects (invalid JSON).

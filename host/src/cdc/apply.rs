@@ -41,6 +41,10 @@ pub struct ChangeCheckpoint {
     pub position: Option<Position>,
     /// Whether any streamed (non-snapshot) change has been applied.
     pub streaming: bool,
+    /// `ferry sync`'s initial load: the highest source key loaded so far.
+    pub snapshot_key: Option<i64>,
+    /// `ferry sync`'s initial load is complete.
+    pub snapshot_done: bool,
 }
 
 /// A change that was not applied, with why.
@@ -121,14 +125,15 @@ impl Default for ApplyOptions {
 }
 
 /// One decoded input item on its way to the target.
-struct Pending {
-    raw: String,
+pub(crate) struct Pending {
+    /// The item as received (kept in its dead letter).
+    pub raw: String,
     /// Effective position (`None`: snapshot item).
-    position: Option<Position>,
-    item: Item,
+    pub position: Option<Position>,
+    pub item: Item,
 }
 
-enum Item {
+pub(crate) enum Item {
     Op(ChangeOp),
     Reject { key: Option<i64>, reason: String },
 }
@@ -241,7 +246,7 @@ pub async fn apply_debezium(
 
 /// Transforms and applies the pending items. Returns `false` when the plugin
 /// asked to stop (nothing of this group is applied).
-async fn flush(
+pub(crate) async fn flush(
     settings: &Settings,
     transformer: &mut Transformer,
     target: &mut dyn engines::ChangeTarget,

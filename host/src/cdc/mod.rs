@@ -6,3 +6,4 @@ pub mod debezium;
 pub mod input;
 pub mod pgoutput;
 pub mod position;
+pub mod sync;

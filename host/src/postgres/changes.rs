@@ -25,6 +25,8 @@ CREATE TABLE IF NOT EXISTS ferry.change_checkpoints (
     dead_lettered bigint NOT NULL DEFAULT 0,
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_key bigint;
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_done boolean NOT NULL DEFAULT false;
 CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
     id            bigserial PRIMARY KEY,
     pipeline      text NOT NULL,
@@ -41,17 +43,22 @@ CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
 /// Advisory lock serialising this DDL across processes.
 const DDL_LOCK: i64 = 0x6665_7272_7900_0002;
 
-type Stored = (Option<i64>, Option<i64>, Option<i32>, bool);
+type Stored = (Option<i64>, Option<i64>, Option<i32>, bool, Option<i64>, bool);
+
+/// The columns [`Stored`] reads.
+const STORED: &str = "commit_lsn, lsn, seq, streaming, snapshot_key, snapshot_done";
 
 fn checkpoint_of(stored: Option<Stored>) -> ChangeCheckpoint {
     match stored {
         None => ChangeCheckpoint::default(),
-        Some((commit, lsn, seq, streaming)) => ChangeCheckpoint {
+        Some((commit, lsn, seq, streaming, snapshot_key, snapshot_done)) => ChangeCheckpoint {
             position: match (commit, lsn) {
                 (Some(c), Some(l)) => Some(Position { commit: c as u64, lsn: l as u64, seq: seq.unwrap_or(0) as u32 }),
                 _ => None,
             },
             streaming,
+            snapshot_key,
+            snapshot_done,
         },
     }
 }
@@ -73,7 +80,7 @@ impl ChangeSink for PgTarget {
 
     async fn change_checkpoint(&mut self, pipeline: &str) -> anyhow::Result<ChangeCheckpoint> {
         let stored: Option<Stored> =
-            sqlx::query_as("SELECT commit_lsn, lsn, seq, streaming FROM ferry.change_checkpoints WHERE pipeline = $1")
+            sqlx::query_as(&format!("SELECT {STORED} FROM ferry.change_checkpoints WHERE pipeline = $1"))
                 .bind(pipeline)
                 .fetch_optional(&mut self.conn)
                 .await?;
@@ -88,12 +95,11 @@ impl ChangeSink for PgTarget {
             .bind(&batch.pipeline)
             .execute(&mut *tx)
             .await?;
-        let stored: Option<Stored> = sqlx::query_as(
-            "SELECT commit_lsn, lsn, seq, streaming FROM ferry.change_checkpoints WHERE pipeline = $1 FOR UPDATE",
-        )
-        .bind(&batch.pipeline)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let stored: Option<Stored> =
+            sqlx::query_as(&format!("SELECT {STORED} FROM ferry.change_checkpoints WHERE pipeline = $1 FOR UPDATE"))
+                .bind(&batch.pipeline)
+                .fetch_optional(&mut *tx)
+                .await?;
         if checkpoint_of(stored) != batch.previous {
             return Err(FencedError { run_id: format!("change stream {}", batch.pipeline) }.into());
         }
@@ -152,7 +158,8 @@ impl ChangeSink for PgTarget {
         let p = batch.next.position;
         sqlx::query(
             "UPDATE ferry.change_checkpoints SET commit_lsn = $2, lsn = $3, seq = $4, streaming = $5, \
-             applied = applied + $6, dead_lettered = dead_lettered + $7, updated_at = now() WHERE pipeline = $1",
+             applied = applied + $6, dead_lettered = dead_lettered + $7, snapshot_key = $8, snapshot_done = $9, \
+             updated_at = now() WHERE pipeline = $1",
         )
         .bind(&batch.pipeline)
         .bind(p.map(|p| p.commit as i64))
@@ -161,6 +168,8 @@ impl ChangeSink for PgTarget {
         .bind(batch.next.streaming)
         .bind(batch.ops.len() as i64)
         .bind(batch.dead.len() as i64)
+        .bind(batch.next.snapshot_key)
+        .bind(batch.next.snapshot_done)
         .execute(&mut *tx)
         .await?;
         tx.commit().await.context("committing the change transaction")?;

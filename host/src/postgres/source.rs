@@ -33,6 +33,32 @@ impl PgSource {
         Ok(PgSource { conn, table: table.clone(), url: url.clone(), select })
     }
 
+    /// Starts a read-only repeatable-read transaction on the source, in the
+    /// exported `snapshot` when given: every later read sees that instant.
+    pub async fn begin_snapshot(&mut self, snapshot: Option<&str>) -> anyhow::Result<()> {
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut self.conn).await?;
+        if let Some(name) = snapshot {
+            // SET TRANSACTION SNAPSHOT takes a literal, not a parameter.
+            let literal = name.replace('\'', "''");
+            sqlx::raw_sql(&format!("SET TRANSACTION SNAPSHOT '{literal}'"))
+                .execute(&mut self.conn)
+                .await
+                .with_context(|| format!("importing the replication slot's snapshot {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the transaction [`PgSource::begin_snapshot`] started.
+    pub async fn end_snapshot(&mut self) -> anyhow::Result<()> {
+        sqlx::query("COMMIT").execute(&mut self.conn).await?;
+        Ok(())
+    }
+
+    /// The source connection, for setup statements (publications, slots).
+    pub fn connection(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
     fn decode(row: &PgRow) -> Result<LegacyUser, sqlx::Error> {
         let created_at: Option<DateTime<Utc>> = row.try_get(3)?;
         Ok(LegacyUser {

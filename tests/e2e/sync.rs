@@ -1,0 +1,127 @@
+//! `ferry sync`: logical replication from a throwaway PostgreSQL cluster
+//! (wal_level = logical) into the target, checked against a fresh
+//! `ferry migrate` of the final source (the transform of the source).
+
+use sqlx::{Connection, PgConnection};
+
+use crate::cluster::Cluster;
+use crate::support::*;
+
+async fn source_conn(cluster: &Cluster) -> PgConnection {
+    PgConnection::connect(&format!("{}/postgres", cluster.url())).await.unwrap()
+}
+
+/// Changes of every kind, in many small transactions.
+async fn write_changes(cluster: &Cluster, round: i64) {
+    let mut c = source_conn(cluster).await;
+    let base = 100_000 * (round + 1);
+    for i in 0..60 {
+        let id = base + i;
+        sqlx::raw_sql(&pg_legacy_rows(id, id)).execute(&mut c).await.unwrap();
+        sqlx::query(
+            "UPDATE users SET name = 'Updated ' || id || ' Row', metadata = '{\"theme\":\"night\"}' WHERE id = $1",
+        )
+        .bind(1 + i * 3 + round)
+        .execute(&mut c)
+        .await
+        .unwrap();
+        if i % 4 == 0 {
+            sqlx::query("DELETE FROM users WHERE id = $1").bind(500 + i + round * 70).execute(&mut c).await.unwrap();
+        }
+        if i % 10 == 0 {
+            // A primary-key change.
+            sqlx::query("UPDATE users SET id = id + 50000 WHERE id = $1")
+                .bind(900 + i + round)
+                .execute(&mut c)
+                .await
+                .unwrap();
+            // A multi-statement transaction, and one rolled back.
+            let mut tx = c.begin().await.unwrap();
+            sqlx::query("UPDATE users SET email = upper(email) WHERE id BETWEEN $1 AND $1 + 5")
+                .bind(1000 + i)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query("DELETE FROM users WHERE id = $1").bind(1200 + i + round).execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+            let mut tx = c.begin().await.unwrap();
+            sqlx::query("DELETE FROM users").execute(&mut *tx).await.unwrap();
+            tx.rollback().await.unwrap();
+        }
+    }
+}
+
+async fn rows(db: &PgDb) -> Vec<(String, String, String, String, serde_json::Value, i64)> {
+    let mut c = db.conn().await;
+    sqlx::query_as(
+        "SELECT id, first_name, last_name, email, settings, (extract(epoch FROM created_at) * 1000000)::int8 FROM users ORDER BY id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap()
+}
+
+/// The target equals a fresh migration of the source as it is now.
+async fn assert_target_matches_source(cluster: &Cluster, target: &PgDb) {
+    let oracle = PgDb::new("oracle").await;
+    oracle.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &oracle.url(), &plugins().transform_user, "");
+    let run = p.ferry(&["migrate"]);
+    assert!([0, 4].contains(&run.code), "{run:?}");
+    let (got, want) = (rows(target).await, rows(&oracle).await);
+    assert_eq!(got.len(), want.len(), "row counts");
+    assert!(got == want, "the synced target differs from the transform of the source");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_loads_then_streams_concurrent_changes() {
+    let cluster = Cluster::start();
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
+    sqlx::raw_sql(&pg_legacy_rows(1, 5000)).execute(&mut c).await.unwrap();
+    let target = PgDb::new("sync").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().transform_user, "");
+
+    // Writers run while ferry loads and then streams.
+    let child = p
+        .command(&["sync", "--idle-exit", "3", "--chunk-rows", "500", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    write_changes(&cluster, 0).await;
+    write_changes(&cluster, 1).await;
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!([0, 4].contains(&out.status.code().unwrap_or(-1)), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(report["snapshot_rows"].as_u64().unwrap() >= 5000, "{report}");
+    assert!(report["stream"]["upserts"].as_u64().unwrap() > 100, "{report}");
+    assert_target_matches_source(&cluster, &target).await;
+
+    // Teardown drops the slot: the source no longer retains WAL for ferry.
+    assert_eq!(p.ferry(&["sync", "--teardown"]).code, 0);
+    let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots").fetch_one(&mut c).await.unwrap();
+    assert_eq!(slots, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_survives_kill_during_load_and_stream() {
+    let cluster = Cluster::start();
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
+    sqlx::raw_sql(&pg_legacy_rows(1, 40_000)).execute(&mut c).await.unwrap();
+    let target = PgDb::new("synck").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().transform_user, "");
+    // Killed during the initial load (small chunks make it long enough).
+    let kills = kill_until_done(|| p.command(&["sync", "--idle-exit", "1", "--chunk-rows", "200"]), &[0, 4]);
+    assert!(kills >= 1, "no kill landed during the load");
+    // Changes pile up in the slot while ferry is down, then are drained
+    // with more kills.
+    write_changes(&cluster, 0).await;
+    write_changes(&cluster, 1).await;
+    kill_until_done(|| p.command(&["sync", "--idle-exit", "1"]), &[0, 4]);
+    assert_target_matches_source(&cluster, &target).await;
+}
