@@ -125,3 +125,36 @@ async fn sync_survives_kill_during_load_and_stream() {
     kill_until_done(|| p.command(&["sync", "--idle-exit", "1"]), &[0, 4]);
     assert_target_matches_source(&cluster, &target).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_reconnects_after_the_source_restarts() {
+    let cluster = Cluster::start();
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
+    sqlx::raw_sql(&pg_legacy_rows(1, 2000)).execute(&mut c).await.unwrap();
+    drop(c);
+    let target = PgDb::new("syncr").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().transform_user, "");
+    let child = p
+        .command(&["sync", "--idle-exit", "4", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the initial load to be committed.
+    let started = std::time::Instant::now();
+    while target.scalar_i64("SELECT count(*) FROM users").await < 2000 - invalid_rows(2000) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "initial load did not finish");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    write_changes(&cluster, 0).await;
+    cluster.restart();
+    write_changes(&cluster, 1).await;
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!([0, 4].contains(&out.status.code().unwrap_or(-1)), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(report["reconnects"].as_u64().unwrap() >= 1, "{report}");
+    assert_target_matches_source(&cluster, &target).await;
+}

@@ -52,6 +52,8 @@ pub struct SyncOptions {
 /// What `ferry sync` reports.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncReport {
+    /// Times the stream was re-established after a failure.
+    pub reconnects: u64,
     pub snapshot_rows: u64,
     pub snapshot_chunks: u64,
     pub stream: ApplyReport,
@@ -149,9 +151,88 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
         .await?;
     }
     client.start().await.map_err(|e| anyhow::anyhow!("starting replication from slot {}: {e}", options.slot))?;
-    client.wait_started().await.map_err(|e| anyhow::anyhow!("starting replication from slot {}: {e}", options.slot))?;
-    tracing::info!(slot = %options.slot, "streaming");
+    // From here on, a lost connection (source or target restarting, network)
+    // is retried with backoff: the target's checkpoint and the slot's
+    // confirmed position say where to resume, so nothing is lost or doubled.
+    let mut client = Some(client);
+    let mut backoff = RETRY_FIRST;
+    let mut failing_since: Option<std::time::Instant> = None;
+    loop {
+        let attempt = async {
+            let mut client = match client.take() {
+                Some(c) => c,
+                None => {
+                    target = engines::open_change_target(settings).await?;
+                    checkpoint = target.change_checkpoint(&settings.pipeline).await?;
+                    ReplicationClient::connect(replication_config(settings, options)?)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("reconnecting to {}: {e}", settings.source.url))?
+                }
+            };
+            client
+                .wait_started()
+                .await
+                .map_err(|e| anyhow::anyhow!("starting replication from slot {}: {e}", options.slot))?;
+            tracing::info!(slot = %options.slot, "streaming");
+            let result = stream(
+                settings,
+                options,
+                &mut client,
+                &mut transformer,
+                target.as_mut(),
+                &mut checkpoint,
+                &mut report,
+                &stop,
+            )
+            .await;
+            client.stop();
+            let _ = client.shutdown().await;
+            result
+        };
+        match attempt.await {
+            Ok(()) => break,
+            Err(e) if report.stream.fatal.is_none() => {
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > RETRY_FOR || stop.load(Ordering::Relaxed) {
+                    return Err(e.context(format!("giving up after {:?} of failures", since.elapsed())));
+                }
+                tracing::warn!("sync interrupted, retrying in {backoff:?}: {e:#}");
+                report.reconnects += 1;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+        if report.stream.transactions > 0 {
+            // Progress was made since the last failure.
+            failing_since = None;
+            backoff = RETRY_FIRST;
+        }
+    }
+    report.stream.checkpoint = checkpoint;
+    Ok(report)
+}
 
+/// First wait before reconnecting; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long failures may go on without progress before `sync` gives up.
+const RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// Streams changes until stopped, idle past the limit, or the plugin's
+/// `fatal` (then `report.stream.fatal` is set). Errors are for the caller to
+/// retry.
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    settings: &Settings,
+    options: &SyncOptions,
+    client: &mut ReplicationClient,
+    transformer: &mut crate::plugin::Transformer,
+    target: &mut dyn engines::ChangeTarget,
+    checkpoint: &mut ChangeCheckpoint,
+    report: &mut SyncReport,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
     let mut relations = Relations::default();
     let mut pending: Vec<Pending> = Vec::new();
     let mut tx_commit: u64 = 0;
@@ -167,8 +248,8 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
                 }
                 continue;
             }
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => return Err(anyhow::anyhow!("replication stream from {}: {e}", settings.source.url)),
+            Ok(Ok(None)) => anyhow::bail!("the replication stream from {} ended", settings.source.url),
+            Ok(Err(e)) => anyhow::bail!("replication stream from {}: {e}", settings.source.url),
             Ok(Ok(Some(event))) => event,
         };
         match event {
@@ -176,6 +257,7 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
                 idle = Duration::ZERO;
                 tx_commit = final_lsn.as_u64();
                 seq = 0;
+                pending.clear();
             }
             ReplicationEvent::XLogData { data, .. } => {
                 idle = Duration::ZERO;
@@ -195,17 +277,8 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
                 }
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
-                if !flush(
-                    settings,
-                    &mut transformer,
-                    target.as_mut(),
-                    &mut pending,
-                    &mut checkpoint,
-                    &mut report.stream,
-                )
-                .await?
-                {
-                    break;
+                if !flush(settings, transformer, target, &mut pending, checkpoint, &mut report.stream).await? {
+                    return Ok(());
                 }
                 // The target committed everything up to here.
                 client.update_applied_lsn(end_lsn);
@@ -213,10 +286,7 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
             _ => {}
         }
     }
-    client.stop();
-    let _ = client.shutdown().await;
-    report.stream.checkpoint = checkpoint;
-    Ok(report)
+    Ok(())
 }
 
 /// Drops the slot (so the source stops retaining WAL for it) and the
