@@ -165,6 +165,20 @@ async fn check_source(settings: &Settings, source: &mut dyn SnapshotSource, item
             }
         }
     }
+    // Logical slots hold WAL on the source until they are consumed.
+    if let Ok(slots) = crate::status::source_slots(settings, None).await {
+        for slot in slots.iter().filter(|s| !s.active && s.lag_bytes > 0) {
+            items.push(
+                "source slots",
+                Level::Warn,
+                format!(
+                    "replication slot {} is inactive and retains {} of WAL; resume its consumer or drop it (ferry sync --teardown)",
+                    slot.name,
+                    human(slot.lag_bytes as u64)
+                ),
+            );
+        }
+    }
     source.size_bytes().await.ok().flatten()
 }
 

@@ -79,6 +79,9 @@ enum Command {
         /// With --nats: exit after this many seconds without a message (default: run until signalled).
         #[arg(long, value_name = "SECONDS")]
         idle_exit: Option<f64>,
+        /// Serve /metrics and /health here (HOST:PORT, or :PORT for 127.0.0.1).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
         /// Changes per target transaction, at most (source transactions are never split).
         #[arg(long, default_value_t = 2000)]
         group_size: usize,
@@ -103,6 +106,15 @@ enum Command {
         /// Drop the slot and the publication (teardown) instead of syncing.
         #[arg(long)]
         teardown: bool,
+        /// Serve /metrics and /health here (HOST:PORT, or :PORT for 127.0.0.1).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Where the pipeline stands: migration run, stream phase and position, slot lag.
+    Status {
+        /// Replication slot to report on (default ferry_<pipeline>).
+        #[arg(long)]
+        slot: Option<String>,
     },
     /// Dead letters of the latest run.
     Dlq {
@@ -237,7 +249,10 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Apply { input, nats, stream, subject, durable, idle_exit, group_size, integer_time } => {
+        Command::Apply { input, nats, stream, subject, durable, idle_exit, listen, group_size, integer_time } => {
+            if let Err(e) = serve_metrics(listen.as_deref()).await {
+                return fail(&e);
+            }
             use crate::cdc::debezium::IntegerTime;
             use crate::cdc::input::{EventInput, JetStreamInput, JetStreamOptions, LineInput};
             let options = crate::cdc::apply::ApplyOptions {
@@ -294,17 +309,11 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Sync { slot, publication, chunk_rows, idle_exit, teardown } => {
-            let name = |given: Option<String>| {
-                given.unwrap_or_else(|| {
-                    let clean: String = settings
-                        .pipeline
-                        .chars()
-                        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-                        .collect();
-                    format!("ferry_{clean}")
-                })
-            };
+        Command::Sync { slot, publication, chunk_rows, idle_exit, teardown, listen } => {
+            if let Err(e) = serve_metrics(listen.as_deref()).await {
+                return fail(&e);
+            }
+            let name = |given: Option<String>| given.unwrap_or_else(|| default_slot_name(&settings.pipeline));
             let options = crate::cdc::sync::SyncOptions {
                 slot: name(slot),
                 publication: name(publication),
@@ -322,6 +331,7 @@ async fn run(cli: Cli) -> i32 {
             }
             let stop = Arc::new(AtomicBool::new(false));
             spawn_signal_handler(Arc::clone(&stop));
+            let signalled = Arc::clone(&stop);
             match crate::cdc::sync::sync(&settings, &options, stop).await {
                 Err(e) => fail(&e),
                 Ok(r) => {
@@ -337,11 +347,29 @@ async fn run(cli: Cli) -> i32 {
                     }
                     if r.stream.fatal.is_some() {
                         exit::FATAL
+                    } else if signalled.load(Ordering::Relaxed) {
+                        // SIGTERM/SIGINT: the current transaction was
+                        // committed and acknowledged; a clean stop.
+                        exit::OK
                     } else if r.stream.dead_lettered > 0 {
                         exit::DEAD_LETTERS
                     } else {
                         exit::OK
                     }
+                }
+            }
+        }
+        Command::Status { slot } => {
+            let slot = slot.unwrap_or_else(|| default_slot_name(&settings.pipeline));
+            match crate::status::status(&settings, &slot).await {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    if cli.json {
+                        print_json(&r)
+                    } else {
+                        println!("{}", report::status(&r))
+                    }
+                    exit::OK
                 }
             }
         }
@@ -358,6 +386,23 @@ async fn run(cli: Cli) -> i32 {
         },
         Command::Plugin { .. } => unreachable!("handled above"),
     }
+}
+
+/// `ferry_<pipeline>`, lowercased, other characters as `_`: the default
+/// replication slot and publication names.
+fn default_slot_name(pipeline: &str) -> String {
+    let clean: String =
+        pipeline.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    format!("ferry_{clean}")
+}
+
+/// Starts the /metrics and /health server when asked to.
+async fn serve_metrics(listen: Option<&str>) -> anyhow::Result<()> {
+    let Some(listen) = listen else { return Ok(()) };
+    let addr = crate::daemon::parse_listen(listen)?;
+    let bound = crate::daemon::serve(addr).await?;
+    eprintln!("serving /metrics and /health on http://{bound}");
+    Ok(())
 }
 
 /// SIGINT/SIGTERM: stop extracting, commit what is in flight, exit cleanly.

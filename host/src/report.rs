@@ -189,6 +189,42 @@ pub fn apply(r: &crate::cdc::apply::ApplyReport) -> String {
     }
 }
 
+pub fn status(r: &crate::status::StatusReport) -> String {
+    let mut t = table(&["status", ""]);
+    t.add_row(vec![Cell::new("pipeline"), Cell::new(&r.pipeline)]);
+    t.add_row(vec![Cell::new("phase"), Cell::new(&r.phase)]);
+    if let Some(run) = &r.migrate {
+        let s = run.stats;
+        t.add_row(vec![
+            Cell::new("last migrate run"),
+            Cell::new(format!(
+                "{} {}: {} extracted, {} loaded, {} dead letters, checkpoint key {:?}",
+                run.run_id,
+                run.status.as_str(),
+                s.extracted,
+                s.loaded,
+                s.dead_lettered,
+                run.last_key
+            )),
+        ]);
+    }
+    if let Some(s) = &r.stream {
+        let position = s.checkpoint.position.map_or("none".to_string(), |p| p.to_string());
+        t.add_row(vec![Cell::new("stream position"), Cell::new(position)]);
+        t.add_row(vec![Cell::new("changes applied"), Cell::new(s.applied.to_string())]);
+        t.add_row(vec![Cell::new("dead letters"), Cell::new(s.dead_lettered.to_string())]);
+        t.add_row(vec![Cell::new("last target commit"), Cell::new(format!("{:.1} s ago", s.seconds_since_update))]);
+        t.add_row(vec![Cell::new("plugin sha256"), Cell::new(s.plugin_sha256.clone().unwrap_or_default())]);
+    }
+    for slot in &r.slots {
+        t.add_row(vec![
+            Cell::new(format!("slot {}", slot.name)),
+            Cell::new(format!("{}; lag {} bytes", if slot.active { "active" } else { "inactive" }, slot.lag_bytes)),
+        ]);
+    }
+    t.to_string()
+}
+
 pub fn dead_letters(records: &[DeadLetterRecord]) -> String {
     let mut t = table(&["source key", "kind", "reason", "source row"]);
     for d in records {

@@ -158,3 +158,80 @@ async fn sync_reconnects_after_the_source_restarts() {
     assert!(report["reconnects"].as_u64().unwrap() >= 1, "{report}");
     assert_target_matches_source(&cluster, &target).await;
 }
+
+/// GET over plain HTTP/1.1, returning status line and body.
+async fn http_get(addr: &str, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sync_daemon_serves_metrics_and_health_reports_status_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let cluster = Cluster::start();
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
+    sqlx::raw_sql(&pg_legacy_rows(1, 500)).execute(&mut c).await.unwrap();
+    let target = PgDb::new("syncd").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().transform_user, "");
+    let mut child = p
+        .command(&["sync", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let addr = std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.split_once("on http://").map(|(_, a)| a.trim().to_string()))
+        .expect("the daemon prints where it serves");
+    write_changes(&cluster, 0).await;
+    // Wait for the stream to catch up (the metrics say so).
+    let started = std::time::Instant::now();
+    loop {
+        let (_, body) = http_get(&addr, "/metrics").await;
+        if body.contains("ferry_changes_applied_total") && body.contains("ferry_snapshot_rows_total") {
+            assert!(body.contains("ferry_plugin_info{sha256="), "{body}");
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no metrics: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, body) = http_get(&addr, "/health").await;
+    assert!(status.contains("200"), "{status} {body}");
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+
+    // SIGTERM: the current transaction is finished, exit 0.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    let st = p.ferry(&["status", "--json"]);
+    assert_eq!(st.code, 0, "{st:?}");
+    let j = st.json();
+    assert_eq!(j["phase"], "streaming", "{j}");
+    assert!(j["stream"]["applied"].as_u64().unwrap() > 500, "{j}");
+    assert_eq!(j["slots"][0]["name"], "ferry_test", "{j}");
+
+    // With ferry stopped, new changes make the slot retain WAL: check warns.
+    write_changes(&cluster, 1).await;
+    let check = p.ferry(&["check", "--json"]);
+    let warned =
+        check.json()["items"].as_array().unwrap().iter().any(|i| i["name"] == "source slots" && i["level"] == "warn");
+    assert!(warned, "{check:?}");
+    assert_target_matches_source_after_drain(&cluster, &target, &p).await;
+}
+
+/// Drains what the slot holds, then compares with the source.
+async fn assert_target_matches_source_after_drain(cluster: &Cluster, target: &PgDb, p: &Pipeline) {
+    let run = p.ferry(&["sync", "--idle-exit", "2"]);
+    assert!([0, 4].contains(&run.code), "{run:?}");
+    assert_target_matches_source(cluster, target).await;
+}

@@ -72,6 +72,17 @@ pub struct ChangeBatch {
     pub plugin_sha256: String,
 }
 
+/// What `ferry status` shows of a change stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeStatus {
+    pub checkpoint: ChangeCheckpoint,
+    pub applied: u64,
+    pub dead_lettered: u64,
+    pub plugin_sha256: Option<String>,
+    /// Seconds since the last commit of the stream into the target.
+    pub seconds_since_update: f64,
+}
+
 /// Where changes are applied.
 ///
 /// Contract: `apply_changes` performs the ops in order, records the dead
@@ -87,6 +98,8 @@ pub trait ChangeSink: Send {
     async fn change_checkpoint(&mut self, pipeline: &str) -> anyhow::Result<ChangeCheckpoint>;
     /// Applies a batch (see the trait's contract).
     async fn apply_changes(&mut self, batch: &ChangeBatch) -> anyhow::Result<()>;
+    /// The pipeline's stream, as `ferry status` shows it (`None`: never ran).
+    async fn change_status(&mut self, pipeline: &str) -> anyhow::Result<Option<ChangeStatus>>;
 }
 
 /// What `ferry apply` reports.
@@ -323,6 +336,13 @@ pub(crate) async fn flush(
     }
     target.apply_changes(&batch).await?;
     *checkpoint = batch.next;
+    use crate::daemon::names;
+    metrics::counter!(names::CHANGES_APPLIED, "op" => "upsert").increment(counts.0);
+    metrics::counter!(names::CHANGES_APPLIED, "op" => "delete").increment(counts.1);
+    metrics::counter!(names::CHANGES_APPLIED, "op" => "truncate").increment(counts.2);
+    metrics::counter!(names::DEAD_LETTERS).increment(batch.dead.len() as u64);
+    metrics::counter!(names::TRANSACTIONS).increment(1);
+    crate::daemon::health().beat("streaming");
     report.upserts += counts.0;
     report.deletes += counts.1;
     report.truncates += counts.2;

@@ -71,6 +71,8 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
     let load = settings.plugin.options.clone();
     let plugin: Arc<Plugin> = tokio::task::spawn_blocking(move || Plugin::load(&path, &load)).await??;
     let mut transformer = plugin.instantiate()?;
+    metrics::gauge!(crate::daemon::names::PLUGIN_INFO, "sha256" => plugin.sha256().to_string()).set(1.0);
+    crate::daemon::health().beat("starting");
     let mut target = engines::open_change_target(settings).await?;
     crate::migrate::prepare_target(settings, target.as_mut()).await?;
     target.ensure_change_tables().await?;
@@ -198,6 +200,7 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
                 }
                 tracing::warn!("sync interrupted, retrying in {backoff:?}: {e:#}");
                 report.reconnects += 1;
+                metrics::counter!(crate::daemon::names::RECONNECTS).increment(1);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RETRY_MAX);
             }
@@ -276,12 +279,23 @@ async fn stream(
                     pending.push(Pending { raw: item.0, position: Some(position), item: item.1 });
                 }
             }
-            ReplicationEvent::Commit { end_lsn, .. } => {
+            ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
                 if !flush(settings, transformer, target, &mut pending, checkpoint, &mut report.stream).await? {
                     return Ok(());
                 }
                 // The target committed everything up to here.
                 client.update_applied_lsn(end_lsn);
+                let committed = commit_time_micros + crate::time::PG_EPOCH_OFFSET_MICROS;
+                let now = chrono::Utc::now().timestamp_micros();
+                metrics::gauge!(crate::daemon::names::LAG_SECONDS).set((now - committed).max(0) as f64 / 1e6);
+                let wal_end = client.metrics().last_wal_end().as_u64();
+                metrics::gauge!(crate::daemon::names::LAG_BYTES).set(wal_end.saturating_sub(end_lsn.as_u64()) as f64);
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                // An idle source is healthy; the lag is what the slot still holds.
+                crate::daemon::health().beat("streaming");
+                let applied = client.metrics().last_applied_lsn().as_u64();
+                metrics::gauge!(crate::daemon::names::LAG_BYTES).set(wal_end.as_u64().saturating_sub(applied) as f64);
             }
             _ => {}
         }
@@ -437,6 +451,8 @@ async fn initial_load(
         }
         target.apply_changes(&change).await?;
         *checkpoint = change.next;
+        metrics::counter!(crate::daemon::names::SNAPSHOT_ROWS).increment(count);
+        crate::daemon::health().beat("snapshot");
         report.snapshot_rows += count;
         report.snapshot_chunks += 1;
     }

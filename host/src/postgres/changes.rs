@@ -7,7 +7,7 @@ use sqlx::Connection;
 
 use super::describe_error;
 use super::target::PgTarget;
-use crate::cdc::apply::{ChangeBatch, ChangeCheckpoint, ChangeSink, TargetOp};
+use crate::cdc::apply::{ChangeBatch, ChangeCheckpoint, ChangeSink, ChangeStatus, TargetOp};
 use crate::cdc::position::Position;
 use crate::config::OnConflict;
 use crate::model::NewUser;
@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS ferry.change_checkpoints (
 );
 ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_key bigint;
 ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_done boolean NOT NULL DEFAULT false;
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS plugin_sha256 text;
 CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
     id            bigserial PRIMARY KEY,
     pipeline      text NOT NULL,
@@ -159,7 +160,7 @@ impl ChangeSink for PgTarget {
         sqlx::query(
             "UPDATE ferry.change_checkpoints SET commit_lsn = $2, lsn = $3, seq = $4, streaming = $5, \
              applied = applied + $6, dead_lettered = dead_lettered + $7, snapshot_key = $8, snapshot_done = $9, \
-             updated_at = now() WHERE pipeline = $1",
+             plugin_sha256 = $10, updated_at = now() WHERE pipeline = $1",
         )
         .bind(&batch.pipeline)
         .bind(p.map(|p| p.commit as i64))
@@ -170,9 +171,34 @@ impl ChangeSink for PgTarget {
         .bind(batch.dead.len() as i64)
         .bind(batch.next.snapshot_key)
         .bind(batch.next.snapshot_done)
+        .bind(&batch.plugin_sha256)
         .execute(&mut *tx)
         .await?;
         tx.commit().await.context("committing the change transaction")?;
         Ok(())
+    }
+
+    async fn change_status(&mut self, pipeline: &str) -> anyhow::Result<Option<ChangeStatus>> {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT to_regclass('ferry.change_checkpoints')::oid::int8")
+            .fetch_one(&mut self.conn)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let checkpoint = self.change_checkpoint(pipeline).await?;
+        let row: Option<(i64, i64, Option<String>, f64)> = sqlx::query_as(
+            "SELECT applied, dead_lettered, plugin_sha256, extract(epoch FROM now() - updated_at)::float8 \
+             FROM ferry.change_checkpoints WHERE pipeline = $1",
+        )
+        .bind(pipeline)
+        .fetch_optional(&mut self.conn)
+        .await?;
+        Ok(row.map(|(applied, dead, plugin_sha256, age)| ChangeStatus {
+            checkpoint,
+            applied: applied as u64,
+            dead_lettered: dead as u64,
+            plugin_sha256,
+            seconds_since_update: age,
+        }))
     }
 }

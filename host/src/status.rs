@@ -1,0 +1,66 @@
+//! `ferry status`: where a pipeline stands — the last migration run, the
+//! change stream's phase and position, and what its replication slot still
+//! holds on the source.
+
+use serde::Serialize;
+
+use crate::cdc::apply::ChangeStatus;
+use crate::control::RunRecord;
+use crate::db::Engine;
+use crate::settings::Settings;
+
+/// A replication slot as the source reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotStatus {
+    pub name: String,
+    pub active: bool,
+    /// WAL the source keeps for this slot that the target has not confirmed.
+    pub lag_bytes: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub pipeline: String,
+    /// `not started`, `migrated`, `snapshot`, `streaming`…
+    pub phase: String,
+    pub migrate: Option<RunRecord>,
+    pub stream: Option<ChangeStatus>,
+    pub slots: Vec<SlotStatus>,
+}
+
+/// Replication slots of the source (PostgreSQL), `only` one when given.
+pub async fn source_slots(settings: &Settings, only: Option<&str>) -> anyhow::Result<Vec<SlotStatus>> {
+    if settings.source.url.engine() != Engine::Postgres {
+        return Ok(Vec::new());
+    }
+    let mut conn = crate::postgres::connect(&settings.source.url, "source").await?;
+    let rows: Vec<(String, bool, Option<i64>)> = sqlx::query_as(
+        "SELECT slot_name::text, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 \
+         FROM pg_replication_slots WHERE slot_type = 'logical' AND ($1::text IS NULL OR slot_name = $1) ORDER BY 1",
+    )
+    .bind(only)
+    .fetch_all(&mut conn)
+    .await?;
+    Ok(rows.into_iter().map(|(name, active, lag)| SlotStatus { name, active, lag_bytes: lag.unwrap_or(0) }).collect())
+}
+
+pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusReport> {
+    let mut target = crate::engines::open_target(settings).await?;
+    let migrate = target.latest_run(&settings.pipeline).await?;
+    let stream = match settings.target.url.engine() {
+        Engine::Postgres => {
+            crate::engines::open_change_target(settings).await?.change_status(&settings.pipeline).await?
+        }
+        Engine::Sqlite => None,
+    };
+    let slots = source_slots(settings, Some(slot)).await.unwrap_or_default();
+    let phase = match (&stream, &migrate) {
+        (Some(s), _) if s.checkpoint.snapshot_key.is_some() && !s.checkpoint.snapshot_done => {
+            format!("snapshot (loaded up to key {})", s.checkpoint.snapshot_key.unwrap_or_default())
+        }
+        (Some(_), _) => "streaming".to_string(),
+        (None, Some(run)) => format!("migrate run {}", run.status.as_str()),
+        (None, None) => "not started".to_string(),
+    };
+    Ok(StatusReport { pipeline: settings.pipeline.clone(), phase, migrate, stream, slots })
+}
