@@ -25,6 +25,9 @@ pub mod names {
     pub const SNAPSHOT_ROWS: &str = "ferry_snapshot_rows_total";
     /// Seconds between the source commit and the target commit, last seen.
     pub const LAG_SECONDS: &str = "ferry_lag_seconds";
+    /// Source commit → target commit, per applied group (a summary with
+    /// quantiles).
+    pub const COMMIT_LAG: &str = "ferry_commit_lag_seconds";
     /// WAL bytes the source has that the target has not applied.
     pub const LAG_BYTES: &str = "ferry_lag_bytes";
     /// 1, labelled with the plugin's sha256.

@@ -193,12 +193,16 @@ async fn the_sync_daemon_serves_metrics_and_health_reports_status_and_stops_on_s
         .map_while(Result::ok)
         .find_map(|l| l.split_once("on http://").map(|(_, a)| a.trim().to_string()))
         .expect("the daemon prints where it serves");
-    write_changes(&cluster, 0).await;
-    // Wait for the stream to catch up (the metrics say so).
+    // The initial load, then changes: the metrics show both.
     let started = std::time::Instant::now();
+    while !http_get(&addr, "/metrics").await.1.contains("ferry_snapshot_rows_total") {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no initial load");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    write_changes(&cluster, 0).await;
     loop {
         let (_, body) = http_get(&addr, "/metrics").await;
-        if body.contains("ferry_changes_applied_total") && body.contains("ferry_snapshot_rows_total") {
+        if body.contains("ferry_changes_applied_total") && body.contains("ferry_commit_lag_seconds") {
             assert!(body.contains("ferry_plugin_info{sha256="), "{body}");
             break;
         }

@@ -222,6 +222,53 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long failures may go on without progress before `sync` gives up.
 const RETRY_FOR: Duration = Duration::from_secs(300);
 
+/// Changes grouped into one target transaction, at most (whole source
+/// transactions only): one commit per small source transaction would cap
+/// the apply rate at the target's commit rate.
+const GROUP_CHANGES: usize = 5000;
+/// How long a waiting group lingers for more transactions before it is
+/// applied: the price in lag of grouping.
+const GROUP_LINGER: Duration = Duration::from_millis(20);
+
+/// Applies the waiting group of whole transactions in one target
+/// transaction, then acknowledges its end to the slot. `false`: the plugin
+/// said `fatal`.
+#[allow(clippy::too_many_arguments)]
+async fn apply_group(
+    settings: &Settings,
+    client: &mut ReplicationClient,
+    transformer: &mut crate::plugin::Transformer,
+    target: &mut dyn engines::ChangeTarget,
+    pending: &mut Vec<Pending>,
+    committed: &mut usize,
+    checkpoint: &mut ChangeCheckpoint,
+    report: &mut SyncReport,
+    group_end: &mut Option<Lsn>,
+    group_commit_time: &mut Option<i64>,
+) -> anyhow::Result<bool> {
+    let Some(end_lsn) = group_end.take() else { return Ok(true) };
+    // Only whole transactions: a transaction still arriving stays pending.
+    let in_progress = pending.split_off(*committed);
+    *committed = 0;
+    let applied = flush(settings, transformer, target, pending, checkpoint, &mut report.stream).await?;
+    *pending = in_progress;
+    if !applied {
+        return Ok(false);
+    }
+    // The target committed everything up to here.
+    client.update_applied_lsn(end_lsn);
+    if let Some(first_commit) = group_commit_time.take() {
+        // The oldest transaction in the group waited the longest.
+        let committed = first_commit + crate::time::PG_EPOCH_OFFSET_MICROS;
+        let lag = (chrono::Utc::now().timestamp_micros() - committed).max(0) as f64 / 1e6;
+        metrics::gauge!(crate::daemon::names::LAG_SECONDS).set(lag);
+        metrics::histogram!(crate::daemon::names::COMMIT_LAG).record(lag);
+    }
+    let wal_end = client.metrics().last_wal_end().as_u64();
+    metrics::gauge!(crate::daemon::names::LAG_BYTES).set(wal_end.saturating_sub(end_lsn.as_u64()) as f64);
+    Ok(true)
+}
+
 /// Streams changes until stopped, idle past the limit, or the plugin's
 /// `fatal` (then `report.stream.fatal` is set). Errors are for the caller to
 /// retry.
@@ -241,9 +288,46 @@ async fn stream(
     let mut tx_commit: u64 = 0;
     let mut seq: u32 = 0;
     let mut idle = Duration::ZERO;
+    // Whole source transactions waiting to be applied together, and the end
+    // of the last one (acknowledged to the slot once they are committed).
+    let mut group_end: Option<Lsn> = None;
+    let mut group_commit_time: Option<i64> = None;
+    // How many of `pending` belong to committed transactions.
+    let mut committed = 0usize;
+    let mut group_started: Option<std::time::Instant> = None;
+    // Between a Begin and its Commit.
+    let mut in_transaction = false;
     let tick = Duration::from_millis(200);
     while !stop.load(Ordering::Relaxed) {
-        let event = match tokio::time::timeout(tick, client.recv()).await {
+        // While changes wait, poll briefly: the group is applied as soon as
+        // the stream pauses, which bounds the lag.
+        // A waiting group is applied once it has lingered GROUP_LINGER,
+        // whatever else (keepalives) arrives meanwhile: that bounds the lag.
+        if group_started.is_some_and(|t| t.elapsed() >= GROUP_LINGER) {
+            group_started = None;
+            if !apply_group(
+                settings,
+                client,
+                transformer,
+                target,
+                &mut pending,
+                &mut committed,
+                checkpoint,
+                report,
+                &mut group_end,
+                &mut group_commit_time,
+            )
+            .await?
+            {
+                return Ok(());
+            }
+        }
+        let wait = match group_started {
+            Some(t) => GROUP_LINGER.saturating_sub(t.elapsed()).max(Duration::from_millis(1)),
+            None => tick,
+        };
+        let event = match tokio::time::timeout(wait, client.recv()).await {
+            Err(_) if group_started.is_some() => continue,
             Err(_) => {
                 idle += tick;
                 if options.idle_exit.is_some_and(|limit| idle >= limit) {
@@ -260,7 +344,7 @@ async fn stream(
                 idle = Duration::ZERO;
                 tx_commit = final_lsn.as_u64();
                 seq = 0;
-                pending.clear();
+                in_transaction = true;
             }
             ReplicationEvent::XLogData { data, .. } => {
                 idle = Duration::ZERO;
@@ -280,25 +364,62 @@ async fn stream(
                 }
             }
             ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
-                if !flush(settings, transformer, target, &mut pending, checkpoint, &mut report.stream).await? {
+                group_end = Some(end_lsn);
+                group_started.get_or_insert_with(std::time::Instant::now);
+                in_transaction = false;
+                committed = pending.len();
+                group_commit_time.get_or_insert(commit_time_micros);
+                if pending.len() >= GROUP_CHANGES
+                    && group_started.take().is_some()
+                    && !apply_group(
+                        settings,
+                        client,
+                        transformer,
+                        target,
+                        &mut pending,
+                        &mut committed,
+                        checkpoint,
+                        report,
+                        &mut group_end,
+                        &mut group_commit_time,
+                    )
+                    .await?
+                {
                     return Ok(());
                 }
-                // The target committed everything up to here.
-                client.update_applied_lsn(end_lsn);
-                let committed = commit_time_micros + crate::time::PG_EPOCH_OFFSET_MICROS;
-                let now = chrono::Utc::now().timestamp_micros();
-                metrics::gauge!(crate::daemon::names::LAG_SECONDS).set((now - committed).max(0) as f64 / 1e6);
-                let wal_end = client.metrics().last_wal_end().as_u64();
-                metrics::gauge!(crate::daemon::names::LAG_BYTES).set(wal_end.saturating_sub(end_lsn.as_u64()) as f64);
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 // An idle source is healthy; the lag is what the slot still holds.
                 crate::daemon::health().beat("streaming");
+                // Nothing received is waiting and no transaction is open:
+                // every transaction the server sent (wal_end is what it has
+                // sent) has been applied, so the rest up to wal_end is WAL
+                // without changes for us (checkpoints, other tables). Confirming it
+                // lets the source recycle WAL and shut down cleanly.
+                if !in_transaction && pending.is_empty() && group_end.is_none() {
+                    client.update_applied_lsn(wal_end);
+                }
                 let applied = client.metrics().last_applied_lsn().as_u64();
                 metrics::gauge!(crate::daemon::names::LAG_BYTES).set(wal_end.as_u64().saturating_sub(applied) as f64);
             }
             _ => {}
         }
+    }
+    if !apply_group(
+        settings,
+        client,
+        transformer,
+        target,
+        &mut pending,
+        &mut committed,
+        checkpoint,
+        report,
+        &mut group_end,
+        &mut group_commit_time,
+    )
+    .await?
+    {
+        return Ok(());
     }
     Ok(())
 }

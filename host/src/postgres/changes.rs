@@ -1,6 +1,8 @@
 //! Applying change streams into PostgreSQL: ops in order, dead letters and
 //! the stream position in one transaction.
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::Connection;
@@ -104,42 +106,49 @@ impl ChangeSink for PgTarget {
         if checkpoint_of(stored) != batch.previous {
             return Err(FencedError { run_id: format!("change stream {}", batch.pipeline) }.into());
         }
-        // Runs of the same kind of op are applied together, in order.
-        let mut i = 0;
-        while i < batch.ops.len() {
-            match &batch.ops[i] {
-                TargetOp::Upsert(_) => {
-                    let mut run: Vec<NewUser> = Vec::new();
-                    while let Some(TargetOp::Upsert(row)) = batch.ops.get(i) {
-                        // A key upserted twice in one run: the later wins
-                        // (one INSERT … ON CONFLICT may touch a row once).
-                        if let Some(pos) = run.iter().position(|r| r.id == row.id) {
-                            run.remove(pos);
-                        }
-                        run.push(row.clone());
-                        i += 1;
+        // The group commits atomically, so within each stretch between
+        // truncates only the last op per key matters: deletes of the keys
+        // whose last op is a delete, then one upsert of the others.
+        for stretch in batch.ops.split_inclusive(|op| matches!(op, TargetOp::Truncate)) {
+            let mut last: HashMap<&str, &TargetOp> = HashMap::with_capacity(stretch.len());
+            let mut order: Vec<&str> = Vec::with_capacity(stretch.len());
+            let mut truncate = false;
+            for op in stretch {
+                let key = match op {
+                    TargetOp::Upsert(row) => row.id.as_str(),
+                    TargetOp::Delete(key) => key.as_str(),
+                    TargetOp::Truncate => {
+                        truncate = true;
+                        continue;
                     }
-                    self.loader
-                        .apply(&mut tx, &run, OnConflict::Overwrite)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("upserting into {}: {}", self.table, describe_error(&e)))?;
+                };
+                if last.insert(key, op).is_none() {
+                    order.push(key);
                 }
-                TargetOp::Delete(_) => {
-                    let mut keys: Vec<&str> = Vec::new();
-                    while let Some(TargetOp::Delete(key)) = batch.ops.get(i) {
-                        keys.push(key);
-                        i += 1;
-                    }
-                    sqlx::query(&format!("DELETE FROM {target} WHERE id = ANY($1)"))
-                        .bind(&keys)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("deleting from {}: {}", self.table, describe_error(&e)))?;
-                }
-                TargetOp::Truncate => {
-                    sqlx::query(&format!("TRUNCATE {target}")).execute(&mut *tx).await?;
-                    i += 1;
-                }
+            }
+            let deletes: Vec<&str> = order.iter().copied().filter(|k| matches!(last[k], TargetOp::Delete(_))).collect();
+            let upserts: Vec<NewUser> = order
+                .iter()
+                .filter_map(|k| match last[k] {
+                    TargetOp::Upsert(row) => Some(row.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !deletes.is_empty() {
+                sqlx::query(&format!("DELETE FROM {target} WHERE id = ANY($1)"))
+                    .bind(&deletes)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("deleting from {}: {}", self.table, describe_error(&e)))?;
+            }
+            if !upserts.is_empty() {
+                self.loader
+                    .apply(&mut tx, &upserts, OnConflict::Overwrite)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("upserting into {}: {}", self.table, describe_error(&e)))?;
+            }
+            if truncate {
+                sqlx::query(&format!("TRUNCATE {target}")).execute(&mut *tx).await?;
             }
         }
         for d in &batch.dead {
