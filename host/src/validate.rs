@@ -81,6 +81,8 @@ pub struct ChecksumCheck {
     pub segments: usize,
     pub mismatched_segments: usize,
     pub source_rows_hashed: u64,
+    /// Source rows read (hashed, or rejected by the plugin).
+    pub source_rows_read: u64,
     pub target_rows_hashed: u64,
     /// Target keys the source says should exist but do not.
     pub missing: Vec<String>,
@@ -247,20 +249,34 @@ impl Segment {
 pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::Result<ValidationReport> {
     let started = std::time::Instant::now();
     let mut target = engines::open_target(settings).await?;
-    let run = target.latest_run(&settings.pipeline).await?.with_context(|| {
-        format!(
-            "no run of pipeline {} is recorded in {}; run `ferry migrate` first (or check `name` in the configuration)",
-            settings.pipeline, settings.target.url
-        )
-    })?;
+    let run = target.latest_run(&settings.pipeline).await?;
+    // A pipeline fed by `ferry sync`/`ferry apply` has a change stream
+    // instead of (or after) a migration run.
+    let stream = match (&run, settings.target.url.engine()) {
+        (None, crate::db::Engine::Postgres) => {
+            engines::open_change_target(settings).await?.change_status(&settings.pipeline).await?
+        }
+        _ => None,
+    };
+    if run.is_none() && stream.is_none() {
+        anyhow::bail!(
+            "no run of pipeline {} is recorded in {}; run `ferry migrate` (or `ferry sync`) first, or check `name` in the configuration",
+            settings.pipeline,
+            settings.target.url
+        );
+    }
     let path = settings.plugin.path.clone();
     let load = settings.plugin.options.clone();
     let plugin: std::sync::Arc<Plugin> = tokio::task::spawn_blocking(move || Plugin::load(&path, &load)).await??;
-    let versions = target.plugin_versions(&run.run_id).await?;
+    let versions = match (&run, &stream) {
+        (Some(run), _) => target.plugin_versions(&run.run_id).await?,
+        (None, Some(stream)) => stream.plugin_sha256.iter().cloned().collect(),
+        (None, None) => Vec::new(),
+    };
     if !versions.is_empty() && !versions.iter().any(|v| v == plugin.sha256()) {
         anyhow::bail!(
-            "run {} was loaded by plugin sha256 {} but the configured plugin is {}; validate with the version that loaded the data",
-            run.run_id,
+            "pipeline {} was loaded by plugin sha256 {} but the configured plugin is {}; validate with the version that loaded the data",
+            settings.pipeline,
             versions.join(", "),
             plugin.sha256()
         );
@@ -268,15 +284,17 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
     let mut transformer = plugin.instantiate()?;
     let mut source = engines::open_source(&settings.source).await?;
 
-    let counts = check_counts(source.as_mut(), target.as_mut(), &run).await?;
+    let source_rows = source.count().await?;
+    let target_rows = target.count_rows().await?;
     let sample = check_sample(source.as_mut(), target.as_mut(), &mut transformer, options.sample_size).await?;
     let checksum = if options.checksum {
-        Some(
-            check_checksums(settings, source, target, &mut transformer, options.segment_rows, counts.target_rows)
-                .await?,
-        )
+        Some(check_checksums(settings, source, target, &mut transformer, options.segment_rows, target_rows).await?)
     } else {
         None
+    };
+    let counts = match &run {
+        Some(run) => counts_with_ledger(source_rows, target_rows, run),
+        None => counts_of_stream(source_rows, target_rows, checksum.as_ref()),
     };
     let ok = counts.ok && sample.ok && checksum.as_ref().is_none_or(|c| c.ok);
     Ok(ValidationReport {
@@ -290,16 +308,12 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
     })
 }
 
-async fn check_counts(
-    source: &mut dyn SnapshotSource,
-    target: &mut dyn Target,
-    run: &RunRecord,
-) -> anyhow::Result<CountCheck> {
-    let source_rows = source.count().await?;
-    let target_rows = target.count_rows().await?;
+/// Counts of a migrated pipeline: the run's ledger accounts for every
+/// source row, and the target holds the source less the dead letters.
+fn counts_with_ledger(source_rows: u64, target_rows: u64, run: &RunRecord) -> CountCheck {
     let s = run.stats;
     let ok = source_rows == s.loaded + s.skipped + s.dead_lettered && target_rows + s.dead_lettered == source_rows;
-    Ok(CountCheck {
+    CountCheck {
         ok,
         source_rows,
         target_rows,
@@ -308,7 +322,31 @@ async fn check_counts(
         dead_lettered: s.dead_lettered,
         run_id: run.run_id.clone(),
         run_status: run.status.as_str().to_string(),
-    })
+    }
+}
+
+/// Counts of a change-stream pipeline: the target holds exactly the source
+/// rows the plugin transforms now (the rest are rejected, so absent). Needs
+/// the checksum pass, which re-transforms every source row.
+fn counts_of_stream(source_rows: u64, target_rows: u64, checksum: Option<&ChecksumCheck>) -> CountCheck {
+    let (transformed, rejected) = match checksum {
+        Some(k) => (k.source_rows_hashed, k.source_rows_read.saturating_sub(k.source_rows_hashed)),
+        None => (target_rows, source_rows.saturating_sub(target_rows)),
+    };
+    CountCheck {
+        ok: target_rows == transformed && checksum.is_some_and(|k| k.source_rows_read == source_rows),
+        source_rows,
+        target_rows,
+        loaded: transformed,
+        skipped: 0,
+        dead_lettered: rejected,
+        run_id: "change stream".into(),
+        run_status: if checksum.is_some() {
+            "streamed".into()
+        } else {
+            "streamed (counts need the checksum pass)".into()
+        },
+    }
 }
 
 /// Runs the plugin on a batch from async code (the call is CPU-bound).
@@ -397,6 +435,10 @@ async fn check_checksums(
         source_rows_hashed += 1;
     })
     .await;
+    let (source, source_rows_read) = match source {
+        Ok((source, read)) => (Ok(source), read),
+        Err(e) => (Err(e), 0),
+    };
     tracing::info!(elapsed = ?started.elapsed(), rows = source_rows_hashed, "source pass done");
     let (mut target, target_result) = target_pass.await.context("the target checksum task panicked")?;
     tracing::info!(elapsed = ?started.elapsed(), "target pass done");
@@ -452,6 +494,7 @@ async fn check_checksums(
         segments,
         mismatched_segments: mismatched.len(),
         source_rows_hashed,
+        source_rows_read,
         target_rows_hashed,
         missing,
         extra,
@@ -468,7 +511,7 @@ async fn scan_source(
     source: Box<dyn SnapshotSource>,
     transformer: &mut Transformer,
     mut each: impl FnMut(NewUser),
-) -> anyhow::Result<Box<dyn SnapshotSource>> {
+) -> anyhow::Result<(Box<dyn SnapshotSource>, u64)> {
     let batch_size = settings.batch_size;
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);
     let reader = tokio::spawn(async move {
@@ -491,14 +534,17 @@ async fn scan_source(
         }
         source
     });
+    let mut read = 0u64;
     while let Some(batch) = rx.recv().await {
-        for (_, outcome) in transform(transformer, batch?.rows)? {
+        let batch = batch?;
+        read += batch.len() as u64;
+        for (_, outcome) in transform(transformer, batch.rows)? {
             if let Outcome::Row(row) = outcome {
                 each(row);
             }
         }
     }
-    reader.await.context("the source reader task panicked")
+    Ok((reader.await.context("the source reader task panicked")?, read))
 }
 
 #[cfg(test)]

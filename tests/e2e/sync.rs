@@ -99,6 +99,10 @@ async fn sync_loads_then_streams_concurrent_changes() {
     assert!(report["snapshot_rows"].as_u64().unwrap() >= 5000, "{report}");
     assert!(report["stream"]["upserts"].as_u64().unwrap() > 100, "{report}");
     assert_target_matches_source(&cluster, &target).await;
+    // ferry validate agrees: counts, sample and checksums of the stream.
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["counts"]["run_id"], "change stream");
 
     // Teardown drops the slot: the source no longer retains WAL for ferry.
     assert_eq!(p.ferry(&["sync", "--teardown"]).code, 0);
@@ -238,4 +242,49 @@ async fn assert_target_matches_source_after_drain(cluster: &Cluster, target: &Pg
     let run = p.ferry(&["sync", "--idle-exit", "2"]);
     assert!([0, 4].contains(&run.code), "{run:?}");
     assert_target_matches_source(cluster, target).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unchanged_toasted_values_are_never_written_as_placeholders() {
+    let cluster = Cluster::start();
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
+    sqlx::raw_sql(&pg_legacy_rows(1, 10)).execute(&mut c).await.unwrap();
+    // Large, incompressible metadata: stored out of line (TOASTed).
+    let big = "UPDATE users SET metadata = json_build_object('theme', 'big', 'blob', \
+               (SELECT string_agg(md5(i::text || $1::text), '') FROM generate_series(1, 400) i))::text WHERE id = $1";
+    for id in [3i64, 4] {
+        sqlx::query(big).bind(id).execute(&mut c).await.unwrap();
+    }
+    let target = PgDb::new("synct").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().transform_user, "");
+    assert!([0, 4].contains(&p.ferry(&["sync", "--idle-exit", "1"]).code));
+
+    // REPLICA IDENTITY DEFAULT: an update that leaves metadata alone does
+    // not carry it; the change is dead-lettered, the target row untouched.
+    sqlx::query("UPDATE users SET name = 'Renamed Three' WHERE id = 3").execute(&mut c).await.unwrap();
+    // REPLICA IDENTITY FULL: the old row carries it; the change applies.
+    sqlx::query("ALTER TABLE users REPLICA IDENTITY FULL").execute(&mut c).await.unwrap();
+    sqlx::query("UPDATE users SET name = 'Renamed Four' WHERE id = 4").execute(&mut c).await.unwrap();
+    let run = p.ferry(&["sync", "--idle-exit", "1", "--json"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    let mut t = target.conn().await;
+    let reason: String = sqlx::query_scalar("SELECT reason FROM ferry.change_dead_letters WHERE source_key = '3'")
+        .fetch_one(&mut t)
+        .await
+        .unwrap();
+    assert!(reason.contains("unchanged TOASTed") && reason.contains("REPLICA IDENTITY FULL"), "{reason}");
+    let (name3, theme3): (String, String) =
+        sqlx::query_as("SELECT first_name, settings->>'theme' FROM users WHERE id = 'user_3'")
+            .fetch_one(&mut t)
+            .await
+            .unwrap();
+    assert_eq!((name3.as_str(), theme3.as_str()), ("Prince", "big"), "untouched, never a placeholder or NULL");
+    let (name4, theme4): (String, String) =
+        sqlx::query_as("SELECT first_name || ' ' || last_name, settings->>'theme' FROM users WHERE id = 'user_4'")
+            .fetch_one(&mut t)
+            .await
+            .unwrap();
+    assert_eq!((name4.as_str(), theme4.as_str()), ("Renamed Four", "big"));
 }
