@@ -211,7 +211,10 @@ pub fn status(r: &crate::status::StatusReport) -> String {
     if let Some(s) = &r.stream {
         let position = s.checkpoint.position.map_or("none".to_string(), |p| p.to_string());
         t.add_row(vec![Cell::new("stream position"), Cell::new(position)]);
-        t.add_row(vec![Cell::new("changes applied"), Cell::new(s.applied.to_string())]);
+        t.add_row(vec![
+            Cell::new("changes applied"),
+            Cell::new(format!("{} ({:.0}/s)", s.applied, s.changes_per_second)),
+        ]);
         t.add_row(vec![Cell::new("dead letters"), Cell::new(s.dead_lettered.to_string())]);
         t.add_row(vec![Cell::new("last target commit"), Cell::new(format!("{:.1} s ago", s.seconds_since_update))]);
         t.add_row(vec![Cell::new("plugin sha256"), Cell::new(s.plugin_sha256.clone().unwrap_or_default())]);
@@ -221,6 +224,9 @@ pub fn status(r: &crate::status::StatusReport) -> String {
             Cell::new(format!("slot {}", slot.name)),
             Cell::new(format!("{}; lag {} bytes", if slot.active { "active" } else { "inactive" }, slot.lag_bytes)),
         ]);
+    }
+    if let Some(lag) = r.lag_seconds {
+        t.add_row(vec![Cell::new("lag"), Cell::new(format!("{lag:.1} s"))]);
     }
     t.to_string()
 }

@@ -26,6 +26,9 @@ pub struct StatusReport {
     pub migrate: Option<RunRecord>,
     pub stream: Option<ChangeStatus>,
     pub slots: Vec<SlotStatus>,
+    /// How far behind the source the target is, in seconds: 0 when the slot
+    /// holds nothing unapplied, else the age of the newest applied commit.
+    pub lag_seconds: Option<f64>,
 }
 
 /// Replication slots of the source (PostgreSQL), `only` one when given.
@@ -62,5 +65,10 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
         (None, Some(run)) => format!("migrate run {}", run.status.as_str()),
         (None, None) => "not started".to_string(),
     };
-    Ok(StatusReport { pipeline: settings.pipeline.clone(), phase, migrate, stream, slots })
+    let lag_seconds = match (slots.first(), &stream) {
+        (Some(slot), _) if slot.lag_bytes <= 0 => Some(0.0),
+        (Some(_), Some(s)) => s.source_commit_age_seconds,
+        _ => None,
+    };
+    Ok(StatusReport { pipeline: settings.pipeline.clone(), phase, migrate, stream, slots, lag_seconds })
 }

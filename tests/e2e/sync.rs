@@ -227,6 +227,8 @@ async fn the_sync_daemon_serves_metrics_and_health_reports_status_and_stops_on_s
     assert_eq!(j["phase"], "streaming", "{j}");
     assert!(j["stream"]["applied"].as_u64().unwrap() > 500, "{j}");
     assert_eq!(j["slots"][0]["name"], "ferry_test", "{j}");
+    assert!(j["stream"]["changes_per_second"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["lag_seconds"].is_number(), "{j}");
 
     // With ferry stopped, new changes make the slot retain WAL: check warns.
     write_changes(&cluster, 1).await;

@@ -70,12 +70,20 @@ pub struct ChangeBatch {
     /// The checkpoint after it.
     pub next: ChangeCheckpoint,
     pub plugin_sha256: String,
+    /// When the newest source transaction in the batch committed (Unix
+    /// microseconds), when the source says.
+    pub source_commit_micros: Option<i64>,
 }
 
 /// What `ferry status` shows of a change stream.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangeStatus {
     pub checkpoint: ChangeCheckpoint,
+    /// Seconds since the newest applied source transaction committed on the
+    /// source (the lag, while the source has more).
+    pub source_commit_age_seconds: Option<f64>,
+    /// Changes applied per second since the stream first applied anything.
+    pub changes_per_second: f64,
     pub applied: u64,
     pub dead_lettered: u64,
     pub plugin_sha256: Option<String>,
@@ -180,7 +188,9 @@ pub async fn apply_debezium(
     let mut unpositioned = 0u32;
     macro_rules! flush_and_ack {
         () => {
-            if !flush(settings, &mut transformer, target.as_mut(), &mut pending, &mut checkpoint, &mut report).await? {
+            if !flush(settings, &mut transformer, target.as_mut(), &mut pending, &mut checkpoint, &mut report, None)
+                .await?
+            {
                 return Ok(report);
             }
             if let Some(token) = group_last.take() {
@@ -266,6 +276,7 @@ pub(crate) async fn flush(
     pending: &mut Vec<Pending>,
     checkpoint: &mut ChangeCheckpoint,
     report: &mut ApplyReport,
+    source_commit_micros: Option<i64>,
 ) -> anyhow::Result<bool> {
     if pending.is_empty() {
         return Ok(true);
@@ -286,6 +297,7 @@ pub(crate) async fn flush(
         previous: *checkpoint,
         next: *checkpoint,
         plugin_sha256: transformer.plugin().sha256().to_string(),
+        source_commit_micros,
         ..Default::default()
     };
     let mut counts = (0u64, 0u64, 0u64);

@@ -250,7 +250,8 @@ async fn apply_group(
     // Only whole transactions: a transaction still arriving stays pending.
     let in_progress = pending.split_off(*committed);
     *committed = 0;
-    let applied = flush(settings, transformer, target, pending, checkpoint, &mut report.stream).await?;
+    let newest_commit = group_commit_time.map(|t| t + crate::time::PG_EPOCH_OFFSET_MICROS);
+    let applied = flush(settings, transformer, target, pending, checkpoint, &mut report.stream, newest_commit).await?;
     *pending = in_progress;
     if !applied {
         return Ok(false);
