@@ -58,9 +58,12 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
     };
     let slots = source_slots(settings, Some(slot)).await.unwrap_or_default();
     let phase = match (&stream, &migrate) {
-        (Some(s), _) if s.checkpoint.snapshot_key.is_some() && !s.checkpoint.snapshot_done => {
-            format!("snapshot (loaded up to key {})", s.checkpoint.snapshot_key.unwrap_or_default())
-        }
+        (Some(s), _) if s.checkpoint.snapshot_key.is_some() && !s.checkpoint.snapshot_done => match s.snapshot_chunks {
+            Some((k, n)) => {
+                format!("snapshot: chunk {k}/{n} (loaded up to key {})", s.checkpoint.snapshot_key.unwrap_or_default())
+            }
+            None => format!("snapshot (loaded up to key {})", s.checkpoint.snapshot_key.unwrap_or_default()),
+        },
         (Some(_), _) => "streaming".to_string(),
         (None, Some(run)) => format!("migrate run {}", run.status.as_str()),
         (None, None) => "not started".to_string(),

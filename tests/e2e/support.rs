@@ -291,11 +291,16 @@ pub fn kill_until_done(command: impl Fn() -> Command, done: &[i32]) -> u32 {
     use std::time::{Duration, Instant};
     let mut rng = rand::rng();
     let mut kills = 0;
-    for attempt in 0..60 {
+    for attempt in 0..=KILL_ATTEMPTS {
         let mut child =
             command().stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-        // Early attempts die young; later ones get longer so the run ends.
-        let deadline = Instant::now() + Duration::from_millis(rng.random_range(20..200 + attempt * 40));
+        // Early attempts die young, later ones get longer; the last one is
+        // left to finish, however slow the machine is today.
+        let deadline = if attempt == KILL_ATTEMPTS {
+            Instant::now() + Duration::from_secs(600)
+        } else {
+            Instant::now() + Duration::from_millis(rng.random_range(20..200 + u64::from(attempt) * 60))
+        };
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 let out = child.wait_with_output().unwrap();
@@ -316,5 +321,8 @@ pub fn kill_until_done(command: impl Fn() -> Command, done: &[i32]) -> u32 {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    panic!("the command never completed in 60 attempts");
+    panic!("the command did not complete within 10 minutes after {kills} kills");
 }
+
+/// Kills [`kill_until_done`] tries before letting the command finish.
+const KILL_ATTEMPTS: u32 = 15;

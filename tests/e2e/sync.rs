@@ -90,6 +90,18 @@ async fn sync_loads_then_streams_concurrent_changes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Writers start once the slot exists, so they overlap the initial load
+    // and the stream (whatever the machine's speed today).
+    let started = std::time::Instant::now();
+    loop {
+        let slots: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots").fetch_one(&mut c).await.unwrap();
+        if slots > 0 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "ferry never created its slot");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     write_changes(&cluster, 0).await;
     write_changes(&cluster, 1).await;
     let out = child.wait_with_output().unwrap();
@@ -119,9 +131,26 @@ async fn sync_survives_kill_during_load_and_stream() {
     let target = PgDb::new("synck").await;
     target.exec(PG_NEW_DDL).await;
     let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().transform_user, "");
-    // Killed during the initial load (small chunks make it long enough).
-    let kills = kill_until_done(|| p.command(&["sync", "--idle-exit", "1", "--chunk-rows", "200"]), &[0, 4]);
-    assert!(kills >= 1, "no kill landed during the load");
+    // Killed during the initial load, once `ferry status` shows it under way.
+    let mut child = p
+        .command(&["sync", "--idle-exit", "1", "--chunk-rows", "200"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let st = p.ferry(&["status", "--json"]);
+        if st.code == 0 && st.json()["phase"].as_str().unwrap_or_default().starts_with("snapshot: chunk") {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "status never showed the load: {st:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // More kills at random moments until a run completes.
+    kill_until_done(|| p.command(&["sync", "--idle-exit", "1", "--chunk-rows", "200"]), &[0, 4]);
     // Changes pile up in the slot while ferry is down, then are drained
     // with more kills.
     write_changes(&cluster, 0).await;

@@ -73,6 +73,8 @@ pub struct ChangeBatch {
     /// When the newest source transaction in the batch committed (Unix
     /// microseconds), when the source says.
     pub source_commit_micros: Option<i64>,
+    /// Initial-load progress after this batch: (chunks done, chunks in all).
+    pub snapshot_chunks: Option<(u64, u64)>,
 }
 
 /// What `ferry status` shows of a change stream.
@@ -84,6 +86,8 @@ pub struct ChangeStatus {
     pub source_commit_age_seconds: Option<f64>,
     /// Changes applied per second since the stream first applied anything.
     pub changes_per_second: f64,
+    /// Initial-load progress: (chunks done, chunks in all) of the last load.
+    pub snapshot_chunks: Option<(u64, u64)>,
     pub applied: u64,
     pub dead_lettered: u64,
     pub plugin_sha256: Option<String>,

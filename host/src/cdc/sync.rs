@@ -540,6 +540,15 @@ async fn initial_load(
 ) -> anyhow::Result<()> {
     source.begin_snapshot(snapshot).await?;
     let mut after = checkpoint.snapshot_key;
+    let remaining: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {} WHERE $1::int8 IS NULL OR id > $1",
+        settings.source.table.quoted()
+    ))
+    .bind(after)
+    .fetch_one(source.connection())
+    .await?;
+    let total_chunks = (remaining as u64).div_ceil(options.chunk_rows as u64);
+    let mut chunk = 0u64;
     loop {
         let batch = source.read_after(after, options.chunk_rows).await?;
         if batch.is_empty() {
@@ -553,6 +562,7 @@ async fn initial_load(
             pipeline: settings.pipeline.clone(),
             previous: *checkpoint,
             next: ChangeCheckpoint { snapshot_key: after, ..*checkpoint },
+            snapshot_chunks: Some((chunk + 1, total_chunks.max(chunk + 1))),
             plugin_sha256: transformer.plugin().sha256().to_string(),
             ..Default::default()
         };
@@ -577,6 +587,7 @@ async fn initial_load(
         crate::daemon::health().beat("snapshot");
         report.snapshot_rows += count;
         report.snapshot_chunks += 1;
+        chunk += 1;
     }
     source.end_snapshot().await?;
     let done = ChangeBatch {

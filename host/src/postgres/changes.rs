@@ -32,6 +32,8 @@ ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_done bool
 ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS plugin_sha256 text;
 ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS source_commit_at timestamptz;
 ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS first_applied_at timestamptz;
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_chunk bigint;
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_chunks bigint;
 CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
     id            bigserial PRIMARY KEY,
     pipeline      text NOT NULL,
@@ -173,7 +175,9 @@ impl ChangeSink for PgTarget {
              applied = applied + $6, dead_lettered = dead_lettered + $7, snapshot_key = $8, snapshot_done = $9, \
              plugin_sha256 = $10, updated_at = now(), \
              source_commit_at = coalesce(to_timestamp($11::float8 / 1e6), source_commit_at), \
-             first_applied_at = coalesce(first_applied_at, now()) WHERE pipeline = $1",
+             first_applied_at = coalesce(first_applied_at, now()), \
+             snapshot_chunk = coalesce($12, snapshot_chunk), snapshot_chunks = coalesce($13, snapshot_chunks) \
+             WHERE pipeline = $1",
         )
         .bind(&batch.pipeline)
         .bind(p.map(|p| p.commit as i64))
@@ -186,6 +190,8 @@ impl ChangeSink for PgTarget {
         .bind(batch.next.snapshot_done)
         .bind(&batch.plugin_sha256)
         .bind(batch.source_commit_micros.map(|m| m as f64))
+        .bind(batch.snapshot_chunks.map(|(done, _)| done as i64))
+        .bind(batch.snapshot_chunks.map(|(_, total)| total as i64))
         .execute(&mut *tx)
         .await?;
         tx.commit().await.context("committing the change transaction")?;
@@ -200,17 +206,19 @@ impl ChangeSink for PgTarget {
             return Ok(None);
         }
         let checkpoint = self.change_checkpoint(pipeline).await?;
-        let row: Option<(i64, i64, Option<String>, f64, Option<f64>, Option<f64>)> = sqlx::query_as(
+        type Row = (i64, i64, Option<String>, f64, Option<f64>, Option<f64>, Option<i64>, Option<i64>);
+        let row: Option<Row> = sqlx::query_as(
             "SELECT applied, dead_lettered, plugin_sha256, extract(epoch FROM now() - updated_at)::float8, \
              extract(epoch FROM now() - source_commit_at)::float8, \
-             extract(epoch FROM updated_at - first_applied_at)::float8 \
+             extract(epoch FROM updated_at - first_applied_at)::float8, snapshot_chunk, snapshot_chunks \
              FROM ferry.change_checkpoints WHERE pipeline = $1",
         )
         .bind(pipeline)
         .fetch_optional(&mut self.conn)
         .await?;
-        Ok(row.map(|(applied, dead, plugin_sha256, age, commit_age, active)| ChangeStatus {
+        Ok(row.map(|(applied, dead, plugin_sha256, age, commit_age, active, chunk, chunks)| ChangeStatus {
             checkpoint,
+            snapshot_chunks: chunk.zip(chunks).map(|(k, n)| (k as u64, n as u64)),
             source_commit_age_seconds: commit_age,
             changes_per_second: active.filter(|s| *s > 0.0).map_or(0.0, |s| applied as f64 / s),
             applied: applied as u64,
