@@ -13,7 +13,31 @@ async fn source_conn(cluster: &Cluster) -> PgConnection {
 
 /// Changes of every kind, in many small transactions.
 async fn write_changes(cluster: &Cluster, round: i64) {
+    write_changes_with(cluster, round, false).await
+}
+
+/// [`write_changes`], plus large (TOASTed) metadata and updates that leave
+/// it unchanged when `toast` is set (the table must then have REPLICA
+/// IDENTITY FULL for the stream to carry the unchanged values).
+async fn write_changes_with(cluster: &Cluster, round: i64, toast: bool) {
     let mut c = source_conn(cluster).await;
+    if toast {
+        for id in [10 + round, 20 + round, 30 + round] {
+            sqlx::query(
+                "UPDATE users SET metadata = json_build_object('theme', 'big', 'blob', \
+                 (SELECT string_agg(md5(i::text || $1::text), '') FROM generate_series(1, 400) i))::text WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut c)
+            .await
+            .unwrap();
+            sqlx::query("UPDATE users SET name = 'Toasted ' || id || ' Row' WHERE id = $1")
+                .bind(id)
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    }
     let base = 100_000 * (round + 1);
     for i in 0..60 {
         let id = base + i;
@@ -79,6 +103,8 @@ async fn sync_loads_then_streams_concurrent_changes() {
     let mut c = source_conn(&cluster).await;
     sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
     sqlx::raw_sql(&pg_legacy_rows(1, 5000)).execute(&mut c).await.unwrap();
+    // Updates that leave large values alone carry them only under FULL.
+    sqlx::raw_sql("ALTER TABLE users REPLICA IDENTITY FULL").execute(&mut c).await.unwrap();
     let target = PgDb::new("sync").await;
     target.exec(PG_NEW_DDL).await;
     let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().transform_user, "");
@@ -102,8 +128,8 @@ async fn sync_loads_then_streams_concurrent_changes() {
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "ferry never created its slot");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    write_changes(&cluster, 0).await;
-    write_changes(&cluster, 1).await;
+    write_changes_with(&cluster, 0, true).await;
+    write_changes_with(&cluster, 1, true).await;
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!([0, 4].contains(&out.status.code().unwrap_or(-1)), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -318,6 +344,13 @@ async fn unchanged_toasted_values_are_never_written_as_placeholders() {
             .await
             .unwrap();
     assert_eq!((name4.as_str(), theme4.as_str()), ("Renamed Four", "big"));
+
+    // TRUNCATE on the source truncates the target.
+    sqlx::query("TRUNCATE users").execute(&mut c).await.unwrap();
+    let run = p.ferry(&["sync", "--idle-exit", "1", "--json"]);
+    assert!([0, 4].contains(&run.code), "{run:?}");
+    assert_eq!(run.json()["stream"]["truncates"], 1, "{run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
