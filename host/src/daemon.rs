@@ -102,6 +102,16 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
             std::future::ready((code, [("content-type", "application/json")], body))
         }),
     );
+    // Histogram samples are buffered until drained: without a scrape they
+    // would accumulate, so drain them on a timer too.
+    let upkeep = metrics()?;
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
