@@ -230,44 +230,87 @@ const GROUP_CHANGES: usize = 5000;
 /// applied: the price in lag of grouping.
 const GROUP_LINGER: Duration = Duration::from_millis(20);
 
-/// Applies the waiting group of whole transactions in one target
-/// transaction, then acknowledges its end to the slot. `false`: the plugin
-/// said `fatal`.
-#[allow(clippy::too_many_arguments)]
-async fn apply_group(
-    settings: &Settings,
-    client: &mut ReplicationClient,
-    transformer: &mut crate::plugin::Transformer,
-    target: &mut dyn engines::ChangeTarget,
-    pending: &mut Vec<Pending>,
-    committed: &mut usize,
-    checkpoint: &mut ChangeCheckpoint,
-    report: &mut SyncReport,
-    group_end: &mut Option<Lsn>,
-    group_commit_time: &mut Option<i64>,
-) -> anyhow::Result<bool> {
-    let Some(end_lsn) = group_end.take() else { return Ok(true) };
-    // Only whole transactions: a transaction still arriving stays pending.
-    let in_progress = pending.split_off(*committed);
-    *committed = 0;
-    let newest_commit = group_commit_time.map(|t| t + crate::time::PG_EPOCH_OFFSET_MICROS);
-    let applied = flush(settings, transformer, target, pending, checkpoint, &mut report.stream, newest_commit).await?;
-    *pending = in_progress;
-    if !applied {
-        return Ok(false);
+/// Whole source transactions received and waiting to be applied together.
+#[derive(Default)]
+struct Group {
+    /// Changes received: those of committed transactions first
+    /// (`committed` of them), then those of the transaction still arriving.
+    pending: Vec<Pending>,
+    committed: usize,
+    /// The end of the last committed transaction: acknowledged to the slot
+    /// once the group is applied.
+    end: Option<Lsn>,
+    /// Source commit times (PostgreSQL-epoch µs) of the oldest and newest
+    /// transaction in the group.
+    oldest_commit: Option<i64>,
+    newest_commit: Option<i64>,
+    /// When the first transaction of the group committed here.
+    since: Option<std::time::Instant>,
+}
+
+impl Group {
+    /// A transaction's last change arrived.
+    fn commit(&mut self, end: Lsn, commit_time: i64) {
+        self.end = Some(end);
+        self.committed = self.pending.len();
+        self.oldest_commit.get_or_insert(commit_time);
+        self.newest_commit = Some(commit_time);
+        self.since.get_or_insert_with(std::time::Instant::now);
     }
-    // The target committed everything up to here.
-    client.update_applied_lsn(end_lsn);
-    if let Some(first_commit) = group_commit_time.take() {
-        // The oldest transaction in the group waited the longest.
-        let committed = first_commit + crate::time::PG_EPOCH_OFFSET_MICROS;
-        let lag = (chrono::Utc::now().timestamp_micros() - committed).max(0) as f64 / 1e6;
-        metrics::gauge!(crate::daemon::names::LAG_SECONDS).set(lag);
-        metrics::histogram!(crate::daemon::names::COMMIT_LAG).record(lag);
+
+    /// Lingered long enough: apply it now.
+    fn due(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= GROUP_LINGER) || self.committed >= GROUP_CHANGES
     }
-    let wal_end = client.metrics().last_wal_end().as_u64();
-    metrics::gauge!(crate::daemon::names::LAG_BYTES).set(wal_end.saturating_sub(end_lsn.as_u64()) as f64);
-    Ok(true)
+
+    /// How long to wait for the next event before the group is due.
+    fn wait(&self, idle_tick: Duration) -> Duration {
+        match self.since {
+            Some(t) => GROUP_LINGER.saturating_sub(t.elapsed()).max(Duration::from_millis(1)),
+            None => idle_tick,
+        }
+    }
+
+    /// Nothing received is unapplied.
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.end.is_none()
+    }
+
+    /// Applies the committed transactions in one target transaction, then
+    /// acknowledges their end to the slot. `false`: the plugin said `fatal`.
+    async fn apply(
+        &mut self,
+        settings: &Settings,
+        client: &mut ReplicationClient,
+        transformer: &mut crate::plugin::Transformer,
+        target: &mut dyn engines::ChangeTarget,
+        checkpoint: &mut ChangeCheckpoint,
+        report: &mut SyncReport,
+    ) -> anyhow::Result<bool> {
+        let Some(end) = self.end.take() else { return Ok(true) };
+        let in_progress = self.pending.split_off(self.committed);
+        let newest = self.newest_commit.take().map(|t| t + crate::time::PG_EPOCH_OFFSET_MICROS);
+        let oldest = self.oldest_commit.take().map(|t| t + crate::time::PG_EPOCH_OFFSET_MICROS);
+        self.committed = 0;
+        self.since = None;
+        let applied =
+            flush(settings, transformer, target, &mut self.pending, checkpoint, &mut report.stream, newest).await?;
+        self.pending = in_progress;
+        if !applied {
+            return Ok(false);
+        }
+        // The target committed everything up to here.
+        client.update_applied_lsn(end);
+        if let Some(oldest) = oldest {
+            // The oldest transaction in the group waited the longest.
+            let lag = (chrono::Utc::now().timestamp_micros() - oldest).max(0) as f64 / 1e6;
+            metrics::gauge!(crate::daemon::names::LAG_SECONDS).set(lag);
+            metrics::histogram!(crate::daemon::names::COMMIT_LAG).record(lag);
+        }
+        let wal_end = client.metrics().last_wal_end().as_u64();
+        metrics::gauge!(crate::daemon::names::LAG_BYTES).set(wal_end.saturating_sub(end.as_u64()) as f64);
+        Ok(true)
+    }
 }
 
 /// Streams changes until stopped, idle past the limit, or the plugin's
@@ -285,50 +328,21 @@ async fn stream(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut relations = Relations::default();
-    let mut pending: Vec<Pending> = Vec::new();
+    let mut group = Group::default();
     let mut tx_commit: u64 = 0;
     let mut seq: u32 = 0;
-    let mut idle = Duration::ZERO;
-    // Whole source transactions waiting to be applied together, and the end
-    // of the last one (acknowledged to the slot once they are committed).
-    let mut group_end: Option<Lsn> = None;
-    let mut group_commit_time: Option<i64> = None;
-    // How many of `pending` belong to committed transactions.
-    let mut committed = 0usize;
-    let mut group_started: Option<std::time::Instant> = None;
-    // Between a Begin and its Commit.
     let mut in_transaction = false;
+    let mut idle = Duration::ZERO;
     let tick = Duration::from_millis(200);
     while !stop.load(Ordering::Relaxed) {
-        // While changes wait, poll briefly: the group is applied as soon as
-        // the stream pauses, which bounds the lag.
-        // A waiting group is applied once it has lingered GROUP_LINGER,
-        // whatever else (keepalives) arrives meanwhile: that bounds the lag.
-        if group_started.is_some_and(|t| t.elapsed() >= GROUP_LINGER) {
-            group_started = None;
-            if !apply_group(
-                settings,
-                client,
-                transformer,
-                target,
-                &mut pending,
-                &mut committed,
-                checkpoint,
-                report,
-                &mut group_end,
-                &mut group_commit_time,
-            )
-            .await?
-            {
-                return Ok(());
-            }
+        // A waiting group is applied once it has lingered GROUP_LINGER (or
+        // is full), whatever else (keepalives) arrives meanwhile: that
+        // bounds the lag.
+        if group.due() && !group.apply(settings, client, transformer, target, checkpoint, report).await? {
+            return Ok(());
         }
-        let wait = match group_started {
-            Some(t) => GROUP_LINGER.saturating_sub(t.elapsed()).max(Duration::from_millis(1)),
-            None => tick,
-        };
-        let event = match tokio::time::timeout(wait, client.recv()).await {
-            Err(_) if group_started.is_some() => continue,
+        let event = match tokio::time::timeout(group.wait(tick), client.recv()).await {
+            Err(_) if group.since.is_some() => continue,
             Err(_) => {
                 idle += tick;
                 if options.idle_exit.is_some_and(|limit| idle >= limit) {
@@ -354,50 +368,29 @@ async fn stream(
                     relations.insert(relation);
                     continue;
                 }
-                for item in items(&relations, message) {
+                for (raw, item) in items(&relations, message) {
                     seq += 1;
                     let position = Position { commit: tx_commit, lsn: 0, seq };
                     if checkpoint.position.is_some_and(|c| position <= c) {
                         report.stream.skipped_replayed += 1;
                         continue;
                     }
-                    pending.push(Pending { raw: item.0, position: Some(position), item: item.1 });
+                    group.pending.push(Pending { raw, position: Some(position), item });
                 }
             }
             ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
-                group_end = Some(end_lsn);
-                group_started.get_or_insert_with(std::time::Instant::now);
                 in_transaction = false;
-                committed = pending.len();
-                group_commit_time.get_or_insert(commit_time_micros);
-                if pending.len() >= GROUP_CHANGES
-                    && group_started.take().is_some()
-                    && !apply_group(
-                        settings,
-                        client,
-                        transformer,
-                        target,
-                        &mut pending,
-                        &mut committed,
-                        checkpoint,
-                        report,
-                        &mut group_end,
-                        &mut group_commit_time,
-                    )
-                    .await?
-                {
-                    return Ok(());
-                }
+                group.commit(end_lsn, commit_time_micros);
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                // An idle source is healthy; the lag is what the slot still holds.
+                // An idle source is healthy.
                 crate::daemon::health().beat("streaming");
                 // Nothing received is waiting and no transaction is open:
                 // every transaction the server sent (wal_end is what it has
                 // sent) has been applied, so the rest up to wal_end is WAL
-                // without changes for us (checkpoints, other tables). Confirming it
-                // lets the source recycle WAL and shut down cleanly.
-                if !in_transaction && pending.is_empty() && group_end.is_none() {
+                // without changes for us (checkpoints, other tables).
+                // Confirming it lets the source recycle WAL and shut down.
+                if !in_transaction && group.is_empty() {
                     client.update_applied_lsn(wal_end);
                 }
                 let applied = client.metrics().last_applied_lsn().as_u64();
@@ -406,22 +399,7 @@ async fn stream(
             _ => {}
         }
     }
-    if !apply_group(
-        settings,
-        client,
-        transformer,
-        target,
-        &mut pending,
-        &mut committed,
-        checkpoint,
-        report,
-        &mut group_end,
-        &mut group_commit_time,
-    )
-    .await?
-    {
-        return Ok(());
-    }
+    group.apply(settings, client, transformer, target, checkpoint, report).await?;
     Ok(())
 }
 
