@@ -326,3 +326,26 @@ pub fn kill_until_done(command: impl Fn() -> Command, done: &[i32]) -> u32 {
 
 /// Kills [`kill_until_done`] tries before letting the command finish.
 const KILL_ATTEMPTS: u32 = 15;
+
+/// Polls `check` every 20 ms until it holds; fails the test with `what`
+/// after a minute.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "timed out waiting: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits for a `ferry … --json` child that may end with dead letters (exit
+/// 0 or 4) and returns its report.
+pub fn json_report(child: std::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!([0, 4].contains(&out.status.code().unwrap_or(-1)), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}

@@ -118,22 +118,19 @@ async fn sync_loads_then_streams_concurrent_changes() {
         .unwrap();
     // Writers start once the slot exists, so they overlap the initial load
     // and the stream (whatever the machine's speed today).
-    let started = std::time::Instant::now();
-    loop {
-        let slots: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots").fetch_one(&mut c).await.unwrap();
-        if slots > 0 {
-            break;
+    let slots = format!("{}/postgres", cluster.url());
+    eventually("ferry creates its slot", || {
+        let url = slots.clone();
+        async move {
+            let mut c = PgConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_replication_slots").fetch_one(&mut c).await.unwrap()
+                > 0
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "ferry never created its slot");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     write_changes_with(&cluster, 0, true).await;
     write_changes_with(&cluster, 1, true).await;
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!([0, 4].contains(&out.status.code().unwrap_or(-1)), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let report = json_report(child);
     assert!(report["snapshot_rows"].as_u64().unwrap() >= 5000, "{report}");
     assert!(report["stream"]["upserts"].as_u64().unwrap() > 100, "{report}");
     assert_target_matches_source(&cluster, &target).await;
@@ -202,18 +199,14 @@ async fn sync_reconnects_after_the_source_restarts() {
         .spawn()
         .unwrap();
     // Wait for the initial load to be committed.
-    let started = std::time::Instant::now();
-    while target.scalar_i64("SELECT count(*) FROM users").await < 2000 - invalid_rows(2000) {
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "initial load did not finish");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually("the initial load", || async {
+        target.scalar_i64("SELECT count(*) FROM users").await >= 2000 - invalid_rows(2000)
+    })
+    .await;
     write_changes(&cluster, 0).await;
     cluster.restart();
     write_changes(&cluster, 1).await;
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!([0, 4].contains(&out.status.code().unwrap_or(-1)), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let report = json_report(child);
     assert!(report["reconnects"].as_u64().unwrap() >= 1, "{report}");
     assert_target_matches_source(&cluster, &target).await;
 }
@@ -253,21 +246,17 @@ async fn the_sync_daemon_serves_metrics_and_health_reports_status_and_stops_on_s
         .find_map(|l| l.split_once("on http://").map(|(_, a)| a.trim().to_string()))
         .expect("the daemon prints where it serves");
     // The initial load, then changes: the metrics show both.
-    let started = std::time::Instant::now();
-    while !http_get(&addr, "/metrics").await.1.contains("ferry_snapshot_rows_total") {
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no initial load");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually("the initial load in /metrics", || async {
+        http_get(&addr, "/metrics").await.1.contains("ferry_snapshot_rows_total")
+    })
+    .await;
     write_changes(&cluster, 0).await;
-    loop {
-        let (_, body) = http_get(&addr, "/metrics").await;
-        if body.contains("ferry_changes_applied_total") && body.contains("ferry_commit_lag_seconds") {
-            assert!(body.contains("ferry_plugin_info{sha256="), "{body}");
-            break;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no metrics: {body}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually("the stream's changes in /metrics", || async {
+        let body = http_get(&addr, "/metrics").await.1;
+        body.contains("ferry_changes_applied_total") && body.contains("ferry_commit_lag_seconds")
+    })
+    .await;
+    assert!(http_get(&addr, "/metrics").await.1.contains("ferry_plugin_info{sha256="));
     let (status, body) = http_get(&addr, "/health").await;
     assert!(status.contains("200"), "{status} {body}");
     assert!(body.contains("\"status\":\"ok\""), "{body}");
@@ -372,23 +361,20 @@ async fn sync_reconnects_after_the_target_restarts() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&mut t).await.unwrap();
-        if n >= 1000 - invalid_rows(1000) {
-            break;
-        }
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "initial load did not finish");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     drop(t);
+    eventually("the initial load", || {
+        let url = target_url.clone();
+        async move {
+            let mut t = PgConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM users").fetch_one(&mut t).await.unwrap()
+                >= 1000 - invalid_rows(1000)
+        }
+    })
+    .await;
     write_changes(&source, 0).await;
     target_cluster.restart();
     write_changes(&source, 1).await;
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!([0, 4].contains(&out.status.code().unwrap_or(-1)), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let report = json_report(child);
     assert!(report["reconnects"].as_u64().unwrap() >= 1, "{report}");
     let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 0, "the target equals the transform of the source: {v:?}");
