@@ -118,9 +118,13 @@ PGBENCH_PID=$!
 # Sample ferry's lag gauge (source commit → target commit of the latest
 # applied group) every 100 ms while the load runs.
 : >"$WORK/lag-samples.txt"
+: >"$WORK/rss-samples.txt"
 sleep 1
+ticks=0
 while kill -0 "$PGBENCH_PID" 2>/dev/null; do
     curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk '$1 == "ferry_lag_seconds" {print $2 * 1000}' >>"$WORK/lag-samples.txt"
+    # ferry's RSS every 10 s: memory over the whole run, not two points.
+    (( ticks++ % 100 == 0 )) && echo "$(date +%s) $(rss)" >>"$WORK/rss-samples.txt"
     sleep 0.1
 done
 wait "$PGBENCH_PID"
@@ -132,6 +136,9 @@ quantile() { sort -n "$WORK/lag-samples.txt" | awk -v q="$1" '{v[NR]=$1} END {if
 p50=$(quantile 0.5); p99=$(quantile 0.99)
 samples=$(wc -l <"$WORK/lag-samples.txt")
 cp "$WORK/lag-samples.txt" "$OUT_DIR/cdc-lag-samples-ms.txt"
+cp "$WORK/rss-samples.txt" "$OUT_DIR/cdc-rss-samples.txt"
+# RSS over the second half of the run: flat memory means this range is narrow.
+rss_second_half=$(awk '{v[NR]=$2} END {lo=1e9; hi=0; for (i=int(NR/2)+1; i<=NR; i++) {if (v[i]<lo) lo=v[i]; if (v[i]>hi) hi=v[i]}; if (NR) printf "%.1f–%.1f", lo, hi}' "$WORK/rss-samples.txt")
 tps=$(awk '/^tps/ {printf "%.0f", $3; exit}' "$WORK/pgbench-steady.log")
 
 cp "$WORK/metrics.txt" "$OUT_DIR/cdc-metrics.txt"
@@ -151,3 +158,4 @@ printf '| peak RSS while draining (MB) | %s |\n' "$drain_rss"
 printf '| steady load (tx/s, achieved) | %s |\n' "$tps"
 printf '| **lag p50 / p99 (ms, %s samples)** | **%s / %s** |\n' "$samples" "${p50:-n/a}" "${p99:-n/a}"
 printf '| RSS start → end of %s s streaming (MB) | %s → %s |\n' "$DURATION" "$rss_start" "$rss_end"
+printf '| RSS range over the second half (MB, every 10 s) | %s |\n' "$rss_second_half"
