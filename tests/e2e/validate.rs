@@ -42,7 +42,7 @@ async fn validate_names_altered_deleted_and_extra_rows() {
     assert_eq!(email["expected"], "user.1234@example.com");
     assert_eq!(email["actual"], "tampered@example.com");
     assert!(k["mismatched_segments"].as_u64().unwrap() >= 1);
-    assert!(k["segments"].as_u64().unwrap() >= 10, "{k}");
+    assert!(k["segments"].as_u64().unwrap() >= 3, "cut into segments (a page sample: the count varies): {k}");
 
     // The human report names them too.
     let text = p.ferry(&["validate"]);
