@@ -185,6 +185,26 @@ fn print_json<T: serde::Serialize>(value: &T) {
     println!("{}", serde_json::to_string_pretty(value).expect("reports serialise"));
 }
 
+/// Prints a report: as JSON with `--json`, else as the human table.
+fn show<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
+    if json { print_json(value) } else { println!("{}", text()) }
+}
+
+/// The exit code of a change-stream run (`apply`, `sync`).
+fn stream_exit(r: &crate::cdc::apply::ApplyReport, signalled: bool) -> i32 {
+    if r.fatal.is_some() {
+        exit::FATAL
+    } else if signalled {
+        // SIGTERM/SIGINT: the current transaction was committed and
+        // acknowledged; a clean stop.
+        exit::OK
+    } else if r.dead_lettered > 0 {
+        exit::DEAD_LETTERS
+    } else {
+        exit::OK
+    }
+}
+
 async fn run(cli: Cli) -> i32 {
     if let Command::Plugin { action: PluginAction::Info { path } } = &cli.command {
         return plugin_info(path, cli.json);
@@ -198,11 +218,7 @@ async fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Check => {
             let r = crate::check::check(&settings).await;
-            if cli.json {
-                print_json(&r)
-            } else {
-                println!("{}", report::check(&r))
-            }
+            show(cli.json, &r, || report::check(&r));
             if r.ok { exit::OK } else { exit::VERIFY_FAILED }
         }
         Command::Migrate { resume, restart, no_progress } => {
@@ -217,11 +233,7 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(&e),
                 Ok(r) => {
                     let dead = recent_dead_letters(&settings, &r.run_id).await;
-                    if cli.json {
-                        print_json(&r)
-                    } else {
-                        println!("{}", report::migrate(&r, &dead))
-                    }
+                    show(cli.json, &r, || report::migrate(&r, &dead));
                     match r.ending {
                         Ending::Fatal => exit::FATAL,
                         Ending::Interrupted => exit::INTERRUPTED,
@@ -240,11 +252,7 @@ async fn run(cli: Cli) -> i32 {
             match crate::validate::validate(&settings, options).await {
                 Err(e) => fail(&e),
                 Ok(r) => {
-                    if cli.json {
-                        print_json(&r)
-                    } else {
-                        println!("{}", report::validate(&r))
-                    }
+                    show(cli.json, &r, || report::validate(&r));
                     if r.ok { exit::OK } else { exit::VERIFY_FAILED }
                 }
             }
@@ -294,18 +302,8 @@ async fn run(cli: Cli) -> i32 {
             match result {
                 Err(e) => fail(&e),
                 Ok(r) => {
-                    if cli.json {
-                        print_json(&r)
-                    } else {
-                        println!("{}", report::apply(&r))
-                    }
-                    if r.fatal.is_some() {
-                        exit::FATAL
-                    } else if r.dead_lettered > 0 {
-                        exit::DEAD_LETTERS
-                    } else {
-                        exit::OK
-                    }
+                    show(cli.json, &r, || report::apply(&r));
+                    stream_exit(&r, false)
                 }
             }
         }
@@ -335,27 +333,15 @@ async fn run(cli: Cli) -> i32 {
             match crate::cdc::sync::sync(&settings, &options, stop).await {
                 Err(e) => fail(&e),
                 Ok(r) => {
-                    if cli.json {
-                        print_json(&r)
-                    } else {
-                        println!(
+                    show(cli.json, &r, || {
+                        format!(
                             "initial load: {} rows in {} chunks\n{}",
                             r.snapshot_rows,
                             r.snapshot_chunks,
                             report::apply(&r.stream)
                         )
-                    }
-                    if r.stream.fatal.is_some() {
-                        exit::FATAL
-                    } else if signalled.load(Ordering::Relaxed) {
-                        // SIGTERM/SIGINT: the current transaction was
-                        // committed and acknowledged; a clean stop.
-                        exit::OK
-                    } else if r.stream.dead_lettered > 0 {
-                        exit::DEAD_LETTERS
-                    } else {
-                        exit::OK
-                    }
+                    });
+                    stream_exit(&r.stream, signalled.load(Ordering::Relaxed))
                 }
             }
         }
@@ -364,11 +350,7 @@ async fn run(cli: Cli) -> i32 {
             match crate::status::status(&settings, &slot).await {
                 Err(e) => fail(&e),
                 Ok(r) => {
-                    if cli.json {
-                        print_json(&r)
-                    } else {
-                        println!("{}", report::status(&r))
-                    }
+                    show(cli.json, &r, || report::status(&r));
                     exit::OK
                 }
             }
@@ -376,11 +358,7 @@ async fn run(cli: Cli) -> i32 {
         Command::Dlq { action: DlqAction::List { limit } } => match dlq_list(&settings, limit).await {
             Err(e) => fail(&e),
             Ok(records) => {
-                if cli.json {
-                    print_json(&records)
-                } else {
-                    println!("{}", report::dead_letters(&records))
-                }
+                show(cli.json, &records, || report::dead_letters(&records));
                 exit::OK
             }
         },

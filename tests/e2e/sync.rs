@@ -75,6 +75,19 @@ async fn write_changes_with(cluster: &Cluster, round: i64, toast: bool) {
     }
 }
 
+/// A throwaway logical-WAL source with `rows` generated legacy rows, an
+/// empty target table, and a pipeline between them through `plugin`.
+async fn synced_pipeline(rows: i64, tag: &str, plugin: &std::path::Path) -> (Cluster, PgDb, Pipeline) {
+    let cluster = Cluster::start();
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
+    sqlx::raw_sql(&pg_legacy_rows(1, rows)).execute(&mut c).await.unwrap();
+    let target = PgDb::new(tag).await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), plugin, "");
+    (cluster, target, p)
+}
+
 async fn rows(db: &PgDb) -> Vec<(String, String, String, String, serde_json::Value, i64)> {
     let mut c = db.conn().await;
     sqlx::query_as(
@@ -99,15 +112,10 @@ async fn assert_target_matches_source(cluster: &Cluster, target: &PgDb) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_loads_then_streams_concurrent_changes() {
-    let cluster = Cluster::start();
+    let (cluster, target, p) = synced_pipeline(5000, "sync", &plugins().transform_user).await;
     let mut c = source_conn(&cluster).await;
-    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
-    sqlx::raw_sql(&pg_legacy_rows(1, 5000)).execute(&mut c).await.unwrap();
     // Updates that leave large values alone carry them only under FULL.
     sqlx::raw_sql("ALTER TABLE users REPLICA IDENTITY FULL").execute(&mut c).await.unwrap();
-    let target = PgDb::new("sync").await;
-    target.exec(PG_NEW_DDL).await;
-    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().transform_user, "");
 
     // Writers run while ferry loads and then streams.
     let child = p
@@ -147,13 +155,7 @@ async fn sync_loads_then_streams_concurrent_changes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_survives_kill_during_load_and_stream() {
-    let cluster = Cluster::start();
-    let mut c = source_conn(&cluster).await;
-    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
-    sqlx::raw_sql(&pg_legacy_rows(1, 40_000)).execute(&mut c).await.unwrap();
-    let target = PgDb::new("synck").await;
-    target.exec(PG_NEW_DDL).await;
-    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().transform_user, "");
+    let (cluster, target, p) = synced_pipeline(40_000, "synck", &plugins().transform_user).await;
     // Killed during the initial load, once `ferry status` shows it under way.
     let mut child = p
         .command(&["sync", "--idle-exit", "1", "--chunk-rows", "200"])
@@ -184,14 +186,7 @@ async fn sync_survives_kill_during_load_and_stream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_reconnects_after_the_source_restarts() {
-    let cluster = Cluster::start();
-    let mut c = source_conn(&cluster).await;
-    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
-    sqlx::raw_sql(&pg_legacy_rows(1, 2000)).execute(&mut c).await.unwrap();
-    drop(c);
-    let target = PgDb::new("syncr").await;
-    target.exec(PG_NEW_DDL).await;
-    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().transform_user, "");
+    let (cluster, target, p) = synced_pipeline(2000, "syncr", &plugins().transform_user).await;
     let child = p
         .command(&["sync", "--idle-exit", "4", "--json"])
         .stdout(std::process::Stdio::piped())
@@ -226,13 +221,7 @@ async fn http_get(addr: &str, path: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sync_daemon_serves_metrics_and_health_reports_status_and_stops_on_sigterm() {
     use std::io::BufRead;
-    let cluster = Cluster::start();
-    let mut c = source_conn(&cluster).await;
-    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
-    sqlx::raw_sql(&pg_legacy_rows(1, 500)).execute(&mut c).await.unwrap();
-    let target = PgDb::new("syncd").await;
-    target.exec(PG_NEW_DDL).await;
-    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().transform_user, "");
+    let (cluster, target, p) = synced_pipeline(500, "syncd", &plugins().transform_user).await;
     let mut child = p
         .command(&["sync", "--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
@@ -292,19 +281,14 @@ async fn assert_target_matches_source_after_drain(cluster: &Cluster, target: &Pg
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unchanged_toasted_values_are_never_written_as_placeholders() {
-    let cluster = Cluster::start();
+    let (cluster, target, p) = synced_pipeline(10, "synct", &plugins().transform_user).await;
     let mut c = source_conn(&cluster).await;
-    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
-    sqlx::raw_sql(&pg_legacy_rows(1, 10)).execute(&mut c).await.unwrap();
     // Large, incompressible metadata: stored out of line (TOASTed).
     let big = "UPDATE users SET metadata = json_build_object('theme', 'big', 'blob', \
                (SELECT string_agg(md5(i::text || $1::text), '') FROM generate_series(1, 400) i))::text WHERE id = $1";
     for id in [3i64, 4] {
         sqlx::query(big).bind(id).execute(&mut c).await.unwrap();
     }
-    let target = PgDb::new("synct").await;
-    target.exec(PG_NEW_DDL).await;
-    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().transform_user, "");
     assert!([0, 4].contains(&p.ferry(&["sync", "--idle-exit", "1"]).code));
 
     // REPLICA IDENTITY DEFAULT: an update that leaves metadata alone does
@@ -382,13 +366,8 @@ async fn sync_reconnects_after_the_target_restarts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_fatal_stops_sync_with_the_position_before_its_transaction() {
-    let cluster = Cluster::start();
+    let (cluster, target, p) = synced_pipeline(100, "syncf", &plugins().chaos).await;
     let mut c = source_conn(&cluster).await;
-    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
-    sqlx::raw_sql(&pg_legacy_rows(1, 100)).execute(&mut c).await.unwrap();
-    let target = PgDb::new("syncf").await;
-    target.exec(PG_NEW_DDL).await;
-    let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), &plugins().chaos, "");
     assert!([0, 4].contains(&p.ferry(&["sync", "--idle-exit", "1"]).code));
     sqlx::query("UPDATE users SET name = 'Before Fatal' WHERE id = 1").execute(&mut c).await.unwrap();
     let mut tx = c.begin().await.unwrap();
