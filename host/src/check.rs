@@ -72,6 +72,7 @@ pub async fn check(settings: &Settings) -> CheckReport {
         Err(e) => items.push("source connectivity", Level::Fail, format!("{e:#}")),
         Ok(mut source) => {
             items.push("source connectivity", Level::Ok, format!("connected to {}", settings.source.url));
+            check_transport("source TLS", &settings.source.url, "source", &mut items).await;
             source_size = check_source(settings, source.as_mut(), &mut items).await;
         }
     }
@@ -80,12 +81,30 @@ pub async fn check(settings: &Settings) -> CheckReport {
         Err(e) => items.push("target connectivity", Level::Fail, format!("{e:#}")),
         Ok(mut target) => {
             items.push("target connectivity", Level::Ok, format!("connected to {}", settings.target.url));
+            check_transport("target TLS", &settings.target.url, "target", &mut items).await;
             check_target(settings, target.as_mut(), source_size, &mut items).await;
         }
     }
 
     let ok = items.0.iter().all(|i| i.level != Level::Fail);
     CheckReport { ok, items: items.0 }
+}
+
+/// Whether a PostgreSQL connection is encrypted and the server verified (as
+/// the server's `pg_stat_ssl` reports it); a warning when a connection over
+/// the network is not both.
+async fn check_transport(name: &'static str, url: &crate::db::DbUrl, role: &str, items: &mut Items) {
+    match engines::transport(url, role).await {
+        Ok(None) => {}
+        Ok(Some(transport)) => {
+            let (warn, mut detail) = transport.assess();
+            if role == "source" {
+                detail.push_str(" (ferry sync's replication connection uses the same settings)");
+            }
+            items.push(name, if warn { Level::Warn } else { Level::Ok }, detail);
+        }
+        Err(e) => items.push(name, Level::Fail, format!("{e:#}")),
+    }
 }
 
 /// Source checks; returns the table's size for the disk check.

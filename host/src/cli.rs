@@ -64,9 +64,19 @@ enum Command {
         /// JSONL file of events, or `-` for stdin.
         #[arg(long, default_value = "-")]
         input: PathBuf,
-        /// Consume from NATS JetStream at this address instead (e.g. nats://127.0.0.1:4222).
+        /// Consume from NATS JetStream at this address instead (e.g. nats://127.0.0.1:4222;
+        /// tls://host:4222 requires TLS, verified with the system's CAs or --nats-ca).
         #[arg(long, value_name = "URL")]
         nats: Option<String>,
+        /// With --nats: CA certificates (PEM) that signed the server's certificate; TLS is then required.
+        #[arg(long, value_name = "FILE")]
+        nats_ca: Option<PathBuf>,
+        /// With --nats: a client certificate (PEM), with --nats-key, for servers that verify clients.
+        #[arg(long, value_name = "FILE", requires = "nats_key")]
+        nats_cert: Option<PathBuf>,
+        /// With --nats: the client certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "nats_cert")]
+        nats_key: Option<PathBuf>,
         /// The JetStream stream (with --nats).
         #[arg(long)]
         stream: Option<String>,
@@ -166,6 +176,7 @@ pub fn main() -> i32 {
         )
         .with_writer(std::io::stderr)
         .init();
+    crate::tls::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -257,7 +268,20 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Apply { input, nats, stream, subject, durable, idle_exit, listen, group_size, integer_time } => {
+        Command::Apply {
+            input,
+            nats,
+            nats_ca,
+            nats_cert,
+            nats_key,
+            stream,
+            subject,
+            durable,
+            idle_exit,
+            listen,
+            group_size,
+            integer_time,
+        } => {
             if let Err(e) = serve_metrics(listen.as_deref()).await {
                 return fail(&e);
             }
@@ -277,6 +301,8 @@ async fn run(cli: Cli) -> i32 {
                 (Some(url), Some(stream)) => {
                     let js = JetStreamOptions {
                         url,
+                        ca: nats_ca,
+                        client_cert: nats_cert.zip(nats_key),
                         durable: durable.unwrap_or_else(|| format!("ferry-{}", settings.pipeline)),
                         stream,
                         subject: subject.unwrap_or_default(),

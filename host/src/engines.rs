@@ -4,10 +4,11 @@
 use crate::cdc::apply::ChangeSink;
 use crate::config::LoadMethod;
 use crate::control::ControlStore;
-use crate::db::Engine;
+use crate::db::{DbUrl, Engine};
 use crate::settings::{Endpoint, Settings};
 use crate::sink::{Sink, TargetReader};
 use crate::source::SnapshotSource;
+use crate::tls::Transport;
 
 /// Everything a target does: load, keep control state, read back.
 pub trait Target: Sink + ControlStore + TargetReader {}
@@ -57,4 +58,16 @@ pub async fn open_target(settings: &Settings) -> anyhow::Result<Box<dyn Target>>
             crate::sqlite::SqliteTarget::connect(&t.url, &t.table, settings.pipeline.clone(), source_table).await?,
         ),
     })
+}
+
+/// How a connection to `url` is protected (`None` for SQLite files, which
+/// cross no network). Opens a connection of its own.
+pub async fn transport(url: &DbUrl, role: &str) -> anyhow::Result<Option<Transport>> {
+    match url.engine() {
+        Engine::Postgres => {
+            let mut conn = crate::postgres::connect(url, role).await?;
+            Ok(Some(crate::postgres::transport(&mut conn, url).await?))
+        }
+        Engine::Sqlite => Ok(None),
+    }
 }

@@ -26,4 +26,5 @@ pub mod source;
 pub mod sqlite;
 pub mod status;
 pub mod time;
+pub mod tls;
 pub mod validate;

@@ -103,7 +103,13 @@ impl Settings {
             let raw = flag.as_ref().or(value.as_ref()).ok_or_else(|| {
                 invalid(format!("{key} is required: set it in the file or pass --{}", key.replace(".url", "")))
             })?;
-            DbUrl::parse(raw).map_err(|e| invalid(format!("{key}: {e}")))
+            let url = DbUrl::parse(raw).map_err(|e| invalid(format!("{key}: {e}")))?;
+            // TLS settings are checked now, so a wrong sslmode or a missing
+            // CA file is a configuration error before anything connects.
+            if url.engine() == crate::db::Engine::Postgres {
+                crate::tls::PgTls::from_url(url.expose()).map_err(|e| invalid(format!("{key} {url}: {e}")))?;
+            }
+            Ok(url)
         };
         let table = |flag: &Option<String>, value: &Option<String>, key: &str| -> Result<TableName, ConfigError> {
             let raw = flag.as_deref().or(value.as_deref()).unwrap_or("users");

@@ -34,6 +34,13 @@ fn is_root() -> bool {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with("", &[], "")
+    }
+
+    /// A cluster with more `postgresql.conf` lines, files in its data
+    /// directory (certificates, keys: owned by the server, mode 0600), and
+    /// lines put first in `pg_hba.conf`.
+    pub fn start_with(conf_extra: &str, files: &[(&str, String)], hba_first: &str) -> Cluster {
         let bindir = bindir();
         let dir = tempfile::Builder::new().prefix("ferry-pg-").tempdir().expect("tempdir");
         if is_root() {
@@ -48,16 +55,42 @@ impl Cluster {
         cluster.run("initdb", &["-D", &cluster.data(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
         let conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = logical\n\
-             max_replication_slots = 10\nmax_wal_senders = 10\nfsync = off\nfull_page_writes = off\n",
+             max_replication_slots = 10\nmax_wal_senders = 10\nfsync = off\nfull_page_writes = off\n{conf_extra}\n",
             cluster.dir.path().display()
         );
         let conf_path = Path::new(&cluster.data()).join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf_path).unwrap();
         text.push_str(&conf);
         std::fs::write(&conf_path, text).unwrap();
+        let hba_path = Path::new(&cluster.data()).join("pg_hba.conf");
+        let hba = std::fs::read_to_string(&hba_path).unwrap();
+        std::fs::write(&hba_path, format!("{hba_first}\n{hba}")).unwrap();
+        for (name, content) in files {
+            cluster.write_file(name, content);
+        }
         let log = cluster.dir.path().join("server.log");
         cluster.run("pg_ctl", &["-D", &cluster.data(), "-l", log.to_str().unwrap(), "-w", "start"]);
         cluster
+    }
+
+    /// Writes a file into the data directory, readable by the server only
+    /// (PostgreSQL refuses a key file others can read).
+    #[allow(dead_code)]
+    pub fn write_file(&self, name: &str, content: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = Path::new(&self.data()).join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if is_root() {
+            let status = Command::new("chown").args(["postgres:postgres"]).arg(&path).status().unwrap();
+            assert!(status.success(), "chown {name}");
+        }
+    }
+
+    /// Makes the server re-read its configuration and certificates.
+    #[allow(dead_code)]
+    pub fn reload(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "reload"]);
     }
 
     fn data(&self) -> String {

@@ -318,6 +318,10 @@ impl TestStream {
     async fn new() -> TestStream {
         let client =
             async_nats::connect(nats_server()).await.expect("NATS at 127.0.0.1:4222 (is it running with -js?)");
+        TestStream::on(client).await
+    }
+
+    async fn on(client: async_nats::Client) -> TestStream {
         let js = async_nats::jetstream::new(client);
         let tag = format!("{}_{}", std::process::id(), rand::random::<u32>());
         let (name, subject) = (format!("FERRY_T_{tag}"), format!("ferry.t{tag}.legacy.public.users"));
@@ -391,4 +395,86 @@ async fn consumes_jetstream_acks_after_commit_and_ignores_redeliveries() {
     );
     assert_final_state(&target).await;
     assert_eq!(s.consumer_backlog("ferry-test").await, (0, 0));
+}
+
+/// A throwaway `nats-server` with JetStream that speaks TLS only, on its own
+/// port, stopped when dropped.
+struct TlsNats {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsNats {
+    fn start(cert: &std::path::Path, key: &std::path::Path) -> TlsNats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let exe = ["/usr/sbin/nats-server", "/usr/local/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let child = std::process::Command::new(exe)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .arg("--tls")
+            .arg("--tlscert")
+            .arg(cert)
+            .arg("--tlskey")
+            .arg(key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "nats-server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        TlsNats { child, port, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        format!("tls://localhost:{}", self.port)
+    }
+}
+
+impl Drop for TlsNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumes_jetstream_over_verified_tls() {
+    ferry::tls::install_crypto_provider();
+    let pki = crate::tls::Pki::new("nats");
+    let (cert, key) = pki.write("nats", &pki.leaf(&["localhost"], "localhost", false));
+    let nats = TlsNats::start(&cert, &key);
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(pki.ca_file())
+        .require_tls(true)
+        .connect(nats.url())
+        .await
+        .expect("the test's own TLS connection");
+    let s = TestStream::on(client).await;
+    s.publish(&stream()).await;
+    let target = PgDb::new("dbzt").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = pipeline(&target, &plugins().transform_user);
+    let url = nats.url();
+    let args = ["apply", "--nats", &url, "--stream", &s.name, "--subject", &s.subject, "--idle-exit", "1", "--json"];
+
+    // The system's trust store does not know the test CA: refused, with the fix.
+    let run = p.ferry(&args);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("not signed by a CA") && run.stderr.contains("--nats-ca"), "{run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 0);
+
+    let ca = pki.ca_file();
+    let mut with_ca = args.to_vec();
+    with_ca.extend(["--nats-ca", ca.to_str().unwrap()]);
+    let run = p.ferry(&with_ca);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_final_state(&target).await;
 }

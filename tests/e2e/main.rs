@@ -12,5 +12,6 @@ mod debezium;
 mod migrate;
 mod resume;
 mod sync;
+mod tls;
 mod transform_rules;
 mod validate;

@@ -68,7 +68,10 @@ impl PgDb {
             rand::random::<u32>()
         );
         let mut admin = admin().await;
-        sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.expect("create test database");
+        sqlx::query(sqlx::AssertSqlSafe(&*format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
         PgDb { name }
     }
 
@@ -82,12 +85,15 @@ impl PgDb {
 
     pub async fn exec(&self, sql: &str) {
         let mut c = self.conn().await;
-        sqlx::raw_sql(sql).execute(&mut c).await.unwrap_or_else(|e| panic!("{e}\nin:\n{sql}"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.unwrap_or_else(|e| panic!("{e}\nin:\n{sql}"));
     }
 
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         let mut c = self.conn().await;
-        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap_or_else(|e| panic!("{e}\nin: {sql}"))
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nin: {sql}"))
     }
 }
 
@@ -99,8 +105,9 @@ impl Drop for PgDb {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 let mut admin = admin().await;
-                let _ =
-                    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(&*format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                    .execute(&mut admin)
+                    .await;
             });
         })
         .join();
@@ -173,12 +180,15 @@ impl SqliteDb {
 
     pub async fn exec(&self, sql: &str) {
         let mut c = self.conn().await;
-        sqlx::raw_sql(sql).execute(&mut c).await.unwrap_or_else(|e| panic!("{e}\nin:\n{sql}"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.unwrap_or_else(|e| panic!("{e}\nin:\n{sql}"));
     }
 
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         let mut c = self.conn().await;
-        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap_or_else(|e| panic!("{e}\nin: {sql}"))
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nin: {sql}"))
     }
 }
 

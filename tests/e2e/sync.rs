@@ -41,7 +41,7 @@ async fn write_changes_with(cluster: &Cluster, round: i64, toast: bool) {
     let base = 100_000 * (round + 1);
     for i in 0..60 {
         let id = base + i;
-        sqlx::raw_sql(&pg_legacy_rows(id, id)).execute(&mut c).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(&*pg_legacy_rows(id, id))).execute(&mut c).await.unwrap();
         sqlx::query(
             "UPDATE users SET name = 'Updated ' || id || ' Row', metadata = '{\"theme\":\"night\"}' WHERE id = $1",
         )
@@ -81,7 +81,7 @@ async fn synced_pipeline(rows: i64, tag: &str, plugin: &std::path::Path) -> (Clu
     let cluster = Cluster::start();
     let mut c = source_conn(&cluster).await;
     sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
-    sqlx::raw_sql(&pg_legacy_rows(1, rows)).execute(&mut c).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(&*pg_legacy_rows(1, rows))).execute(&mut c).await.unwrap();
     let target = PgDb::new(tag).await;
     target.exec(PG_NEW_DDL).await;
     let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &target.url(), plugin, "");
@@ -333,7 +333,7 @@ async fn sync_reconnects_after_the_target_restarts() {
     let (source, target_cluster) = (Cluster::start(), Cluster::start());
     let mut c = source_conn(&source).await;
     sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
-    sqlx::raw_sql(&pg_legacy_rows(1, 1000)).execute(&mut c).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(&*pg_legacy_rows(1, 1000))).execute(&mut c).await.unwrap();
     drop(c);
     let target_url = format!("{}/postgres", target_cluster.url());
     let mut t = PgConnection::connect(&target_url).await.unwrap();

@@ -6,6 +6,7 @@
 //! and only then does JetStream get its acknowledgement.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -66,8 +67,14 @@ impl<R: AsyncBufRead + Unpin + Send> EventInput for LineInput<R> {
 /// How to reach a JetStream subject.
 #[derive(Debug, Clone)]
 pub struct JetStreamOptions {
-    /// `nats://127.0.0.1:4222` (credentials in the URL are not printed).
+    /// `nats://127.0.0.1:4222`, or `tls://…` to require TLS (credentials in
+    /// the URL are not printed).
     pub url: String,
+    /// CA certificates (PEM) to verify the server with, instead of the
+    /// system's trust store; TLS is then required.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for servers that verify clients.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     pub stream: String,
     /// Only messages on this subject (empty: the whole stream).
     pub subject: String,
@@ -94,9 +101,22 @@ pub struct JetStreamInput {
 impl JetStreamInput {
     pub async fn connect(options: &JetStreamOptions) -> anyhow::Result<JetStreamInput> {
         let shown = crate::db::redact(&options.url);
-        let client = async_nats::connect(options.url.trim_start_matches("nats://"))
-            .await
-            .with_context(|| format!("cannot connect to NATS at {shown}; is the server up?"))?;
+        let mut connect = async_nats::ConnectOptions::new();
+        if let Some(ca) = &options.ca {
+            crate::tls::check_pem_file("--nats-ca", ca).map_err(anyhow::Error::msg)?;
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &options.client_cert {
+            connect = connect.add_client_certificate(cert.clone(), key.clone());
+        }
+        let client = connect.connect(options.url.as_str()).await.map_err(|e| {
+            let message = format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
+            let host = crate::tls::url_host(&options.url);
+            match crate::tls::explain(&message, &host, crate::tls::FixParam::Nats) {
+                Some(cause) => anyhow::anyhow!("cannot connect to NATS at {shown}: {cause} [{message}]"),
+                None => anyhow::anyhow!("cannot connect to NATS at {shown}: {message}; is the server up?"),
+            }
+        })?;
         let js = jetstream::new(client);
         let stream = js.get_stream(&options.stream).await.with_context(|| {
             format!("JetStream stream {} not found at {shown}; create it (Debezium Server's NATS sink does) or check --stream", options.stream)

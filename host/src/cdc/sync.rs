@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 use serde::Serialize;
 
 use super::apply::{ApplyReport, ChangeBatch, ChangeCheckpoint, Item, Pending, TargetOp, flush};
@@ -37,6 +37,7 @@ use crate::model::Outcome;
 use crate::plugin::Plugin;
 use crate::settings::Settings;
 use crate::source::SnapshotSource;
+use crate::tls::{FixParam, PgTls, SslMode};
 
 /// How `ferry sync` runs.
 #[derive(Debug, Clone)]
@@ -95,11 +96,11 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
         .fetch_one(source.connection())
         .await?;
     if !has_publication {
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(&*format!(
             "CREATE PUBLICATION {} FOR TABLE {}",
             quote_ident(&options.publication),
             settings.source.table.quoted()
-        ))
+        )))
         .execute(source.connection())
         .await
         .with_context(|| format!("creating publication {}", options.publication))?;
@@ -111,7 +112,7 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
 
     let mut client = ReplicationClient::connect_gated(replication_config(settings, options)?)
         .await
-        .map_err(|e| anyhow::anyhow!("opening a replication connection to {}: {e}", settings.source.url))?;
+        .map_err(|e| replication_error(settings, "opening a replication connection", e))?;
     if !has_slot {
         let rows = client
             .simple_query(&format!(
@@ -168,7 +169,7 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
                     checkpoint = target.change_checkpoint(&settings.pipeline).await?;
                     ReplicationClient::connect(replication_config(settings, options)?)
                         .await
-                        .map_err(|e| anyhow::anyhow!("reconnecting to {}: {e}", settings.source.url))?
+                        .map_err(|e| replication_error(settings, "reconnecting", e))?
                 }
             };
             client
@@ -412,7 +413,7 @@ pub async fn teardown(settings: &Settings, options: &SyncOptions) -> anyhow::Res
         .execute(source.connection())
         .await
         .with_context(|| format!("dropping replication slot {} (is a ferry sync still running?)", options.slot))?;
-    sqlx::query(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&options.publication)))
+    sqlx::query(sqlx::AssertSqlSafe(&*format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&options.publication))))
         .execute(source.connection())
         .await?;
     Ok(())
@@ -422,8 +423,9 @@ fn replication_config(settings: &Settings, options: &SyncOptions) -> anyhow::Res
     let url = url::Url::parse(settings.source.url.expose()).context("parsing source.url")?;
     let database = url.path().trim_start_matches('/');
     let password = url.password().map(urlencoding_decode).unwrap_or_default();
+    let host = url.host_str().unwrap_or("127.0.0.1");
     Ok(ReplicationConfig::new(
-        url.host_str().unwrap_or("127.0.0.1"),
+        host,
         if url.username().is_empty() { "postgres" } else { url.username() },
         password,
         if database.is_empty() { "postgres" } else { database },
@@ -431,9 +433,47 @@ fn replication_config(settings: &Settings, options: &SyncOptions) -> anyhow::Res
         options.publication.clone(),
     )
     .with_port(url.port().unwrap_or(5432))
+    .with_tls(replication_tls(settings, host)?)
     .with_start_lsn(Lsn::ZERO)
     .with_options("-c TimeZone=UTC -c DateStyle=ISO")
     .with_application_name("ferry"))
+}
+
+/// The replication connection's TLS: the same `sslmode`, CA and client
+/// certificate as the source's query connections. `allow` is treated as
+/// `prefer` here (TLS when offered; never weaker than asked).
+fn replication_tls(settings: &Settings, host: &str) -> anyhow::Result<TlsConfig> {
+    let shown = &settings.source.url;
+    let tls = PgTls::from_url(settings.source.url.expose()).map_err(|e| anyhow::anyhow!("source.url {shown}: {e}"))?;
+    let mode = match tls.mode {
+        SslMode::Disable => pgwire_replication::SslMode::Disable,
+        SslMode::Allow | SslMode::Prefer => pgwire_replication::SslMode::Prefer,
+        SslMode::Require => pgwire_replication::SslMode::Require,
+        SslMode::VerifyCa => pgwire_replication::SslMode::VerifyCa,
+        SslMode::VerifyFull => pgwire_replication::SslMode::VerifyFull,
+    };
+    let (client_cert_pem_path, client_key_pem_path) = tls.client.clone().unzip();
+    Ok(TlsConfig {
+        mode,
+        ca_pem_path: tls.root_cert_file().map_err(|e| anyhow::anyhow!("source.url {shown}: {e}"))?,
+        // The name the certificate is checked against: the host itself, also
+        // when it is an IP address (rustls then checks the certificate's IP
+        // addresses, as libpq does).
+        sni_hostname: Some(host.to_string()),
+        client_cert_pem_path,
+        client_key_pem_path,
+    })
+}
+
+/// A replication connection that could not be opened, with the cause
+/// explained when it is about TLS.
+fn replication_error(settings: &Settings, doing: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    let message = e.to_string();
+    let host = crate::tls::url_host(settings.source.url.expose());
+    match crate::tls::explain(&message, &host, FixParam::Postgres) {
+        Some(cause) => anyhow::anyhow!("{doing} to {}: {cause} [{message}]", settings.source.url),
+        None => anyhow::anyhow!("{doing} to {}: {message}", settings.source.url),
+    }
 }
 
 fn urlencoding_decode(s: &str) -> String {
@@ -518,10 +558,10 @@ async fn initial_load(
 ) -> anyhow::Result<()> {
     source.begin_snapshot(snapshot).await?;
     let mut after = checkpoint.snapshot_key;
-    let remaining: i64 = sqlx::query_scalar(&format!(
+    let remaining: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(&*format!(
         "SELECT count(*) FROM {} WHERE $1::int8 IS NULL OR id > $1",
         settings.source.table.quoted()
-    ))
+    )))
     .bind(after)
     .fetch_one(source.connection())
     .await?;

@@ -86,11 +86,12 @@ impl ChangeSink for PgTarget {
     }
 
     async fn change_checkpoint(&mut self, pipeline: &str) -> anyhow::Result<ChangeCheckpoint> {
-        let stored: Option<Stored> =
-            sqlx::query_as(&format!("SELECT {STORED} FROM ferry.change_checkpoints WHERE pipeline = $1"))
-                .bind(pipeline)
-                .fetch_optional(&mut self.conn)
-                .await?;
+        let stored: Option<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(&*format!(
+            "SELECT {STORED} FROM ferry.change_checkpoints WHERE pipeline = $1"
+        )))
+        .bind(pipeline)
+        .fetch_optional(&mut self.conn)
+        .await?;
         Ok(checkpoint_of(stored))
     }
 
@@ -102,11 +103,12 @@ impl ChangeSink for PgTarget {
             .bind(&batch.pipeline)
             .execute(&mut *tx)
             .await?;
-        let stored: Option<Stored> =
-            sqlx::query_as(&format!("SELECT {STORED} FROM ferry.change_checkpoints WHERE pipeline = $1 FOR UPDATE"))
-                .bind(&batch.pipeline)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let stored: Option<Stored> = sqlx::query_as(sqlx::AssertSqlSafe(&*format!(
+            "SELECT {STORED} FROM ferry.change_checkpoints WHERE pipeline = $1 FOR UPDATE"
+        )))
+        .bind(&batch.pipeline)
+        .fetch_optional(&mut *tx)
+        .await?;
         if checkpoint_of(stored) != batch.previous {
             return Err(FencedError { run_id: format!("change stream {}", batch.pipeline) }.into());
         }
@@ -139,7 +141,7 @@ impl ChangeSink for PgTarget {
                 })
                 .collect();
             if !deletes.is_empty() {
-                sqlx::query(&format!("DELETE FROM {target} WHERE id = ANY($1)"))
+                sqlx::query(sqlx::AssertSqlSafe(&*format!("DELETE FROM {target} WHERE id = ANY($1)")))
                     .bind(&deletes)
                     .execute(&mut *tx)
                     .await
@@ -152,7 +154,7 @@ impl ChangeSink for PgTarget {
                     .map_err(|e| anyhow::anyhow!("upserting into {}: {}", self.table, describe_error(&e)))?;
             }
             if truncate {
-                sqlx::query(&format!("TRUNCATE {target}")).execute(&mut *tx).await?;
+                sqlx::query(sqlx::AssertSqlSafe(&*format!("TRUNCATE {target}"))).execute(&mut *tx).await?;
             }
         }
         for d in &batch.dead {

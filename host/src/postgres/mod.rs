@@ -12,11 +12,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
 
 use crate::db::{DbUrl, TableName};
 use crate::shape::{Column, TableShape};
+use crate::tls::{FixParam, PgTls, SslMode, Transport};
 
 /// How long to wait for a connection before saying the server is unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,8 +28,10 @@ pub async fn connect(url: &DbUrl, role: &str) -> anyhow::Result<PgConnection> {
     connect_with(url, role, &[]).await
 }
 
-/// [`connect`] with more session settings.
+/// [`connect`] with more session settings. TLS follows the URL's `sslmode`
+/// and friends as libpq reads them (see [`crate::tls`]).
 pub async fn connect_with(url: &DbUrl, role: &str, settings: &[(&str, &str)]) -> anyhow::Result<PgConnection> {
+    let tls = PgTls::from_url(url.expose()).map_err(|e| anyhow::anyhow!("{role}.url {url}: {e}"))?;
     let options = PgConnectOptions::from_str(url.expose())
         .with_context(|| format!("{role}.url {url} is not a valid PostgreSQL URL"))?
         .options([("TimeZone", "UTC"), ("lock_timeout", "60s")])
@@ -37,17 +40,75 @@ pub async fn connect_with(url: &DbUrl, role: &str, settings: &[(&str, &str)]) ->
         .log_statements(tracing::log::LevelFilter::Trace)
         // Long scans are expected here; they are not worth a warning.
         .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
-    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
-        Err(_) => anyhow::bail!(
+    let options = apply_tls(options, &tls).map_err(|e| anyhow::anyhow!("{role}.url {url}: {e}"))?;
+    let host = crate::tls::url_host(url.expose());
+    let attempt = |options: PgConnectOptions| async move {
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Err(_) => Err(None),
+            Ok(Err(e)) => Err(Some(describe_error(&e))),
+            Ok(Ok(conn)) => Ok(conn),
+        }
+    };
+    let mut result = attempt(options.clone()).await;
+    // libpq's `allow`: without TLS first, with TLS if the server insists.
+    if tls.mode == SslMode::Allow && matches!(&result, Err(Some(m)) if m.contains("no encryption")) {
+        result = attempt(options.ssl_mode(PgSslMode::Prefer)).await;
+    }
+    match result {
+        Ok(conn) => Ok(conn),
+        Err(None) => anyhow::bail!(
             "cannot connect to {role} PostgreSQL at {url}: no answer within {}s; is the server up and is {role}.url right?",
             CONNECT_TIMEOUT.as_secs()
         ),
-        Ok(Err(e)) => Err(anyhow::anyhow!(
-            "cannot connect to {role} PostgreSQL at {url}: {}; is the server up, and are the host, port, user, password and database in {role}.url right?",
-            describe_error(&e)
-        )),
-        Ok(Ok(conn)) => Ok(conn),
+        Err(Some(message)) => match crate::tls::explain(&message, &host, FixParam::Postgres) {
+            Some(cause) => Err(anyhow::anyhow!(
+                "cannot connect to {role} PostgreSQL at {url} ({}): {cause} [{message}]",
+                tls.describe()
+            )),
+            None => Err(anyhow::anyhow!(
+                "cannot connect to {role} PostgreSQL at {url}: {message}; is the server up, and are the host, port, user, password and database in {role}.url right?"
+            )),
+        },
     }
+}
+
+/// Sets sqlx's TLS options from the resolved settings (overriding what sqlx
+/// read from the URL and environment itself, e.g. `sslrootcert=system`).
+fn apply_tls(options: PgConnectOptions, tls: &PgTls) -> Result<PgConnectOptions, String> {
+    let mode = match tls.mode {
+        // `allow` starts without TLS; `connect_with` retries with it.
+        SslMode::Disable | SslMode::Allow => PgSslMode::Disable,
+        SslMode::Prefer => PgSslMode::Prefer,
+        SslMode::Require => PgSslMode::Require,
+        SslMode::VerifyCa => PgSslMode::VerifyCa,
+        SslMode::VerifyFull => PgSslMode::VerifyFull,
+    };
+    let mut options = options.ssl_mode(mode);
+    if let Some(ca) = tls.root_cert_file()? {
+        options = options.ssl_root_cert(ca);
+    }
+    if let Some((cert, key)) = &tls.client {
+        options = options.ssl_client_cert(cert).ssl_client_key(key);
+    }
+    Ok(options)
+}
+
+/// Whether an open connection is encrypted, as the server sees it
+/// (`pg_stat_ssl`), for `ferry check`.
+pub async fn transport(conn: &mut PgConnection, url: &DbUrl) -> anyhow::Result<Transport> {
+    let tls = PgTls::from_url(url.expose()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let row: Option<(bool, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_optional(&mut *conn)
+            .await
+            .context("reading pg_stat_ssl")?;
+    let (encrypted, version, cipher) = row.unwrap_or((false, None, None));
+    Ok(Transport {
+        encrypted,
+        protocol: version.map(|v| format!("{v} {}", cipher.unwrap_or_default()).trim().to_string()),
+        tls,
+        local: crate::tls::is_local_host(&crate::tls::url_host(url.expose())),
+    })
 }
 
 /// A driver error as one line (database errors with their detail).

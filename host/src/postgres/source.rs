@@ -40,7 +40,7 @@ impl PgSource {
         if let Some(name) = snapshot {
             // SET TRANSACTION SNAPSHOT takes a literal, not a parameter.
             let literal = name.replace('\'', "''");
-            sqlx::raw_sql(&format!("SET TRANSACTION SNAPSHOT '{literal}'"))
+            sqlx::raw_sql(sqlx::AssertSqlSafe(&*format!("SET TRANSACTION SNAPSHOT '{literal}'")))
                 .execute(&mut self.conn)
                 .await
                 .with_context(|| format!("importing the replication slot's snapshot {name}"))?;
@@ -89,8 +89,10 @@ impl SnapshotSource for PgSource {
 
     async fn count(&mut self) -> anyhow::Result<u64> {
         let sql = format!("SELECT count(*) FROM {}", self.table.quoted());
-        let n: i64 =
-            sqlx::query_scalar(&sql).fetch_one(&mut self.conn).await.map_err(|e| self.context("counting rows", e))?;
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.context("counting rows", e))?;
         Ok(n as u64)
     }
 
@@ -98,11 +100,11 @@ impl SnapshotSource for PgSource {
         let rows = match after {
             Some(key) => {
                 let sql = format!("{} WHERE id > $1 ORDER BY id LIMIT $2", self.select);
-                sqlx::query(&sql).bind(key).bind(limit as i64).fetch_all(&mut self.conn).await
+                sqlx::query(sqlx::AssertSqlSafe(&*sql)).bind(key).bind(limit as i64).fetch_all(&mut self.conn).await
             }
             None => {
                 let sql = format!("{} ORDER BY id LIMIT $1", self.select);
-                sqlx::query(&sql).bind(limit as i64).fetch_all(&mut self.conn).await
+                sqlx::query(sqlx::AssertSqlSafe(&*sql)).bind(limit as i64).fetch_all(&mut self.conn).await
             }
         }
         .map_err(|e| self.context("reading rows", e))?;
@@ -111,7 +113,7 @@ impl SnapshotSource for PgSource {
 
     async fn read_keys(&mut self, keys: &[i64]) -> anyhow::Result<SourceBatch> {
         let sql = format!("{} WHERE id = ANY($1) ORDER BY id", self.select);
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql))
             .bind(keys)
             .fetch_all(&mut self.conn)
             .await
@@ -130,7 +132,7 @@ impl SnapshotSource for PgSource {
              ORDER BY id LIMIT 1) AS k FROM (SELECT min(id)::int8 AS lo, max(id)::int8 AS hi FROM {t}) b, generate_series(1, $1 * 2)) s \
              WHERE k IS NOT NULL LIMIT $1"
         );
-        let keys: Vec<i64> = sqlx::query_scalar(&probe)
+        let keys: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(&*probe))
             .bind(n as i64)
             .fetch_all(&mut self.conn)
             .await
@@ -139,7 +141,7 @@ impl SnapshotSource for PgSource {
             return Ok(keys);
         }
         let all = format!("SELECT id::int8 FROM {t} ORDER BY random() LIMIT $1");
-        sqlx::query_scalar(&all)
+        sqlx::query_scalar(sqlx::AssertSqlSafe(&*all))
             .bind(n as i64)
             .fetch_all(&mut self.conn)
             .await
@@ -162,8 +164,10 @@ impl SnapshotSource for PgSource {
              count(email) - count(DISTINCT lower(email)) FROM {}",
             self.table.quoted()
         );
-        let row =
-            sqlx::query(&sql).fetch_one(&mut self.conn).await.map_err(|e| self.context("checking integrity", e))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(&*sql))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.context("checking integrity", e))?;
         let get = |i: usize| -> anyhow::Result<u64> { Ok(row.try_get::<i64, _>(i)? as u64) };
         Ok(Integrity {
             null_names: get(0)?,

@@ -200,11 +200,11 @@ impl Loader {
                 Ok(Applied { loaded, skipped: 0 })
             }
             OnConflict::Skip | OnConflict::Overwrite => {
-                sqlx::query(&format!(
+                sqlx::query(sqlx::AssertSqlSafe(&*format!(
                     "CREATE TEMP TABLE IF NOT EXISTS ferry_stage ON COMMIT DELETE ROWS AS \
                      SELECT {} FROM {target} WITH NO DATA",
                     Self::columns()
-                ))
+                )))
                 .execute(&mut *tx)
                 .await?;
                 // Emptied at commit, and here: a transaction may stage twice.
@@ -219,7 +219,7 @@ impl Loader {
                     "INSERT INTO {target} ({cols}) SELECT {cols} FROM ferry_stage ON CONFLICT (\"id\") {action}",
                     cols = Self::columns()
                 );
-                let written = sqlx::query(&sql).execute(&mut *tx).await?.rows_affected();
+                let written = sqlx::query(sqlx::AssertSqlSafe(&*sql)).execute(&mut *tx).await?.rows_affected();
                 Ok(Applied { loaded: written, skipped: total - written })
             }
         }
@@ -234,16 +234,19 @@ impl Sink for PgTarget {
 
     async fn create_table(&mut self) -> anyhow::Result<()> {
         if let Some(schema) = &self.table.schema {
-            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", crate::db::quote_ident(schema)))
-                .execute(&mut self.conn)
-                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(&*format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                crate::db::quote_ident(schema)
+            )))
+            .execute(&mut self.conn)
+            .await?;
         }
         let sql = format!(
             "CREATE TABLE IF NOT EXISTS {} (id text PRIMARY KEY, first_name text NOT NULL, last_name text NOT NULL, \
              email text NOT NULL, created_at timestamptz NOT NULL, settings jsonb NOT NULL)",
             self.table.quoted()
         );
-        sqlx::query(&sql)
+        sqlx::query(sqlx::AssertSqlSafe(&*sql))
             .execute(&mut self.conn)
             .await
             .map_err(|e| anyhow::anyhow!("creating target table {}: {}", self.table, describe_error(&e)))?;
@@ -454,7 +457,7 @@ impl ControlStore for PgTarget {
 #[async_trait]
 impl TargetReader for PgTarget {
     async fn count_rows(&mut self) -> anyhow::Result<u64> {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", self.table.quoted()))
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(&*format!("SELECT count(*) FROM {}", self.table.quoted())))
             .fetch_one(&mut self.conn)
             .await
             .map_err(|e| anyhow::anyhow!("counting target rows in {}: {}", self.table, describe_error(&e)))?;
@@ -474,7 +477,7 @@ impl TargetReader for PgTarget {
              ORDER BY id COLLATE \"C\" LIMIT $3",
             self.select_target()
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql))
             .bind(from.map(|(k, _)| k))
             .bind(before)
             .bind(limit as i64)
@@ -493,7 +496,7 @@ impl TargetReader for PgTarget {
         let percent = 100.0 * wanted as f64 / total_rows.max(1) as f64;
         if percent < 25.0 {
             let sql = format!("SELECT id::text FROM {} TABLESAMPLE SYSTEM ($1)", self.table.quoted());
-            let mut keys: Vec<String> = sqlx::query_scalar(&sql)
+            let mut keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql))
                 .bind(percent)
                 .fetch_all(&mut self.conn)
                 .await
@@ -509,7 +512,7 @@ impl TargetReader for PgTarget {
              WHERE rn > 1 AND (rn - 1) % $1 = 0 ORDER BY rn",
             self.table.quoted()
         );
-        sqlx::query_scalar(&sql)
+        sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql))
             .bind(segment_rows as i64)
             .fetch_all(&mut self.conn)
             .await
@@ -519,7 +522,7 @@ impl TargetReader for PgTarget {
     async fn scan(&mut self, each: &mut (dyn for<'a, 'r> FnMut(&'a RowView<'r>) + Send)) -> anyhow::Result<()> {
         use futures_util::TryStreamExt;
         let sql = self.select_target();
-        let mut rows = sqlx::query(&sql).fetch(&mut self.conn);
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(&*sql)).fetch(&mut self.conn);
         while let Some(row) =
             rows.try_next().await.map_err(|e| anyhow::anyhow!("reading {}: {}", self.table, describe_error(&e)))?
         {
@@ -538,7 +541,7 @@ impl TargetReader for PgTarget {
 
     async fn read_keys(&mut self, keys: &[String]) -> anyhow::Result<Vec<TargetRow>> {
         let sql = format!("{} WHERE id = ANY($1)", self.select_target());
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql))
             .bind(keys)
             .fetch_all(&mut self.conn)
             .await

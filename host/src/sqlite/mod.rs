@@ -52,7 +52,10 @@ pub(crate) fn table_sql(table: &TableName) -> String {
 pub(crate) async fn table_shape(conn: &mut SqliteConnection, table: &TableName) -> anyhow::Result<Option<TableShape>> {
     let schema = table.schema.as_deref().unwrap_or("main");
     let sql = format!("PRAGMA {}.table_info({})", crate::db::quote_ident(schema), crate::db::quote_ident(&table.name));
-    let rows = sqlx::query(&sql).fetch_all(&mut *conn).await.with_context(|| format!("looking up table {table}"))?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql))
+        .fetch_all(&mut *conn)
+        .await
+        .with_context(|| format!("looking up table {table}"))?;
     if rows.is_empty() {
         return Ok(None);
     }

@@ -96,14 +96,16 @@ impl SnapshotSource for SqliteSource {
 
     async fn count(&mut self) -> anyhow::Result<u64> {
         let sql = format!("SELECT count(*) FROM {}", table_sql(&self.table));
-        let n: i64 =
-            sqlx::query_scalar(&sql).fetch_one(&mut self.conn).await.map_err(|e| self.err("counting rows", e))?;
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err("counting rows", e))?;
         Ok(n as u64)
     }
 
     async fn read_after(&mut self, after: Option<i64>, limit: usize) -> anyhow::Result<SourceBatch> {
         let sql = format!("{} WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2", self.select);
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql))
             .bind(after)
             .bind(limit as i64)
             .fetch_all(&mut self.conn)
@@ -115,14 +117,17 @@ impl SnapshotSource for SqliteSource {
     async fn read_keys(&mut self, keys: &[i64]) -> anyhow::Result<SourceBatch> {
         let list = serde_json::to_string(keys)?;
         let sql = format!("{} WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id", self.select);
-        let rows =
-            sqlx::query(&sql).bind(list).fetch_all(&mut self.conn).await.map_err(|e| self.err("reading rows", e))?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql))
+            .bind(list)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| self.err("reading rows", e))?;
         Self::batch(rows)
     }
 
     async fn sample_keys(&mut self, n: usize) -> anyhow::Result<Vec<i64>> {
         let sql = format!("SELECT id FROM {} ORDER BY random() LIMIT ?1", table_sql(&self.table));
-        sqlx::query_scalar(&sql)
+        sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql))
             .bind(n as i64)
             .fetch_all(&mut self.conn)
             .await
@@ -139,7 +144,10 @@ impl SnapshotSource for SqliteSource {
              count(email) - count(DISTINCT lower(email)) FROM {}",
             table_sql(&self.table)
         );
-        let row = sqlx::query(&sql).fetch_one(&mut self.conn).await.map_err(|e| self.err("checking integrity", e))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(&*sql))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err("checking integrity", e))?;
         let get = |i: usize| -> anyhow::Result<u64> { Ok(row.try_get::<Option<i64>, _>(i)?.unwrap_or(0) as u64) };
         Ok(Integrity {
             null_names: get(0)?,

@@ -100,7 +100,7 @@ impl SqliteTarget {
         let keys: Vec<&str> = batch.rows.iter().map(|r| r.id.as_str()).collect();
         let sql =
             format!("SELECT id FROM {} WHERE id IN (SELECT value FROM json_each(?1)) LIMIT 1", table_sql(&self.table));
-        sqlx::query_scalar(&sql)
+        sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql))
             .bind(serde_json::to_string(&keys).ok()?)
             .fetch_optional(&mut self.conn)
             .await
@@ -121,7 +121,7 @@ impl Sink for SqliteTarget {
              email TEXT NOT NULL, created_at TEXT NOT NULL, settings TEXT NOT NULL CHECK (json_valid(settings)))",
             table_sql(&self.table)
         );
-        sqlx::query(&sql).execute(&mut self.conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(&*sql)).execute(&mut self.conn).await?;
         Ok(())
     }
 
@@ -321,9 +321,10 @@ impl ControlStore for SqliteTarget {
 #[async_trait]
 impl TargetReader for SqliteTarget {
     async fn count_rows(&mut self) -> anyhow::Result<u64> {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", table_sql(&self.table)))
-            .fetch_one(&mut self.conn)
-            .await?;
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(&*format!("SELECT count(*) FROM {}", table_sql(&self.table))))
+                .fetch_one(&mut self.conn)
+                .await?;
         Ok(n as u64)
     }
 
@@ -338,7 +339,7 @@ impl TargetReader for SqliteTarget {
             "{} WHERE (?1 IS NULL OR id {op} ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id LIMIT ?3",
             self.select_target()
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql))
             .bind(from.map(|(k, _)| k))
             .bind(before)
             .bind(limit as i64)
@@ -352,13 +353,13 @@ impl TargetReader for SqliteTarget {
             "SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM {}) WHERE rn > 1 AND (rn - 1) % ?1 = 0 ORDER BY rn",
             table_sql(&self.table)
         );
-        Ok(sqlx::query_scalar(&sql).bind(segment_rows as i64).fetch_all(&mut self.conn).await?)
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql)).bind(segment_rows as i64).fetch_all(&mut self.conn).await?)
     }
 
     async fn scan(&mut self, each: &mut (dyn for<'a, 'r> FnMut(&'a RowView<'r>) + Send)) -> anyhow::Result<()> {
         use futures_util::TryStreamExt;
         let sql = self.select_target();
-        let mut rows = sqlx::query(&sql).fetch(&mut self.conn);
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(&*sql)).fetch(&mut self.conn);
         while let Some(row) = rows.try_next().await? {
             let text = |i: usize| row.try_get_unchecked::<Option<&str>, _>(i);
             each(&RowView {
@@ -375,7 +376,10 @@ impl TargetReader for SqliteTarget {
 
     async fn read_keys(&mut self, keys: &[String]) -> anyhow::Result<Vec<TargetRow>> {
         let sql = format!("{} WHERE id IN (SELECT value FROM json_each(?1))", self.select_target());
-        let rows = sqlx::query(&sql).bind(serde_json::to_string(keys)?).fetch_all(&mut self.conn).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql))
+            .bind(serde_json::to_string(keys)?)
+            .fetch_all(&mut self.conn)
+            .await?;
         Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
     }
 }
