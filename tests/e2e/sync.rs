@@ -395,3 +395,56 @@ async fn a_plugin_fatal_stops_sync_with_the_position_before_its_transaction() {
     // Stopped, not skipped: the next run meets the same transaction again.
     assert_eq!(p.ferry(&["sync", "--idle-exit", "1"]).code, 5);
 }
+
+/// The slot's `confirmed_flush_lsn` (the source's own view) is at or past
+/// the last commit the target stored.
+async fn assert_slot_acknowledged(cluster: &Cluster, target: &PgDb, when: &str) {
+    let applied = target.scalar_i64("SELECT commit_lsn FROM ferry.change_checkpoints").await;
+    let mut c = source_conn(cluster).await;
+    let (confirmed_ok, behind): (bool, i64) = sqlx::query_as(
+        "SELECT confirmed_flush_lsn >= '0/0'::pg_lsn + $1::numeric, \
+                pg_wal_lsn_diff('0/0'::pg_lsn + $1::numeric, confirmed_flush_lsn)::int8 \
+         FROM pg_replication_slots WHERE slot_name = 'ferry_test'",
+    )
+    .bind(applied)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert!(confirmed_ok, "{when}: the slot is confirmed {behind} bytes before the last applied commit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_slot_is_acknowledged_to_the_last_applied_commit_after_a_drain_and_after_sigterm() {
+    let (cluster, target, p) = synced_pipeline(1000, "synca", &plugins().transform_user).await;
+    let run = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert!([0, 4].contains(&run.code), "{run:?}");
+    // A backlog of many small transactions while ferry is stopped.
+    let mut c = source_conn(&cluster).await;
+    let backlog = "DO $$ BEGIN FOR i IN 1..3000 LOOP \
+                     UPDATE users SET name = 'Backlog ' || i || ' Row' WHERE id = 1 + i % 900; COMMIT; \
+                   END LOOP; END $$";
+    sqlx::raw_sql(backlog).execute(&mut c).await.unwrap();
+    let run = p.ferry(&["sync", "--idle-exit", "1", "--json"]);
+    assert!([0, 4].contains(&run.code), "{run:?}");
+    assert!(run.json()["stream"]["upserts"].as_u64().unwrap() >= 900, "{run:?}");
+    assert_slot_acknowledged(&cluster, &target, "after the drain").await;
+
+    // A daemon stopped by SIGTERM right after applying a backlog.
+    let child =
+        p.command(&["sync"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(backlog.replace("Backlog", "Again"))).execute(&mut c).await.unwrap();
+    // The backlog's last transaction renamed user 301 (i = 3000).
+    eventually("ferry applies the backlog", || async {
+        target
+            .scalar_i64(
+                "SELECT count(*) FROM users WHERE id = 'user_301' AND last_name = '3000 Row' AND first_name = 'Again'",
+            )
+            .await
+            == 1
+    })
+    .await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_slot_acknowledged(&cluster, &target, "after SIGTERM").await;
+}

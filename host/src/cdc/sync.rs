@@ -110,7 +110,7 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
         .fetch_one(source.connection())
         .await?;
 
-    let mut client = ReplicationClient::connect_gated(replication_config(settings, options)?)
+    let mut client = ReplicationClient::connect_gated(replication_config(settings, options, checkpoint.position)?)
         .await
         .map_err(|e| replication_error(settings, "opening a replication connection", e))?;
     if !has_slot {
@@ -167,7 +167,7 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
                 None => {
                     target = engines::open_change_target(settings).await?;
                     checkpoint = target.change_checkpoint(&settings.pipeline).await?;
-                    ReplicationClient::connect(replication_config(settings, options)?)
+                    ReplicationClient::connect(replication_config(settings, options, checkpoint.position)?)
                         .await
                         .map_err(|e| replication_error(settings, "reconnecting", e))?
                 }
@@ -247,6 +247,8 @@ struct Group {
     newest_commit: Option<i64>,
     /// When the first transaction of the group committed here.
     since: Option<std::time::Instant>,
+    /// The highest position handed to the slot as applied.
+    acked: Lsn,
 }
 
 impl Group {
@@ -302,6 +304,7 @@ impl Group {
         }
         // The target committed everything up to here.
         client.update_applied_lsn(end);
+        self.acked = self.acked.max(end);
         if let Some(oldest) = oldest {
             // The oldest transaction in the group waited the longest.
             let lag = (chrono::Utc::now().timestamp_micros() - oldest).max(0) as f64 / 1e6;
@@ -393,6 +396,7 @@ async fn stream(
                 // Confirming it lets the source recycle WAL and shut down.
                 if !in_transaction && group.is_empty() {
                     client.update_applied_lsn(wal_end);
+                    group.acked = group.acked.max(wal_end);
                 }
                 let applied = client.metrics().last_applied_lsn().as_u64();
                 metrics::gauge!(crate::daemon::names::LAG_BYTES).set(wal_end.as_u64().saturating_sub(applied) as f64);
@@ -401,6 +405,18 @@ async fn stream(
         }
     }
     group.apply(settings, client, transformer, target, checkpoint, report).await?;
+    // Stopping: the slot learns everything the target committed before the
+    // connection closes (the client sends it on its feedback tick).
+    let started = std::time::Instant::now();
+    let unsent = |client: &ReplicationClient| client.metrics().last_applied_lsn() < group.acked;
+    while unsent(client) && started.elapsed() < FINAL_ACK_WAIT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if unsent(client) {
+        tracing::warn!(
+            "the last acknowledgement did not reach the source within {FINAL_ACK_WAIT:?}; the next run confirms it"
+        );
+    }
     Ok(())
 }
 
@@ -419,7 +435,22 @@ pub async fn teardown(settings: &Settings, options: &SyncOptions) -> anyhow::Res
     Ok(())
 }
 
-fn replication_config(settings: &Settings, options: &SyncOptions) -> anyhow::Result<ReplicationConfig> {
+/// How often the slot is told what the target has committed, also while a
+/// backlog drains (pgwire-replication's default is 10 s, pg_recvlogical's
+/// too): the source recycles WAL at most this long after ferry applied it.
+const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a stopping `sync` waits for its last acknowledgement to be
+/// written to the server.
+const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// The replication connection; `applied` is the target's stored position,
+/// acknowledged to the slot at once (so a restart never re-decodes what the
+/// target already holds without confirming it).
+fn replication_config(
+    settings: &Settings,
+    options: &SyncOptions,
+    applied: Option<Position>,
+) -> anyhow::Result<ReplicationConfig> {
     let url = url::Url::parse(settings.source.url.expose()).context("parsing source.url")?;
     let database = url.path().trim_start_matches('/');
     let password = url.password().map(urlencoding_decode).unwrap_or_default();
@@ -435,6 +466,8 @@ fn replication_config(settings: &Settings, options: &SyncOptions) -> anyhow::Res
     .with_port(url.port().unwrap_or(5432))
     .with_tls(replication_tls(settings, host)?)
     .with_start_lsn(Lsn::ZERO)
+    .with_ack_lsn(Lsn::from_u64(applied.map_or(0, |p| p.commit)))
+    .with_status_interval(FEEDBACK_INTERVAL)
     .with_options("-c TimeZone=UTC -c DateStyle=ISO")
     .with_application_name("ferry"))
 }
