@@ -117,8 +117,10 @@ pub struct ValidateConfig {
 /// A configuration error: what, where, how to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    /// The I/O error is part of the message, not a `source`: printed with
+    /// its chain, it would say the cause twice.
+    #[error("cannot read configuration {path}: {cause}{hint}")]
+    Read { path: PathBuf, cause: std::io::Error, hint: &'static str },
     #[error(
         "{path}:{line}: environment variable {name} is not set (referenced as ${{{name}}}); export it or write ${{{name}:-default}}"
     )]
@@ -134,7 +136,14 @@ pub enum ConfigError {
 impl FileConfig {
     /// Reads and parses a configuration file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| {
+            let hint = if cause.kind() == std::io::ErrorKind::NotFound {
+                "; pass --config PATH (or set FERRY_CONFIG) to the pipeline file"
+            } else {
+                ""
+            };
+            ConfigError::Read { path: path.into(), cause, hint }
+        })?;
         Self::parse(&text, path, |name| std::env::var(name).ok())
     }
 

@@ -157,3 +157,23 @@ async fn the_right_pin_is_accepted() {
     assert_eq!(run.code, 0, "20 generated rows are all valid: {run:?}");
     assert_eq!(run.json()["plugin_sha256"], sha);
 }
+
+#[test]
+fn a_missing_configuration_file_says_its_cause_once_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.toml");
+    let run = ferry(&["--config", path.to_str().unwrap(), "check"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.stderr.matches("No such file or directory").count(), 1, "{run:?}");
+    assert!(run.stderr.contains("--config PATH"), "{run:?}");
+}
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    let (source, target) = (SqliteDb::new(), SqliteDb::new());
+    let plugin = plugins().transform_user.to_str().unwrap();
+    let args = ["--source", &source.url(), "--target", &target.url(), "--plugin", plugin, "check"];
+    let run = run(ferry_command().env("FERRY_LOG", "trace").args(args));
+    assert!(run.stderr.contains("TRACE"), "{run:?}");
+    assert!(!run.stderr.contains('\u{1b}'), "ANSI escape in piped logs: {}", &run.stderr[..run.stderr.len().min(500)]);
+}
