@@ -19,6 +19,7 @@ pub mod model;
 pub mod plugin;
 pub mod postgres;
 pub mod report;
+pub mod retry;
 pub mod settings;
 pub mod shape;
 pub mod sink;

@@ -448,3 +448,20 @@ async fn the_slot_is_acknowledged_to_the_last_applied_commit_after_a_drain_and_a
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_slot_acknowledged(&cluster, &target, "after SIGTERM").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permanent_error_stops_sync_at_once_instead_of_retrying() {
+    let (cluster, target, p) = synced_pipeline(100, "syncp", &plugins().transform_user).await;
+    let run = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert!([0, 4].contains(&run.code), "{run:?}");
+    // The target table is gone: every retry would fail the same way.
+    target.exec("DROP TABLE users").await;
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql("UPDATE users SET name = 'After Drop' WHERE id = 1").execute(&mut c).await.unwrap();
+    let started = std::time::Instant::now();
+    let run = p.ferry(&["sync", "--idle-exit", "5"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("does not exist"), "{run:?}");
+    assert!(!run.stderr.contains("retrying"), "a permanent error was retried: {run:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
+}

@@ -35,6 +35,7 @@ use crate::db::{Engine, quote_ident};
 use crate::engines;
 use crate::model::Outcome;
 use crate::plugin::Plugin;
+use crate::retry::Transient;
 use crate::settings::Settings;
 use crate::source::SnapshotSource;
 use crate::tls::{FixParam, PgTls, SslMode};
@@ -153,7 +154,10 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
         )
         .await?;
     }
-    client.start().await.map_err(|e| anyhow::anyhow!("starting replication from slot {}: {e}", options.slot))?;
+    client
+        .start()
+        .await
+        .map_err(|e| anyhow::Error::new(e).context(format!("starting replication from slot {}", options.slot)))?;
     // From here on, a lost connection (source or target restarting, network)
     // is retried with backoff: the target's checkpoint and the slot's
     // confirmed position say where to resume, so nothing is lost or doubled.
@@ -172,10 +176,9 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
                         .map_err(|e| replication_error(settings, "reconnecting", e))?
                 }
             };
-            client
-                .wait_started()
-                .await
-                .map_err(|e| anyhow::anyhow!("starting replication from slot {}: {e}", options.slot))?;
+            client.wait_started().await.map_err(|e| {
+                anyhow::Error::new(e).context(format!("starting replication from slot {}", options.slot))
+            })?;
             tracing::info!(slot = %options.slot, "streaming");
             let result = stream(
                 settings,
@@ -194,7 +197,7 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
         };
         match attempt.await {
             Ok(()) => break,
-            Err(e) if report.stream.fatal.is_none() => {
+            Err(e) if report.stream.fatal.is_none() && crate::retry::is_transient(&e) => {
                 let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > RETRY_FOR || stop.load(Ordering::Relaxed) {
                     return Err(e.context(format!("giving up after {:?} of failures", since.elapsed())));
@@ -354,8 +357,12 @@ async fn stream(
                 }
                 continue;
             }
-            Ok(Ok(None)) => anyhow::bail!("the replication stream from {} ended", settings.source.url),
-            Ok(Err(e)) => anyhow::bail!("replication stream from {}: {e}", settings.source.url),
+            Ok(Ok(None)) => {
+                return Err(Transient(format!("the replication stream from {} ended", settings.source.url)).into());
+            }
+            Ok(Err(e)) => {
+                return Err(anyhow::Error::new(e).context(format!("replication stream from {}", settings.source.url)));
+            }
             Ok(Ok(Some(event))) => event,
         };
         match event {
@@ -500,12 +507,12 @@ fn replication_tls(settings: &Settings, host: &str) -> anyhow::Result<TlsConfig>
 
 /// A replication connection that could not be opened, with the cause
 /// explained when it is about TLS.
-fn replication_error(settings: &Settings, doing: &str, e: impl std::fmt::Display) -> anyhow::Error {
+fn replication_error(settings: &Settings, doing: &str, e: pgwire_replication::PgWireError) -> anyhow::Error {
     let message = e.to_string();
     let host = crate::tls::url_host(settings.source.url.expose());
     match crate::tls::explain(&message, &host, FixParam::Postgres) {
-        Some(cause) => anyhow::anyhow!("{doing} to {}: {cause} [{message}]", settings.source.url),
-        None => anyhow::anyhow!("{doing} to {}: {message}", settings.source.url),
+        Some(cause) => anyhow::Error::new(e).context(format!("{doing} to {}: {cause}", settings.source.url)),
+        None => anyhow::Error::new(e).context(format!("{doing} to {}", settings.source.url)),
     }
 }
 

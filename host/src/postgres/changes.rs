@@ -7,7 +7,6 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::Connection;
 
-use super::describe_error;
 use super::target::PgTarget;
 use crate::cdc::apply::{ChangeBatch, ChangeCheckpoint, ChangeSink, ChangeStatus, TargetOp};
 use crate::cdc::position::Position;
@@ -79,7 +78,7 @@ impl ChangeSink for PgTarget {
             sqlx::query(statement)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| anyhow::anyhow!("creating the change-stream control tables: {}", describe_error(&e)))?;
+                .map_err(|e| crate::retry::DriverError::sqlx("creating the change-stream control tables", &e))?;
         }
         tx.commit().await?;
         Ok(())
@@ -145,13 +144,13 @@ impl ChangeSink for PgTarget {
                     .bind(&deletes)
                     .execute(&mut *tx)
                     .await
-                    .map_err(|e| anyhow::anyhow!("deleting from {}: {}", self.table, describe_error(&e)))?;
+                    .map_err(|e| crate::retry::DriverError::sqlx(format!("deleting from {}", self.table), &e))?;
             }
             if !upserts.is_empty() {
                 self.loader
                     .apply(&mut tx, &upserts, OnConflict::Overwrite)
                     .await
-                    .map_err(|e| anyhow::anyhow!("upserting into {}: {}", self.table, describe_error(&e)))?;
+                    .map_err(|e| crate::retry::DriverError::sqlx(format!("upserting into {}", self.table), &e))?;
             }
             if truncate {
                 sqlx::query(sqlx::AssertSqlSafe(&*format!("TRUNCATE {target}"))).execute(&mut *tx).await?;

@@ -16,6 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
 
 use crate::db::{DbUrl, TableName};
+use crate::retry::{DriverError, Transient};
 use crate::shape::{Column, TableShape};
 use crate::tls::{FixParam, PgTls, SslMode, Transport};
 
@@ -45,30 +46,34 @@ pub async fn connect_with(url: &DbUrl, role: &str, settings: &[(&str, &str)]) ->
     let attempt = |options: PgConnectOptions| async move {
         match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
             Err(_) => Err(None),
-            Ok(Err(e)) => Err(Some(describe_error(&e))),
+            Ok(Err(e)) => Err(Some(e)),
             Ok(Ok(conn)) => Ok(conn),
         }
     };
     let mut result = attempt(options.clone()).await;
     // libpq's `allow`: without TLS first, with TLS if the server insists.
-    if tls.mode == SslMode::Allow && matches!(&result, Err(Some(m)) if m.contains("no encryption")) {
+    if tls.mode == SslMode::Allow && matches!(&result, Err(Some(e)) if describe_error(e).contains("no encryption")) {
         result = attempt(options.ssl_mode(PgSslMode::Prefer)).await;
     }
     match result {
         Ok(conn) => Ok(conn),
-        Err(None) => anyhow::bail!(
+        Err(None) => Err(Transient(format!(
             "cannot connect to {role} PostgreSQL at {url}: no answer within {}s; is the server up and is {role}.url right?",
             CONNECT_TIMEOUT.as_secs()
-        ),
-        Err(Some(message)) => match crate::tls::explain(&message, &host, FixParam::Postgres) {
-            Some(cause) => Err(anyhow::anyhow!(
-                "cannot connect to {role} PostgreSQL at {url} ({}): {cause} [{message}]",
-                tls.describe()
-            )),
-            None => Err(anyhow::anyhow!(
-                "cannot connect to {role} PostgreSQL at {url}: {message}; is the server up, and are the host, port, user, password and database in {role}.url right?"
-            )),
-        },
+        ))
+        .into()),
+        Err(Some(e)) => {
+            let message = describe_error(&e);
+            let line = match crate::tls::explain(&message, &host, FixParam::Postgres) {
+                Some(cause) => {
+                    format!("cannot connect to {role} PostgreSQL at {url} ({}): {cause} [{message}]", tls.describe())
+                }
+                None => format!(
+                    "cannot connect to {role} PostgreSQL at {url}: {message}; is the server up, and are the host, port, user, password and database in {role}.url right?"
+                ),
+            };
+            Err(DriverError { line, transient: crate::retry::sqlx_transient(&e) }.into())
+        }
     }
 }
 

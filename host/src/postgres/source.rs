@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgRow};
 
-use super::{connect, describe_error, table_shape};
+use super::{connect, table_shape};
 use crate::db::{DbUrl, TableName};
 use crate::model::LegacyUser;
 use crate::shape::TableShape;
@@ -77,7 +77,7 @@ impl PgSource {
     }
 
     fn context(&self, what: &str, e: sqlx::Error) -> anyhow::Error {
-        anyhow::anyhow!("{what} from source table {} at {}: {}", self.table, self.url, describe_error(&e))
+        crate::retry::DriverError::sqlx(format!("{what} from source table {} at {}", self.table, self.url), &e)
     }
 }
 

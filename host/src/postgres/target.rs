@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{Connection, Row};
 
 use super::copy::{self, ColumnEncoding};
-use super::{describe_error, table_shape};
+use super::table_shape;
 use crate::config::{LoadMethod, OnConflict};
 use crate::control::{ControlStore, DeadLetterRecord, RunRecord, RunStatus};
 use crate::db::{DbUrl, TableName};
@@ -249,7 +249,7 @@ impl Sink for PgTarget {
         sqlx::query(sqlx::AssertSqlSafe(&*sql))
             .execute(&mut self.conn)
             .await
-            .map_err(|e| anyhow::anyhow!("creating target table {}: {}", self.table, describe_error(&e)))?;
+            .map_err(|e| crate::retry::DriverError::sqlx(format!("creating target table {}", self.table), &e))?;
         self.loader.encodings = None;
         Ok(())
     }
@@ -285,7 +285,12 @@ impl Sink for PgTarget {
                         .unwrap_or_else(|| db.message().to_string());
                     return Err(ConflictError { table: this.table_name.clone(), key }.into());
                 }
-                Err(e) => anyhow::bail!("loading batch {} into {}: {}", batch.seq, this.table_name, describe_error(&e)),
+                Err(e) => {
+                    return Err(crate::retry::DriverError::sqlx(
+                        format!("loading batch {} into {}", batch.seq, this.table_name),
+                        &e,
+                    ));
+                }
             }
         };
         if !batch.dead.is_empty() {
@@ -307,7 +312,7 @@ impl Sink for PgTarget {
             .bind(&reasons)
             .execute(&mut *tx)
             .await
-            .map_err(|e| anyhow::anyhow!("recording dead letters: {}", describe_error(&e)))?;
+            .map_err(|e| crate::retry::DriverError::sqlx("recording dead letters", &e))?;
         }
         let dead = batch.dead.len() as i64;
         sqlx::query(
@@ -380,7 +385,7 @@ impl ControlStore for PgTarget {
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
         for statement in crate::db::ddl_statements(CONTROL_DDL) {
             sqlx::query(statement).execute(&mut *tx).await.map_err(|e| {
-                anyhow::anyhow!("creating the ferry control schema in {}: {}", self.url, describe_error(&e))
+                crate::retry::DriverError::sqlx(format!("creating the ferry control schema in {}", self.url), &e)
             })?;
         }
         tx.commit().await?;
@@ -460,7 +465,7 @@ impl TargetReader for PgTarget {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(&*format!("SELECT count(*) FROM {}", self.table.quoted())))
             .fetch_one(&mut self.conn)
             .await
-            .map_err(|e| anyhow::anyhow!("counting target rows in {}: {}", self.table, describe_error(&e)))?;
+            .map_err(|e| crate::retry::DriverError::sqlx(format!("counting target rows in {}", self.table), &e))?;
         Ok(n as u64)
     }
 
@@ -483,7 +488,7 @@ impl TargetReader for PgTarget {
             .bind(limit as i64)
             .fetch_all(&mut self.conn)
             .await
-            .map_err(|e| anyhow::anyhow!("reading target rows from {}: {}", self.table, describe_error(&e)))?;
+            .map_err(|e| crate::retry::DriverError::sqlx(format!("reading target rows from {}", self.table), &e))?;
         Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
     }
 
@@ -496,11 +501,10 @@ impl TargetReader for PgTarget {
         let percent = 100.0 * wanted as f64 / total_rows.max(1) as f64;
         if percent < 25.0 {
             let sql = format!("SELECT id::text FROM {} TABLESAMPLE SYSTEM ($1)", self.table.quoted());
-            let mut keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql))
-                .bind(percent)
-                .fetch_all(&mut self.conn)
-                .await
-                .map_err(|e| anyhow::anyhow!("sampling {} for segments: {}", self.table, describe_error(&e)))?;
+            let mut keys: Vec<String> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql)).bind(percent).fetch_all(&mut self.conn).await.map_err(
+                    |e| crate::retry::DriverError::sqlx(format!("sampling {} for segments", self.table), &e),
+                )?;
             keys.sort_unstable();
             let mut cut: Vec<String> =
                 keys.into_iter().skip(SAMPLES_PER_SEGMENT as usize).step_by(SAMPLES_PER_SEGMENT as usize).collect();
@@ -516,7 +520,7 @@ impl TargetReader for PgTarget {
             .bind(segment_rows as i64)
             .fetch_all(&mut self.conn)
             .await
-            .map_err(|e| anyhow::anyhow!("cutting {} into segments: {}", self.table, describe_error(&e)))
+            .map_err(|e| crate::retry::DriverError::sqlx(format!("cutting {} into segments", self.table), &e))
     }
 
     async fn scan(&mut self, each: &mut (dyn for<'a, 'r> FnMut(&'a RowView<'r>) + Send)) -> anyhow::Result<()> {
@@ -524,7 +528,7 @@ impl TargetReader for PgTarget {
         let sql = self.select_target();
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(&*sql)).fetch(&mut self.conn);
         while let Some(row) =
-            rows.try_next().await.map_err(|e| anyhow::anyhow!("reading {}: {}", self.table, describe_error(&e)))?
+            rows.try_next().await.map_err(|e| crate::retry::DriverError::sqlx(format!("reading {}", self.table), &e))?
         {
             let created: Option<DateTime<Utc>> = row.try_get(4)?;
             each(&RowView {
@@ -545,7 +549,7 @@ impl TargetReader for PgTarget {
             .bind(keys)
             .fetch_all(&mut self.conn)
             .await
-            .map_err(|e| anyhow::anyhow!("reading target rows from {}: {}", self.table, describe_error(&e)))?;
+            .map_err(|e| crate::retry::DriverError::sqlx(format!("reading target rows from {}", self.table), &e))?;
         Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
     }
 }
