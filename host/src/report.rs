@@ -91,10 +91,8 @@ pub fn validate(r: &ValidationReport) -> String {
     let mark = |ok: bool| if ok { "ok" } else { "MISMATCH" };
     let mut t = table(&["validation", "result", "detail"]);
     let c = &r.counts;
-    t.add_row(vec![
-        Cell::new("1. counts"),
-        Cell::new(mark(c.ok)),
-        Cell::new(format!(
+    let detail = match c.change_dead_letters {
+        None => format!(
             "source {} = loaded {} + skipped {} + dead letters {}; target holds {} rows (expected {}); run {} {}",
             c.source_rows,
             c.loaded,
@@ -104,8 +102,14 @@ pub fn validate(r: &ValidationReport) -> String {
             c.source_rows.saturating_sub(c.dead_lettered),
             c.run_id,
             c.run_status
-        )),
-    ]);
+        ),
+        Some(changes) => format!(
+            "source {} = transformed {} + rejected by the plugin {}; target holds {} rows (expected {}); \
+             change stream {}: {} changes dead-lettered (`ferry dlq list`)",
+            c.source_rows, c.loaded, c.dead_lettered, c.target_rows, c.loaded, c.run_status, changes
+        ),
+    };
+    t.add_row(vec![Cell::new("1. counts"), Cell::new(mark(c.ok)), Cell::new(detail)]);
     let s = &r.sample;
     t.add_row(vec![
         Cell::new("2. sample"),

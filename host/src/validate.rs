@@ -55,6 +55,10 @@ pub struct CountCheck {
     pub dead_lettered: u64,
     pub run_id: String,
     pub run_status: String,
+    /// A change-stream pipeline: the changes dead-lettered on the way
+    /// (`ferry.change_dead_letters`), whose rows the target may lack or hold
+    /// in an older version.
+    pub change_dead_letters: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -294,7 +298,7 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
     };
     let counts = match &run {
         Some(run) => counts_with_ledger(source_rows, target_rows, run),
-        None => counts_of_stream(source_rows, target_rows, checksum.as_ref()),
+        None => counts_of_stream(source_rows, target_rows, checksum.as_ref(), stream.as_ref().map(|s| s.dead_lettered)),
     };
     let ok = counts.ok && sample.ok && checksum.as_ref().is_none_or(|c| c.ok);
     Ok(ValidationReport {
@@ -322,13 +326,19 @@ fn counts_with_ledger(source_rows: u64, target_rows: u64, run: &RunRecord) -> Co
         dead_lettered: s.dead_lettered,
         run_id: run.run_id.clone(),
         run_status: run.status.as_str().to_string(),
+        change_dead_letters: None,
     }
 }
 
 /// Counts of a change-stream pipeline: the target holds exactly the source
 /// rows the plugin transforms now (the rest are rejected, so absent). Needs
 /// the checksum pass, which re-transforms every source row.
-fn counts_of_stream(source_rows: u64, target_rows: u64, checksum: Option<&ChecksumCheck>) -> CountCheck {
+fn counts_of_stream(
+    source_rows: u64,
+    target_rows: u64,
+    checksum: Option<&ChecksumCheck>,
+    change_dead_letters: Option<u64>,
+) -> CountCheck {
     let (transformed, rejected) = match checksum {
         Some(k) => (k.source_rows_hashed, k.source_rows_read.saturating_sub(k.source_rows_hashed)),
         None => (target_rows, source_rows.saturating_sub(target_rows)),
@@ -341,6 +351,7 @@ fn counts_of_stream(source_rows: u64, target_rows: u64, checksum: Option<&Checks
         skipped: 0,
         dead_lettered: rejected,
         run_id: "change stream".into(),
+        change_dead_letters,
         run_status: if checksum.is_some() {
             "streamed".into()
         } else {

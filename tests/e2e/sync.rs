@@ -317,6 +317,13 @@ async fn unchanged_toasted_values_are_never_written_as_placeholders() {
             .await
             .unwrap();
     assert_eq!((name4.as_str(), theme4.as_str()), ("Renamed Four", "big"));
+    // validate's accounting counts the stream's dead letters (the target's
+    // own table is the observer).
+    let v = p.ferry(&["validate", "--json"]);
+    let recorded = target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await;
+    assert!(recorded >= 1);
+    assert_eq!(v.json()["counts"]["change_dead_letters"].as_i64(), Some(recorded), "{v:?}");
+    assert!(p.ferry(&["validate"]).stdout.contains(&format!("{recorded} changes dead-lettered")));
 
     // TRUNCATE on the source truncates the target.
     sqlx::query("TRUNCATE users").execute(&mut c).await.unwrap();

@@ -209,10 +209,11 @@ impl ChangeSink for PgTarget {
         let checkpoint = self.change_checkpoint(pipeline).await?;
         type Row = (i64, i64, Option<String>, f64, Option<f64>, Option<f64>, Option<i64>, Option<i64>);
         let row: Option<Row> = sqlx::query_as(
-            "SELECT applied, dead_lettered, plugin_sha256, extract(epoch FROM now() - updated_at)::float8, \
+            // Dead letters counted where they are, not by a counter.
+            "SELECT applied, (SELECT count(*) FROM ferry.change_dead_letters d WHERE d.pipeline = c.pipeline), plugin_sha256, extract(epoch FROM now() - updated_at)::float8, \
              extract(epoch FROM now() - source_commit_at)::float8, \
              extract(epoch FROM updated_at - first_applied_at)::float8, snapshot_chunk, snapshot_chunks \
-             FROM ferry.change_checkpoints WHERE pipeline = $1",
+             FROM ferry.change_checkpoints c WHERE pipeline = $1",
         )
         .bind(pipeline)
         .fetch_optional(&mut self.conn)
