@@ -104,14 +104,19 @@ async fn sigterm_commits_in_flight_batches_and_exits_resumable() {
         assert!(started.elapsed() < Duration::from_secs(60), "no batch committed within 60 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Hold the target table so the run cannot finish before the signal
+    // lands, however fast the machine: the next batch waits on the lock.
+    let mut holder = target.conn().await;
+    let mut hold = sqlx::Connection::begin(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM ferry.runs").fetch_one(&mut target.conn().await).await.unwrap();
+    assert_eq!(status, "running", "the run must still be going when the signal is sent");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hold.rollback().await.unwrap();
     let out = child.wait_with_output().unwrap();
-    let code = out.status.code();
-    if code == Some(4) {
-        // It finished before the signal arrived; nothing to check.
-        return;
-    }
-    assert_eq!(code, Some(6), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(6), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let status: String =
         sqlx::query_scalar("SELECT status FROM ferry.runs").fetch_one(&mut target.conn().await).await.unwrap();
     assert_eq!(status, "interrupted");

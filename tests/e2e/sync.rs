@@ -176,10 +176,42 @@ async fn sync_survives_kill_during_load_and_stream() {
     child.wait().unwrap();
     // More kills at random moments until a run completes.
     kill_until_done(|| p.command(&["sync", "--idle-exit", "1", "--chunk-rows", "200"]), &[0, 4]);
-    // Changes pile up in the slot while ferry is down, then are drained
-    // with more kills.
+    // Changes pile up in the slot while ferry is down (a backlog of many
+    // small transactions among them), then are drained with kills: the
+    // first once the stream has applied some of it and not all.
     write_changes(&cluster, 0).await;
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql(
+        "DO $$ BEGIN FOR i IN 1..20000 LOOP \
+           UPDATE users SET email = 'Backlog.' || i || '@Example.COM' WHERE id = 1 + i % 5000; COMMIT; \
+         END LOOP; END $$",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    // Every change after this point is still to apply when the kill lands.
+    let mid: i64 =
+        sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8").fetch_one(&mut c).await.unwrap();
     write_changes(&cluster, 1).await;
+    let loaded_to = target.scalar_i64("SELECT coalesce(commit_lsn, 0) FROM ferry.change_checkpoints").await;
+    let mut child = p
+        .command(&["sync", "--idle-exit", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let applied = target.scalar_i64("SELECT coalesce(commit_lsn, 0) FROM ferry.change_checkpoints").await;
+        if applied > loaded_to {
+            assert!(applied < mid, "the backlog drained before a kill could land; make it bigger");
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the stream never applied anything");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
     kill_until_done(|| p.command(&["sync", "--idle-exit", "1"]), &[0, 4]);
     assert_target_matches_source(&cluster, &target).await;
 }
