@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::control::{RunRecord, RunStatus, Stats};
 use crate::engines::{self, Target};
-use crate::model::{DeadLetter, DeadLetterKind, NewUser, Outcome};
+use crate::model::{DeadLetter, DeadLetterKind, LegacyUser, NewUser, Outcome};
 use crate::plugin::{Plugin, Transformer};
 use crate::settings::Settings;
 use crate::shape;
@@ -87,6 +87,7 @@ struct Transformed {
     last_key: i64,
     extracted: u64,
     rows: Vec<NewUser>,
+    sources: Vec<LegacyUser>,
     dead: Vec<DeadLetter>,
     fatal: Option<(i64, String)>,
     traps: u64,
@@ -358,6 +359,7 @@ async fn run_pipeline(
                 last_key: t.last_key,
                 first_key: t.first_key,
                 rows: t.rows,
+                sources: t.sources,
                 dead: t.dead,
                 extracted: t.extracted,
                 plugin_sha256: plugin.sha256().to_string(),
@@ -421,11 +423,15 @@ fn transform_batch(transformer: &mut Transformer, seq: u64, batch: SourceBatch) 
     let traps_before = transformer.traps();
     let (legacy, outcomes) = transformer.transform_batch(batch.rows)?;
     let mut rows = Vec::with_capacity(legacy.len());
+    let mut sources = Vec::with_capacity(legacy.len());
     let mut dead = batch.unreadable;
     let mut fatal = None;
     for (source_row, outcome) in legacy.into_iter().zip(outcomes) {
         match outcome {
-            Outcome::Row(row) => rows.push(row),
+            Outcome::Row(row) => {
+                rows.push(row);
+                sources.push(source_row);
+            }
             Outcome::Rejected(reason) => {
                 dead.push(DeadLetter { source_key: source_row.id, source_row, kind: DeadLetterKind::Reject, reason })
             }
@@ -443,6 +449,7 @@ fn transform_batch(transformer: &mut Transformer, seq: u64, batch: SourceBatch) 
         last_key,
         extracted,
         rows,
+        sources,
         dead,
         fatal,
         traps: transformer.traps() - traps_before,

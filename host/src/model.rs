@@ -56,6 +56,9 @@ pub enum DeadLetterKind {
     Reject,
     /// The plugin trapped on the row.
     Trap,
+    /// The target database refused the transformed row (a NUL byte in text,
+    /// a value too long, a NOT NULL or CHECK violation…).
+    Load,
 }
 
 impl DeadLetterKind {
@@ -64,6 +67,7 @@ impl DeadLetterKind {
             DeadLetterKind::Extract => "extract",
             DeadLetterKind::Reject => "reject",
             DeadLetterKind::Trap => "trap",
+            DeadLetterKind::Load => "load",
         }
     }
 }

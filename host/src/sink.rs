@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use crate::config::OnConflict;
-use crate::model::{DeadLetter, NewUser};
+use crate::model::{DeadLetter, DeadLetterKind, LegacyUser, NewUser};
 use crate::shape::TableShape;
 
 /// One batch to apply, with the checkpoint it advances.
@@ -20,10 +20,26 @@ pub struct LoadBatch {
     pub last_key: i64,
     pub first_key: i64,
     pub rows: Vec<NewUser>,
+    /// The source row of each of `rows` (same order): what a row the target
+    /// refuses is dead-lettered with.
+    pub sources: Vec<LegacyUser>,
     pub dead: Vec<DeadLetter>,
     /// Source rows read for this batch.
     pub extracted: u64,
     pub plugin_sha256: String,
+}
+
+impl LoadBatch {
+    /// The dead letter of row `index`, which the target refused with `message`.
+    pub fn refused(&self, index: usize, message: &str) -> DeadLetter {
+        let source_row = self.sources[index].clone();
+        DeadLetter {
+            source_key: source_row.id,
+            source_row,
+            kind: DeadLetterKind::Load,
+            reason: format!("the target refused the row `{}`: {message}", self.rows[index].id),
+        }
+    }
 }
 
 /// What applying a batch did.
@@ -60,7 +76,10 @@ pub struct FencedError {
 ///
 /// Contract: `commit_batch` writes the batch's rows, its dead letters, its
 /// lineage record and the run's new checkpoint in ONE transaction, and only
-/// if the stored checkpoint equals `previous_key`. So after a crash at any
+/// if the stored checkpoint equals `previous_key`. A row the target refuses
+/// for what it holds (a data exception or a constraint it violates) is
+/// isolated inside that transaction and dead-lettered with kind `load` and
+/// the database's message; the other rows still load. So after a crash at any
 /// moment a batch is either wholly applied with its checkpoint or not at
 /// all, and resuming from the stored checkpoint applies every row exactly
 /// once.

@@ -15,7 +15,7 @@
 //! plus a count), so the source can be read in its own key order while the
 //! target is read in its own.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::control::RunRecord;
 use crate::engines::{self, Target};
-use crate::model::{NewUser, Outcome};
+use crate::model::{DeadLetterKind, NewUser, Outcome};
 use crate::plugin::{Plugin, Transformer};
 use crate::settings::Settings;
 use crate::sink::{RowView, TARGET_FIELDS, TargetRow};
@@ -290,9 +290,25 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
 
     let source_rows = source.count().await?;
     let target_rows = target.count_rows().await?;
-    let sample = check_sample(source.as_mut(), target.as_mut(), &mut transformer, options.sample_size).await?;
+    // Rows the target refused (dead letters of kind `load`) are explained:
+    // the plugin transforms them, but they are meant to be absent.
+    let refused: HashSet<i64> = match &run {
+        Some(run) => target
+            .dead_letters(&run.run_id, None)
+            .await?
+            .into_iter()
+            .filter(|d| d.kind == DeadLetterKind::Load.as_str())
+            .filter_map(|d| d.source_key.parse().ok())
+            .collect(),
+        None => HashSet::new(),
+    };
+    let sample =
+        check_sample(source.as_mut(), target.as_mut(), &mut transformer, options.sample_size, &refused).await?;
     let checksum = if options.checksum {
-        Some(check_checksums(settings, source, target, &mut transformer, options.segment_rows, target_rows).await?)
+        Some(
+            check_checksums(settings, source, target, &mut transformer, options.segment_rows, target_rows, &refused)
+                .await?,
+        )
     } else {
         None
     };
@@ -374,14 +390,16 @@ async fn check_sample(
     target: &mut dyn Target,
     transformer: &mut Transformer,
     size: usize,
+    refused: &HashSet<i64>,
 ) -> anyhow::Result<SampleCheck> {
     let keys = source.sample_keys(size).await?;
     let batch = source.read_keys(&keys).await?;
     let sampled = batch.len();
     let mut expected = Vec::new();
     let mut rejected = batch.unreadable.len();
-    for (_, outcome) in transform(transformer, batch.rows)? {
+    for (key, outcome) in transform(transformer, batch.rows)? {
         match outcome {
+            Outcome::Row(_) if refused.contains(&key) => rejected += 1,
             Outcome::Row(row) => expected.push(canonical_row(row)),
             _ => rejected += 1,
         }
@@ -414,6 +432,7 @@ async fn check_checksums(
     transformer: &mut Transformer,
     segment_rows: usize,
     target_rows: u64,
+    refused: &HashSet<i64>,
 ) -> anyhow::Result<ChecksumCheck> {
     // Segments are cut on the target's keys, in byte order: boundaries[i] is
     // the first key of segment i + 1; segment 0 starts at the beginning of
@@ -441,7 +460,7 @@ async fn check_checksums(
     });
     let mut source_sums = vec![Segment::default(); segments];
     let mut source_rows_hashed = 0u64;
-    let source = scan_source(settings, source, transformer, |row| {
+    let source = scan_source(settings, source, transformer, refused, |row| {
         source_sums[segment_of(&boundaries, &row.id)].add(row_hash(&view(&row)));
         source_rows_hashed += 1;
     })
@@ -464,7 +483,7 @@ async fn check_checksums(
     if !drilled.is_empty() {
         // The mismatching segments, row by row, on both sides.
         let mut expected: BTreeMap<String, TargetRow> = BTreeMap::new();
-        scan_source(settings, source, transformer, |row| {
+        scan_source(settings, source, transformer, refused, |row| {
             if drilled.contains(&segment_of(&boundaries, &row.id)) {
                 expected.insert(row.id.clone(), canonical_row(row));
             }
@@ -521,6 +540,7 @@ async fn scan_source(
     settings: &Settings,
     source: Box<dyn SnapshotSource>,
     transformer: &mut Transformer,
+    refused: &HashSet<i64>,
     mut each: impl FnMut(NewUser),
 ) -> anyhow::Result<(Box<dyn SnapshotSource>, u64)> {
     let batch_size = settings.batch_size;
@@ -549,8 +569,10 @@ async fn scan_source(
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
         read += batch.len() as u64;
-        for (_, outcome) in transform(transformer, batch.rows)? {
-            if let Outcome::Row(row) = outcome {
+        for (key, outcome) in transform(transformer, batch.rows)? {
+            if let Outcome::Row(row) = outcome
+                && !refused.contains(&key)
+            {
                 each(row);
             }
         }

@@ -219,3 +219,74 @@ async fn the_quickstart_example_migrates_and_validates() {
     let v = run_in(&["validate"]);
     assert_eq!(v.code, 0, "{v:?}");
 }
+
+#[tokio::test]
+async fn a_row_postgresql_cannot_hold_is_dead_lettered_and_the_rest_loads() {
+    // SQLite text may hold a NUL character; PostgreSQL text cannot.
+    let source = SqliteDb::new();
+    seed_sqlite_legacy(&source, 1000).await;
+    source.exec("UPDATE users SET name = 'Nul' || char(0) || 'Byte Row' WHERE id = 501").await;
+    let target = PgDb::new("nul").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "[migrate]\nbatch_size = 100\n");
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    let invalid = invalid_rows(1000);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 1000 - invalid - 1);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_501'").await, 0);
+    let mut c = target.conn().await;
+    let (kind, reason, row): (String, String, String) =
+        sqlx::query_as("SELECT kind, reason, source_row->>'name' FROM ferry.dead_letters WHERE source_key = '501'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(kind, "load");
+    assert!(reason.contains("user_501") && reason.contains("0x00"), "the database's message: {reason}");
+    assert_eq!(row, "Nul\\u0000Byte Row", "the source row is kept, its NUL spelled out");
+    let s = &run.json()["stats"];
+    assert_eq!(s["dead_lettered"].as_i64(), Some(invalid + 1), "{run:?}");
+    assert_eq!(s["loaded"].as_i64(), Some(1000 - invalid - 1), "{run:?}");
+    // validate explains the refused row by its dead letter.
+    let v = p.ferry(&["validate"]);
+    assert_eq!(v.code, 0, "{v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_the_target_constraints_refuse_are_isolated_exactly_once_across_kills() {
+    let n = 20_000;
+    let source = PgDb::new("refsrc").await;
+    seed_pg_legacy(&source, n).await;
+    let target = PgDb::new("refdst").await;
+    // The new schema is stricter than the old data: a CHECK, a varchar
+    // limit and a NOT NULL the transform does not know about.
+    target
+        .exec(
+            "CREATE TABLE users (id text PRIMARY KEY, first_name varchar(12) NOT NULL, last_name text NOT NULL, \
+             email text NOT NULL CHECK (email <> 'user.777@example.com'), created_at timestamptz NOT NULL, \
+             settings jsonb NOT NULL CHECK (id <> 'user_15001' OR settings ? 'nope'))",
+        )
+        .await;
+    source.exec("UPDATE users SET name = 'Bartholomew-Maximilian Long' WHERE id = 4242").await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "[migrate]\nbatch_size = 200\n");
+    let kills = kill_until_done(|| p.command(&["migrate"]), &[4]);
+    assert!(kills > 0, "the run was never interrupted");
+    let refused = ["777", "4242", "15001"];
+    let invalid = invalid_rows(n);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, n - invalid - refused.len() as i64);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.dead_letters WHERE kind = 'load'").await, 3);
+    for key in refused {
+        let reason: String = sqlx::query_scalar("SELECT reason FROM ferry.dead_letters WHERE source_key = $1")
+            .bind(key)
+            .fetch_one(&mut target.conn().await)
+            .await
+            .unwrap();
+        assert!(reason.contains("violates check constraint") || reason.contains("too long"), "{key}: {reason}");
+    }
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM ferry.dead_letters").await,
+        invalid + 3,
+        "every dead letter once, whatever the kills"
+    );
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+}

@@ -226,6 +226,59 @@ impl Loader {
     }
 }
 
+/// Whether the database refused rows for what they hold (so another subset
+/// of the batch may load): a data exception (class 22: a NUL byte, a value
+/// too long, a malformed value) or an integrity violation (class 23: NOT
+/// NULL, CHECK, foreign key, a unique index). A primary-key conflict under
+/// `on_conflict = error` is not: that policy stops the run.
+fn refuses_rows(e: &sqlx::Error, policy: OnConflict) -> bool {
+    let Some(code) = e.as_database_error().and_then(|db| db.code()) else { return false };
+    code.starts_with("22") || (code.starts_with("23") && !(code == "23505" && policy == OnConflict::Error))
+}
+
+impl Loader {
+    /// [`Loader::apply`] that isolates the rows the target refuses: the
+    /// batch is tried whole, and on a refusal split in halves, each half
+    /// tried in its own savepoint, down to single rows. Returns what loaded
+    /// and the refused rows (index in `rows`, the database's message). All
+    /// of it happens in `tx`, so the batch still commits once, with its
+    /// checkpoint.
+    async fn apply_isolating(
+        &mut self,
+        tx: &mut PgConnection,
+        rows: &[NewUser],
+        policy: OnConflict,
+    ) -> Result<(Applied, Vec<(usize, String)>), sqlx::Error> {
+        let mut applied = Applied::default();
+        let mut refused = Vec::new();
+        // Ranges to try, the next one last; a refused range is split in two.
+        let mut todo = vec![(0, rows.len())];
+        while let Some((from, to)) = todo.pop() {
+            sqlx::query("SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+            match self.apply(tx, &rows[from..to], policy).await {
+                Ok(a) => {
+                    sqlx::query("RELEASE SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+                    applied.loaded += a.loaded;
+                    applied.skipped += a.skipped;
+                }
+                Err(e) if refuses_rows(&e, policy) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+                    sqlx::query("RELEASE SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+                    if to - from == 1 {
+                        refused.push((from, super::describe_error(&e)));
+                    } else {
+                        let middle = from + (to - from) / 2;
+                        todo.push((middle, to));
+                        todo.push((from, middle));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((applied, refused))
+    }
+}
+
 #[async_trait]
 impl Sink for PgTarget {
     async fn shape(&mut self) -> anyhow::Result<Option<TableShape>> {
@@ -271,9 +324,9 @@ impl Sink for PgTarget {
                 return Err(FencedError { run_id: batch.run_id.clone() }.into());
             }
         }
-        let applied = {
+        let (applied, refused) = {
             let this = &mut self.loader;
-            match this.apply(&mut tx, &batch.rows, policy).await {
+            match this.apply_isolating(&mut tx, &batch.rows, policy).await {
                 Ok(a) => a,
                 Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
                     let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
@@ -293,11 +346,16 @@ impl Sink for PgTarget {
                 }
             }
         };
-        if !batch.dead.is_empty() {
-            let keys: Vec<String> = batch.dead.iter().map(|d| d.source_key.to_string()).collect();
-            let rows: Vec<String> = batch.dead.iter().map(|d| d.source_row.to_json()).collect();
-            let kinds: Vec<&str> = batch.dead.iter().map(|d| d.kind.as_str()).collect();
-            let reasons: Vec<&str> = batch.dead.iter().map(|d| d.reason.as_str()).collect();
+        let refused: Vec<_> = refused.iter().map(|(index, message)| batch.refused(*index, message)).collect();
+        let all_dead: Vec<&crate::model::DeadLetter> = batch.dead.iter().chain(&refused).collect();
+        if !all_dead.is_empty() {
+            let keys: Vec<String> = all_dead.iter().map(|d| d.source_key.to_string()).collect();
+            // jsonb cannot hold U+0000 (a row may be refused for one): it is
+            // kept as the six characters `\u0000`.
+            let rows: Vec<String> =
+                all_dead.iter().map(|d| d.source_row.to_json().replace("\\u0000", "\\\\u0000")).collect();
+            let kinds: Vec<&str> = all_dead.iter().map(|d| d.kind.as_str()).collect();
+            let reasons: Vec<String> = all_dead.iter().map(|d| d.reason.replace('\0', "\\u0000")).collect();
             sqlx::query(
                 "INSERT INTO ferry.dead_letters (run_id, pipeline, source_table, source_key, source_row, kind, reason, plugin_sha256) \
                  SELECT $1, r.pipeline, $2, k, j::jsonb, kd, rs, $3 \
@@ -314,7 +372,7 @@ impl Sink for PgTarget {
             .await
             .map_err(|e| crate::retry::DriverError::sqlx("recording dead letters", &e))?;
         }
-        let dead = batch.dead.len() as i64;
+        let dead = all_dead.len() as i64;
         sqlx::query(
             "INSERT INTO ferry.batches (run_id, seq, first_key, last_key, loaded, dead_lettered, plugin_sha256) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
