@@ -478,3 +478,46 @@ async fn consumes_jetstream_over_verified_tls() {
     assert_eq!(run.code, 4, "{run:?}");
     assert_final_state(&target).await;
 }
+
+#[tokio::test]
+async fn an_event_the_target_refuses_is_dead_lettered_and_the_stream_goes_on() {
+    let target = PgDb::new("dbzr").await;
+    target.exec(PG_NEW_DDL).await;
+    target.exec("ALTER TABLE users ADD CHECK (first_name <> 'Refused')").await;
+    let p = pipeline(&target, &plugins().transform_user);
+    let t = 1_700_000_000_123_456i64;
+    let lines: Vec<String> = [
+        envelope("c", Value::Null, user(1, "Ada Lovelace", "ada@x.org", t, None), 10, 100, 110, "false"),
+        // NUL in text: PostgreSQL cannot hold it.
+        envelope("c", Value::Null, user(2, "Nul\u{0}Byte Row", "nul@x.org", t, None), 11, 110, 120, "false"),
+        envelope("c", Value::Null, user(3, "Refused Three", "r@x.org", t, None), 12, 120, 130, "false"),
+        envelope("u", Value::Null, user(1, "Ada King", "ada@x.org", t, None), 13, 130, 140, "false"),
+        envelope("u", Value::Null, user(3, "Accepted Three", "r@x.org", t, None), 14, 140, 150, "false"),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect();
+    let file = write_lines(p.config.parent().unwrap(), "events.jsonl", &lines);
+    // One source transaction per target transaction, so the refused version
+    // of user 3 is really written before its accepted one.
+    let run = p.ferry(&["apply", "--input", &file, "--group-size", "1", "--json"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(run.json()["dead_lettered"], 2, "{run:?}");
+    let rows = target_rows(&target).await;
+    let names: Vec<(&str, &str)> = rows.iter().map(|r| (r.0.as_str(), r.2.as_str())).collect();
+    assert_eq!(names, vec![("user_1", "King"), ("user_3", "Three")], "the rest of the stream applied");
+    assert_eq!(rows[1].1, "Accepted", "a later accepted change of the refused key applies");
+    let mut c = target.conn().await;
+    let reasons: Vec<(String, String)> =
+        sqlx::query_as("SELECT source_key, reason FROM ferry.change_dead_letters ORDER BY source_key")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].0 == "2" && reasons[0].1.contains("0x00"), "{reasons:?}");
+    assert!(reasons[1].0 == "3" && reasons[1].1.contains("violates check constraint"), "{reasons:?}");
+    // A replay applies nothing twice and records no dead letter twice.
+    let again = p.ferry(&["apply", "--input", &file, "--group-size", "1", "--json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 2);
+}

@@ -504,3 +504,37 @@ async fn a_permanent_error_stops_sync_at_once_instead_of_retrying() {
     assert!(!run.stderr.contains("retrying"), "a permanent error was retried: {run:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_the_target_refuses_is_dead_lettered_and_the_stream_goes_on() {
+    let (cluster, target, p) = synced_pipeline(200, "syncf", &plugins().transform_user).await;
+    target.exec("ALTER TABLE users ADD CHECK (first_name <> 'Refused')").await;
+    let run = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert!([0, 4].contains(&run.code), "{run:?}");
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql(
+        "UPDATE users SET name = 'Refused Five' WHERE id = 5; \
+         UPDATE users SET name = 'Renamed Six' WHERE id = 6; DELETE FROM users WHERE id = 7",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_legacy_rows(1001, 1010))).execute(&mut c).await.unwrap();
+    let run = p.ferry(&["sync", "--idle-exit", "1", "--json"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    let reason: String = sqlx::query_scalar("SELECT reason FROM ferry.change_dead_letters WHERE source_key = '5'")
+        .fetch_one(&mut target.conn().await)
+        .await
+        .unwrap();
+    assert!(reason.contains("user_5") && reason.contains("violates check constraint"), "{reason}");
+    // The same source transaction's other changes, and the later ones, applied.
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_6' AND first_name = 'Renamed'").await, 1);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_7'").await, 0);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id LIKE 'user_100_' OR id = 'user_1010'").await, 10);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_5' AND first_name = 'Jean-Luc'").await, 1);
+    // A later version the target accepts replaces the old one.
+    sqlx::raw_sql("UPDATE users SET name = 'Fine Five' WHERE id = 5").execute(&mut c).await.unwrap();
+    let run = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_5' AND first_name = 'Fine'").await, 1);
+}

@@ -59,11 +59,42 @@ pub struct ChangeDeadLetter {
     pub reason: String,
 }
 
+/// Ops of a batch the target refused (dead-lettered instead).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refused {
+    pub upserts: u64,
+    pub deletes: u64,
+}
+
+/// Where a target op came from: what its dead letter says if the target
+/// refuses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpOrigin {
+    pub dedup_key: String,
+    pub source_key: Option<i64>,
+    /// The raw event.
+    pub event: String,
+}
+
+impl OpOrigin {
+    /// The dead letter of this op's row, which the target refused.
+    pub fn refused(&self, target_key: &str, message: &str) -> ChangeDeadLetter {
+        ChangeDeadLetter {
+            dedup_key: self.dedup_key.clone(),
+            source_key: self.source_key,
+            event: self.event.clone(),
+            reason: format!("the target refused the row `{target_key}`: {message}"),
+        }
+    }
+}
+
 /// A group of changes to apply atomically.
 #[derive(Debug, Default)]
 pub struct ChangeBatch {
     pub pipeline: String,
     pub ops: Vec<TargetOp>,
+    /// The origin of each of `ops` (same order).
+    pub origins: Vec<OpOrigin>,
     pub dead: Vec<ChangeDeadLetter>,
     /// The checkpoint this batch was planned against (fencing).
     pub previous: ChangeCheckpoint,
@@ -101,7 +132,10 @@ pub struct ChangeStatus {
 /// letters (ignoring ones already recorded) and stores `next` — all in one
 /// transaction, and only if the stored checkpoint equals `previous`. A crash
 /// therefore loses whole batches with their checkpoints, and a replay of the
-/// input applies each change exactly once.
+/// input applies each change exactly once. An op the target refuses for what
+/// its row holds (a data exception, a constraint) is isolated inside that
+/// transaction and dead-lettered with its origin and the database's message;
+/// the rest of the batch applies.
 #[async_trait]
 pub trait ChangeSink: Send {
     /// Creates the change-stream control tables if missing.
@@ -109,7 +143,7 @@ pub trait ChangeSink: Send {
     /// The pipeline's checkpoint (default when it never applied anything).
     async fn change_checkpoint(&mut self, pipeline: &str) -> anyhow::Result<ChangeCheckpoint>;
     /// Applies a batch (see the trait's contract).
-    async fn apply_changes(&mut self, batch: &ChangeBatch) -> anyhow::Result<()>;
+    async fn apply_changes(&mut self, batch: &ChangeBatch) -> anyhow::Result<Refused>;
     /// The pipeline's stream, as `ferry status` shows it (`None`: never ran).
     async fn change_status(&mut self, pipeline: &str) -> anyhow::Result<Option<ChangeStatus>>;
 }
@@ -331,12 +365,18 @@ pub(crate) async fn flush(
         };
         match outcome {
             Planned::Op(op) => {
+                let source_key = match &p.item {
+                    Item::Op(ChangeOp::Upsert(row)) => Some(row.id),
+                    Item::Op(ChangeOp::Delete { id, .. }) => Some(*id),
+                    _ => None,
+                };
                 match &op {
                     TargetOp::Upsert(_) => counts.0 += 1,
                     TargetOp::Delete(_) => counts.1 += 1,
                     TargetOp::Truncate => counts.2 += 1,
                 }
                 batch.ops.push(op);
+                batch.origins.push(OpOrigin { dedup_key: dedup_key(p), source_key, event: p.raw.clone() });
             }
             Planned::Dead(d) => batch.dead.push(d),
             Planned::Fatal(reason) => {
@@ -350,19 +390,22 @@ pub(crate) async fn flush(
             batch.next.streaming = true;
         }
     }
-    target.apply_changes(&batch).await?;
+    let refused = target.apply_changes(&batch).await?;
     *checkpoint = batch.next;
+    counts.0 -= refused.upserts;
+    counts.1 -= refused.deletes;
+    let refused = refused.upserts + refused.deletes;
     use crate::daemon::names;
     metrics::counter!(names::CHANGES_APPLIED, "op" => "upsert").increment(counts.0);
     metrics::counter!(names::CHANGES_APPLIED, "op" => "delete").increment(counts.1);
     metrics::counter!(names::CHANGES_APPLIED, "op" => "truncate").increment(counts.2);
-    metrics::counter!(names::DEAD_LETTERS).increment(batch.dead.len() as u64);
+    metrics::counter!(names::DEAD_LETTERS).increment(batch.dead.len() as u64 + refused);
     metrics::counter!(names::TRANSACTIONS).increment(1);
     crate::daemon::health().beat("streaming");
     report.upserts += counts.0;
     report.deletes += counts.1;
     report.truncates += counts.2;
-    report.dead_lettered += batch.dead.len() as u64;
+    report.dead_lettered += batch.dead.len() as u64 + refused;
     report.transactions += 1;
     Ok(true)
 }

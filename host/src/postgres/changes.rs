@@ -5,10 +5,10 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use sqlx::Connection;
+use sqlx::{Connection, PgConnection};
 
 use super::target::PgTarget;
-use crate::cdc::apply::{ChangeBatch, ChangeCheckpoint, ChangeSink, ChangeStatus, TargetOp};
+use crate::cdc::apply::{ChangeBatch, ChangeCheckpoint, ChangeDeadLetter, ChangeSink, ChangeStatus, Refused, TargetOp};
 use crate::cdc::position::Position;
 use crate::config::OnConflict;
 use crate::model::NewUser;
@@ -94,7 +94,7 @@ impl ChangeSink for PgTarget {
         Ok(checkpoint_of(stored))
     }
 
-    async fn apply_changes(&mut self, batch: &ChangeBatch) -> anyhow::Result<()> {
+    async fn apply_changes(&mut self, batch: &ChangeBatch) -> anyhow::Result<Refused> {
         self.encodings().await?;
         let target = self.table.quoted();
         let mut tx = self.conn.begin().await.context("starting the change transaction")?;
@@ -114,11 +114,15 @@ impl ChangeSink for PgTarget {
         // The group commits atomically, so within each stretch between
         // truncates only the last op per key matters: deletes of the keys
         // whose last op is a delete, then one upsert of the others.
+        let mut refused = Refused::default();
+        let mut refused_dead: Vec<ChangeDeadLetter> = Vec::new();
+        let mut offset = 0;
         for stretch in batch.ops.split_inclusive(|op| matches!(op, TargetOp::Truncate)) {
-            let mut last: HashMap<&str, &TargetOp> = HashMap::with_capacity(stretch.len());
+            // The index (in `batch.ops`) of the last op of each key.
+            let mut last: HashMap<&str, usize> = HashMap::with_capacity(stretch.len());
             let mut order: Vec<&str> = Vec::with_capacity(stretch.len());
             let mut truncate = false;
-            for op in stretch {
+            for (i, op) in stretch.iter().enumerate() {
                 let key = match op {
                     TargetOp::Upsert(row) => row.id.as_str(),
                     TargetOp::Delete(key) => key.as_str(),
@@ -127,36 +131,46 @@ impl ChangeSink for PgTarget {
                         continue;
                     }
                 };
-                if last.insert(key, op).is_none() {
+                if last.insert(key, offset + i).is_none() {
                     order.push(key);
                 }
             }
-            let deletes: Vec<&str> = order.iter().copied().filter(|k| matches!(last[k], TargetOp::Delete(_))).collect();
-            let upserts: Vec<NewUser> = order
+            offset += stretch.len();
+            let deletes: Vec<&str> =
+                order.iter().copied().filter(|k| matches!(batch.ops[last[k]], TargetOp::Delete(_))).collect();
+            let upserts: Vec<(usize, NewUser)> = order
                 .iter()
-                .filter_map(|k| match last[k] {
-                    TargetOp::Upsert(row) => Some(row.clone()),
+                .filter_map(|k| match &batch.ops[last[k]] {
+                    TargetOp::Upsert(row) => Some((last[k], row.clone())),
                     _ => None,
                 })
                 .collect();
             if !deletes.is_empty() {
-                sqlx::query(sqlx::AssertSqlSafe(&*format!("DELETE FROM {target} WHERE id = ANY($1)")))
-                    .bind(&deletes)
-                    .execute(&mut *tx)
+                for (i, message) in delete_isolating(&mut tx, &target, &deletes)
                     .await
-                    .map_err(|e| crate::retry::DriverError::sqlx(format!("deleting from {}", self.table), &e))?;
+                    .map_err(|e| crate::retry::DriverError::sqlx(format!("deleting from {}", self.table), &e))?
+                {
+                    refused.deletes += 1;
+                    refused_dead.push(batch.origins[last[deletes[i]]].refused(deletes[i], &message));
+                }
             }
             if !upserts.is_empty() {
-                self.loader
-                    .apply(&mut tx, &upserts, OnConflict::Overwrite)
+                let rows: Vec<NewUser> = upserts.iter().map(|(_, row)| row.clone()).collect();
+                let (_, rejected) = self
+                    .loader
+                    .apply_isolating(&mut tx, &rows, OnConflict::Overwrite)
                     .await
                     .map_err(|e| crate::retry::DriverError::sqlx(format!("upserting into {}", self.table), &e))?;
+                for (i, message) in rejected {
+                    refused.upserts += 1;
+                    refused_dead.push(batch.origins[upserts[i].0].refused(&rows[i].id, &message));
+                }
             }
             if truncate {
                 sqlx::query(sqlx::AssertSqlSafe(&*format!("TRUNCATE {target}"))).execute(&mut *tx).await?;
             }
         }
-        for d in &batch.dead {
+        for d in batch.dead.iter().chain(&refused_dead) {
             sqlx::query(
                 "INSERT INTO ferry.change_dead_letters (pipeline, dedup_key, source_key, event, reason, plugin_sha256) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pipeline, dedup_key) DO NOTHING",
@@ -185,8 +199,8 @@ impl ChangeSink for PgTarget {
         .bind(p.map(|p| p.lsn as i64))
         .bind(p.map(|p| p.seq as i32))
         .bind(batch.next.streaming)
-        .bind(batch.ops.len() as i64)
-        .bind(batch.dead.len() as i64)
+        .bind(batch.ops.len() as i64 - (refused.upserts + refused.deletes) as i64)
+        .bind((batch.dead.len() + refused_dead.len()) as i64)
         .bind(batch.next.snapshot_key)
         .bind(batch.next.snapshot_done)
         .bind(&batch.plugin_sha256)
@@ -196,7 +210,7 @@ impl ChangeSink for PgTarget {
         .execute(&mut *tx)
         .await?;
         tx.commit().await.context("committing the change transaction")?;
-        Ok(())
+        Ok(refused)
     }
 
     async fn change_status(&mut self, pipeline: &str) -> anyhow::Result<Option<ChangeStatus>> {
@@ -229,4 +243,41 @@ impl ChangeSink for PgTarget {
             seconds_since_update: age,
         }))
     }
+}
+
+/// Deletes `keys`; a delete the target refuses (a foreign key still
+/// pointing at the row) is isolated key by key under savepoints. Returns the
+/// refused keys' indexes with the database's message.
+async fn delete_isolating(
+    tx: &mut PgConnection,
+    target: &str,
+    keys: &[&str],
+) -> Result<Vec<(usize, String)>, sqlx::Error> {
+    let sql = format!("DELETE FROM {target} WHERE id = ANY($1)");
+    sqlx::query("SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+    match sqlx::query(sqlx::AssertSqlSafe(&*sql)).bind(keys).execute(&mut *tx).await {
+        Ok(_) => {
+            sqlx::query("RELEASE SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+            return Ok(Vec::new());
+        }
+        Err(e) if super::target::refuses_rows(&e, OnConflict::Overwrite) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+            sqlx::query("RELEASE SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    let mut refused = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        sqlx::query("SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+        match sqlx::query(sqlx::AssertSqlSafe(&*sql)).bind([*key]).execute(&mut *tx).await {
+            Ok(_) => {}
+            Err(e) if super::target::refuses_rows(&e, OnConflict::Overwrite) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+                refused.push((i, super::describe_error(&e)));
+            }
+            Err(e) => return Err(e),
+        }
+        sqlx::query("RELEASE SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+    }
+    Ok(refused)
 }

@@ -231,7 +231,7 @@ impl Loader {
 /// too long, a malformed value) or an integrity violation (class 23: NOT
 /// NULL, CHECK, foreign key, a unique index). A primary-key conflict under
 /// `on_conflict = error` is not: that policy stops the run.
-fn refuses_rows(e: &sqlx::Error, policy: OnConflict) -> bool {
+pub(super) fn refuses_rows(e: &sqlx::Error, policy: OnConflict) -> bool {
     let Some(code) = e.as_database_error().and_then(|db| db.code()) else { return false };
     code.starts_with("22") || (code.starts_with("23") && !(code == "23505" && policy == OnConflict::Error))
 }
@@ -243,7 +243,7 @@ impl Loader {
     /// and the refused rows (index in `rows`, the database's message). All
     /// of it happens in `tx`, so the batch still commits once, with its
     /// checkpoint.
-    async fn apply_isolating(
+    pub(super) async fn apply_isolating(
         &mut self,
         tx: &mut PgConnection,
         rows: &[NewUser],
