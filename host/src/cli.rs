@@ -242,7 +242,7 @@ async fn run(cli: Cli) -> i32 {
                 restart,
                 progress: !no_progress && !cli.json && std::io::stderr().is_terminal(),
             };
-            match crate::migrate::migrate(&settings, options, stop).await {
+            match crate::migrate::migrate_resuming(&settings, options, stop).await {
                 Err(e) => fail(&e),
                 Ok(r) => {
                     let dead = recent_dead_letters(&settings, &r.run_id).await;

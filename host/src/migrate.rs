@@ -94,6 +94,60 @@ struct Transformed {
 }
 
 /// Runs (or resumes) the migration described by `settings`.
+/// [`migrate`] that survives a database server restarting or the network
+/// dropping under it: on a transient failure the same run resumes from its
+/// last committed batch (exactly, as after a crash), with backoff, until
+/// failures have gone on for minutes without progress.
+pub async fn migrate_resuming(
+    settings: &Settings,
+    options: MigrateOptions,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<MigrateReport> {
+    let mut backoff = crate::retry::Backoff::default();
+    let mut options = options;
+    loop {
+        let attempt = Instant::now();
+        match migrate(settings, options, Arc::clone(&stop)).await {
+            // Only a run that was under way is resumed: a server that cannot
+            // be reached at the start is more likely a wrong URL than a restart.
+            Err(e)
+                if e.downcast_ref::<RunStopped>().is_some()
+                    && crate::retry::is_transient(&e)
+                    && !stop.load(Ordering::Relaxed) =>
+            {
+                if attempt.elapsed() > PROGRESS_TIME {
+                    backoff.progressed();
+                }
+                let Some(wait) = backoff.failed() else {
+                    return Err(e.context(format!(
+                        "giving up after {:?} of failures; the run is kept: run the same command to resume it",
+                        backoff.failing_for()
+                    )));
+                };
+                tracing::warn!("connection lost, resuming the run in {wait:?}: {e:#}");
+                tokio::time::sleep(wait).await;
+                // The retry continues this run, never starts another.
+                options = MigrateOptions { restart: false, ..options };
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A run that stopped on an error after it started: its committed batches
+/// are kept and the same command resumes it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "run {run_id} stopped; every committed batch is kept (checkpoint: key {checkpoint}); fix the cause and run the same command again to resume"
+)]
+pub struct RunStopped {
+    pub run_id: String,
+    pub checkpoint: String,
+}
+
+/// An attempt that ran this long before failing made progress.
+const PROGRESS_TIME: Duration = Duration::from_secs(10);
+
 pub async fn migrate(
     settings: &Settings,
     options: MigrateOptions,
@@ -199,11 +253,10 @@ pub async fn migrate(
             if let Err(e2) = target.set_status(&run.run_id, RunStatus::Failed, Some(&message)).await {
                 tracing::warn!("could not record the failure of run {}: {e2:#}", run.run_id);
             }
-            Err(e.context(format!(
-                "run {} stopped; every committed batch is kept (checkpoint: key {}); fix the cause and run the same command again to resume",
-                run.run_id,
-                stored.last_key.map_or("none".to_string(), |k| k.to_string())
-            )))
+            Err(e.context(RunStopped {
+                run_id: run.run_id.clone(),
+                checkpoint: stored.last_key.map_or("none".to_string(), |k| k.to_string()),
+            }))
         }
     }
 }

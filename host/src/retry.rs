@@ -7,6 +7,52 @@
 //! `sqlx::Error`, `PgWireError`, `std::io::Error`), so the decision is made
 //! on types and SQLSTATE codes, not on message text.
 
+use std::time::{Duration, Instant};
+
+/// First wait before retrying; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long failures may go on without progress before ferry gives up (a
+/// server restart takes seconds; a failover a minute or two).
+const RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// Waits between retries of transient failures: exponential, reset by
+/// progress, given up after [`RETRY_FOR`] without any.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    failing_since: Option<Instant>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: RETRY_FIRST, failing_since: None }
+    }
+}
+
+impl Backoff {
+    /// A failure: how long to wait before the next attempt, or `None` when
+    /// failures have gone on too long (then `failing_for` says how long).
+    pub fn failed(&mut self) -> Option<Duration> {
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() > RETRY_FOR {
+            return None;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(RETRY_MAX);
+        Some(wait)
+    }
+
+    /// Work got done since the last failure: start counting afresh.
+    pub fn progressed(&mut self) {
+        *self = Backoff::default();
+    }
+
+    pub fn failing_for(&self) -> Duration {
+        self.failing_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
 /// A failure ferry itself knows to be about the connection (a replication
 /// stream that ended, a server that did not answer in time).
 #[derive(Debug, thiserror::Error)]

@@ -126,3 +126,49 @@ async fn sigterm_commits_in_flight_batches_and_exits_resumable() {
     assert_eq!(run.code, 4, "{run:?}");
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, n - invalid_rows(n));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_resumes_by_itself_when_the_source_server_restarts_under_it() {
+    let n = 100_000;
+    let cluster = crate::cluster::Cluster::start();
+    let source_url = format!("{}/postgres", cluster.url());
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&source_url).await.unwrap();
+    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_legacy_rows(1, n))).execute(&mut c).await.unwrap();
+    drop(c);
+    let target = PgDb::new("rst").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&source_url, &target.url(), &plugins().transform_user, "[migrate]\nbatch_size = 500\n");
+    let child = p
+        .command(&["migrate"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while target.scalar_i64("SELECT count(*) FROM pg_tables WHERE schemaname = 'ferry' AND tablename = 'runs'").await
+        == 0
+        || target.scalar_i64("SELECT coalesce(max(batches), 0) FROM ferry.runs").await < 3
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "no batch committed within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Hold the target so the run is surely mid-way, restart the source
+    // under it (its connections are terminated), then let it go on.
+    let mut holder = target.conn().await;
+    let mut hold = sqlx::Connection::begin(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM ferry.runs").fetch_one(&mut target.conn().await).await.unwrap();
+    assert_eq!(status, "running");
+    cluster.restart();
+    hold.rollback().await.unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("resuming the run"), "the restart was not survived but never happened: {stderr}");
+    let invalid = invalid_rows(n);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, n - invalid, "every row once");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.dead_letters").await, invalid);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.runs").await, 1, "the same run, resumed");
+}

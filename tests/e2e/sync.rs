@@ -531,7 +531,10 @@ async fn a_change_the_target_refuses_is_dead_lettered_and_the_stream_goes_on() {
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_6' AND first_name = 'Renamed'").await, 1);
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_7'").await, 0);
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id LIKE 'user_100_' OR id = 'user_1010'").await, 10);
-    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_5' AND first_name = 'Jean-Luc'").await, 1);
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_5' AND first_name = 'Jean-Luc'").await,
+        1
+    );
     // A later version the target accepts replaces the old one.
     sqlx::raw_sql("UPDATE users SET name = 'Fine Five' WHERE id = 5").execute(&mut c).await.unwrap();
     let run = p.ferry(&["sync", "--idle-exit", "1"]);

@@ -162,8 +162,7 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
     // is retried with backoff: the target's checkpoint and the slot's
     // confirmed position say where to resume, so nothing is lost or doubled.
     let mut client = Some(client);
-    let mut backoff = RETRY_FIRST;
-    let mut failing_since: Option<std::time::Instant> = None;
+    let mut backoff = crate::retry::Backoff::default();
     loop {
         let attempt = async {
             let mut client = match client.take() {
@@ -198,33 +197,25 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
         match attempt.await {
             Ok(()) => break,
             Err(e) if report.stream.fatal.is_none() && crate::retry::is_transient(&e) => {
-                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() > RETRY_FOR || stop.load(Ordering::Relaxed) {
-                    return Err(e.context(format!("giving up after {:?} of failures", since.elapsed())));
-                }
-                tracing::warn!("sync interrupted, retrying in {backoff:?}: {e:#}");
+                let wait = match backoff.failed() {
+                    Some(wait) if !stop.load(Ordering::Relaxed) => wait,
+                    _ => return Err(e.context(format!("giving up after {:?} of failures", backoff.failing_for()))),
+                };
+                tracing::warn!("sync interrupted, retrying in {wait:?}: {e:#}");
                 report.reconnects += 1;
                 metrics::counter!(crate::daemon::names::RECONNECTS).increment(1);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(RETRY_MAX);
+                tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(e),
         }
         if report.stream.transactions > 0 {
             // Progress was made since the last failure.
-            failing_since = None;
-            backoff = RETRY_FIRST;
+            backoff.progressed();
         }
     }
     report.stream.checkpoint = checkpoint;
     Ok(report)
 }
-
-/// First wait before reconnecting; doubles up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(5);
-/// How long failures may go on without progress before `sync` gives up.
-const RETRY_FOR: Duration = Duration::from_secs(300);
 
 /// Changes grouped into one target transaction, at most (whole source
 /// transactions only): one commit per small source transaction would cap
