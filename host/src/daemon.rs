@@ -34,6 +34,9 @@ pub mod names {
     pub const PLUGIN_INFO: &str = "ferry_plugin_info";
     /// Times the stream was re-established after a failure.
     pub const RECONNECTS: &str = "ferry_reconnects_total";
+    /// Rows read back from the source to complete an update that did not
+    /// carry an unchanged TOASTed value.
+    pub const TOAST_REREADS: &str = "ferry_toast_rereads_total";
 }
 
 /// Liveness as `/health` reports it: the daemon is healthy while it made

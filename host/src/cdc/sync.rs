@@ -58,6 +58,9 @@ pub struct SyncReport {
     pub reconnects: u64,
     pub snapshot_rows: u64,
     pub snapshot_chunks: u64,
+    /// Updates completed by reading the row from the source (an unchanged
+    /// TOASTed value the change did not carry).
+    pub toast_rereads: u64,
     pub stream: ApplyReport,
 }
 
@@ -327,6 +330,7 @@ async fn stream(
 ) -> anyhow::Result<()> {
     let mut relations = Relations::default();
     let mut group = Group::default();
+    let mut reread = Reread::default();
     let mut tx_commit: u64 = 0;
     let mut seq: u32 = 0;
     let mut in_transaction = false;
@@ -370,13 +374,24 @@ async fn stream(
                     relations.insert(relation);
                     continue;
                 }
-                for (raw, item) in items(&relations, message) {
+                for (raw, decoded) in items(&relations, message) {
                     seq += 1;
                     let position = Position { commit: tx_commit, lsn: 0, seq };
                     if checkpoint.position.is_some_and(|c| position <= c) {
                         report.stream.skipped_replayed += 1;
                         continue;
                     }
+                    let item = match decoded {
+                        Decoded::Ready(item) => item,
+                        Decoded::Reread(id) => match reread.current(settings, id).await? {
+                            Some(item) => {
+                                report.toast_rereads += 1;
+                                item
+                            }
+                            // Deleted since: its delete follows in the stream.
+                            None => continue,
+                        },
+                    };
                     group.pending.push(Pending { raw, position: Some(position), item });
                 }
             }
@@ -416,6 +431,33 @@ async fn stream(
         );
     }
     Ok(())
+}
+
+/// Completes updates that do not carry an unchanged TOASTed value (the
+/// default `REPLICA IDENTITY` sends only the changed ones) by reading the
+/// row as it is now from the source. The row read may be newer than the
+/// change; the changes after it in the stream are applied after it, so the
+/// target converges to the source exactly, and between the two it may show
+/// a state the source reached a little later.
+#[derive(Default)]
+struct Reread {
+    source: Option<crate::postgres::PgSource>,
+}
+
+impl Reread {
+    async fn current(&mut self, settings: &Settings, id: i64) -> anyhow::Result<Option<Item>> {
+        if self.source.is_none() {
+            self.source = Some(crate::postgres::PgSource::connect(&settings.source.url, &settings.source.table).await?);
+        }
+        let source = self.source.as_mut().expect("connected above");
+        let batch = source.read_keys(&[id]).await?;
+        metrics::counter!(crate::daemon::names::TOAST_REREADS).increment(1);
+        Ok(match (batch.rows.into_iter().next(), batch.unreadable.into_iter().next()) {
+            (Some(user), _) => Some(Item::Op(ChangeOp::Upsert(user))),
+            (None, Some(dead)) => Some(Item::Reject { key: Some(id), reason: dead.reason }),
+            (None, None) => None,
+        })
+    }
 }
 
 /// Drops the slot (so the source stops retaining WAL for it) and the
@@ -513,23 +555,37 @@ fn urlencoding_decode(s: &str) -> String {
 
 /// The changes in one pgoutput message, each with a description kept in its
 /// dead letter if it is not applied.
-fn items(relations: &Relations, message: Message) -> Vec<(String, Item)> {
+/// A decoded change: ready to apply, or an update that lacks an unchanged
+/// TOASTed value, to be completed by reading the row from the source.
+enum Decoded {
+    Ready(Item),
+    Reread(i64),
+}
+
+fn items(relations: &Relations, message: Message) -> Vec<(String, Decoded)> {
     let describe = |what: &str, id: Option<i64>| {
         format!("{{\"pgoutput\":\"{what}\",\"id\":{}}}", id.map_or("null".into(), |i| i.to_string()))
     };
-    let row = |relation: u32, tuple: &[pgoutput::Datum], what: &str| -> (String, Item) {
+    let row = |relation: u32, tuple: &[pgoutput::Datum], what: &str| -> (String, Decoded) {
         match relations.legacy_user(relation, tuple) {
-            Ok(user) => (describe(what, Some(user.id)), Item::Op(ChangeOp::Upsert(user))),
+            Ok(user) => (describe(what, Some(user.id)), Decoded::Ready(Item::Op(ChangeOp::Upsert(user)))),
             Err(problem) => {
                 let key = relations.key(relation, tuple).ok();
-                let reason = match problem {
-                    RowProblem::Unchanged(column) => format!(
-                        "column `{column}` is an unchanged TOASTed value the change does not carry; \
-                         set REPLICA IDENTITY FULL on the source table to receive it"
+                match (problem, key) {
+                    (RowProblem::Unchanged(_), Some(id)) => (describe(what, key), Decoded::Reread(id)),
+                    (RowProblem::Unchanged(column), None) => (
+                        describe(what, key),
+                        Decoded::Ready(Item::Reject {
+                            key,
+                            reason: format!(
+                                "column `{column}` is an unchanged TOASTed value and the key is unreadable"
+                            ),
+                        }),
                     ),
-                    RowProblem::Invalid(reason) => reason,
-                };
-                (describe(what, key), Item::Reject { key, reason })
+                    (RowProblem::Invalid(reason), _) => {
+                        (describe(what, key), Decoded::Ready(Item::Reject { key, reason }))
+                    }
+                }
             }
         }
     };
@@ -544,7 +600,7 @@ fn items(relations: &Relations, message: Message) -> Vec<(String, Item)> {
             {
                 out.push((
                     describe("update (old key)", Some(old_id)),
-                    Item::Op(ChangeOp::Delete { id: old_id, before: None }),
+                    Decoded::Ready(Item::Op(ChangeOp::Delete { id: old_id, before: None })),
                 ));
             }
             // Unchanged TOASTed values: with REPLICA IDENTITY FULL the old
@@ -563,13 +619,13 @@ fn items(relations: &Relations, message: Message) -> Vec<(String, Item)> {
         Message::Delete { relation, key_only, old } => match relations.key(relation, &old) {
             Ok(id) => {
                 let before = if key_only { None } else { relations.legacy_user(relation, &old).ok() };
-                vec![(describe("delete", Some(id)), Item::Op(ChangeOp::Delete { id, before }))]
+                vec![(describe("delete", Some(id)), Decoded::Ready(Item::Op(ChangeOp::Delete { id, before })))]
             }
             Err(RowProblem::Invalid(reason) | RowProblem::Unchanged(reason)) => {
-                vec![(describe("delete", None), Item::Reject { key: None, reason })]
+                vec![(describe("delete", None), Decoded::Ready(Item::Reject { key: None, reason }))]
             }
         },
-        Message::Truncate { .. } => vec![(describe("truncate", None), Item::Op(ChangeOp::Truncate))],
+        Message::Truncate { .. } => vec![(describe("truncate", None), Decoded::Ready(Item::Op(ChangeOp::Truncate)))],
         _ => Vec::new(),
     }
 }
