@@ -51,6 +51,24 @@ pub struct TargetConfig {
     pub on_conflict: Option<OnConflict>,
     /// How rows are written into PostgreSQL.
     pub load_method: Option<LoadMethod>,
+    /// Change streams: what becomes of the target row when the plugin
+    /// rejects a newer version of it.
+    pub on_reject: Option<OnReject>,
+}
+
+/// What a change stream does with the target row when the plugin rejects
+/// (or the target refuses) a newer version of it. The change is
+/// dead-lettered either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnReject {
+    /// Keep the last good version, marked stale in `ferry.stale_rows` with a
+    /// link to its dead letter (default: a transform failing on a new
+    /// version never deletes data the application may be reading).
+    #[default]
+    Keep,
+    /// Remove the target row, as a migration would never have loaded it.
+    Delete,
 }
 
 /// Conflict policy for pre-existing target rows.

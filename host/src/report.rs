@@ -104,9 +104,15 @@ pub fn validate(r: &ValidationReport) -> String {
             c.run_status
         ),
         Some(changes) => format!(
-            "source {} = transformed {} + rejected by the plugin {}; target holds {} rows (expected {}); \
-             change stream {}: {} changes dead-lettered (`ferry dlq list`)",
-            c.source_rows, c.loaded, c.dead_lettered, c.target_rows, c.loaded, c.run_status, changes
+            "source {} = transformed {} + rejected by the plugin {}; target holds {} rows; \
+             change stream {}: {} changes dead-lettered (`ferry dlq list`), {} rows stale",
+            c.source_rows,
+            c.loaded,
+            c.dead_lettered,
+            c.target_rows,
+            c.run_status,
+            changes,
+            c.stale_rows.unwrap_or(0)
         ),
     };
     t.add_row(vec![Cell::new("1. counts"), Cell::new(mark(c.ok)), Cell::new(detail)]);
@@ -136,7 +142,17 @@ pub fn validate(r: &ValidationReport) -> String {
                 k.extra.len(),
                 k.different.iter().map(|d| &d.key).collect::<std::collections::BTreeSet<_>>().len(),
                 if k.undrilled_segments > 0 { format!(" ({} segments not listed)", k.undrilled_segments) } else { String::new() }
-            )),
+            ) + &if k.explained.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; explained by dead letters (stale rows, `ferry dlq list`): {} ({} kept, {} removed, {} older)",
+                    k.explained.join(", "),
+                    k.explained_extra,
+                    k.explained_missing,
+                    k.explained_different
+                )
+            }),
         ]);
     }
     let mut out = t.to_string();

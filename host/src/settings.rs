@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{ConfigError, FileConfig, LoadMethod, OnConflict};
+use crate::config::{ConfigError, FileConfig, LoadMethod, OnConflict, OnReject};
 use crate::db::{DbUrl, TableName};
 use crate::plugin::{self, Limits};
 
@@ -80,6 +80,9 @@ pub struct Settings {
     pub target: Endpoint,
     pub create_table: bool,
     pub on_conflict: OnConflict,
+    /// Change streams: keep (marked stale) or delete a row whose newer
+    /// version is dead-lettered.
+    pub on_reject: OnReject,
     pub load_method: LoadMethod,
     pub plugin: PluginSettings,
     pub batch_size: usize,
@@ -163,6 +166,7 @@ impl Settings {
             target,
             create_table: o.create_table || file.target.create_table.unwrap_or(false),
             on_conflict: o.on_conflict.or(file.target.on_conflict).unwrap_or_default(),
+            on_reject: file.target.on_reject.unwrap_or_default(),
             load_method: file.target.load_method.unwrap_or_default(),
             plugin: PluginSettings {
                 path: plugin_path,

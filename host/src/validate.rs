@@ -59,6 +59,9 @@ pub struct CountCheck {
     /// (`ferry.change_dead_letters`), whose rows the target may lack or hold
     /// in an older version.
     pub change_dead_letters: Option<u64>,
+    /// A change-stream pipeline: target rows marked stale (kept or removed)
+    /// because their newest version was dead-lettered.
+    pub stale_rows: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +79,9 @@ pub struct SampleCheck {
     pub matched: usize,
     /// Sampled rows the plugin rejects (they belong in the dead letters).
     pub rejected: usize,
+    /// Sampled rows that differ because their newest version was
+    /// dead-lettered (stale rows of a change stream).
+    pub explained: usize,
     pub differences: Vec<FieldDiff>,
 }
 
@@ -96,6 +102,13 @@ pub struct ChecksumCheck {
     pub different: Vec<FieldDiff>,
     /// Mismatching segments not drilled into (over the per-run limit).
     pub undrilled_segments: usize,
+    /// Differences explained by a dead letter (a stale or removed row of a
+    /// change stream, `ferry.stale_rows`): keys, and how many were missing,
+    /// extra and different among them.
+    pub explained: Vec<String>,
+    pub explained_missing: usize,
+    pub explained_extra: usize,
+    pub explained_different: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -249,6 +262,14 @@ impl Segment {
     }
 }
 
+/// What dead letters explain: source keys the target refused (absent from
+/// it on purpose) and target keys of stale rows (kept or removed because
+/// their newest version was dead-lettered).
+struct Explained {
+    refused: HashSet<i64>,
+    stale: HashSet<String>,
+}
+
 /// Runs the three checks.
 pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::Result<ValidationReport> {
     let started = std::time::Instant::now();
@@ -256,12 +277,15 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
     let run = target.latest_run(&settings.pipeline).await?;
     // A pipeline fed by `ferry sync`/`ferry apply` has a change stream
     // instead of (or after) a migration run.
-    let stream = match (&run, settings.target.url.engine()) {
+    let (stream, stale) = match (&run, settings.target.url.engine()) {
         (None, crate::db::Engine::Postgres) => {
-            engines::open_change_target(settings).await?.change_status(&settings.pipeline).await?
+            let mut changes = engines::open_change_target(settings).await?;
+            (changes.change_status(&settings.pipeline).await?, changes.stale_rows(&settings.pipeline).await?)
         }
-        _ => None,
+        _ => (None, Vec::new()),
     };
+    // Target keys whose difference a dead letter explains.
+    let explained: HashSet<String> = stale.iter().filter_map(|s| s.target_key.clone()).collect();
     if run.is_none() && stream.is_none() {
         anyhow::bail!(
             "no run of pipeline {} is recorded in {}; run `ferry migrate` (or `ferry sync`) first, or check `name` in the configuration",
@@ -302,11 +326,19 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
             .collect(),
         None => HashSet::new(),
     };
-    let sample =
-        check_sample(source.as_mut(), target.as_mut(), &mut transformer, options.sample_size, &refused).await?;
+    let dead = Explained { refused, stale: explained };
+    let sample = check_sample(
+        source.as_mut(),
+        target.as_mut(),
+        &mut transformer,
+        options.sample_size,
+        &dead.refused,
+        &dead.stale,
+    )
+    .await?;
     let checksum = if options.checksum {
         Some(
-            check_checksums(settings, source, target, &mut transformer, options.segment_rows, target_rows, &refused)
+            check_checksums(settings, source, target, &mut transformer, options.segment_rows, target_rows, &dead)
                 .await?,
         )
     } else {
@@ -314,7 +346,13 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
     };
     let counts = match &run {
         Some(run) => counts_with_ledger(source_rows, target_rows, run),
-        None => counts_of_stream(source_rows, target_rows, checksum.as_ref(), stream.as_ref().map(|s| s.dead_lettered)),
+        None => counts_of_stream(
+            source_rows,
+            target_rows,
+            checksum.as_ref(),
+            stream.as_ref().map(|s| s.dead_lettered),
+            stale.len() as u64,
+        ),
     };
     let ok = counts.ok && sample.ok && checksum.as_ref().is_none_or(|c| c.ok);
     Ok(ValidationReport {
@@ -343,6 +381,7 @@ fn counts_with_ledger(source_rows: u64, target_rows: u64, run: &RunRecord) -> Co
         run_id: run.run_id.clone(),
         run_status: run.status.as_str().to_string(),
         change_dead_letters: None,
+        stale_rows: None,
     }
 }
 
@@ -354,13 +393,18 @@ fn counts_of_stream(
     target_rows: u64,
     checksum: Option<&ChecksumCheck>,
     change_dead_letters: Option<u64>,
+    stale_rows: u64,
 ) -> CountCheck {
     let (transformed, rejected) = match checksum {
         Some(k) => (k.source_rows_hashed, k.source_rows_read.saturating_sub(k.source_rows_hashed)),
         None => (target_rows, source_rows.saturating_sub(target_rows)),
     };
+    // Stale rows kept for a rejected version are extra, removed ones missing.
+    let expected = checksum
+        .map_or(transformed, |k| (transformed + k.explained_extra as u64).saturating_sub(k.explained_missing as u64));
     CountCheck {
-        ok: target_rows == transformed && checksum.is_some_and(|k| k.source_rows_read == source_rows),
+        ok: target_rows == expected && checksum.is_some_and(|k| k.source_rows_read == source_rows),
+        stale_rows: Some(stale_rows),
         source_rows,
         target_rows,
         loaded: transformed,
@@ -391,6 +435,7 @@ async fn check_sample(
     transformer: &mut Transformer,
     size: usize,
     refused: &HashSet<i64>,
+    explained: &HashSet<String>,
 ) -> anyhow::Result<SampleCheck> {
     let keys = source.sample_keys(size).await?;
     let batch = source.read_keys(&keys).await?;
@@ -409,10 +454,12 @@ async fn check_sample(
         target.read_keys(&target_keys).await?.into_iter().filter_map(|r| r[0].clone().map(|k| (k, r))).collect();
     let mut differences = Vec::new();
     let mut matched = 0;
+    let mut explained_rows = 0;
     for row in &expected {
         let key = row[0].clone().unwrap_or_default();
         match actual.get(&key) {
             Some(found) if found == row => matched += 1,
+            _ if explained.contains(&key) => explained_rows += 1,
             Some(found) => differences.extend(diff_fields(&key, row, found)),
             None => differences.push(FieldDiff {
                 key,
@@ -422,7 +469,7 @@ async fn check_sample(
             }),
         }
     }
-    Ok(SampleCheck { ok: differences.is_empty(), sampled, matched, rejected, differences })
+    Ok(SampleCheck { ok: differences.is_empty(), sampled, matched, rejected, explained: explained_rows, differences })
 }
 
 async fn check_checksums(
@@ -432,8 +479,9 @@ async fn check_checksums(
     transformer: &mut Transformer,
     segment_rows: usize,
     target_rows: u64,
-    refused: &HashSet<i64>,
+    dead: &Explained,
 ) -> anyhow::Result<ChecksumCheck> {
+    let (refused, explained) = (&dead.refused, &dead.stale);
     // Segments are cut on the target's keys, in byte order: boundaries[i] is
     // the first key of segment i + 1; segment 0 starts at the beginning of
     // the key space and the last one runs to its end.
@@ -480,6 +528,8 @@ async fn check_checksums(
     let mut missing = Vec::new();
     let mut extra = Vec::new();
     let mut different = Vec::new();
+    let (mut explained_missing, mut explained_extra, mut explained_different) = (0, 0, 0);
+    let mut explained_keys = Vec::new();
     if !drilled.is_empty() {
         // The mismatching segments, row by row, on both sides.
         let mut expected: BTreeMap<String, TargetRow> = BTreeMap::new();
@@ -515,12 +565,29 @@ async fn check_checksums(
             }
         }
         extra.extend(actual.keys().filter(|k| !expected.contains_key(*k)).cloned());
+        // Differences a dead letter explains are listed apart.
+        let before = (missing.len(), extra.len());
+        missing.retain(|k| !explained.contains(k));
+        extra.retain(|k| !explained.contains(k));
+        explained_missing = before.0 - missing.len();
+        explained_extra = before.1 - extra.len();
+        different.retain(|d| !explained.contains(&d.key));
+        explained_keys.extend(drilled_explained(&expected, &actual, explained));
+        explained_different =
+            explained_keys.iter().filter(|k| expected.contains_key(*k) && actual.contains_key(*k)).count();
+        explained_keys.truncate(MAX_LISTED);
         missing.truncate(MAX_LISTED);
         extra.truncate(MAX_LISTED);
         different.truncate(MAX_LISTED);
     }
+    let undrilled = mismatched.len() - drilled.len();
+    let unexplained = !missing.is_empty() || !extra.is_empty() || !different.is_empty() || undrilled > 0;
     Ok(ChecksumCheck {
-        ok: mismatched.is_empty(),
+        ok: mismatched.is_empty() || !unexplained,
+        explained: explained_keys,
+        explained_missing,
+        explained_extra,
+        explained_different,
         segments,
         mismatched_segments: mismatched.len(),
         source_rows_hashed,
@@ -529,8 +596,25 @@ async fn check_checksums(
         missing,
         extra,
         different,
-        undrilled_segments: mismatched.len() - drilled.len(),
+        undrilled_segments: undrilled,
     })
+}
+
+/// The keys of drilled segments that differ and whose difference a dead
+/// letter explains.
+fn drilled_explained(
+    expected: &BTreeMap<String, TargetRow>,
+    actual: &BTreeMap<String, TargetRow>,
+    explained: &HashSet<String>,
+) -> Vec<String> {
+    let mut keys: BTreeSet<&String> = BTreeSet::new();
+    for (key, row) in expected {
+        if explained.contains(key) && actual.get(key) != Some(row) {
+            keys.insert(key);
+        }
+    }
+    keys.extend(actual.keys().filter(|k| explained.contains(*k) && !expected.contains_key(*k)));
+    keys.into_iter().cloned().collect()
 }
 
 /// Reads the whole source in key order (a reader task keeps one batch

@@ -566,3 +566,76 @@ async fn a_change_the_target_refuses_is_dead_lettered_and_the_stream_goes_on() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_5' AND first_name = 'Fine'").await, 1);
 }
+
+/// A source row whose newer version the plugin rejects, under `on_reject`.
+async fn rejected_update(policy: &str, tag: &str) -> (Cluster, PgDb, Pipeline) {
+    let cluster = Cluster::start();
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut c).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_legacy_rows(1, 200))).execute(&mut c).await.unwrap();
+    let target = PgDb::new(tag).await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::with_target_keys(
+        &format!("{}/postgres", cluster.url()),
+        &target.url(),
+        &plugins().transform_user,
+        &format!("on_reject = \"{policy}\"\n"),
+        "",
+    );
+    assert!([0, 4].contains(&p.ferry(&["sync", "--idle-exit", "1"]).code));
+    // Metadata that is no longer valid JSON: the plugin rejects the update.
+    sqlx::raw_sql("UPDATE users SET metadata = '{broken' WHERE id = 8").execute(&mut c).await.unwrap();
+    let run = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    (cluster, target, p)
+}
+
+/// The stale mark of user 8, joined to its dead letter (the target's own
+/// tables as the observer).
+async fn stale_mark_of_user_8(target: &PgDb) -> Option<(String, String)> {
+    sqlx::query_as(
+        "SELECT s.action, d.reason FROM ferry.stale_rows s \
+         JOIN ferry.change_dead_letters d ON d.pipeline = s.pipeline AND d.dedup_key = s.dead_letter \
+         WHERE s.source_key = '8' AND s.target_key = 'user_8'",
+    )
+    .fetch_optional(&mut target.conn().await)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_update_keeps_a_stale_row_that_validate_explains_until_a_good_version_arrives() {
+    let (cluster, target, p) = rejected_update("keep", "stalek").await;
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_8'").await, 1, "the last good version");
+    let (action, reason) = stale_mark_of_user_8(&target).await.expect("user_8 is marked stale");
+    assert_eq!(action, "kept");
+    assert!(reason.contains("not valid JSON"), "{reason}");
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "every difference is explained: {v:?}");
+    let j = v.json();
+    assert_eq!(j["checksum"]["explained"], serde_json::json!(["user_8"]), "{v:?}");
+    assert_eq!(j["counts"]["stale_rows"], 1, "{v:?}");
+
+    // A later version the plugin accepts clears the mark.
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql("UPDATE users SET metadata = '{\"theme\": \"fixed\"}' WHERE id = 8").execute(&mut c).await.unwrap();
+    assert_eq!(p.ferry(&["sync", "--idle-exit", "1"]).code, 0);
+    assert_eq!(stale_mark_of_user_8(&target).await, None);
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_8' AND settings->>'theme' = 'fixed'").await,
+        1
+    );
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["counts"]["stale_rows"], 0, "{v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_update_under_on_reject_delete_removes_the_row() {
+    let (_cluster, target, p) = rejected_update("delete", "staled").await;
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_8'").await, 0);
+    let (action, _) = stale_mark_of_user_8(&target).await.expect("user_8 is marked");
+    assert_eq!(action, "deleted");
+    let v = p.ferry(&["validate"]);
+    assert_eq!(v.code, 0, "{v:?}");
+}

@@ -15,12 +15,14 @@
 use async_trait::async_trait;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::debezium::{self, ChangeOp, Decoded, IntegerTime};
 use super::input::{EventInput, Next};
 use super::position::Position;
+use crate::config::OnReject;
 use crate::engines;
 use crate::model::{LegacyUser, NewUser, Outcome};
 use crate::plugin::{KeyOutcome, Plugin, Transformer};
@@ -88,11 +90,40 @@ impl OpOrigin {
     }
 }
 
+/// A target row left behind by a dead-lettered newer version of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleMark {
+    pub source_key: i64,
+    /// `None` when the plugin cannot say (no `user-key` interface).
+    pub target_key: Option<String>,
+    /// The dead letter that explains it (`ferry.change_dead_letters.dedup_key`).
+    pub dead_letter: String,
+    /// `kept` (the last good version stays) or `deleted`.
+    pub action: &'static str,
+}
+
+/// A stale mark as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StaleRow {
+    pub source_key: String,
+    pub target_key: Option<String>,
+    pub dead_letter: String,
+    pub action: String,
+}
+
 /// A group of changes to apply atomically.
 #[derive(Debug, Default)]
 pub struct ChangeBatch {
     pub pipeline: String,
     pub ops: Vec<TargetOp>,
+    /// Rows whose newest version was dead-lettered in this group, after
+    /// the ops: recorded in `ferry.stale_rows` (replacing older marks).
+    pub stale: Vec<StaleMark>,
+    /// Source keys whose newest version in this group was applied (or
+    /// deleted): their stale marks go.
+    pub fresh: Vec<i64>,
+    /// A truncate in this group: every earlier mark goes first.
+    pub clear_stale: bool,
     /// The origin of each of `ops` (same order).
     pub origins: Vec<OpOrigin>,
     pub dead: Vec<ChangeDeadLetter>,
@@ -146,6 +177,9 @@ pub trait ChangeSink: Send {
     async fn apply_changes(&mut self, batch: &ChangeBatch) -> anyhow::Result<Refused>;
     /// The pipeline's stream, as `ferry status` shows it (`None`: never ran).
     async fn change_status(&mut self, pipeline: &str) -> anyhow::Result<Option<ChangeStatus>>;
+    /// The pipeline's stale marks (`ferry.stale_rows`): target rows whose
+    /// newest source version was dead-lettered.
+    async fn stale_rows(&mut self, pipeline: &str) -> anyhow::Result<Vec<StaleRow>>;
 }
 
 /// What `ferry apply` reports.
@@ -339,6 +373,8 @@ pub(crate) async fn flush(
         ..Default::default()
     };
     let mut counts = (0u64, 0u64, 0u64);
+    // The newest state of each source key in this group: stale or fresh.
+    let mut marks: HashMap<i64, Option<StaleMark>> = HashMap::new();
     for p in &items {
         let dead = |key: Option<i64>, reason: String| ChangeDeadLetter {
             dedup_key: dedup_key(p),
@@ -349,19 +385,45 @@ pub(crate) async fn flush(
         let outcome = match &p.item {
             Item::Reject { key, reason } => Planned::Dead(dead(*key, reason.clone())),
             Item::Op(ChangeOp::Upsert(row)) => match outcomes.next().expect("one outcome per upsert") {
-                Outcome::Row(new) => Planned::Op(TargetOp::Upsert(new)),
-                Outcome::Rejected(reason) => {
-                    Planned::Dead(dead(Some(row.id), format!("plugin rejected the row: {reason}")))
+                Outcome::Row(new) => {
+                    marks.insert(row.id, None);
+                    Planned::Op(TargetOp::Upsert(new))
                 }
-                Outcome::Trapped(reason) => Planned::Dead(dead(Some(row.id), reason)),
+                Outcome::Rejected(reason) => {
+                    let mark = stale_mark(transformer, settings.on_reject, row.id, dedup_key(p))?;
+                    let delete = mark.target_key.clone().filter(|_| mark.action == "deleted");
+                    marks.insert(row.id, Some(mark));
+                    batch.dead.push(dead(Some(row.id), format!("plugin rejected the row: {reason}")));
+                    match delete {
+                        Some(key) => Planned::Op(TargetOp::Delete(key)),
+                        None => Planned::Nothing,
+                    }
+                }
+                Outcome::Trapped(reason) => {
+                    let mark = stale_mark(transformer, settings.on_reject, row.id, dedup_key(p))?;
+                    let delete = mark.target_key.clone().filter(|_| mark.action == "deleted");
+                    marks.insert(row.id, Some(mark));
+                    batch.dead.push(dead(Some(row.id), reason));
+                    match delete {
+                        Some(key) => Planned::Op(TargetOp::Delete(key)),
+                        None => Planned::Nothing,
+                    }
+                }
                 Outcome::Fatal(reason) => Planned::Fatal(format!("plugin fatal on source row {}: {reason}", row.id)),
             },
             Item::Op(ChangeOp::Delete { id, before }) => match delete_key(transformer, *id, before.as_ref())? {
-                Ok(key) => Planned::Op(TargetOp::Delete(key)),
+                Ok(key) => {
+                    marks.insert(*id, None);
+                    Planned::Op(TargetOp::Delete(key))
+                }
                 Err(Stop::Dead(reason)) => Planned::Dead(dead(Some(*id), reason)),
                 Err(Stop::Fatal(reason)) => Planned::Fatal(reason),
             },
-            Item::Op(ChangeOp::Truncate) => Planned::Op(TargetOp::Truncate),
+            Item::Op(ChangeOp::Truncate) => {
+                marks.clear();
+                batch.clear_stale = true;
+                Planned::Op(TargetOp::Truncate)
+            }
         };
         match outcome {
             Planned::Op(op) => {
@@ -379,6 +441,7 @@ pub(crate) async fn flush(
                 batch.origins.push(OpOrigin { dedup_key: dedup_key(p), source_key, event: p.raw.clone() });
             }
             Planned::Dead(d) => batch.dead.push(d),
+            Planned::Nothing => {}
             Planned::Fatal(reason) => {
                 report.fatal = Some(reason);
                 report.checkpoint = *checkpoint;
@@ -388,6 +451,12 @@ pub(crate) async fn flush(
         if let Some(pos) = p.position {
             batch.next.position = Some(batch.next.position.map_or(pos, |c| c.max(pos)));
             batch.next.streaming = true;
+        }
+    }
+    for (source_key, mark) in marks {
+        match mark {
+            Some(mark) => batch.stale.push(mark),
+            None => batch.fresh.push(source_key),
         }
     }
     let refused = target.apply_changes(&batch).await?;
@@ -412,6 +481,8 @@ pub(crate) async fn flush(
 
 /// What one input item becomes.
 enum Planned {
+    /// Nothing to write (a rejected version whose row is kept).
+    Nothing,
     Op(TargetOp),
     Dead(ChangeDeadLetter),
     Fatal(String),
@@ -450,6 +521,23 @@ fn delete_key(
         Outcome::Rejected(reason) | Outcome::Trapped(reason) => Err(Stop::Dead(reason)),
         Outcome::Fatal(reason) => Err(Stop::Fatal(reason)),
     })
+}
+
+/// The stale mark of a source row whose newest version the plugin rejected,
+/// under the pipeline's `on_reject` policy: `deleted` needs the target key
+/// (the plugin's `user-key`), else the row can only be kept.
+fn stale_mark(
+    transformer: &mut Transformer,
+    policy: OnReject,
+    id: i64,
+    dead_letter: String,
+) -> anyhow::Result<StaleMark> {
+    let target_key = delete_key(transformer, id, None)?.ok();
+    let action = match (policy, &target_key) {
+        (OnReject::Delete, Some(_)) => "deleted",
+        _ => "kept",
+    };
+    Ok(StaleMark { source_key: id, target_key, dead_letter, action })
 }
 
 fn dedup_key(p: &Pending) -> String {

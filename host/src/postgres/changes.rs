@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use sqlx::{Connection, PgConnection};
 
 use super::target::PgTarget;
-use crate::cdc::apply::{ChangeBatch, ChangeCheckpoint, ChangeDeadLetter, ChangeSink, ChangeStatus, Refused, TargetOp};
+use crate::cdc::apply::{
+    ChangeBatch, ChangeCheckpoint, ChangeDeadLetter, ChangeSink, ChangeStatus, Refused, StaleMark, StaleRow, TargetOp,
+};
 use crate::cdc::position::Position;
 use crate::config::OnConflict;
 use crate::model::NewUser;
@@ -43,6 +45,15 @@ CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
     plugin_sha256 text NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
     UNIQUE (pipeline, dedup_key)
+);
+CREATE TABLE IF NOT EXISTS ferry.stale_rows (
+    pipeline      text NOT NULL,
+    source_key    text NOT NULL,
+    target_key    text,
+    dead_letter   text NOT NULL,
+    action        text NOT NULL,
+    since         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, source_key)
 );
 "#;
 
@@ -116,6 +127,8 @@ impl ChangeSink for PgTarget {
         // whose last op is a delete, then one upsert of the others.
         let mut refused = Refused::default();
         let mut refused_dead: Vec<ChangeDeadLetter> = Vec::new();
+        // A refused upsert leaves the old row: stale, like a rejected one.
+        let mut refused_marks: Vec<StaleMark> = Vec::new();
         let mut offset = 0;
         for stretch in batch.ops.split_inclusive(|op| matches!(op, TargetOp::Truncate)) {
             // The index (in `batch.ops`) of the last op of each key.
@@ -163,12 +176,52 @@ impl ChangeSink for PgTarget {
                     .map_err(|e| crate::retry::DriverError::sqlx(format!("upserting into {}", self.table), &e))?;
                 for (i, message) in rejected {
                     refused.upserts += 1;
-                    refused_dead.push(batch.origins[upserts[i].0].refused(&rows[i].id, &message));
+                    let origin = &batch.origins[upserts[i].0];
+                    refused_dead.push(origin.refused(&rows[i].id, &message));
+                    if let Some(source_key) = origin.source_key {
+                        refused_marks.push(StaleMark {
+                            source_key,
+                            target_key: Some(rows[i].id.clone()),
+                            dead_letter: origin.dedup_key.clone(),
+                            action: "kept",
+                        });
+                    }
                 }
             }
             if truncate {
                 sqlx::query(sqlx::AssertSqlSafe(&*format!("TRUNCATE {target}"))).execute(&mut *tx).await?;
             }
+        }
+        // Stale marks: a truncate clears them, an applied version clears its
+        // key's, a dead-lettered newest version (rejected by the plugin, or
+        // refused by the target: the old row stays) sets it.
+        if batch.clear_stale {
+            sqlx::query("DELETE FROM ferry.stale_rows WHERE pipeline = $1")
+                .bind(&batch.pipeline)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !batch.fresh.is_empty() {
+            let fresh: Vec<String> = batch.fresh.iter().map(i64::to_string).collect();
+            sqlx::query("DELETE FROM ferry.stale_rows WHERE pipeline = $1 AND source_key = ANY($2)")
+                .bind(&batch.pipeline)
+                .bind(&fresh)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for mark in batch.stale.iter().chain(&refused_marks) {
+            sqlx::query(
+                "INSERT INTO ferry.stale_rows (pipeline, source_key, target_key, dead_letter, action) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pipeline, source_key) DO UPDATE \
+                 SET target_key = EXCLUDED.target_key, dead_letter = EXCLUDED.dead_letter, action = EXCLUDED.action, since = now()",
+            )
+            .bind(&batch.pipeline)
+            .bind(mark.source_key.to_string())
+            .bind(&mark.target_key)
+            .bind(&mark.dead_letter)
+            .bind(mark.action)
+            .execute(&mut *tx)
+            .await?;
         }
         for d in batch.dead.iter().chain(&refused_dead) {
             sqlx::query(
@@ -211,6 +264,29 @@ impl ChangeSink for PgTarget {
         .await?;
         tx.commit().await.context("committing the change transaction")?;
         Ok(refused)
+    }
+
+    async fn stale_rows(&mut self, pipeline: &str) -> anyhow::Result<Vec<StaleRow>> {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT to_regclass('ferry.stale_rows')::oid::int8").fetch_one(&mut self.conn).await?;
+        if exists.is_none() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, Option<String>, String, String)> = sqlx::query_as(
+            "SELECT source_key, target_key, dead_letter, action FROM ferry.stale_rows WHERE pipeline = $1 ORDER BY source_key",
+        )
+        .bind(pipeline)
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(source_key, target_key, dead_letter, action)| StaleRow {
+                source_key,
+                target_key,
+                dead_letter,
+                action,
+            })
+            .collect())
     }
 
     async fn change_status(&mut self, pipeline: &str) -> anyhow::Result<Option<ChangeStatus>> {
