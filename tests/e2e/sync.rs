@@ -102,12 +102,20 @@ async fn rows(db: &PgDb) -> Vec<(String, String, String, String, serde_json::Val
 
 /// The target equals a fresh migration of the source as it is now.
 async fn assert_target_matches_source(cluster: &Cluster, target: &PgDb) {
+    assert_target_matches_source_but(cluster, target, &[]).await
+}
+
+/// [`assert_target_matches_source`], except the target rows `kept` (stale
+/// rows whose newest version was dead-lettered).
+async fn assert_target_matches_source_but(cluster: &Cluster, target: &PgDb, kept: &[&str]) {
     let oracle = PgDb::new("oracle").await;
     oracle.exec(PG_NEW_DDL).await;
     let p = Pipeline::new(&format!("{}/postgres", cluster.url()), &oracle.url(), &plugins().transform_user, "");
     let run = p.ferry(&["migrate"]);
     assert!([0, 4].contains(&run.code), "{run:?}");
-    let (got, want) = (rows(target).await, rows(&oracle).await);
+    let mut got = rows(target).await;
+    got.retain(|r| !kept.contains(&r.0.as_str()));
+    let want = rows(&oracle).await;
     assert_eq!(got.len(), want.len(), "row counts");
     assert!(got == want, "the synced target differs from the transform of the source");
 }
@@ -638,4 +646,59 @@ async fn a_rejected_update_under_on_reject_delete_removes_the_row() {
     assert_eq!(action, "deleted");
     let v = p.ferry(&["validate"]);
     assert_eq!(v.code, 0, "{v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_realistic_workload_converges_through_kills_and_a_source_restart() {
+    // Default REPLICA IDENTITY, TOASTed documents, rejected updates, key
+    // changes, kill -9 while draining, a source restart while streaming.
+    let (cluster, target, p) = synced_pipeline(3000, "syncw", &plugins().transform_user).await;
+    assert!([0, 4].contains(&p.ferry(&["sync", "--idle-exit", "1"]).code));
+    let mut c = source_conn(&cluster).await;
+    let reject = "UPDATE users SET metadata = '{bad' WHERE id BETWEEN 2001 AND 2003";
+    write_changes_with(&cluster, 0, true).await;
+    sqlx::raw_sql(reject).execute(&mut c).await.unwrap();
+    write_changes_with(&cluster, 1, true).await;
+    kill_until_done(|| p.command(&["sync", "--idle-exit", "1"]), &[0, 4]);
+
+    let child = p
+        .command(&["sync", "--idle-exit", "4", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Restart once ferry streams (the server's own view: its slot is active).
+    eventually("ferry streams from its slot", || async {
+        let mut c = source_conn(&cluster).await;
+        sqlx::query_scalar::<_, bool>("SELECT coalesce(bool_or(active), false) FROM pg_replication_slots")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    })
+    .await;
+    write_changes_with(&cluster, 2, true).await;
+    cluster.restart();
+    let mut c = source_conn(&cluster).await;
+    // One of the rejected rows gets a good version again.
+    sqlx::raw_sql("UPDATE users SET metadata = '{\"theme\": \"back\"}' WHERE id = 2003").execute(&mut c).await.unwrap();
+    write_changes_with(&cluster, 3, true).await;
+    let report = json_report(child);
+    assert!(report["reconnects"].as_u64().unwrap() >= 1, "the restart was survived: {report}");
+    assert!(report["toast_rereads"].as_u64().unwrap() >= 6, "documents left alone were read back: {report}");
+
+    // The target equals a fresh migration of the source but for the two
+    // rows kept stale, and validate explains exactly those.
+    assert_target_matches_source_but(&cluster, &target, &["user_2001", "user_2002"]).await;
+    let stale: Vec<String> = sqlx::query_scalar("SELECT target_key FROM ferry.stale_rows ORDER BY 1")
+        .fetch_all(&mut target.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(stale, vec!["user_2001", "user_2002"]);
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    let j = v.json();
+    assert_eq!(j["checksum"]["explained"], serde_json::json!(["user_2001", "user_2002"]), "{v:?}");
+    let recorded = target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await;
+    assert_eq!(j["counts"]["change_dead_letters"].as_i64(), Some(recorded), "{v:?}");
+    assert_slot_acknowledged(&cluster, &target, "after the workload").await;
 }

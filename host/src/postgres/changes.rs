@@ -125,6 +125,22 @@ impl ChangeSink for PgTarget {
         // The group commits atomically, so within each stretch between
         // truncates only the last op per key matters: deletes of the keys
         // whose last op is a delete, then one upsert of the others.
+        // A `deleted` mark says a row was removed: only for rows the target
+        // holds before this group.
+        let deleting: Vec<&str> =
+            batch.stale.iter().filter(|m| m.action == "deleted").filter_map(|m| m.target_key.as_deref()).collect();
+        let existed: std::collections::HashSet<String> = if deleting.is_empty() {
+            Default::default()
+        } else {
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(&*format!(
+                "SELECT id::text FROM {target} WHERE id = ANY($1)"
+            )))
+            .bind(&deleting)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+        };
         let mut refused = Refused::default();
         let mut refused_dead: Vec<ChangeDeadLetter> = Vec::new();
         // A refused upsert leaves the old row: stale, like a rejected one.
@@ -210,11 +226,26 @@ impl ChangeSink for PgTarget {
                 .await?;
         }
         for mark in batch.stale.iter().chain(&refused_marks) {
-            sqlx::query(
+            // A rejected version of a row the target never held (or no longer
+            // holds) leaves nothing stale: its key's mark goes.
+            // A row already absent keeps the mark it has (if any).
+            if mark.action == "deleted" && !mark.target_key.as_ref().is_some_and(|k| existed.contains(k)) {
+                continue;
+            }
+            let condition = if mark.action == "kept" {
+                format!("EXISTS (SELECT 1 FROM {target} WHERE id = $3)")
+            } else {
+                "true".to_string()
+            };
+            sqlx::query("DELETE FROM ferry.stale_rows WHERE pipeline = $1 AND source_key = $2")
+                .bind(&batch.pipeline)
+                .bind(mark.source_key.to_string())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(&*format!(
                 "INSERT INTO ferry.stale_rows (pipeline, source_key, target_key, dead_letter, action) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pipeline, source_key) DO UPDATE \
-                 SET target_key = EXCLUDED.target_key, dead_letter = EXCLUDED.dead_letter, action = EXCLUDED.action, since = now()",
-            )
+                 SELECT $1, $2, $3, $4, $5 WHERE {condition}"
+            )))
             .bind(&batch.pipeline)
             .bind(mark.source_key.to_string())
             .bind(&mark.target_key)
