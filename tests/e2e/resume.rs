@@ -89,32 +89,12 @@ async fn sigterm_commits_in_flight_batches_and_exits_resumable() {
     seed_pg_legacy(&source, n).await;
     target.exec(PG_NEW_DDL).await;
     let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "[migrate]\nbatch_size = 100\n");
-    let child = p
-        .command(&["migrate", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until some batches are committed, then ask it to stop.
-    let started = Instant::now();
-    while target.scalar_i64("SELECT count(*) FROM pg_tables WHERE schemaname = 'ferry' AND tablename = 'runs'").await
-        == 0
-        || target.scalar_i64("SELECT coalesce(max(batches), 0) FROM ferry.runs").await < 3
-    {
-        assert!(started.elapsed() < Duration::from_secs(60), "no batch committed within 60 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Hold the target table so the run cannot finish before the signal
-    // lands, however fast the machine: the next batch waits on the lock.
-    let mut holder = target.conn().await;
-    let mut hold = sqlx::Connection::begin(&mut holder).await.unwrap();
-    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM ferry.runs").fetch_one(&mut target.conn().await).await.unwrap();
-    assert_eq!(status, "running", "the run must still be going when the signal is sent");
+    let child = p.spawn(&["migrate", "--json"]);
+    // Some batches committed, the run held mid-way: ask it to stop.
+    let mut hold = hold_target_mid_run(&target).await;
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    hold.rollback().await.unwrap();
+    sqlx::raw_sql("ROLLBACK").execute(&mut hold).await.unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(6), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let status: String =
@@ -139,30 +119,12 @@ async fn migrate_resumes_by_itself_when_the_source_server_restarts_under_it() {
     let target = PgDb::new("rst").await;
     target.exec(PG_NEW_DDL).await;
     let p = Pipeline::new(&source_url, &target.url(), &plugins().transform_user, "[migrate]\nbatch_size = 500\n");
-    let child = p
-        .command(&["migrate"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while target.scalar_i64("SELECT count(*) FROM pg_tables WHERE schemaname = 'ferry' AND tablename = 'runs'").await
-        == 0
-        || target.scalar_i64("SELECT coalesce(max(batches), 0) FROM ferry.runs").await < 3
-    {
-        assert!(started.elapsed() < Duration::from_secs(60), "no batch committed within 60 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Hold the target so the run is surely mid-way, restart the source
-    // under it (its connections are terminated), then let it go on.
-    let mut holder = target.conn().await;
-    let mut hold = sqlx::Connection::begin(&mut holder).await.unwrap();
-    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE").execute(&mut *hold).await.unwrap();
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM ferry.runs").fetch_one(&mut target.conn().await).await.unwrap();
-    assert_eq!(status, "running");
+    let child = p.spawn(&["migrate"]);
+    // The run held mid-way while the source restarts under it (its
+    // connections are terminated), then let go on.
+    let mut hold = hold_target_mid_run(&target).await;
     cluster.restart();
-    hold.rollback().await.unwrap();
+    sqlx::raw_sql("ROLLBACK").execute(&mut hold).await.unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
@@ -171,4 +133,25 @@ async fn migrate_resumes_by_itself_when_the_source_server_restarts_under_it() {
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, n - invalid, "every row once");
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.dead_letters").await, invalid);
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.runs").await, 1, "the same run, resumed");
+}
+
+/// Waits until the run in `target` has committed a few batches, then holds
+/// the target table (ACCESS EXCLUSIVE, released when the returned
+/// connection runs `ROLLBACK`), so the run is surely mid-way, whatever the
+/// machine's speed: its next batch waits on the lock.
+async fn hold_target_mid_run(target: &PgDb) -> sqlx::PgConnection {
+    let started = Instant::now();
+    while target.scalar_i64("SELECT count(*) FROM pg_tables WHERE schemaname = 'ferry' AND tablename = 'runs'").await
+        == 0
+        || target.scalar_i64("SELECT coalesce(max(batches), 0) FROM ferry.runs").await < 3
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "no batch committed within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut holder = target.conn().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM ferry.runs").fetch_one(&mut target.conn().await).await.unwrap();
+    assert_eq!(status, "running", "the run must still be going");
+    holder
 }

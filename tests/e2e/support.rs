@@ -245,6 +245,11 @@ impl Pipeline {
         ferry(&full)
     }
 
+    /// Starts `ferry` on this pipeline with its output captured.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = ferry_command();
         cmd.arg("--config").arg(&self.config).args(args);

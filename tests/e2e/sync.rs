@@ -142,12 +142,7 @@ async fn concurrent_changes_converge(full: bool, tag: &str) {
     }
 
     // Writers run while ferry loads and then streams.
-    let child = p
-        .command(&["sync", "--idle-exit", "3", "--chunk-rows", "500", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = p.spawn(&["sync", "--idle-exit", "3", "--chunk-rows", "500", "--json"]);
     // Writers start once the slot exists, so they overlap the initial load
     // and the stream (whatever the machine's speed today).
     let slots = format!("{}/postgres", cluster.url());
@@ -187,12 +182,7 @@ async fn concurrent_changes_converge(full: bool, tag: &str) {
 async fn sync_survives_kill_during_load_and_stream() {
     let (cluster, target, p) = synced_pipeline(40_000, "synck", &plugins().transform_user).await;
     // Killed during the initial load, once `ferry status` shows it under way.
-    let mut child = p
-        .command(&["sync", "--idle-exit", "1", "--chunk-rows", "200"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = p.spawn(&["sync", "--idle-exit", "1", "--chunk-rows", "200"]);
     let started = std::time::Instant::now();
     loop {
         let st = p.ferry(&["status", "--json"]);
@@ -224,12 +214,7 @@ async fn sync_survives_kill_during_load_and_stream() {
         sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8").fetch_one(&mut c).await.unwrap();
     write_changes(&cluster, 1).await;
     let loaded_to = target.scalar_i64("SELECT coalesce(commit_lsn, 0) FROM ferry.change_checkpoints").await;
-    let mut child = p
-        .command(&["sync", "--idle-exit", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = p.spawn(&["sync", "--idle-exit", "1"]);
     let started = std::time::Instant::now();
     loop {
         let applied = target.scalar_i64("SELECT coalesce(commit_lsn, 0) FROM ferry.change_checkpoints").await;
@@ -249,12 +234,7 @@ async fn sync_survives_kill_during_load_and_stream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_reconnects_after_the_source_restarts() {
     let (cluster, target, p) = synced_pipeline(2000, "syncr", &plugins().transform_user).await;
-    let child = p
-        .command(&["sync", "--idle-exit", "4", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = p.spawn(&["sync", "--idle-exit", "4", "--json"]);
     // Wait for the initial load to be committed.
     eventually("the initial load", || async {
         target.scalar_i64("SELECT count(*) FROM users").await >= 2000 - invalid_rows(2000)
@@ -284,12 +264,7 @@ async fn http_get(addr: &str, path: &str) -> (String, String) {
 async fn the_sync_daemon_serves_metrics_and_health_reports_status_and_stops_on_sigterm() {
     use std::io::BufRead;
     let (cluster, target, p) = synced_pipeline(500, "syncd", &plugins().transform_user).await;
-    let mut child = p
-        .command(&["sync", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = p.spawn(&["sync", "--listen", "127.0.0.1:0"]);
     let stderr = child.stderr.take().unwrap();
     let addr = std::io::BufReader::new(stderr)
         .lines()
@@ -411,12 +386,7 @@ async fn sync_reconnects_after_the_target_restarts() {
     let mut t = PgConnection::connect(&target_url).await.unwrap();
     sqlx::raw_sql(PG_NEW_DDL).execute(&mut t).await.unwrap();
     let p = Pipeline::new(&format!("{}/postgres", source.url()), &target_url, &plugins().transform_user, "");
-    let child = p
-        .command(&["sync", "--idle-exit", "4", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = p.spawn(&["sync", "--idle-exit", "4", "--json"]);
     drop(t);
     eventually("the initial load", || {
         let url = target_url.clone();
@@ -661,12 +631,7 @@ async fn a_realistic_workload_converges_through_kills_and_a_source_restart() {
     write_changes_with(&cluster, 1, true).await;
     kill_until_done(|| p.command(&["sync", "--idle-exit", "1"]), &[0, 4]);
 
-    let child = p
-        .command(&["sync", "--idle-exit", "4", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = p.spawn(&["sync", "--idle-exit", "4", "--json"]);
     // Restart once ferry streams (the server's own view: its slot is active).
     eventually("ferry streams from its slot", || async {
         let mut c = source_conn(&cluster).await;

@@ -166,12 +166,7 @@ async fn migrate_validate_and_sync_over_verify_full() {
         plugin,
         "",
     );
-    let child = synced
-        .command(&["sync", "--idle-exit", "3", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = synced.spawn(&["sync", "--idle-exit", "3", "--json"]);
     let mut obs = observer(&cluster, "postgres").await;
     let ferry_backends = "SELECT a.backend_type, s.ssl, s.version FROM pg_stat_activity a \
                           JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'ferry'";
