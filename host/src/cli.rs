@@ -98,6 +98,10 @@ enum Command {
         /// Unit of integer timestamps in events without a schema.
         #[arg(long, value_enum, default_value = "micros")]
         integer_time: IntegerTimeArg,
+        /// Complete events whose unchanged TOASTed values Debezium did not send
+        /// (`__debezium_unavailable_value`) by reading the row from source.url.
+        #[arg(long)]
+        reread: bool,
     },
     /// Follow the PostgreSQL source by logical replication: initial load, then changes.
     Sync {
@@ -283,6 +287,7 @@ async fn run(cli: Cli) -> i32 {
             listen,
             group_size,
             integer_time,
+            reread,
         } => {
             if let Err(e) = serve_metrics(listen.as_deref()).await {
                 return fail(&e);
@@ -296,6 +301,7 @@ async fn run(cli: Cli) -> i32 {
                     IntegerTimeArg::Millis => IntegerTime::Millis,
                     IntegerTimeArg::Nanos => IntegerTime::Nanos,
                 },
+                reread,
             };
             let stop = Arc::new(AtomicBool::new(false));
             spawn_signal_handler(Arc::clone(&stop));

@@ -521,3 +521,69 @@ async fn an_event_the_target_refuses_is_dead_lettered_and_the_stream_goes_on() {
     assert_eq!(again.code, 0, "{again:?}");
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 2);
 }
+
+#[tokio::test]
+async fn unavailable_toasted_values_are_read_from_the_source_with_reread() {
+    // The source as it is now: row 1 renamed, with a document Debezium did
+    // not send (unchanged TOASTed value); row 2 deleted since.
+    let source = PgDb::new("dbzsrc").await;
+    source.exec(PG_LEGACY_DDL).await;
+    source
+        .exec(
+            "INSERT INTO users VALUES (1, 'Ada Renamed', 'ada@x.org', '2023-11-14 22:13:20.123456', \
+             json_build_object('theme', 'big', 'blob', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 300) i))::text)",
+        )
+        .await;
+    let target = PgDb::new("dbzrr").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    let t = 1_700_000_000_123_456i64;
+    let lines: Vec<String> = [
+        envelope(
+            "u",
+            Value::Null,
+            user(1, "Ada Renamed", "ada@x.org", t, Some("__debezium_unavailable_value")),
+            10,
+            100,
+            110,
+            "false",
+        ),
+        envelope(
+            "u",
+            Value::Null,
+            user(2, "Gone Since", "g@x.org", t, Some("__debezium_unavailable_value")),
+            11,
+            110,
+            120,
+            "false",
+        ),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect();
+    let file = write_lines(p.config.parent().unwrap(), "events.jsonl", &lines);
+
+    // Without --reread: dead letters that say how to fix it.
+    let without = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    let run = without.ferry(&["--name", "plain", "apply", "--input", &file, "--json"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    let reason: String = sqlx::query_scalar(
+        "SELECT reason FROM ferry.change_dead_letters WHERE pipeline = 'plain' AND source_key = '1'",
+    )
+    .fetch_one(&mut target.conn().await)
+    .await
+    .unwrap();
+    assert!(reason.contains("--reread") && reason.contains("REPLICA IDENTITY FULL"), "{reason}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 0);
+
+    let run = p.ferry(&["apply", "--input", &file, "--reread", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["toast_rereads"], 1, "{run:?}");
+    let (name, theme): (String, String) =
+        sqlx::query_as("SELECT first_name || ' ' || last_name, settings->>'theme' FROM users WHERE id = 'user_1'")
+            .fetch_one(&mut target.conn().await)
+            .await
+            .unwrap();
+    assert_eq!((name.as_str(), theme.as_str()), ("Ada Renamed", "big"), "the document from the source");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_2'").await, 0, "gone since");
+}

@@ -195,6 +195,8 @@ pub struct ApplyReport {
     pub truncates: u64,
     pub dead_lettered: u64,
     pub transactions: u64,
+    /// Upserts completed by reading the row from the source (`--reread`).
+    pub toast_rereads: u64,
     pub checkpoint: ChangeCheckpoint,
     /// Set when the plugin returned `fatal`: nothing after the last commit
     /// was applied.
@@ -209,11 +211,13 @@ pub struct ApplyOptions {
     pub group_size: usize,
     /// Unit of integer timestamps in events without a schema.
     pub integer_time: IntegerTime,
+    /// Complete events lacking unchanged TOASTed values from the source.
+    pub reread: bool,
 }
 
 impl Default for ApplyOptions {
     fn default() -> Self {
-        ApplyOptions { group_size: 2000, integer_time: IntegerTime::Micros }
+        ApplyOptions { group_size: 2000, integer_time: IntegerTime::Micros, reread: false }
     }
 }
 
@@ -258,6 +262,7 @@ pub async fn apply_debezium(
     // Carry-forward for items without a position of their own.
     let mut last_position: Option<Position> = checkpoint.position;
     let mut unpositioned = 0u32;
+    let mut reread = super::reread::Reread::default();
     macro_rules! flush_and_ack {
         () => {
             if !flush(settings, &mut transformer, target.as_mut(), &mut pending, &mut checkpoint, &mut report, None)
@@ -283,6 +288,7 @@ pub async fn apply_debezium(
         last_seen = Some(token);
         let decoded =
             if line.trim().is_empty() { Decoded::Tombstone } else { debezium::decode(&line, options.integer_time) };
+        // `Err(key)`: an upsert to complete from the source (after the replay check).
         let (position, snapshot, tx, item) = match decoded {
             Decoded::Tombstone => {
                 report.tombstones += 1;
@@ -291,9 +297,21 @@ pub async fn apply_debezium(
                 }
                 continue;
             }
-            Decoded::Event(e) => (e.position, e.snapshot, e.tx_id, Item::Op(e.op)),
+            Decoded::Event(e) => (e.position, e.snapshot, e.tx_id, Ok(Item::Op(e.op))),
+            Decoded::Unavailable { position, snapshot, tx_id, key, .. } if options.reread => {
+                (position, snapshot, tx_id, Err(key))
+            }
+            Decoded::Unavailable { position, snapshot, key, column, .. } => {
+                let reason = format!(
+                    "column `{column}` is {} (an unchanged TOASTed value the event does not carry); \
+                     pass --reread to read such rows from source.url, or set REPLICA IDENTITY FULL on the \
+                     source table, then replay",
+                    debezium::UNAVAILABLE
+                );
+                (position, snapshot, None, Ok(Item::Reject { key: Some(key), reason }))
+            }
             Decoded::Rejected { position, snapshot, key, reason } => {
-                (position, snapshot, None, Item::Reject { key, reason })
+                (position, snapshot, None, Ok(Item::Reject { key, reason }))
             }
         };
         let position = match (position, snapshot) {
@@ -328,6 +346,17 @@ pub async fn apply_debezium(
             flush_and_ack!();
         }
         current_tx = tx;
+        let item = match item {
+            Ok(item) => item,
+            Err(key) => match reread.current(settings, key).await? {
+                Some(item) => {
+                    report.toast_rereads += 1;
+                    item
+                }
+                // Deleted since: its delete follows in the stream.
+                None => continue,
+            },
+        };
         pending.push(Pending { raw: line, position, item });
         group_last = Some(token);
     }

@@ -6,4 +6,5 @@ pub mod debezium;
 pub mod input;
 pub mod pgoutput;
 pub mod position;
+mod reread;
 pub mod sync;

@@ -330,7 +330,7 @@ async fn stream(
 ) -> anyhow::Result<()> {
     let mut relations = Relations::default();
     let mut group = Group::default();
-    let mut reread = Reread::default();
+    let mut reread = super::reread::Reread::default();
     let mut tx_commit: u64 = 0;
     let mut seq: u32 = 0;
     let mut in_transaction = false;
@@ -431,33 +431,6 @@ async fn stream(
         );
     }
     Ok(())
-}
-
-/// Completes updates that do not carry an unchanged TOASTed value (the
-/// default `REPLICA IDENTITY` sends only the changed ones) by reading the
-/// row as it is now from the source. The row read may be newer than the
-/// change; the changes after it in the stream are applied after it, so the
-/// target converges to the source exactly, and between the two it may show
-/// a state the source reached a little later.
-#[derive(Default)]
-struct Reread {
-    source: Option<crate::postgres::PgSource>,
-}
-
-impl Reread {
-    async fn current(&mut self, settings: &Settings, id: i64) -> anyhow::Result<Option<Item>> {
-        if self.source.is_none() {
-            self.source = Some(crate::postgres::PgSource::connect(&settings.source.url, &settings.source.table).await?);
-        }
-        let source = self.source.as_mut().expect("connected above");
-        let batch = source.read_keys(&[id]).await?;
-        metrics::counter!(crate::daemon::names::TOAST_REREADS).increment(1);
-        Ok(match (batch.rows.into_iter().next(), batch.unreadable.into_iter().next()) {
-            (Some(user), _) => Some(Item::Op(ChangeOp::Upsert(user))),
-            (None, Some(dead)) => Some(Item::Reject { key: Some(id), reason: dead.reason }),
-            (None, None) => None,
-        })
-    }
 }
 
 /// Drops the slot (so the source stops retaining WAL for it) and the
