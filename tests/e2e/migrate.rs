@@ -290,3 +290,29 @@ async fn rows_the_target_constraints_refuse_are_isolated_exactly_once_across_kil
     let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 0, "{v:?}");
 }
+
+#[tokio::test]
+async fn rows_a_sqlite_target_refuses_are_dead_lettered_and_the_rest_loads() {
+    let source = PgDb::new("sqlref").await;
+    seed_pg_legacy(&source, 1000).await;
+    let target = SqliteDb::new();
+    // A stricter new schema: a CHECK the transform does not know about.
+    target
+        .exec(
+            "CREATE TABLE users (id TEXT PRIMARY KEY, first_name TEXT NOT NULL, last_name TEXT NOT NULL, \
+             email TEXT NOT NULL CHECK (email <> 'user.77@example.com'), created_at TEXT NOT NULL, settings TEXT NOT NULL)",
+        )
+        .await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    let run = p.ferry(&["migrate"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    let invalid = invalid_rows(1000);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 1000 - invalid - 1);
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM ferry_dead_letters WHERE kind = 'load' AND source_key = '77' AND reason LIKE '%CHECK%'").await,
+        1
+    );
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry_dead_letters").await, invalid + 1);
+    let v = p.ferry(&["validate"]);
+    assert_eq!(v.code, 0, "{v:?}");
+}

@@ -9,6 +9,7 @@ use super::{connect, table_shape, table_sql};
 use crate::config::OnConflict;
 use crate::control::{ControlStore, DeadLetterRecord, RunRecord, RunStatus};
 use crate::db::{DbUrl, TableName};
+use crate::model::NewUser;
 use crate::shape::TableShape;
 use crate::sink::{Applied, ConflictError, FencedError, LoadBatch, RowView, Sink, TargetReader, TargetRow};
 
@@ -109,6 +110,69 @@ impl SqliteTarget {
     }
 }
 
+/// Whether SQLite refused rows for what they hold (so the other rows of the
+/// batch may load): NOT NULL, CHECK, a foreign key, a STRICT column's type,
+/// or a unique index other than a key conflict under `on_conflict = error`
+/// (that policy stops the run).
+fn refuses_rows(e: &sqlx::Error, policy: OnConflict) -> bool {
+    let Some(db) = e.as_database_error() else { return false };
+    match db.kind() {
+        sqlx::error::ErrorKind::NotNullViolation
+        | sqlx::error::ErrorKind::CheckViolation
+        | sqlx::error::ErrorKind::ForeignKeyViolation => true,
+        sqlx::error::ErrorKind::UniqueViolation => policy != OnConflict::Error,
+        // SQLITE_CONSTRAINT_DATATYPE: a value of the wrong type in a STRICT table.
+        _ => db.code().as_deref() == Some("3091"),
+    }
+}
+
+/// One multi-row INSERT of `rows` under `policy`; the rows written.
+async fn insert_rows(
+    tx: &mut sqlx::SqliteConnection,
+    table: &str,
+    rows: &[NewUser],
+    policy: OnConflict,
+) -> Result<u64, sqlx::Error> {
+    let mut qb: QueryBuilder<Sqlite> =
+        QueryBuilder::new(format!("INSERT INTO {table} (id, first_name, last_name, email, created_at, settings) "));
+    qb.push_values(rows, |mut b, r| {
+        b.push_bind(&r.id)
+            .push_bind(&r.first_name)
+            .push_bind(&r.last_name)
+            .push_bind(&r.email)
+            .push_bind(crate::time::format_sqlite(r.created_at))
+            .push_bind(&r.settings);
+    });
+    match policy {
+        OnConflict::Error => {}
+        OnConflict::Skip => {
+            qb.push(" ON CONFLICT (id) DO NOTHING");
+        }
+        OnConflict::Overwrite => {
+            qb.push(
+                " ON CONFLICT (id) DO UPDATE SET first_name = excluded.first_name, last_name = excluded.last_name, \
+                 email = excluded.email, created_at = excluded.created_at, settings = excluded.settings",
+            );
+        }
+    }
+    Ok(qb.build().execute(&mut *tx).await?.rows_affected())
+}
+
+impl SqliteTarget {
+    /// A batch that could not be written (its transaction rolled back): a
+    /// key conflict under `on_conflict = error` names the key; anything
+    /// else says which batch.
+    async fn batch_failed(&mut self, batch: &LoadBatch, e: sqlx::Error) -> anyhow::Error {
+        if let sqlx::Error::Database(db) = &e
+            && db.is_unique_violation()
+        {
+            let key = self.first_existing_key(batch).await.unwrap_or_else(|| db.message().to_string());
+            return ConflictError { table: self.table.to_string(), key }.into();
+        }
+        crate::retry::DriverError::sqlx(format!("loading batch {} into {}", batch.seq, self.table), &e)
+    }
+}
+
 #[async_trait]
 impl Sink for SqliteTarget {
     async fn shape(&mut self) -> anyhow::Result<Option<TableShape>> {
@@ -136,42 +200,37 @@ impl Sink for SqliteTarget {
             return Err(FencedError { run_id: batch.run_id.clone() }.into());
         }
         let mut loaded = 0u64;
-        for chunk in batch.rows.chunks(ROWS_PER_INSERT) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-                "INSERT INTO {table} (id, first_name, last_name, email, created_at, settings) "
-            ));
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(&r.id)
-                    .push_bind(&r.first_name)
-                    .push_bind(&r.last_name)
-                    .push_bind(&r.email)
-                    .push_bind(crate::time::format_sqlite(r.created_at))
-                    .push_bind(&r.settings);
-            });
-            match policy {
-                OnConflict::Error => {}
-                OnConflict::Skip => {
-                    qb.push(" ON CONFLICT (id) DO NOTHING");
-                }
-                OnConflict::Overwrite => {
-                    qb.push(
-                        " ON CONFLICT (id) DO UPDATE SET first_name = excluded.first_name, last_name = excluded.last_name, \
-                         email = excluded.email, created_at = excluded.created_at, settings = excluded.settings",
-                    );
+        let mut refused: Vec<crate::model::DeadLetter> = Vec::new();
+        let failure: Option<sqlx::Error> = 'rows: {
+            for (n, chunk) in batch.rows.chunks(ROWS_PER_INSERT).enumerate() {
+                match insert_rows(&mut tx, &table, chunk, policy).await {
+                    Ok(done) => loaded += done,
+                    // A row SQLite refuses (NOT NULL, CHECK, a foreign key, a
+                    // STRICT type): the failed statement alone was undone; row
+                    // by row, the refused ones become dead letters, the rest loads.
+                    Err(e) if refuses_rows(&e, policy) => {
+                        for (i, row) in chunk.iter().enumerate() {
+                            match insert_rows(&mut tx, &table, std::slice::from_ref(row), policy).await {
+                                Ok(done) => loaded += done,
+                                Err(e) if refuses_rows(&e, policy) => {
+                                    refused.push(batch.refused(n * ROWS_PER_INSERT + i, &e.to_string()));
+                                }
+                                Err(e) => break 'rows Some(e),
+                            }
+                        }
+                    }
+                    Err(e) => break 'rows Some(e),
                 }
             }
-            match qb.build().execute(&mut *tx).await {
-                Ok(done) => loaded += done.rows_affected(),
-                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                    tx.rollback().await?;
-                    let key = self.first_existing_key(batch).await.unwrap_or_else(|| db.message().to_string());
-                    return Err(ConflictError { table: self.table.to_string(), key }.into());
-                }
-                Err(e) => anyhow::bail!("loading batch {} into {}: {e}", batch.seq, self.table),
-            }
+            None
+        };
+        if let Some(e) = failure {
+            tx.rollback().await?;
+            return Err(self.batch_failed(batch, e).await);
         }
-        let applied = Applied { loaded, skipped: batch.rows.len() as u64 - loaded };
-        for d in &batch.dead {
+        let applied = Applied { loaded, skipped: (batch.rows.len() - refused.len()) as u64 - loaded };
+        let all_dead: Vec<&crate::model::DeadLetter> = batch.dead.iter().chain(&refused).collect();
+        for d in &all_dead {
             sqlx::query(
                 "INSERT INTO ferry_dead_letters (run_id, pipeline, source_table, source_key, source_row, kind, reason, plugin_sha256) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -187,7 +246,7 @@ impl Sink for SqliteTarget {
             .execute(&mut *tx)
             .await?;
         }
-        let dead = batch.dead.len() as i64;
+        let dead = all_dead.len() as i64;
         sqlx::query(
             "INSERT INTO ferry_batches (run_id, seq, first_key, last_key, loaded, dead_lettered, plugin_sha256) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
