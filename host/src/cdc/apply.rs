@@ -24,7 +24,7 @@ use super::input::{EventInput, Next};
 use super::position::Position;
 use crate::config::OnReject;
 use crate::engines;
-use crate::model::{LegacyUser, NewUser, Outcome};
+use crate::model::{DeadLetterKind, LegacyUser, NewUser, Outcome};
 use crate::plugin::{KeyOutcome, Plugin, Transformer};
 use crate::settings::Settings;
 
@@ -58,6 +58,9 @@ pub struct ChangeDeadLetter {
     pub source_key: Option<i64>,
     /// The raw event.
     pub event: String,
+    /// `extract` (the event could not be read into the contract's types),
+    /// `reject`, `trap` (the plugin), `load` (the target refused the row).
+    pub kind: DeadLetterKind,
     pub reason: String,
 }
 
@@ -85,6 +88,7 @@ impl OpOrigin {
             dedup_key: self.dedup_key.clone(),
             source_key: self.source_key,
             event: self.event.clone(),
+            kind: DeadLetterKind::Load,
             reason: format!("the target refused the row `{target_key}`: {message}"),
         }
     }
@@ -405,14 +409,15 @@ pub(crate) async fn flush(
     // The newest state of each source key in this group: stale or fresh.
     let mut marks: HashMap<i64, Option<StaleMark>> = HashMap::new();
     for p in &items {
-        let dead = |key: Option<i64>, reason: String| ChangeDeadLetter {
+        let dead = |key: Option<i64>, kind: DeadLetterKind, reason: String| ChangeDeadLetter {
             dedup_key: dedup_key(p),
             source_key: key,
             event: p.raw.clone(),
+            kind,
             reason,
         };
         let outcome = match &p.item {
-            Item::Reject { key, reason } => Planned::Dead(dead(*key, reason.clone())),
+            Item::Reject { key, reason } => Planned::Dead(dead(*key, DeadLetterKind::Extract, reason.clone())),
             Item::Op(ChangeOp::Upsert(row)) => match outcomes.next().expect("one outcome per upsert") {
                 Outcome::Row(new) => {
                     marks.insert(row.id, None);
@@ -422,7 +427,11 @@ pub(crate) async fn flush(
                     let mark = stale_mark(transformer, settings.on_reject, row.id, dedup_key(p))?;
                     let delete = mark.target_key.clone().filter(|_| mark.action == "deleted");
                     marks.insert(row.id, Some(mark));
-                    batch.dead.push(dead(Some(row.id), format!("plugin rejected the row: {reason}")));
+                    batch.dead.push(dead(
+                        Some(row.id),
+                        DeadLetterKind::Reject,
+                        format!("plugin rejected the row: {reason}"),
+                    ));
                     match delete {
                         Some(key) => Planned::Op(TargetOp::Delete(key)),
                         None => Planned::Nothing,
@@ -432,7 +441,7 @@ pub(crate) async fn flush(
                     let mark = stale_mark(transformer, settings.on_reject, row.id, dedup_key(p))?;
                     let delete = mark.target_key.clone().filter(|_| mark.action == "deleted");
                     marks.insert(row.id, Some(mark));
-                    batch.dead.push(dead(Some(row.id), reason));
+                    batch.dead.push(dead(Some(row.id), DeadLetterKind::Trap, reason));
                     match delete {
                         Some(key) => Planned::Op(TargetOp::Delete(key)),
                         None => Planned::Nothing,
@@ -445,7 +454,7 @@ pub(crate) async fn flush(
                     marks.insert(*id, None);
                     Planned::Op(TargetOp::Delete(key))
                 }
-                Err(Stop::Dead(reason)) => Planned::Dead(dead(Some(*id), reason)),
+                Err(Stop::Dead(reason)) => Planned::Dead(dead(Some(*id), DeadLetterKind::Reject, reason)),
                 Err(Stop::Fatal(reason)) => Planned::Fatal(reason),
             },
             Item::Op(ChangeOp::Truncate) => {

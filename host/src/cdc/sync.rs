@@ -33,7 +33,7 @@ use super::pgoutput::{self, Message, Relations, RowProblem};
 use super::position::Position;
 use crate::db::{Engine, quote_ident};
 use crate::engines;
-use crate::model::Outcome;
+use crate::model::{DeadLetterKind, Outcome};
 use crate::plugin::Plugin;
 use crate::retry::Transient;
 use crate::settings::Settings;
@@ -645,22 +645,33 @@ async fn initial_load(
             ..Default::default()
         };
         for (row, outcome) in rows.iter().zip(outcomes) {
-            let dead = |reason: String| super::apply::ChangeDeadLetter {
+            let dead = |reason: String, kind| super::apply::ChangeDeadLetter {
                 dedup_key: format!("snapshot-key:{}", row.id),
                 source_key: Some(row.id),
                 event: row.to_json(),
+                kind,
                 reason,
             };
             match outcome {
-                Outcome::Row(new) => change.ops.push(TargetOp::Upsert(new)),
-                Outcome::Rejected(reason) | Outcome::Trapped(reason) => change.dead.push(dead(reason)),
+                Outcome::Row(new) => {
+                    change.ops.push(TargetOp::Upsert(new));
+                    change.origins.push(super::apply::OpOrigin {
+                        dedup_key: format!("snapshot-key:{}", row.id),
+                        source_key: Some(row.id),
+                        event: format!("{{\"initial load\":true,\"id\":{}}}", row.id),
+                    });
+                }
+                Outcome::Rejected(reason) => change.dead.push(dead(reason, DeadLetterKind::Reject)),
+                Outcome::Trapped(reason) => change.dead.push(dead(reason, DeadLetterKind::Trap)),
                 Outcome::Fatal(reason) => {
                     anyhow::bail!("plugin fatal on source row {} during the initial load: {reason}", row.id)
                 }
             }
         }
-        target.apply_changes(&change).await?;
+        let refused = target.apply_changes(&change).await?;
         *checkpoint = change.next;
+        // The load's dead letters count like the stream's (exit code 4).
+        report.stream.dead_lettered += change.dead.len() as u64 + refused.upserts;
         metrics::counter!(crate::daemon::names::SNAPSHOT_ROWS).increment(count);
         crate::daemon::health().beat("snapshot");
         report.snapshot_rows += count;

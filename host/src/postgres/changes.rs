@@ -9,7 +9,8 @@ use sqlx::{Connection, PgConnection};
 
 use super::target::PgTarget;
 use crate::cdc::apply::{
-    ChangeBatch, ChangeCheckpoint, ChangeDeadLetter, ChangeSink, ChangeStatus, Refused, StaleMark, StaleRow, TargetOp,
+    ChangeBatch, ChangeCheckpoint, ChangeDeadLetter, ChangeSink, ChangeStatus, OpOrigin, Refused, StaleMark, StaleRow,
+    TargetOp,
 };
 use crate::cdc::position::Position;
 use crate::config::OnConflict;
@@ -46,6 +47,7 @@ CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
     created_at    timestamptz NOT NULL DEFAULT now(),
     UNIQUE (pipeline, dedup_key)
 );
+ALTER TABLE ferry.change_dead_letters ADD COLUMN IF NOT EXISTS kind text;
 CREATE TABLE IF NOT EXISTS ferry.stale_rows (
     pipeline      text NOT NULL,
     source_key    text NOT NULL,
@@ -180,7 +182,7 @@ impl ChangeSink for PgTarget {
                     .map_err(|e| crate::retry::DriverError::sqlx(format!("deleting from {}", self.table), &e))?
                 {
                     refused.deletes += 1;
-                    refused_dead.push(batch.origins[last[deletes[i]]].refused(deletes[i], &message));
+                    refused_dead.push(origin_of(batch, last[deletes[i]]).refused(deletes[i], &message));
                 }
             }
             if !upserts.is_empty() {
@@ -192,7 +194,7 @@ impl ChangeSink for PgTarget {
                     .map_err(|e| crate::retry::DriverError::sqlx(format!("upserting into {}", self.table), &e))?;
                 for (i, message) in rejected {
                     refused.upserts += 1;
-                    let origin = &batch.origins[upserts[i].0];
+                    let origin = origin_of(batch, upserts[i].0);
                     refused_dead.push(origin.refused(&rows[i].id, &message));
                     if let Some(source_key) = origin.source_key {
                         refused_marks.push(StaleMark {
@@ -256,14 +258,15 @@ impl ChangeSink for PgTarget {
         }
         for d in batch.dead.iter().chain(&refused_dead) {
             sqlx::query(
-                "INSERT INTO ferry.change_dead_letters (pipeline, dedup_key, source_key, event, reason, plugin_sha256) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pipeline, dedup_key) DO NOTHING",
+                "INSERT INTO ferry.change_dead_letters (pipeline, dedup_key, source_key, event, kind, reason, plugin_sha256) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (pipeline, dedup_key) DO NOTHING",
             )
             .bind(&batch.pipeline)
             .bind(&d.dedup_key)
             .bind(d.source_key.map(|k| k.to_string()))
-            .bind(&d.event)
-            .bind(&d.reason)
+            .bind(d.event.replace('\0', "\\u0000"))
+            .bind(d.kind.as_str())
+            .bind(d.reason.replace('\0', "\\u0000"))
             .bind(&batch.plugin_sha256)
             .execute(&mut *tx)
             .await?;
@@ -387,4 +390,17 @@ async fn delete_isolating(
         sqlx::query("RELEASE SAVEPOINT ferry_rows").execute(&mut *tx).await?;
     }
     Ok(refused)
+}
+
+/// Where op `index` of `batch` came from (a batch built without origins
+/// still dead-letters a refused op, with what is known).
+fn origin_of(batch: &ChangeBatch, index: usize) -> std::borrow::Cow<'_, OpOrigin> {
+    match batch.origins.get(index) {
+        Some(origin) => std::borrow::Cow::Borrowed(origin),
+        None => std::borrow::Cow::Owned(OpOrigin {
+            dedup_key: format!("op:{index}:{:?}", batch.next.position),
+            source_key: None,
+            event: String::new(),
+        }),
+    }
 }
