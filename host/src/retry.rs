@@ -90,9 +90,11 @@ pub fn sqlx_transient(e: &sqlx::Error) -> bool {
 /// statement, failed: connection exceptions (class 08), operator
 /// intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot
 /// connect now), too many connections (53300), serialization failure and
-/// deadlock (40001, 40P01: the transaction can simply run again).
+/// deadlock (40001, 40P01: the transaction can simply run again), and an
+/// object in use (55006: on a quick reconnect the replication slot is still
+/// held by the previous connection's walsender until it exits).
 fn transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01")
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "55006")
 }
 
 /// Whether retrying the operation that failed with `e` can succeed.
@@ -139,6 +141,10 @@ mod tests {
             "ERROR: relation \"users\" does not exist (SQLSTATE 42P01)".into(),
         ));
         assert!(!is_transient(&syntax));
+        let slot_busy = anyhow::Error::new(pgwire_replication::PgWireError::Server(
+            "ERROR: replication slot \"ferry_test\" is active for PID 4242 (SQLSTATE 55006)".into(),
+        ));
+        assert!(is_transient(&slot_busy));
         assert!(!is_transient(&anyhow::Error::new(crate::sink::FencedError { run_id: "r".into() })));
         assert!(!is_transient(&anyhow::anyhow!("some message")));
         assert!(is_transient(&anyhow::Error::new(Transient("the stream ended".into())).context("streaming")));
