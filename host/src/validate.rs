@@ -318,11 +318,10 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
     // the plugin transforms them, but they are meant to be absent.
     let refused: HashSet<i64> = match &run {
         Some(run) => target
-            .dead_letters(&run.run_id, None)
+            .dead_letter_keys(&run.run_id, DeadLetterKind::Load.as_str())
             .await?
             .into_iter()
-            .filter(|d| d.kind == DeadLetterKind::Load.as_str())
-            .filter_map(|d| d.source_key.parse().ok())
+            .filter_map(|k| k.parse().ok())
             .collect(),
         None => HashSet::new(),
     };

@@ -73,19 +73,27 @@ pub struct Refused {
 
 /// Where a target op came from: what its dead letter says if the target
 /// refuses it.
+/// Kept cheap: the raw event is moved here, and the dead letter's dedup key
+/// is derived only when the target refuses the op.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpOrigin {
-    pub dedup_key: String,
+    /// The change's position (`None`: a snapshot item, keyed by its content).
+    pub position: Option<Position>,
     pub source_key: Option<i64>,
     /// The raw event.
     pub event: String,
 }
 
 impl OpOrigin {
+    /// The key of the dead letter [`OpOrigin::refused`] makes.
+    pub fn refused_key(&self) -> String {
+        dedup_key_of(self.position, &self.event)
+    }
+
     /// The dead letter of this op's row, which the target refused.
     pub fn refused(&self, target_key: &str, message: &str) -> ChangeDeadLetter {
         ChangeDeadLetter {
-            dedup_key: self.dedup_key.clone(),
+            dedup_key: self.refused_key(),
             source_key: self.source_key,
             event: self.event.clone(),
             kind: DeadLetterKind::Load,
@@ -408,9 +416,9 @@ pub(crate) async fn flush(
     let mut counts = (0u64, 0u64, 0u64);
     // The newest state of each source key in this group: stale or fresh.
     let mut marks: HashMap<i64, Option<StaleMark>> = HashMap::new();
-    for p in &items {
+    for p in items {
         let dead = |key: Option<i64>, kind: DeadLetterKind, reason: String| ChangeDeadLetter {
-            dedup_key: dedup_key(p),
+            dedup_key: dedup_key(&p),
             source_key: key,
             event: p.raw.clone(),
             kind,
@@ -424,7 +432,7 @@ pub(crate) async fn flush(
                     Planned::Op(TargetOp::Upsert(new))
                 }
                 Outcome::Rejected(reason) => {
-                    let mark = stale_mark(transformer, settings.on_reject, row.id, dedup_key(p))?;
+                    let mark = stale_mark(transformer, settings.on_reject, row.id, dedup_key(&p))?;
                     let delete = mark.target_key.clone().filter(|_| mark.action == "deleted");
                     marks.insert(row.id, Some(mark));
                     batch.dead.push(dead(
@@ -438,7 +446,7 @@ pub(crate) async fn flush(
                     }
                 }
                 Outcome::Trapped(reason) => {
-                    let mark = stale_mark(transformer, settings.on_reject, row.id, dedup_key(p))?;
+                    let mark = stale_mark(transformer, settings.on_reject, row.id, dedup_key(&p))?;
                     let delete = mark.target_key.clone().filter(|_| mark.action == "deleted");
                     marks.insert(row.id, Some(mark));
                     batch.dead.push(dead(Some(row.id), DeadLetterKind::Trap, reason));
@@ -476,7 +484,7 @@ pub(crate) async fn flush(
                     TargetOp::Truncate => counts.2 += 1,
                 }
                 batch.ops.push(op);
-                batch.origins.push(OpOrigin { dedup_key: dedup_key(p), source_key, event: p.raw.clone() });
+                batch.origins.push(OpOrigin { position: p.position, source_key, event: p.raw });
             }
             Planned::Dead(d) => batch.dead.push(d),
             Planned::Nothing => {}
@@ -579,8 +587,14 @@ fn stale_mark(
 }
 
 fn dedup_key(p: &Pending) -> String {
-    match p.position {
+    dedup_key_of(p.position, &p.raw)
+}
+
+/// A dead letter's key, unique per pipeline: the position, or for snapshot
+/// items (which share one) a hash of the item itself.
+fn dedup_key_of(position: Option<Position>, raw: &str) -> String {
+    match position {
         Some(pos) => pos.to_string(),
-        None => format!("snapshot:{}", hex::encode(&Sha256::digest(p.raw.as_bytes())[..16])),
+        None => format!("snapshot:{}", hex::encode(&Sha256::digest(raw.as_bytes())[..16])),
     }
 }

@@ -656,7 +656,7 @@ async fn initial_load(
                 Outcome::Row(new) => {
                     change.ops.push(TargetOp::Upsert(new));
                     change.origins.push(super::apply::OpOrigin {
-                        dedup_key: format!("snapshot-key:{}", row.id),
+                        position: None,
                         source_key: Some(row.id),
                         event: format!("{{\"initial load\":true,\"id\":{}}}", row.id),
                     });

@@ -200,7 +200,7 @@ impl ChangeSink for PgTarget {
                         refused_marks.push(StaleMark {
                             source_key,
                             target_key: Some(rows[i].id.clone()),
-                            dead_letter: origin.dedup_key.clone(),
+                            dead_letter: origin.refused_key(),
                             action: "kept",
                         });
                     }
@@ -397,10 +397,11 @@ async fn delete_isolating(
 fn origin_of(batch: &ChangeBatch, index: usize) -> std::borrow::Cow<'_, OpOrigin> {
     match batch.origins.get(index) {
         Some(origin) => std::borrow::Cow::Borrowed(origin),
+        // Unique per pipeline: the batch's position and the op's index.
         None => std::borrow::Cow::Owned(OpOrigin {
-            dedup_key: format!("op:{index}:{:?}", batch.next.position),
+            position: None,
             source_key: None,
-            event: String::new(),
+            event: format!("{{\"op\":{index},\"batch_position\":\"{:?}\"}}", batch.next.position),
         }),
     }
 }

@@ -369,6 +369,14 @@ impl ControlStore for SqliteTarget {
         Ok(rows.iter().map(crate::control::dead_letter_from_row).collect::<Result<_, _>>()?)
     }
 
+    async fn dead_letter_keys(&mut self, run_id: &str, kind: &str) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT source_key FROM ferry_dead_letters WHERE run_id = ?1 AND kind = ?2")
+            .bind(run_id)
+            .bind(kind)
+            .fetch_all(&mut self.conn)
+            .await?)
+    }
+
     async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>> {
         Ok(sqlx::query_scalar("SELECT DISTINCT plugin_sha256 FROM ferry_batches WHERE run_id = ?1 ORDER BY 1")
             .bind(run_id)
