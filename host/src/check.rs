@@ -44,11 +44,15 @@ impl Items {
 pub async fn check(settings: &Settings) -> CheckReport {
     let mut items = Items(Vec::new());
 
-    let path = settings.plugin.path.clone();
-    let options = settings.plugin.options.clone();
+    let Some(plugin_settings) = settings.plugin.as_ref() else {
+        items.push("plugin", Level::Fail, "plugin.path is required: set it in the file or pass --plugin");
+        return CheckReport { ok: false, items: items.0 };
+    };
+    let path = plugin_settings.path.clone();
+    let options = plugin_settings.options.clone();
     match tokio::task::spawn_blocking(move || Plugin::load(&path, &options)).await {
         Ok(Ok(plugin)) => {
-            let pinned = settings.plugin.options.pinned_sha256.is_some();
+            let pinned = plugin_settings.options.pinned_sha256.is_some();
             items.push(
                 "plugin",
                 if pinned { Level::Ok } else { Level::Warn },

@@ -246,6 +246,21 @@ async fn run(cli: Cli) -> i32 {
                 restart,
                 progress: !no_progress && !cli.json && std::io::stderr().is_terminal(),
             };
+            if let Some(selection) = settings.tables.clone() {
+                return match crate::tables::migrate(&settings, &selection, options, stop).await {
+                    Err(e) => fail(&e),
+                    Ok(r) => {
+                        let dead = recent_dead_letters(&settings, &r.run_id).await;
+                        show(cli.json, &r, || report::tables(&r, &dead));
+                        match r.ending {
+                            Ending::Fatal => exit::FATAL,
+                            Ending::Interrupted => exit::INTERRUPTED,
+                            _ if r.stats.dead_lettered > 0 => exit::DEAD_LETTERS,
+                            _ => exit::OK,
+                        }
+                    }
+                };
+            }
             match crate::migrate::migrate_resuming(&settings, options, stop).await {
                 Err(e) => fail(&e),
                 Ok(r) => {
@@ -440,14 +455,14 @@ fn spawn_signal_handler(stop: Arc<AtomicBool>) {
 }
 
 async fn recent_dead_letters(settings: &Settings, run_id: &str) -> Vec<crate::control::DeadLetterRecord> {
-    match crate::engines::open_target(settings).await {
+    match crate::engines::open_control(settings).await {
         Ok(mut t) => t.dead_letters(run_id, Some(10)).await.unwrap_or_default(),
         Err(_) => Vec::new(),
     }
 }
 
 async fn dlq_list(settings: &Settings, limit: usize) -> anyhow::Result<Vec<crate::control::DeadLetterRecord>> {
-    let mut target = crate::engines::open_target(settings).await?;
+    let mut target = crate::engines::open_control(settings).await?;
     let run = target.latest_run(&settings.pipeline).await?.ok_or_else(|| {
         anyhow::anyhow!("no run of pipeline {} is recorded in {}", settings.pipeline, settings.target.url)
     })?;

@@ -27,6 +27,27 @@ pub struct FileConfig {
     pub migrate: MigrateConfig,
     #[serde(default)]
     pub validate: ValidateConfig,
+    /// `[[tables]]`: the source tables to move, by name, each with its own
+    /// settings. With `source.include`, a pipeline of many tables.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+/// One `[[tables]]` entry. A table without a plugin is copied as it is.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// The source table (`table` or `schema.table`).
+    pub name: String,
+    /// The target table (default: the same name; on SQLite without schema).
+    pub target: Option<String>,
+    /// For a table without a primary key: the columns of a unique index
+    /// whose columns are NOT NULL, used as the key (pages, checkpoints,
+    /// validation). On a table ferry creates, that unique index is built
+    /// with the table, before the data.
+    pub key: Option<Vec<String>>,
+    /// Overrides `target.on_conflict` for this table.
+    pub on_conflict: Option<OnConflict>,
 }
 
 /// `[source]`.
@@ -37,6 +58,13 @@ pub struct EndpointConfig {
     pub url: Option<String>,
     /// Table name, optionally schema-qualified (`public.users`). Default `users`.
     pub table: Option<String>,
+    /// Source tables to move, by pattern (`public.*`, `sales.order*`; a
+    /// pattern without a dot matches the table name in any schema). Makes
+    /// the pipeline one of many tables, copied as they are unless a
+    /// `[[tables]]` entry says otherwise.
+    pub include: Option<Vec<String>>,
+    /// Patterns of tables to leave out of `include`.
+    pub exclude: Option<Vec<String>>,
 }
 
 /// `[target]`.

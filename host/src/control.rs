@@ -80,6 +80,7 @@ pub struct RunRecord {
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetterRecord {
     pub run_id: String,
+    pub source_table: String,
     pub source_key: String,
     pub source_row: String,
     pub kind: String,
@@ -148,10 +149,101 @@ where
 {
     Ok(DeadLetterRecord {
         run_id: row.try_get("run_id")?,
+        source_table: row.try_get("source_table")?,
         source_key: row.try_get("source_key")?,
         source_row: row.try_get("source_row")?,
         kind: row.try_get("kind")?,
         reason: row.try_get("reason")?,
         plugin_sha256: row.try_get("plugin_sha256")?,
+    })
+}
+
+/// Where one table of a many-table run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TablePhase {
+    /// Rows are being copied (resumable from `last_key`).
+    Copying,
+    /// Every row is loaded or dead-lettered; indexes and constraints pending.
+    Loaded,
+    /// Indexes and constraints built: the table is done.
+    Done,
+}
+
+impl TablePhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TablePhase::Copying => "copying",
+            TablePhase::Loaded => "loaded",
+            TablePhase::Done => "done",
+        }
+    }
+
+    pub fn parse(s: &str) -> TablePhase {
+        match s {
+            "loaded" => TablePhase::Loaded,
+            "done" => TablePhase::Done,
+            _ => TablePhase::Copying,
+        }
+    }
+}
+
+/// A table's checkpoint and counters within a run, as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableProgress {
+    pub table: String,
+    pub target_table: String,
+    #[serde(skip)]
+    pub last_key: Option<crate::keyset::Key>,
+    pub phase: TablePhase,
+    pub batches: u64,
+    pub stats: Stats,
+    /// Rows a plugin turned into no row.
+    pub filtered: u64,
+    /// ferry created the target table (so it builds its indexes and
+    /// constraints after the data).
+    pub created: bool,
+}
+
+/// The per-table state of many-table runs.
+///
+/// Contract: a table's checkpoint and counters change only inside
+/// `RowSink::commit_rows`'s transaction; `start_table` records a table once
+/// (idempotent) and `set_table_phase` moves it forward.
+#[async_trait]
+pub trait TableControl: Send {
+    async fn table_progress(&mut self, run_id: &str) -> anyhow::Result<Vec<TableProgress>>;
+    async fn start_table(&mut self, run_id: &str, table: &str, target_table: &str, created: bool)
+    -> anyhow::Result<()>;
+    async fn set_table_phase(&mut self, run_id: &str, table: &str, phase: TablePhase) -> anyhow::Result<()>;
+}
+
+/// Reads a `table_progress` row (same columns in every engine).
+pub(crate) fn table_progress_from_row<'r, R>(row: &'r R) -> anyhow::Result<TableProgress>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let n = |column: &'static str| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(column)? as u64) };
+    let last_key: Option<String> = row.try_get("last_key")?;
+    Ok(TableProgress {
+        table: row.try_get("table_name")?,
+        target_table: row.try_get("target_table")?,
+        last_key: last_key.as_deref().map(crate::keyset::Key::decode).transpose()?,
+        phase: TablePhase::parse(&row.try_get::<String, _>("phase")?),
+        batches: n("batches")?,
+        stats: Stats {
+            extracted: n("extracted")?,
+            transformed: n("transformed")?,
+            loaded: n("loaded")?,
+            skipped: n("skipped")?,
+            dead_lettered: n("dead_lettered")?,
+        },
+        filtered: n("filtered")?,
+        created: row.try_get("created")?,
     })
 }

@@ -99,7 +99,7 @@ pub fn redact(raw: &str) -> String {
 }
 
 /// A table name, optionally schema-qualified, as given in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TableName {
     pub schema: Option<String>,
     pub name: String,
@@ -126,6 +126,12 @@ impl TableName {
             Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(&self.name)),
             None => quote_ident(&self.name),
         }
+    }
+}
+
+impl serde::Serialize for TableName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

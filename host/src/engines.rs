@@ -71,3 +71,77 @@ pub async fn transport(url: &DbUrl, role: &str) -> anyhow::Result<Option<Transpo
         Engine::Sqlite => Ok(None),
     }
 }
+
+/// A database read table by table (any shape).
+pub trait RowTarget:
+    crate::sink::RowSink + crate::source::RowSource + ControlStore + crate::control::TableControl
+{
+}
+impl<T: crate::sink::RowSink + crate::source::RowSource + ControlStore + crate::control::TableControl> RowTarget for T {}
+
+/// Opens a database to read tables of any shape from (`role`: "source" or
+/// "target", for messages; a SQLite source is opened read-only).
+pub async fn open_row_source(url: &DbUrl, role: &str) -> anyhow::Result<Box<dyn crate::source::RowSource>> {
+    Ok(match url.engine() {
+        Engine::Postgres => Box::new(crate::postgres::PgTables::connect(url, role).await?),
+        Engine::Sqlite => Box::new(crate::sqlite::SqliteTables::connect(url, role).await?),
+    })
+}
+
+/// Opens the target of a many-table pipeline: rows, control store, reads.
+pub async fn open_row_target(url: &DbUrl) -> anyhow::Result<Box<dyn RowTarget>> {
+    Ok(match url.engine() {
+        Engine::Postgres => Box::new(crate::postgres::PgTables::connect(url, "target").await?),
+        Engine::Sqlite => Box::new(crate::sqlite::SqliteTables::connect(url, "target").await?),
+    })
+}
+
+/// The control store of the pipeline's target (either kind of pipeline).
+pub async fn open_control(settings: &Settings) -> anyhow::Result<Box<dyn ControlStore>> {
+    if settings.tables.is_some() {
+        Ok(match settings.target.url.engine() {
+            Engine::Postgres => Box::new(crate::postgres::PgTables::connect(&settings.target.url, "target").await?),
+            Engine::Sqlite => Box::new(crate::sqlite::SqliteTables::connect(&settings.target.url, "target").await?),
+        })
+    } else {
+        let target = open_target(settings).await?;
+        Ok(Box::new(ControlOf(target)))
+    }
+}
+
+/// A `users` target seen as its control store.
+struct ControlOf(Box<dyn Target>);
+
+#[async_trait::async_trait]
+impl ControlStore for ControlOf {
+    async fn ensure_control_tables(&mut self) -> anyhow::Result<()> {
+        self.0.ensure_control_tables().await
+    }
+    async fn latest_run(&mut self, pipeline: &str) -> anyhow::Result<Option<crate::control::RunRecord>> {
+        self.0.latest_run(pipeline).await
+    }
+    async fn insert_run(&mut self, run: &crate::control::RunRecord) -> anyhow::Result<()> {
+        self.0.insert_run(run).await
+    }
+    async fn set_status(
+        &mut self,
+        run_id: &str,
+        status: crate::control::RunStatus,
+        message: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.0.set_status(run_id, status, message).await
+    }
+    async fn dead_letters(
+        &mut self,
+        run_id: &str,
+        limit: Option<usize>,
+    ) -> anyhow::Result<Vec<crate::control::DeadLetterRecord>> {
+        self.0.dead_letters(run_id, limit).await
+    }
+    async fn dead_letter_keys(&mut self, run_id: &str, kind: &str) -> anyhow::Result<Vec<String>> {
+        self.0.dead_letter_keys(run_id, kind).await
+    }
+    async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>> {
+        self.0.plugin_versions(run_id).await
+    }
+}

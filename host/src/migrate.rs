@@ -262,8 +262,8 @@ pub async fn migrate(
 }
 
 async fn load_plugin(settings: &Settings) -> anyhow::Result<Arc<Plugin>> {
-    let path = settings.plugin.path.clone();
-    let options = settings.plugin.options.clone();
+    let path = settings.plugin()?.path.clone();
+    let options = settings.plugin()?.options.clone();
     Ok(tokio::task::spawn_blocking(move || Plugin::load(&path, &options)).await??)
 }
 

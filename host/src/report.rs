@@ -264,6 +264,72 @@ pub fn dead_letters(records: &[DeadLetterRecord]) -> String {
     t.to_string()
 }
 
+/// A many-table migration: one line per table and a total.
+pub fn tables(r: &crate::tables::TablesReport, dead_letters: &[DeadLetterRecord]) -> String {
+    let ending = match r.ending {
+        Ending::Completed => "completed",
+        Ending::AlreadyCompleted => "already completed (nothing to do)",
+        Ending::Fatal => "stopped: plugin fatal",
+        Ending::Interrupted => "interrupted (resumable)",
+    };
+    let mut t =
+        table(&["table", "→ target", "source rows", "loaded", "skipped", "filtered", "dead letters", "accounted"]);
+    let ok = |accounted: bool| {
+        if accounted {
+            "ok"
+        } else if r.ending == Ending::Completed {
+            "MISMATCH"
+        } else {
+            "incomplete"
+        }
+    };
+    for line in &r.tables {
+        t.add_row(vec![
+            Cell::new(&line.table),
+            Cell::new(&line.target),
+            Cell::new(line.source_rows),
+            Cell::new(line.loaded),
+            Cell::new(line.skipped),
+            Cell::new(line.filtered),
+            Cell::new(line.dead_lettered),
+            Cell::new(ok(line.accounted)),
+        ]);
+    }
+    t.add_row(vec![
+        Cell::new(format!("total ({} tables)", r.tables.len())),
+        Cell::new(""),
+        Cell::new(r.source_rows),
+        Cell::new(r.stats.loaded),
+        Cell::new(r.stats.skipped),
+        Cell::new(r.filtered),
+        Cell::new(r.stats.dead_lettered),
+        Cell::new(ok(r.accounted)),
+    ]);
+    let mut out = format!(
+        "run {}{}: {ending}, {:.2} s, {:.0} rows/s\n{t}",
+        r.run_id,
+        if r.resumed { " (resumed)" } else { "" },
+        r.elapsed_seconds,
+        r.rows_per_second
+    );
+    if let Some(m) = &r.message {
+        out.push_str(&format!("\n{m}"));
+    }
+    if !dead_letters.is_empty() {
+        let mut d = table(&["dead letter: table", "key", "kind", "reason"]);
+        for dl in dead_letters {
+            d.add_row(vec![
+                Cell::new(&dl.source_table),
+                Cell::new(&dl.source_key),
+                Cell::new(&dl.kind),
+                Cell::new(truncate(&dl.reason, 140)),
+            ]);
+        }
+        out.push_str(&format!("\n{d}\n(`ferry dlq list` shows them all)"));
+    }
+    out
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max { s.to_string() } else { format!("{}…", s.chars().take(max).collect::<String>()) }
 }

@@ -65,6 +65,39 @@ pub struct Endpoint {
     pub table: TableName,
 }
 
+/// One table of a many-table pipeline.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub source: TableName,
+    pub target: Option<TableName>,
+    /// Key columns for a table without a primary key.
+    pub key: Option<Vec<String>>,
+    pub on_conflict: Option<OnConflict>,
+}
+
+/// Which source tables a many-table pipeline moves: the `[[tables]]`
+/// entries, then every table `include` matches and `exclude` does not.
+#[derive(Debug, Clone, Default)]
+pub struct TableSelection {
+    pub tables: Vec<TableSpec>,
+    pub include: Vec<glob::Pattern>,
+    pub exclude: Vec<glob::Pattern>,
+}
+
+impl TableSelection {
+    /// Whether `name` is matched by one of `patterns`: a pattern with a dot
+    /// is matched against `schema.table`, one without against the table name.
+    pub fn matches(patterns: &[glob::Pattern], name: &TableName) -> bool {
+        let qualified = name.to_string();
+        patterns.iter().any(|p| if p.as_str().contains('.') { p.matches(&qualified) } else { p.matches(&name.name) })
+    }
+
+    /// The explicit entry for a source table, if any.
+    pub fn spec(&self, name: &TableName) -> Option<&TableSpec> {
+        self.tables.iter().find(|t| &t.source == name || (t.source.schema.is_none() && t.source.name == name.name))
+    }
+}
+
 /// Plugin settings.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
@@ -84,7 +117,11 @@ pub struct Settings {
     /// version is dead-lettered.
     pub on_reject: OnReject,
     pub load_method: LoadMethod,
-    pub plugin: PluginSettings,
+    /// The `users` plugin (`[plugin]`); a pipeline of many tables may have none.
+    pub plugin: Option<PluginSettings>,
+    /// A pipeline of many tables (`[[tables]]`, `source.include`): `None`
+    /// for the seed's one-table `users` pipeline.
+    pub tables: Option<TableSelection>,
     pub batch_size: usize,
     pub workers: usize,
     pub sample_size: usize,
@@ -126,11 +163,14 @@ impl Settings {
             url: url(&o.target_url, &file.target.url, "target.url")?,
             table: table(&o.target_table, &file.target.table, "target.table")?,
         };
-        let plugin_path = o
-            .plugin
-            .clone()
-            .or_else(|| file.plugin.path.as_ref().map(|p| relative_to(base, p)))
-            .ok_or_else(|| invalid("plugin.path is required: set it in the file or pass --plugin".into()))?;
+        let tables = Self::tables(&file, &invalid)?;
+        let plugin_path = o.plugin.clone().or_else(|| file.plugin.path.as_ref().map(|p| relative_to(base, p)));
+        if plugin_path.is_none() && tables.is_none() {
+            return Err(invalid(
+                "plugin.path is required: set it in the file or pass --plugin (or name tables to copy with [[tables]] or source.include)"
+                    .into(),
+            ));
+        }
         let memory_mb = file.plugin.memory_limit_mb.unwrap_or(plugin::DEFAULT_MEMORY_LIMIT >> 20);
         if memory_mb == 0 || memory_mb > 4096 {
             return Err(invalid(format!("plugin.memory_limit_mb = {memory_mb}: must be between 1 and 4096")));
@@ -168,19 +208,75 @@ impl Settings {
             on_conflict: o.on_conflict.or(file.target.on_conflict).unwrap_or_default(),
             on_reject: file.target.on_reject.unwrap_or_default(),
             load_method: file.target.load_method.unwrap_or_default(),
-            plugin: PluginSettings {
-                path: plugin_path,
+            plugin: plugin_path.map(|path| PluginSettings {
+                path,
                 options: plugin::LoadOptions {
                     limits: Limits { memory_bytes: memory_mb << 20, call_timeout: Duration::from_millis(timeout_ms) },
                     pinned_sha256: sha,
                     cache_dir,
                 },
-            },
+            }),
+            tables,
             batch_size,
             workers,
             sample_size: file.validate.sample_size.unwrap_or(DEFAULT_SAMPLE_SIZE),
             segment_rows,
         })
+    }
+}
+
+impl Settings {
+    /// The `[plugin]` settings, required by the `users` pipeline's commands.
+    pub fn plugin(&self) -> anyhow::Result<&PluginSettings> {
+        self.plugin.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("plugin.path is required for this command: set it in the file or pass --plugin")
+        })
+    }
+
+    fn tables(
+        file: &FileConfig,
+        invalid: &dyn Fn(String) -> ConfigError,
+    ) -> Result<Option<TableSelection>, ConfigError> {
+        let patterns = |list: &Option<Vec<String>>, key: &str| -> Result<Vec<glob::Pattern>, ConfigError> {
+            list.iter()
+                .flatten()
+                .map(|p| glob::Pattern::new(p).map_err(|e| invalid(format!("{key}: `{p}` is not a pattern: {e}"))))
+                .collect()
+        };
+        let include = patterns(&file.source.include, "source.include")?;
+        let exclude = patterns(&file.source.exclude, "source.exclude")?;
+        if file.tables.is_empty() && include.is_empty() {
+            if !exclude.is_empty() {
+                return Err(invalid("source.exclude needs source.include (or [[tables]]) to exclude from".into()));
+            }
+            return Ok(None);
+        }
+        if file.source.table.is_some() || file.target.table.is_some() {
+            return Err(invalid(
+                "source.table/target.table name the one table of a `users` pipeline; with [[tables]] or source.include, \
+                 name tables in [[tables]] (name = \"…\", target = \"…\")"
+                    .into(),
+            ));
+        }
+        let mut tables = Vec::new();
+        for (i, t) in file.tables.iter().enumerate() {
+            let at = format!("tables[{i}]");
+            let source = TableName::parse(&t.name).map_err(|e| invalid(format!("{at}.name: {e}")))?;
+            if tables.iter().any(|s: &TableSpec| s.source == source) {
+                return Err(invalid(format!("{at}: table {source} is listed twice")));
+            }
+            let target = t
+                .target
+                .as_deref()
+                .map(TableName::parse)
+                .transpose()
+                .map_err(|e| invalid(format!("{at}.target: {e}")))?;
+            if t.key.as_ref().is_some_and(|k| k.is_empty()) {
+                return Err(invalid(format!("{at}.key: name at least one column")));
+            }
+            tables.push(TableSpec { source, target, key: t.key.clone(), on_conflict: t.on_conflict });
+        }
+        Ok(Some(TableSelection { tables, include, exclude }))
     }
 }
 

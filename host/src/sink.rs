@@ -147,3 +147,64 @@ pub trait TargetReader: Send {
     /// Streams every row, in no particular order, to `each`.
     async fn scan(&mut self, each: &mut (dyn for<'a, 'r> FnMut(&'a RowView<'r>) + Send)) -> anyhow::Result<()>;
 }
+
+/// One page of any table to apply, with the table checkpoint it advances.
+#[derive(Debug)]
+pub struct RowBatch {
+    pub run_id: String,
+    /// The source table (`schema.table`): the checkpoint's and the dead
+    /// letters' name for it.
+    pub table: String,
+    pub seq: u64,
+    /// The table's checkpoint before this batch: the sink refuses the batch
+    /// if the stored one differs (another process moved it).
+    pub previous_key: Option<crate::keyset::Key>,
+    /// The checkpoint after this batch.
+    pub last_key: crate::keyset::Key,
+    /// Rows for the target table, in its column order.
+    pub rows: Vec<crate::keyset::Row>,
+    /// Each row's source key (same order), for rows the target refuses.
+    pub keys: Vec<crate::keyset::Key>,
+    pub dead: Vec<crate::keyset::RowDeadLetter>,
+    /// Source rows read for this batch.
+    pub extracted: u64,
+    /// Source rows a plugin turned into no row (0 for a copy).
+    pub filtered: u64,
+    pub plugin_sha256: String,
+}
+
+/// Where rows of any table are written.
+///
+/// Contract: `commit_rows` writes the batch's rows, its dead letters and the
+/// table's new checkpoint and counters in ONE transaction, and only if the
+/// stored checkpoint equals `previous_key` (else [`FencedError`]). A row the
+/// target refuses for what it holds is isolated in that transaction and
+/// dead-lettered with kind `load`; a key conflict under
+/// `OnConflict::Error` fails with [`ConflictError`] and writes nothing.
+/// `create_table` creates the table with its columns and primary key only;
+/// `build_indexes` and `add_constraints` add the rest after the data
+/// (idempotent: they may run again after a crash).
+#[async_trait]
+pub trait RowSink: Send {
+    /// `names` gives the target name of a referenced source table.
+    async fn create_table(
+        &mut self,
+        def: &crate::schema::TableDef,
+        names: &crate::schema::NameMap,
+    ) -> anyhow::Result<()>;
+    /// Secondary indexes of a table ferry created (idempotent).
+    async fn build_indexes(&mut self, def: &crate::schema::TableDef) -> anyhow::Result<()>;
+    /// Checks and foreign keys of a table ferry created, once every table
+    /// is loaded (idempotent: existing constraints are left alone).
+    async fn add_constraints(
+        &mut self,
+        def: &crate::schema::TableDef,
+        names: &crate::schema::NameMap,
+    ) -> anyhow::Result<()>;
+    async fn commit_rows(
+        &mut self,
+        target: &crate::schema::TableDef,
+        batch: &RowBatch,
+        policy: OnConflict,
+    ) -> anyhow::Result<Applied>;
+}

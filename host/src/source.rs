@@ -64,3 +64,34 @@ pub trait SnapshotSource: Send {
     /// Whether the connected role may read the table.
     async fn can_read(&mut self) -> anyhow::Result<bool>;
 }
+
+/// Reads tables of any shape (see [`crate::schema`]), page by page.
+///
+/// Contract: `read_page(t, after, n)` returns the first `n` rows of `t`
+/// whose key (`t.primary_key`, compared as a row: `(a, b) > (x, y)`) is
+/// strictly greater than `after` (all rows when `None`), in ascending key
+/// order, with the page's highest key — keyset pagination on the whole key,
+/// never `OFFSET`. A value the engine holds but ferry cannot represent makes
+/// its row an `extract` dead letter in the page, not an error. The page's
+/// [`crate::keyset::Key`]s are in this source's own text form: only this
+/// source reads them back. `read_keys` returns the rows whose key columns
+/// hold these values (absent keys are absent), in no particular order.
+#[async_trait]
+pub trait RowSource: Send {
+    /// The user tables this role can see (no system or ferry tables).
+    async fn list_tables(&mut self) -> anyhow::Result<Vec<crate::db::TableName>>;
+    /// A table's definition, or `None` if there is no such table.
+    async fn describe(&mut self, table: &crate::db::TableName) -> anyhow::Result<Option<crate::schema::TableDef>>;
+    async fn count_rows(&mut self, table: &crate::schema::TableDef) -> anyhow::Result<u64>;
+    async fn read_page(
+        &mut self,
+        table: &crate::schema::TableDef,
+        after: Option<&crate::keyset::Key>,
+        limit: usize,
+    ) -> anyhow::Result<crate::keyset::RowPage>;
+    async fn read_keys(
+        &mut self,
+        table: &crate::schema::TableDef,
+        keys: &[Vec<crate::value::Value>],
+    ) -> anyhow::Result<crate::keyset::RowPage>;
+}

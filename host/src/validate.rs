@@ -293,8 +293,8 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
             settings.target.url
         );
     }
-    let path = settings.plugin.path.clone();
-    let load = settings.plugin.options.clone();
+    let path = settings.plugin()?.path.clone();
+    let load = settings.plugin()?.options.clone();
     let plugin: std::sync::Arc<Plugin> = tokio::task::spawn_blocking(move || Plugin::load(&path, &load)).await??;
     let versions = match (&run, &stream) {
         (Some(run), _) => target.plugin_versions(&run.run_id).await?,

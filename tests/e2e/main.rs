@@ -12,6 +12,7 @@ mod debezium;
 mod migrate;
 mod resume;
 mod sync;
+mod tables;
 mod tls;
 mod transform_rules;
 mod validate;

@@ -256,8 +256,8 @@ pub async fn apply_debezium(
     options: ApplyOptions,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<ApplyReport> {
-    let path = settings.plugin.path.clone();
-    let load = settings.plugin.options.clone();
+    let path = settings.plugin()?.path.clone();
+    let load = settings.plugin()?.options.clone();
     let plugin: std::sync::Arc<Plugin> = tokio::task::spawn_blocking(move || Plugin::load(&path, &load)).await??;
     let mut transformer = plugin.instantiate()?;
     let mut target = engines::open_change_target(settings).await?;

@@ -72,8 +72,8 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
             settings.source.url
         );
     }
-    let path = settings.plugin.path.clone();
-    let load = settings.plugin.options.clone();
+    let path = settings.plugin()?.path.clone();
+    let load = settings.plugin()?.options.clone();
     let plugin: Arc<Plugin> = tokio::task::spawn_blocking(move || Plugin::load(&path, &load)).await??;
     let mut transformer = plugin.instantiate()?;
     metrics::gauge!(crate::daemon::names::PLUGIN_INFO, "sha256" => plugin.sha256().to_string()).set(1.0);

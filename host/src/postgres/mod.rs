@@ -1,11 +1,14 @@
 //! PostgreSQL: the source and the target (sink, control store, reader).
 
 mod changes;
+pub(crate) mod control;
 mod copy;
 mod source;
+mod tables;
 mod target;
 
 pub use source::PgSource;
+pub use tables::PgTables;
 pub use target::PgTarget;
 
 use std::str::FromStr;

@@ -12,64 +12,20 @@ use sqlx::{Connection, Row};
 use super::copy::{self, ColumnEncoding};
 use super::table_shape;
 use crate::config::{LoadMethod, OnConflict};
-use crate::control::{ControlStore, DeadLetterRecord, RunRecord, RunStatus};
 use crate::db::{DbUrl, TableName};
 use crate::model::NewUser;
 use crate::shape::TableShape;
 use crate::sink::{Applied, ConflictError, FencedError, LoadBatch, RowView, Sink, TargetReader, TargetRow};
 
-/// The control schema. Its DDL is idempotent and runs under an advisory lock
-/// so that concurrent first runs do not race on `CREATE … IF NOT EXISTS`.
-const CONTROL_DDL: &str = r#"
-CREATE SCHEMA IF NOT EXISTS ferry;
-CREATE TABLE IF NOT EXISTS ferry.runs (
-    run_id        text PRIMARY KEY,
-    pipeline      text NOT NULL,
-    source        text NOT NULL,
-    target_table  text NOT NULL,
-    plugin_sha256 text NOT NULL,
-    status        text NOT NULL,
-    last_key      bigint,
-    batches       bigint NOT NULL DEFAULT 0,
-    extracted     bigint NOT NULL DEFAULT 0,
-    transformed   bigint NOT NULL DEFAULT 0,
-    loaded        bigint NOT NULL DEFAULT 0,
-    skipped       bigint NOT NULL DEFAULT 0,
-    dead_lettered bigint NOT NULL DEFAULT 0,
-    message       text,
-    started_at    timestamptz NOT NULL DEFAULT now(),
-    updated_at    timestamptz NOT NULL DEFAULT now(),
-    finished_at   timestamptz
-);
-CREATE INDEX IF NOT EXISTS runs_pipeline ON ferry.runs (pipeline, started_at);
-CREATE TABLE IF NOT EXISTS ferry.dead_letters (
-    id            bigserial PRIMARY KEY,
-    run_id        text NOT NULL REFERENCES ferry.runs (run_id),
-    pipeline      text NOT NULL,
-    source_table  text NOT NULL,
-    source_key    text NOT NULL,
-    source_row    jsonb NOT NULL,
-    kind          text NOT NULL,
-    reason        text NOT NULL,
-    plugin_sha256 text NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (run_id, source_key)
-);
-CREATE TABLE IF NOT EXISTS ferry.batches (
-    run_id        text NOT NULL REFERENCES ferry.runs (run_id),
-    seq           bigint NOT NULL,
-    first_key     bigint NOT NULL,
-    last_key      bigint NOT NULL,
-    loaded        bigint NOT NULL,
-    dead_lettered bigint NOT NULL,
-    plugin_sha256 text NOT NULL,
-    committed_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (run_id, seq)
-);
-"#;
+impl super::control::PgConn for PgTarget {
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
 
-/// Key of the advisory lock that serialises control-schema DDL.
-const DDL_LOCK: i64 = 0x6665_7272_7900_0001;
+    fn url(&self) -> &DbUrl {
+        &self.url
+    }
+}
 
 /// A PostgreSQL target.
 pub struct PgTarget {
@@ -437,95 +393,6 @@ impl Sink for PgTarget {
 }
 
 #[async_trait]
-impl ControlStore for PgTarget {
-    async fn ensure_control_tables(&mut self) -> anyhow::Result<()> {
-        let mut tx = self.conn.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
-        for statement in crate::db::ddl_statements(CONTROL_DDL) {
-            sqlx::query(statement).execute(&mut *tx).await.map_err(|e| {
-                crate::retry::DriverError::sqlx(format!("creating the ferry control schema in {}", self.url), &e)
-            })?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn latest_run(&mut self, pipeline: &str) -> anyhow::Result<Option<RunRecord>> {
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT to_regclass('ferry.runs')::oid::int8").fetch_one(&mut self.conn).await?;
-        if exists.is_none() {
-            return Ok(None);
-        }
-        let row =
-            sqlx::query("SELECT * FROM ferry.runs WHERE pipeline = $1 ORDER BY started_at DESC, run_id DESC LIMIT 1")
-                .bind(pipeline)
-                .fetch_optional(&mut self.conn)
-                .await?;
-        Ok(row.as_ref().map(crate::control::run_from_row).transpose()?)
-    }
-
-    async fn insert_run(&mut self, run: &RunRecord) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO ferry.runs (run_id, pipeline, source, target_table, plugin_sha256, status, last_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&run.run_id)
-        .bind(&run.pipeline)
-        .bind(&run.source)
-        .bind(&run.target_table)
-        .bind(&run.plugin_sha256)
-        .bind(run.status.as_str())
-        .bind(run.last_key)
-        .execute(&mut self.conn)
-        .await?;
-        Ok(())
-    }
-
-    async fn set_status(&mut self, run_id: &str, status: RunStatus, message: Option<&str>) -> anyhow::Result<()> {
-        let mut tx = self.conn.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
-        sqlx::query(
-            "UPDATE ferry.runs SET status = $2, message = $3, updated_at = now(), \
-             finished_at = CASE WHEN $2 IN ('completed', 'abandoned') THEN now() ELSE NULL END WHERE run_id = $1",
-        )
-        .bind(run_id)
-        .bind(status.as_str())
-        .bind(message)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn dead_letters(&mut self, run_id: &str, limit: Option<usize>) -> anyhow::Result<Vec<DeadLetterRecord>> {
-        let rows = sqlx::query(
-            "SELECT run_id, source_key, source_row::text AS source_row, kind, reason, plugin_sha256 \
-             FROM ferry.dead_letters WHERE run_id = $1 ORDER BY id LIMIT $2",
-        )
-        .bind(run_id)
-        .bind(limit.map(|l| l as i64).unwrap_or(i64::MAX))
-        .fetch_all(&mut self.conn)
-        .await?;
-        Ok(rows.iter().map(crate::control::dead_letter_from_row).collect::<Result<_, _>>()?)
-    }
-
-    async fn dead_letter_keys(&mut self, run_id: &str, kind: &str) -> anyhow::Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT source_key FROM ferry.dead_letters WHERE run_id = $1 AND kind = $2")
-            .bind(run_id)
-            .bind(kind)
-            .fetch_all(&mut self.conn)
-            .await?)
-    }
-
-    async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT DISTINCT plugin_sha256 FROM ferry.batches WHERE run_id = $1 ORDER BY 1")
-            .bind(run_id)
-            .fetch_all(&mut self.conn)
-            .await?)
-    }
-}
-
-#[async_trait]
 impl TargetReader for PgTarget {
     async fn count_rows(&mut self) -> anyhow::Result<u64> {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(&*format!("SELECT count(*) FROM {}", self.table.quoted())))
@@ -619,3 +486,5 @@ impl TargetReader for PgTarget {
         Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
     }
 }
+
+super::control::pg_control!(PgTarget);

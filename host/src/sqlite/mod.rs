@@ -1,9 +1,12 @@
 //! SQLite: the embedded default, as source and as target.
 
+pub(crate) mod control;
 mod source;
+mod tables;
 mod target;
 
 pub use source::SqliteSource;
+pub use tables::SqliteTables;
 pub use target::SqliteTarget;
 
 use std::str::FromStr;

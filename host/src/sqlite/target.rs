@@ -7,62 +7,20 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 
 use super::{connect, table_shape, table_sql};
 use crate::config::OnConflict;
-use crate::control::{ControlStore, DeadLetterRecord, RunRecord, RunStatus};
 use crate::db::{DbUrl, TableName};
 use crate::model::NewUser;
 use crate::shape::TableShape;
 use crate::sink::{Applied, ConflictError, FencedError, LoadBatch, RowView, Sink, TargetReader, TargetRow};
 
-const CONTROL_DDL: &str = r#"
-CREATE TABLE IF NOT EXISTS ferry_runs (
-    run_id        TEXT PRIMARY KEY,
-    pipeline      TEXT NOT NULL,
-    source        TEXT NOT NULL,
-    target_table  TEXT NOT NULL,
-    plugin_sha256 TEXT NOT NULL,
-    status        TEXT NOT NULL,
-    last_key      INTEGER,
-    batches       INTEGER NOT NULL DEFAULT 0,
-    extracted     INTEGER NOT NULL DEFAULT 0,
-    transformed   INTEGER NOT NULL DEFAULT 0,
-    loaded        INTEGER NOT NULL DEFAULT 0,
-    skipped       INTEGER NOT NULL DEFAULT 0,
-    dead_lettered INTEGER NOT NULL DEFAULT 0,
-    message       TEXT,
-    started_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-    updated_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-    finished_at   TEXT
-);
-CREATE INDEX IF NOT EXISTS ferry_runs_pipeline ON ferry_runs (pipeline, started_at);
-CREATE TABLE IF NOT EXISTS ferry_dead_letters (
-    id            INTEGER PRIMARY KEY,
-    run_id        TEXT NOT NULL REFERENCES ferry_runs (run_id),
-    pipeline      TEXT NOT NULL,
-    source_table  TEXT NOT NULL,
-    source_key    TEXT NOT NULL,
-    source_row    TEXT NOT NULL,
-    kind          TEXT NOT NULL,
-    reason        TEXT NOT NULL,
-    plugin_sha256 TEXT NOT NULL,
-    created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-    UNIQUE (run_id, source_key)
-);
-CREATE TABLE IF NOT EXISTS ferry_batches (
-    run_id        TEXT NOT NULL REFERENCES ferry_runs (run_id),
-    seq           INTEGER NOT NULL,
-    first_key     INTEGER NOT NULL,
-    last_key      INTEGER NOT NULL,
-    loaded        INTEGER NOT NULL,
-    dead_lettered INTEGER NOT NULL,
-    plugin_sha256 TEXT NOT NULL,
-    committed_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-    PRIMARY KEY (run_id, seq)
-);
-"#;
-
 /// Rows per INSERT statement: 6 parameters a row stays under SQLite's
 /// default limit of 32766 bound parameters.
 const ROWS_PER_INSERT: usize = 1000;
+
+impl super::control::SqliteConn for SqliteTarget {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
 
 /// A SQLite target.
 pub struct SqliteTarget {
@@ -114,7 +72,7 @@ impl SqliteTarget {
 /// batch may load): NOT NULL, CHECK, a foreign key, a STRICT column's type,
 /// or a unique index other than a key conflict under `on_conflict = error`
 /// (that policy stops the run).
-fn refuses_rows(e: &sqlx::Error, policy: OnConflict) -> bool {
+pub(super) fn refuses_rows(e: &sqlx::Error, policy: OnConflict) -> bool {
     let Some(db) = e.as_database_error() else { return false };
     match db.kind() {
         sqlx::error::ErrorKind::NotNullViolation
@@ -302,90 +260,6 @@ impl Sink for SqliteTarget {
 }
 
 #[async_trait]
-impl ControlStore for SqliteTarget {
-    async fn ensure_control_tables(&mut self) -> anyhow::Result<()> {
-        for statement in crate::db::ddl_statements(CONTROL_DDL) {
-            sqlx::query(statement).execute(&mut self.conn).await?;
-        }
-        Ok(())
-    }
-
-    async fn latest_run(&mut self, pipeline: &str) -> anyhow::Result<Option<RunRecord>> {
-        let exists: Option<String> =
-            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'ferry_runs'")
-                .fetch_optional(&mut self.conn)
-                .await?;
-        if exists.is_none() {
-            return Ok(None);
-        }
-        let row =
-            sqlx::query("SELECT * FROM ferry_runs WHERE pipeline = ?1 ORDER BY started_at DESC, rowid DESC LIMIT 1")
-                .bind(pipeline)
-                .fetch_optional(&mut self.conn)
-                .await?;
-        Ok(row.as_ref().map(crate::control::run_from_row).transpose()?)
-    }
-
-    async fn insert_run(&mut self, run: &RunRecord) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO ferry_runs (run_id, pipeline, source, target_table, plugin_sha256, status, last_key) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .bind(&run.run_id)
-        .bind(&run.pipeline)
-        .bind(&run.source)
-        .bind(&run.target_table)
-        .bind(&run.plugin_sha256)
-        .bind(run.status.as_str())
-        .bind(run.last_key)
-        .execute(&mut self.conn)
-        .await?;
-        Ok(())
-    }
-
-    async fn set_status(&mut self, run_id: &str, status: RunStatus, message: Option<&str>) -> anyhow::Result<()> {
-        sqlx::query(
-            "UPDATE ferry_runs SET status = ?2, message = ?3, updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now'), \
-             finished_at = CASE WHEN ?2 IN ('completed', 'abandoned') THEN strftime('%Y-%m-%d %H:%M:%f', 'now') END \
-             WHERE run_id = ?1",
-        )
-        .bind(run_id)
-        .bind(status.as_str())
-        .bind(message)
-        .execute(&mut self.conn)
-        .await?;
-        Ok(())
-    }
-
-    async fn dead_letters(&mut self, run_id: &str, limit: Option<usize>) -> anyhow::Result<Vec<DeadLetterRecord>> {
-        let rows = sqlx::query(
-            "SELECT run_id, source_key, source_row, kind, reason, plugin_sha256 FROM ferry_dead_letters \
-             WHERE run_id = ?1 ORDER BY id LIMIT ?2",
-        )
-        .bind(run_id)
-        .bind(limit.map(|l| l as i64).unwrap_or(-1))
-        .fetch_all(&mut self.conn)
-        .await?;
-        Ok(rows.iter().map(crate::control::dead_letter_from_row).collect::<Result<_, _>>()?)
-    }
-
-    async fn dead_letter_keys(&mut self, run_id: &str, kind: &str) -> anyhow::Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT source_key FROM ferry_dead_letters WHERE run_id = ?1 AND kind = ?2")
-            .bind(run_id)
-            .bind(kind)
-            .fetch_all(&mut self.conn)
-            .await?)
-    }
-
-    async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT DISTINCT plugin_sha256 FROM ferry_batches WHERE run_id = ?1 ORDER BY 1")
-            .bind(run_id)
-            .fetch_all(&mut self.conn)
-            .await?)
-    }
-}
-
-#[async_trait]
 impl TargetReader for SqliteTarget {
     async fn count_rows(&mut self) -> anyhow::Result<u64> {
         let n: i64 =
@@ -450,3 +324,5 @@ impl TargetReader for SqliteTarget {
         Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
     }
 }
+
+super::control::sqlite_control!(SqliteTarget);

@@ -1,0 +1,661 @@
+//! Tables of any shape in PostgreSQL: the catalog (definitions), keyset
+//! pages read with `COPY (SELECT …) TO STDOUT`, rows written with
+//! `COPY … FROM STDIN`, both in text format under [`crate::value::PG_SESSION`]
+//! so every type round-trips exactly through its own text I/O.
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+
+use super::target::refuses_rows;
+use crate::config::OnConflict;
+use crate::db::{DbUrl, Engine, TableName, quote_ident};
+use crate::keyset::{Key, Row as ValueRow, RowDeadLetter, RowPage, text_row_json};
+use crate::model::DeadLetterKind;
+use crate::retry::DriverError;
+use crate::schema::{ColumnDef, ForeignKeyDef, IndexDef, TableDef};
+use crate::sink::{Applied, ConflictError, FencedError, RowBatch, RowSink};
+use crate::source::RowSource;
+use crate::value::{Kind, copy_escape, copy_unescape, decode_pg_text, write_pg_text};
+
+/// A PostgreSQL database read or written table by table.
+pub struct PgTables {
+    conn: PgConnection,
+    url: DbUrl,
+    /// Scratch buffer for COPY data.
+    buf: String,
+}
+
+impl super::control::PgConn for PgTables {
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
+    fn url(&self) -> &DbUrl {
+        &self.url
+    }
+}
+
+super::control::pg_control!(PgTables);
+
+/// A SQL literal of `text` cast to `sql_type` (COPY takes no parameters).
+fn literal(text: &str, sql_type: &str) -> String {
+    format!("'{}'::{sql_type}", text.replace('\'', "''"))
+}
+
+impl PgTables {
+    /// `role` is "source" or "target" (for messages). Targets commit
+    /// batches asynchronously, as [`super::PgTarget`] does: a batch and its
+    /// checkpoint are lost or kept together.
+    pub async fn connect(url: &DbUrl, role: &str) -> anyhow::Result<PgTables> {
+        let mut settings: Vec<(&str, &str)> = crate::value::PG_SESSION.to_vec();
+        settings.push(("standard_conforming_strings", "on"));
+        if role == "target" {
+            settings.push(("synchronous_commit", "off"));
+        }
+        let conn = super::connect_with(url, role, &settings).await?;
+        Ok(PgTables { conn, url: url.clone(), buf: String::new() })
+    }
+
+    fn err(&self, what: String, e: &sqlx::Error) -> anyhow::Error {
+        DriverError::sqlx(format!("{what} in {}", self.url), e)
+    }
+
+    /// The table's oid and its schema-qualified name, if it exists.
+    async fn resolve(&mut self, table: &TableName) -> anyhow::Result<Option<(i64, TableName)>> {
+        let row: Option<(i64, String, String)> = sqlx::query_as(
+            "SELECT c.oid::int8, n.nspname::text, c.relname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+        )
+        .bind(table.quoted())
+        .fetch_optional(&mut self.conn)
+        .await
+        .map_err(|e| self.err(format!("looking up table {table}"), &e))?;
+        Ok(row.map(|(oid, schema, name)| (oid, TableName { schema: Some(schema), name })))
+    }
+
+    /// Runs a `COPY (query) TO STDOUT` and decodes its rows for `table`.
+    async fn copy_out(&mut self, table: &TableDef, query: &str) -> anyhow::Result<RowPage> {
+        let sql = format!("COPY ({query}) TO STDOUT");
+        let mut page = RowPage::default();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut stream =
+            self.conn.copy_out_raw(&sql).await.map_err(|e| DriverError::sqlx(format!("reading {}", table.name), &e))?;
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        while let Some(chunk) =
+            stream.try_next().await.map_err(|e| DriverError::sqlx(format!("reading {}", table.name), &e))?
+        {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let rest = pending.split_off(end + 1);
+                pending.pop();
+                lines.push(std::mem::replace(&mut pending, rest));
+            }
+        }
+        drop(stream);
+        for line in lines {
+            decode_line(table, &line, &mut page);
+        }
+        Ok(page)
+    }
+
+    /// Writes `rows` with COPY (or through a staging table for skip and
+    /// overwrite); `Err` is the database's refusal.
+    async fn apply(
+        tx: &mut PgConnection,
+        buf: &mut String,
+        table: &TableDef,
+        rows: &[ValueRow],
+        policy: OnConflict,
+    ) -> Result<Applied, sqlx::Error> {
+        let total = rows.len() as u64;
+        if total == 0 {
+            return Ok(Applied::default());
+        }
+        encode_rows(rows, buf);
+        let columns = table.column_list();
+        let copy_into = |name: &str| format!("COPY {name} ({columns}) FROM STDIN");
+        match policy {
+            OnConflict::Error => {
+                let mut copy = tx.copy_in_raw(&copy_into(&table.quoted())).await?;
+                copy.send(std::mem::take(buf).into_bytes()).await?;
+                let loaded = copy.finish().await?;
+                Ok(Applied { loaded, skipped: 0 })
+            }
+            OnConflict::Skip | OnConflict::Overwrite => {
+                sqlx::query("DROP TABLE IF EXISTS pg_temp.ferry_rows_stage").execute(&mut *tx).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "CREATE TEMP TABLE ferry_rows_stage ON COMMIT DROP AS SELECT {columns} FROM {} WITH NO DATA",
+                    table.quoted()
+                )))
+                .execute(&mut *tx)
+                .await?;
+                let mut copy = tx.copy_in_raw(&copy_into("ferry_rows_stage")).await?;
+                copy.send(std::mem::take(buf).into_bytes()).await?;
+                copy.finish().await?;
+                let key: Vec<usize> = table.primary_key.clone();
+                let non_key: Vec<String> = (0..table.columns.len())
+                    .filter(|i| !key.contains(i))
+                    .map(|i| {
+                        let c = quote_ident(&table.columns[i].name);
+                        format!("{c} = EXCLUDED.{c}")
+                    })
+                    .collect();
+                let action = if policy == OnConflict::Skip || non_key.is_empty() {
+                    "DO NOTHING".to_string()
+                } else {
+                    format!("DO UPDATE SET {}", non_key.join(", "))
+                };
+                let sql = format!(
+                    "INSERT INTO {} ({columns}) SELECT {columns} FROM ferry_rows_stage ON CONFLICT ({}) {action}",
+                    table.quoted(),
+                    table.key_list()
+                );
+                let written = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?.rows_affected();
+                sqlx::query("DROP TABLE pg_temp.ferry_rows_stage").execute(&mut *tx).await?;
+                Ok(Applied { loaded: written, skipped: total - written })
+            }
+        }
+    }
+
+    /// [`Self::apply`], isolating the rows the target refuses by bisection
+    /// under savepoints of the same transaction (as the `users` sink does).
+    async fn apply_isolating(
+        tx: &mut PgConnection,
+        buf: &mut String,
+        table: &TableDef,
+        rows: &[ValueRow],
+        policy: OnConflict,
+    ) -> Result<(Applied, Vec<(usize, String)>), sqlx::Error> {
+        let mut applied = Applied::default();
+        let mut refused = Vec::new();
+        let mut todo = vec![(0, rows.len())];
+        while let Some((from, to)) = todo.pop() {
+            sqlx::query("SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+            match Self::apply(tx, buf, table, &rows[from..to], policy).await {
+                Ok(a) => {
+                    sqlx::query("RELEASE SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+                    applied.loaded += a.loaded;
+                    applied.skipped += a.skipped;
+                }
+                Err(e) if refuses_rows(&e, policy) => {
+                    buf.clear();
+                    sqlx::query("ROLLBACK TO SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+                    sqlx::query("RELEASE SAVEPOINT ferry_rows").execute(&mut *tx).await?;
+                    if to - from == 1 {
+                        refused.push((from, super::describe_error(&e)));
+                    } else {
+                        let middle = from + (to - from) / 2;
+                        todo.push((middle, to));
+                        todo.push((from, middle));
+                    }
+                }
+                Err(e) => {
+                    buf.clear();
+                    return Err(e);
+                }
+            }
+        }
+        Ok((applied, refused))
+    }
+}
+
+/// Decodes one COPY text line into a row of `table` (or an unreadable row).
+fn decode_line(table: &TableDef, line: &[u8], page: &mut RowPage) {
+    let mut fields: Vec<Option<String>> = Vec::with_capacity(table.columns.len());
+    let mut problem = None;
+    for raw in line.split(|&b| b == b'\t') {
+        match copy_unescape(raw) {
+            Ok(field) => fields.push(field),
+            Err(e) => {
+                fields.push(Some(String::from_utf8_lossy(raw).into_owned()));
+                problem.get_or_insert(e.0);
+            }
+        }
+    }
+    let key = Key(table.primary_key.iter().map(|&i| fields.get(i).cloned().flatten().unwrap_or_default()).collect());
+    let mut row = Vec::with_capacity(table.columns.len());
+    if problem.is_none() {
+        for (column, field) in table.columns.iter().zip(&fields) {
+            match field {
+                None => row.push(crate::value::Value::Null),
+                Some(text) => match decode_pg_text(&column.kind, &column.sql_type, text) {
+                    Ok(v) => row.push(v),
+                    Err(e) => {
+                        problem = Some(format!("column {}: {e}", column.name));
+                        break;
+                    }
+                },
+            }
+        }
+    }
+    if fields.len() != table.columns.len() && problem.is_none() {
+        problem = Some(format!("COPY returned {} fields for {} columns", fields.len(), table.columns.len()));
+    }
+    match problem {
+        None => page.rows.push(row),
+        Some(reason) => page.unreadable.push(RowDeadLetter {
+            table: table.name.to_string(),
+            key: key.clone(),
+            row: text_row_json(table, &fields),
+            kind: DeadLetterKind::Extract,
+            reason,
+        }),
+    }
+    page.last_key = Some(key);
+}
+
+/// Appends `rows` to `buf` in COPY's text format.
+fn encode_rows(rows: &[ValueRow], buf: &mut String) {
+    buf.clear();
+    let mut scratch = String::new();
+    for row in rows {
+        for (i, value) in row.iter().enumerate() {
+            if i > 0 {
+                buf.push('\t');
+            }
+            scratch.clear();
+            if write_pg_text(value, &mut scratch) {
+                copy_escape(&scratch, buf);
+            } else {
+                buf.push_str("\\N");
+            }
+        }
+        buf.push('\n');
+    }
+}
+
+/// `ON UPDATE … ON DELETE …` and deferrability of a foreign key.
+fn fk_actions(update: &str, delete: &str, matching: &str, deferrable: bool, deferred: bool) -> String {
+    let action = |c: &str| match c {
+        "r" => Some("RESTRICT"),
+        "c" => Some("CASCADE"),
+        "n" => Some("SET NULL"),
+        "d" => Some("SET DEFAULT"),
+        _ => None,
+    };
+    let mut parts = Vec::new();
+    if matching == "f" {
+        parts.push("MATCH FULL".to_string());
+    }
+    if let Some(a) = action(update) {
+        parts.push(format!("ON UPDATE {a}"));
+    }
+    if let Some(a) = action(delete) {
+        parts.push(format!("ON DELETE {a}"));
+    }
+    if deferrable {
+        parts.push(if deferred { "DEFERRABLE INITIALLY DEFERRED" } else { "DEFERRABLE" }.to_string());
+    }
+    parts.join(" ")
+}
+
+#[async_trait]
+impl RowSource for PgTables {
+    async fn list_tables(&mut self) -> anyhow::Result<Vec<TableName>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'ferry') AND n.nspname NOT LIKE 'pg\\_%' \
+             ORDER BY 1, 2",
+        )
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(|e| self.err("listing tables".into(), &e))?;
+        Ok(rows.into_iter().map(|(schema, name)| TableName { schema: Some(schema), name }).collect())
+    }
+
+    async fn describe(&mut self, table: &TableName) -> anyhow::Result<Option<TableDef>> {
+        let Some((oid, name)) = self.resolve(table).await? else { return Ok(None) };
+        let what = |e: sqlx::Error| DriverError::sqlx(format!("reading the definition of {name}"), &e);
+        let rows = sqlx::query(
+            "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS sql_type, a.attnotnull, \
+                    bt.typname::text AS base, bt.typcategory::text AS category, et.typname::text AS elem \
+             FROM pg_attribute a \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+             LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A' \
+             WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             ORDER BY a.attnum",
+        )
+        .bind(oid)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(what)?;
+        let mut columns = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let base: String = row.try_get("base")?;
+            let category: String = row.try_get("category")?;
+            let elem: Option<String> = row.try_get("elem")?;
+            let kind = match (category.as_str(), elem) {
+                ("A", Some(elem)) => match Kind::from_pg_typname(&elem) {
+                    k if k.is_scalar() => Kind::Array(Box::new(k)),
+                    _ => Kind::Other,
+                },
+                _ => Kind::from_pg_typname(&base),
+            };
+            columns.push(ColumnDef {
+                name: row.try_get("name")?,
+                sql_type: row.try_get("sql_type")?,
+                kind,
+                nullable: !row.try_get::<bool, _>("attnotnull")?,
+            });
+        }
+        let key_names: Vec<String> = sqlx::query_scalar(
+            "SELECT a.attname::text FROM pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1::oid AND i.indisprimary ORDER BY k.ord",
+        )
+        .bind(oid)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(what)?;
+        let primary_key = key_names.iter().filter_map(|k| columns.iter().position(|c| &c.name == k)).collect();
+        let indexes = sqlx::query(
+            "SELECT ci.relname::text AS name, i.indisunique, pg_get_indexdef(i.indexrelid) AS def, \
+                    (i.indexprs IS NULL AND i.indpred IS NULL) AS plain, \
+                    ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.ord) AS cols \
+             FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid \
+             WHERE i.indrelid = $1::oid AND NOT i.indisprimary ORDER BY 1",
+        )
+        .bind(oid)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(what)?
+        .iter()
+        .map(|row| -> Result<IndexDef, sqlx::Error> {
+            let plain: bool = row.try_get("plain")?;
+            Ok(IndexDef {
+                name: row.try_get("name")?,
+                unique: row.try_get("indisunique")?,
+                columns: if plain { row.try_get("cols")? } else { Vec::new() },
+                pg_definition: Some(row.try_get("def")?),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+        let foreign_keys = sqlx::query(
+            "SELECT c.conname::text AS name, fn.nspname::text AS ref_schema, fc.relname::text AS ref_table, \
+                    ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY AS k(n, o) \
+                          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o) AS cols, \
+                    ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY AS k(n, o) \
+                          JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o) AS ref_cols, \
+                    c.confupdtype::text AS upd, c.confdeltype::text AS del, c.confmatchtype::text AS matching, \
+                    c.condeferrable, c.condeferred \
+             FROM pg_constraint c JOIN pg_class fc ON fc.oid = c.confrelid \
+             JOIN pg_namespace fn ON fn.oid = fc.relnamespace \
+             WHERE c.conrelid = $1::oid AND c.contype = 'f' ORDER BY 1",
+        )
+        .bind(oid)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(what)?
+        .iter()
+        .map(|row| -> Result<ForeignKeyDef, sqlx::Error> {
+            Ok(ForeignKeyDef {
+                name: row.try_get("name")?,
+                columns: row.try_get("cols")?,
+                references: TableName { schema: Some(row.try_get("ref_schema")?), name: row.try_get("ref_table")? },
+                referenced_columns: row.try_get("ref_cols")?,
+                actions: fk_actions(
+                    &row.try_get::<String, _>("upd")?,
+                    &row.try_get::<String, _>("del")?,
+                    &row.try_get::<String, _>("matching")?,
+                    row.try_get("condeferrable")?,
+                    row.try_get("condeferred")?,
+                ),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+        let checks: Vec<(String, String)> = sqlx::query_as(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = $1::oid AND contype = 'c' ORDER BY 1",
+        )
+        .bind(oid)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(what)?;
+        let estimate: f32 = sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = $1::oid")
+            .bind(oid)
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(what)?;
+        Ok(Some(TableDef {
+            name,
+            engine: Engine::Postgres,
+            columns,
+            primary_key,
+            indexes,
+            foreign_keys,
+            checks,
+            estimated_rows: estimate.max(0.0) as u64,
+            key_index: None,
+        }))
+    }
+
+    async fn count_rows(&mut self, table: &TableDef) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {}", table.quoted())))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("counting rows of {}", table.name), &e))?;
+        Ok(n as u64)
+    }
+
+    async fn read_page(&mut self, table: &TableDef, after: Option<&Key>, limit: usize) -> anyhow::Result<RowPage> {
+        let key_types: Vec<&str> = table.key_columns().map(|c| c.sql_type.as_str()).collect();
+        let filter = match after {
+            None => String::new(),
+            Some(key) => format!(
+                " WHERE ({}) > ({})",
+                table.key_list(),
+                key.0.iter().zip(&key_types).map(|(v, t)| literal(v, t)).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        let query = format!(
+            "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}",
+            table.column_list(),
+            table.quoted(),
+            table.key_list()
+        );
+        self.copy_out(table, &query).await
+    }
+
+    async fn read_keys(&mut self, table: &TableDef, keys: &[Vec<crate::value::Value>]) -> anyhow::Result<RowPage> {
+        if keys.is_empty() {
+            return Ok(RowPage::default());
+        }
+        let key_types: Vec<&str> = table.key_columns().map(|c| c.sql_type.as_str()).collect();
+        let tuples: Vec<String> = keys
+            .iter()
+            .map(|key| {
+                let parts: Vec<String> = key
+                    .iter()
+                    .zip(&key_types)
+                    .map(|(v, t)| literal(&crate::value::encode_pg_text(v).unwrap_or_default(), t))
+                    .collect();
+                format!("({})", parts.join(", "))
+            })
+            .collect();
+        let query = format!(
+            "SELECT {} FROM {} WHERE ({}) IN ({})",
+            table.column_list(),
+            table.quoted(),
+            table.key_list(),
+            tuples.join(", ")
+        );
+        self.copy_out(table, &query).await
+    }
+}
+
+#[async_trait]
+impl RowSink for PgTables {
+    async fn create_table(&mut self, def: &TableDef, names: &crate::schema::NameMap) -> anyhow::Result<()> {
+        if let Some(schema) = &def.name.schema {
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema))))
+                .execute(&mut self.conn)
+                .await
+                .map_err(|e| self.err(format!("creating schema {schema}"), &e))?;
+        }
+        let sql = def.create_sql(names);
+        sqlx::query(sqlx::AssertSqlSafe(&*sql)).execute(&mut self.conn).await.map_err(|e| {
+            let hint = if super::describe_error(&e).contains("does not exist") {
+                " (a type the table uses — an enum, a domain, an extension's type — must exist in the target first: \
+                 create it, e.g. from `pg_dump --schema-only` of the source)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("{}{hint}", self.err(format!("creating table {}", def.name), &e))
+        })?;
+        if let Some(sql) = def.key_index_sql() {
+            sqlx::query(sqlx::AssertSqlSafe(&*sql))
+                .execute(&mut self.conn)
+                .await
+                .map_err(|e| self.err(format!("building the key index of {}", def.name), &e))?;
+        }
+        Ok(())
+    }
+
+    async fn build_indexes(&mut self, def: &TableDef) -> anyhow::Result<()> {
+        for sql in def.index_sql() {
+            sqlx::query(sqlx::AssertSqlSafe(&*sql))
+                .execute(&mut self.conn)
+                .await
+                .map_err(|e| self.err(format!("building an index of {} ({sql})", def.name), &e))?;
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {}", def.quoted())))
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("analyzing {}", def.name), &e))?;
+        Ok(())
+    }
+
+    async fn add_constraints(&mut self, def: &TableDef, names: &crate::schema::NameMap) -> anyhow::Result<()> {
+        for (name, sql) in def.constraint_sql(names) {
+            let exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2")
+                    .bind(def.quoted())
+                    .bind(&name)
+                    .fetch_optional(&mut self.conn)
+                    .await?;
+            if exists.is_none() {
+                sqlx::query(sqlx::AssertSqlSafe(&*sql))
+                    .execute(&mut self.conn)
+                    .await
+                    .map_err(|e| self.err(format!("adding constraint {name} to {}", def.name), &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_rows(
+        &mut self,
+        target: &TableDef,
+        batch: &RowBatch,
+        policy: OnConflict,
+    ) -> anyhow::Result<Applied> {
+        let url = self.url.clone();
+        let buf = &mut self.buf;
+        let mut tx = self.conn.begin().await?;
+        let stored: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT last_key FROM ferry.table_progress WHERE run_id = $1 AND table_name = $2 FOR UPDATE",
+        )
+        .bind(&batch.run_id)
+        .bind(&batch.table)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let expected = batch.previous_key.as_ref().map(Key::encode);
+        if stored != Some(expected) {
+            return Err(FencedError { run_id: batch.run_id.clone() }.into());
+        }
+        let (applied, refused) = match Self::apply_isolating(&mut tx, buf, target, &batch.rows, policy).await {
+            Ok(a) => a,
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
+                let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+                let key = pg
+                    .and_then(|p| p.detail())
+                    .and_then(|d| {
+                        d.split_once(")=(").map(|(_, rest)| rest.trim_end_matches(") already exists.").to_string())
+                    })
+                    .unwrap_or_else(|| db.message().to_string());
+                return Err(ConflictError { table: target.name.to_string(), key }.into());
+            }
+            Err(e) => {
+                return Err(DriverError::sqlx(
+                    format!("loading batch {} of {} into {url}", batch.seq, target.name),
+                    &e,
+                ));
+            }
+        };
+        let refused: Vec<RowDeadLetter> = refused
+            .into_iter()
+            .map(|(index, message)| RowDeadLetter {
+                table: batch.table.clone(),
+                key: batch.keys[index].clone(),
+                row: crate::keyset::row_json(target, &batch.rows[index]),
+                kind: DeadLetterKind::Load,
+                reason: format!("the target refused the row: {message}"),
+            })
+            .collect();
+        let dead: Vec<&RowDeadLetter> = batch.dead.iter().chain(&refused).collect();
+        if !dead.is_empty() {
+            let keys: Vec<String> = dead.iter().map(|d| d.key.label()).collect();
+            let rows: Vec<String> = dead.iter().map(|d| d.row.to_string().replace("\\u0000", "\\\\u0000")).collect();
+            let kinds: Vec<&str> = dead.iter().map(|d| d.kind.as_str()).collect();
+            let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO ferry.dead_letters (run_id, pipeline, source_table, source_key, source_row, kind, reason, plugin_sha256) \
+                 SELECT $1, r.pipeline, $2, k, j::jsonb, kd, rs, $7 FROM ferry.runs r, \
+                        unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS d(k, j, kd, rs) \
+                 WHERE r.run_id = $1 ON CONFLICT DO NOTHING",
+            )
+            .bind(&batch.run_id)
+            .bind(&batch.table)
+            .bind(&keys)
+            .bind(&rows)
+            .bind(&kinds)
+            .bind(&reasons)
+            .bind(&batch.plugin_sha256)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| DriverError::sqlx(format!("recording dead letters of {}", batch.table), &e))?;
+        }
+        let dead_count = dead.len() as i64;
+        let transformed =
+            batch.extracted as i64 - batch.dead.iter().filter(|d| d.kind == DeadLetterKind::Extract).count() as i64;
+        sqlx::query(
+            "UPDATE ferry.table_progress SET last_key = $3, batches = batches + 1, extracted = extracted + $4, \
+             transformed = transformed + $5, loaded = loaded + $6, skipped = skipped + $7, filtered = filtered + $8, \
+             dead_lettered = dead_lettered + $9, updated_at = now() WHERE run_id = $1 AND table_name = $2",
+        )
+        .bind(&batch.run_id)
+        .bind(&batch.table)
+        .bind(batch.last_key.encode())
+        .bind(batch.extracted as i64)
+        .bind(transformed)
+        .bind(applied.loaded as i64)
+        .bind(applied.skipped as i64)
+        .bind(batch.filtered as i64)
+        .bind(dead_count)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE ferry.runs SET batches = batches + 1, extracted = extracted + $2, transformed = transformed + $3, \
+             loaded = loaded + $4, skipped = skipped + $5, dead_lettered = dead_lettered + $6, updated_at = now() \
+             WHERE run_id = $1",
+        )
+        .bind(&batch.run_id)
+        .bind(batch.extracted as i64)
+        .bind(transformed)
+        .bind(applied.loaded as i64)
+        .bind(applied.skipped as i64)
+        .bind(dead_count)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit()
+            .await
+            .map_err(|e| DriverError::sqlx(format!("committing batch {} of {}", batch.seq, batch.table), &e))?;
+        Ok(applied)
+    }
+}

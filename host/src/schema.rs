@@ -1,0 +1,411 @@
+//! Table definitions of any shape: what the engines' catalogs say about a
+//! table (columns with their types, key, indexes, foreign keys, checks) and
+//! the DDL ferry writes from them on the target.
+//!
+//! A definition read from one engine can be rendered for the other: the
+//! column's [`Kind`] carries the meaning across, the engine's own type name
+//! is kept for a same-engine copy (so `numeric(12,2)`, `varchar(40)`, enums
+//! and domains stay what they were).
+
+use serde::Serialize;
+
+use crate::db::{Engine, TableName, quote_ident};
+use crate::value::Kind;
+
+/// Source table name → target table name, for foreign keys that name
+/// another table of the pipeline (a table outside it keeps its name).
+#[derive(Debug, Clone, Default)]
+pub struct NameMap(pub std::collections::HashMap<TableName, TableName>);
+
+impl NameMap {
+    pub fn target(&self, source: &TableName) -> TableName {
+        self.0.get(source).cloned().unwrap_or_else(|| source.clone())
+    }
+}
+
+/// One column.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ColumnDef {
+    pub name: String,
+    /// The type as the source engine declares it (`numeric(12,2)`,
+    /// `character varying(40)`, `mood`, `INTEGER`).
+    pub sql_type: String,
+    pub kind: Kind,
+    pub nullable: bool,
+}
+
+/// A secondary index (the primary key's index is not listed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IndexDef {
+    pub name: String,
+    pub unique: bool,
+    /// Plain column names, when the index is on columns only.
+    pub columns: Vec<String>,
+    /// PostgreSQL's own definition (`pg_get_indexdef`), for a PostgreSQL
+    /// target: keeps expressions, predicates, opclasses and methods.
+    pub pg_definition: Option<String>,
+}
+
+/// A foreign key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ForeignKeyDef {
+    pub name: String,
+    pub columns: Vec<String>,
+    pub references: TableName,
+    pub referenced_columns: Vec<String>,
+    /// `ON UPDATE … ON DELETE …` clause (empty for the defaults).
+    pub actions: String,
+}
+
+/// A table as a catalog describes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TableDef {
+    pub name: TableName,
+    pub engine: Engine,
+    pub columns: Vec<ColumnDef>,
+    /// Indexes into `columns` of the primary key, in key order (empty: none).
+    pub primary_key: Vec<usize>,
+    pub indexes: Vec<IndexDef>,
+    pub foreign_keys: Vec<ForeignKeyDef>,
+    /// `CHECK` constraints as PostgreSQL defines them (name, definition).
+    pub checks: Vec<(String, String)>,
+    /// The catalog's row estimate (0 if unknown).
+    pub estimated_rows: u64,
+    /// When the key is not a primary key but a unique index the user named
+    /// (`key = [...]`): that index, built with the table, before the data.
+    pub key_index: Option<String>,
+}
+
+impl TableDef {
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    pub fn key_columns(&self) -> impl Iterator<Item = &ColumnDef> {
+        self.primary_key.iter().map(|&i| &self.columns[i])
+    }
+
+    /// The same table under another name on `engine`: same columns and key;
+    /// types keep their declared name only on the same engine.
+    pub fn for_target(&self, name: TableName, engine: Engine) -> TableDef {
+        let mut def = self.clone();
+        def.name = name;
+        if engine != self.engine {
+            for column in &mut def.columns {
+                column.sql_type = match engine {
+                    Engine::Postgres => column.kind.pg_type(),
+                    Engine::Sqlite => sqlite_type(&column.kind),
+                };
+            }
+            // Check constraints and index expressions are PostgreSQL's.
+            def.checks.clear();
+            for index in &mut def.indexes {
+                index.pg_definition = None;
+            }
+            def.indexes.retain(|index| {
+                if index.columns.is_empty() {
+                    tracing::warn!(
+                        "index {} of {} is on expressions or partial: not recreated on {engine}",
+                        index.name,
+                        self.name
+                    );
+                }
+                !index.columns.is_empty()
+            });
+        }
+        def.engine = engine;
+        def
+    }
+
+    /// `CREATE TABLE` with the columns and the primary key only: the rest
+    /// (indexes, foreign keys, checks) comes after the data, except on
+    /// SQLite, which cannot add foreign keys later (and does not enforce
+    /// them unless a connection turns `foreign_keys` on).
+    pub fn create_sql(&self, names: &NameMap) -> String {
+        let mut parts: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let not_null = if c.nullable { "" } else { " NOT NULL" };
+                format!("{} {}{not_null}", quote_ident(&c.name), c.sql_type)
+            })
+            .collect();
+        if !self.primary_key.is_empty() && self.key_index.is_none() {
+            parts.push(format!("PRIMARY KEY ({})", self.key_list()));
+        }
+        if self.engine == Engine::Sqlite {
+            for fk in &self.foreign_keys {
+                parts.push(format!(
+                    "CONSTRAINT {} {}",
+                    quote_ident(&fk.name),
+                    fk.clause(&names.target(&fk.references), self.engine)
+                ));
+            }
+        }
+        format!("CREATE TABLE IF NOT EXISTS {} ({})", self.quoted(), parts.join(", "))
+    }
+
+    /// The unique index that is the key (see [`TableDef::key_index`]),
+    /// built right after the table.
+    pub fn key_index_sql(&self) -> Option<String> {
+        let name = self.key_index.as_ref()?;
+        let at = self.indexes.iter().position(|i| &i.name == name)?;
+        self.index_sql().into_iter().nth(at)
+    }
+
+    /// Secondary indexes, built after the data is in; idempotent.
+    pub fn index_sql(&self) -> Vec<String> {
+        self.indexes
+            .iter()
+            .map(|index| match (&index.pg_definition, self.engine) {
+                (Some(def), Engine::Postgres) => retarget_index(def, &self.quoted()),
+                _ => format!(
+                    "CREATE {}INDEX IF NOT EXISTS {} ON {} ({})",
+                    if index.unique { "UNIQUE " } else { "" },
+                    quote_ident(&index.name),
+                    self.quoted(),
+                    index.columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
+                ),
+            })
+            .collect()
+    }
+
+    /// `(name, ALTER TABLE … ADD CONSTRAINT …)` for checks and foreign keys
+    /// (PostgreSQL targets); the caller skips names that already exist.
+    pub fn constraint_sql(&self, names: &NameMap) -> Vec<(String, String)> {
+        if self.engine != Engine::Postgres {
+            return Vec::new();
+        }
+        let mut out: Vec<(String, String)> = self
+            .checks
+            .iter()
+            .map(|(name, def)| {
+                (name.clone(), format!("ALTER TABLE {} ADD CONSTRAINT {} {def}", self.quoted(), quote_ident(name)))
+            })
+            .collect();
+        for fk in &self.foreign_keys {
+            out.push((
+                fk.name.clone(),
+                format!(
+                    "ALTER TABLE {} ADD CONSTRAINT {} {}",
+                    self.quoted(),
+                    quote_ident(&fk.name),
+                    fk.clause(&names.target(&fk.references), self.engine)
+                ),
+            ));
+        }
+        out
+    }
+
+    pub fn quoted(&self) -> String {
+        self.name.quoted()
+    }
+
+    /// The key columns, quoted, comma-separated.
+    pub fn key_list(&self) -> String {
+        self.key_columns().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// All columns, quoted, comma-separated.
+    pub fn column_list(&self) -> String {
+        self.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl ForeignKeyDef {
+    fn clause(&self, references: &TableName, engine: Engine) -> String {
+        let list = |cols: &[String]| cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+        // SQLite resolves the parent by name in the same database.
+        let parent = if engine == Engine::Sqlite { quote_ident(&references.name) } else { references.quoted() };
+        format!(
+            "FOREIGN KEY ({}) REFERENCES {parent} ({}){}",
+            list(&self.columns),
+            list(&self.referenced_columns),
+            if self.actions.is_empty() { String::new() } else { format!(" {}", self.actions) }
+        )
+    }
+}
+
+/// `pg_get_indexdef` output aimed at another table name, made idempotent.
+fn retarget_index(def: &str, table: &str) -> String {
+    let def = def.replacen("INDEX ", "INDEX IF NOT EXISTS ", 1);
+    match (def.find(" ON "), def.find(" USING ")) {
+        (Some(on), Some(using)) if on < using => {
+            let only = if def[on..].starts_with(" ON ONLY ") { "ONLY " } else { "" };
+            format!("{} ON {only}{table}{}", &def[..on], &def[using..])
+        }
+        _ => def,
+    }
+}
+
+/// The declared type ferry gives a kind in SQLite. The names are chosen so
+/// SQLite's affinity keeps the value as written (a decimal, a JSON document
+/// or an interval stays TEXT; "INTERVAL" alone would get INTEGER affinity)
+/// and so [`sqlite_kind`] reads the same kind back.
+pub fn sqlite_type(kind: &Kind) -> String {
+    match kind {
+        // A JSON array in TEXT; the element kind stays in the type name.
+        Kind::Array(element) => format!("{} ARRAY", sqlite_type(element)),
+        scalar => sqlite_scalar_type(scalar).to_string(),
+    }
+}
+
+fn sqlite_scalar_type(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Bool => "BOOLEAN",
+        Kind::Int16 | Kind::Int32 | Kind::Int64 => "INTEGER",
+        Kind::Float32 | Kind::Float64 => "REAL",
+        Kind::Numeric => "NUMERIC TEXT",
+        Kind::Text | Kind::Other => "TEXT",
+        Kind::Bytes => "BLOB",
+        Kind::Json | Kind::Array(_) => "JSON TEXT",
+        Kind::Uuid => "UUID TEXT",
+        Kind::Date => "DATE",
+        Kind::Time => "TIME",
+        Kind::Timestamp => "TIMESTAMP",
+        Kind::TimestampTz => "TIMESTAMPTZ",
+        Kind::Interval => "INTERVAL TEXT",
+    }
+}
+
+/// The kind of a SQLite column from its declared type: SQLite's affinity
+/// rules, refined by the common type names (`BOOLEAN`, `DATETIME`, `JSON`…).
+pub fn sqlite_kind(declared: &str) -> Kind {
+    let t = declared.to_ascii_uppercase();
+    if let Some(element) = t.strip_suffix(" ARRAY") {
+        return match sqlite_kind(element) {
+            k if k.is_scalar() => Kind::Array(Box::new(k)),
+            _ => Kind::Json,
+        };
+    }
+    let has = |s: &str| t.contains(s);
+    if has("BOOL") {
+        Kind::Bool
+    } else if has("NUMERIC") || has("DECIMAL") {
+        Kind::Numeric
+    } else if has("INTERVAL") {
+        Kind::Interval
+    } else if has("TIMESTAMPTZ") || (has("TIMESTAMP") && has("TIME ZONE")) {
+        Kind::TimestampTz
+    } else if has("TIMESTAMP") || has("DATETIME") {
+        Kind::Timestamp
+    } else if has("INT") {
+        Kind::Int64
+    } else if has("JSON") {
+        Kind::Json
+    } else if has("UUID") {
+        Kind::Uuid
+    } else if t == "DATE" {
+        Kind::Date
+    } else if t == "TIME" {
+        Kind::Time
+    } else if has("CHAR") || has("CLOB") || has("TEXT") || t.is_empty() {
+        Kind::Text
+    } else if has("BLOB") {
+        Kind::Bytes
+    } else if has("REAL") || has("FLOA") || has("DOUB") {
+        Kind::Float64
+    } else {
+        Kind::Numeric
+    }
+}
+
+/// Orders tables so that every table comes after the tables it references
+/// (self-references ignored); tables in a reference cycle keep their order
+/// at the end. Returns indexes into `tables`.
+pub fn dependency_order(tables: &[TableDef]) -> Vec<usize> {
+    let mut done = vec![false; tables.len()];
+    let mut order = Vec::with_capacity(tables.len());
+    let position = |name: &TableName| tables.iter().position(|t| &t.name == name);
+    loop {
+        let before = order.len();
+        for (i, table) in tables.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let ready = table
+                .foreign_keys
+                .iter()
+                .filter_map(|fk| position(&fk.references))
+                .all(|parent| parent == i || done[parent]);
+            if ready {
+                done[i] = true;
+                order.push(i);
+            }
+        }
+        if order.len() == tables.len() {
+            return order;
+        }
+        if order.len() == before {
+            order.extend((0..tables.len()).filter(|&i| !done[i]));
+            return order;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str, refs: &[&str]) -> TableDef {
+        TableDef {
+            name: TableName::parse(name).unwrap(),
+            engine: Engine::Postgres,
+            columns: vec![],
+            primary_key: vec![],
+            indexes: vec![],
+            foreign_keys: refs
+                .iter()
+                .map(|r| ForeignKeyDef {
+                    name: format!("{name}_{r}"),
+                    columns: vec![],
+                    references: TableName::parse(r).unwrap(),
+                    referenced_columns: vec![],
+                    actions: String::new(),
+                })
+                .collect(),
+            checks: vec![],
+            estimated_rows: 0,
+            key_index: None,
+        }
+    }
+
+    #[test]
+    fn parents_come_first() {
+        let tables = [table("items", &["orders", "items"]), table("orders", &["users"]), table("users", &[])];
+        assert_eq!(dependency_order(&tables), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn sqlite_types_read_back_as_their_kind() {
+        for kind in [
+            Kind::Bool,
+            Kind::Int64,
+            Kind::Float64,
+            Kind::Numeric,
+            Kind::Text,
+            Kind::Bytes,
+            Kind::Json,
+            Kind::Uuid,
+            Kind::Date,
+            Kind::Time,
+            Kind::Timestamp,
+            Kind::TimestampTz,
+            Kind::Interval,
+            Kind::Array(Box::new(Kind::Numeric)),
+        ] {
+            assert_eq!(sqlite_kind(&sqlite_type(&kind)), kind);
+        }
+        assert_eq!(sqlite_kind("VARCHAR(20)"), Kind::Text);
+        assert_eq!(sqlite_kind("DATETIME"), Kind::Timestamp);
+    }
+
+    #[test]
+    fn index_definitions_follow_the_table() {
+        let def = "CREATE UNIQUE INDEX orders_ref ON public.orders USING btree (ref)";
+        assert_eq!(
+            retarget_index(def, "\"new\".\"orders\""),
+            "CREATE UNIQUE INDEX IF NOT EXISTS orders_ref ON \"new\".\"orders\" USING btree (ref)"
+        );
+    }
+}

@@ -1,0 +1,609 @@
+//! `ferry migrate` for a pipeline of many tables (`[[tables]]`,
+//! `source.include`): every table copied as it is, with no WASM on its path.
+//!
+//! ```text
+//!  plan: source catalog → tables, keys, target names, load order
+//!  copy: `workers` tables at a time; per table an extractor (keyset pages
+//!        on the whole key) feeding its loader through a bounded channel:
+//!        rows + dead letters + table checkpoint, one transaction per page
+//!  build: secondary indexes per table once its rows are in, then checks
+//!         and foreign keys once every table is (as pgcopydb does)
+//! ```
+//! Memory is bounded by `workers × (CHANNEL_DEPTH + 2)` pages whatever the
+//! number of tables. Each table's checkpoint is its own (the whole encoded
+//! key), so after `kill -9` every table resumes exactly after its last
+//! committed page.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::OnConflict;
+use crate::control::{RunRecord, RunStatus, Stats, TablePhase, TableProgress};
+use crate::db::{Engine, TableName};
+use crate::engines::{self, RowTarget};
+use crate::keyset::{Key, RowPage};
+use crate::migrate::{Ending, MigrateOptions, RunStopped};
+use crate::schema::{NameMap, TableDef, dependency_order};
+use crate::settings::{Settings, TableSelection};
+use crate::sink::RowBatch;
+use crate::source::RowSource;
+
+/// Pages queued between a table's extractor and its loader.
+const CHANNEL_DEPTH: usize = 2;
+
+/// The `plugin_sha256` of rows copied as they are.
+pub const IDENTITY: &str = "identity";
+
+/// One table of the plan.
+#[derive(Debug, Clone)]
+pub struct PlannedTable {
+    pub source: TableDef,
+    /// The target table as ferry writes it (columns in source order).
+    pub target: TableDef,
+    /// The target table does not exist: ferry creates it.
+    pub create: bool,
+    pub on_conflict: OnConflict,
+}
+
+/// What a many-table pipeline will do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// In load order (parents before children).
+    pub tables: Vec<PlannedTable>,
+    pub names: NameMap,
+}
+
+/// Resolves the selection against both catalogs. Every problem found is
+/// reported at once (a table without a key, a missing column…), with its fix.
+pub async fn plan(
+    settings: &Settings,
+    selection: &TableSelection,
+    source: &mut dyn RowSource,
+    target: &mut dyn RowTarget,
+) -> anyhow::Result<Plan> {
+    let target_engine = settings.target.url.engine();
+    let mut names: Vec<TableName> = Vec::new();
+    for spec in &selection.tables {
+        names.push(spec.source.clone());
+    }
+    if !selection.include.is_empty() {
+        for name in source.list_tables().await? {
+            if TableSelection::matches(&selection.include, &name)
+                && !TableSelection::matches(&selection.exclude, &name)
+                && selection.spec(&name).is_none()
+            {
+                names.push(name);
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    let mut tables = Vec::new();
+    let mut seen_targets: HashMap<TableName, TableName> = HashMap::new();
+    for name in names {
+        let spec = selection.spec(&name);
+        let Some(mut def) = source.describe(&name).await? else {
+            problems
+                .push(format!("source table {name} does not exist in {}; check [[tables]] name", settings.source.url));
+            continue;
+        };
+        if let Some(key) = spec.and_then(|s| s.key.as_ref()) {
+            match chosen_key(&def, key) {
+                Ok((indexes, index)) => {
+                    def.primary_key = indexes;
+                    def.key_index = index;
+                }
+                Err(e) => {
+                    problems.push(format!("table {}: {e}", def.name));
+                    continue;
+                }
+            }
+        } else if def.primary_key.is_empty() {
+            problems.push(format!(
+                "table {} has no primary key: ferry pages, checkpoints and validates by key. Add a primary key, \
+                 or name a unique NOT NULL key: [[tables]] name = \"{}\" key = [\"column\", …]",
+                def.name, def.name
+            ));
+            continue;
+        }
+        let target_name = match spec.and_then(|s| s.target.clone()) {
+            Some(t) => t,
+            None if target_engine == Engine::Sqlite => TableName { schema: None, name: def.name.name.clone() },
+            None => def.name.clone(),
+        };
+        if let Some(other) = seen_targets.insert(target_name.clone(), def.name.clone()) {
+            problems.push(format!(
+                "tables {other} and {} would both be copied into {target_name}; give one a `target` in [[tables]]",
+                def.name
+            ));
+            continue;
+        }
+        let wanted = def.for_target(target_name.clone(), target_engine);
+        let existing = target.describe(&target_name).await?;
+        let create = existing.is_none();
+        if let Some(existing) = &existing {
+            let missing: Vec<&str> = wanted
+                .columns
+                .iter()
+                .filter(|c| existing.column_index(&c.name).is_none())
+                .map(|c| c.name.as_str())
+                .collect();
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "target table {target_name} exists but lacks column(s) {} of source table {}; add them, or drop the \
+                     target table and ferry creates it",
+                    missing.join(", "),
+                    def.name
+                ));
+                continue;
+            }
+        }
+        let on_conflict = spec.and_then(|s| s.on_conflict).unwrap_or(settings.on_conflict);
+        tables.push(PlannedTable { source: def, target: wanted, create, on_conflict });
+    }
+    if !problems.is_empty() {
+        anyhow::bail!(crate::config::ConfigError::Invalid {
+            path: "pipeline".into(),
+            message: format!("the pipeline's tables cannot be copied:\n  - {}", problems.join("\n  - ")),
+        });
+    }
+    if tables.is_empty() {
+        anyhow::bail!(crate::config::ConfigError::Invalid {
+            path: "pipeline".into(),
+            message: format!("no source table matches source.include in {}; check the patterns", settings.source.url),
+        });
+    }
+    let map = NameMap(tables.iter().map(|t| (t.source.name.clone(), t.target.name.clone())).collect());
+    let defs: Vec<TableDef> = tables.iter().map(|t| t.source.clone()).collect();
+    let order = dependency_order(&defs);
+    let tables = order.into_iter().map(|i| tables[i].clone()).collect();
+    Ok(Plan { tables, names: map })
+}
+
+/// The column indexes of a user-chosen key (columns that exist, are NOT
+/// NULL and carry a unique index) and that index (`None` if it is the
+/// primary key), else why not.
+fn chosen_key(def: &TableDef, key: &[String]) -> Result<(Vec<usize>, Option<String>), String> {
+    let mut indexes = Vec::new();
+    for name in key {
+        let i = def.column_index(name).ok_or_else(|| format!("key column {name} does not exist"))?;
+        if def.columns[i].nullable {
+            return Err(format!("key column {name} is nullable; a key's columns must be NOT NULL"));
+        }
+        indexes.push(i);
+    }
+    if def.primary_key == indexes {
+        return Ok((indexes, None));
+    }
+    let index = def
+        .indexes
+        .iter()
+        .find(|ix| ix.unique && ix.columns.len() == key.len() && key.iter().all(|k| ix.columns.contains(k)));
+    let Some(index) = index else {
+        return Err(format!(
+            "no unique index on ({}): a key must be unique; create one (CREATE UNIQUE INDEX … ON {} ({}))",
+            key.join(", "),
+            def.name,
+            key.join(", ")
+        ));
+    };
+    Ok((indexes, Some(index.name.clone())))
+}
+
+/// One table's line in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub table: String,
+    pub target: String,
+    pub phase: TablePhase,
+    /// Rows in the source table when the run (re)started.
+    pub source_rows: u64,
+    pub loaded: u64,
+    pub skipped: u64,
+    pub filtered: u64,
+    pub dead_lettered: u64,
+    /// `source_rows == loaded + skipped + filtered + dead_lettered`.
+    pub accounted: bool,
+}
+
+/// What `ferry migrate` of many tables reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TablesReport {
+    pub run_id: String,
+    pub pipeline: String,
+    pub ending: Ending,
+    pub resumed: bool,
+    pub tables: Vec<TableReport>,
+    pub source_rows: u64,
+    pub stats: Stats,
+    pub filtered: u64,
+    pub rows_this_session: u64,
+    pub elapsed_seconds: f64,
+    pub rows_per_second: f64,
+    pub accounted: bool,
+    pub message: Option<String>,
+}
+
+/// Runs (or resumes) a many-table migration.
+pub async fn migrate(
+    settings: &Settings,
+    selection: &TableSelection,
+    options: MigrateOptions,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<TablesReport> {
+    let started = Instant::now();
+    let mut source = engines::open_row_source(&settings.source.url, "source").await?;
+    let mut target = engines::open_row_target(&settings.target.url).await?;
+    target.ensure_control_tables().await?;
+    let plan = plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+
+    let latest = target.latest_run(&settings.pipeline).await?;
+    let (run, resumed) = match latest {
+        Some(run) if run.status.resumable() && !options.restart => (run, true),
+        Some(run) if run.status == RunStatus::Completed && !options.restart && !options.resume_only => {
+            let progress = target.table_progress(&run.run_id).await?;
+            let counts = count_all(source.as_mut(), &plan).await?;
+            let message =
+                format!("run {} already completed; nothing to do (pass --restart to migrate again)", run.run_id);
+            return Ok(report(
+                &run,
+                &plan,
+                &progress,
+                &counts,
+                Ending::AlreadyCompleted,
+                false,
+                0,
+                started,
+                Some(message),
+            ));
+        }
+        other => {
+            if options.resume_only {
+                anyhow::bail!(
+                    "pipeline {} has no unfinished run to resume; run `ferry migrate` without --resume",
+                    settings.pipeline
+                );
+            }
+            if let Some(old) = other.filter(|r| r.status.resumable()) {
+                target.set_status(&old.run_id, RunStatus::Abandoned, Some("replaced by a new run (--restart)")).await?;
+            }
+            let run = RunRecord {
+                run_id: uuid::Uuid::new_v4().to_string(),
+                pipeline: settings.pipeline.clone(),
+                source: settings.source.url.to_string(),
+                target_table: format!("{} tables", plan.tables.len()),
+                plugin_sha256: IDENTITY.into(),
+                status: RunStatus::Running,
+                last_key: None,
+                batches: 0,
+                stats: Stats::default(),
+                message: None,
+            };
+            target.insert_run(&run).await?;
+            (run, false)
+        }
+    };
+    if resumed {
+        target.set_status(&run.run_id, RunStatus::Running, None).await?;
+    }
+    // Each table is recorded before its target is created, so a crash in
+    // between still knows ferry made it (and builds its indexes later).
+    let known: HashMap<String, TableProgress> =
+        target.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
+    for table in &plan.tables {
+        let name = table.source.name.to_string();
+        let created = known.get(&name).map_or(table.create, |p| p.created);
+        target.start_table(&run.run_id, &name, &table.target.name.to_string(), created).await?;
+        if table.create {
+            target.create_table(&table.target, &plan.names).await?;
+        }
+    }
+    let counts = count_all(source.as_mut(), &plan).await?;
+    drop(source);
+
+    let outcome = copy_tables(settings, &plan, &run, stop.clone()).await;
+    let progress = target.table_progress(&run.run_id).await?;
+    let stored = target.latest_run(&settings.pipeline).await?.filter(|r| r.run_id == run.run_id).unwrap_or(run.clone());
+    match outcome {
+        Ok(rows) => {
+            let interrupted = stop.load(Ordering::Relaxed);
+            let all_loaded = progress.iter().all(|p| p.phase != TablePhase::Copying);
+            let (ending, message) = if interrupted || !all_loaded {
+                (Ending::Interrupted, Some("interrupted by signal after the last committed pages".to_string()))
+            } else {
+                // Every table's rows are in: checks and foreign keys last.
+                for table in plan.tables.iter().filter(|t| created(&progress, t)) {
+                    target.add_constraints(&table.target, &plan.names).await?;
+                }
+                for table in &plan.tables {
+                    target.set_table_phase(&run.run_id, &table.source.name.to_string(), TablePhase::Done).await?;
+                }
+                (Ending::Completed, None)
+            };
+            let status = if ending == Ending::Completed { RunStatus::Completed } else { RunStatus::Interrupted };
+            target.set_status(&run.run_id, status, message.as_deref()).await?;
+            let progress = target.table_progress(&run.run_id).await?;
+            Ok(report(&stored, &plan, &progress, &counts, ending, resumed, rows, started, message))
+        }
+        Err(e) => {
+            let message = format!("{e:#}");
+            if let Err(e2) = target.set_status(&run.run_id, RunStatus::Failed, Some(&message)).await {
+                tracing::warn!("could not record the failure of run {}: {e2:#}", run.run_id);
+            }
+            Err(e.context(RunStopped { run_id: run.run_id.clone(), checkpoint: "per table".into() }))
+        }
+    }
+}
+
+fn created(progress: &[TableProgress], table: &PlannedTable) -> bool {
+    let name = table.source.name.to_string();
+    progress.iter().find(|p| p.table == name).is_some_and(|p| p.created)
+}
+
+async fn count_all(source: &mut dyn RowSource, plan: &Plan) -> anyhow::Result<HashMap<String, u64>> {
+    let mut counts = HashMap::new();
+    for table in &plan.tables {
+        counts.insert(table.source.name.to_string(), source.count_rows(&table.source).await?);
+    }
+    Ok(counts)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    run: &RunRecord,
+    plan: &Plan,
+    progress: &[TableProgress],
+    counts: &HashMap<String, u64>,
+    ending: Ending,
+    resumed: bool,
+    rows_this_session: u64,
+    started: Instant,
+    message: Option<String>,
+) -> TablesReport {
+    let mut tables = Vec::new();
+    let mut stats = Stats::default();
+    let mut filtered = 0;
+    for table in &plan.tables {
+        let name = table.source.name.to_string();
+        let p = progress.iter().find(|p| p.table == name);
+        let s = p.map(|p| p.stats).unwrap_or_default();
+        let f = p.map_or(0, |p| p.filtered);
+        let source_rows = counts.get(&name).copied().unwrap_or(0);
+        stats.extracted += s.extracted;
+        stats.transformed += s.transformed;
+        stats.loaded += s.loaded;
+        stats.skipped += s.skipped;
+        stats.dead_lettered += s.dead_lettered;
+        filtered += f;
+        tables.push(TableReport {
+            table: name,
+            target: table.target.name.to_string(),
+            phase: p.map_or(TablePhase::Copying, |p| p.phase),
+            source_rows,
+            loaded: s.loaded,
+            skipped: s.skipped,
+            filtered: f,
+            dead_lettered: s.dead_lettered,
+            accounted: source_rows == s.loaded + s.skipped + f + s.dead_lettered,
+        });
+    }
+    let source_rows = tables.iter().map(|t| t.source_rows).sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    TablesReport {
+        run_id: run.run_id.clone(),
+        pipeline: run.pipeline.clone(),
+        ending,
+        resumed,
+        accounted: tables.iter().all(|t| t.accounted),
+        tables,
+        source_rows,
+        stats,
+        filtered,
+        rows_this_session,
+        elapsed_seconds: elapsed,
+        rows_per_second: if elapsed > 0.0 { rows_this_session as f64 / elapsed } else { 0.0 },
+        message,
+    }
+}
+
+/// Which tables are left and which may start: with constraints already in
+/// the target, a table waits for the tables it references.
+struct Queue {
+    waiting: Vec<usize>,
+    done: Vec<bool>,
+    /// For each table, the tables it must wait for.
+    parents: Vec<Vec<usize>>,
+}
+
+impl Queue {
+    fn next(&mut self) -> Option<Result<usize, ()>> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        let ready = self.waiting.iter().position(|&t| self.parents[t].iter().all(|&p| self.done[p]));
+        Some(ready.map(|at| self.waiting.remove(at)).ok_or(()))
+    }
+}
+
+/// Copies every table that is not loaded yet, `workers` at a time; the rows
+/// this process extracted.
+async fn copy_tables(settings: &Settings, plan: &Plan, run: &RunRecord, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
+    let mut control = engines::open_row_target(&settings.target.url).await?;
+    let progress: HashMap<String, TableProgress> =
+        control.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
+    drop(control);
+    let n = plan.tables.len();
+    let position = |name: &TableName| plan.tables.iter().position(|t| &t.source.name == name);
+    let mut parents = vec![Vec::new(); n];
+    for (i, table) in plan.tables.iter().enumerate() {
+        // Only a constraint that already exists in the target orders loads.
+        if !table.create {
+            parents[i] = table
+                .source
+                .foreign_keys
+                .iter()
+                .filter_map(|fk| position(&fk.references))
+                .filter(|&p| p != i)
+                .collect();
+        }
+    }
+    let mut done = vec![false; n];
+    let mut waiting = Vec::new();
+    for (i, table) in plan.tables.iter().enumerate() {
+        match progress.get(&table.source.name.to_string()) {
+            Some(p) if p.phase != TablePhase::Copying => done[i] = true,
+            _ => waiting.push(i),
+        }
+    }
+    // Biggest first, so the last table to finish is a small one.
+    waiting.sort_by_key(|&i| std::cmp::Reverse(plan.tables[i].source.estimated_rows));
+    let queue = Arc::new(Mutex::new(Queue { waiting, done, parents }));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let failed = Arc::new(AtomicBool::new(false));
+    let workers = settings.workers.min(n).max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let queue = Arc::clone(&queue);
+        let notify = Arc::clone(&notify);
+        let stop = Arc::clone(&stop);
+        let failed = Arc::clone(&failed);
+        let plan = plan.clone();
+        let run_id = run.run_id.clone();
+        let settings = settings.clone();
+        let progress = progress.clone();
+        tasks.spawn(async move {
+            let mut rows = 0u64;
+            let mut target = engines::open_row_target(&settings.target.url).await?;
+            loop {
+                if stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
+                    return Ok(rows);
+                }
+                let next = queue.lock().expect("queue lock").next();
+                let index = match next {
+                    None => return Ok(rows),
+                    Some(Ok(i)) => i,
+                    Some(Err(())) => {
+                        // Everything left waits for a table another worker copies.
+                        tokio::time::timeout(std::time::Duration::from_millis(200), notify.notified()).await.ok();
+                        continue;
+                    }
+                };
+                let table = &plan.tables[index];
+                let name = table.source.name.to_string();
+                let start = progress.get(&name).and_then(|p| p.last_key.clone());
+                let result = copy_table(&settings, table, &run_id, start, target.as_mut(), &stop).await;
+                match result {
+                    Ok((copied, complete)) => {
+                        rows += copied;
+                        if complete {
+                            let was_created = progress.get(&name).map_or(table.create, |p| p.created);
+                            if was_created {
+                                target.build_indexes(&table.target).await?;
+                            }
+                            target.set_table_phase(&run_id, &name, TablePhase::Loaded).await?;
+                            queue.lock().expect("queue lock").done[index] = true;
+                            notify.notify_waiters();
+                        }
+                    }
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(e.context(format!("copying table {name}")));
+                    }
+                }
+            }
+        });
+    }
+    let mut rows = 0;
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.context("a copy worker panicked")? {
+            Ok(n) => rows += n,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(rows),
+    }
+}
+
+/// Copies one table from `start` on: `(rows extracted, whether the table is
+/// complete)`.
+async fn copy_table(
+    settings: &Settings,
+    table: &PlannedTable,
+    run_id: &str,
+    start: Option<Key>,
+    target: &mut dyn RowTarget,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<(u64, bool)> {
+    let mut source = engines::open_row_source(&settings.source.url, "source").await?;
+    let (tx, mut rx) = mpsc::channel::<anyhow::Result<RowPage>>(CHANNEL_DEPTH);
+    let def = table.source.clone();
+    let batch_size = settings.batch_size;
+    let extract_stop = Arc::clone(stop);
+    let mut after = start.clone();
+    let extractor = tokio::spawn(async move {
+        loop {
+            if extract_stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let page = source.read_page(&def, after.as_ref(), batch_size).await;
+            let last = match &page {
+                Ok(p) if p.is_empty() => return,
+                Ok(p) => p.last_key.clone(),
+                Err(_) => None,
+            };
+            let failed = page.is_err();
+            if tx.send(page).await.is_err() || failed {
+                return;
+            }
+            after = last;
+        }
+    });
+    let name = table.source.name.to_string();
+    let mut previous = start;
+    let mut rows = 0;
+    let mut seq = 0;
+    let mut complete = true;
+    while let Some(page) = rx.recv().await {
+        let page = page?;
+        if stop.load(Ordering::Relaxed) {
+            complete = false;
+            break;
+        }
+        let extracted = page.len() as u64;
+        let last_key = page.last_key.clone().expect("a non-empty page has a last key");
+        let keys = page.rows.iter().map(|r| Key::of(&table.source, r)).collect();
+        let batch = RowBatch {
+            run_id: run_id.to_string(),
+            table: name.clone(),
+            seq,
+            previous_key: previous.clone(),
+            last_key: last_key.clone(),
+            rows: page.rows,
+            keys,
+            dead: page.unreadable,
+            extracted,
+            filtered: 0,
+            plugin_sha256: IDENTITY.into(),
+        };
+        target.commit_rows(&table.target, &batch, table.on_conflict).await?;
+        previous = Some(last_key);
+        rows += extracted;
+        seq += 1;
+    }
+    drop(rx);
+    extractor.await.context("the extraction task panicked")?;
+    if stop.load(Ordering::Relaxed) {
+        complete = false;
+    }
+    Ok((rows, complete))
+}
