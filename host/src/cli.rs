@@ -58,6 +58,9 @@ enum Command {
         /// Skip the full checksum comparison.
         #[arg(long)]
         no_checksum: bool,
+        /// Many-table pipelines: validate only this table (source or target name).
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
     },
     /// Apply Debezium change events (JSON lines) through the plugin, exactly once.
     Apply {
@@ -275,7 +278,26 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Validate { sample, segment_rows, no_checksum } => {
+        Command::Validate { table, .. } if settings.tables.is_some() => {
+            let selection = settings.tables.clone().expect("a tables pipeline");
+            match crate::tables::validate::validate(&settings, &selection, table.as_deref()).await {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    show(cli.json, &r, || report::tables_validation(&r));
+                    if r.ok { exit::OK } else { exit::VERIFY_FAILED }
+                }
+            }
+        }
+        Command::Validate { sample, segment_rows, no_checksum, table } => {
+            if table.is_some() {
+                return fail(
+                    &ConfigError::Invalid {
+                        path: cli.config.clone(),
+                        message: "--table narrows a pipeline of many tables ([[tables]] or source.include)".into(),
+                    }
+                    .into(),
+                );
+            }
             let options = ValidateOptions {
                 sample_size: sample.unwrap_or(settings.sample_size),
                 segment_rows: segment_rows.unwrap_or(settings.segment_rows).max(1),

@@ -330,6 +330,54 @@ pub fn tables(r: &crate::tables::TablesReport, dead_letters: &[DeadLetterRecord]
     out
 }
 
+/// A many-table validation: one line per table, then the differing keys.
+pub fn tables_validation(r: &crate::tables::validate::TablesValidation) -> String {
+    let mut t =
+        table(&["table", "source rows", "target rows", "matched", "explained", "missing", "extra", "different", ""]);
+    for line in &r.tables {
+        t.add_row(vec![
+            Cell::new(&line.table),
+            Cell::new(line.source_rows),
+            Cell::new(line.target_rows),
+            Cell::new(line.matched),
+            Cell::new(line.explained),
+            Cell::new(line.missing),
+            Cell::new(line.extra),
+            Cell::new(line.different),
+            Cell::new(if line.ok { "ok" } else { "DIFFERS" }),
+        ]);
+    }
+    let sum = |f: fn(&crate::tables::validate::TableValidation) -> u64| r.tables.iter().map(f).sum::<u64>();
+    t.add_row(vec![
+        Cell::new(format!("total ({} tables)", r.tables.len())),
+        Cell::new(sum(|l| l.source_rows)),
+        Cell::new(sum(|l| l.target_rows)),
+        Cell::new(sum(|l| l.matched)),
+        Cell::new(sum(|l| l.explained)),
+        Cell::new(sum(|l| l.missing)),
+        Cell::new(sum(|l| l.extra)),
+        Cell::new(sum(|l| l.different)),
+        Cell::new(if r.ok { "ok" } else { "DIFFERS" }),
+    ]);
+    let mut out =
+        format!("validate {}: {}\n{t}", r.pipeline, if r.ok { "every row matches" } else { "differences found" });
+    let differing: Vec<_> = r.tables.iter().flat_map(|l| l.differences.iter().map(move |d| (l, d))).collect();
+    if !differing.is_empty() {
+        let mut d = table(&["table", "key", "difference", "columns"]);
+        for (line, diff) in differing {
+            d.add_row(vec![
+                Cell::new(&line.table),
+                Cell::new(truncate(&diff.key, 60)),
+                Cell::new(diff.kind),
+                Cell::new(truncate(&diff.columns.join(", "), 100)),
+            ]);
+        }
+        out.push_str(&format!("\n{d}"));
+    }
+    out.push_str(&format!("\n{:.2} s", r.elapsed_seconds));
+    out
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max { s.to_string() } else { format!("{}…", s.chars().take(max).collect::<String>()) }
 }

@@ -107,6 +107,10 @@ async fn every_postgres_type_round_trips_byte_exact() {
         1,
         "the row that cannot be represented is a dead letter with the reason and its exact text"
     );
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "every difference is explained: {v:?}");
+    let v = v.json();
+    assert_eq!((v["tables"][0]["matched"].as_u64(), v["tables"][0]["explained"].as_u64()), (Some(4), Some(1)), "{v}");
     source.exec("DELETE FROM everything WHERE id = 5").await;
 
     assert_eq!(column_types(&target, "everything").await, column_types(&source, "everything").await, "same types");
@@ -258,6 +262,55 @@ async fn a_schema_with_foreign_keys_is_copied_and_its_constraints_rebuilt_after_
         .await;
     assert!(orphan.is_err(), "the foreign key was rebuilt");
 
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    let items = v.json()["tables"].as_array().unwrap().iter().find(|t| t["table"] == "shop.order_items").cloned();
+    assert_eq!(items.unwrap()["matched"], 24000, "{v:?}");
+
+    // Someone changes the target behind ferry's back: validate names the
+    // rows, table by table, and only them.
+    target
+        .exec(
+            "UPDATE shop.customers SET name = 'changed' WHERE id = 42;
+             DELETE FROM shop.order_items WHERE order_id = md5('o7')::uuid AND line = 2;
+             INSERT INTO shop.products VALUES ('EXTRA', 1, NULL);",
+        )
+        .await;
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 3, "{v:?}");
+    let v = v.json();
+    let differences: Vec<(String, String, String)> = v["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| {
+            t["differences"].as_array().unwrap().iter().map(move |d| {
+                (
+                    t["table"].as_str().unwrap().to_string(),
+                    d["key"].as_str().unwrap().to_string(),
+                    d["kind"].to_string(),
+                )
+            })
+        })
+        .collect();
+    let order = sqlx::query_scalar::<_, String>("SELECT md5('o7')::uuid::text").fetch_one(&mut t).await.unwrap();
+    assert_eq!(
+        differences,
+        vec![
+            ("shop.customers".into(), "42".into(), "\"different\"".into()),
+            ("shop.products".into(), "EXTRA".into(), "\"extra\"".into()),
+            ("shop.order_items".into(), format!("[\"{order}\",\"2\"]"), "\"missing\"".into()),
+        ]
+        .into_iter()
+        .filter(|d: &(String, String, String)| differences.contains(d))
+        .collect::<Vec<_>>(),
+    );
+    assert_eq!(differences.len(), 3, "{v}");
+    let narrowed = p.ferry(&["validate", "--json", "--table", "shop.orders"]);
+    assert_eq!(narrowed.code, 0, "{narrowed:?}");
+    assert_eq!(narrowed.json()["tables"].as_array().unwrap().len(), 1);
+    target.exec("DELETE FROM shop.products WHERE sku = 'EXTRA'").await;
+
     // Again: the completed run has nothing to do.
     let again = p.ferry(&["migrate", "--json"]);
     assert_eq!(again.code, 0, "{again:?}");
@@ -337,5 +390,10 @@ async fn postgres_to_sqlite_and_back_keeps_every_value() {
         let want: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql("shop."))).fetch_all(&mut a).await.unwrap();
         let got: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql(""))).fetch_all(&mut b).await.unwrap();
         assert_eq!(want, got, "{table}");
+    }
+    for p in [&to_sqlite, &from_sqlite] {
+        let v = p.ferry(&["validate"]);
+        assert_eq!(v.code, 0, "{v:?}");
+        assert!(v.stdout.contains("every row matches"), "{v:?}");
     }
 }

@@ -34,6 +34,8 @@ use crate::settings::{Settings, TableSelection};
 use crate::sink::RowBatch;
 use crate::source::RowSource;
 
+pub mod validate;
+
 /// Pages queued between a table's extractor and its loader.
 const CHANNEL_DEPTH: usize = 2;
 
