@@ -20,7 +20,7 @@ pub enum Level {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckItem {
-    pub name: &'static str,
+    pub name: String,
     pub level: Level,
     pub detail: String,
 }
@@ -34,8 +34,8 @@ pub struct CheckReport {
 struct Items(Vec<CheckItem>);
 
 impl Items {
-    fn push(&mut self, name: &'static str, level: Level, detail: impl Into<String>) {
-        self.0.push(CheckItem { name, level, detail: detail.into() });
+    fn push(&mut self, name: impl Into<String>, level: Level, detail: impl Into<String>) {
+        self.0.push(CheckItem { name: name.into(), level, detail: detail.into() });
     }
 }
 
@@ -90,6 +90,84 @@ pub async fn check(settings: &Settings) -> CheckReport {
         }
     }
 
+    let ok = items.0.iter().all(|i| i.level != Level::Fail);
+    CheckReport { ok, items: items.0 }
+}
+
+/// The checklist of a pipeline of many tables: both ends reachable (and
+/// how securely), then one line per table — its key, its size, whether
+/// ferry creates the target table and what it builds after the data, and
+/// what cannot cross between engines as it is.
+pub async fn check_tables(settings: &Settings, selection: &crate::settings::TableSelection) -> CheckReport {
+    use crate::value::Kind;
+    let mut items = Items(Vec::new());
+    let source = match engines::open_row_source(&settings.source.url, "source").await {
+        Err(e) => {
+            items.push("source connectivity", Level::Fail, format!("{e:#}"));
+            None
+        }
+        Ok(s) => {
+            items.push("source connectivity", Level::Ok, format!("connected to {}", settings.source.url));
+            check_transport("source TLS", &settings.source.url, "source", &mut items).await;
+            Some(s)
+        }
+    };
+    let target = match engines::open_row_target(&settings.target.url).await {
+        Err(e) => {
+            items.push("target connectivity", Level::Fail, format!("{e:#}"));
+            None
+        }
+        Ok(t) => {
+            items.push("target connectivity", Level::Ok, format!("connected to {}", settings.target.url));
+            check_transport("target TLS", &settings.target.url, "target", &mut items).await;
+            Some(t)
+        }
+    };
+    if let (Some(mut source), Some(mut target)) = (source, target) {
+        match crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await {
+            Err(e) => items.push("tables", Level::Fail, format!("{e:#}")),
+            Ok(plan) => {
+                let cross = settings.source.url.engine() != settings.target.url.engine();
+                for table in &plan.tables {
+                    let def = &table.source;
+                    let key: Vec<&str> = def.key_columns().map(|c| c.name.as_str()).collect();
+                    let mut detail = format!(
+                        "→ {}: ~{} rows, key ({}){}",
+                        table.target.name,
+                        def.estimated_rows,
+                        key.join(", "),
+                        if def.key_index.is_some() { " (a unique index)" } else { "" }
+                    );
+                    if table.create {
+                        detail.push_str(&format!(
+                            "; ferry creates it, then builds {} index(es) and {} foreign key(s) after the data",
+                            table.target.indexes.len(),
+                            table.target.foreign_keys.len()
+                        ));
+                    } else {
+                        detail.push_str(&format!("; target table exists (on_conflict = {:?})", table.on_conflict));
+                    }
+                    let mut level = Level::Ok;
+                    let as_text: Vec<String> = def
+                        .columns
+                        .iter()
+                        .filter(|c| cross && c.kind == Kind::Other)
+                        .map(|c| format!("{} ({})", c.name, c.sql_type))
+                        .collect();
+                    if !as_text.is_empty() {
+                        level = Level::Warn;
+                        detail.push_str(&format!("; copied as text: {}", as_text.join(", ")));
+                    }
+                    let dropped = def.indexes.len().saturating_sub(table.target.indexes.len());
+                    if table.create && dropped > 0 {
+                        level = Level::Warn;
+                        detail.push_str(&format!("; {dropped} expression/partial index(es) not recreated on SQLite"));
+                    }
+                    items.push(format!("table {}", def.name), level, detail);
+                }
+            }
+        }
+    }
     let ok = items.0.iter().all(|i| i.level != Level::Fail);
     CheckReport { ok, items: items.0 }
 }

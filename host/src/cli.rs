@@ -158,6 +158,9 @@ enum DlqAction {
     List {
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Only the dead letters of this source table (`schema.table` or `table`).
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
     },
 }
 
@@ -237,7 +240,10 @@ async fn run(cli: Cli) -> i32 {
     };
     match cli.command {
         Command::Check => {
-            let r = crate::check::check(&settings).await;
+            let r = match &settings.tables {
+                Some(selection) => crate::check::check_tables(&settings, selection).await,
+                None => crate::check::check(&settings).await,
+            };
             show(cli.json, &r, || report::check(&r));
             if r.ok { exit::OK } else { exit::VERIFY_FAILED }
         }
@@ -426,13 +432,15 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Dlq { action: DlqAction::List { limit } } => match dlq_list(&settings, limit).await {
-            Err(e) => fail(&e),
-            Ok(records) => {
-                show(cli.json, &records, || report::dead_letters(&records));
-                exit::OK
+        Command::Dlq { action: DlqAction::List { limit, table } } => {
+            match dlq_list(&settings, limit, table.as_deref()).await {
+                Err(e) => fail(&e),
+                Ok(records) => {
+                    show(cli.json, &records, || report::dead_letters(&records));
+                    exit::OK
+                }
             }
-        },
+        }
         Command::Plugin { .. } => unreachable!("handled above"),
     }
 }
@@ -483,12 +491,22 @@ async fn recent_dead_letters(settings: &Settings, run_id: &str) -> Vec<crate::co
     }
 }
 
-async fn dlq_list(settings: &Settings, limit: usize) -> anyhow::Result<Vec<crate::control::DeadLetterRecord>> {
+async fn dlq_list(
+    settings: &Settings,
+    limit: usize,
+    table: Option<&str>,
+) -> anyhow::Result<Vec<crate::control::DeadLetterRecord>> {
     let mut target = crate::engines::open_control(settings).await?;
     let run = target.latest_run(&settings.pipeline).await?.ok_or_else(|| {
         anyhow::anyhow!("no run of pipeline {} is recorded in {}", settings.pipeline, settings.target.url)
     })?;
-    target.dead_letters(&run.run_id, Some(limit)).await
+    let Some(table) = table else { return target.dead_letters(&run.run_id, Some(limit)).await };
+    let all = target.dead_letters(&run.run_id, None).await?;
+    Ok(all
+        .into_iter()
+        .filter(|d| d.source_table == table || d.source_table.rsplit('.').next() == Some(table))
+        .take(limit)
+        .collect())
 }
 
 fn plugin_info(path: &std::path::Path, json: bool) -> i32 {

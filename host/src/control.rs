@@ -193,7 +193,7 @@ impl TablePhase {
 pub struct TableProgress {
     pub table: String,
     pub target_table: String,
-    #[serde(skip)]
+    #[serde(serialize_with = "serialize_key")]
     pub last_key: Option<crate::keyset::Key>,
     pub phase: TablePhase,
     pub batches: u64,
@@ -203,6 +203,13 @@ pub struct TableProgress {
     /// ferry created the target table (so it builds its indexes and
     /// constraints after the data).
     pub created: bool,
+}
+
+fn serialize_key<S: serde::Serializer>(key: &Option<crate::keyset::Key>, s: S) -> Result<S::Ok, S::Error> {
+    match key {
+        Some(k) => s.serialize_some(&k.0),
+        None => s.serialize_none(),
+    }
 }
 
 /// The per-table state of many-table runs.

@@ -82,7 +82,7 @@ pub fn check(r: &CheckReport) -> String {
             Level::Warn => "warn",
             Level::Fail => "FAIL",
         };
-        t.add_row(vec![Cell::new(item.name), Cell::new(level), Cell::new(&item.detail)]);
+        t.add_row(vec![Cell::new(&item.name), Cell::new(level), Cell::new(&item.detail)]);
     }
     format!("{t}\n{}", if r.ok { "ready to migrate" } else { "not ready: fix the failing checks" })
 }
@@ -228,6 +228,20 @@ pub fn status(r: &crate::status::StatusReport) -> String {
             )),
         ]);
     }
+    for p in &r.tables {
+        t.add_row(vec![
+            Cell::new(format!("table {}", p.table)),
+            Cell::new(format!(
+                "{}: {} extracted, {} loaded, {} skipped, {} dead letters{}",
+                p.phase.as_str(),
+                p.stats.extracted,
+                p.stats.loaded,
+                p.stats.skipped,
+                p.stats.dead_lettered,
+                p.last_key.as_ref().map_or(String::new(), |k| format!(", checkpoint key {k}"))
+            )),
+        ]);
+    }
     if let Some(s) = &r.stream {
         let position = s.checkpoint.position.map_or("none".to_string(), |p| p.to_string());
         t.add_row(vec![Cell::new("stream position"), Cell::new(position)]);
@@ -252,9 +266,10 @@ pub fn status(r: &crate::status::StatusReport) -> String {
 }
 
 pub fn dead_letters(records: &[DeadLetterRecord]) -> String {
-    let mut t = table(&["source key", "kind", "reason", "source row"]);
+    let mut t = table(&["table", "source key", "kind", "reason", "source row"]);
     for d in records {
         t.add_row(vec![
+            Cell::new(&d.source_table),
             Cell::new(&d.source_key),
             Cell::new(&d.kind),
             Cell::new(truncate(&d.reason, 120)),

@@ -24,6 +24,8 @@ pub struct StatusReport {
     /// `not started`, `migrated`, `snapshot`, `streaming`…
     pub phase: String,
     pub migrate: Option<RunRecord>,
+    /// Many-table pipelines: each table of the last run.
+    pub tables: Vec<crate::control::TableProgress>,
     pub stream: Option<ChangeStatus>,
     pub slots: Vec<SlotStatus>,
     /// How far behind the source the target is, in seconds: 0 when the slot
@@ -48,6 +50,27 @@ pub async fn source_slots(settings: &Settings, only: Option<&str>) -> anyhow::Re
 }
 
 pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusReport> {
+    if settings.tables.is_some() {
+        let mut target = crate::engines::open_row_target(&settings.target.url).await?;
+        let migrate = target.latest_run(&settings.pipeline).await?;
+        let tables = match &migrate {
+            Some(run) => target.table_progress(&run.run_id).await?,
+            None => Vec::new(),
+        };
+        let phase = match &migrate {
+            Some(run) => format!("migrate run {}", run.status.as_str()),
+            None => "not started".to_string(),
+        };
+        return Ok(StatusReport {
+            pipeline: settings.pipeline.clone(),
+            phase,
+            migrate,
+            tables,
+            stream: None,
+            slots: Vec::new(),
+            lag_seconds: None,
+        });
+    }
     let mut target = crate::engines::open_target(settings).await?;
     let migrate = target.latest_run(&settings.pipeline).await?;
     let stream = match settings.target.url.engine() {
@@ -73,5 +96,13 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
         (Some(_), Some(s)) => s.source_commit_age_seconds,
         _ => None,
     };
-    Ok(StatusReport { pipeline: settings.pipeline.clone(), phase, migrate, stream, slots, lag_seconds })
+    Ok(StatusReport {
+        pipeline: settings.pipeline.clone(),
+        phase,
+        migrate,
+        tables: Vec::new(),
+        stream,
+        slots,
+        lag_seconds,
+    })
 }

@@ -107,6 +107,9 @@ async fn every_postgres_type_round_trips_byte_exact() {
         1,
         "the row that cannot be represented is a dead letter with the reason and its exact text"
     );
+    let dlq = p.ferry(&["dlq", "list", "--json", "--table", "everything"]);
+    assert_eq!(dlq.code, 0, "{dlq:?}");
+    assert_eq!(dlq.json()[0]["source_key"], "5", "{dlq:?}");
     let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 0, "every difference is explained: {v:?}");
     let v = v.json();
@@ -219,12 +222,21 @@ async fn a_schema_with_foreign_keys_is_copied_and_its_constraints_rebuilt_after_
         "nothing written"
     );
 
+    let check = p.ferry(&["check"]);
+    assert_eq!(check.code, 3, "{check:?}");
+    assert!(check.stdout.contains("shop.audit has no primary key"), "{check:?}");
+
     let p = tables_pipeline(
         &source.url(),
         &target.url(),
         "include = [\"shop.*\"]",
         "[migrate]\nworkers = 3\nbatch_size = 1000\n\n[[tables]]\nname = \"shop.audit\"\nkey = [\"seq\"]\n",
     );
+    let check = p.ferry(&["check", "--json"]);
+    assert_eq!(check.code, 0, "{check:?}");
+    let items = check.json()["items"].to_string();
+    assert!(items.contains("table shop.order_items") && items.contains("key (order_id, line)"), "{items}");
+    assert!(items.contains("key (seq) (a unique index)"), "{items}");
     let run = p.ferry(&["migrate", "--json"]);
     assert_eq!(run.code, 0, "{run:?}");
     let report = run.json();
@@ -262,6 +274,11 @@ async fn a_schema_with_foreign_keys_is_copied_and_its_constraints_rebuilt_after_
         .await;
     assert!(orphan.is_err(), "the foreign key was rebuilt");
 
+    let status = p.ferry(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let status = status.json();
+    assert_eq!(status["tables"].as_array().unwrap().len(), 5, "{status}");
+    assert!(status["tables"].as_array().unwrap().iter().all(|t| t["phase"] == "done"), "{status}");
     let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 0, "{v:?}");
     let items = v.json()["tables"].as_array().unwrap().iter().find(|t| t["table"] == "shop.order_items").cloned();
