@@ -133,16 +133,20 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
                     let key: Vec<&str> = def.key_columns().map(|c| c.name.as_str()).collect();
                     let mut detail = format!(
                         "→ {}: ~{} rows, key ({}){}",
-                        table.target.name,
+                        table.target_names(),
                         def.estimated_rows,
                         key.join(", "),
                         if def.key_index.is_some() { " (a unique index)" } else { "" }
                     );
-                    if table.create {
+                    if let Some(plugin) = &table.plugin {
+                        detail.push_str(&format!("; through plugin sha256 {}", plugin.sha256()));
+                    }
+                    let creates = table.outputs.iter().any(|o| o.create);
+                    if creates {
                         detail.push_str(&format!(
                             "; ferry creates it, then builds {} index(es) and {} foreign key(s) after the data",
-                            table.target.indexes.len(),
-                            table.target.foreign_keys.len()
+                            table.target().indexes.len(),
+                            table.target().foreign_keys.len()
                         ));
                     } else {
                         detail.push_str(&format!("; target table exists (on_conflict = {:?})", table.on_conflict));
@@ -151,15 +155,15 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
                     let as_text: Vec<String> = def
                         .columns
                         .iter()
-                        .filter(|c| cross && c.kind == Kind::Other)
+                        .filter(|c| cross && table.plugin.is_none() && c.kind == Kind::Other)
                         .map(|c| format!("{} ({})", c.name, c.sql_type))
                         .collect();
                     if !as_text.is_empty() {
                         level = Level::Warn;
                         detail.push_str(&format!("; copied as text: {}", as_text.join(", ")));
                     }
-                    let dropped = def.indexes.len().saturating_sub(table.target.indexes.len());
-                    if table.create && dropped > 0 {
+                    let dropped = def.indexes.len().saturating_sub(table.target().indexes.len());
+                    if creates && table.plugin.is_none() && dropped > 0 {
                         level = Level::Warn;
                         detail.push_str(&format!("; {dropped} expression/partial index(es) not recreated on SQLite"));
                     }

@@ -48,6 +48,12 @@ pub struct TableConfig {
     pub key: Option<Vec<String>>,
     /// Overrides `target.on_conflict` for this table.
     pub on_conflict: Option<OnConflict>,
+    /// The table's transform: a `transform-row` component (or a
+    /// `transform-user` one for the seed's users). Without it the table is
+    /// copied as it is. Relative paths are relative to the file.
+    pub plugin: Option<PathBuf>,
+    /// Pinned SHA-256 of this table's plugin.
+    pub plugin_sha256: Option<String>,
 }
 
 /// `[source]`.

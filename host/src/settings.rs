@@ -73,6 +73,8 @@ pub struct TableSpec {
     /// Key columns for a table without a primary key.
     pub key: Option<Vec<String>>,
     pub on_conflict: Option<OnConflict>,
+    /// The table's plugin and how to load it (limits and cache from `[plugin]`).
+    pub plugin: Option<PluginSettings>,
 }
 
 /// Which source tables a many-table pipeline moves: the `[[tables]]`
@@ -163,7 +165,7 @@ impl Settings {
             url: url(&o.target_url, &file.target.url, "target.url")?,
             table: table(&o.target_table, &file.target.table, "target.table")?,
         };
-        let tables = Self::tables(&file, &invalid)?;
+        let tables = Self::tables(&file, base, &invalid)?;
         let plugin_path = o.plugin.clone().or_else(|| file.plugin.path.as_ref().map(|p| relative_to(base, p)));
         if plugin_path.is_none() && tables.is_none() {
             return Err(invalid(
@@ -226,6 +228,22 @@ impl Settings {
 }
 
 impl Settings {
+    /// Limits and cache from `[plugin]` (validated in `from_parts`).
+    fn load_options(file: &FileConfig, base: Option<&Path>) -> plugin::LoadOptions {
+        let memory_mb = file.plugin.memory_limit_mb.unwrap_or(plugin::DEFAULT_MEMORY_LIMIT >> 20);
+        let timeout_ms = file.plugin.call_timeout_ms.unwrap_or(plugin::DEFAULT_CALL_TIMEOUT.as_millis() as u64);
+        let cache_dir = match &file.plugin.cache_dir {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(relative_to(base, dir)),
+            None => default_cache_dir(),
+        };
+        plugin::LoadOptions {
+            limits: Limits { memory_bytes: memory_mb << 20, call_timeout: Duration::from_millis(timeout_ms) },
+            pinned_sha256: None,
+            cache_dir,
+        }
+    }
+
     /// The `[plugin]` settings, required by the `users` pipeline's commands.
     pub fn plugin(&self) -> anyhow::Result<&PluginSettings> {
         self.plugin.as_ref().ok_or_else(|| {
@@ -235,6 +253,7 @@ impl Settings {
 
     fn tables(
         file: &FileConfig,
+        base: Option<&Path>,
         invalid: &dyn Fn(String) -> ConfigError,
     ) -> Result<Option<TableSelection>, ConfigError> {
         let patterns = |list: &Option<Vec<String>>, key: &str| -> Result<Vec<glob::Pattern>, ConfigError> {
@@ -274,7 +293,19 @@ impl Settings {
             if t.key.as_ref().is_some_and(|k| k.is_empty()) {
                 return Err(invalid(format!("{at}.key: name at least one column")));
             }
-            tables.push(TableSpec { source, target, key: t.key.clone(), on_conflict: t.on_conflict });
+            if let Some(sha) =
+                t.plugin_sha256.as_ref().filter(|s| s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return Err(invalid(format!("{at}.plugin_sha256 `{sha}` is not a SHA-256 (64 hex digits)")));
+            }
+            let plugin = t.plugin.as_ref().map(|path| PluginSettings {
+                path: relative_to(base, path),
+                options: plugin::LoadOptions {
+                    pinned_sha256: t.plugin_sha256.clone(),
+                    ..Self::load_options(file, base)
+                },
+            });
+            tables.push(TableSpec { source, target, key: t.key.clone(), on_conflict: t.on_conflict, plugin });
         }
         Ok(Some(TableSelection { tables, include, exclude }))
     }

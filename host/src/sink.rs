@@ -148,7 +148,18 @@ pub trait TargetReader: Send {
     async fn scan(&mut self, each: &mut (dyn for<'a, 'r> FnMut(&'a RowView<'r>) + Send)) -> anyhow::Result<()>;
 }
 
-/// One page of any table to apply, with the table checkpoint it advances.
+/// Rows for one target table, from one page of a source table.
+#[derive(Debug)]
+pub struct TableWrite {
+    pub target: crate::schema::TableDef,
+    /// Rows in the target table's column order.
+    pub rows: Vec<crate::keyset::Row>,
+    /// The source key of each row (same order), for rows the target refuses.
+    pub keys: Vec<crate::keyset::Key>,
+}
+
+/// One page of a source table to apply, with the table checkpoint it
+/// advances: the rows it became in one or more target tables.
 #[derive(Debug)]
 pub struct RowBatch {
     pub run_id: String,
@@ -161,16 +172,27 @@ pub struct RowBatch {
     pub previous_key: Option<crate::keyset::Key>,
     /// The checkpoint after this batch.
     pub last_key: crate::keyset::Key,
-    /// Rows for the target table, in its column order.
-    pub rows: Vec<crate::keyset::Row>,
-    /// Each row's source key (same order), for rows the target refuses.
-    pub keys: Vec<crate::keyset::Key>,
+    pub writes: Vec<TableWrite>,
+    /// Source rows that produced at least one row.
+    pub producing: u64,
+    /// Each source row is exactly one row of the one write (a copy): then
+    /// rows left alone under `on_conflict = skip` count as skipped.
+    pub one_to_one: bool,
     pub dead: Vec<crate::keyset::RowDeadLetter>,
     /// Source rows read for this batch.
     pub extracted: u64,
-    /// Source rows a plugin turned into no row (0 for a copy).
+    /// Source rows a plugin turned into no row.
     pub filtered: u64,
     pub plugin_sha256: String,
+}
+
+impl RowBatch {
+    /// The source counters of this batch once `refused` source keys were
+    /// dead-lettered by the target: `(loaded, skipped)`.
+    pub fn accounted(&self, written: Applied, refused_sources: u64) -> (u64, u64) {
+        let skipped = if self.one_to_one { written.skipped } else { 0 };
+        (self.producing.saturating_sub(refused_sources).saturating_sub(skipped), skipped)
+    }
 }
 
 /// Where rows of any table are written.
@@ -201,10 +223,5 @@ pub trait RowSink: Send {
         def: &crate::schema::TableDef,
         names: &crate::schema::NameMap,
     ) -> anyhow::Result<()>;
-    async fn commit_rows(
-        &mut self,
-        target: &crate::schema::TableDef,
-        batch: &RowBatch,
-        policy: OnConflict,
-    ) -> anyhow::Result<Applied>;
+    async fn commit_rows(&mut self, batch: &RowBatch, policy: OnConflict) -> anyhow::Result<Applied>;
 }

@@ -19,6 +19,8 @@ pub fn root() -> PathBuf {
 /// later calls are no-ops.
 pub struct Plugins {
     pub transform_user: PathBuf,
+    /// The `transform-row` example: legacy orders split into orders + order_items.
+    pub split_orders: PathBuf,
     pub chaos: PathBuf,
     pub wrong_world: PathBuf,
 }
@@ -41,6 +43,7 @@ pub fn plugins() -> &'static Plugins {
         let out = dir.join("target/wasm32-wasip2/release");
         Plugins {
             transform_user: out.join("transform_user.wasm"),
+            split_orders: out.join("split_orders.wasm"),
             chaos: out.join("chaos.wasm"),
             wrong_world: out.join("wrong_world.wasm"),
         }

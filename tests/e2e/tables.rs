@@ -414,3 +414,101 @@ async fn postgres_to_sqlite_and_back_keeps_every_value() {
         assert!(v.stdout.contains("every row matches"), "{v:?}");
     }
 }
+
+/// The legacy shop of the quickstart: the seed's users, orders keeping their
+/// items in JSON, and a lookup table.
+pub const LEGACY_SHOP: &str = r#"
+CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, email TEXT, created_at TIMESTAMP, metadata TEXT);
+INSERT INTO users VALUES
+ (1, 'Mary Ann de la Cruz', 'Mary.Ann@Example.COM', '2024-01-15 09:30:00.123456', '{"theme":"dark"}'),
+ (2, 'Zoë Ångström', 'ZOË@Example.com', '2023-06-01 12:00:00.000001', NULL),
+ (3, 'Broken Json', 'broken@example.com', '2020-01-01 00:00:00', '{"theme": "dark"');
+CREATE TABLE countries (code TEXT PRIMARY KEY, name TEXT NOT NULL, eu BOOLEAN NOT NULL);
+INSERT INTO countries VALUES ('FR', 'France', 1), ('CH', 'Suisse', 0), ('DE', 'Deutschland', 1);
+CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, placed_at DATETIME NOT NULL,
+    status TEXT NOT NULL, country TEXT REFERENCES countries (code), items JSON NOT NULL);
+INSERT INTO orders VALUES
+ (10, 1, '2024-02-01 10:00:00.5', 'paid', 'FR', '[{"sku":"P1","qty":2,"price":"12.50"},{"sku":"P2","qty":1,"price":0.1}]'),
+ (11, 2, '2024-02-02 11:00:00', 'shipped', 'CH', '[{"sku":"P3","qty":5,"price":"1999.99"}]'),
+ (12, 1, '2024-02-03 12:00:00', 'test', 'FR', '[{"sku":"P1","qty":1,"price":"12.50"}]'),
+ (13, 2, '2024-02-04 13:00:00', 'paid', 'DE', '{"sku":"not a list"}'),
+ (14, 1, '2024-02-05 14:00:00', 'paid', NULL, '[]');
+"#;
+
+#[tokio::test]
+async fn tables_are_transformed_split_filtered_and_copied_in_one_pipeline() {
+    let (legacy, target) = (SqliteDb::new(), PgDb::new("split_dst").await);
+    legacy.exec(LEGACY_SHOP).await;
+    let plugins = plugins();
+    let extra = format!(
+        "[[tables]]\nname = \"users\"\nplugin = \"{}\"\n\n[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n",
+        plugins.transform_user.display(),
+        plugins.split_orders.display()
+    );
+    let p = tables_pipeline(&legacy.url(), &target.url(), "include = [\"*\"]", &extra);
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 4, "completed with dead letters: {run:?}");
+    let report = run.json();
+    let line = |name: &str| report["tables"].as_array().unwrap().iter().find(|t| t["table"] == name).cloned().unwrap();
+    let orders = line("orders");
+    assert_eq!(
+        (
+            orders["source_rows"].as_u64(),
+            orders["loaded"].as_u64(),
+            orders["filtered"].as_u64(),
+            orders["dead_lettered"].as_u64()
+        ),
+        (Some(5), Some(3), Some(1), Some(1)),
+        "5 orders = 3 loaded + 1 filtered (a test order) + 1 dead letter: {orders}"
+    );
+    assert_eq!(orders["target"], "orders, order_items");
+    assert_eq!(line("users")["dead_lettered"], 1, "the seed plugin rejects the broken JSON");
+    assert_eq!(line("countries")["loaded"], 3);
+    assert_eq!(report["accounted"], true);
+
+    // The new schema, as PostgreSQL holds it.
+    let mut c = target.conn().await;
+    let items: Vec<(i64, i32, String, i32, String)> =
+        sqlx::query_as("SELECT order_id, line, sku, qty, price::text FROM order_items ORDER BY order_id, line")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(
+        items,
+        vec![
+            (10, 1, "P1".into(), 2, "12.50".into()),
+            (10, 2, "P2".into(), 1, "0.1".into()),
+            (11, 1, "P3".into(), 5, "1999.99".into())
+        ]
+    );
+    let placed: String = sqlx::query_scalar("SELECT to_char(placed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || ' ' || item_count FROM orders WHERE id = 10")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(placed, "2024-02-01 10:00:00.500000 2");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders WHERE id IN (12, 13)").await, 0, "filtered and rejected");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders WHERE id = 14 AND item_count = 0").await, 1);
+    let (first, settings): (String, serde_json::Value) =
+        sqlx::query_as("SELECT first_name, settings FROM users WHERE id = 'user_1'").fetch_one(&mut c).await.unwrap();
+    assert_eq!(first, "Mary");
+    assert_eq!(settings, serde_json::json!({"theme": "dark", "notifications": true}));
+    assert_eq!(
+        target
+            .scalar_i64("SELECT count(*) FROM ferry.dead_letters WHERE source_table = 'orders' AND source_key = '13' AND kind = 'reject' AND reason = 'items is not a JSON array'")
+            .await,
+        1
+    );
+    let eu: bool = sqlx::query_scalar("SELECT eu FROM countries WHERE code = 'FR'").fetch_one(&mut c).await.unwrap();
+    assert!(eu, "SQLite's 1 is PostgreSQL's true");
+
+    // validate re-runs each plugin on the source and compares every output row.
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    target.exec("UPDATE order_items SET qty = 3 WHERE order_id = 10 AND line = 2").await;
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 3, "{v:?}");
+    let v = v.json();
+    let orders = v["tables"].as_array().unwrap().iter().find(|t| t["table"] == "orders").cloned().unwrap();
+    assert_eq!(orders["differences"][0]["key"], "10 → order_items", "{orders}");
+    assert_eq!(orders["differences"][0]["columns"], serde_json::json!(["qty"]));
+}

@@ -1,6 +1,7 @@
-//! The one place `bindgen!` runs: the WIT world `user-transform`, and the
-//! conversions between its generated types and ferry's plain `model` types.
-//! Conversions move the strings (no copies).
+//! The one place `bindgen!` runs: the WIT worlds `user-transform`
+//! (`ferry:transform@0.1.0`) and `row-transform` (`@0.2.0`, in [`row`]),
+//! and the conversions between their generated types and ferry's plain
+//! `model` types. Conversions move the strings (no copies).
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -39,4 +40,19 @@ pub fn outcome(result: Result<wit::NewUser, RowError>) -> Outcome {
         Err(RowError::Reject(reason)) => Outcome::Rejected(reason),
         Err(RowError::Fatal(reason)) => Outcome::Fatal(reason),
     }
+}
+
+/// `ferry:transform@0.2.0`, world `row-transform`.
+pub mod row {
+    wasmtime::component::bindgen!({
+        path: "../wit/row",
+        world: "row-transform",
+    });
+
+    pub use ferry::transform::types::{
+        Column, ColumnType, Interval, OutputRow, RowError, ScalarKind, TableSchema, Unsupported, Value,
+    };
+
+    /// The fully qualified name of the interface a row plugin exports.
+    pub const INTERFACE: &str = "ferry:transform/transform-row@0.2.0";
 }

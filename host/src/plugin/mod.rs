@@ -7,7 +7,10 @@
 //! is replaced by a fresh one before the next call.
 
 mod bindings;
+mod rows;
 mod sandbox;
+
+pub use rows::{RowOutcome, RowPlugin, RowTransformer, TablePlugin, TableTransformer};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,6 +52,14 @@ pub enum PluginError {
          against wit/transform.wit, world `user-transform`"
     )]
     WrongWorld { path: PathBuf, exports: String },
+    #[error(
+        "plugin {path} does not export `{}` (it exports: {exports}); a table's plugin is built \
+         against wit/row/transform-row.wit, world `row-transform`",
+        bindings::row::INTERFACE
+    )]
+    WrongRowWorld { path: PathBuf, exports: String },
+    #[error("plugin {path} refused table {table}: {reason}")]
+    Refused { path: PathBuf, table: String, reason: String },
     #[error("plugin {path} cannot be instantiated in ferry's sandbox: {message}")]
     Instantiate { path: PathBuf, message: String },
     #[error(
@@ -92,30 +103,40 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Reads, pins, checks and compiles a component, and links it against the
+/// sandbox's deny-all WASI: what every contract's loading shares. Returns
+/// the engine, the component, its pre-instance and its SHA-256.
+fn compile(
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<(Engine, Component, wasmtime::component::InstancePre<State>, String), PluginError> {
+    let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.into(), source })?;
+    let sha256 = sha256_hex(&bytes);
+    if let Some(pinned) = options.pinned_sha256.as_ref().filter(|p| !p.eq_ignore_ascii_case(&sha256)) {
+        return Err(PluginError::PinMismatch { path: path.into(), pinned: pinned.clone(), actual: sha256 });
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(PluginError::NotWasm { path: path.into() });
+    }
+    // Bytes 4..8: version and layer. Core modules are layer 0.
+    if bytes[6..8] == [0, 0] {
+        return Err(PluginError::CoreModule { path: path.into() });
+    }
+    let engine = sandbox::engine(options.cache_dir.as_deref()).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    let component = Component::new(&engine, &bytes)
+        .map_err(|e| PluginError::Invalid { path: path.into(), message: format!("{e:#}") })?;
+    let mut linker: Linker<State> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| PluginError::Instantiate { path: path.into(), message: format!("{e:#}") })?;
+    Ok((engine, component, instance_pre, sha256))
+}
+
 impl Plugin {
     /// Reads, checks, pins and compiles the component at `path`.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Arc<Plugin>, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.into(), source })?;
-        let sha256 = sha256_hex(&bytes);
-        if let Some(pinned) = options.pinned_sha256.as_ref().filter(|p| !p.eq_ignore_ascii_case(&sha256)) {
-            return Err(PluginError::PinMismatch { path: path.into(), pinned: pinned.clone(), actual: sha256 });
-        }
-        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-            return Err(PluginError::NotWasm { path: path.into() });
-        }
-        // Bytes 4..8: version and layer. Core modules are layer 0.
-        if bytes[6..8] == [0, 0] {
-            return Err(PluginError::CoreModule { path: path.into() });
-        }
-        let engine =
-            sandbox::engine(options.cache_dir.as_deref()).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        let component = Component::new(&engine, &bytes)
-            .map_err(|e| PluginError::Invalid { path: path.into(), message: format!("{e:#}") })?;
-        let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        let instance_pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| PluginError::Instantiate { path: path.into(), message: format!("{e:#}") })?;
+        let (engine, component, instance_pre, sha256) = compile(path, options)?;
         let pre = UserTransformPre::new(instance_pre)
             .map_err(|_| PluginError::WrongWorld { path: path.into(), exports: export_names(&engine, &component) })?;
         let key_export = component
@@ -284,30 +305,7 @@ impl Transformer {
     }
 
     fn trap_message(&self, err: &wasmtime::Error) -> String {
-        let trap = match err.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => format!(
-                "plugin trapped: exceeded its CPU deadline of {} ms for one call",
-                self.plugin.limits.call_timeout.as_millis()
-            ),
-            Some(trap) => format!("plugin trapped: {trap}"),
-            None => format!("plugin trapped: {}", err.root_cause()),
-        };
-        let stderr = self.store.data().stderr();
-        let memory = if format!("{err:?}").contains("growing memory") || stderr.contains("memory allocation") {
-            format!(" (memory cap {} bytes reached)", self.plugin.limits.memory_bytes)
-        } else {
-            String::new()
-        };
-        // What the plugin said before dying (a panic message), without the
-        // toolchain's hints, bounded.
-        let said: Vec<&str> =
-            stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("note: run with")).collect();
-        let said = said.join(" | ");
-        let said = match said.char_indices().rev().nth(STDERR_IN_REASON) {
-            Some((i, _)) => format!("…{}", &said[i..]),
-            None => said,
-        };
-        if said.is_empty() { format!("{trap}{memory}") } else { format!("{trap}{memory}; plugin stderr: {said}") }
+        describe_trap(err, &self.plugin.limits, &self.store.data().stderr())
     }
 
     fn replace(&mut self) -> Result<(), PluginError> {
@@ -318,4 +316,31 @@ impl Transformer {
         self.key = key;
         Ok(())
     }
+}
+
+/// A trap as a dead letter's reason: what trapped, the limit it hit, and
+/// what the plugin said on stderr before (bounded).
+fn describe_trap(err: &wasmtime::Error, limits: &Limits, stderr: &str) -> String {
+    let trap = match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => {
+            format!("plugin trapped: exceeded its CPU deadline of {} ms for one call", limits.call_timeout.as_millis())
+        }
+        Some(trap) => format!("plugin trapped: {trap}"),
+        None => format!("plugin trapped: {}", err.root_cause()),
+    };
+    let memory = if format!("{err:?}").contains("growing memory") || stderr.contains("memory allocation") {
+        format!(" (memory cap {} bytes reached)", limits.memory_bytes)
+    } else {
+        String::new()
+    };
+    // What the plugin said before dying (a panic message), without the
+    // toolchain's hints, bounded.
+    let said: Vec<&str> =
+        stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("note: run with")).collect();
+    let said = said.join(" | ");
+    let said = match said.char_indices().rev().nth(STDERR_IN_REASON) {
+        Some((i, _)) => format!("…{}", &said[i..]),
+        None => said,
+    };
+    if said.is_empty() { format!("{trap}{memory}") } else { format!("{trap}{memory}; plugin stderr: {said}") }
 }

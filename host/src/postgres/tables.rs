@@ -549,12 +549,7 @@ impl RowSink for PgTables {
         Ok(())
     }
 
-    async fn commit_rows(
-        &mut self,
-        target: &TableDef,
-        batch: &RowBatch,
-        policy: OnConflict,
-    ) -> anyhow::Result<Applied> {
+    async fn commit_rows(&mut self, batch: &RowBatch, policy: OnConflict) -> anyhow::Result<Applied> {
         let url = self.url.clone();
         let buf = &mut self.buf;
         let mut tx = self.conn.begin().await?;
@@ -569,35 +564,41 @@ impl RowSink for PgTables {
         if stored != Some(expected) {
             return Err(FencedError { run_id: batch.run_id.clone() }.into());
         }
-        let (applied, refused) = match Self::apply_isolating(&mut tx, buf, target, &batch.rows, policy).await {
-            Ok(a) => a,
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
-                let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
-                let key = pg
-                    .and_then(|p| p.detail())
-                    .and_then(|d| {
-                        d.split_once(")=(").map(|(_, rest)| rest.trim_end_matches(") already exists.").to_string())
-                    })
-                    .unwrap_or_else(|| db.message().to_string());
-                return Err(ConflictError { table: target.name.to_string(), key }.into());
-            }
-            Err(e) => {
-                return Err(DriverError::sqlx(
-                    format!("loading batch {} of {} into {url}", batch.seq, target.name),
-                    &e,
-                ));
-            }
-        };
-        let refused: Vec<RowDeadLetter> = refused
-            .into_iter()
-            .map(|(index, message)| RowDeadLetter {
+        let mut written = Applied::default();
+        let mut refused: Vec<RowDeadLetter> = Vec::new();
+        for write in &batch.writes {
+            let target = &write.target;
+            let (applied, refused_rows) = match Self::apply_isolating(&mut tx, buf, target, &write.rows, policy).await {
+                Ok(a) => a,
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
+                    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+                    let key = pg
+                        .and_then(|p| p.detail())
+                        .and_then(|d| {
+                            d.split_once(")=(").map(|(_, rest)| rest.trim_end_matches(") already exists.").to_string())
+                        })
+                        .unwrap_or_else(|| db.message().to_string());
+                    return Err(ConflictError { table: target.name.to_string(), key }.into());
+                }
+                Err(e) => {
+                    return Err(DriverError::sqlx(
+                        format!("loading batch {} of {} into {} in {url}", batch.seq, batch.table, target.name),
+                        &e,
+                    ));
+                }
+            };
+            written.loaded += applied.loaded;
+            written.skipped += applied.skipped;
+            refused.extend(refused_rows.into_iter().map(|(index, message)| RowDeadLetter {
                 table: batch.table.clone(),
-                key: batch.keys[index].clone(),
-                row: crate::keyset::row_json(target, &batch.rows[index]),
+                key: write.keys[index].clone(),
+                row: crate::keyset::row_json(target, &write.rows[index]),
                 kind: DeadLetterKind::Load,
-                reason: format!("the target refused the row: {message}"),
-            })
-            .collect();
+                reason: format!("the target refused the row for {}: {message}", target.name),
+            }));
+        }
+        let refused_sources = refused.iter().map(|d| &d.key).collect::<std::collections::HashSet<_>>().len() as u64;
+        let (loaded, skipped) = batch.accounted(written, refused_sources);
         let dead: Vec<&RowDeadLetter> = batch.dead.iter().chain(&refused).collect();
         if !dead.is_empty() {
             let keys: Vec<String> = dead.iter().map(|d| d.key.label()).collect();
@@ -634,8 +635,8 @@ impl RowSink for PgTables {
         .bind(batch.last_key.encode())
         .bind(batch.extracted as i64)
         .bind(transformed)
-        .bind(applied.loaded as i64)
-        .bind(applied.skipped as i64)
+        .bind(loaded as i64)
+        .bind(skipped as i64)
         .bind(batch.filtered as i64)
         .bind(dead_count)
         .execute(&mut *tx)
@@ -648,14 +649,14 @@ impl RowSink for PgTables {
         .bind(&batch.run_id)
         .bind(batch.extracted as i64)
         .bind(transformed)
-        .bind(applied.loaded as i64)
-        .bind(applied.skipped as i64)
+        .bind(loaded as i64)
+        .bind(skipped as i64)
         .bind(dead_count)
         .execute(&mut *tx)
         .await?;
         tx.commit()
             .await
             .map_err(|e| DriverError::sqlx(format!("committing batch {} of {}", batch.seq, batch.table), &e))?;
-        Ok(applied)
+        Ok(written)
     }
 }

@@ -541,12 +541,7 @@ impl RowSink for SqliteTables {
         Ok(())
     }
 
-    async fn commit_rows(
-        &mut self,
-        target: &TableDef,
-        batch: &RowBatch,
-        policy: OnConflict,
-    ) -> anyhow::Result<Applied> {
+    async fn commit_rows(&mut self, batch: &RowBatch, policy: OnConflict) -> anyhow::Result<Applied> {
         // IMMEDIATE: take the write lock now (waiting for it under the busy
         // timeout); a deferred transaction that reads first cannot wait.
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
@@ -560,34 +555,43 @@ impl RowSink for SqliteTables {
             return Err(FencedError { run_id: batch.run_id.clone() }.into());
         }
         let mut refused: Vec<RowDeadLetter> = Vec::new();
-        let loaded = match Self::insert(&mut tx, target, &batch.rows, policy).await {
-            Ok(n) => n,
-            Err(e) if refuses_rows(&e, policy) => {
-                // The failed statement was undone, the transaction is intact:
-                // the rows go in one by one and the refused ones are kept.
-                let mut n = 0;
-                for (index, row) in batch.rows.iter().enumerate() {
-                    match Self::insert(&mut tx, target, std::slice::from_ref(row), policy).await {
-                        Ok(written) => n += written,
-                        Err(e) if refuses_rows(&e, policy) => refused.push(RowDeadLetter {
-                            table: batch.table.clone(),
-                            key: batch.keys[index].clone(),
-                            row: crate::keyset::row_json(target, row),
-                            kind: DeadLetterKind::Load,
-                            reason: format!("the target refused the row: {e}"),
-                        }),
-                        Err(e) => return Err(self_err(&batch.table, &e)),
+        let mut written = Applied::default();
+        for write in &batch.writes {
+            let target = &write.target;
+            let refused_before = refused.len();
+            let loaded = match Self::insert(&mut tx, target, &write.rows, policy).await {
+                Ok(n) => n,
+                Err(e) if refuses_rows(&e, policy) => {
+                    // The failed statement was undone, the transaction is
+                    // intact: the rows go in one by one, the refused ones kept.
+                    let mut n = 0;
+                    for (index, row) in write.rows.iter().enumerate() {
+                        match Self::insert(&mut tx, target, std::slice::from_ref(row), policy).await {
+                            Ok(one) => n += one,
+                            Err(e) if refuses_rows(&e, policy) => refused.push(RowDeadLetter {
+                                table: batch.table.clone(),
+                                key: write.keys[index].clone(),
+                                row: crate::keyset::row_json(target, row),
+                                kind: DeadLetterKind::Load,
+                                reason: format!("the target refused the row for {}: {e}", target.name),
+                            }),
+                            Err(e) => return Err(self_err(&batch.table, &e)),
+                        }
                     }
+                    n
                 }
-                n
-            }
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                return Err(ConflictError { table: target.name.to_string(), key: db.message().to_string() }.into());
-            }
-            Err(e) => return Err(self_err(&batch.table, &e)),
-        };
-        let rows_total = batch.rows.len() as u64 - refused.len() as u64;
-        let applied = Applied { loaded, skipped: rows_total.saturating_sub(loaded) };
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    return Err(ConflictError { table: target.name.to_string(), key: db.message().to_string() }.into());
+                }
+                Err(e) => return Err(self_err(&batch.table, &e)),
+            };
+            let offered = (write.rows.len() - (refused.len() - refused_before)) as u64;
+            written.loaded += loaded;
+            written.skipped += offered.saturating_sub(loaded);
+        }
+        let refused_sources = refused.iter().map(|d| &d.key).collect::<std::collections::HashSet<_>>().len() as u64;
+        let (loaded, skipped) = batch.accounted(written, refused_sources);
+        let applied = Applied { loaded, skipped };
         let dead: Vec<&RowDeadLetter> = batch.dead.iter().chain(&refused).collect();
         for d in &dead {
             sqlx::query(
@@ -604,7 +608,7 @@ impl RowSink for SqliteTables {
             .execute(&mut *tx)
             .await?;
         }
-        let dead_count = dead.len() as i64;
+        let dead_count = (batch.dead.len() as u64 + refused_sources) as i64;
         let transformed =
             batch.extracted as i64 - batch.dead.iter().filter(|d| d.kind == DeadLetterKind::Extract).count() as i64;
         sqlx::query(
@@ -638,7 +642,7 @@ impl RowSink for SqliteTables {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(applied)
+        Ok(written)
     }
 }
 

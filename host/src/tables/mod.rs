@@ -29,9 +29,10 @@ use crate::db::{Engine, TableName};
 use crate::engines::{self, RowTarget};
 use crate::keyset::{Key, RowPage};
 use crate::migrate::{Ending, MigrateOptions, RunStopped};
+use crate::plugin::{RowOutcome, TablePlugin, TableTransformer};
 use crate::schema::{NameMap, TableDef, dependency_order};
 use crate::settings::{Settings, TableSelection};
-use crate::sink::RowBatch;
+use crate::sink::{RowBatch, TableWrite};
 use crate::source::RowSource;
 
 pub mod validate;
@@ -42,15 +43,41 @@ const CHANNEL_DEPTH: usize = 2;
 /// The `plugin_sha256` of rows copied as they are.
 pub const IDENTITY: &str = "identity";
 
-/// One table of the plan.
+/// A table the pipeline writes.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The target table as ferry writes it.
+    pub def: TableDef,
+    /// It does not exist: ferry creates it.
+    pub create: bool,
+}
+
+/// One source table of the plan.
 #[derive(Debug, Clone)]
 pub struct PlannedTable {
     pub source: TableDef,
-    /// The target table as ferry writes it (columns in source order).
-    pub target: TableDef,
-    /// The target table does not exist: ferry creates it.
-    pub create: bool,
+    /// Where its rows go: for a copy, one table with the source's columns;
+    /// for a plugin, the tables it declared (in its own column order).
+    pub outputs: Vec<Output>,
+    /// `None`: copied as it is, no WASM on the path.
+    pub plugin: Option<TablePlugin>,
     pub on_conflict: OnConflict,
+}
+
+impl PlannedTable {
+    /// The first (for a copy, the only) target table.
+    pub fn target(&self) -> &TableDef {
+        &self.outputs[0].def
+    }
+
+    pub fn target_names(&self) -> String {
+        self.outputs.iter().map(|o| o.def.name.to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// What produced the rows: the plugin's SHA-256, or [`IDENTITY`].
+    pub fn producer(&self) -> &str {
+        self.plugin.as_ref().map_or(IDENTITY, |p| p.sha256())
+    }
 }
 
 /// What a many-table pipeline will do.
@@ -118,35 +145,90 @@ pub async fn plan(
             None if target_engine == Engine::Sqlite => TableName { schema: None, name: def.name.name.clone() },
             None => def.name.clone(),
         };
-        if let Some(other) = seen_targets.insert(target_name.clone(), def.name.clone()) {
-            problems.push(format!(
-                "tables {other} and {} would both be copied into {target_name}; give one a `target` in [[tables]]",
-                def.name
-            ));
+        let on_conflict = spec.and_then(|s| s.on_conflict).unwrap_or(settings.on_conflict);
+        let plugin = match spec.and_then(|s| s.plugin.clone()) {
+            None => None,
+            Some(ps) => {
+                let loaded = tokio::task::spawn_blocking(move || TablePlugin::load(&ps.path, &ps.options)).await?;
+                match loaded {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        problems.push(format!("table {}: {e}", def.name));
+                        continue;
+                    }
+                }
+            }
+        };
+        // What the table becomes: itself, or the plugin's declared tables.
+        let wanted: Vec<TableDef> = match &plugin {
+            None => vec![def.for_target(target_name.clone(), target_engine)],
+            Some(plugin) => {
+                let (p, source_def) = (plugin.clone(), def.clone());
+                let declared = tokio::task::spawn_blocking(move || p.instantiate()?.describe(&source_def)).await?;
+                match declared {
+                    Err(e) => {
+                        problems.push(format!("table {}: {e}", def.name));
+                        continue;
+                    }
+                    Ok(declared) => declared
+                        .into_iter()
+                        .map(|out| {
+                            let name = match (&out.name.schema, target_engine) {
+                                (_, Engine::Sqlite) => TableName { schema: None, name: out.name.name.clone() },
+                                (Some(_), _) => out.name.clone(),
+                                (None, _) => {
+                                    TableName { schema: target_name.schema.clone(), name: out.name.name.clone() }
+                                }
+                            };
+                            let mut t = out.for_target(name.clone(), target_engine);
+                            t.name = name;
+                            t
+                        })
+                        .collect(),
+                }
+            }
+        };
+        let mut outputs = Vec::new();
+        for wanted in wanted {
+            let target_name = wanted.name.clone();
+            if let Some(other) = seen_targets.insert(target_name.clone(), def.name.clone()) {
+                // Several source tables may merge into one plugin-declared
+                // table; a copy needs a table of its own.
+                let merging = plugin.is_some()
+                    && tables.iter().any(|t: &PlannedTable| t.plugin.is_some() && t.source.name == other);
+                if !merging {
+                    problems.push(format!(
+                        "tables {other} and {} would both be copied into {target_name}; give one a `target` in [[tables]]",
+                        def.name
+                    ));
+                    continue;
+                }
+            }
+            let existing = target.describe(&target_name).await?;
+            let already = tables.iter().flat_map(|t| &t.outputs).any(|o| o.def.name == target_name && o.create);
+            if let Some(existing) = &existing {
+                let missing: Vec<&str> = wanted
+                    .columns
+                    .iter()
+                    .filter(|c| existing.column_index(&c.name).is_none())
+                    .map(|c| c.name.as_str())
+                    .collect();
+                if !missing.is_empty() {
+                    problems.push(format!(
+                        "target table {target_name} exists but lacks column(s) {} that {} writes; add them, or drop the \
+                         target table and ferry creates it",
+                        missing.join(", "),
+                        def.name
+                    ));
+                    continue;
+                }
+            }
+            outputs.push(Output { def: wanted, create: existing.is_none() && !already });
+        }
+        if outputs.is_empty() {
             continue;
         }
-        let wanted = def.for_target(target_name.clone(), target_engine);
-        let existing = target.describe(&target_name).await?;
-        let create = existing.is_none();
-        if let Some(existing) = &existing {
-            let missing: Vec<&str> = wanted
-                .columns
-                .iter()
-                .filter(|c| existing.column_index(&c.name).is_none())
-                .map(|c| c.name.as_str())
-                .collect();
-            if !missing.is_empty() {
-                problems.push(format!(
-                    "target table {target_name} exists but lacks column(s) {} of source table {}; add them, or drop the \
-                     target table and ferry creates it",
-                    missing.join(", "),
-                    def.name
-                ));
-                continue;
-            }
-        }
-        let on_conflict = spec.and_then(|s| s.on_conflict).unwrap_or(settings.on_conflict);
-        tables.push(PlannedTable { source: def, target: wanted, create, on_conflict });
+        tables.push(PlannedTable { source: def, outputs, plugin, on_conflict });
     }
     if !problems.is_empty() {
         anyhow::bail!(crate::config::ConfigError::Invalid {
@@ -160,7 +242,13 @@ pub async fn plan(
             message: format!("no source table matches source.include in {}; check the patterns", settings.source.url),
         });
     }
-    let map = NameMap(tables.iter().map(|t| (t.source.name.clone(), t.target.name.clone())).collect());
+    let map = NameMap(
+        tables
+            .iter()
+            .filter(|t| t.plugin.is_none())
+            .map(|t| (t.source.name.clone(), t.target().name.clone()))
+            .collect(),
+    );
     let defs: Vec<TableDef> = tables.iter().map(|t| t.source.clone()).collect();
     let order = dependency_order(&defs);
     let tables = order.into_iter().map(|i| tables[i].clone()).collect();
@@ -279,7 +367,7 @@ pub async fn migrate(
                 pipeline: settings.pipeline.clone(),
                 source: settings.source.url.to_string(),
                 target_table: format!("{} tables", plan.tables.len()),
-                plugin_sha256: IDENTITY.into(),
+                plugin_sha256: producers(&plan),
                 status: RunStatus::Running,
                 last_key: None,
                 batches: 0,
@@ -299,10 +387,11 @@ pub async fn migrate(
         target.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
     for table in &plan.tables {
         let name = table.source.name.to_string();
-        let created = known.get(&name).map_or(table.create, |p| p.created);
-        target.start_table(&run.run_id, &name, &table.target.name.to_string(), created).await?;
-        if table.create {
-            target.create_table(&table.target, &plan.names).await?;
+        let creates = table.outputs.iter().any(|o| o.create);
+        let created = known.get(&name).map_or(creates, |p| p.created);
+        target.start_table(&run.run_id, &name, &table.target_names(), created).await?;
+        for output in table.outputs.iter().filter(|o| o.create) {
+            target.create_table(&output.def, &plan.names).await?;
         }
     }
     let counts = count_all(source.as_mut(), &plan).await?;
@@ -320,7 +409,9 @@ pub async fn migrate(
             } else {
                 // Every table's rows are in: checks and foreign keys last.
                 for table in plan.tables.iter().filter(|t| created(&progress, t)) {
-                    target.add_constraints(&table.target, &plan.names).await?;
+                    for output in &table.outputs {
+                        target.add_constraints(&output.def, &plan.names).await?;
+                    }
                 }
                 for table in &plan.tables {
                     target.set_table_phase(&run.run_id, &table.source.name.to_string(), TablePhase::Done).await?;
@@ -332,6 +423,12 @@ pub async fn migrate(
             let progress = target.table_progress(&run.run_id).await?;
             Ok(report(&stored, &plan, &progress, &counts, ending, resumed, rows, started, message))
         }
+        Err(e) if e.downcast_ref::<PluginFatal>().is_some() => {
+            let message = format!("{e:#}; every committed batch is kept: fix the plugin or the row and run again");
+            target.set_status(&run.run_id, RunStatus::Failed, Some(&message)).await?;
+            let progress = target.table_progress(&run.run_id).await?;
+            Ok(report(&stored, &plan, &progress, &counts, Ending::Fatal, resumed, 0, started, Some(message)))
+        }
         Err(e) => {
             let message = format!("{e:#}");
             if let Err(e2) = target.set_status(&run.run_id, RunStatus::Failed, Some(&message)).await {
@@ -340,6 +437,14 @@ pub async fn migrate(
             Err(e.context(RunStopped { run_id: run.run_id.clone(), checkpoint: "per table".into() }))
         }
     }
+}
+
+/// The run's plugin hashes (or `identity`), comma-separated.
+fn producers(plan: &Plan) -> String {
+    let mut all: Vec<&str> = plan.tables.iter().map(|t| t.producer()).collect();
+    all.sort_unstable();
+    all.dedup();
+    all.join(",")
 }
 
 fn created(progress: &[TableProgress], table: &PlannedTable) -> bool {
@@ -384,7 +489,7 @@ fn report(
         filtered += f;
         tables.push(TableReport {
             table: name,
-            target: table.target.name.to_string(),
+            target: table.target_names(),
             phase: p.map_or(TablePhase::Copying, |p| p.phase),
             source_rows,
             loaded: s.loaded,
@@ -444,7 +549,7 @@ async fn copy_tables(settings: &Settings, plan: &Plan, run: &RunRecord, stop: Ar
     let mut parents = vec![Vec::new(); n];
     for (i, table) in plan.tables.iter().enumerate() {
         // Only a constraint that already exists in the target orders loads.
-        if !table.create {
+        if !table.outputs.iter().any(|o| o.create) {
             parents[i] = table
                 .source
                 .foreign_keys
@@ -503,9 +608,11 @@ async fn copy_tables(settings: &Settings, plan: &Plan, run: &RunRecord, stop: Ar
                     Ok((copied, complete)) => {
                         rows += copied;
                         if complete {
-                            let was_created = progress.get(&name).map_or(table.create, |p| p.created);
-                            if was_created {
-                                target.build_indexes(&table.target).await?;
+                            let creates = table.outputs.iter().any(|o| o.create);
+                            if progress.get(&name).map_or(creates, |p| p.created) {
+                                for output in &table.outputs {
+                                    target.build_indexes(&output.def).await?;
+                                }
                             }
                             target.set_table_phase(&run_id, &name, TablePhase::Loaded).await?;
                             queue.lock().expect("queue lock").done[index] = true;
@@ -534,6 +641,80 @@ async fn copy_tables(settings: &Settings, plan: &Plan, run: &RunRecord, stop: Ar
         Some(e) => Err(e),
         None => Ok(rows),
     }
+}
+
+/// A plugin `fatal`: the run stops before the batch holding that row, its
+/// checkpoint intact.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin fatal on row {key} of {table}: {reason}")]
+pub struct PluginFatal {
+    pub table: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// Sorts a page's outcomes into the batch: rows per output table, dead
+/// letters for rejected and trapped rows, filtered rows counted.
+fn transformed(
+    table: &PlannedTable,
+    sources: &[crate::keyset::Row],
+    outcomes: Vec<RowOutcome>,
+    batch: &mut RowBatch,
+) -> anyhow::Result<()> {
+    use crate::model::DeadLetterKind;
+    for output in &table.outputs {
+        batch.writes.push(TableWrite { target: output.def.clone(), rows: Vec::new(), keys: Vec::new() });
+    }
+    for (row, outcome) in sources.iter().zip(outcomes) {
+        let key = Key::of(&table.source, row);
+        let dead = |kind: DeadLetterKind, reason: String| crate::keyset::RowDeadLetter {
+            table: table.source.name.to_string(),
+            key: key.clone(),
+            row: crate::keyset::row_json(&table.source, row),
+            kind,
+            reason,
+        };
+        match outcome {
+            RowOutcome::Rows(out) if out.is_empty() => batch.filtered += 1,
+            RowOutcome::Rows(out) => {
+                let mut bad = None;
+                let mut placed = Vec::with_capacity(out.len());
+                for (name, values) in out {
+                    let at =
+                        table.outputs.iter().position(|o| o.def.name.name == name || o.def.name.to_string() == name);
+                    match at {
+                        None => {
+                            bad = Some(format!("the plugin wrote a row for table {name:?}, which it did not declare"))
+                        }
+                        Some(i) if values.len() != table.outputs[i].def.columns.len() => {
+                            bad = Some(format!(
+                                "the plugin wrote {} values for table {name}, which has {} columns",
+                                values.len(),
+                                table.outputs[i].def.columns.len()
+                            ))
+                        }
+                        Some(i) => placed.push((i, values)),
+                    }
+                }
+                match bad {
+                    Some(reason) => batch.dead.push(dead(DeadLetterKind::Reject, reason)),
+                    None => {
+                        batch.producing += 1;
+                        for (i, values) in placed {
+                            batch.writes[i].rows.push(values);
+                            batch.writes[i].keys.push(key.clone());
+                        }
+                    }
+                }
+            }
+            RowOutcome::Rejected(reason) => batch.dead.push(dead(DeadLetterKind::Reject, reason)),
+            RowOutcome::Trapped(reason) => batch.dead.push(dead(DeadLetterKind::Trap, reason)),
+            RowOutcome::Fatal(reason) => {
+                return Err(PluginFatal { table: table.source.name.to_string(), key: key.label(), reason }.into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Copies one table from `start` on: `(rows extracted, whether the table is
@@ -571,6 +752,20 @@ async fn copy_table(
         }
     });
     let name = table.source.name.to_string();
+    let mut transformer = match &table.plugin {
+        None => None,
+        Some(plugin) => {
+            let (plugin, def) = (plugin.clone(), table.source.clone());
+            Some(
+                tokio::task::spawn_blocking(move || -> anyhow::Result<TableTransformer> {
+                    let mut t = plugin.instantiate()?;
+                    t.describe(&def)?;
+                    Ok(t)
+                })
+                .await??,
+            )
+        }
+    };
     let mut previous = start;
     let mut rows = 0;
     let mut seq = 0;
@@ -583,21 +778,38 @@ async fn copy_table(
         }
         let extracted = page.len() as u64;
         let last_key = page.last_key.clone().expect("a non-empty page has a last key");
-        let keys = page.rows.iter().map(|r| Key::of(&table.source, r)).collect();
-        let batch = RowBatch {
+        let mut batch = RowBatch {
             run_id: run_id.to_string(),
             table: name.clone(),
             seq,
             previous_key: previous.clone(),
             last_key: last_key.clone(),
-            rows: page.rows,
-            keys,
+            writes: Vec::new(),
+            producing: 0,
+            one_to_one: transformer.is_none(),
             dead: page.unreadable,
             extracted,
             filtered: 0,
-            plugin_sha256: IDENTITY.into(),
+            plugin_sha256: table.producer().to_string(),
         };
-        target.commit_rows(&table.target, &batch, table.on_conflict).await?;
+        match transformer.take() {
+            None => {
+                let keys = page.rows.iter().map(|r| Key::of(&table.source, r)).collect();
+                batch.producing = page.rows.len() as u64;
+                batch.writes.push(TableWrite { target: table.target().clone(), rows: page.rows, keys });
+            }
+            Some(mut t) => {
+                let (source_name, source_rows) = (name.clone(), page.rows);
+                let (t, source_rows, outcomes) = tokio::task::spawn_blocking(move || {
+                    let outcomes = t.transform_batch(&source_name, &source_rows);
+                    (t, source_rows, outcomes)
+                })
+                .await?;
+                transformer = Some(t);
+                transformed(table, &source_rows, outcomes?, &mut batch)?;
+            }
+        }
+        target.commit_rows(&batch, table.on_conflict).await?;
         previous = Some(last_key);
         rows += extracted;
         seq += 1;

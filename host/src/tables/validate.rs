@@ -85,20 +85,24 @@ pub async fn validate(
     let mut matched_only = false;
     for table in &plan.tables {
         let name = table.source.name.to_string();
-        if only.is_some_and(|o| o != name && o != table.source.name.name && o != table.target.name.to_string()) {
+        if only.is_some_and(|o| o != name && o != table.source.name.name && o != table.target().name.to_string()) {
             continue;
         }
         matched_only = true;
-        if table.create {
+        if let Some(missing) = table.outputs.iter().find(|o| o.create) {
             anyhow::bail!(
                 "target table {} does not exist in {}: run `ferry migrate` first",
-                table.target.name,
+                missing.def.name,
                 settings.target.url
             );
         }
         let explained: HashSet<&str> =
             dead.iter().filter(|d| d.source_table == name).map(|d| d.source_key.as_str()).collect();
-        tables.push(validate_table(settings, &plan, table, source.as_mut(), target.as_mut(), &explained).await?);
+        let line = match &table.plugin {
+            None => validate_table(settings, &plan, table, source.as_mut(), target.as_mut(), &explained).await?,
+            Some(_) => validate_transformed(settings, table, source.as_mut(), target.as_mut(), &explained).await?,
+        };
+        tables.push(line);
     }
     if let Some(only) = only.filter(|_| !matched_only) {
         anyhow::bail!(crate::config::ConfigError::Invalid {
@@ -118,12 +122,15 @@ pub async fn validate(
 /// The definition to read the target table with: the target's own types
 /// (for its casts), the source's kinds and column order (for decoding and
 /// comparing).
-async fn target_reading(target: &mut dyn RowTarget, table: &PlannedTable) -> anyhow::Result<crate::schema::TableDef> {
+async fn target_reading(
+    target: &mut dyn RowTarget,
+    wanted: &crate::schema::TableDef,
+) -> anyhow::Result<crate::schema::TableDef> {
     let actual = target
-        .describe(&table.target.name)
+        .describe(&wanted.name)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("target table {} disappeared", table.target.name))?;
-    let mut def = table.target.clone();
+        .ok_or_else(|| anyhow::anyhow!("target table {} disappeared", wanted.name))?;
+    let mut def = wanted.clone();
     for column in &mut def.columns {
         if let Some(i) = actual.column_index(&column.name) {
             column.sql_type = actual.columns[i].sql_type.clone();
@@ -140,12 +147,12 @@ async fn validate_table(
     target: &mut dyn RowTarget,
     explained: &HashSet<&str>,
 ) -> anyhow::Result<TableValidation> {
-    let reading = target_reading(target, table).await?;
+    let reading = target_reading(target, table.target()).await?;
     let source_rows = source.count_rows(&table.source).await?;
     let target_rows = target.count_rows(&reading).await?;
     let mut line = TableValidation {
         table: table.source.name.to_string(),
-        target: table.target.name.to_string(),
+        target: table.target_names(),
         source_rows,
         target_rows,
         matched: 0,
@@ -242,12 +249,168 @@ async fn validate_table(
 }
 
 fn key_values(table: &PlannedTable, row: &Row) -> Vec<Value> {
-    table.source.primary_key.iter().map(|&i| row[i].clone()).collect()
+    key_of(&table.source, row)
+}
+
+fn key_of(def: &crate::schema::TableDef, row: &Row) -> Vec<Value> {
+    def.primary_key.iter().map(|&i| row[i].clone()).collect()
 }
 
 fn canonical_key(table: &PlannedTable, row: &Row) -> String {
-    let parts: Vec<Option<String>> = table.source.primary_key.iter().map(|&i| canonical(&row[i])).collect();
+    canonical_key_of(&table.source, row)
+}
+
+fn canonical_key_of(def: &crate::schema::TableDef, row: &Row) -> String {
+    let parts: Vec<Option<String>> = def.primary_key.iter().map(|&i| canonical(&row[i])).collect();
     serde_json::to_string(&parts).expect("strings serialise")
+}
+
+/// A table with a plugin: the source re-transformed page by page (the
+/// plugin is a pure function of its input), each output row looked up in
+/// its table by the output table's key and compared. Rows the plugin
+/// rejects, and rows the target refused, are explained by their dead
+/// letters. Target rows beyond the expected ones are counted (not listed:
+/// that would need every expected key at once).
+async fn validate_transformed(
+    settings: &Settings,
+    table: &PlannedTable,
+    source: &mut dyn RowSource,
+    target: &mut dyn RowTarget,
+    explained: &HashSet<&str>,
+) -> anyhow::Result<TableValidation> {
+    use crate::plugin::RowOutcome;
+    let plugin = table.plugin.clone().expect("a table with a plugin");
+    let def = table.source.clone();
+    let mut transformer = tokio::task::spawn_blocking(move || -> anyhow::Result<crate::plugin::TableTransformer> {
+        let mut t = plugin.instantiate()?;
+        t.describe(&def)?;
+        Ok(t)
+    })
+    .await??;
+    let mut readings = Vec::new();
+    let mut target_rows = 0;
+    for output in &table.outputs {
+        let reading = target_reading(target, &output.def).await?;
+        target_rows += target.count_rows(&reading).await?;
+        readings.push(reading);
+    }
+    let source_rows = source.count_rows(&table.source).await?;
+    let mut line = TableValidation {
+        table: table.source.name.to_string(),
+        target: table.target_names(),
+        source_rows,
+        target_rows,
+        matched: 0,
+        explained: 0,
+        missing: 0,
+        extra: 0,
+        different: 0,
+        differences: Vec::new(),
+        ok: true,
+    };
+    let note = |line: &mut TableValidation, key: String, kind: &'static str, columns: Vec<String>| {
+        if line.differences.len() < LISTED {
+            line.differences.push(RowDifference { key, kind, columns });
+        }
+    };
+    let name = table.source.name.to_string();
+    let mut after = None;
+    let mut found_total = 0u64;
+    loop {
+        let page = source.read_page(&table.source, after.as_ref(), settings.batch_size).await?;
+        if page.is_empty() {
+            break;
+        }
+        after = page.last_key.clone();
+        for u in &page.unreadable {
+            if explained.contains(u.key.label().as_str()) {
+                line.explained += 1;
+            } else {
+                line.missing += 1;
+                note(&mut line, u.key.label(), "missing", vec![]);
+            }
+        }
+        let (t, rows, outcomes) = {
+            let (n, rows) = (name.clone(), page.rows);
+            tokio::task::spawn_blocking(move || {
+                let outcomes = transformer.transform_batch(&n, &rows);
+                (transformer, rows, outcomes)
+            })
+            .await?
+        };
+        transformer = t;
+        // Expected rows per output table, with the source key they came from.
+        let mut expected: Vec<Vec<(String, Row)>> = vec![Vec::new(); table.outputs.len()];
+        for (row, outcome) in rows.iter().zip(outcomes?) {
+            let label = crate::keyset::Key::of(&table.source, row).label();
+            match outcome {
+                RowOutcome::Rows(out) => {
+                    for (out_name, values) in out {
+                        let at = table
+                            .outputs
+                            .iter()
+                            .position(|o| o.def.name.name == out_name || o.def.name.to_string() == out_name);
+                        match at {
+                            Some(i) => expected[i].push((label.clone(), values)),
+                            None if explained.contains(label.as_str()) => line.explained += 1,
+                            None => {
+                                line.different += 1;
+                                note(
+                                    &mut line,
+                                    label.clone(),
+                                    "different",
+                                    vec![format!("undeclared table {out_name}")],
+                                );
+                            }
+                        }
+                    }
+                }
+                _ if explained.contains(label.as_str()) => line.explained += 1,
+                RowOutcome::Fatal(reason) => anyhow::bail!("plugin fatal on row {label} of {name}: {reason}"),
+                _ => {
+                    line.missing += 1;
+                    note(&mut line, label, "missing", vec!["rejected now, but no dead letter records it".into()]);
+                }
+            }
+        }
+        for (i, rows) in expected.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let out = &table.outputs[i].def;
+            let keys: Vec<Vec<Value>> = rows.iter().map(|(_, r)| key_of(out, r)).collect();
+            let found = target.read_keys(&readings[i], &keys).await?;
+            found_total += found.rows.len() as u64;
+            let by_key: HashMap<String, &Row> = found.rows.iter().map(|r| (canonical_key_of(out, r), r)).collect();
+            for (label, row) in &rows {
+                match by_key.get(&canonical_key_of(out, row)) {
+                    None if explained.contains(label.as_str()) => line.explained += 1,
+                    None => {
+                        line.missing += 1;
+                        note(&mut line, format!("{label} → {}", out.name), "missing", vec![]);
+                    }
+                    Some(other) => {
+                        let columns: Vec<String> = out
+                            .columns
+                            .iter()
+                            .zip(row.iter().zip(other.iter()))
+                            .filter(|(_, (a, b))| canonical(a) != canonical(b))
+                            .map(|(c, _)| c.name.clone())
+                            .collect();
+                        if columns.is_empty() {
+                            line.matched += 1;
+                        } else {
+                            line.different += 1;
+                            note(&mut line, format!("{label} → {}", out.name), "different", columns);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    line.extra = target_rows.saturating_sub(found_total);
+    line.ok = line.missing == 0 && line.extra == 0 && line.different == 0;
+    Ok(line)
 }
 
 /// A value's canonical text (see the module's doc); `None` for NULL.
