@@ -1,5 +1,9 @@
--- The seed's legacy `users` table, with the edge cases its transform meets.
--- Loaded into SQLite by examples/quickstart/run.sh.
+-- A small legacy shop: the seed's `users` (with the edge cases its
+-- transform meets), `orders` that keep their line items in a JSON column,
+-- and a `countries` lookup table. Loaded into SQLite by
+-- examples/quickstart/run.sh.
+DROP TABLE IF EXISTS orders;
+DROP TABLE IF EXISTS countries;
 DROP TABLE IF EXISTS users;
 CREATE TABLE users (
     id         INTEGER PRIMARY KEY,
@@ -24,3 +28,28 @@ INSERT INTO users (id, name, email, created_at, metadata) VALUES
  (13, 'İpek Yılmaz',         'İPEK@EXAMPLE.COM',       '2016-12-31 23:59:59.999999', '{"notifications":{"email":true,"sms":false}}'),
  (14, 'Jean-Luc  Picard',    'JL.Picard@Starfleet.ORG','2364-01-01 00:00:00.000001', '{"theme":{"accent":"red"},"extra":[1,2]}'),
  (15, 'Bad Time',            'time@example.com',       'last tuesday',               NULL);
+
+CREATE TABLE countries (
+    code TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    eu   BOOLEAN NOT NULL
+);
+INSERT INTO countries VALUES ('FR', 'France', 1), ('CH', 'Suisse', 0), ('DE', 'Deutschland', 1), ('JP', '日本', 0);
+
+CREATE TABLE orders (
+    id          INTEGER PRIMARY KEY,
+    customer_id INTEGER NOT NULL REFERENCES users (id),
+    placed_at   DATETIME NOT NULL,
+    status      TEXT NOT NULL,
+    country     TEXT REFERENCES countries (code),
+    items       JSON NOT NULL
+);
+CREATE INDEX orders_customer ON orders (customer_id);
+INSERT INTO orders VALUES
+ (100, 1,  '2024-02-01 10:00:00.5',    'paid',    'FR', '[{"sku":"BOOK-1","qty":2,"price":"12.50"},{"sku":"PEN","qty":10,"price":0.1}]'),
+ (101, 2,  '2024-02-02 11:00:00',      'shipped', 'CH', '[{"sku":"LAMP","qty":1,"price":"1999.99"}]'),
+ (102, 1,  '2024-02-03 12:00:00',      'test',    'FR', '[{"sku":"BOOK-1","qty":1,"price":"12.50"}]'),
+ (103, 12, '2024-02-04 13:00:00',      'paid',    'DE', '{"sku":"not a list"}'),
+ (104, 13, '2024-02-05 14:00:00',      'paid',    NULL, '[]'),
+ (105, 14, '2364-01-01 00:00:00.000001','paid',   'JP', '[{"sku":"WARP-CORE","qty":1,"price":"123456789012345678.99"}]'),
+ (106, 9,  '2024-02-06 15:00:00',      'paid',    'FR', '[{"sku":"PEN","qty":0,"price":"0.10"}]');

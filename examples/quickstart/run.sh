@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # ferry's quickstart on the embedded default (SQLite, nothing to install):
-# creates a legacy database with the seed's users and their edge cases,
-# builds the plugin and ferry, then checks, migrates, validates and shows the
-# dead letters.
+# creates a legacy shop (the seed's users and their edge cases, orders with
+# their items in JSON, a lookup table), builds the two plugins and ferry,
+# then checks, migrates into the new schema, validates, and shows the result.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 
-echo "==> building the plugin (Rust → wasm32-wasip2 component) and ferry"
+echo "==> building the plugins (Rust → wasm32-wasip2 components) and ferry"
 rustup target add wasm32-wasip2 >/dev/null
-(cd plugins && cargo build --release --quiet --target wasm32-wasip2 -p transform-user)
+(cd plugins && cargo build --release --quiet --target wasm32-wasip2 -p transform-user -p split-orders)
 cargo build --release --quiet -p ferry
 ferry="$root/target/release/ferry"
 
@@ -35,9 +35,12 @@ status=0
 echo; echo "==> ferry validate"
 "$ferry" --config "$config" validate
 
-echo; echo "==> the new users table ($FERRY_QUICKSTART_DIR/new.db)"
+echo; echo "==> the new schema ($FERRY_QUICKSTART_DIR/new.db)"
 python3 - "$FERRY_QUICKSTART_DIR/new.db" <<'PY'
 import sqlite3, sys
-for row in sqlite3.connect(sys.argv[1]).execute("SELECT id, first_name, last_name, email, created_at, settings FROM users ORDER BY rowid"):
-    print(" | ".join(map(str, row)))
+db = sqlite3.connect(sys.argv[1])
+for table, order in [("users", "rowid"), ("orders", "id"), ("order_items", "order_id, line"), ("countries", "code")]:
+    print(f"-- {table}")
+    for row in db.execute(f"SELECT * FROM {table} ORDER BY {order}"):
+        print("   " + " | ".join(map(str, row)))
 PY

@@ -215,7 +215,19 @@ async fn the_quickstart_example_migrates_and_validates() {
     let run = run_in(&["migrate", "--json"]);
     assert_eq!(run.code, 4, "{run:?}");
     let j = run.json();
-    assert_eq!((j["stats"]["loaded"].as_u64(), j["stats"]["dead_lettered"].as_u64()), (Some(10), Some(5)), "{run:?}");
+    let line = |name: &str| j["tables"].as_array().unwrap().iter().find(|t| t["table"] == name).cloned().unwrap();
+    let counts = |name: &str| {
+        let l = line(name);
+        [&l["source_rows"], &l["loaded"], &l["filtered"], &l["dead_lettered"]].map(|v| v.as_u64().unwrap())
+    };
+    assert_eq!(counts("users"), [15, 10, 0, 5], "the seed's edge cases: {run:?}");
+    assert_eq!(counts("orders"), [7, 4, 1, 2], "a test order filtered, bad items rejected: {run:?}");
+    assert_eq!(counts("countries"), [4, 4, 0, 0]);
+    assert_eq!(line("orders")["target"], "orders, order_items");
+    assert_eq!(j["accounted"], true);
+    let new = SqliteDb { _dir: tempfile::tempdir().unwrap(), path: dir.path().join("new.db") };
+    assert_eq!(new.scalar_i64("SELECT count(*) FROM order_items").await, 4);
+    assert_eq!(new.scalar_i64("SELECT count(*) FROM order_items WHERE price = '123456789012345678.99'").await, 1);
     let v = run_in(&["validate"]);
     assert_eq!(v.code, 0, "{v:?}");
 }
