@@ -62,9 +62,19 @@ pub struct RowDeadLetter {
     pub reason: String,
 }
 
+/// Rows as the source engine wrote them for its own bulk load (PostgreSQL
+/// COPY text): a same-engine copy forwards them without decoding.
+#[derive(Debug, Clone)]
+pub struct RawRows {
+    pub data: Vec<u8>,
+    pub rows: usize,
+}
+
 /// A page read from a table, in key order.
 #[derive(Debug, Default)]
 pub struct RowPage {
+    /// The page undecoded (then `rows` and `unreadable` are empty).
+    pub raw: Option<RawRows>,
     pub rows: Vec<Row>,
     /// Rows that could be read but not represented: dead letters of kind
     /// `extract` with the reason (never dropped, never a stopped run).
@@ -76,7 +86,7 @@ pub struct RowPage {
 
 impl RowPage {
     pub fn len(&self) -> usize {
-        self.rows.len() + self.unreadable.len()
+        self.rows.len() + self.unreadable.len() + self.raw.as_ref().map_or(0, |r| r.rows)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -156,6 +156,9 @@ pub struct TableWrite {
     pub rows: Vec<crate::keyset::Row>,
     /// The source key of each row (same order), for rows the target refuses.
     pub keys: Vec<crate::keyset::Key>,
+    /// The rows undecoded, in the target engine's bulk format (then `rows`
+    /// and `keys` are empty); decoded only if the target refuses some.
+    pub raw: Option<crate::keyset::RawRows>,
 }
 
 /// One page of a source table to apply, with the table checkpoint it

@@ -94,4 +94,15 @@ pub trait RowSource: Send {
         table: &crate::schema::TableDef,
         keys: &[Vec<crate::value::Value>],
     ) -> anyhow::Result<crate::keyset::RowPage>;
+    /// [`RowSource::read_page`] undecoded, in the engine's own bulk format
+    /// (`RowPage::raw`), for a sink of the same engine and types; `None`
+    /// when the engine has no such format.
+    async fn read_page_raw(
+        &mut self,
+        _table: &crate::schema::TableDef,
+        _after: Option<&crate::keyset::Key>,
+        _limit: usize,
+    ) -> anyhow::Result<Option<crate::keyset::RowPage>> {
+        Ok(None)
+    }
 }

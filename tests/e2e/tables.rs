@@ -79,7 +79,8 @@ INSERT INTO everything VALUES
   '178000000 years', '{0}', '{"\\"}', '{1e-20}', '[0:1]={5,6}', 'ok', '{NULL}', 2147483647, '0.0.0.0', '0.0.0.0/0', 0, B'11111111',
   '(-1e300,1e-300)', '(,)', '<x/>', 'a:1A');
 -- PostgreSQL's last 30 years of timestamps do not fit ferry's 64-bit
--- microseconds since 1970: that row is a dead letter, never a silent change.
+-- microseconds since 1970: copied as they are between PostgreSQL databases,
+-- a dead letter wherever the value must be read (never a silent change).
 INSERT INTO everything (id, ts) VALUES (5, '294276-12-31 23:59:59.999999');
 "#;
 
@@ -91,30 +92,41 @@ async fn every_postgres_type_round_trips_byte_exact() {
     target.exec(TYPES_DDL).await;
     let p = tables_pipeline(&source.url(), &target.url(), "include = [\"public.*\"]", "");
     let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let report = run.json();
+    assert_eq!(report["tables"][0]["loaded"], 5, "{report}");
+    assert_eq!(report["accounted"], true);
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "rows ferry cannot read compare by their exact text: {v:?}");
+    assert_eq!(v.json()["tables"][0]["matched"], 5, "{v:?}");
+
+    // Into SQLite the values must be read: the row that cannot be is a
+    // dead letter with the reason and its exact text.
+    let file = SqliteDb::new();
+    let to_sqlite = tables_pipeline(&source.url(), &file.url(), "include = [\"public.*\"]", "");
+    let run = to_sqlite.ferry(&["migrate", "--json"]);
     assert_eq!(run.code, 4, "completed with a dead letter: {run:?}");
     let report = run.json();
-    assert_eq!(report["tables"][0]["loaded"], 4, "{report}");
-    assert_eq!(report["tables"][0]["dead_lettered"], 1, "{report}");
-    assert_eq!(report["accounted"], true);
     assert_eq!(
-        target
-            .scalar_i64(
-                "SELECT count(*) FROM ferry.dead_letters WHERE source_table = 'public.everything' AND source_key = '5' \
-                 AND kind = 'extract' AND reason LIKE 'column ts: `294276-12-31 23:59:59.999999` is not a valid timestamp within%' \
-                 AND source_row->>'ts' = '294276-12-31 23:59:59.999999'"
-            )
-            .await,
-        1,
-        "the row that cannot be represented is a dead letter with the reason and its exact text"
+        (report["tables"][0]["loaded"].as_u64(), report["tables"][0]["dead_lettered"].as_u64()),
+        (Some(4), Some(1))
     );
-    let dlq = p.ferry(&["dlq", "list", "--json", "--table", "everything"]);
+    assert_eq!(
+        file.scalar_i64(
+            "SELECT count(*) FROM ferry_dead_letters WHERE source_table = 'public.everything' AND source_key = '5' \
+             AND kind = 'extract' AND reason LIKE 'column ts: `294276-12-31 23:59:59.999999` is not a valid timestamp within%' \
+             AND json_extract(source_row, '$.ts') = '294276-12-31 23:59:59.999999'"
+        )
+        .await,
+        1
+    );
+    let dlq = to_sqlite.ferry(&["dlq", "list", "--json", "--table", "everything"]);
     assert_eq!(dlq.code, 0, "{dlq:?}");
     assert_eq!(dlq.json()[0]["source_key"], "5", "{dlq:?}");
-    let v = p.ferry(&["validate", "--json"]);
-    assert_eq!(v.code, 0, "every difference is explained: {v:?}");
+    let v = to_sqlite.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "the dead letter explains the missing row: {v:?}");
     let v = v.json();
     assert_eq!((v["tables"][0]["matched"].as_u64(), v["tables"][0]["explained"].as_u64()), (Some(4), Some(1)), "{v}");
-    source.exec("DELETE FROM everything WHERE id = 5").await;
 
     assert_eq!(column_types(&target, "everything").await, column_types(&source, "everything").await, "same types");
     let (want, got) = (rows_text(&source, "everything", "id").await, rows_text(&target, "everything", "id").await);
@@ -511,4 +523,42 @@ async fn tables_are_transformed_split_filtered_and_copied_in_one_pipeline() {
     let orders = v["tables"].as_array().unwrap().iter().find(|t| t["table"] == "orders").cloned().unwrap();
     assert_eq!(orders["differences"][0]["key"], "10 → order_items", "{orders}");
     assert_eq!(orders["differences"][0]["columns"], serde_json::json!(["qty"]));
+}
+
+#[tokio::test]
+async fn rows_the_target_refuses_are_dead_lettered_and_the_rest_loads() {
+    let (source, target) = (PgDb::new("refuse_src").await, PgDb::new("refuse_dst").await);
+    source
+        .exec(
+            "CREATE TABLE stock (sku text PRIMARY KEY, qty int NOT NULL, code text NOT NULL);
+             INSERT INTO stock SELECT 'S' || g, g % 103, CASE WHEN g % 97 = 0 THEN 'TOOLONG' ELSE 'ok' END
+             FROM generate_series(1, 3000) g;",
+        )
+        .await;
+    // The new schema is stricter than the old data.
+    target
+        .exec("CREATE TABLE stock (sku text PRIMARY KEY, qty int NOT NULL CHECK (qty < 100), code varchar(3) NOT NULL)")
+        .await;
+    let refused = source.scalar_i64("SELECT count(*) FROM stock WHERE qty >= 100 OR length(code) > 3").await;
+    assert!(refused > 100, "{refused}");
+    let p = tables_pipeline(&source.url(), &target.url(), "include = [\"public.*\"]", "[migrate]\nbatch_size = 250\n");
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    let report = run.json();
+    assert_eq!(report["tables"][0]["loaded"].as_i64(), Some(3000 - refused), "{report}");
+    assert_eq!(report["tables"][0]["dead_lettered"].as_i64(), Some(refused), "{report}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM stock").await, 3000 - refused);
+    assert_eq!(
+        target
+            .scalar_i64(
+                "SELECT count(*) FROM ferry.dead_letters WHERE kind = 'load' AND (reason LIKE '%violates check constraint%' \
+                 OR reason LIKE '%value too long%') AND source_row->>'sku' = source_key"
+            )
+            .await,
+        refused,
+        "each refused row is a dead letter with the database's reason and the row"
+    );
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "refused rows are explained: {v:?}");
+    assert_eq!(v.json()["tables"][0]["explained"].as_i64(), Some(refused));
 }

@@ -75,29 +75,47 @@ impl PgTables {
         Ok(row.map(|(oid, schema, name)| (oid, TableName { schema: Some(schema), name })))
     }
 
-    /// Runs a `COPY (query) TO STDOUT` and decodes its rows for `table`.
-    async fn copy_out(&mut self, table: &TableDef, query: &str) -> anyhow::Result<RowPage> {
+    /// Runs a `COPY (query) TO STDOUT`: its text-format bytes, whole lines.
+    async fn copy_out_bytes(&mut self, table: &TableDef, query: &str) -> anyhow::Result<Vec<u8>> {
         let sql = format!("COPY ({query}) TO STDOUT");
-        let mut page = RowPage::default();
-        let mut pending: Vec<u8> = Vec::new();
+        let mut data: Vec<u8> = Vec::new();
         let mut stream =
             self.conn.copy_out_raw(&sql).await.map_err(|e| DriverError::sqlx(format!("reading {}", table.name), &e))?;
-        let mut lines: Vec<Vec<u8>> = Vec::new();
         while let Some(chunk) =
             stream.try_next().await.map_err(|e| DriverError::sqlx(format!("reading {}", table.name), &e))?
         {
-            pending.extend_from_slice(&chunk);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let rest = pending.split_off(end + 1);
-                pending.pop();
-                lines.push(std::mem::replace(&mut pending, rest));
-            }
+            data.extend_from_slice(&chunk);
         }
-        drop(stream);
-        for line in lines {
-            decode_line(table, &line, &mut page);
+        Ok(data)
+    }
+
+    /// Runs a `COPY (query) TO STDOUT` and decodes its rows for `table`.
+    async fn copy_out(&mut self, table: &TableDef, query: &str) -> anyhow::Result<RowPage> {
+        let data = self.copy_out_bytes(table, query).await?;
+        let mut page = RowPage::default();
+        for line in lines(&data) {
+            decode_line(table, line, &mut page);
         }
         Ok(page)
+    }
+
+    /// The keyset query of a page (see [`RowSource::read_page`]).
+    fn page_query(table: &TableDef, after: Option<&Key>, limit: usize) -> String {
+        let key_types: Vec<&str> = table.key_columns().map(|c| c.sql_type.as_str()).collect();
+        let filter = match after {
+            None => String::new(),
+            Some(key) => format!(
+                " WHERE ({}) > ({})",
+                table.key_list(),
+                key.0.iter().zip(&key_types).map(|(v, t)| literal(v, t)).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        format!(
+            "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}",
+            table.column_list(),
+            table.quoted(),
+            table.key_list()
+        )
     }
 
     /// Writes `rows` with COPY (or through a staging table for skip and
@@ -109,17 +127,27 @@ impl PgTables {
         rows: &[ValueRow],
         policy: OnConflict,
     ) -> Result<Applied, sqlx::Error> {
-        let total = rows.len() as u64;
-        if total == 0 {
+        if rows.is_empty() {
             return Ok(Applied::default());
         }
         encode_rows(rows, buf);
+        Self::apply_data(tx, std::mem::take(buf).into_bytes(), rows.len() as u64, table, policy).await
+    }
+
+    /// Writes COPY text `data` holding `total` rows under `policy`.
+    async fn apply_data(
+        tx: &mut PgConnection,
+        data: Vec<u8>,
+        total: u64,
+        table: &TableDef,
+        policy: OnConflict,
+    ) -> Result<Applied, sqlx::Error> {
         let columns = table.column_list();
         let copy_into = |name: &str| format!("COPY {name} ({columns}) FROM STDIN");
         match policy {
             OnConflict::Error => {
                 let mut copy = tx.copy_in_raw(&copy_into(&table.quoted())).await?;
-                copy.send(std::mem::take(buf).into_bytes()).await?;
+                copy.send(data).await?;
                 let loaded = copy.finish().await?;
                 Ok(Applied { loaded, skipped: 0 })
             }
@@ -132,7 +160,7 @@ impl PgTables {
                 .execute(&mut *tx)
                 .await?;
                 let mut copy = tx.copy_in_raw(&copy_into("ferry_rows_stage")).await?;
-                copy.send(std::mem::take(buf).into_bytes()).await?;
+                copy.send(data).await?;
                 copy.finish().await?;
                 let key: Vec<usize> = table.primary_key.clone();
                 let non_key: Vec<String> = (0..table.columns.len())
@@ -199,6 +227,28 @@ impl PgTables {
         }
         Ok((applied, refused))
     }
+}
+
+/// A batch the target would not take: a key conflict under
+/// `on_conflict = error` names the key; anything else says which batch.
+fn load_error(e: sqlx::Error, batch: &RowBatch, target: &TableDef, url: &DbUrl) -> anyhow::Error {
+    if let sqlx::Error::Database(db) = &e
+        && db.code().as_deref() == Some("23505")
+    {
+        let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+        let key = pg
+            .and_then(|p| p.detail())
+            .and_then(|d| d.split_once(")=(").map(|(_, rest)| rest.trim_end_matches(") already exists.").to_string()))
+            .unwrap_or_else(|| db.message().to_string());
+        return ConflictError { table: target.name.to_string(), key }.into();
+    }
+    DriverError::sqlx(format!("loading batch {} of {} into {} in {url}", batch.seq, batch.table, target.name), &e)
+}
+
+/// The lines of COPY text data (each without its `\n`).
+fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    body.split(|&b| b == b'\n').take(if data.is_empty() { 0 } else { usize::MAX })
 }
 
 /// Decodes one COPY text line into a row of `table` (or an unreadable row).
@@ -444,22 +494,33 @@ impl RowSource for PgTables {
     }
 
     async fn read_page(&mut self, table: &TableDef, after: Option<&Key>, limit: usize) -> anyhow::Result<RowPage> {
-        let key_types: Vec<&str> = table.key_columns().map(|c| c.sql_type.as_str()).collect();
-        let filter = match after {
-            None => String::new(),
-            Some(key) => format!(
-                " WHERE ({}) > ({})",
-                table.key_list(),
-                key.0.iter().zip(&key_types).map(|(v, t)| literal(v, t)).collect::<Vec<_>>().join(", ")
-            ),
-        };
-        let query = format!(
-            "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}",
-            table.column_list(),
-            table.quoted(),
-            table.key_list()
-        );
+        let query = Self::page_query(table, after, limit);
         self.copy_out(table, &query).await
+    }
+
+    /// The page as PostgreSQL wrote it (COPY text), for a PostgreSQL target
+    /// of the same types: nothing decoded but the last row's key.
+    async fn read_page_raw(
+        &mut self,
+        table: &TableDef,
+        after: Option<&Key>,
+        limit: usize,
+    ) -> anyhow::Result<Option<RowPage>> {
+        let query = Self::page_query(table, after, limit);
+        let data = self.copy_out_bytes(table, &query).await?;
+        let mut page = RowPage::default();
+        let Some(last) = lines(&data).last() else { return Ok(Some(page)) };
+        let fields: Vec<&[u8]> = last.split(|&b| b == b'\t').collect();
+        let key = table
+            .primary_key
+            .iter()
+            .map(|&i| copy_unescape(fields.get(i).copied().unwrap_or_default()).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| anyhow::anyhow!("reading the key of the last row of a page of {}: {e}", table.name))?;
+        page.last_key = Some(Key(key));
+        let rows = data.iter().filter(|&&b| b == b'\n').count();
+        page.raw = Some(crate::keyset::RawRows { data, rows });
+        Ok(Some(page))
     }
 
     async fn read_keys(&mut self, table: &TableDef, keys: &[Vec<crate::value::Value>]) -> anyhow::Result<RowPage> {
@@ -568,31 +629,46 @@ impl RowSink for PgTables {
         let mut refused: Vec<RowDeadLetter> = Vec::new();
         for write in &batch.writes {
             let target = &write.target;
-            let (applied, refused_rows) = match Self::apply_isolating(&mut tx, buf, target, &write.rows, policy).await {
+            // Undecoded rows go straight in; only if the target refuses some
+            // are they decoded, to isolate those.
+            let decoded;
+            let (rows, keys) = match &write.raw {
+                None => (&write.rows, &write.keys),
+                Some(raw) => {
+                    sqlx::query("SAVEPOINT ferry_raw").execute(&mut *tx).await?;
+                    match Self::apply_data(&mut tx, raw.data.clone(), raw.rows as u64, target, policy).await {
+                        Ok(applied) => {
+                            sqlx::query("RELEASE SAVEPOINT ferry_raw").execute(&mut *tx).await?;
+                            written.loaded += applied.loaded;
+                            written.skipped += applied.skipped;
+                            continue;
+                        }
+                        Err(e) if refuses_rows(&e, policy) => {
+                            sqlx::query("ROLLBACK TO SAVEPOINT ferry_raw").execute(&mut *tx).await?;
+                            sqlx::query("RELEASE SAVEPOINT ferry_raw").execute(&mut *tx).await?;
+                            let mut page = RowPage::default();
+                            for line in lines(&raw.data) {
+                                decode_line(target, line, &mut page);
+                            }
+                            let keys: Vec<Key> = page.rows.iter().map(|r| Key::of(target, r)).collect();
+                            refused.extend(page.unreadable);
+                            decoded = (page.rows, keys);
+                            (&decoded.0, &decoded.1)
+                        }
+                        Err(e) => return Err(load_error(e, batch, target, &url)),
+                    }
+                }
+            };
+            let (applied, refused_rows) = match Self::apply_isolating(&mut tx, buf, target, rows, policy).await {
                 Ok(a) => a,
-                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
-                    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
-                    let key = pg
-                        .and_then(|p| p.detail())
-                        .and_then(|d| {
-                            d.split_once(")=(").map(|(_, rest)| rest.trim_end_matches(") already exists.").to_string())
-                        })
-                        .unwrap_or_else(|| db.message().to_string());
-                    return Err(ConflictError { table: target.name.to_string(), key }.into());
-                }
-                Err(e) => {
-                    return Err(DriverError::sqlx(
-                        format!("loading batch {} of {} into {} in {url}", batch.seq, batch.table, target.name),
-                        &e,
-                    ));
-                }
+                Err(e) => return Err(load_error(e, batch, target, &url)),
             };
             written.loaded += applied.loaded;
             written.skipped += applied.skipped;
             refused.extend(refused_rows.into_iter().map(|(index, message)| RowDeadLetter {
                 table: batch.table.clone(),
-                key: write.keys[index].clone(),
-                row: crate::keyset::row_json(target, &write.rows[index]),
+                key: keys[index].clone(),
+                row: crate::keyset::row_json(target, &rows[index]),
                 kind: DeadLetterKind::Load,
                 reason: format!("the target refused the row for {}: {message}", target.name),
             }));

@@ -45,7 +45,8 @@ pub enum Stored {
 }
 
 /// How ferry writes a value into SQLite: integers and booleans as INTEGER,
-/// floats as REAL (NaN as the text `NaN`: SQLite would store NULL), bytes
+/// floats as REAL (NaN as the text `NaN` and -0 as its 8 bytes: SQLite
+/// would store NULL and 0), bytes
 /// as BLOB, everything else as its text — decimals exact, timestamps as
 /// `YYYY-MM-DD HH:MM:SS[.ffffff]` (UTC; `+00:00` for `timestamptz`), which
 /// sorts chronologically and SQLite's date functions read; arrays as JSON.
@@ -56,14 +57,24 @@ pub fn to_sqlite(value: &Value) -> Stored {
         Value::Int16(n) => Stored::Integer(i64::from(*n)),
         Value::Int32(n) => Stored::Integer(i64::from(*n)),
         Value::Int64(n) => Stored::Integer(*n),
+        // SQLite would store NULL for NaN and 0 for -0.
         Value::Float32(f) if f.is_nan() => Stored::Text("NaN".into()),
         Value::Float64(f) if f.is_nan() => Stored::Text("NaN".into()),
+        // A REAL column turns the text "-0" into 0 too; 8 bytes it keeps.
+        Value::Float32(f) if *f == 0.0 && f.is_sign_negative() => Stored::Blob((-0.0f64).to_be_bytes().to_vec()),
+        Value::Float64(f) if *f == 0.0 && f.is_sign_negative() => Stored::Blob((-0.0f64).to_be_bytes().to_vec()),
         Value::Float32(f) => Stored::Real(f64::from(*f)),
         Value::Float64(f) => Stored::Real(*f),
         Value::Bytes(b) => Stored::Blob(b.clone()),
         Value::Timestamp(t) => Stored::Text(format_timestamp(*t, false)),
         Value::TimestampTz(t) if *t == i64::MAX || *t == i64::MIN => Stored::Text(format_timestamp(*t, false)),
-        Value::TimestampTz(t) => Stored::Text(format!("{}+00:00", format_timestamp(*t, false))),
+        Value::TimestampTz(t) => {
+            let local = format_timestamp(*t, false);
+            Stored::Text(match local.strip_suffix(" BC") {
+                Some(bc) => format!("{bc}+00:00 BC"),
+                None => format!("{local}+00:00"),
+            })
+        }
         Value::Array { items, .. } => {
             Stored::Text(serde_json::Value::Array(items.iter().map(json_of).collect()).to_string())
         }
@@ -100,6 +111,9 @@ pub fn from_sqlite(kind: &Kind, declared: &str, stored: Stored) -> Result<Value,
         (Kind::Int16 | Kind::Int32 | Kind::Int64, Stored::Integer(n)) => Value::Int64(n),
         (Kind::Float32 | Kind::Float64, Stored::Real(f)) => Value::Float64(f),
         (Kind::Float32 | Kind::Float64, Stored::Integer(n)) if n.unsigned_abs() <= 1 << 53 => Value::Float64(n as f64),
+        (Kind::Float32 | Kind::Float64, Stored::Blob(b)) if b.len() == 8 => {
+            Value::Float64(f64::from_be_bytes(b.try_into().expect("8 bytes")))
+        }
         (Kind::Float32 | Kind::Float64, Stored::Text(t)) if matches!(t.as_str(), "NaN" | "Infinity" | "-Infinity") => {
             decode_pg_text(&Kind::Float64, declared, &t)?
         }
@@ -121,9 +135,10 @@ pub fn from_sqlite(kind: &Kind, declared: &str, stored: Stored) -> Result<Value,
         (Kind::Uuid, Stored::Text(t)) => Value::Uuid(t.parse().map_err(|_| wrong(&format!("{t:?}, not a UUID")))?),
         (Kind::Date | Kind::Time | Kind::Interval, Stored::Text(t)) => decode_pg_text(kind, declared, &t)?,
         (Kind::Timestamp | Kind::TimestampTz, Stored::Text(t)) => {
-            let micros = match t.as_str() {
-                "infinity" => i64::MAX,
-                "-infinity" => i64::MIN,
+            // ferry's own form first (any year, BC), then the forms found in
+            // SQLite databases (`T`, `Z`, offsets, a bare date).
+            let micros = match decode_pg_text(kind, declared, &t) {
+                Ok(Value::Timestamp(m) | Value::TimestampTz(m)) => m,
                 _ => crate::time::parse_text(&t).ok_or_else(|| {
                     wrong(&format!("{t:?}, not a timestamp (expected YYYY-MM-DD HH:MM:SS[.ffffff][Z|±HH:MM])"))
                 })?,
@@ -136,8 +151,11 @@ pub fn from_sqlite(kind: &Kind, declared: &str, stored: Stored) -> Result<Value,
             )));
         }
         (Kind::Array(element), Stored::Text(t)) => {
-            let items: Vec<serde_json::Value> =
-                serde_json::from_str(&t).map_err(|_| wrong(&format!("{t:?}, not a JSON array")))?;
+            // What ferry could not read as a flat array (nested, with
+            // bounds) it stored as PostgreSQL wrote it.
+            let Ok(items) = serde_json::from_str::<Vec<serde_json::Value>>(&t) else {
+                return Ok(Value::Unsupported { type_name: declared.to_string(), text: t });
+            };
             let items = items
                 .into_iter()
                 .map(|item| match item {
@@ -660,12 +678,15 @@ mod tests {
             (Kind::Bool, Value::Bool(true)),
             (Kind::Int64, Value::Int64(i64::MIN)),
             (Kind::Float64, Value::Float64(f64::NAN)),
+            (Kind::Float64, Value::Float64(-0.0)),
             (Kind::Numeric, Value::Numeric("-12.3400".into())),
             (Kind::Json, Value::Json("{\"a\": [1, 2]}".into())),
             (Kind::Uuid, Value::Uuid(uuid::Uuid::nil())),
             (Kind::Date, Value::Date(i32::MAX)),
             (Kind::Timestamp, Value::Timestamp(1_714_558_830_123_456)),
             (Kind::TimestampTz, Value::TimestampTz(-1)),
+            (Kind::TimestampTz, Value::TimestampTz(-210_866_803_200_000_000)),
+            (Kind::Timestamp, Value::Timestamp(9_222_000_000_000_000_000)),
             (Kind::Interval, Value::Interval { months: -14, days: 3, micros: -500_000 }),
             (
                 Kind::Array(Box::new(Kind::Numeric)),

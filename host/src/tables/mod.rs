@@ -663,7 +663,7 @@ fn transformed(
 ) -> anyhow::Result<()> {
     use crate::model::DeadLetterKind;
     for output in &table.outputs {
-        batch.writes.push(TableWrite { target: output.def.clone(), rows: Vec::new(), keys: Vec::new() });
+        batch.writes.push(TableWrite { target: output.def.clone(), rows: Vec::new(), keys: Vec::new(), raw: None });
     }
     for (row, outcome) in sources.iter().zip(outcomes) {
         let key = Key::of(&table.source, row);
@@ -733,12 +733,23 @@ async fn copy_table(
     let batch_size = settings.batch_size;
     let extract_stop = Arc::clone(stop);
     let mut after = start.clone();
+    // A copy between two PostgreSQL databases forwards COPY's own bytes.
+    let raw = table.plugin.is_none()
+        && settings.source.url.engine() == Engine::Postgres
+        && settings.target.url.engine() == Engine::Postgres;
     let extractor = tokio::spawn(async move {
         loop {
             if extract_stop.load(Ordering::Relaxed) {
                 return;
             }
-            let page = source.read_page(&def, after.as_ref(), batch_size).await;
+            let page = match raw {
+                true => match source.read_page_raw(&def, after.as_ref(), batch_size).await {
+                    Ok(Some(page)) => Ok(page),
+                    Ok(None) => source.read_page(&def, after.as_ref(), batch_size).await,
+                    Err(e) => Err(e),
+                },
+                false => source.read_page(&def, after.as_ref(), batch_size).await,
+            };
             let last = match &page {
                 Ok(p) if p.is_empty() => return,
                 Ok(p) => p.last_key.clone(),
@@ -795,8 +806,8 @@ async fn copy_table(
         match transformer.take() {
             None => {
                 let keys = page.rows.iter().map(|r| Key::of(&table.source, r)).collect();
-                batch.producing = page.rows.len() as u64;
-                batch.writes.push(TableWrite { target: table.target().clone(), rows: page.rows, keys });
+                batch.producing = (page.rows.len() + page.raw.as_ref().map_or(0, |r| r.rows)) as u64;
+                batch.writes.push(TableWrite { target: table.target().clone(), rows: page.rows, keys, raw: page.raw });
             }
             Some(mut t) => {
                 let (source_name, source_rows) = (name.clone(), page.rows);

@@ -176,13 +176,33 @@ async fn validate_table(
             break;
         }
         after = page.last_key.clone();
-        // Unreadable source rows are extract dead letters (or should be).
-        for u in &page.unreadable {
-            if explained.contains(u.key.label().as_str()) {
-                line.explained += 1;
-            } else {
-                line.missing += 1;
-                note(&mut line, u.key.label(), "missing", vec![]);
+        // Rows ferry cannot read are extract dead letters, or were copied
+        // as they are (PostgreSQL to PostgreSQL): then their exact text is
+        // compared.
+        let unexplained: Vec<&crate::keyset::RowDeadLetter> =
+            page.unreadable.iter().filter(|u| !explained.contains(u.key.label().as_str())).collect();
+        line.explained += (page.unreadable.len() - unexplained.len()) as u64;
+        if !unexplained.is_empty() {
+            let keys: Vec<Vec<Value>> = unexplained
+                .iter()
+                .map(|u| {
+                    u.key.0.iter().map(|t| Value::Unsupported { type_name: String::new(), text: t.clone() }).collect()
+                })
+                .collect();
+            let found = target.read_keys(&reading, &keys).await?;
+            found_in_target += (found.rows.len() + found.unreadable.len()) as u64;
+            for u in unexplained {
+                match found.unreadable.iter().find(|t| t.key == u.key) {
+                    Some(t) if t.row == u.row => line.matched += 1,
+                    Some(_) => {
+                        line.different += 1;
+                        note(&mut line, u.key.label(), "different", vec![]);
+                    }
+                    None => {
+                        line.missing += 1;
+                        note(&mut line, u.key.label(), "missing", vec![u.reason.clone()]);
+                    }
+                }
             }
         }
         let keys: Vec<Vec<Value>> = page.rows.iter().map(|r| key_values(table, r)).collect();
