@@ -71,9 +71,17 @@ pub struct TableDef {
     pub checks: Vec<(String, String)>,
     /// The catalog's row estimate (0 if unknown).
     pub estimated_rows: u64,
+    /// The catalog's estimate of a row's size, TOAST included (0 if unknown).
+    pub row_bytes: u64,
     /// When the key is not a primary key but a unique index the user named
     /// (`key = [...]`): that index, built with the table, before the data.
     pub key_index: Option<String>,
+    /// Build the key after the data (a copy into a table ferry created on
+    /// PostgreSQL: loading in key order into a bare heap, then building
+    /// the index by sorting, is several times faster than maintaining it).
+    /// Safe because pages commit exactly once, in key order.
+    #[serde(skip)]
+    pub defer_key: bool,
 }
 
 impl TableDef {
@@ -130,7 +138,7 @@ impl TableDef {
                 format!("{} {}{not_null}", quote_ident(&c.name), c.sql_type)
             })
             .collect();
-        if !self.primary_key.is_empty() && self.key_index.is_none() {
+        if !self.primary_key.is_empty() && self.key_index.is_none() && !self.defer_key {
             parts.push(format!("PRIMARY KEY ({})", self.key_list()));
         }
         if self.engine == Engine::Sqlite {
@@ -366,7 +374,9 @@ mod tests {
                 .collect(),
             checks: vec![],
             estimated_rows: 0,
+            row_bytes: 0,
             key_index: None,
+            defer_key: false,
         }
     }
 

@@ -176,6 +176,11 @@ async fn composite_and_text_keys_resume_exactly_after_kill_9() {
         assert_eq!(rows_text(&target, table, order).await, rows_text(&source, table, order).await, "{table}");
     }
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.runs").await, 1, "one run, resumed");
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM pg_index WHERE indisprimary AND indrelid::regclass::text IN ('order_lines', 'events', 'readings')").await,
+        3,
+        "each primary key, built after the data, holds: no row was loaded twice"
+    );
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.dead_letters").await, 0);
     assert_eq!(
         target.scalar_i64("SELECT sum(loaded)::int8 FROM ferry.table_progress").await,

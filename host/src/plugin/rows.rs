@@ -298,7 +298,9 @@ fn schema_from_wit(schema: wit::TableSchema) -> Result<TableDef, String> {
         foreign_keys: Vec::new(),
         checks: Vec::new(),
         estimated_rows: 0,
+        row_bytes: 0,
         key_index: None,
+        defer_key: false,
     })
 }
 
@@ -502,7 +504,9 @@ fn new_user_table(name: TableName) -> TableDef {
         foreign_keys: Vec::new(),
         checks: Vec::new(),
         estimated_rows: 0,
+        row_bytes: 0,
         key_index: None,
+        defer_key: false,
     }
 }
 

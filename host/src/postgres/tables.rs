@@ -467,11 +467,13 @@ impl RowSource for PgTables {
         .fetch_all(&mut self.conn)
         .await
         .map_err(what)?;
-        let estimate: f32 = sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = $1::oid")
-            .bind(oid)
-            .fetch_one(&mut self.conn)
-            .await
-            .map_err(what)?;
+        let (estimate, row_bytes): (f32, Option<f64>) = sqlx::query_as(
+            "SELECT reltuples, CASE WHEN reltuples > 0 THEN pg_table_size(oid) / reltuples END FROM pg_class WHERE oid = $1::oid",
+        )
+        .bind(oid)
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(what)?;
         Ok(Some(TableDef {
             name,
             engine: Engine::Postgres,
@@ -481,7 +483,9 @@ impl RowSource for PgTables {
             foreign_keys,
             checks,
             estimated_rows: estimate.max(0.0) as u64,
+            row_bytes: row_bytes.unwrap_or(0.0).max(0.0) as u64,
             key_index: None,
+            defer_key: false,
         }))
     }
 
@@ -569,7 +573,7 @@ impl RowSink for PgTables {
             };
             anyhow::anyhow!("{}{hint}", self.err(format!("creating table {}", def.name), &e))
         })?;
-        if let Some(sql) = def.key_index_sql() {
+        if let Some(sql) = def.key_index_sql().filter(|_| !def.defer_key) {
             sqlx::query(sqlx::AssertSqlSafe(&*sql))
                 .execute(&mut self.conn)
                 .await
@@ -579,6 +583,23 @@ impl RowSink for PgTables {
     }
 
     async fn build_indexes(&mut self, def: &TableDef) -> anyhow::Result<()> {
+        if def.defer_key && def.key_index.is_none() {
+            let exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM pg_index WHERE indrelid = to_regclass($1) AND indisprimary")
+                    .bind(def.quoted())
+                    .fetch_optional(&mut self.conn)
+                    .await?;
+            if exists.is_none() {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "ALTER TABLE {} ADD PRIMARY KEY ({})",
+                    def.quoted(),
+                    def.key_list()
+                )))
+                .execute(&mut self.conn)
+                .await
+                .map_err(|e| self.err(format!("building the primary key of {}", def.name), &e))?;
+            }
+        }
         for sql in def.index_sql() {
             sqlx::query(sqlx::AssertSqlSafe(&*sql))
                 .execute(&mut self.conn)

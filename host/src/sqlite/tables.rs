@@ -462,7 +462,9 @@ impl RowSource for SqliteTables {
             foreign_keys,
             checks: Vec::new(),
             estimated_rows: 0,
+            row_bytes: 0,
             key_index: None,
+            defer_key: false,
         }))
     }
 
