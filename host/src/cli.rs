@@ -238,6 +238,18 @@ async fn run(cli: Cli) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&e.into()),
     };
+    if settings.tables.is_some() && matches!(cli.command, Command::Sync { .. } | Command::Apply { .. }) {
+        return fail(
+            &ConfigError::Invalid {
+                path: cli.config.clone(),
+                message: "ferry sync and ferry apply follow the one-table pipeline (source.table/target.table with \
+                          [plugin]) for now; a pipeline of many tables ([[tables]], source.include) can be migrated \
+                          and validated, not yet streamed"
+                    .into(),
+            }
+            .into(),
+        );
+    }
     match cli.command {
         Command::Check => {
             let r = match &settings.tables {
@@ -511,18 +523,17 @@ async fn dlq_list(
 
 fn plugin_info(path: &std::path::Path, json: bool) -> i32 {
     let options = crate::plugin::LoadOptions { limits: Default::default(), pinned_sha256: None, cache_dir: None };
-    match crate::plugin::Plugin::load(path, &options) {
+    match crate::plugin::TablePlugin::load(path, &options) {
         Err(e) => {
             eprintln!("error: {e}");
             exit::ERROR
         }
         Ok(p) => {
+            let exports = p.interface();
             if json {
-                print_json(
-                    &serde_json::json!({"path": path, "sha256": p.sha256(), "exports": crate::plugin::INTERFACE}),
-                );
+                print_json(&serde_json::json!({"path": path, "sha256": p.sha256(), "exports": exports}));
             } else {
-                println!("{}\n  sha256  {}\n  exports {}", path.display(), p.sha256(), crate::plugin::INTERFACE);
+                println!("{}\n  sha256  {}\n  exports {exports}", path.display(), p.sha256());
             }
             exit::OK
         }

@@ -85,6 +85,23 @@ pub struct TableDef {
 }
 
 impl TableDef {
+    /// A table with columns and a key, and nothing else known.
+    pub fn new(name: TableName, engine: Engine, columns: Vec<ColumnDef>, primary_key: Vec<usize>) -> TableDef {
+        TableDef {
+            name,
+            engine,
+            columns,
+            primary_key,
+            indexes: Vec::new(),
+            foreign_keys: Vec::new(),
+            checks: Vec::new(),
+            estimated_rows: 0,
+            row_bytes: 0,
+            key_index: None,
+            defer_key: false,
+        }
+    }
+
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
     }

@@ -177,3 +177,26 @@ fn logs_written_to_a_pipe_carry_no_colour_codes() {
     assert!(run.stderr.contains("TRACE"), "{run:?}");
     assert!(!run.stderr.contains('\u{1b}'), "ANSI escape in piped logs: {}", &run.stderr[..run.stderr.len().min(500)]);
 }
+
+#[test]
+fn many_table_pipelines_say_what_they_cannot_do_yet() {
+    let (_d, path) = write_config(
+        "[source]\nurl = \"sqlite://a.db\"\ninclude = [\"*\"]\ntable = \"users\"\n[target]\nurl = \"sqlite://b.db\"\n",
+    );
+    let run = ferry(&["--config", &path, "migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("name tables in [[tables]]"), "{run:?}");
+
+    let (_d, path) =
+        write_config("[source]\nurl = \"sqlite://a.db\"\ninclude = [\"*\"]\n[target]\nurl = \"sqlite://b.db\"\n");
+    let run = ferry(&["--config", &path, "sync"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("not yet streamed"), "{run:?}");
+
+    let (_d, path) = write_config(
+        "[source]\nurl = \"sqlite://a.db\"\nexclude = [\"x\"]\n[target]\nurl = \"sqlite://b.db\"\n[plugin]\npath = \"p.wasm\"\n",
+    );
+    let run = ferry(&["--config", &path, "migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("source.exclude needs source.include"), "{run:?}");
+}

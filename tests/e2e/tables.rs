@@ -567,3 +567,19 @@ async fn rows_the_target_refuses_are_dead_lettered_and_the_rest_loads() {
     assert_eq!(v.code, 0, "refused rows are explained: {v:?}");
     assert_eq!(v.json()["tables"][0]["explained"].as_i64(), Some(refused));
 }
+
+#[test]
+fn plugin_info_names_the_contract_of_either_version() {
+    let plugins = plugins();
+    let row = ferry(&["plugin", "info", "--json", plugins.split_orders.to_str().unwrap()]);
+    assert_eq!(row.code, 0, "{row:?}");
+    assert_eq!(row.json()["exports"], "ferry:transform/transform-row@0.2.0");
+    let user = ferry(&["plugin", "info", "--json", plugins.transform_user.to_str().unwrap()]);
+    assert_eq!(user.json()["exports"], "ferry:transform/transform-user@0.1.0");
+    let wrong = ferry(&["plugin", "info", plugins.wrong_world.to_str().unwrap()]);
+    assert_eq!(wrong.code, 1, "{wrong:?}");
+    assert!(
+        wrong.stderr.contains("transform-row@0.2.0") && wrong.stderr.contains("world `row-transform`"),
+        "{wrong:?}"
+    );
+}

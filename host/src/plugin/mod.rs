@@ -175,9 +175,7 @@ impl Plugin {
     fn fresh(&self) -> Result<(Store<State>, UserTransform, Option<KeyFunc>), PluginError> {
         let instantiate =
             |e: wasmtime::Error| PluginError::Instantiate { path: self.path.clone(), message: format!("{e:#}") };
-        let mut store = Store::new(&self.engine, State::new(&self.limits));
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.limits.deadline_ticks());
+        let mut store = sandbox::store(&self.engine, &self.limits);
         let instance = self.pre.instance_pre().instantiate(&mut store).map_err(instantiate)?;
         let bindings = UserTransform::new(&mut store, &instance).map_err(instantiate)?;
         let key = match &self.key_export {

@@ -72,9 +72,7 @@ impl RowPlugin {
     fn fresh(&self) -> Result<(Store<State>, RowTransform), PluginError> {
         let instantiate =
             |e: wasmtime::Error| PluginError::Instantiate { path: self.path.clone(), message: format!("{e:#}") };
-        let mut store = Store::new(&self.engine, State::new(&self.limits));
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.limits.deadline_ticks());
+        let mut store = super::sandbox::store(&self.engine, &self.limits);
         let instance = self.pre.instance_pre().instantiate(&mut store).map_err(instantiate)?;
         let bindings = RowTransform::new(&mut store, &instance).map_err(instantiate)?;
         Ok((store, bindings))
@@ -289,19 +287,7 @@ fn schema_from_wit(schema: wit::TableSchema) -> Result<TableDef, String> {
     if primary_key.is_empty() {
         return Err(format!("output table {name} declares no primary key (ferry needs one to load and validate it)"));
     }
-    Ok(TableDef {
-        name,
-        engine: crate::db::Engine::Postgres,
-        columns,
-        primary_key,
-        indexes: Vec::new(),
-        foreign_keys: Vec::new(),
-        checks: Vec::new(),
-        estimated_rows: 0,
-        row_bytes: 0,
-        key_index: None,
-        defer_key: false,
-    })
+    Ok(TableDef::new(name, crate::db::Engine::Postgres, columns, primary_key))
 }
 
 fn interval_to_wit(months: i32, days: i32, micros: i64) -> wit::Interval {
@@ -461,6 +447,14 @@ impl TablePlugin {
         }
     }
 
+    /// The contract's interface the component exports.
+    pub fn interface(&self) -> &'static str {
+        match self {
+            TablePlugin::Row(_) => wit::INTERFACE,
+            TablePlugin::User(_) => super::INTERFACE,
+        }
+    }
+
     pub fn instantiate(&self) -> Result<TableTransformer, PluginError> {
         Ok(match self {
             TablePlugin::Row(p) => TableTransformer::Row(p.instantiate()?),
@@ -488,10 +482,10 @@ pub enum TableTransformer {
 fn new_user_table(name: TableName) -> TableDef {
     let column =
         |name: &str, kind: Kind| ColumnDef { name: name.into(), sql_type: kind.pg_type(), kind, nullable: false };
-    TableDef {
+    TableDef::new(
         name,
-        engine: crate::db::Engine::Postgres,
-        columns: vec![
+        crate::db::Engine::Postgres,
+        vec![
             column("id", Kind::Text),
             column("first_name", Kind::Text),
             column("last_name", Kind::Text),
@@ -499,15 +493,8 @@ fn new_user_table(name: TableName) -> TableDef {
             column("created_at", Kind::TimestampTz),
             column("settings", Kind::Json),
         ],
-        primary_key: vec![0],
-        indexes: Vec::new(),
-        foreign_keys: Vec::new(),
-        checks: Vec::new(),
-        estimated_rows: 0,
-        row_bytes: 0,
-        key_index: None,
-        defer_key: false,
-    }
+        vec![0],
+    )
 }
 
 impl TableTransformer {

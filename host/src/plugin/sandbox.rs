@@ -139,3 +139,12 @@ impl HostMonotonicClock for FrozenClock {
         0
     }
 }
+
+/// A store for one instance: the memory cap as its limiter, the CPU
+/// deadline armed.
+pub fn store(engine: &Engine, limits: &Limits) -> wasmtime::Store<State> {
+    let mut store = wasmtime::Store::new(engine, State::new(limits));
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(limits.deadline_ticks());
+    store
+}

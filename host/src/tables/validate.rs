@@ -66,6 +66,31 @@ pub struct TablesValidation {
     pub elapsed_seconds: f64,
 }
 
+impl TableValidation {
+    fn new(table: &PlannedTable, source_rows: u64, target_rows: u64) -> TableValidation {
+        TableValidation {
+            table: table.source.name.to_string(),
+            target: table.target_names(),
+            source_rows,
+            target_rows,
+            matched: 0,
+            explained: 0,
+            missing: 0,
+            extra: 0,
+            different: 0,
+            differences: Vec::new(),
+            ok: true,
+        }
+    }
+
+    /// Lists a differing row (the first LISTED of them).
+    fn note(&mut self, key: String, kind: &'static str, columns: Vec<String>) {
+        if self.differences.len() < LISTED {
+            self.differences.push(RowDifference { key, kind, columns });
+        }
+    }
+}
+
 /// Validates the pipeline's tables (all, or the one named by `only`).
 pub async fn validate(
     settings: &Settings,
@@ -150,24 +175,7 @@ async fn validate_table(
     let reading = target_reading(target, table.target()).await?;
     let source_rows = source.count_rows(&table.source).await?;
     let target_rows = target.count_rows(&reading).await?;
-    let mut line = TableValidation {
-        table: table.source.name.to_string(),
-        target: table.target_names(),
-        source_rows,
-        target_rows,
-        matched: 0,
-        explained: 0,
-        missing: 0,
-        extra: 0,
-        different: 0,
-        differences: Vec::new(),
-        ok: true,
-    };
-    let note = |line: &mut TableValidation, key: String, kind: &'static str, columns: Vec<String>| {
-        if line.differences.len() < LISTED {
-            line.differences.push(RowDifference { key, kind, columns });
-        }
-    };
+    let mut line = TableValidation::new(table, source_rows, target_rows);
     let mut after = None;
     let mut found_in_target = 0u64;
     loop {
@@ -196,11 +204,11 @@ async fn validate_table(
                     Some(t) if t.row == u.row => line.matched += 1,
                     Some(_) => {
                         line.different += 1;
-                        note(&mut line, u.key.label(), "different", vec![]);
+                        line.note(u.key.label(), "different", vec![]);
                     }
                     None => {
                         line.missing += 1;
-                        note(&mut line, u.key.label(), "missing", vec![u.reason.clone()]);
+                        line.note(u.key.label(), "missing", vec![u.reason.clone()]);
                     }
                 }
             }
@@ -214,7 +222,7 @@ async fn validate_table(
         found_in_target += (found.rows.len() + found.unreadable.len()) as u64;
         for u in &found.unreadable {
             line.different += 1;
-            note(&mut line, u.key.label(), "different", vec![u.reason.clone()]);
+            line.note(u.key.label(), "different", vec![u.reason.clone()]);
         }
         for row in &page.rows {
             let key = canonical_key(table, row);
@@ -223,7 +231,7 @@ async fn validate_table(
                 None if explained.contains(label.as_str()) => line.explained += 1,
                 None => {
                     line.missing += 1;
-                    note(&mut line, label, "missing", vec![]);
+                    line.note(label, "missing", vec![]);
                 }
                 Some(other) => {
                     let columns: Vec<String> = table
@@ -238,7 +246,7 @@ async fn validate_table(
                         line.matched += 1;
                     } else {
                         line.different += 1;
-                        note(&mut line, label, "different", columns);
+                        line.note(label, "different", columns);
                     }
                 }
             }
@@ -259,7 +267,7 @@ async fn validate_table(
             for row in &page.rows {
                 if !present.contains(&canonical_key(table, row)) {
                     line.extra += 1;
-                    note(&mut line, crate::keyset::Key::of(&table.source, row).label(), "extra", vec![]);
+                    line.note(crate::keyset::Key::of(&table.source, row).label(), "extra", vec![]);
                 }
             }
         }
@@ -315,24 +323,7 @@ async fn validate_transformed(
         readings.push(reading);
     }
     let source_rows = source.count_rows(&table.source).await?;
-    let mut line = TableValidation {
-        table: table.source.name.to_string(),
-        target: table.target_names(),
-        source_rows,
-        target_rows,
-        matched: 0,
-        explained: 0,
-        missing: 0,
-        extra: 0,
-        different: 0,
-        differences: Vec::new(),
-        ok: true,
-    };
-    let note = |line: &mut TableValidation, key: String, kind: &'static str, columns: Vec<String>| {
-        if line.differences.len() < LISTED {
-            line.differences.push(RowDifference { key, kind, columns });
-        }
-    };
+    let mut line = TableValidation::new(table, source_rows, target_rows);
     let name = table.source.name.to_string();
     let mut after = None;
     let mut found_total = 0u64;
@@ -347,7 +338,7 @@ async fn validate_transformed(
                 line.explained += 1;
             } else {
                 line.missing += 1;
-                note(&mut line, u.key.label(), "missing", vec![]);
+                line.note(u.key.label(), "missing", vec![]);
             }
         }
         let (t, rows, outcomes) = {
@@ -375,12 +366,7 @@ async fn validate_transformed(
                             None if explained.contains(label.as_str()) => line.explained += 1,
                             None => {
                                 line.different += 1;
-                                note(
-                                    &mut line,
-                                    label.clone(),
-                                    "different",
-                                    vec![format!("undeclared table {out_name}")],
-                                );
+                                line.note(label.clone(), "different", vec![format!("undeclared table {out_name}")]);
                             }
                         }
                     }
@@ -389,7 +375,7 @@ async fn validate_transformed(
                 RowOutcome::Fatal(reason) => anyhow::bail!("plugin fatal on row {label} of {name}: {reason}"),
                 _ => {
                     line.missing += 1;
-                    note(&mut line, label, "missing", vec!["rejected now, but no dead letter records it".into()]);
+                    line.note(label, "missing", vec!["rejected now, but no dead letter records it".into()]);
                 }
             }
         }
@@ -407,7 +393,7 @@ async fn validate_transformed(
                     None if explained.contains(label.as_str()) => line.explained += 1,
                     None => {
                         line.missing += 1;
-                        note(&mut line, format!("{label} → {}", out.name), "missing", vec![]);
+                        line.note(format!("{label} → {}", out.name), "missing", vec![]);
                     }
                     Some(other) => {
                         let columns: Vec<String> = out
@@ -421,7 +407,7 @@ async fn validate_transformed(
                             line.matched += 1;
                         } else {
                             line.different += 1;
-                            note(&mut line, format!("{label} → {}", out.name), "different", columns);
+                            line.note(format!("{label} → {}", out.name), "different", columns);
                         }
                     }
                 }
