@@ -268,7 +268,8 @@ async fn run(cli: Cli) -> i32 {
                 progress: !no_progress && !cli.json && std::io::stderr().is_terminal(),
             };
             if let Some(selection) = settings.tables.clone() {
-                return match crate::tables::migrate(&settings, &selection, options, stop).await {
+                let attempt = |o| crate::tables::migrate(&settings, &selection, o, Arc::clone(&stop));
+                return match crate::migrate::resuming(options, &stop, attempt).await {
                     Err(e) => fail(&e),
                     Ok(r) => {
                         let dead = recent_dead_letters(&settings, &r.run_id).await;

@@ -103,11 +103,23 @@ pub async fn migrate_resuming(
     options: MigrateOptions,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<MigrateReport> {
+    resuming(options, &stop, |o| migrate(settings, o, Arc::clone(&stop))).await
+}
+
+/// Runs `attempt` (a migration of either kind) and, when it fails on a
+/// transient error after its run started ([`RunStopped`]), runs it again
+/// with backoff to resume that same run, until failures have gone on for
+/// minutes without progress.
+pub async fn resuming<T, F, Fut>(options: MigrateOptions, stop: &AtomicBool, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut(MigrateOptions) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let mut backoff = crate::retry::Backoff::default();
     let mut options = options;
     loop {
-        let attempt = Instant::now();
-        match migrate(settings, options, Arc::clone(&stop)).await {
+        let started = Instant::now();
+        match attempt(options).await {
             // Only a run that was under way is resumed: a server that cannot
             // be reached at the start is more likely a wrong URL than a restart.
             Err(e)
@@ -115,7 +127,7 @@ pub async fn migrate_resuming(
                     && crate::retry::is_transient(&e)
                     && !stop.load(Ordering::Relaxed) =>
             {
-                if attempt.elapsed() > PROGRESS_TIME {
+                if started.elapsed() > PROGRESS_TIME {
                     backoff.progressed();
                 }
                 let Some(wait) = backoff.failed() else {

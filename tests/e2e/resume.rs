@@ -135,11 +135,52 @@ async fn migrate_resumes_by_itself_when_the_source_server_restarts_under_it() {
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.runs").await, 1, "the same run, resumed");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_many_table_migration_resumes_by_itself_when_the_source_server_restarts() {
+    let cluster = crate::cluster::Cluster::start();
+    let source_url = format!("{}/postgres", cluster.url());
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&source_url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE items (region text, id bigint, doc jsonb, PRIMARY KEY (region, id));
+         INSERT INTO items SELECT 'r' || (g % 7), g, jsonb_build_object('n', g) FROM generate_series(1, 100000) g;
+         CREATE TABLE tags (id int PRIMARY KEY, name text);
+         INSERT INTO tags SELECT g, 't' || g FROM generate_series(1, 50) g;",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    drop(c);
+    let target = PgDb::new("trst").await;
+    let p = crate::tables::tables_pipeline(
+        &source_url,
+        &target.url(),
+        "include = [\"public.*\"]",
+        "[migrate]\nbatch_size = 500\n",
+    );
+    let child = p.spawn(&["migrate"]);
+    let mut hold = hold_mid_run(&target, "items").await;
+    cluster.restart();
+    sqlx::raw_sql("ROLLBACK").execute(&mut hold).await.unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("resuming the run"), "the restart was not survived but never happened: {stderr}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM items").await, 100_000, "every row once");
+    assert_eq!(target.scalar_i64("SELECT count(DISTINCT (region, id)) FROM items").await, 100_000);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM tags").await, 50);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.runs").await, 1, "the same run, resumed");
+}
+
 /// Waits until the run in `target` has committed a few batches, then holds
 /// the target table (ACCESS EXCLUSIVE, released when the returned
 /// connection runs `ROLLBACK`), so the run is surely mid-way, whatever the
 /// machine's speed: its next batch waits on the lock.
 async fn hold_target_mid_run(target: &PgDb) -> sqlx::PgConnection {
+    hold_mid_run(target, "users").await
+}
+
+/// [`hold_target_mid_run`] for any target table.
+async fn hold_mid_run(target: &PgDb, table: &str) -> sqlx::PgConnection {
     let started = Instant::now();
     while target.scalar_i64("SELECT count(*) FROM pg_tables WHERE schemaname = 'ferry' AND tablename = 'runs'").await
         == 0
@@ -149,7 +190,10 @@ async fn hold_target_mid_run(target: &PgDb) -> sqlx::PgConnection {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut holder = target.conn().await;
-    sqlx::raw_sql("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")))
+        .execute(&mut holder)
+        .await
+        .unwrap();
     let status: String =
         sqlx::query_scalar("SELECT status FROM ferry.runs").fetch_one(&mut target.conn().await).await.unwrap();
     assert_eq!(status, "running", "the run must still be going");
