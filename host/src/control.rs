@@ -254,3 +254,37 @@ where
         created: row.try_get("created")?,
     })
 }
+
+/// Starts a new run of `pipeline` in `store`, abandoning `previous` if it
+/// was resumable (`--restart`); `resume_only` (`--resume`) refuses instead.
+/// The run is `Running` with nothing done.
+pub async fn start_run(
+    store: &mut (dyn ControlStore + Send),
+    pipeline: &str,
+    previous: Option<RunRecord>,
+    resume_only: bool,
+    source: String,
+    target_table: String,
+    plugin_sha256: String,
+) -> anyhow::Result<RunRecord> {
+    if resume_only {
+        anyhow::bail!("pipeline {pipeline} has no unfinished run to resume; run `ferry migrate` without --resume");
+    }
+    if let Some(old) = previous.filter(|r| r.status.resumable()) {
+        store.set_status(&old.run_id, RunStatus::Abandoned, Some("replaced by a new run (--restart)")).await?;
+    }
+    let run = RunRecord {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        pipeline: pipeline.to_string(),
+        source,
+        target_table,
+        plugin_sha256,
+        status: RunStatus::Running,
+        last_key: None,
+        batches: 0,
+        stats: Stats::default(),
+        message: None,
+    };
+    store.insert_run(&run).await?;
+    Ok(run)
+}

@@ -216,28 +216,16 @@ pub async fn migrate(
             ));
         }
         other => {
-            if options.resume_only {
-                anyhow::bail!(
-                    "pipeline {} has no unfinished run to resume; run `ferry migrate` without --resume",
-                    settings.pipeline
-                );
-            }
-            if let Some(old) = other.filter(|r| r.status.resumable()) {
-                target.set_status(&old.run_id, RunStatus::Abandoned, Some("replaced by a new run (--restart)")).await?;
-            }
-            let run = RunRecord {
-                run_id: uuid::Uuid::new_v4().to_string(),
-                pipeline: settings.pipeline.clone(),
-                source: format!("{} {}", settings.source.url, settings.source.table),
-                target_table: settings.target.table.to_string(),
-                plugin_sha256: plugin.sha256().to_string(),
-                status: RunStatus::Running,
-                last_key: None,
-                batches: 0,
-                stats: Stats::default(),
-                message: None,
-            };
-            target.insert_run(&run).await?;
+            let run = crate::control::start_run(
+                target.as_mut(),
+                &settings.pipeline,
+                other,
+                options.resume_only,
+                format!("{} {}", settings.source.url, settings.source.table),
+                settings.target.table.to_string(),
+                plugin.sha256().to_string(),
+            )
+            .await?;
             (run, false)
         }
     };

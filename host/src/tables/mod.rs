@@ -359,28 +359,16 @@ pub async fn migrate(
             ));
         }
         other => {
-            if options.resume_only {
-                anyhow::bail!(
-                    "pipeline {} has no unfinished run to resume; run `ferry migrate` without --resume",
-                    settings.pipeline
-                );
-            }
-            if let Some(old) = other.filter(|r| r.status.resumable()) {
-                target.set_status(&old.run_id, RunStatus::Abandoned, Some("replaced by a new run (--restart)")).await?;
-            }
-            let run = RunRecord {
-                run_id: uuid::Uuid::new_v4().to_string(),
-                pipeline: settings.pipeline.clone(),
-                source: settings.source.url.to_string(),
-                target_table: format!("{} tables", plan.tables.len()),
-                plugin_sha256: producers(&plan),
-                status: RunStatus::Running,
-                last_key: None,
-                batches: 0,
-                stats: Stats::default(),
-                message: None,
-            };
-            target.insert_run(&run).await?;
+            let run = crate::control::start_run(
+                target.as_mut(),
+                &settings.pipeline,
+                other,
+                options.resume_only,
+                settings.source.url.to_string(),
+                format!("{} tables", plan.tables.len()),
+                producers(&plan),
+            )
+            .await?;
             (run, false)
         }
     };

@@ -234,14 +234,7 @@ async fn validate_table(
                     line.note(label, "missing", vec![]);
                 }
                 Some(other) => {
-                    let columns: Vec<String> = table
-                        .source
-                        .columns
-                        .iter()
-                        .zip(row.iter().zip(other.iter()))
-                        .filter(|(_, (a, b))| canonical(a) != canonical(b))
-                        .map(|(c, _)| c.name.clone())
-                        .collect();
+                    let columns = differing_columns(&table.source, row, other);
                     if columns.is_empty() {
                         line.matched += 1;
                     } else {
@@ -274,6 +267,16 @@ async fn validate_table(
     }
     line.ok = line.missing == 0 && line.extra == 0 && line.different == 0;
     Ok(line)
+}
+
+/// The columns of `def` whose canonical values differ between two rows.
+fn differing_columns(def: &crate::schema::TableDef, a: &Row, b: &Row) -> Vec<String> {
+    def.columns
+        .iter()
+        .zip(a.iter().zip(b.iter()))
+        .filter(|(_, (x, y))| canonical(x) != canonical(y))
+        .map(|(c, _)| c.name.clone())
+        .collect()
 }
 
 fn key_values(table: &PlannedTable, row: &Row) -> Vec<Value> {
@@ -396,13 +399,7 @@ async fn validate_transformed(
                         line.note(format!("{label} → {}", out.name), "missing", vec![]);
                     }
                     Some(other) => {
-                        let columns: Vec<String> = out
-                            .columns
-                            .iter()
-                            .zip(row.iter().zip(other.iter()))
-                            .filter(|(_, (a, b))| canonical(a) != canonical(b))
-                            .map(|(c, _)| c.name.clone())
-                            .collect();
+                        let columns = differing_columns(out, row, other);
                         if columns.is_empty() {
                             line.matched += 1;
                         } else {
