@@ -583,3 +583,60 @@ fn plugin_info_names_the_contract_of_either_version() {
         "{wrong:?}"
     );
 }
+
+#[tokio::test]
+async fn a_source_row_is_loaded_whole_or_not_at_all_across_its_output_tables() {
+    let (legacy, target) = (SqliteDb::new(), PgDb::new("whole_dst").await);
+    legacy.exec(LEGACY_SHOP).await;
+    // The new schema exists, stricter than the legacy data: at most 4 per line.
+    target
+        .exec(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL, placed_at timestamptz NOT NULL,
+                 status text NOT NULL, item_count integer NOT NULL);
+             CREATE TABLE order_items (order_id bigint, line integer, sku text NOT NULL, qty integer NOT NULL CHECK (qty < 5),
+                 price numeric NOT NULL, PRIMARY KEY (order_id, line));",
+        )
+        .await;
+    let extra = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", plugins().split_orders.display());
+    let p = tables_pipeline(&legacy.url(), &target.url(), "", &extra);
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    let orders = run.json()["tables"][0].clone();
+    assert_eq!(
+        (orders["loaded"].as_u64(), orders["filtered"].as_u64(), orders["dead_lettered"].as_u64()),
+        (Some(2), Some(1), Some(2)),
+        "{orders}"
+    );
+    // Order 11's item (qty 5) is refused: the order itself must not stay.
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders WHERE id = 11").await, 0, "no half-loaded order");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM order_items WHERE order_id = 11").await, 0);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders").await, 2);
+    assert_eq!(
+        target
+            .scalar_i64(
+                "SELECT count(*) FROM ferry.dead_letters WHERE source_key = '11' AND kind = 'load' \
+                 AND reason LIKE '%order_items%check constraint%'"
+            )
+            .await,
+        1
+    );
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "the refused order is explained: {v:?}");
+
+    // The same into SQLite.
+    let file = SqliteDb::new();
+    file.exec(
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, placed_at TIMESTAMPTZ NOT NULL,
+             status TEXT NOT NULL, item_count INTEGER NOT NULL);
+         CREATE TABLE order_items (order_id INTEGER, line INTEGER, sku TEXT NOT NULL, qty INTEGER NOT NULL CHECK (qty < 5),
+             price \"NUMERIC TEXT\" NOT NULL, PRIMARY KEY (order_id, line));",
+    )
+    .await;
+    let p = tables_pipeline(&legacy.url(), &file.url(), "", &extra);
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(file.scalar_i64("SELECT count(*) FROM orders WHERE id = 11").await, 0, "no half-loaded order");
+    assert_eq!(file.scalar_i64("SELECT count(*) FROM orders").await, 2);
+    let v = p.ferry(&["validate"]);
+    assert_eq!(v.code, 0, "{v:?}");
+}

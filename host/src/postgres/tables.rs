@@ -229,6 +229,22 @@ impl PgTables {
     }
 }
 
+/// `('a'::text, '1'::integer), (…)`: key values as literals of the key's types.
+fn key_tuples(table: &TableDef, keys: &[Vec<crate::value::Value>]) -> String {
+    let key_types: Vec<&str> = table.key_columns().map(|c| c.sql_type.as_str()).collect();
+    keys.iter()
+        .map(|key| {
+            let parts: Vec<String> = key
+                .iter()
+                .zip(&key_types)
+                .map(|(v, t)| literal(&crate::value::encode_pg_text(v).unwrap_or_default(), t))
+                .collect();
+            format!("({})", parts.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A batch the target would not take: a key conflict under
 /// `on_conflict = error` names the key; anything else says which batch.
 fn load_error(e: sqlx::Error, batch: &RowBatch, target: &TableDef, url: &DbUrl) -> anyhow::Error {
@@ -531,24 +547,12 @@ impl RowSource for PgTables {
         if keys.is_empty() {
             return Ok(RowPage::default());
         }
-        let key_types: Vec<&str> = table.key_columns().map(|c| c.sql_type.as_str()).collect();
-        let tuples: Vec<String> = keys
-            .iter()
-            .map(|key| {
-                let parts: Vec<String> = key
-                    .iter()
-                    .zip(&key_types)
-                    .map(|(v, t)| literal(&crate::value::encode_pg_text(v).unwrap_or_default(), t))
-                    .collect();
-                format!("({})", parts.join(", "))
-            })
-            .collect();
         let query = format!(
             "SELECT {} FROM {} WHERE ({}) IN ({})",
             table.column_list(),
             table.quoted(),
             table.key_list(),
-            tuples.join(", ")
+            key_tuples(table, keys)
         );
         self.copy_out(table, &query).await
     }
@@ -694,7 +698,39 @@ impl RowSink for PgTables {
                 reason: format!("the target refused the row for {}: {message}", target.name),
             }));
         }
-        let refused_sources = refused.iter().map(|d| &d.key).collect::<std::collections::HashSet<_>>().len() as u64;
+        let refused_keys: std::collections::HashSet<&Key> = refused.iter().map(|d| &d.key).collect();
+        // A source row is loaded whole or not at all: when the target
+        // refused one of its rows, the rows it wrote into the other tables
+        // are taken back (all of them were inserted by this transaction
+        // under `on_conflict = error`).
+        if batch.writes.len() > 1 && !refused_keys.is_empty() && policy == OnConflict::Error {
+            for write in &batch.writes {
+                let target = &write.target;
+                let keys: Vec<Vec<crate::value::Value>> = write
+                    .rows
+                    .iter()
+                    .zip(&write.keys)
+                    .filter(|(_, k)| refused_keys.contains(k))
+                    .map(|(r, _)| target.primary_key.iter().map(|&i| r[i].clone()).collect())
+                    .collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                let sql = format!(
+                    "DELETE FROM {} WHERE ({}) IN ({})",
+                    target.quoted(),
+                    target.key_list(),
+                    key_tuples(target, &keys)
+                );
+                let gone = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| load_error(e, batch, target, &url))?
+                    .rows_affected();
+                written.loaded = written.loaded.saturating_sub(gone);
+            }
+        }
+        let refused_sources = refused_keys.len() as u64;
         let (loaded, skipped) = batch.accounted(written, refused_sources);
         let dead: Vec<&RowDeadLetter> = batch.dead.iter().chain(&refused).collect();
         if !dead.is_empty() {

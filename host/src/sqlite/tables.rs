@@ -609,7 +609,40 @@ impl RowSink for SqliteTables {
             written.loaded += loaded;
             written.skipped += offered.saturating_sub(loaded);
         }
-        let refused_sources = refused.iter().map(|d| &d.key).collect::<std::collections::HashSet<_>>().len() as u64;
+        let refused_keys: std::collections::HashSet<&Key> = refused.iter().map(|d| &d.key).collect();
+        // A source row is loaded whole or not at all (see the PostgreSQL sink).
+        if batch.writes.len() > 1 && !refused_keys.is_empty() && policy == OnConflict::Error {
+            for write in &batch.writes {
+                let target = &write.target;
+                let doomed: Vec<&ValueRow> = write
+                    .rows
+                    .iter()
+                    .zip(&write.keys)
+                    .filter(|(_, k)| refused_keys.contains(k))
+                    .map(|(r, _)| r)
+                    .collect();
+                for chunk in doomed.chunks((MAX_PARAMS / target.primary_key.len().max(1)).max(1)) {
+                    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                        "DELETE FROM {} WHERE ({}) IN (VALUES ",
+                        target.quoted(),
+                        target.key_list()
+                    ));
+                    for (n, row) in chunk.iter().enumerate() {
+                        qb.push(if n == 0 { "(" } else { ", (" });
+                        let mut b = qb.separated(", ");
+                        for &i in &target.primary_key {
+                            push_stored(&mut b, to_sqlite(&row[i]));
+                        }
+                        qb.push(")");
+                    }
+                    qb.push(")");
+                    let gone =
+                        qb.build().execute(&mut *tx).await.map_err(|e| self_err(&batch.table, &e))?.rows_affected();
+                    written.loaded = written.loaded.saturating_sub(gone);
+                }
+            }
+        }
+        let refused_sources = refused_keys.len() as u64;
         let (loaded, skipped) = batch.accounted(written, refused_sources);
         let applied = Applied { loaded, skipped };
         let dead: Vec<&RowDeadLetter> = batch.dead.iter().chain(&refused).collect();
