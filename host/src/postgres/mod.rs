@@ -85,6 +85,23 @@ pub async fn connect_with(url: &DbUrl, role: &str, settings: &[(&str, &str)]) ->
 
 /// Sets sqlx's TLS options from the resolved settings (overriding what sqlx
 /// read from the URL and environment itself, e.g. `sslrootcert=system`).
+/// Rows below which a refused range is retried row by row rather than
+/// halved: a range of n rows then costs n attempts, not up to 2n - 1.
+const REFUSED_ROW_BY_ROW: usize = 8;
+
+/// What to try after the rows `from..to` were refused together (the
+/// isolation by bisection of the sinks): their halves, or each row when few
+/// are left. Pushed so that `todo.pop()` takes them in row order.
+pub(super) fn split_refused(from: usize, to: usize, todo: &mut Vec<(usize, usize)>) {
+    if to - from <= REFUSED_ROW_BY_ROW {
+        todo.extend((from..to).rev().map(|i| (i, i + 1)));
+    } else {
+        let middle = from + (to - from) / 2;
+        todo.push((middle, to));
+        todo.push((from, middle));
+    }
+}
+
 /// Turns Nagle's algorithm off on the process's TCP sockets.
 ///
 /// sqlx 0.9.0 stopped setting `TCP_NODELAY` (launchbadge/sqlx#4335; the fix,

@@ -214,9 +214,7 @@ impl PgTables {
                     if to - from == 1 {
                         refused.push((from, super::describe_error(&e)));
                     } else {
-                        let middle = from + (to - from) / 2;
-                        todo.push((middle, to));
-                        todo.push((from, middle));
+                        super::split_refused(from, to, &mut todo);
                     }
                 }
                 Err(e) => {

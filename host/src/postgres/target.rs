@@ -223,9 +223,7 @@ impl Loader {
                     if to - from == 1 {
                         refused.push((from, super::describe_error(&e)));
                     } else {
-                        let middle = from + (to - from) / 2;
-                        todo.push((middle, to));
-                        todo.push((from, middle));
+                        super::split_refused(from, to, &mut todo);
                     }
                 }
                 Err(e) => return Err(e),
