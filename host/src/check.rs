@@ -141,7 +141,7 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
                     if let Some(plugin) = &table.plugin {
                         detail.push_str(&format!("; through plugin sha256 {}", plugin.sha256()));
                     }
-                    let creates = table.outputs.iter().any(|o| o.create);
+                    let creates = table.creates();
                     if creates {
                         detail.push_str(&format!(
                             "; ferry creates it, then builds {} index(es) and {} foreign key(s) after the data",

@@ -79,6 +79,17 @@ impl PlannedTable {
         self.outputs.iter().map(|o| o.def.name.to_string()).collect::<Vec<_>>().join(", ")
     }
 
+    /// Whether ferry creates one of its target tables in this attempt.
+    pub fn creates(&self) -> bool {
+        self.outputs.iter().any(|o| o.create)
+    }
+
+    /// Whether ferry made its target tables in this run (this attempt or an
+    /// earlier one, as recorded).
+    fn made_by_ferry(&self, progress: &HashMap<String, TableProgress>) -> bool {
+        progress.get(&self.source.name.to_string()).map_or(self.creates(), |p| p.created)
+    }
+
     /// What produced the rows: the plugin's SHA-256, or [`IDENTITY`].
     pub fn producer(&self) -> &str {
         self.plugin.as_ref().map_or(IDENTITY, |p| p.sha256())
@@ -381,9 +392,7 @@ pub async fn migrate(
         target.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
     for table in &plan.tables {
         let name = table.source.name.to_string();
-        let creates = table.outputs.iter().any(|o| o.create);
-        let created = known.get(&name).map_or(creates, |p| p.created);
-        target.start_table(&run.run_id, &name, &table.target_names(), created).await?;
+        target.start_table(&run.run_id, &name, &table.target_names(), table.made_by_ferry(&known)).await?;
         for output in table.outputs.iter().filter(|o| o.create) {
             target.create_table(&built_later(table, &output.def, target_engine), &plan.names).await?;
         }
@@ -391,7 +400,9 @@ pub async fn migrate(
     let counts = count_all(source.as_mut(), &plan).await?;
     drop(source);
 
-    let outcome = copy_tables(settings, &plan, &run, stop.clone()).await;
+    let started_tables: HashMap<String, TableProgress> =
+        target.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
+    let outcome = copy_tables(settings, &plan, &run, started_tables, stop.clone()).await;
     let progress = target.table_progress(&run.run_id).await?;
     let stored = target.latest_run(&settings.pipeline).await?.filter(|r| r.run_id == run.run_id).unwrap_or(run.clone());
     match outcome {
@@ -541,17 +552,19 @@ impl Queue {
 
 /// Copies every table that is not loaded yet, `workers` at a time; the rows
 /// this process extracted.
-async fn copy_tables(settings: &Settings, plan: &Plan, run: &RunRecord, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
-    let mut control = engines::open_row_target(&settings.target.url).await?;
-    let progress: HashMap<String, TableProgress> =
-        control.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
-    drop(control);
+async fn copy_tables(
+    settings: &Settings,
+    plan: &Plan,
+    run: &RunRecord,
+    progress: HashMap<String, TableProgress>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<u64> {
     let n = plan.tables.len();
     let position = |name: &TableName| plan.tables.iter().position(|t| &t.source.name == name);
     let mut parents = vec![Vec::new(); n];
     for (i, table) in plan.tables.iter().enumerate() {
         // Only a constraint that already exists in the target orders loads.
-        if !table.outputs.iter().any(|o| o.create) {
+        if !table.creates() {
             parents[i] = table
                 .source
                 .foreign_keys
@@ -607,8 +620,7 @@ async fn copy_tables(settings: &Settings, plan: &Plan, run: &RunRecord, stop: Ar
                 let start = progress.get(&name).and_then(|p| p.last_key.clone());
                 // A copy into a table ferry made holds only what this run
                 // committed (exactly once): plain COPY, key built after.
-                let creates = table.outputs.iter().any(|o| o.create);
-                let ours = progress.get(&name).map_or(creates, |p| p.created) && table.plugin.is_none();
+                let ours = table.made_by_ferry(&progress) && table.plugin.is_none();
                 let policy = if ours { OnConflict::Error } else { table.on_conflict };
                 let began = Instant::now();
                 let result = copy_table(&settings, table, &run_id, start, target.as_mut(), &stop, policy).await;
@@ -617,8 +629,7 @@ async fn copy_tables(settings: &Settings, plan: &Plan, run: &RunRecord, stop: Ar
                         rows += copied;
                         tracing::info!(table = %name, rows = copied, seconds = began.elapsed().as_secs_f64(), "rows copied");
                         if complete {
-                            let creates = table.outputs.iter().any(|o| o.create);
-                            if progress.get(&name).map_or(creates, |p| p.created) {
+                            if table.made_by_ferry(&progress) {
                                 let engine = settings.target.url.engine();
                                 for output in &table.outputs {
                                     target.build_indexes(&built_later(table, &output.def, engine)).await?;

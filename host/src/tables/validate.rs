@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{Plan, PlannedTable};
+use super::PlannedTable;
 use crate::engines::{self, RowTarget};
 use crate::keyset::Row;
 use crate::settings::{Settings, TableSelection};
@@ -124,7 +124,7 @@ pub async fn validate(
         let explained: HashSet<&str> =
             dead.iter().filter(|d| d.source_table == name).map(|d| d.source_key.as_str()).collect();
         let line = match &table.plugin {
-            None => validate_table(settings, &plan, table, source.as_mut(), target.as_mut(), &explained).await?,
+            None => validate_table(settings, table, source.as_mut(), target.as_mut(), &explained).await?,
             Some(_) => validate_transformed(settings, table, source.as_mut(), target.as_mut(), &explained).await?,
         };
         tables.push(line);
@@ -166,7 +166,6 @@ async fn target_reading(
 
 async fn validate_table(
     settings: &Settings,
-    _plan: &Plan,
     table: &PlannedTable,
     source: &mut dyn RowSource,
     target: &mut dyn RowTarget,
