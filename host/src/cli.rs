@@ -238,13 +238,12 @@ async fn run(cli: Cli) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&e.into()),
     };
-    if settings.tables.is_some() && matches!(cli.command, Command::Sync { .. } | Command::Apply { .. }) {
+    if settings.tables.is_some() && matches!(cli.command, Command::Apply { .. }) {
         return fail(
             &ConfigError::Invalid {
                 path: cli.config.clone(),
-                message: "ferry sync and ferry apply follow the one-table pipeline (source.table/target.table with \
-                          [plugin]) for now; a pipeline of many tables ([[tables]], source.include) can be migrated \
-                          and validated, not yet streamed"
+                message: "ferry apply follows the one-table pipeline (source.table/target.table with [plugin]) for \
+                          now; a pipeline of many tables ([[tables]], source.include) is streamed by ferry sync"
                     .into(),
             }
             .into(),

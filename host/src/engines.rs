@@ -74,10 +74,22 @@ pub async fn transport(url: &DbUrl, role: &str) -> anyhow::Result<Option<Transpo
 
 /// A database read table by table (any shape).
 pub trait RowTarget:
-    crate::sink::RowSink + crate::source::RowSource + ControlStore + crate::control::TableControl
+    crate::sink::RowSink
+    + crate::sink::RowChangeSink
+    + crate::source::RowSource
+    + ControlStore
+    + crate::control::TableControl
 {
 }
-impl<T: crate::sink::RowSink + crate::source::RowSource + ControlStore + crate::control::TableControl> RowTarget for T {}
+impl<
+    T: crate::sink::RowSink
+        + crate::sink::RowChangeSink
+        + crate::source::RowSource
+        + ControlStore
+        + crate::control::TableControl,
+> RowTarget for T
+{
+}
 
 /// Opens a database to read tables of any shape from (`role`: "source" or
 /// "target", for messages; a SQLite source is opened read-only).

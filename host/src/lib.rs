@@ -18,6 +18,7 @@ pub mod keyset;
 pub mod migrate;
 pub mod model;
 pub mod plugin;
+pub mod position;
 pub mod postgres;
 pub mod report;
 pub mod retry;

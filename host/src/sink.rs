@@ -228,3 +228,169 @@ pub trait RowSink: Send {
     ) -> anyhow::Result<()>;
     async fn commit_rows(&mut self, batch: &RowBatch, policy: OnConflict) -> anyhow::Result<Applied>;
 }
+
+/// One change to a target table from a change stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowChange {
+    /// Insert the row, or replace the one with its key (target column order).
+    Upsert(crate::keyset::Row),
+    /// Delete the row with this key (values in the table's key order); a
+    /// shorter key deletes every row whose key starts with it.
+    Delete(crate::keyset::Row),
+    /// Empty the table.
+    Truncate,
+}
+
+/// A change and where it goes.
+#[derive(Debug, Clone)]
+pub struct ChangeWrite {
+    /// Index into [`RowChangeBatch::tables`].
+    pub table: usize,
+    pub change: RowChange,
+    /// Index into [`RowChangeBatch::origins`]: what its dead letter says if
+    /// the target refuses it.
+    pub origin: usize,
+}
+
+/// The source change a write came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeOrigin {
+    /// Unique per pipeline and change (its stream position and sequence).
+    pub dedup_key: String,
+    /// The source table (`schema.table`).
+    pub source_table: String,
+    /// The source row's key ([`crate::keyset::Key::label`]).
+    pub source_key: Option<String>,
+    /// What the change was, as people read it (JSON).
+    pub event: String,
+}
+
+/// A change that was not applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamDeadLetter {
+    pub origin: ChangeOrigin,
+    pub kind: DeadLetterKind,
+    pub reason: String,
+}
+
+impl ChangeOrigin {
+    /// The dead letter of a write the target refused.
+    pub fn refused(&self, target: &str, message: &str) -> StreamDeadLetter {
+        StreamDeadLetter {
+            origin: self.clone(),
+            kind: DeadLetterKind::Load,
+            reason: format!("the target refused the change for {target}: {message}"),
+        }
+    }
+}
+
+/// A group of whole source transactions to apply atomically, in stream
+/// order, across any number of tables.
+#[derive(Debug, Default)]
+pub struct RowChangeBatch {
+    pub pipeline: String,
+    /// The target tables the writes name.
+    pub tables: std::sync::Arc<Vec<crate::schema::TableDef>>,
+    pub writes: Vec<ChangeWrite>,
+    pub origins: Vec<ChangeOrigin>,
+    pub dead: Vec<StreamDeadLetter>,
+    /// The stored position this batch was planned against (fencing).
+    pub previous: Option<crate::position::Position>,
+    /// The position after it.
+    pub next: Option<crate::position::Position>,
+    /// The plugins (or `identity`) that produced the writes.
+    pub plugin_sha256: String,
+    /// When the newest source transaction in it committed (Unix µs).
+    pub source_commit_micros: Option<i64>,
+}
+
+/// Where a change stream of many tables is applied.
+///
+/// Contract: `apply_row_changes` performs the writes **in order** (the
+/// source's own order satisfies its foreign keys; consecutive writes to one
+/// table may be merged, the last per key winning), records the dead letters
+/// (ignoring ones already recorded) and stores `next` — all in ONE
+/// transaction, and only if the stored position equals `previous` (else
+/// [`FencedError`]). A write the target refuses for what its row holds (a
+/// data exception, a constraint) is isolated inside that transaction and
+/// dead-lettered with kind `load`; the rest applies. Returns how many
+/// writes were refused.
+#[async_trait]
+pub trait RowChangeSink: Send {
+    /// Creates the change-stream control tables if missing.
+    async fn ensure_stream_tables(&mut self) -> anyhow::Result<()>;
+    /// The pipeline's stored stream position (`None`: nothing streamed).
+    async fn stream_position(&mut self, pipeline: &str) -> anyhow::Result<Option<crate::position::Position>>;
+    async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<u64>;
+}
+
+/// A stretch of a [`RowChangeBatch`]: consecutive writes to one table,
+/// reduced to the last write per key (exact, since the batch commits
+/// atomically), or consecutive truncates (one statement, as the source
+/// truncated them together).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stretch {
+    pub table: usize,
+    /// Indexes (in `writes`) of the keys whose last write is a delete.
+    pub deletes: Vec<usize>,
+    /// Indexes of the keys whose last write is an upsert.
+    pub upserts: Vec<usize>,
+    /// Tables to truncate (then `deletes` and `upserts` are empty).
+    pub truncate: Vec<usize>,
+}
+
+impl RowChangeBatch {
+    /// The batch as stretches, in order (see [`Stretch`]).
+    pub fn stretches(&self) -> Vec<Stretch> {
+        use std::collections::HashMap;
+        let w = &self.writes;
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < w.len() {
+            let table = w[i].table;
+            if w[i].change == RowChange::Truncate {
+                let mut truncate = Vec::new();
+                while i < w.len() && w[i].change == RowChange::Truncate {
+                    truncate.push(w[i].table);
+                    i += 1;
+                }
+                out.push(Stretch { table, truncate, ..Default::default() });
+                continue;
+            }
+            let def = &self.tables[table];
+            let prefix = |c: &RowChange| matches!(c, RowChange::Delete(k) if k.len() < def.primary_key.len());
+            if prefix(&w[i].change) {
+                // Rows by a key prefix: in place, alone (it may match any
+                // key written before or after it).
+                out.push(Stretch { table, deletes: vec![i], ..Default::default() });
+                i += 1;
+                continue;
+            }
+            let mut last: HashMap<Vec<String>, usize> = HashMap::new();
+            let mut order: Vec<Vec<String>> = Vec::new();
+            while i < w.len() && w[i].table == table && w[i].change != RowChange::Truncate && !prefix(&w[i].change) {
+                let key = match &w[i].change {
+                    RowChange::Upsert(row) => crate::keyset::Key::of(def, row).0,
+                    RowChange::Delete(key) => {
+                        key.iter().map(|v| crate::value::encode_pg_text(v).unwrap_or_default()).collect()
+                    }
+                    RowChange::Truncate => unreachable!("the loop stops at truncates"),
+                };
+                if last.insert(key.clone(), i).is_none() {
+                    order.push(key);
+                }
+                i += 1;
+            }
+            let mut stretch = Stretch { table, ..Default::default() };
+            for key in &order {
+                let at = last[key];
+                match w[at].change {
+                    RowChange::Delete(_) => stretch.deletes.push(at),
+                    _ => stretch.upserts.push(at),
+                }
+            }
+            out.push(stretch);
+        }
+        out
+    }
+}

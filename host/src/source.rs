@@ -105,4 +105,10 @@ pub trait RowSource: Send {
     ) -> anyhow::Result<Option<crate::keyset::RowPage>> {
         Ok(None)
     }
+    /// Reads every following page in the exported snapshot `name`
+    /// (PostgreSQL's `SET TRANSACTION SNAPSHOT`), until the connection is
+    /// dropped.
+    async fn use_snapshot(&mut self, name: &str) -> anyhow::Result<()> {
+        anyhow::bail!("snapshot {name}: this source has no exported snapshots")
+    }
 }

@@ -13,6 +13,7 @@ mod migrate;
 mod resume;
 mod sync;
 mod tables;
+mod tables_sync;
 mod tls;
 mod transform_rules;
 mod validate;

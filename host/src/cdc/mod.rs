@@ -5,6 +5,7 @@ pub mod apply;
 pub mod debezium;
 pub mod input;
 pub mod pgoutput;
-pub mod position;
+pub use crate::position;
 mod reread;
 pub mod sync;
+mod tables;

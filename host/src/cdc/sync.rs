@@ -64,7 +64,9 @@ pub struct SyncReport {
     pub stream: ApplyReport,
 }
 
-/// Runs the initial load (if not done) and then streams changes.
+/// Runs the initial load (if not done) and then streams changes: the
+/// pipeline's tables (`[[tables]]`, `source.include`) or the seed's one
+/// `users` table.
 pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SyncReport> {
     if settings.source.url.engine() != Engine::Postgres {
         anyhow::bail!(
@@ -72,6 +74,77 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
             settings.source.url
         );
     }
+    match &settings.tables {
+        Some(selection) => super::tables::sync(settings, selection, options, stop).await,
+        None => sync_users(settings, options, stop).await,
+    }
+}
+
+/// Checks the source can decode logical replication.
+pub(crate) async fn check_wal_level(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    let wal_level: String = sqlx::query_scalar("SHOW wal_level").fetch_one(&mut *conn).await?;
+    if wal_level != "logical" {
+        anyhow::bail!(
+            "the source's wal_level is {wal_level}; logical replication needs wal_level = logical \
+             (ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"
+        );
+    }
+    Ok(())
+}
+
+/// Creates the publication of `tables` (quoted, comma-separated) unless it
+/// exists; whether the slot exists.
+pub(crate) async fn prepare_source(
+    conn: &mut sqlx::PgConnection,
+    options: &SyncOptions,
+    tables: &str,
+) -> anyhow::Result<bool> {
+    check_wal_level(conn).await?;
+    let has_publication: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
+        .bind(&options.publication)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !has_publication {
+        sqlx::query(sqlx::AssertSqlSafe(&*format!(
+            "CREATE PUBLICATION {} FOR TABLE {tables}",
+            quote_ident(&options.publication)
+        )))
+        .execute(&mut *conn)
+        .await
+        .with_context(|| format!("creating publication {}", options.publication))?;
+    }
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)")
+        .bind(&options.slot)
+        .fetch_one(&mut *conn)
+        .await?)
+}
+
+/// Creates the slot on a gated replication connection: the name of its
+/// exported snapshot, valid while `client` stays open and unstarted.
+pub(crate) async fn create_slot(client: &mut ReplicationClient, options: &SyncOptions) -> anyhow::Result<String> {
+    let rows = client
+        .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')", quote_ident(&options.slot)))
+        .await
+        .map_err(|e| anyhow::anyhow!("creating replication slot {}: {e}", options.slot))?;
+    rows.first()
+        .and_then(|r| r.get(2).cloned().flatten())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .context("CREATE_REPLICATION_SLOT returned no snapshot name")
+}
+
+/// A gated replication connection (nothing streams until `start`).
+pub(crate) async fn open_gated(
+    settings: &Settings,
+    options: &SyncOptions,
+    applied: Option<Position>,
+) -> anyhow::Result<ReplicationClient> {
+    ReplicationClient::connect_gated(replication_config(settings, options, applied)?)
+        .await
+        .map_err(|e| replication_error(settings, "opening a replication connection", e))
+}
+
+/// The seed's one-table pipeline.
+async fn sync_users(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SyncReport> {
     let path = settings.plugin()?.path.clone();
     let load = settings.plugin()?.options.clone();
     let plugin: Arc<Plugin> = tokio::task::spawn_blocking(move || Plugin::load(&path, &load)).await??;
@@ -88,48 +161,10 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
     };
 
     let mut source = crate::postgres::PgSource::connect(&settings.source.url, &settings.source.table).await?;
-    let wal_level: String = sqlx::query_scalar("SHOW wal_level").fetch_one(source.connection()).await?;
-    if wal_level != "logical" {
-        anyhow::bail!(
-            "the source's wal_level is {wal_level}; logical replication needs wal_level = logical \
-             (ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"
-        );
-    }
-    let has_publication: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
-        .bind(&options.publication)
-        .fetch_one(source.connection())
-        .await?;
-    if !has_publication {
-        sqlx::query(sqlx::AssertSqlSafe(&*format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
-            quote_ident(&options.publication),
-            settings.source.table.quoted()
-        )))
-        .execute(source.connection())
-        .await
-        .with_context(|| format!("creating publication {}", options.publication))?;
-    }
-    let has_slot: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)")
-        .bind(&options.slot)
-        .fetch_one(source.connection())
-        .await?;
-
-    let mut client = ReplicationClient::connect_gated(replication_config(settings, options, checkpoint.position)?)
-        .await
-        .map_err(|e| replication_error(settings, "opening a replication connection", e))?;
+    let has_slot = prepare_source(source.connection(), options, &settings.source.table.quoted()).await?;
+    let mut client = open_gated(settings, options, checkpoint.position).await?;
     if !has_slot {
-        let rows = client
-            .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
-                quote_ident(&options.slot)
-            ))
-            .await
-            .map_err(|e| anyhow::anyhow!("creating replication slot {}: {e}", options.slot))?;
-        let snapshot = rows
-            .first()
-            .and_then(|r| r.get(2).cloned().flatten())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .context("CREATE_REPLICATION_SLOT returned no snapshot name")?;
+        let snapshot = create_slot(&mut client, options).await?;
         // A new slot means a new initial load, whatever an earlier one did.
         checkpoint.snapshot_done = false;
         checkpoint.snapshot_key = None;
@@ -157,13 +192,58 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
         )
         .await?;
     }
+    let mut applier = UsersApplier {
+        settings,
+        transformer,
+        target,
+        checkpoint,
+        report,
+        reread: super::reread::Reread::default(),
+    };
+    follow(settings, options, client, &mut applier, &stop).await?;
+    applier.report.stream.checkpoint = applier.checkpoint;
+    Ok(applier.report)
+}
+
+/// One kind of pipeline's side of the replication loop: what becomes of
+/// a decoded message, and how a group of whole transactions is applied.
+#[async_trait::async_trait]
+pub(crate) trait Applier: Send {
+    type Item: Send;
+    /// Decodes one message's changes, numbered `seq` after the transaction
+    /// `commit`, into `out` — except those at or before the target's stored
+    /// position (counted as replayed).
+    async fn receive(
+        &mut self,
+        relations: &Relations,
+        message: Message,
+        commit: u64,
+        seq: &mut u32,
+        out: &mut Vec<Self::Item>,
+    ) -> anyhow::Result<()>;
+    /// Applies `items` (whole transactions) in one target transaction and
+    /// empties it; `false`: the plugin said `fatal` (nothing applied).
+    async fn apply(&mut self, items: &mut Vec<Self::Item>, source_commit_micros: Option<i64>) -> anyhow::Result<bool>;
+    /// After a lost connection: the target reopened, its stored position.
+    async fn reconnect(&mut self) -> anyhow::Result<Option<Position>>;
+    fn report(&mut self) -> &mut SyncReport;
+}
+
+/// Streams from the slot until stopped (or idle past the limit, or a
+/// plugin's `fatal`), reconnecting with backoff on transient failures: the
+/// target's stored position and the slot's confirmed one say where to
+/// resume, so nothing is lost or doubled.
+pub(crate) async fn follow<A: Applier>(
+    settings: &Settings,
+    options: &SyncOptions,
+    mut client: ReplicationClient,
+    applier: &mut A,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
     client
         .start()
         .await
         .map_err(|e| anyhow::Error::new(e).context(format!("starting replication from slot {}", options.slot)))?;
-    // From here on, a lost connection (source or target restarting, network)
-    // is retried with backoff: the target's checkpoint and the slot's
-    // confirmed position say where to resume, so nothing is lost or doubled.
     let mut client = Some(client);
     let mut backoff = crate::retry::Backoff::default();
     loop {
@@ -171,9 +251,8 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
             let mut client = match client.take() {
                 Some(c) => c,
                 None => {
-                    target = engines::open_change_target(settings).await?;
-                    checkpoint = target.change_checkpoint(&settings.pipeline).await?;
-                    ReplicationClient::connect(replication_config(settings, options, checkpoint.position)?)
+                    let position = applier.reconnect().await?;
+                    ReplicationClient::connect(replication_config(settings, options, position)?)
                         .await
                         .map_err(|e| replication_error(settings, "reconnecting", e))?
                 }
@@ -182,42 +261,99 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
                 anyhow::Error::new(e).context(format!("starting replication from slot {}", options.slot))
             })?;
             tracing::info!(slot = %options.slot, "streaming");
-            let result = stream(
-                settings,
-                options,
-                &mut client,
-                &mut transformer,
-                target.as_mut(),
-                &mut checkpoint,
-                &mut report,
-                &stop,
-            )
-            .await;
+            let result = stream(settings, options, &mut client, applier, stop).await;
             client.stop();
             let _ = client.shutdown().await;
             result
         };
         match attempt.await {
-            Ok(()) => break,
-            Err(e) if report.stream.fatal.is_none() && crate::retry::is_transient(&e) => {
+            Ok(()) => return Ok(()),
+            Err(e) if applier.report().stream.fatal.is_none() && crate::retry::is_transient(&e) => {
                 let wait = match backoff.failed() {
                     Some(wait) if !stop.load(Ordering::Relaxed) => wait,
                     _ => return Err(e.context(format!("giving up after {:?} of failures", backoff.failing_for()))),
                 };
                 tracing::warn!("sync interrupted, retrying in {wait:?}: {e:#}");
-                report.reconnects += 1;
+                applier.report().reconnects += 1;
                 metrics::counter!(crate::daemon::names::RECONNECTS).increment(1);
                 tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(e),
         }
-        if report.stream.transactions > 0 {
+        if applier.report().stream.transactions > 0 {
             // Progress was made since the last failure.
             backoff.progressed();
         }
     }
-    report.stream.checkpoint = checkpoint;
-    Ok(report)
+}
+
+/// The seed's `users` pipeline in the replication loop.
+struct UsersApplier<'a> {
+    settings: &'a Settings,
+    transformer: crate::plugin::Transformer,
+    target: Box<dyn engines::ChangeTarget>,
+    checkpoint: ChangeCheckpoint,
+    report: SyncReport,
+    reread: super::reread::Reread,
+}
+
+#[async_trait::async_trait]
+impl Applier for UsersApplier<'_> {
+    type Item = Pending;
+
+    async fn receive(
+        &mut self,
+        relations: &Relations,
+        message: Message,
+        commit: u64,
+        seq: &mut u32,
+        out: &mut Vec<Pending>,
+    ) -> anyhow::Result<()> {
+        for (raw, decoded) in items(relations, message) {
+            *seq += 1;
+            let position = Position { commit, lsn: 0, seq: *seq };
+            if self.checkpoint.position.is_some_and(|c| position <= c) {
+                self.report.stream.skipped_replayed += 1;
+                continue;
+            }
+            let item = match decoded {
+                Decoded::Ready(item) => item,
+                Decoded::Reread(id) => match self.reread.current(self.settings, id).await? {
+                    Some(item) => {
+                        self.report.toast_rereads += 1;
+                        item
+                    }
+                    // Deleted since: its delete follows in the stream.
+                    None => continue,
+                },
+            };
+            out.push(Pending { raw, position: Some(position), item });
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, items: &mut Vec<Pending>, source_commit_micros: Option<i64>) -> anyhow::Result<bool> {
+        flush(
+            self.settings,
+            &mut self.transformer,
+            self.target.as_mut(),
+            items,
+            &mut self.checkpoint,
+            &mut self.report.stream,
+            source_commit_micros,
+        )
+        .await
+    }
+
+    async fn reconnect(&mut self) -> anyhow::Result<Option<Position>> {
+        self.target = engines::open_change_target(self.settings).await?;
+        self.checkpoint = self.target.change_checkpoint(&self.settings.pipeline).await?;
+        Ok(self.checkpoint.position)
+    }
+
+    fn report(&mut self) -> &mut SyncReport {
+        &mut self.report
+    }
 }
 
 /// Changes grouped into one target transaction, at most (whole source
@@ -229,11 +365,10 @@ const GROUP_CHANGES: usize = 5000;
 const GROUP_LINGER: Duration = Duration::from_millis(20);
 
 /// Whole source transactions received and waiting to be applied together.
-#[derive(Default)]
-struct Group {
+struct Group<P> {
     /// Changes received: those of committed transactions first
     /// (`committed` of them), then those of the transaction still arriving.
-    pending: Vec<Pending>,
+    pending: Vec<P>,
     committed: usize,
     /// The end of the last committed transaction: acknowledged to the slot
     /// once the group is applied.
@@ -248,7 +383,21 @@ struct Group {
     acked: Lsn,
 }
 
-impl Group {
+impl<P> Default for Group<P> {
+    fn default() -> Self {
+        Group {
+            pending: Vec::new(),
+            committed: 0,
+            end: None,
+            oldest_commit: None,
+            newest_commit: None,
+            since: None,
+            acked: Lsn::ZERO,
+        }
+    }
+}
+
+impl<P: Send> Group<P> {
     /// A transaction's last change arrived.
     fn commit(&mut self, end: Lsn, commit_time: i64) {
         self.end = Some(end);
@@ -278,23 +427,14 @@ impl Group {
 
     /// Applies the committed transactions in one target transaction, then
     /// acknowledges their end to the slot. `false`: the plugin said `fatal`.
-    async fn apply(
-        &mut self,
-        settings: &Settings,
-        client: &mut ReplicationClient,
-        transformer: &mut crate::plugin::Transformer,
-        target: &mut dyn engines::ChangeTarget,
-        checkpoint: &mut ChangeCheckpoint,
-        report: &mut SyncReport,
-    ) -> anyhow::Result<bool> {
+    async fn apply<A: Applier<Item = P>>(&mut self, client: &mut ReplicationClient, applier: &mut A) -> anyhow::Result<bool> {
         let Some(end) = self.end.take() else { return Ok(true) };
         let in_progress = self.pending.split_off(self.committed);
         let newest = self.newest_commit.take().map(|t| t + crate::time::PG_EPOCH_OFFSET_MICROS);
         let oldest = self.oldest_commit.take().map(|t| t + crate::time::PG_EPOCH_OFFSET_MICROS);
         self.committed = 0;
         self.since = None;
-        let applied =
-            flush(settings, transformer, target, &mut self.pending, checkpoint, &mut report.stream, newest).await?;
+        let applied = applier.apply(&mut self.pending, newest).await?;
         self.pending = in_progress;
         if !applied {
             return Ok(false);
@@ -317,20 +457,15 @@ impl Group {
 /// Streams changes until stopped, idle past the limit, or the plugin's
 /// `fatal` (then `report.stream.fatal` is set). Errors are for the caller to
 /// retry.
-#[allow(clippy::too_many_arguments)]
-async fn stream(
+async fn stream<A: Applier>(
     settings: &Settings,
     options: &SyncOptions,
     client: &mut ReplicationClient,
-    transformer: &mut crate::plugin::Transformer,
-    target: &mut dyn engines::ChangeTarget,
-    checkpoint: &mut ChangeCheckpoint,
-    report: &mut SyncReport,
+    applier: &mut A,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let mut relations = Relations::default();
-    let mut group = Group::default();
-    let mut reread = super::reread::Reread::default();
+    let mut group: Group<A::Item> = Group::default();
     let mut tx_commit: u64 = 0;
     let mut seq: u32 = 0;
     let mut in_transaction = false;
@@ -340,7 +475,7 @@ async fn stream(
         // A waiting group is applied once it has lingered GROUP_LINGER (or
         // is full), whatever else (keepalives) arrives meanwhile: that
         // bounds the lag.
-        if group.due() && !group.apply(settings, client, transformer, target, checkpoint, report).await? {
+        if group.due() && !group.apply(client, applier).await? {
             return Ok(());
         }
         let event = match tokio::time::timeout(group.wait(tick), client.recv()).await {
@@ -374,26 +509,7 @@ async fn stream(
                     relations.insert(relation);
                     continue;
                 }
-                for (raw, decoded) in items(&relations, message) {
-                    seq += 1;
-                    let position = Position { commit: tx_commit, lsn: 0, seq };
-                    if checkpoint.position.is_some_and(|c| position <= c) {
-                        report.stream.skipped_replayed += 1;
-                        continue;
-                    }
-                    let item = match decoded {
-                        Decoded::Ready(item) => item,
-                        Decoded::Reread(id) => match reread.current(settings, id).await? {
-                            Some(item) => {
-                                report.toast_rereads += 1;
-                                item
-                            }
-                            // Deleted since: its delete follows in the stream.
-                            None => continue,
-                        },
-                    };
-                    group.pending.push(Pending { raw, position: Some(position), item });
-                }
+                applier.receive(&relations, message, tx_commit, &mut seq, &mut group.pending).await?;
             }
             ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
                 in_transaction = false;
@@ -417,7 +533,7 @@ async fn stream(
             _ => {}
         }
     }
-    group.apply(settings, client, transformer, target, checkpoint, report).await?;
+    group.apply(client, applier).await?;
     // Stopping: the slot learns everything the target committed before the
     // connection closes (the client sends it on its feedback tick).
     let started = std::time::Instant::now();
@@ -481,7 +597,10 @@ fn replication_config(
     .with_start_lsn(Lsn::ZERO)
     .with_ack_lsn(Lsn::from_u64(applied.map_or(0, |p| p.commit)))
     .with_status_interval(FEEDBACK_INTERVAL)
-    .with_options("-c TimeZone=UTC -c DateStyle=ISO")
+    // The session settings ferry reads values under (see value::PG_SESSION).
+    .with_options(
+        &crate::value::PG_SESSION.iter().map(|(k, v)| format!("-c {k}={v}")).collect::<Vec<_>>().join(" "),
+    )
     .with_application_name("ferry"))
 }
 

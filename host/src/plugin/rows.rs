@@ -165,6 +165,27 @@ impl RowTransformer {
         }
     }
 
+    /// The output keys of the row of `table` whose source key is `key`
+    /// (`target-keys`), as [`RowOutcome::Rows`] of (table, key values). A
+    /// key with fewer values than its table's key names every row whose key
+    /// starts with them.
+    pub fn target_keys(&mut self, table: &str, key: &[Value]) -> Result<RowOutcome, PluginError> {
+        let wit_key: Vec<wit::Value> = key.iter().map(value_to_wit).collect();
+        self.store.set_epoch_deadline(self.plugin.limits.deadline_ticks());
+        match self.bindings.ferry_transform_transform_row().call_target_keys(&mut self.store, table, &wit_key) {
+            Ok(Ok(keys)) => Ok(RowOutcome::Rows(
+                keys.into_iter().map(|k| (k.table, k.key.into_iter().map(value_from_wit).collect())).collect(),
+            )),
+            Ok(Err(wit::RowError::Reject(reason))) => Ok(RowOutcome::Rejected(reason)),
+            Ok(Err(wit::RowError::Fatal(reason))) => Ok(RowOutcome::Fatal(reason)),
+            Err(e) => {
+                let message = super::describe_trap(&e, &self.plugin.limits, &self.store.data().stderr());
+                self.replace()?;
+                Ok(RowOutcome::Trapped(message))
+            }
+        }
+    }
+
     /// A new instance, told again every schema the old one knew.
     fn replace(&mut self) -> Result<(), PluginError> {
         self.traps += 1;
@@ -567,6 +588,36 @@ impl TableTransformer {
                         })
                     })
                     .collect())
+            }
+        }
+    }
+}
+
+impl TableTransformer {
+    /// See [`RowTransformer::target_keys`]; a `transform-user` plugin
+    /// answers through `user-key` (its `new-user` id), and without that
+    /// export the key cannot be known (rejected with the fix).
+    pub fn target_keys(&mut self, table: &str, key: &[Value]) -> Result<RowOutcome, PluginError> {
+        match self {
+            TableTransformer::Row(t) => t.target_keys(table, key),
+            TableTransformer::User { inner, output, .. } => {
+                let id = match key {
+                    [Value::Int16(n)] => i64::from(*n),
+                    [Value::Int32(n)] => i64::from(*n),
+                    [Value::Int64(n)] => *n,
+                    other => return Ok(RowOutcome::Rejected(format!("key {other:?} is not one integer id"))),
+                };
+                Ok(match inner.target_key(id)? {
+                    Some(super::KeyOutcome::Key(k)) => RowOutcome::Rows(vec![(output.clone(), vec![Value::Text(k)])]),
+                    Some(super::KeyOutcome::Rejected(r)) => RowOutcome::Rejected(r),
+                    Some(super::KeyOutcome::Fatal(r)) => RowOutcome::Fatal(r),
+                    Some(super::KeyOutcome::Trapped(r)) => RowOutcome::Trapped(r),
+                    None => RowOutcome::Rejected(
+                        "the change carries only the key and the transform-user plugin does not export user-key; \
+                         export it, or set REPLICA IDENTITY FULL on the source table"
+                            .into(),
+                    ),
+                })
             }
         }
     }

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
     UNIQUE (pipeline, dedup_key)
 );
 ALTER TABLE ferry.change_dead_letters ADD COLUMN IF NOT EXISTS kind text;
+ALTER TABLE ferry.change_dead_letters ADD COLUMN IF NOT EXISTS source_table text;
 CREATE TABLE IF NOT EXISTS ferry.stale_rows (
     pipeline      text NOT NULL,
     source_key    text NOT NULL,
@@ -61,6 +62,20 @@ CREATE TABLE IF NOT EXISTS ferry.stale_rows (
 
 /// Advisory lock serialising this DDL across processes.
 const DDL_LOCK: i64 = 0x6665_7272_7900_0002;
+
+/// Creates the change-stream control tables if missing (any pipeline kind).
+pub(super) async fn ensure_change_tables(conn: &mut PgConnection) -> anyhow::Result<()> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
+    for statement in crate::db::ddl_statements(CHANGE_DDL) {
+        sqlx::query(statement)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| crate::retry::DriverError::sqlx("creating the change-stream control tables", &e))?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
 
 type Stored = (Option<i64>, Option<i64>, Option<i32>, bool, Option<i64>, bool);
 
@@ -85,16 +100,7 @@ fn checkpoint_of(stored: Option<Stored>) -> ChangeCheckpoint {
 #[async_trait]
 impl ChangeSink for PgTarget {
     async fn ensure_change_tables(&mut self) -> anyhow::Result<()> {
-        let mut tx = self.conn.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
-        for statement in crate::db::ddl_statements(CHANGE_DDL) {
-            sqlx::query(statement)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| crate::retry::DriverError::sqlx("creating the change-stream control tables", &e))?;
-        }
-        tx.commit().await?;
-        Ok(())
+        ensure_change_tables(&mut self.conn).await
     }
 
     async fn change_checkpoint(&mut self, pipeline: &str) -> anyhow::Result<ChangeCheckpoint> {
@@ -111,6 +117,9 @@ impl ChangeSink for PgTarget {
         self.encodings().await?;
         let target = self.table.quoted();
         let mut tx = self.conn.begin().await.context("starting the change transaction")?;
+        // The input (the slot, the JetStream consumer) is acknowledged after
+        // this commit: it must be durable, whatever the session's default.
+        sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
         sqlx::query("INSERT INTO ferry.change_checkpoints (pipeline) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(&batch.pipeline)
             .execute(&mut *tx)

@@ -1,6 +1,7 @@
 //! PostgreSQL: the source and the target (sink, control store, reader).
 
 mod changes;
+mod stream;
 pub(crate) mod control;
 mod copy;
 mod source;

@@ -21,8 +21,8 @@ use crate::value::{Kind, copy_escape, copy_unescape, decode_pg_text, write_pg_te
 
 /// A PostgreSQL database read or written table by table.
 pub struct PgTables {
-    conn: PgConnection,
-    url: DbUrl,
+    pub(super) conn: PgConnection,
+    pub(super) url: DbUrl,
     /// Scratch buffer for COPY data.
     buf: String,
 }
@@ -40,7 +40,7 @@ impl super::control::PgConn for PgTables {
 super::control::pg_control!(PgTables);
 
 /// A SQL literal of `text` cast to `sql_type` (COPY takes no parameters).
-fn literal(text: &str, sql_type: &str) -> String {
+pub(super) fn literal(text: &str, sql_type: &str) -> String {
     format!("'{}'::{sql_type}", text.replace('\'', "''"))
 }
 
@@ -357,6 +357,16 @@ fn fk_actions(update: &str, delete: &str, matching: &str, deferrable: bool, defe
 
 #[async_trait]
 impl RowSource for PgTables {
+    async fn use_snapshot(&mut self, name: &str) -> anyhow::Result<()> {
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut self.conn).await?;
+        // SET TRANSACTION SNAPSHOT takes a literal, not a parameter.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET TRANSACTION SNAPSHOT '{}'", name.replace('\'', "''"))))
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("importing the replication slot's snapshot {name}"), &e))?;
+        Ok(())
+    }
+
     async fn list_tables(&mut self) -> anyhow::Result<Vec<TableName>> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \

@@ -2,6 +2,7 @@
 
 pub(crate) mod control;
 mod source;
+mod stream;
 mod tables;
 mod target;
 

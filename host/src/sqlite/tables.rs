@@ -18,12 +18,12 @@ use crate::source::RowSource;
 use crate::value::{BadValue, Kind, Value, decode_pg_text, encode_pg_text, format_timestamp};
 
 /// SQLite's default limit of bound parameters per statement.
-const MAX_PARAMS: usize = 32_766;
+pub(super) const MAX_PARAMS: usize = 32_766;
 
 /// A SQLite database read or written table by table.
 pub struct SqliteTables {
-    conn: SqliteConnection,
-    url: DbUrl,
+    pub(super) conn: SqliteConnection,
+    pub(super) url: DbUrl,
 }
 
 impl super::control::SqliteConn for SqliteTables {
@@ -230,7 +230,7 @@ fn stored_key(kind: &Kind, text: &str) -> Stored {
     }
 }
 
-fn push_stored(b: &mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, stored: Stored) {
+pub(super) fn push_stored(b: &mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, stored: Stored) {
     match stored {
         Stored::Null => b.push_bind(None::<i64>),
         Stored::Integer(n) => b.push_bind(n),
@@ -301,10 +301,10 @@ impl SqliteTables {
 
     /// Inserts `rows` under `policy` in statements of at most MAX_PARAMS
     /// parameters; the rows written.
-    async fn insert(
+    pub(super) async fn insert<R: std::borrow::Borrow<ValueRow> + Sync>(
         tx: &mut SqliteConnection,
         table: &TableDef,
-        rows: &[ValueRow],
+        rows: &[R],
         policy: OnConflict,
     ) -> Result<u64, sqlx::Error> {
         let per_statement = (MAX_PARAMS / table.columns.len().max(1)).max(1);
@@ -313,7 +313,7 @@ impl SqliteTables {
             let mut qb: QueryBuilder<Sqlite> =
                 QueryBuilder::new(format!("INSERT INTO {} ({}) ", table.quoted(), table.column_list()));
             qb.push_values(chunk, |mut b, row| {
-                for value in row {
+                for value in row.borrow() {
                     push_stored(&mut b, to_sqlite(value));
                 }
             });

@@ -342,6 +342,19 @@ pub async fn migrate(
     options: MigrateOptions,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<TablesReport> {
+    migrate_in_snapshot(settings, selection, options, None, stop).await
+}
+
+/// [`migrate`], every table read in the exported snapshot `snapshot` when
+/// given (`ferry sync`'s initial load: the replication slot's snapshot, so
+/// the stream starts exactly where the copy ends).
+pub async fn migrate_in_snapshot(
+    settings: &Settings,
+    selection: &TableSelection,
+    options: MigrateOptions,
+    snapshot: Option<&str>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<TablesReport> {
     let started = Instant::now();
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
     let mut target = engines::open_row_target(&settings.target.url).await?;
@@ -402,7 +415,7 @@ pub async fn migrate(
 
     let started_tables: HashMap<String, TableProgress> =
         target.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
-    let outcome = copy_tables(settings, &plan, &run, started_tables, stop.clone()).await;
+    let outcome = copy_tables(settings, &plan, &run, started_tables, snapshot, stop.clone()).await;
     let progress = target.table_progress(&run.run_id).await?;
     let stored = target.latest_run(&settings.pipeline).await?.filter(|r| r.run_id == run.run_id).unwrap_or(run.clone());
     match outcome {
@@ -557,6 +570,7 @@ async fn copy_tables(
     plan: &Plan,
     run: &RunRecord,
     progress: HashMap<String, TableProgress>,
+    snapshot: Option<&str>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<u64> {
     let n = plan.tables.len();
@@ -598,6 +612,7 @@ async fn copy_tables(
         let run_id = run.run_id.clone();
         let settings = settings.clone();
         let progress = progress.clone();
+        let snapshot = snapshot.map(str::to_string);
         tasks.spawn(async move {
             let mut rows = 0u64;
             let mut target = engines::open_row_target(&settings.target.url).await?;
@@ -623,7 +638,8 @@ async fn copy_tables(
                 let ours = table.made_by_ferry(&progress) && table.plugin.is_none();
                 let policy = if ours { OnConflict::Error } else { table.on_conflict };
                 let began = Instant::now();
-                let result = copy_table(&settings, table, &run_id, start, target.as_mut(), &stop, policy).await;
+                let result = copy_table(&settings, table, &run_id, start, target.as_mut(), snapshot.as_deref(), &stop, policy)
+                        .await;
                 match result {
                     Ok((copied, complete)) => {
                         rows += copied;
@@ -741,16 +757,21 @@ fn transformed(
 
 /// Copies one table from `start` on: `(rows extracted, whether the table is
 /// complete)`.
+#[allow(clippy::too_many_arguments)]
 async fn copy_table(
     settings: &Settings,
     table: &PlannedTable,
     run_id: &str,
     start: Option<Key>,
     target: &mut dyn RowTarget,
+    snapshot: Option<&str>,
     stop: &Arc<AtomicBool>,
     policy: OnConflict,
 ) -> anyhow::Result<(u64, bool)> {
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
+    if let Some(name) = snapshot {
+        source.use_snapshot(name).await?;
+    }
     let (tx, mut rx) = mpsc::channel::<anyhow::Result<RowPage>>(CHANNEL_DEPTH);
     let def = table.source.clone();
     // A page forwarded as it is costs no decoding: fewer, bigger pages

@@ -156,8 +156,9 @@ impl Guest for Plugin {
     }
 
     fn target_keys(_table: String, key: Vec<Value>) -> Result<Vec<OutputKey>, RowError> {
-        // The order's own key; its items' keys need the row (their lines).
-        Ok(vec![OutputKey { table: "orders".into(), key }])
+        // Items first (they reference the order); a key shorter than
+        // order_items' (order_id, line) names every line of the order.
+        Ok(vec![OutputKey { table: "order_items".into(), key: key.clone() }, OutputKey { table: "orders".into(), key }])
     }
 }
 

@@ -1,0 +1,668 @@
+//! `ferry sync` for a pipeline of many tables.
+//!
+//! One publication and one slot for all the pipeline's tables. The initial
+//! load is a many-table migration ([`crate::tables`]) in which every table
+//! is read in the slot's exported snapshot; the stream then starts at the
+//! slot's consistent point, so no change is missed or doubled. A crash
+//! during the load resumes it in a fresh snapshot, and the stream replayed
+//! from the slot's (never advanced) position converges, as in the seed's
+//! pipeline (upserts and deletes are idempotent per key, applied in commit
+//! order).
+//!
+//! Changes are decoded into typed rows of the table's definition, copied
+//! tables' rows written as they are and plugin tables' rows through the
+//! plugin (updates replace the rows the plugin made of the old version:
+//! `target-keys`), and whole source transactions — whatever tables they
+//! touch — are applied in one target transaction, in source order, with
+//! the stream position ([`crate::sink::RowChangeSink`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::apply::ApplyReport;
+use super::pgoutput::{Datum, Message, Relation, Relations};
+use super::sync::{Applier, SyncOptions, SyncReport};
+use crate::db::Engine;
+use crate::engines::{self, RowTarget};
+use crate::keyset::{Key, Row};
+use crate::migrate::{Ending, MigrateOptions};
+use crate::model::DeadLetterKind;
+use crate::plugin::{RowOutcome, TableTransformer};
+use crate::position::Position;
+use crate::schema::TableDef;
+use crate::settings::{Settings, TableSelection};
+use crate::sink::{ChangeOrigin, ChangeWrite, RowChange, RowChangeBatch, StreamDeadLetter};
+use crate::source::RowSource;
+use crate::tables::Plan;
+use crate::value::{Value, decode_pg_text};
+
+/// Runs the initial load (if not done) and then streams the pipeline's
+/// tables.
+pub async fn sync(
+    settings: &Settings,
+    selection: &TableSelection,
+    options: &SyncOptions,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<SyncReport> {
+    crate::daemon::health().beat("starting");
+    let mut source = engines::open_row_source(&settings.source.url, "source").await?;
+    let mut target = engines::open_row_target(&settings.target.url).await?;
+    target.ensure_control_tables().await?;
+    target.ensure_stream_tables().await?;
+    let plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+    drop(source);
+    let position = target.stream_position(&settings.pipeline).await?;
+    let mut report =
+        SyncReport { stream: ApplyReport { pipeline: settings.pipeline.clone(), ..Default::default() }, ..Default::default() };
+
+    let mut conn = crate::postgres::connect(&settings.source.url, "source").await?;
+    let names: Vec<String> = plan.tables.iter().map(|t| t.source.quoted()).collect();
+    let has_slot = super::sync::prepare_source(&mut conn, options, &names.join(", ")).await?;
+    check_publication(&mut conn, options, &plan).await?;
+    drop(conn);
+    let mut client = super::sync::open_gated(settings, options, position).await?;
+    let latest = target.latest_run(&settings.pipeline).await?;
+    let loaded = latest.as_ref().is_some_and(|r| r.status == crate::control::RunStatus::Completed);
+    let load = if !has_slot {
+        let snapshot = super::sync::create_slot(&mut client, options).await?;
+        // A new slot means a new initial load, whatever an earlier one did.
+        let fresh = MigrateOptions { restart: true, resume_only: false, progress: false };
+        Some(crate::tables::migrate_in_snapshot(settings, selection, fresh, Some(&snapshot), Arc::clone(&stop)).await?)
+    } else if !loaded {
+        // The snapshot died with the process that loaded: the rest in a
+        // fresh one, and the stream (from the slot's start) converges.
+        let resume = MigrateOptions { restart: false, resume_only: false, progress: false };
+        Some(crate::tables::migrate_in_snapshot(settings, selection, resume, None, Arc::clone(&stop)).await?)
+    } else {
+        None
+    };
+    if let Some(load) = load {
+        report.snapshot_rows = load.rows_this_session;
+        report.snapshot_chunks = load.tables.len() as u64;
+        report.stream.dead_lettered += load.stats.dead_lettered;
+        tracing::info!(rows = load.rows_this_session, tables = load.tables.len(), "initial load");
+        match load.ending {
+            Ending::Completed | Ending::AlreadyCompleted => {}
+            Ending::Interrupted => return Ok(report),
+            Ending::Fatal => {
+                report.stream.fatal = load.message;
+                return Ok(report);
+            }
+        }
+    }
+    let mut applier = TablesApplier::new(settings, plan, target, position, report);
+    super::sync::follow(settings, options, client, &mut applier, &stop).await?;
+    Ok(applier.report)
+}
+
+/// A publication ferry did not make may lack tables of the pipeline (their
+/// changes would never arrive): refused with the fix. Tables it has beyond
+/// the pipeline are reported (their changes become dead letters).
+async fn check_publication(conn: &mut sqlx::PgConnection, options: &SyncOptions, plan: &Plan) -> anyhow::Result<()> {
+    let published: Vec<(String, String)> =
+        sqlx::query_as("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1")
+            .bind(&options.publication)
+            .fetch_all(&mut *conn)
+            .await?;
+    let is_published = |def: &TableDef| {
+        published.iter().any(|(s, t)| *t == def.name.name && def.name.schema.as_deref().is_none_or(|d| d == s))
+    };
+    let missing: Vec<String> =
+        plan.tables.iter().filter(|t| !is_published(&t.source)).map(|t| t.source.name.to_string()).collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "publication {} does not publish {} of the pipeline; add them (ALTER PUBLICATION {} ADD TABLE …) \
+             and run `ferry sync --teardown` to load them from a new slot, or drop the publication so ferry creates it",
+            options.publication,
+            missing.join(", "),
+            crate::db::quote_ident(&options.publication)
+        );
+    }
+    for (schema, table) in &published {
+        let known = plan
+            .tables
+            .iter()
+            .any(|t| t.source.name.name == *table && t.source.name.schema.as_deref().is_none_or(|d| d == schema));
+        if !known {
+            tracing::warn!(
+                "publication {} also publishes {schema}.{table}, which the pipeline does not name: its changes \
+                 will be dead-lettered (add it to [[tables]] or source.include, or drop it from the publication)",
+                options.publication
+            );
+        }
+    }
+    Ok(())
+}
+
+/// How a relation of the stream maps onto a planned source table.
+struct Mapped {
+    /// The relation's column names when mapped (a new Relation message
+    /// with other columns is mapped again).
+    names: Vec<String>,
+    /// `None`: the pipeline does not name the table.
+    table: Option<usize>,
+    /// For each column of the table's definition, its index in the tuple.
+    columns: Vec<Option<usize>>,
+    /// `schema.table` as the stream names it.
+    label: String,
+}
+
+/// What one change of a source table asks for.
+enum Op {
+    /// A new version of a row (`update`: a row of that key existed).
+    Upsert { row: Row, update: bool },
+    /// A row went: its key (source key order) and, with REPLICA IDENTITY
+    /// FULL, the whole old row.
+    Delete { key: Row },
+    Truncate,
+    /// Not applicable: a dead letter.
+    Dead { kind: DeadLetterKind, reason: String },
+}
+
+/// One decoded change, positioned.
+pub(crate) struct Change {
+    position: Position,
+    /// The planned table (`None`: a table outside the pipeline).
+    table: Option<usize>,
+    label: String,
+    key: Option<Key>,
+    what: &'static str,
+    op: Op,
+}
+
+impl Change {
+    fn origin(&self) -> ChangeOrigin {
+        let key = self.key.as_ref().map(Key::label);
+        ChangeOrigin {
+            dedup_key: self.position.to_string(),
+            source_table: self.label.clone(),
+            source_key: key.clone(),
+            event: serde_json::json!({ "pgoutput": self.what, "table": self.label, "key": key }).to_string(),
+        }
+    }
+}
+
+/// The many-table pipeline in the replication loop.
+struct TablesApplier<'a> {
+    settings: &'a Settings,
+    plan: Plan,
+    /// Every target table of the plan; `outputs[t]` indexes those of
+    /// planned table `t`.
+    targets: Arc<Vec<TableDef>>,
+    outputs: Vec<Vec<usize>>,
+    mapped: HashMap<u32, Mapped>,
+    transformers: HashMap<usize, TableTransformer>,
+    target: Box<dyn RowTarget>,
+    position: Option<Position>,
+    report: SyncReport,
+    /// Reads rows whose unchanged TOASTed values a change lacks.
+    reread: Option<Box<dyn RowSource>>,
+    producers: String,
+}
+
+impl<'a> TablesApplier<'a> {
+    fn new(
+        settings: &'a Settings,
+        plan: Plan,
+        target: Box<dyn RowTarget>,
+        position: Option<Position>,
+        report: SyncReport,
+    ) -> Self {
+        let mut targets = Vec::new();
+        let mut outputs = Vec::new();
+        for table in &plan.tables {
+            let mut mine = Vec::new();
+            for output in &table.outputs {
+                mine.push(targets.len());
+                targets.push(output.def.clone());
+            }
+            outputs.push(mine);
+        }
+        let mut producers: Vec<&str> = plan.tables.iter().map(|t| t.producer()).collect();
+        producers.sort_unstable();
+        producers.dedup();
+        let producers = producers.join(",");
+        TablesApplier {
+            settings,
+            plan,
+            targets: Arc::new(targets),
+            outputs,
+            mapped: HashMap::new(),
+            transformers: HashMap::new(),
+            target,
+            position,
+            report,
+            reread: None,
+            producers,
+        }
+    }
+
+    /// The mapping of relation `oid` (computed again if its columns changed).
+    fn mapping(&mut self, relation: &Relation) -> &Mapped {
+        let names: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
+        let stale = self.mapped.get(&relation.oid).is_none_or(|m| m.names != names);
+        if stale {
+            let table = self.plan.tables.iter().position(|t| {
+                t.source.name.name == relation.name
+                    && t.source.name.schema.as_deref().is_none_or(|s| s == relation.namespace)
+            });
+            let columns = match table {
+                Some(t) => self.plan.tables[t].source.columns.iter().map(|c| names.iter().position(|n| *n == c.name)).collect(),
+                None => Vec::new(),
+            };
+            self.mapped.insert(
+                relation.oid,
+                Mapped {
+                    names: names.iter().map(|n| n.to_string()).collect(),
+                    table,
+                    columns,
+                    label: format!("{}.{}", relation.namespace, relation.name),
+                },
+            );
+        }
+        &self.mapped[&relation.oid]
+    }
+
+    /// A tuple as a row of planned table `t`: `Ok(None)` if some value is an
+    /// unchanged TOASTed one the message does not carry.
+    fn row(&self, t: usize, columns: &[Option<usize>], tuple: &[Datum]) -> Result<Option<Row>, String> {
+        let table = &self.plan.tables[t];
+        // Copied into PostgreSQL: a value ferry cannot read travels as its text.
+        let keep_text = table.plugin.is_none() && self.settings.target.url.engine() == Engine::Postgres;
+        let mut row = Vec::with_capacity(columns.len());
+        for (column, at) in table.source.columns.iter().zip(columns) {
+            let at = at.ok_or_else(|| format!("the stream's {} has no column {}", table.source.name, column.name))?;
+            row.push(match tuple.get(at) {
+                None | Some(Datum::Null) => Value::Null,
+                Some(Datum::Unchanged) => return Ok(None),
+                Some(Datum::Binary(_)) => return Err(format!("column {} arrived in binary format", column.name)),
+                Some(Datum::Text(text)) => match decode_pg_text(&column.kind, &column.sql_type, text) {
+                    Ok(v) => v,
+                    Err(_) if keep_text => Value::Unsupported { type_name: column.sql_type.clone(), text: text.clone() },
+                    Err(e) => return Err(format!("column {}: {e}", column.name)),
+                },
+            });
+        }
+        Ok(Some(row))
+    }
+
+    /// The key values (source key order) in a tuple of planned table `t`.
+    fn key(&self, t: usize, columns: &[Option<usize>], tuple: &[Datum]) -> Result<Row, String> {
+        let def = &self.plan.tables[t].source;
+        def.primary_key
+            .iter()
+            .map(|&i| {
+                let column = &def.columns[i];
+                match columns[i].and_then(|at| tuple.get(at)) {
+                    Some(Datum::Text(text)) => decode_pg_text(&column.kind, &column.sql_type, text)
+                        .or_else(|_| Ok(Value::Unsupported { type_name: column.sql_type.clone(), text: text.clone() })),
+                    other => Err(format!("key column {} is {other:?} in the change", column.name)),
+                }
+            })
+            .collect()
+    }
+
+    /// The row of planned table `t` with `key` as the source holds it now.
+    async fn read_back(&mut self, t: usize, key: &Row) -> anyhow::Result<Op> {
+        if self.reread.is_none() {
+            self.reread = Some(engines::open_row_source(&self.settings.source.url, "source").await?);
+        }
+        let source = self.reread.as_mut().expect("connected above");
+        let page = source.read_keys(&self.plan.tables[t].source, std::slice::from_ref(key)).await?;
+        metrics::counter!(crate::daemon::names::TOAST_REREADS).increment(1);
+        self.report.toast_rereads += 1;
+        Ok(match (page.rows.into_iter().next(), page.unreadable.into_iter().next()) {
+            (Some(row), _) => Op::Upsert { row, update: true },
+            (None, Some(dead)) => Op::Dead { kind: DeadLetterKind::Extract, reason: dead.reason },
+            // Deleted since: its delete follows in the stream.
+            (None, None) => Op::Delete { key: key.clone() },
+        })
+    }
+
+    /// The plugin instance of planned table `t`, told its schema.
+    fn transformer(&mut self, t: usize) -> anyhow::Result<&mut TableTransformer> {
+        if !self.transformers.contains_key(&t) {
+            let table = &self.plan.tables[t];
+            let plugin = table.plugin.as_ref().expect("a plugin table");
+            let mut instance = tokio::task::block_in_place(|| plugin.instantiate())?;
+            tokio::task::block_in_place(|| instance.describe(&table.source))?;
+            self.transformers.insert(t, instance);
+        }
+        Ok(self.transformers.get_mut(&t).expect("inserted above"))
+    }
+
+    /// The index (in `targets`) of planned table `t`'s output named `name`.
+    fn output(&self, t: usize, name: &str) -> Option<usize> {
+        self.outputs[t].iter().copied().find(|&i| {
+            let def = &self.targets[i];
+            def.name.name == name || def.name.to_string() == name
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Applier for TablesApplier<'_> {
+    type Item = Change;
+
+    async fn receive(
+        &mut self,
+        relations: &Relations,
+        message: Message,
+        commit: u64,
+        seq: &mut u32,
+        out: &mut Vec<Change>,
+    ) -> anyhow::Result<()> {
+        // (relation, what, old tuple, new tuple)
+        let (oids, what, old, new): (Vec<u32>, &'static str, Option<Vec<Datum>>, Option<Vec<Datum>>) = match message {
+            Message::Insert { relation, new } => (vec![relation], "insert", None, Some(new)),
+            Message::Update { relation, old, new } => {
+                // Unchanged TOASTed values: a full old row carries them.
+                let mut new = new;
+                if let Some((false, full)) = &old {
+                    for (value, previous) in new.iter_mut().zip(full) {
+                        if *value == Datum::Unchanged {
+                            *value = previous.clone();
+                        }
+                    }
+                }
+                (vec![relation], "update", old.map(|(_, o)| o), Some(new))
+            }
+            Message::Delete { relation, old, .. } => (vec![relation], "delete", Some(old), None),
+            Message::Truncate { relations, .. } => (relations, "truncate", None, None),
+            _ => return Ok(()),
+        };
+        for oid in oids {
+            *seq += 1;
+            let position = Position { commit, lsn: 0, seq: *seq };
+            if self.position.is_some_and(|c| position <= c) {
+                self.report.stream.skipped_replayed += 1;
+                continue;
+            }
+            let Some(relation) = relations.get(oid) else {
+                anyhow::bail!("the stream used relation {oid} before describing it");
+            };
+            let mapped = self.mapping(relation);
+            let (table, columns, label) = (mapped.table, mapped.columns.clone(), mapped.label.clone());
+            let Some(t) = table else {
+                out.push(Change {
+                    position,
+                    table: None,
+                    label: label.clone(),
+                    key: None,
+                    what,
+                    op: Op::Dead {
+                        kind: DeadLetterKind::Extract,
+                        reason: format!(
+                            "table {label} is published but not in the pipeline; add it to [[tables]] or \
+                             source.include (and load it), or drop it from the publication"
+                        ),
+                    },
+                });
+                continue;
+            };
+            let dead = |reason: String| Op::Dead { kind: DeadLetterKind::Extract, reason };
+            let change = |key: Option<&Row>, what: &'static str, op: Op| Change {
+                position,
+                table: Some(t),
+                label: label.clone(),
+                key: key.map(|k| Key(k.iter().map(|v| crate::value::encode_pg_text(v).unwrap_or_default()).collect())),
+                what,
+                op,
+            };
+            if what == "truncate" {
+                out.push(change(None, what, Op::Truncate));
+                continue;
+            }
+            if let Some(new) = &new {
+                let key = match self.key(t, &columns, new) {
+                    Ok(key) => key,
+                    Err(reason) => {
+                        out.push(change(None, what, dead(reason)));
+                        continue;
+                    }
+                };
+                // A key change: the old key's row goes first.
+                if let Some(old) = &old
+                    && let Ok(old_key) = self.key(t, &columns, old)
+                    && old_key != key
+                {
+                    out.push(change(Some(&old_key), "update (old key)", Op::Delete { key: old_key.clone() }));
+                }
+                let op = match self.row(t, &columns, new) {
+                    Ok(Some(row)) => Op::Upsert { row, update: what == "update" },
+                    Ok(None) => self.read_back(t, &key).await?,
+                    Err(reason) => dead(reason),
+                };
+                out.push(change(Some(&key), what, op));
+            } else if let Some(old) = &old {
+                match self.key(t, &columns, old) {
+                    Ok(key) => out.push(change(Some(&key), what, Op::Delete { key: key.clone() })),
+                    Err(reason) => out.push(change(None, what, dead(reason))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, items: &mut Vec<Change>, source_commit_micros: Option<i64>) -> anyhow::Result<bool> {
+        if items.is_empty() {
+            return Ok(true);
+        }
+        let items = std::mem::take(items);
+        // Plugin tables: their upserts transformed in one call per table.
+        let mut outcomes: HashMap<usize, std::vec::IntoIter<RowOutcome>> = HashMap::new();
+        let mut by_table: HashMap<usize, Vec<Row>> = HashMap::new();
+        for item in &items {
+            if let (Some(t), Op::Upsert { row, .. }) = (item.table, &item.op)
+                && self.plan.tables[t].plugin.is_some()
+            {
+                by_table.entry(t).or_default().push(row.clone());
+            }
+        }
+        for (t, rows) in by_table {
+            let name = self.plan.tables[t].source.name.to_string();
+            let transformer = self.transformer(t)?;
+            let result = tokio::task::block_in_place(|| transformer.transform_batch(&name, &rows))?;
+            outcomes.insert(t, result.into_iter());
+        }
+        let mut batch = RowChangeBatch {
+            pipeline: self.settings.pipeline.clone(),
+            tables: Arc::clone(&self.targets),
+            previous: self.position,
+            next: self.position,
+            plugin_sha256: self.producers.clone(),
+            source_commit_micros,
+            ..Default::default()
+        };
+        let (mut upserts, mut deletes, mut truncates) = (0u64, 0u64, 0u64);
+        for item in items {
+            batch.next = Some(batch.next.map_or(item.position, |p| p.max(item.position)));
+            let origin = batch.origins.len();
+            let this = item.origin();
+            batch.origins.push(this.clone());
+            let dead = |kind: DeadLetterKind, reason: String| StreamDeadLetter { origin: this.clone(), kind, reason };
+            let Some(t) = item.table else {
+                if let Op::Dead { kind, reason } = item.op {
+                    batch.dead.push(dead(kind, reason));
+                }
+                continue;
+            };
+            let mut write = |table: usize, change: RowChange| {
+                match &change {
+                    RowChange::Upsert(_) => upserts += 1,
+                    RowChange::Delete(_) => deletes += 1,
+                    RowChange::Truncate => truncates += 1,
+                }
+                batch.writes.push(ChangeWrite { table, change, origin });
+            };
+            let copy = self.plan.tables[t].plugin.is_none();
+            match item.op {
+                Op::Dead { kind, reason } => batch.dead.push(dead(kind, reason)),
+                Op::Truncate => {
+                    for &o in &self.outputs[t] {
+                        write(o, RowChange::Truncate);
+                    }
+                }
+                Op::Upsert { row, .. } if copy => write(self.outputs[t][0], RowChange::Upsert(row)),
+                Op::Delete { key } if copy => write(self.outputs[t][0], RowChange::Delete(key)),
+                Op::Upsert { update, .. } => {
+                    let outcome = outcomes.get_mut(&t).and_then(Iterator::next).expect("one outcome per upsert");
+                    let rows = match outcome {
+                        RowOutcome::Rows(rows) => rows,
+                        RowOutcome::Rejected(reason) => {
+                            batch.dead.push(dead(DeadLetterKind::Reject, format!("plugin rejected the row: {reason}")));
+                            continue;
+                        }
+                        RowOutcome::Trapped(reason) => {
+                            batch.dead.push(dead(DeadLetterKind::Trap, reason));
+                            continue;
+                        }
+                        RowOutcome::Fatal(reason) => {
+                            self.report.stream.fatal = Some(format!(
+                                "plugin fatal on row {} of {}: {reason}",
+                                item.key.as_ref().map_or_else(String::new, Key::label),
+                                item.label
+                            ));
+                            return Ok(false);
+                        }
+                    };
+                    let mut placed = Vec::with_capacity(rows.len());
+                    let mut bad = None;
+                    for (name, values) in rows {
+                        match self.output(t, &name) {
+                            Some(o) if values.len() == self.targets[o].columns.len() => placed.push((o, values)),
+                            Some(o) => {
+                                bad = Some(format!(
+                                    "the plugin wrote {} values for table {name}, which has {} columns",
+                                    values.len(),
+                                    self.targets[o].columns.len()
+                                ))
+                            }
+                            None => bad = Some(format!("the plugin wrote a row for table {name:?}, which it did not declare")),
+                        }
+                    }
+                    if let Some(reason) = bad {
+                        batch.dead.push(dead(DeadLetterKind::Reject, reason));
+                        continue;
+                    }
+                    if update {
+                        // The rows the old version made and the new one does not.
+                        let keys = match self.plugin_keys(t, &item, &mut batch.dead)? {
+                            Some(keys) => keys,
+                            None if self.report.stream.fatal.is_some() => return Ok(false),
+                            None => continue,
+                        };
+                        for (o, key) in keys {
+                            let def = &self.targets[o];
+                            let made_again =
+                                key.len() == def.primary_key.len() && placed.iter().any(|(p, v)| *p == o && Key::of(def, v).0 == text_of(&key));
+                            if !made_again {
+                                write(o, RowChange::Delete(key));
+                            }
+                        }
+                    }
+                    for (o, values) in placed {
+                        write(o, RowChange::Upsert(values));
+                    }
+                }
+                Op::Delete { .. } => match self.plugin_keys(t, &item, &mut batch.dead)? {
+                    Some(keys) => {
+                        for (o, key) in keys {
+                            write(o, RowChange::Delete(key));
+                        }
+                    }
+                    None if self.report.stream.fatal.is_some() => return Ok(false),
+                    None => {}
+                },
+            }
+        }
+        let refused = self.target.apply_row_changes(&batch).await?;
+        self.position = batch.next;
+        use crate::daemon::names;
+        metrics::counter!(names::CHANGES_APPLIED, "op" => "upsert").increment(upserts);
+        metrics::counter!(names::CHANGES_APPLIED, "op" => "delete").increment(deletes);
+        metrics::counter!(names::CHANGES_APPLIED, "op" => "truncate").increment(truncates);
+        metrics::counter!(names::DEAD_LETTERS).increment(batch.dead.len() as u64 + refused);
+        metrics::counter!(names::TRANSACTIONS).increment(1);
+        crate::daemon::health().beat("streaming");
+        let stream = &mut self.report.stream;
+        // Refused writes count as dead letters, not as applied.
+        stream.upserts += upserts;
+        stream.deletes += deletes;
+        stream.truncates += truncates;
+        stream.dead_lettered += batch.dead.len() as u64 + refused;
+        stream.upserts = stream.upserts.saturating_sub(refused);
+        stream.transactions += 1;
+        stream.checkpoint.position = self.position;
+        stream.checkpoint.streaming = self.position.is_some();
+        Ok(true)
+    }
+
+    async fn reconnect(&mut self) -> anyhow::Result<Option<Position>> {
+        self.target = engines::open_row_target(&self.settings.target.url).await?;
+        self.position = self.target.stream_position(&self.settings.pipeline).await?;
+        Ok(self.position)
+    }
+
+    fn report(&mut self) -> &mut SyncReport {
+        &mut self.report
+    }
+}
+
+impl TablesApplier<'_> {
+    /// The target rows the plugin made of `item`'s source row (its
+    /// `target-keys`), as (target index, key). `None`: dead-lettered, or
+    /// the plugin said `fatal` (then `report.stream.fatal` is set).
+    fn plugin_keys(
+        &mut self,
+        t: usize,
+        item: &Change,
+        dead: &mut Vec<StreamDeadLetter>,
+    ) -> anyhow::Result<Option<Vec<(usize, Row)>>> {
+        let key: Row = match &item.op {
+            Op::Delete { key } => key.clone(),
+            Op::Upsert { row, .. } => self.plan.tables[t].source.primary_key.iter().map(|&i| row[i].clone()).collect(),
+            _ => return Ok(None),
+        };
+        let name = self.plan.tables[t].source.name.to_string();
+        let transformer = self.transformer(t)?;
+        let outcome = tokio::task::block_in_place(|| transformer.target_keys(&name, &key))?;
+        let refuse = |kind, reason: String| StreamDeadLetter { origin: item.origin(), kind, reason };
+        match outcome {
+            RowOutcome::Rows(keys) => {
+                let mut found = Vec::with_capacity(keys.len());
+                for (table, key) in keys {
+                    match self.output(t, &table) {
+                        Some(o) if !key.is_empty() && key.len() <= self.targets[o].primary_key.len() => found.push((o, key)),
+                        _ => {
+                            dead.push(refuse(
+                                DeadLetterKind::Reject,
+                                format!("target-keys named {table:?} with {} key values, which is not a key of a declared output table", key.len()),
+                            ));
+                            return Ok(None);
+                        }
+                    }
+                }
+                Ok(Some(found))
+            }
+            RowOutcome::Rejected(reason) => {
+                dead.push(refuse(DeadLetterKind::Reject, format!("target-keys: {reason}")));
+                Ok(None)
+            }
+            RowOutcome::Trapped(reason) => {
+                dead.push(refuse(DeadLetterKind::Trap, reason));
+                Ok(None)
+            }
+            RowOutcome::Fatal(reason) => {
+                self.report.stream.fatal = Some(format!("plugin fatal on the keys of row {} of {name}: {reason}", item.key.as_ref().map_or_else(String::new, Key::label)));
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Key values as their text forms (how [`Key`] compares them).
+fn text_of(key: &Row) -> Vec<String> {
+    key.iter().map(|v| crate::value::encode_pg_text(v).unwrap_or_default()).collect()
+}

@@ -1,0 +1,253 @@
+//! Change streams of many tables into PostgreSQL: the writes in stream
+//! order, their dead letters and the stream position in one transaction.
+//!
+//! A batch is first applied optimistically (one statement per stretch of
+//! writes, no savepoints); only if the target refuses a row is the
+//! transaction rolled back and applied again carefully, each statement
+//! under a savepoint and refused ranges bisected down to the rows.
+
+use async_trait::async_trait;
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+use super::tables::{PgTables, literal};
+use super::target::refuses_rows;
+use crate::config::OnConflict;
+use crate::db::quote_ident;
+use crate::keyset::Row;
+use crate::position::Position;
+use crate::retry::DriverError;
+use crate::schema::TableDef;
+use crate::sink::{FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter};
+use crate::value::write_pg_text;
+
+/// Rows per INSERT or DELETE statement.
+const STATEMENT_ROWS: usize = 1000;
+
+type Stored = (Option<i64>, Option<i64>, Option<i32>);
+
+fn position_of(stored: Option<Stored>) -> Option<Position> {
+    match stored {
+        Some((Some(commit), Some(lsn), seq)) => {
+            Some(Position { commit: commit as u64, lsn: lsn as u64, seq: seq.unwrap_or(0) as u32 })
+        }
+        _ => None,
+    }
+}
+
+/// `'text'::type` or `NULL`.
+fn push_value(value: &crate::value::Value, sql_type: &str, scratch: &mut String, sql: &mut String) {
+    scratch.clear();
+    if write_pg_text(value, scratch) {
+        sql.push_str(&literal(scratch, sql_type));
+    } else {
+        sql.push_str("NULL");
+    }
+}
+
+/// `INSERT … VALUES … ON CONFLICT (key) DO UPDATE` of `rows`.
+fn upsert_sql(def: &TableDef, rows: &[&Row]) -> String {
+    let mut sql = format!("INSERT INTO {} ({}) VALUES ", def.quoted(), def.column_list());
+    let mut scratch = String::new();
+    for (n, row) in rows.iter().enumerate() {
+        sql.push_str(if n == 0 { "(" } else { ", (" });
+        for (i, (value, column)) in row.iter().zip(&def.columns).enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            push_value(value, &column.sql_type, &mut scratch, &mut sql);
+        }
+        sql.push(')');
+    }
+    let set: Vec<String> = (0..def.columns.len())
+        .filter(|i| !def.primary_key.contains(i))
+        .map(|i| {
+            let c = quote_ident(&def.columns[i].name);
+            format!("{c} = EXCLUDED.{c}")
+        })
+        .collect();
+    if set.is_empty() {
+        sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", def.key_list()));
+    } else {
+        sql.push_str(&format!(" ON CONFLICT ({}) DO UPDATE SET {}", def.key_list(), set.join(", ")));
+    }
+    sql
+}
+
+/// `DELETE … WHERE (key) IN (…)` of `keys` (values in key order; keys of
+/// one length, shorter than the table's key for a prefix).
+fn delete_sql(def: &TableDef, keys: &[&Row]) -> String {
+    let n = keys.first().map_or(0, |k| k.len());
+    let columns: Vec<String> = def.key_columns().take(n).map(|c| quote_ident(&c.name)).collect();
+    let mut sql = format!("DELETE FROM {} WHERE ({}) IN (", def.quoted(), columns.join(", "));
+    let mut scratch = String::new();
+    for (n, key) in keys.iter().enumerate() {
+        sql.push_str(if n == 0 { "(" } else { ", (" });
+        for (i, (value, column)) in key.iter().zip(def.key_columns()).enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            push_value(value, &column.sql_type, &mut scratch, &mut sql);
+        }
+        sql.push(')');
+    }
+    sql.push(')');
+    sql
+}
+
+/// Runs `sql(rows)` over `rows` in statements of [`STATEMENT_ROWS`].
+/// Carefully: each under a savepoint, a refused statement split down to the
+/// rows, which are returned (index, message); else a refusal is the error.
+async fn run<'r>(
+    tx: &mut PgConnection,
+    rows: &[&'r Row],
+    careful: bool,
+    sql: fn(&TableDef, &[&Row]) -> String,
+    def: &TableDef,
+) -> Result<Vec<(usize, String)>, sqlx::Error> {
+    let mut refused = Vec::new();
+    let mut todo: Vec<(usize, usize)> =
+        (0..rows.len()).step_by(STATEMENT_ROWS).map(|from| (from, (from + STATEMENT_ROWS).min(rows.len()))).collect();
+    todo.reverse();
+    while let Some((from, to)) = todo.pop() {
+        let statement = sql(def, &rows[from..to]);
+        if !careful {
+            sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await?;
+            continue;
+        }
+        sqlx::query("SAVEPOINT ferry_changes").execute(&mut *tx).await?;
+        match sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await {
+            Ok(_) => {
+                sqlx::query("RELEASE SAVEPOINT ferry_changes").execute(&mut *tx).await?;
+            }
+            Err(e) if refuses_rows(&e, OnConflict::Overwrite) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT ferry_changes").execute(&mut *tx).await?;
+                sqlx::query("RELEASE SAVEPOINT ferry_changes").execute(&mut *tx).await?;
+                if to - from == 1 {
+                    refused.push((from, super::describe_error(&e)));
+                } else {
+                    super::split_refused(from, to, &mut todo);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refused)
+}
+
+/// Applies the batch's writes in `tx`; the dead letters of refused writes
+/// (none unless `careful`: then a refusal is the error).
+async fn apply_writes(
+    tx: &mut PgConnection,
+    batch: &RowChangeBatch,
+    careful: bool,
+) -> Result<Vec<StreamDeadLetter>, sqlx::Error> {
+    let mut refused = Vec::new();
+    for stretch in batch.stretches() {
+        if !stretch.truncate.is_empty() {
+            let names: Vec<String> = stretch.truncate.iter().map(|&t| batch.tables[t].quoted()).collect();
+            sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {}", names.join(", ")))).execute(&mut *tx).await?;
+            continue;
+        }
+        let def = &batch.tables[stretch.table];
+        for (indexes, sql) in [(&stretch.deletes, delete_sql as fn(&TableDef, &[&Row]) -> String), (&stretch.upserts, upsert_sql)] {
+            let rows: Vec<&Row> = indexes
+                .iter()
+                .map(|&i| match &batch.writes[i].change {
+                    RowChange::Upsert(row) | RowChange::Delete(row) => row,
+                    RowChange::Truncate => unreachable!("stretches hold no truncate here"),
+                })
+                .collect();
+            for (at, message) in run(tx, &rows, careful, sql, def).await? {
+                let write = &batch.writes[indexes[at]];
+                refused.push(batch.origins[write.origin].refused(&def.name.to_string(), &message));
+            }
+        }
+    }
+    Ok(refused)
+}
+
+#[async_trait]
+impl RowChangeSink for PgTables {
+    async fn ensure_stream_tables(&mut self) -> anyhow::Result<()> {
+        super::changes::ensure_change_tables(&mut self.conn).await
+    }
+
+    async fn stream_position(&mut self, pipeline: &str) -> anyhow::Result<Option<Position>> {
+        let stored: Option<Stored> =
+            sqlx::query_as("SELECT commit_lsn, lsn, seq FROM ferry.change_checkpoints WHERE pipeline = $1")
+                .bind(pipeline)
+                .fetch_optional(&mut self.conn)
+                .await?;
+        Ok(position_of(stored))
+    }
+
+    async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<u64> {
+        let mut careful = false;
+        loop {
+            let mut tx = self.conn.begin().await?;
+            // The slot is told this commit is applied: it must be durable.
+            sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO ferry.change_checkpoints (pipeline) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(&batch.pipeline)
+                .execute(&mut *tx)
+                .await?;
+            let stored: Option<Stored> = sqlx::query_as(
+                "SELECT commit_lsn, lsn, seq FROM ferry.change_checkpoints WHERE pipeline = $1 FOR UPDATE",
+            )
+            .bind(&batch.pipeline)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if position_of(stored) != batch.previous {
+                return Err(FencedError { run_id: format!("change stream {}", batch.pipeline) }.into());
+            }
+            let refused = match apply_writes(&mut tx, batch, careful).await {
+                Ok(refused) => refused,
+                Err(e) if !careful && refuses_rows(&e, OnConflict::Overwrite) => {
+                    // Some row is refused: again, isolating it.
+                    tx.rollback().await?;
+                    careful = true;
+                    continue;
+                }
+                Err(e) => return Err(DriverError::sqlx(format!("applying changes in {}", self.url), &e)),
+            };
+            for d in batch.dead.iter().chain(&refused) {
+                sqlx::query(
+                    "INSERT INTO ferry.change_dead_letters \
+                     (pipeline, dedup_key, source_table, source_key, event, kind, reason, plugin_sha256) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (pipeline, dedup_key) DO NOTHING",
+                )
+                .bind(&batch.pipeline)
+                .bind(&d.origin.dedup_key)
+                .bind(&d.origin.source_table)
+                .bind(&d.origin.source_key)
+                .bind(d.origin.event.replace('\0', "\\u0000"))
+                .bind(d.kind.as_str())
+                .bind(d.reason.replace('\0', "\\u0000"))
+                .bind(&batch.plugin_sha256)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let p = batch.next;
+            sqlx::query(
+                "UPDATE ferry.change_checkpoints SET commit_lsn = $2, lsn = $3, seq = $4, streaming = $5, \
+                 applied = applied + $6, dead_lettered = dead_lettered + $7, plugin_sha256 = $8, updated_at = now(), \
+                 source_commit_at = coalesce(to_timestamp($9::float8 / 1e6), source_commit_at), \
+                 first_applied_at = coalesce(first_applied_at, now()) WHERE pipeline = $1",
+            )
+            .bind(&batch.pipeline)
+            .bind(p.map(|p| p.commit as i64))
+            .bind(p.map(|p| p.lsn as i64))
+            .bind(p.map(|p| p.seq as i32))
+            .bind(p.is_some())
+            .bind(batch.writes.len() as i64 - refused.len() as i64)
+            .bind((batch.dead.len() + refused.len()) as i64)
+            .bind(&batch.plugin_sha256)
+            .bind(batch.source_commit_micros.map(|m| m as f64))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(refused.len() as u64);
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Change streams of many tables into SQLite: the writes in stream order,
+//! their dead letters and the stream position in one transaction
+//! (`BEGIN IMMEDIATE`). A statement SQLite refuses is undone alone, the
+//! transaction intact, so its rows are retried one by one.
+
+use async_trait::async_trait;
+use sqlx::sqlite::{Sqlite, SqliteConnection};
+use sqlx::{Connection, QueryBuilder};
+
+use super::tables::{MAX_PARAMS, SqliteTables, push_stored, to_sqlite};
+use super::target::refuses_rows;
+use crate::config::OnConflict;
+use crate::keyset::Row;
+use crate::position::Position;
+use crate::schema::TableDef;
+use crate::sink::{FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter};
+
+const STREAM_DDL: &str = r#"
+CREATE TABLE IF NOT EXISTS ferry_change_checkpoints (
+    pipeline         TEXT PRIMARY KEY,
+    commit_lsn       INTEGER,
+    lsn              INTEGER,
+    seq              INTEGER,
+    streaming        INTEGER NOT NULL DEFAULT 0,
+    applied          INTEGER NOT NULL DEFAULT 0,
+    dead_lettered    INTEGER NOT NULL DEFAULT 0,
+    plugin_sha256    TEXT,
+    source_commit_at TEXT,
+    first_applied_at TEXT,
+    updated_at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+);
+CREATE TABLE IF NOT EXISTS ferry_change_dead_letters (
+    id            INTEGER PRIMARY KEY,
+    pipeline      TEXT NOT NULL,
+    dedup_key     TEXT NOT NULL,
+    source_table  TEXT,
+    source_key    TEXT,
+    event         TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    plugin_sha256 TEXT NOT NULL,
+    created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    UNIQUE (pipeline, dedup_key)
+);
+"#;
+
+type Stored = (Option<i64>, Option<i64>, Option<i64>);
+
+fn position_of(stored: Option<Stored>) -> Option<Position> {
+    match stored {
+        Some((Some(commit), Some(lsn), seq)) => {
+            Some(Position { commit: commit as u64, lsn: lsn as u64, seq: seq.unwrap_or(0) as u32 })
+        }
+        _ => None,
+    }
+}
+
+/// Deletes `keys` (values in key order, or a prefix) in statements of at most
+/// MAX_PARAMS parameters.
+async fn delete(tx: &mut SqliteConnection, def: &TableDef, keys: &[&Row]) -> Result<u64, sqlx::Error> {
+    let mut gone = 0;
+    // Keys of one length: shorter than the table's key for a prefix.
+    let n = keys.first().map_or(0, |k| k.len());
+    let columns: Vec<String> = def.key_columns().take(n).map(|c| crate::db::quote_ident(&c.name)).collect();
+    for chunk in keys.chunks((MAX_PARAMS / n.max(1)).max(1)) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("DELETE FROM {} WHERE ({}) IN (VALUES ", def.quoted(), columns.join(", ")));
+        for (n, key) in chunk.iter().enumerate() {
+            qb.push(if n == 0 { "(" } else { ", (" });
+            let mut b = qb.separated(", ");
+            for value in key.iter() {
+                push_stored(&mut b, to_sqlite(value));
+            }
+            qb.push(")");
+        }
+        qb.push(")");
+        gone += qb.build().execute(&mut *tx).await?.rows_affected();
+    }
+    Ok(gone)
+}
+
+/// Upserts or deletes `rows`; a refused statement is retried row by row,
+/// the refused rows returned (index, message).
+async fn write(
+    tx: &mut SqliteConnection,
+    def: &TableDef,
+    rows: &[&Row],
+    upsert: bool,
+) -> Result<Vec<(usize, String)>, sqlx::Error> {
+    let all = match upsert {
+        true => SqliteTables::insert(tx, def, rows, OnConflict::Overwrite).await,
+        false => delete(tx, def, rows).await,
+    };
+    match all {
+        Ok(_) => return Ok(Vec::new()),
+        Err(e) if refuses_rows(&e, OnConflict::Overwrite) => {}
+        Err(e) => return Err(e),
+    }
+    let mut refused = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let one = match upsert {
+            true => SqliteTables::insert(tx, def, std::slice::from_ref(row), OnConflict::Overwrite).await,
+            false => delete(tx, def, std::slice::from_ref(row)).await,
+        };
+        match one {
+            Ok(_) => {}
+            Err(e) if refuses_rows(&e, OnConflict::Overwrite) => refused.push((i, e.to_string())),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refused)
+}
+
+#[async_trait]
+impl RowChangeSink for SqliteTables {
+    async fn ensure_stream_tables(&mut self) -> anyhow::Result<()> {
+        // The source is told what was applied once it commits: a commit
+        // must survive a power loss, not only a crash of ferry.
+        sqlx::query("PRAGMA synchronous = FULL").execute(&mut self.conn).await?;
+        for statement in crate::db::ddl_statements(STREAM_DDL) {
+            sqlx::query(statement).execute(&mut self.conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn stream_position(&mut self, pipeline: &str) -> anyhow::Result<Option<Position>> {
+        let stored: Option<Stored> =
+            sqlx::query_as("SELECT commit_lsn, lsn, seq FROM ferry_change_checkpoints WHERE pipeline = ?1")
+                .bind(pipeline)
+                .fetch_optional(&mut self.conn)
+                .await?;
+        Ok(position_of(stored))
+    }
+
+    async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<u64> {
+        let fail = |e: sqlx::Error| anyhow::anyhow!("applying changes in {}: {e}", self.url);
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("INSERT INTO ferry_change_checkpoints (pipeline) VALUES (?1) ON CONFLICT DO NOTHING")
+            .bind(&batch.pipeline)
+            .execute(&mut *tx)
+            .await?;
+        let stored: Option<Stored> =
+            sqlx::query_as("SELECT commit_lsn, lsn, seq FROM ferry_change_checkpoints WHERE pipeline = ?1")
+                .bind(&batch.pipeline)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if position_of(stored) != batch.previous {
+            return Err(FencedError { run_id: format!("change stream {}", batch.pipeline) }.into());
+        }
+        let mut refused: Vec<StreamDeadLetter> = Vec::new();
+        for stretch in batch.stretches() {
+            for &t in &stretch.truncate {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", batch.tables[t].quoted())))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+            }
+            let def = &batch.tables[stretch.table];
+            for (indexes, upsert) in [(&stretch.deletes, false), (&stretch.upserts, true)] {
+                let rows: Vec<&Row> = indexes
+                    .iter()
+                    .map(|&i| match &batch.writes[i].change {
+                        RowChange::Upsert(row) | RowChange::Delete(row) => row,
+                        RowChange::Truncate => unreachable!("stretches hold no truncate here"),
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                for (at, message) in write(&mut tx, def, &rows, upsert).await.map_err(fail)? {
+                    let origin = &batch.origins[batch.writes[indexes[at]].origin];
+                    refused.push(origin.refused(&def.name.to_string(), &message));
+                }
+            }
+        }
+        for d in batch.dead.iter().chain(&refused) {
+            sqlx::query(
+                "INSERT INTO ferry_change_dead_letters \
+                 (pipeline, dedup_key, source_table, source_key, event, kind, reason, plugin_sha256) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (pipeline, dedup_key) DO NOTHING",
+            )
+            .bind(&batch.pipeline)
+            .bind(&d.origin.dedup_key)
+            .bind(&d.origin.source_table)
+            .bind(&d.origin.source_key)
+            .bind(&d.origin.event)
+            .bind(d.kind.as_str())
+            .bind(&d.reason)
+            .bind(&batch.plugin_sha256)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let p = batch.next;
+        sqlx::query(
+            "UPDATE ferry_change_checkpoints SET commit_lsn = ?2, lsn = ?3, seq = ?4, streaming = ?5, \
+             applied = applied + ?6, dead_lettered = dead_lettered + ?7, plugin_sha256 = ?8, \
+             updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now'), \
+             source_commit_at = coalesce(strftime('%Y-%m-%d %H:%M:%f', ?9 / 1e6, 'unixepoch'), source_commit_at), \
+             first_applied_at = coalesce(first_applied_at, strftime('%Y-%m-%d %H:%M:%f', 'now')) WHERE pipeline = ?1",
+        )
+        .bind(&batch.pipeline)
+        .bind(p.map(|p| p.commit as i64))
+        .bind(p.map(|p| p.lsn as i64))
+        .bind(p.map(|p| i64::from(p.seq)))
+        .bind(p.is_some())
+        .bind(batch.writes.len() as i64 - refused.len() as i64)
+        .bind((batch.dead.len() + refused.len()) as i64)
+        .bind(&batch.plugin_sha256)
+        .bind(batch.source_commit_micros)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(refused.len() as u64)
+    }
+}
