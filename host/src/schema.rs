@@ -227,6 +227,11 @@ impl TableDef {
     }
 
     /// The key columns, quoted, comma-separated.
+    /// The first `n` key columns, quoted, comma-separated (a key prefix).
+    pub fn key_prefix_list(&self, n: usize) -> String {
+        self.key_columns().take(n).map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
+    }
+
     pub fn key_list(&self) -> String {
         self.key_columns().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ")
     }

@@ -322,6 +322,9 @@ pub trait RowChangeSink: Send {
     /// The pipeline's stored stream position (`None`: nothing streamed).
     async fn stream_position(&mut self, pipeline: &str) -> anyhow::Result<Option<crate::position::Position>>;
     async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<u64>;
+    /// The (source table, source key) of every change of the pipeline that
+    /// was dead-lettered (none if it never streamed).
+    async fn stream_dead_keys(&mut self, pipeline: &str) -> anyhow::Result<Vec<(String, String)>>;
 }
 
 /// A stretch of a [`RowChangeBatch`]: consecutive writes to one table,

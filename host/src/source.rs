@@ -63,6 +63,11 @@ pub trait SnapshotSource: Send {
     async fn integrity(&mut self) -> anyhow::Result<Integrity>;
     /// Whether the connected role may read the table.
     async fn can_read(&mut self) -> anyhow::Result<bool>;
+    /// Waits until source transaction `xid` is visible here (see
+    /// [`RowSource::wait_visible`]).
+    async fn wait_visible(&mut self, _xid: u32) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads tables of any shape (see [`crate::schema`]), page by page.
@@ -89,6 +94,9 @@ pub trait RowSource: Send {
         after: Option<&crate::keyset::Key>,
         limit: usize,
     ) -> anyhow::Result<crate::keyset::RowPage>;
+    /// The rows with these keys (values in key order, all of one length; a
+    /// key shorter than the table's is a prefix and matches every row that
+    /// starts with it).
     async fn read_keys(
         &mut self,
         table: &crate::schema::TableDef,
@@ -108,6 +116,12 @@ pub trait RowSource: Send {
     /// Reads every following page in the exported snapshot `name`
     /// (PostgreSQL's `SET TRANSACTION SNAPSHOT`), until the connection is
     /// dropped.
+    /// Waits until the source transaction `xid` (of a change stream) is
+    /// visible to this connection's next reads: a change arrives a moment
+    /// before its transaction is visible to other sessions.
+    async fn wait_visible(&mut self, _xid: u32) -> anyhow::Result<()> {
+        Ok(())
+    }
     async fn use_snapshot(&mut self, name: &str) -> anyhow::Result<()> {
         anyhow::bail!("snapshot {name}: this source has no exported snapshots")
     }

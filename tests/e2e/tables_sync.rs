@@ -175,8 +175,10 @@ async fn write_shop_changes(c: &mut PgConnection, round: i64, customers: i64, pa
 async fn torn_orders(url: &str) -> Option<i64> {
     let mut c = PgConnection::connect(url).await.ok()?;
     // Only once the stream applies (the initial load fills tables one by one).
-    let streaming: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM ferry.change_checkpoints WHERE streaming").fetch_one(&mut c).await.ok()?;
+    let streaming: i64 = sqlx::query_scalar("SELECT count(*) FROM ferry.change_checkpoints WHERE streaming")
+        .fetch_one(&mut c)
+        .await
+        .ok()?;
     if streaming == 0 {
         return None;
     }
@@ -250,11 +252,15 @@ async fn sync_streams_many_tables_with_multi_table_transactions_applied_atomical
     for (table, order) in SHOP_TABLES {
         let (got, want) = (rows_text(&target.url(), table, order).await, rows_text(&source, table, order).await);
         assert_eq!(got.len(), want.len(), "{table}: row counts");
-        assert!(got == want, "{table} differs from the source");
+        let first =
+            got.iter().zip(&want).find(|(g, w)| g != w).map(|(g, w)| (&g[..g.len().min(300)], &w[..w.len().min(300)]));
+        assert!(got == want, "{table} differs from the source; first: {first:?}");
     }
     // The foreign keys ferry built after the load hold the stream's rows.
     assert_eq!(
-        target.scalar_i64("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'lines'::regclass").await,
+        target
+            .scalar_i64("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'lines'::regclass")
+            .await,
         1
     );
     // The slot is acknowledged up to what the target holds.
@@ -269,4 +275,164 @@ async fn sync_streams_many_tables_with_multi_table_transactions_applied_atomical
     assert_eq!(p.ferry(&["sync", "--teardown"]).code, 0);
     let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots").fetch_one(&mut c).await.unwrap();
     assert_eq!(slots, 0);
+}
+
+/// The legacy orders of the quickstart (items in a JSON column), split by
+/// the `split-orders` plugin, beside customers copied as they are.
+const LEGACY_ORDERS_DDL: &str = r#"
+CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL);
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers, placed_at timestamp NOT NULL,
+    status text NOT NULL, items json NOT NULL);
+INSERT INTO customers SELECT g, 'C' || g FROM generate_series(1, 50) g;
+INSERT INTO orders SELECT g, 1 + g % 50, '2024-03-01 10:00:00'::timestamp + g * interval '1 hour', 'paid',
+    json_build_array(json_build_object('sku', 'A' || g, 'qty', 1, 'price', '1.50'),
+                     json_build_object('sku', 'B' || g, 'qty', 2, 'price', 2.25),
+                     json_build_object('sku', 'C' || g, 'qty', 3, 'price', '0.10'))
+    FROM generate_series(1, 300) g;
+"#;
+
+/// Every row of each of `tables` in `url`, as PostgreSQL prints it.
+async fn tables_text(url: &str, tables: &[(&str, &str)]) -> Vec<Vec<String>> {
+    let mut all = Vec::new();
+    for (table, order) in tables {
+        all.push(rows_text(url, table, order).await);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_streams_plugin_tables_replacing_the_rows_of_the_old_version() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql(LEGACY_ORDERS_DDL).execute(&mut c).await.unwrap();
+    let target = PgDb::new("tsyncp").await;
+    let extra = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", plugins().split_orders.display());
+    let include = "include = [\"public.customers\"]";
+    let p = tables_pipeline(&source, &target.url(), include, &extra);
+    let first = p.ferry(&["sync", "--idle-exit", "1", "--json"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM order_items").await, 900);
+
+    sqlx::raw_sql(
+        r#"
+        -- Fewer items: the old version's third line must go.
+        UPDATE orders SET items = json_build_array(json_build_object('sku', 'X', 'qty', 9, 'price', '9.99'))
+            WHERE id BETWEEN 1 AND 20;
+        -- An order and its items go.
+        DELETE FROM orders WHERE id BETWEEN 21 AND 30;
+        -- Marked as a test order: filtered, so its rows go from the target.
+        UPDATE orders SET status = 'TEST' WHERE id BETWEEN 31 AND 35;
+        -- A new order and its customer, in one transaction.
+        BEGIN; INSERT INTO customers VALUES (51, 'New'); INSERT INTO orders VALUES (1000, 51, '2024-06-01 00:00:00', 'paid',
+            '[{"sku": "N", "qty": 4, "price": "4.00"}]'); COMMIT;
+        -- A key change of an order.
+        UPDATE orders SET id = 2000 WHERE id = 40;
+        -- Rejected by the plugin (items not an array): order 41 keeps its old rows.
+        UPDATE orders SET items = '{"not": "an array"}' WHERE id = 41;
+        UPDATE customers SET name = 'Renamed' WHERE id = 7;
+        "#,
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let run = p.ferry(&["sync", "--idle-exit", "1", "--json"]);
+    assert_eq!(run.code, 4, "one dead letter: {run:?}");
+    let report = run.json();
+    assert_eq!(report["stream"]["dead_lettered"], 1, "{report}");
+    let reason: String = sqlx::query_scalar("SELECT reason FROM ferry.change_dead_letters WHERE source_key = '41'")
+        .fetch_one(&mut target.conn().await)
+        .await
+        .unwrap();
+    assert!(reason.contains("not a JSON array"), "{reason}");
+
+    // The oracle: a fresh migration of the final source through the same plugin.
+    let oracle = PgDb::new("tsyncpo").await;
+    let fresh = tables_pipeline(&source, &oracle.url(), include, &extra);
+    assert_eq!(fresh.ferry(&["migrate"]).code, 4, "order 41 is rejected there too");
+    let tables = [("customers", "id"), ("orders", "id"), ("order_items", "order_id, line")];
+    let kept = |rows: Vec<Vec<String>>| -> Vec<Vec<String>> {
+        rows.into_iter().map(|t| t.into_iter().filter(|r| !r.starts_with("(41,")).collect()).collect()
+    };
+    let (got, want) =
+        (kept(tables_text(&target.url(), &tables).await), kept(tables_text(&oracle.url(), &tables).await));
+    for ((table, _), (got, want)) in tables.iter().zip(got.iter().zip(&want)) {
+        assert_eq!(got.len(), want.len(), "{table}: row counts");
+        assert!(got == want, "{table} differs from a fresh migration of the source");
+    }
+    // Order 41's last good version stays, whole.
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM order_items WHERE order_id = 41").await, 3);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM order_items WHERE order_id BETWEEN 1 AND 20").await, 20);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders WHERE id BETWEEN 21 AND 35").await, 0);
+    // validate re-runs the plugin on the source: only order 41 differs, and
+    // its dead letter explains it.
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    let orders =
+        v.json()["tables"].as_array().unwrap().iter().find(|t| t["table"] == "public.orders").cloned().unwrap();
+    assert!(orders["explained"].as_u64().unwrap() >= 1, "{orders}");
+}
+
+/// Each row of `table` in a SQLite file as one text (`quote()` of every
+/// column: storage class and value), in key order.
+async fn sqlite_rows(db: &SqliteDb, table: &str, order: &str) -> Vec<String> {
+    let mut c = db.conn().await;
+    let columns: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}')")))
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    let expr: Vec<String> = columns.iter().map(|n| format!("quote(\"{n}\")")).collect();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM \"{table}\" ORDER BY {order}",
+        expr.join(" || '|' || ")
+    )))
+    .fetch_all(&mut c)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_streams_into_sqlite_and_resumes_after_kill_9() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    let mut c = source_conn(&cluster).await;
+    seed_shop(&mut c, 2000).await;
+    let file = SqliteDb::new();
+    // Types SQLite can hold: the enum-typed table stays behind.
+    let include = "include = [\"public.*\"]\nexclude = [\"public.everything\"]";
+    let p = tables_pipeline(&source, &file.url(), include, "");
+    let first = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    // A backlog, drained by a sync killed -9 at random moments until one
+    // run completes.
+    write_shop_changes(&mut c, 0, 2000, std::time::Duration::ZERO).await;
+    sqlx::raw_sql(
+        "DO $$ BEGIN FOR i IN 1..20000 LOOP \
+           UPDATE lines SET qty = qty + 1 WHERE order_id = md5('o' || (1 + i % 1500))::uuid AND line = 2; COMMIT; \
+         END LOOP; END $$",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    write_shop_changes(&mut c, 1, 2000, std::time::Duration::ZERO).await;
+    let kills = kill_until_done(|| p.command(&["sync", "--idle-exit", "1"]), &[0]);
+    assert!(kills >= 2, "only {kills} kills landed");
+
+    let oracle = SqliteDb::new();
+    let fresh = tables_pipeline(&source, &oracle.url(), include, "");
+    assert_eq!(fresh.ferry(&["migrate"]).code, 0);
+    for (table, order) in SHOP_TABLES.iter().filter(|(t, _)| *t != "everything") {
+        let (got, want) = (sqlite_rows(&file, table, order).await, sqlite_rows(&oracle, table, order).await);
+        assert_eq!(got.len(), want.len(), "{table}: row counts");
+        assert!(got == want, "{table} differs from a fresh migration of the source");
+    }
+    let mut slots = source_conn(&cluster).await;
+    let confirmed: i64 =
+        sqlx::query_scalar("SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::int8 FROM pg_replication_slots")
+            .fetch_one(&mut slots)
+            .await
+            .unwrap();
+    let applied = file.scalar_i64("SELECT commit_lsn FROM ferry_change_checkpoints").await;
+    assert!(confirmed >= applied, "slot confirmed {confirmed}, target applied commit {applied}");
 }

@@ -360,7 +360,7 @@ pub async fn apply_debezium(
         current_tx = tx;
         let item = match item {
             Ok(item) => item,
-            Err(key) => match reread.current(settings, key).await? {
+            Err(key) => match reread.current(settings, key, None).await? {
                 Some(item) => {
                     report.toast_rereads += 1;
                     item

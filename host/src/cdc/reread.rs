@@ -21,12 +21,21 @@ pub(crate) struct Reread {
 
 impl Reread {
     /// The change for source row `id` as the source holds it now, or `None`
-    /// if the row is gone.
-    pub(crate) async fn current(&mut self, settings: &Settings, id: i64) -> anyhow::Result<Option<Item>> {
+    /// if the row is gone; `xid` (the change's transaction, when known) is
+    /// waited for first.
+    pub(crate) async fn current(
+        &mut self,
+        settings: &Settings,
+        id: i64,
+        xid: Option<u32>,
+    ) -> anyhow::Result<Option<Item>> {
         if self.source.is_none() {
             self.source = Some(crate::engines::open_source(&settings.source).await?);
         }
         let source = self.source.as_mut().expect("connected above");
+        if let Some(xid) = xid {
+            source.wait_visible(xid).await?;
+        }
         let batch = source.read_keys(&[id]).await?;
         metrics::counter!(crate::daemon::names::TOAST_REREADS).increment(1);
         Ok(match (batch.rows.into_iter().next(), batch.unreadable.into_iter().next()) {

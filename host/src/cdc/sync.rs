@@ -69,10 +69,14 @@ pub struct SyncReport {
 /// `users` table.
 pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SyncReport> {
     if settings.source.url.engine() != Engine::Postgres {
-        anyhow::bail!(
-            "ferry sync reads PostgreSQL logical replication; the source {} is not PostgreSQL",
-            settings.source.url
-        );
+        anyhow::bail!(crate::config::ConfigError::Invalid {
+            path: "source.url".into(),
+            message: format!(
+                "ferry sync reads PostgreSQL logical replication; the source {} is not PostgreSQL \
+                 (use ferry migrate, or ferry apply for a Debezium stream)",
+                settings.source.url
+            ),
+        });
     }
     match &settings.tables {
         Some(selection) => super::tables::sync(settings, selection, options, stop).await,
@@ -123,7 +127,10 @@ pub(crate) async fn prepare_source(
 /// exported snapshot, valid while `client` stays open and unstarted.
 pub(crate) async fn create_slot(client: &mut ReplicationClient, options: &SyncOptions) -> anyhow::Result<String> {
     let rows = client
-        .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')", quote_ident(&options.slot)))
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
+            quote_ident(&options.slot)
+        ))
         .await
         .map_err(|e| anyhow::anyhow!("creating replication slot {}: {e}", options.slot))?;
     rows.first()
@@ -192,14 +199,8 @@ async fn sync_users(settings: &Settings, options: &SyncOptions, stop: Arc<Atomic
         )
         .await?;
     }
-    let mut applier = UsersApplier {
-        settings,
-        transformer,
-        target,
-        checkpoint,
-        report,
-        reread: super::reread::Reread::default(),
-    };
+    let mut applier =
+        UsersApplier { settings, transformer, target, checkpoint, report, reread: super::reread::Reread::default() };
     follow(settings, options, client, &mut applier, &stop).await?;
     applier.report.stream.checkpoint = applier.checkpoint;
     Ok(applier.report)
@@ -211,13 +212,15 @@ async fn sync_users(settings: &Settings, options: &SyncOptions, stop: Arc<Atomic
 pub(crate) trait Applier: Send {
     type Item: Send;
     /// Decodes one message's changes, numbered `seq` after the transaction
-    /// `commit`, into `out` — except those at or before the target's stored
-    /// position (counted as replayed).
+    /// `commit` (source transaction id `xid`), into `out` — except those at
+    /// or before the target's stored position (counted as replayed).
+    #[allow(clippy::too_many_arguments)]
     async fn receive(
         &mut self,
         relations: &Relations,
         message: Message,
         commit: u64,
+        xid: u32,
         seq: &mut u32,
         out: &mut Vec<Self::Item>,
     ) -> anyhow::Result<()>;
@@ -306,6 +309,7 @@ impl Applier for UsersApplier<'_> {
         relations: &Relations,
         message: Message,
         commit: u64,
+        xid: u32,
         seq: &mut u32,
         out: &mut Vec<Pending>,
     ) -> anyhow::Result<()> {
@@ -318,7 +322,7 @@ impl Applier for UsersApplier<'_> {
             }
             let item = match decoded {
                 Decoded::Ready(item) => item,
-                Decoded::Reread(id) => match self.reread.current(self.settings, id).await? {
+                Decoded::Reread(id) => match self.reread.current(self.settings, id, Some(xid)).await? {
                     Some(item) => {
                         self.report.toast_rereads += 1;
                         item
@@ -348,6 +352,8 @@ impl Applier for UsersApplier<'_> {
     async fn reconnect(&mut self) -> anyhow::Result<Option<Position>> {
         self.target = engines::open_change_target(self.settings).await?;
         self.checkpoint = self.target.change_checkpoint(&self.settings.pipeline).await?;
+        // Its source connection may be gone with the stream's.
+        self.reread = super::reread::Reread::default();
         Ok(self.checkpoint.position)
     }
 
@@ -427,7 +433,11 @@ impl<P: Send> Group<P> {
 
     /// Applies the committed transactions in one target transaction, then
     /// acknowledges their end to the slot. `false`: the plugin said `fatal`.
-    async fn apply<A: Applier<Item = P>>(&mut self, client: &mut ReplicationClient, applier: &mut A) -> anyhow::Result<bool> {
+    async fn apply<A: Applier<Item = P>>(
+        &mut self,
+        client: &mut ReplicationClient,
+        applier: &mut A,
+    ) -> anyhow::Result<bool> {
         let Some(end) = self.end.take() else { return Ok(true) };
         let in_progress = self.pending.split_off(self.committed);
         let newest = self.newest_commit.take().map(|t| t + crate::time::PG_EPOCH_OFFSET_MICROS);
@@ -467,6 +477,7 @@ async fn stream<A: Applier>(
     let mut relations = Relations::default();
     let mut group: Group<A::Item> = Group::default();
     let mut tx_commit: u64 = 0;
+    let mut tx_xid: u32 = 0;
     let mut seq: u32 = 0;
     let mut in_transaction = false;
     let mut idle = Duration::ZERO;
@@ -496,9 +507,10 @@ async fn stream<A: Applier>(
             Ok(Ok(Some(event))) => event,
         };
         match event {
-            ReplicationEvent::Begin { final_lsn, .. } => {
+            ReplicationEvent::Begin { final_lsn, xid, .. } => {
                 idle = Duration::ZERO;
                 tx_commit = final_lsn.as_u64();
+                tx_xid = xid;
                 seq = 0;
                 in_transaction = true;
             }
@@ -509,7 +521,7 @@ async fn stream<A: Applier>(
                     relations.insert(relation);
                     continue;
                 }
-                applier.receive(&relations, message, tx_commit, &mut seq, &mut group.pending).await?;
+                applier.receive(&relations, message, tx_commit, tx_xid, &mut seq, &mut group.pending).await?;
             }
             ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
                 in_transaction = false;
@@ -598,9 +610,7 @@ fn replication_config(
     .with_ack_lsn(Lsn::from_u64(applied.map_or(0, |p| p.commit)))
     .with_status_interval(FEEDBACK_INTERVAL)
     // The session settings ferry reads values under (see value::PG_SESSION).
-    .with_options(
-        &crate::value::PG_SESSION.iter().map(|(k, v)| format!("-c {k}={v}")).collect::<Vec<_>>().join(" "),
-    )
+    .with_options(&crate::value::PG_SESSION.iter().map(|(k, v)| format!("-c {k}={v}")).collect::<Vec<_>>().join(" "))
     .with_application_name("ferry"))
 }
 

@@ -53,8 +53,10 @@ pub async fn sync(
     let plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
     drop(source);
     let position = target.stream_position(&settings.pipeline).await?;
-    let mut report =
-        SyncReport { stream: ApplyReport { pipeline: settings.pipeline.clone(), ..Default::default() }, ..Default::default() };
+    let mut report = SyncReport {
+        stream: ApplyReport { pipeline: settings.pipeline.clone(), ..Default::default() },
+        ..Default::default()
+    };
 
     let mut conn = crate::postgres::connect(&settings.source.url, "source").await?;
     let names: Vec<String> = plan.tables.iter().map(|t| t.source.quoted()).collect();
@@ -151,13 +153,21 @@ struct Mapped {
 /// What one change of a source table asks for.
 enum Op {
     /// A new version of a row (`update`: a row of that key existed).
-    Upsert { row: Row, update: bool },
+    Upsert {
+        row: Row,
+        update: bool,
+    },
     /// A row went: its key (source key order) and, with REPLICA IDENTITY
     /// FULL, the whole old row.
-    Delete { key: Row },
+    Delete {
+        key: Row,
+    },
     Truncate,
     /// Not applicable: a dead letter.
-    Dead { kind: DeadLetterKind, reason: String },
+    Dead {
+        kind: DeadLetterKind,
+        reason: String,
+    },
 }
 
 /// One decoded change, positioned.
@@ -248,7 +258,9 @@ impl<'a> TablesApplier<'a> {
                     && t.source.name.schema.as_deref().is_none_or(|s| s == relation.namespace)
             });
             let columns = match table {
-                Some(t) => self.plan.tables[t].source.columns.iter().map(|c| names.iter().position(|n| *n == c.name)).collect(),
+                Some(t) => {
+                    self.plan.tables[t].source.columns.iter().map(|c| names.iter().position(|n| *n == c.name)).collect()
+                }
                 None => Vec::new(),
             };
             self.mapped.insert(
@@ -279,7 +291,9 @@ impl<'a> TablesApplier<'a> {
                 Some(Datum::Binary(_)) => return Err(format!("column {} arrived in binary format", column.name)),
                 Some(Datum::Text(text)) => match decode_pg_text(&column.kind, &column.sql_type, text) {
                     Ok(v) => v,
-                    Err(_) if keep_text => Value::Unsupported { type_name: column.sql_type.clone(), text: text.clone() },
+                    Err(_) if keep_text => {
+                        Value::Unsupported { type_name: column.sql_type.clone(), text: text.clone() }
+                    }
                     Err(e) => return Err(format!("column {}: {e}", column.name)),
                 },
             });
@@ -304,11 +318,13 @@ impl<'a> TablesApplier<'a> {
     }
 
     /// The row of planned table `t` with `key` as the source holds it now.
-    async fn read_back(&mut self, t: usize, key: &Row) -> anyhow::Result<Op> {
+    /// (Once its transaction `xid` is visible.)
+    async fn read_back(&mut self, t: usize, key: &Row, xid: u32) -> anyhow::Result<Op> {
         if self.reread.is_none() {
             self.reread = Some(engines::open_row_source(&self.settings.source.url, "source").await?);
         }
         let source = self.reread.as_mut().expect("connected above");
+        source.wait_visible(xid).await?;
         let page = source.read_keys(&self.plan.tables[t].source, std::slice::from_ref(key)).await?;
         metrics::counter!(crate::daemon::names::TOAST_REREADS).increment(1);
         self.report.toast_rereads += 1;
@@ -350,6 +366,7 @@ impl Applier for TablesApplier<'_> {
         relations: &Relations,
         message: Message,
         commit: u64,
+        xid: u32,
         seq: &mut u32,
         out: &mut Vec<Change>,
     ) -> anyhow::Result<()> {
@@ -431,7 +448,7 @@ impl Applier for TablesApplier<'_> {
                 }
                 let op = match self.row(t, &columns, new) {
                     Ok(Some(row)) => Op::Upsert { row, update: what == "update" },
-                    Ok(None) => self.read_back(t, &key).await?,
+                    Ok(None) => self.read_back(t, &key, xid).await?,
                     Err(reason) => dead(reason),
                 };
                 out.push(change(Some(&key), what, op));
@@ -539,7 +556,10 @@ impl Applier for TablesApplier<'_> {
                                     self.targets[o].columns.len()
                                 ))
                             }
-                            None => bad = Some(format!("the plugin wrote a row for table {name:?}, which it did not declare")),
+                            None => {
+                                bad =
+                                    Some(format!("the plugin wrote a row for table {name:?}, which it did not declare"))
+                            }
                         }
                     }
                     if let Some(reason) = bad {
@@ -555,8 +575,8 @@ impl Applier for TablesApplier<'_> {
                         };
                         for (o, key) in keys {
                             let def = &self.targets[o];
-                            let made_again =
-                                key.len() == def.primary_key.len() && placed.iter().any(|(p, v)| *p == o && Key::of(def, v).0 == text_of(&key));
+                            let made_again = key.len() == def.primary_key.len()
+                                && placed.iter().any(|(p, v)| *p == o && Key::of(def, v).0 == text_of(&key));
                             if !made_again {
                                 write(o, RowChange::Delete(key));
                             }
@@ -601,6 +621,8 @@ impl Applier for TablesApplier<'_> {
 
     async fn reconnect(&mut self) -> anyhow::Result<Option<Position>> {
         self.target = engines::open_row_target(&self.settings.target.url).await?;
+        // Its source connection may be gone with the stream's.
+        self.reread = None;
         self.position = self.target.stream_position(&self.settings.pipeline).await?;
         Ok(self.position)
     }
@@ -634,7 +656,9 @@ impl TablesApplier<'_> {
                 let mut found = Vec::with_capacity(keys.len());
                 for (table, key) in keys {
                     match self.output(t, &table) {
-                        Some(o) if !key.is_empty() && key.len() <= self.targets[o].primary_key.len() => found.push((o, key)),
+                        Some(o) if !key.is_empty() && key.len() <= self.targets[o].primary_key.len() => {
+                            found.push((o, key))
+                        }
                         _ => {
                             dead.push(refuse(
                                 DeadLetterKind::Reject,
@@ -655,7 +679,10 @@ impl TablesApplier<'_> {
                 Ok(None)
             }
             RowOutcome::Fatal(reason) => {
-                self.report.stream.fatal = Some(format!("plugin fatal on the keys of row {} of {name}: {reason}", item.key.as_ref().map_or_else(String::new, Key::label)));
+                self.report.stream.fatal = Some(format!(
+                    "plugin fatal on the keys of row {} of {name}: {reason}",
+                    item.key.as_ref().map_or_else(String::new, Key::label)
+                ));
                 Ok(None)
             }
         }

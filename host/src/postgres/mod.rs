@@ -1,10 +1,10 @@
 //! PostgreSQL: the source and the target (sink, control store, reader).
 
 mod changes;
-mod stream;
 pub(crate) mod control;
 mod copy;
 mod source;
+mod stream;
 mod tables;
 mod target;
 
@@ -215,4 +215,30 @@ pub(crate) async fn table_shape(conn: &mut PgConnection, table: &TableName) -> a
         columns: columns.into_iter().map(|(name, data_type, nullable)| Column { name, data_type, nullable }).collect(),
         primary_key,
     }))
+}
+
+/// Waits (up to a few seconds) until transaction `xid` is visible to new
+/// snapshots on `conn`. Logical decoding sends a transaction once its
+/// commit record is in the WAL, which is a moment before other sessions
+/// see it: a row read back for a change at once may still be the version
+/// before it.
+pub(crate) async fn wait_visible(conn: &mut PgConnection, xid: u32) -> anyhow::Result<()> {
+    // The 32-bit xid in the epoch of the current snapshot's xmax (or the
+    // one before, across a wraparound).
+    const SQL: &str = "WITH s AS (SELECT pg_current_snapshot() AS snap), \
+         x AS (SELECT pg_snapshot_xmax(snap)::text::int8 AS xmax, snap FROM s) \
+         SELECT pg_visible_in_snapshot(((((xmax >> 32) - CASE WHEN $1 > (xmax & 4294967295) THEN 1 ELSE 0 END) << 32) \
+         | $1)::text::xid8, snap) FROM x";
+    let started = std::time::Instant::now();
+    loop {
+        let visible: bool = sqlx::query_scalar(SQL).bind(i64::from(xid)).fetch_one(&mut *conn).await?;
+        if visible {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            tracing::warn!(xid, "transaction still invisible after 5 s; reading the row anyway");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }

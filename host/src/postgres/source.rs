@@ -111,6 +111,10 @@ impl SnapshotSource for PgSource {
         Self::batch(rows)
     }
 
+    async fn wait_visible(&mut self, xid: u32) -> anyhow::Result<()> {
+        super::wait_visible(&mut self.conn, xid).await
+    }
+
     async fn read_keys(&mut self, keys: &[i64]) -> anyhow::Result<SourceBatch> {
         let sql = format!("{} WHERE id = ANY($1) ORDER BY id", self.select);
         let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql))

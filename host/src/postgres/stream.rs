@@ -150,7 +150,9 @@ async fn apply_writes(
             continue;
         }
         let def = &batch.tables[stretch.table];
-        for (indexes, sql) in [(&stretch.deletes, delete_sql as fn(&TableDef, &[&Row]) -> String), (&stretch.upserts, upsert_sql)] {
+        for (indexes, sql) in
+            [(&stretch.deletes, delete_sql as fn(&TableDef, &[&Row]) -> String), (&stretch.upserts, upsert_sql)]
+        {
             let rows: Vec<&Row> = indexes
                 .iter()
                 .map(|&i| match &batch.writes[i].change {
@@ -180,6 +182,22 @@ impl RowChangeSink for PgTables {
                 .fetch_optional(&mut self.conn)
                 .await?;
         Ok(position_of(stored))
+    }
+
+    async fn stream_dead_keys(&mut self, pipeline: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT to_regclass('ferry.change_dead_letters')::oid::int8")
+            .fetch_one(&mut self.conn)
+            .await?;
+        if exists.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT source_table, source_key FROM ferry.change_dead_letters \
+             WHERE pipeline = $1 AND source_table IS NOT NULL AND source_key IS NOT NULL",
+        )
+        .bind(pipeline)
+        .fetch_all(&mut self.conn)
+        .await?)
     }
 
     async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<u64> {

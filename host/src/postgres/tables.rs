@@ -357,6 +357,10 @@ fn fk_actions(update: &str, delete: &str, matching: &str, deferrable: bool, defe
 
 #[async_trait]
 impl RowSource for PgTables {
+    async fn wait_visible(&mut self, xid: u32) -> anyhow::Result<()> {
+        super::wait_visible(&mut self.conn, xid).await
+    }
+
     async fn use_snapshot(&mut self, name: &str) -> anyhow::Result<()> {
         sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut self.conn).await?;
         // SET TRANSACTION SNAPSHOT takes a literal, not a parameter.
@@ -559,7 +563,7 @@ impl RowSource for PgTables {
             "SELECT {} FROM {} WHERE ({}) IN ({})",
             table.column_list(),
             table.quoted(),
-            table.key_list(),
+            table.key_prefix_list(keys[0].len()),
             key_tuples(table, keys)
         );
         self.copy_out(table, &query).await

@@ -132,6 +132,24 @@ impl RowChangeSink for SqliteTables {
         Ok(position_of(stored))
     }
 
+    async fn stream_dead_keys(&mut self, pipeline: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_change_dead_letters'",
+        )
+        .fetch_one(&mut self.conn)
+        .await?;
+        if exists == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT source_table, source_key FROM ferry_change_dead_letters \
+             WHERE pipeline = ?1 AND source_table IS NOT NULL AND source_key IS NOT NULL",
+        )
+        .bind(pipeline)
+        .fetch_all(&mut self.conn)
+        .await?)
+    }
+
     async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<u64> {
         let fail = |e: sqlx::Error| anyhow::anyhow!("applying changes in {}: {e}", self.url);
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;

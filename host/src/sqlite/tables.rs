@@ -502,7 +502,7 @@ impl RowSource for SqliteTables {
                 "SELECT {} FROM {} WHERE ({}) IN (VALUES ",
                 table.column_list(),
                 table.quoted(),
-                table.key_list()
+                table.key_prefix_list(chunk[0].len())
             ));
             let mut first = true;
             for key in chunk {

@@ -106,6 +106,9 @@ pub async fn validate(
         Some(run) => target.dead_letters(&run.run_id, None).await?,
         None => Vec::new(),
     };
+    // A change stream's dead letters explain differences too (a rejected
+    // update leaves the last good version).
+    let streamed = target.stream_dead_keys(&settings.pipeline).await?;
     let mut tables = Vec::new();
     let mut matched_only = false;
     for table in &plan.tables {
@@ -121,8 +124,13 @@ pub async fn validate(
                 settings.target.url
             );
         }
-        let explained: HashSet<&str> =
-            dead.iter().filter(|d| d.source_table == name).map(|d| d.source_key.as_str()).collect();
+        let same = |t: &str| t == name || t.rsplit_once('.').is_some_and(|(_, n)| n == table.source.name.name);
+        let explained: HashSet<&str> = dead
+            .iter()
+            .filter(|d| d.source_table == name)
+            .map(|d| d.source_key.as_str())
+            .chain(streamed.iter().filter(|(t, _)| same(t)).map(|(_, k)| k.as_str()))
+            .collect();
         let line = match &table.plugin {
             None => validate_table(settings, table, source.as_mut(), target.as_mut(), &explained).await?,
             Some(_) => validate_transformed(settings, table, source.as_mut(), target.as_mut(), &explained).await?,
@@ -329,6 +337,9 @@ async fn validate_transformed(
     let name = table.source.name.to_string();
     let mut after = None;
     let mut found_total = 0u64;
+    // Source rows dead-lettered and rejected now: the target may keep the
+    // rows of their last good version (a change stream's rejected update).
+    let mut kept: Vec<Vec<Value>> = Vec::new();
     loop {
         let page = source.read_page(&table.source, after.as_ref(), settings.batch_size).await?;
         if page.is_empty() {
@@ -373,7 +384,10 @@ async fn validate_transformed(
                         }
                     }
                 }
-                _ if explained.contains(label.as_str()) => line.explained += 1,
+                _ if explained.contains(label.as_str()) => {
+                    line.explained += 1;
+                    kept.push(key_values(table, row));
+                }
                 RowOutcome::Fatal(reason) => anyhow::bail!("plugin fatal on row {label} of {name}: {reason}"),
                 _ => {
                     line.missing += 1;
@@ -406,6 +420,28 @@ async fn validate_transformed(
                             line.note(format!("{label} → {}", out.name), "different", columns);
                         }
                     }
+                }
+            }
+        }
+    }
+    // Those rows are explained, not extra: found by the plugin's target keys.
+    for key in kept {
+        let (n, k) = (name.clone(), key);
+        let (t, keys) = tokio::task::spawn_blocking(move || {
+            let keys = transformer.target_keys(&n, &k);
+            (transformer, keys)
+        })
+        .await?;
+        transformer = t;
+        if let RowOutcome::Rows(keys) = keys? {
+            for (out_name, key) in keys {
+                let at = table
+                    .outputs
+                    .iter()
+                    .position(|o| o.def.name.name == out_name || o.def.name.to_string() == out_name);
+                if let Some(i) = at.filter(|&i| !key.is_empty() && key.len() <= table.outputs[i].def.primary_key.len())
+                {
+                    found_total += target.read_keys(&readings[i], &[key]).await?.len() as u64;
                 }
             }
         }
