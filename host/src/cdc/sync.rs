@@ -610,7 +610,7 @@ fn replication_config(
     .with_ack_lsn(Lsn::from_u64(applied.map_or(0, |p| p.commit)))
     .with_status_interval(FEEDBACK_INTERVAL)
     // The session settings ferry reads values under (see value::PG_SESSION).
-    .with_options(&crate::value::PG_SESSION.iter().map(|(k, v)| format!("-c {k}={v}")).collect::<Vec<_>>().join(" "))
+    .with_options(crate::value::PG_SESSION.iter().map(|(k, v)| format!("-c {k}={v}")).collect::<Vec<_>>().join(" "))
     .with_application_name("ferry"))
 }
 
