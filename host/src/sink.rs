@@ -304,6 +304,22 @@ pub struct RowChangeBatch {
     pub source_commit_micros: Option<i64>,
 }
 
+/// What `ferry status` shows of a many-table stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamStatus {
+    pub position: Option<crate::position::Position>,
+    /// Writes applied and changes dead-lettered since the stream began.
+    pub applied: u64,
+    pub dead_lettered: u64,
+    pub plugin_sha256: Option<String>,
+    /// Seconds since the last commit of the stream into the target.
+    pub seconds_since_update: f64,
+    /// Seconds since the newest applied source transaction committed.
+    pub source_commit_age_seconds: Option<f64>,
+    /// Seconds between the first and the last commit of the stream.
+    pub active_seconds: Option<f64>,
+}
+
 /// Where a change stream of many tables is applied.
 ///
 /// Contract: `apply_row_changes` performs the writes **in order** (the
@@ -322,6 +338,8 @@ pub trait RowChangeSink: Send {
     /// The pipeline's stored stream position (`None`: nothing streamed).
     async fn stream_position(&mut self, pipeline: &str) -> anyhow::Result<Option<crate::position::Position>>;
     async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<u64>;
+    /// Where the pipeline's stream stands (`None`: it never applied anything).
+    async fn stream_status(&mut self, pipeline: &str) -> anyhow::Result<Option<StreamStatus>>;
     /// The (source table, source key) of every change of the pipeline that
     /// was dead-lettered (none if it never streamed).
     async fn stream_dead_keys(&mut self, pipeline: &str) -> anyhow::Result<Vec<(String, String)>>;

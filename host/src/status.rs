@@ -57,18 +57,40 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
             Some(run) => target.table_progress(&run.run_id).await?,
             None => Vec::new(),
         };
-        let phase = match &migrate {
-            Some(run) => format!("migrate run {}", run.status.as_str()),
-            None => "not started".to_string(),
+        let stream = target.stream_status(&settings.pipeline).await?.map(|s| ChangeStatus {
+            checkpoint: crate::cdc::apply::ChangeCheckpoint {
+                position: s.position,
+                streaming: s.position.is_some(),
+                snapshot_key: None,
+                snapshot_done: true,
+            },
+            source_commit_age_seconds: s.source_commit_age_seconds,
+            changes_per_second: s.active_seconds.filter(|a| *a > 0.0).map_or(0.0, |a| s.applied as f64 / a),
+            snapshot_chunks: None,
+            applied: s.applied,
+            dead_lettered: s.dead_lettered,
+            plugin_sha256: s.plugin_sha256,
+            seconds_since_update: s.seconds_since_update,
+        });
+        let slots = source_slots(settings, Some(slot)).await.unwrap_or_default();
+        let phase = match (&stream, &migrate) {
+            (Some(s), _) if s.checkpoint.streaming => "streaming".to_string(),
+            (_, Some(run)) => format!("migrate run {}", run.status.as_str()),
+            (_, None) => "not started".to_string(),
+        };
+        let lag_seconds = match (slots.first(), &stream) {
+            (Some(slot), _) if slot.lag_bytes <= 0 => Some(0.0),
+            (Some(_), Some(s)) => s.source_commit_age_seconds,
+            _ => None,
         };
         return Ok(StatusReport {
             pipeline: settings.pipeline.clone(),
             phase,
             migrate,
             tables,
-            stream: None,
-            slots: Vec::new(),
-            lag_seconds: None,
+            stream,
+            slots,
+            lag_seconds,
         });
     }
     let mut target = crate::engines::open_target(settings).await?;

@@ -272,6 +272,17 @@ async fn sync_streams_many_tables_with_multi_table_transactions_applied_atomical
     let applied = target.scalar_i64("SELECT commit_lsn FROM ferry.change_checkpoints").await;
     assert!(confirmed >= applied, "slot confirmed {confirmed}, target applied commit {applied}");
 
+    // ferry status shows the stream and the slot, drained (the slot may hold
+    // a few bytes of WAL written after the last change, such as a checkpoint).
+    let st = p.ferry(&["status", "--json"]);
+    assert_eq!(st.code, 0, "{st:?}");
+    let st = st.json();
+    assert_eq!(st["phase"], "streaming", "{st}");
+    assert_eq!(st["slots"][0]["name"], "ferry_tables", "{st}");
+    assert!(st["lag_seconds"].is_number(), "{st}");
+    assert!(st["slots"][0]["lag_bytes"].as_i64().unwrap() < 64 * 1024, "{st}");
+    assert!(st["stream"]["applied"].as_u64().unwrap() > 300, "{st}");
+
     assert_eq!(p.ferry(&["sync", "--teardown"]).code, 0);
     let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots").fetch_one(&mut c).await.unwrap();
     assert_eq!(slots, 0);

@@ -18,7 +18,7 @@ use crate::keyset::Row;
 use crate::position::Position;
 use crate::retry::DriverError;
 use crate::schema::TableDef;
-use crate::sink::{FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter};
+use crate::sink::{FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter, StreamStatus};
 use crate::value::write_pg_text;
 
 /// Rows per INSERT or DELETE statement.
@@ -182,6 +182,35 @@ impl RowChangeSink for PgTables {
                 .fetch_optional(&mut self.conn)
                 .await?;
         Ok(position_of(stored))
+    }
+
+    async fn stream_status(&mut self, pipeline: &str) -> anyhow::Result<Option<StreamStatus>> {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT to_regclass('ferry.change_checkpoints')::oid::int8")
+            .fetch_one(&mut self.conn)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        type Status = (Option<i64>, Option<i64>, Option<i32>, i64, i64, Option<String>, f64, Option<f64>, Option<f64>);
+        let row: Option<Status> = sqlx::query_as(
+            "SELECT commit_lsn, lsn, seq, applied, \
+             (SELECT count(*) FROM ferry.change_dead_letters d WHERE d.pipeline = c.pipeline), plugin_sha256, \
+             extract(epoch FROM now() - updated_at)::float8, extract(epoch FROM now() - source_commit_at)::float8, \
+             extract(epoch FROM updated_at - first_applied_at)::float8 \
+             FROM ferry.change_checkpoints c WHERE pipeline = $1",
+        )
+        .bind(pipeline)
+        .fetch_optional(&mut self.conn)
+        .await?;
+        Ok(row.map(|(commit, lsn, seq, applied, dead, plugin_sha256, age, commit_age, active)| StreamStatus {
+            position: position_of(Some((commit, lsn, seq))),
+            applied: applied as u64,
+            dead_lettered: dead as u64,
+            plugin_sha256,
+            seconds_since_update: age,
+            source_commit_age_seconds: commit_age,
+            active_seconds: active,
+        }))
     }
 
     async fn stream_dead_keys(&mut self, pipeline: &str) -> anyhow::Result<Vec<(String, String)>> {

@@ -13,7 +13,7 @@ use crate::config::OnConflict;
 use crate::keyset::Row;
 use crate::position::Position;
 use crate::schema::TableDef;
-use crate::sink::{FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter};
+use crate::sink::{FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter, StreamStatus};
 
 const STREAM_DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS ferry_change_checkpoints (
@@ -130,6 +130,38 @@ impl RowChangeSink for SqliteTables {
                 .fetch_optional(&mut self.conn)
                 .await?;
         Ok(position_of(stored))
+    }
+
+    async fn stream_status(&mut self, pipeline: &str) -> anyhow::Result<Option<StreamStatus>> {
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_change_checkpoints'",
+        )
+        .fetch_one(&mut self.conn)
+        .await?;
+        if exists == 0 {
+            return Ok(None);
+        }
+        type Status = (Option<i64>, Option<i64>, Option<i64>, i64, i64, Option<String>, f64, Option<f64>, Option<f64>);
+        let row: Option<Status> = sqlx::query_as(
+            "SELECT commit_lsn, lsn, seq, applied, \
+             (SELECT count(*) FROM ferry_change_dead_letters d WHERE d.pipeline = c.pipeline), plugin_sha256, \
+             (julianday('now') - julianday(updated_at)) * 86400.0, \
+             (julianday('now') - julianday(source_commit_at)) * 86400.0, \
+             (julianday(updated_at) - julianday(first_applied_at)) * 86400.0 \
+             FROM ferry_change_checkpoints c WHERE pipeline = ?1",
+        )
+        .bind(pipeline)
+        .fetch_optional(&mut self.conn)
+        .await?;
+        Ok(row.map(|(commit, lsn, seq, applied, dead, plugin_sha256, age, commit_age, active)| StreamStatus {
+            position: position_of(Some((commit, lsn, seq))),
+            applied: applied as u64,
+            dead_lettered: dead as u64,
+            plugin_sha256,
+            seconds_since_update: age,
+            source_commit_age_seconds: commit_age,
+            active_seconds: active,
+        }))
     }
 
     async fn stream_dead_keys(&mut self, pipeline: &str) -> anyhow::Result<Vec<(String, String)>> {
