@@ -238,17 +238,6 @@ async fn run(cli: Cli) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&e.into()),
     };
-    if settings.tables.is_some() && matches!(cli.command, Command::Apply { .. }) {
-        return fail(
-            &ConfigError::Invalid {
-                path: cli.config.clone(),
-                message: "ferry apply follows the one-table pipeline (source.table/target.table with [plugin]) for \
-                          now; a pipeline of many tables ([[tables]], source.include) is streamed by ferry sync"
-                    .into(),
-            }
-            .into(),
-        );
-    }
     match cli.command {
         Command::Check => {
             let r = match &settings.tables {
@@ -385,7 +374,12 @@ async fn run(cli: Cli) -> i32 {
                 },
             };
             let result = match opened {
-                Ok(mut events) => crate::cdc::apply::apply_debezium(&settings, events.as_mut(), options, stop).await,
+                Ok(mut events) => match &settings.tables {
+                    Some(selection) => {
+                        crate::cdc::tables::apply(&settings, selection, events.as_mut(), options, stop).await
+                    }
+                    None => crate::cdc::apply::apply_debezium(&settings, events.as_mut(), options, stop).await,
+                },
                 Err(e) => Err(e),
             };
             match result {

@@ -2,6 +2,7 @@
 //! exactly once across replays.
 
 use serde_json::{Value, json};
+use sqlx::Connection;
 
 use crate::support::*;
 
@@ -587,4 +588,132 @@ async fn unavailable_toasted_values_are_read_from_the_source_with_reread() {
             .unwrap();
     assert_eq!((name.as_str(), theme.as_str()), ("Ada Renamed", "big"), "the document from the source");
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_2'").await, 0, "gone since");
+}
+
+const ACCOUNTS_DDL: &str = r#"
+CREATE TABLE accounts (id bigint PRIMARY KEY, balance numeric(12, 2), rate numeric, opened date, wake time,
+    created timestamp, updated timestamptz, doc jsonb, uid uuid, tags text[], blob bytea, pause interval);
+CREATE TABLE entries (account_id bigint NOT NULL REFERENCES accounts, n int NOT NULL, note text,
+    PRIMARY KEY (account_id, n));
+"#;
+
+/// An event of table `table` with the value schema of `after` (Debezium's
+/// logical types) when `fields` is given.
+fn table_event(table: &str, op: &str, before: Value, after: Value, fields: Option<Value>, tx: i64, lsn: u64) -> String {
+    let mut payload = envelope(op, before, after, tx, lsn - 1, lsn, "false");
+    payload["source"]["table"] = json!(table);
+    let value = match fields {
+        None => payload,
+        Some(fields) => json!({
+            "schema": {"type": "struct", "fields": [
+                {"field": "before", "type": "struct", "optional": true, "fields": fields.clone()},
+                {"field": "after", "type": "struct", "optional": true, "fields": fields}
+            ]},
+            "payload": payload
+        }),
+    };
+    value.to_string()
+}
+
+fn account_fields() -> Value {
+    json!([
+        {"field": "id", "type": "int64"},
+        {"field": "balance", "type": "bytes", "name": "org.apache.kafka.connect.data.Decimal", "parameters": {"scale": "2"}},
+        {"field": "rate", "type": "struct", "name": "io.debezium.data.VariableScaleDecimal"},
+        {"field": "opened", "type": "int32", "name": "io.debezium.time.Date"},
+        {"field": "wake", "type": "int64", "name": "io.debezium.time.MicroTime"},
+        {"field": "created", "type": "int64", "name": "io.debezium.time.MicroTimestamp"},
+        {"field": "updated", "type": "string", "name": "io.debezium.time.ZonedTimestamp"},
+        {"field": "doc", "type": "string", "name": "io.debezium.data.Json"},
+        {"field": "uid", "type": "string", "name": "io.debezium.data.Uuid"},
+        {"field": "tags", "type": "array", "items": {"type": "string"}},
+        {"field": "blob", "type": "bytes"},
+        {"field": "pause", "type": "int64", "name": "io.debezium.time.MicroDuration"}
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_decodes_logical_types_of_several_tables_in_one_transaction() {
+    let source = PgDb::new("dbzsrc").await;
+    source.exec(ACCOUNTS_DDL).await;
+    let target = PgDb::new("dbztables").await;
+    let p = crate::tables::tables_pipeline(&source.url(), &target.url(), "include = [\"public.*\"]", "");
+    // The (empty) tables first: ferry creates them with their keys.
+    assert_eq!(p.ferry(&["migrate"]).code, 0);
+
+    let account = |id: i64, unscaled: &str, tags: Value| {
+        json!({"id": id, "balance": unscaled, "rate": {"scale": 3, "value": "AeJA"}, "opened": 19723,
+               "wake": 45296000001i64, "created": 1704110400123456i64, "updated": "2024-01-01T12:00:00.654321Z",
+               "doc": "{\"a\": [1, 2.50], \"b\": \"é\"}", "uid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+               "tags": tags, "blob": "AP8=", "pause": 90061000000i64})
+    };
+    let entry = |a: i64, n: i64, note: &str| json!({"account_id": a, "n": n, "note": note});
+    let lines = vec![
+        // One source transaction: an account and its two entries.
+        table_event(
+            "accounts",
+            "c",
+            Value::Null,
+            account(1, "MDk=", json!(["x", null, "y z"])),
+            Some(account_fields()),
+            10,
+            100,
+        ),
+        table_event("entries", "c", Value::Null, entry(1, 1, "first"), None, 10, 101),
+        table_event("entries", "c", Value::Null, entry(1, 2, "second"), None, 10, 102),
+        // A negative balance, an empty array.
+        table_event("accounts", "c", Value::Null, account(2, "+w==", json!([])), Some(account_fields()), 11, 200),
+        table_event("entries", "u", Value::Null, entry(1, 2, "second, edited"), None, 12, 300),
+        table_event("entries", "d", entry(1, 1, ""), Value::Null, None, 13, 400),
+        // A table outside the pipeline: dead-lettered, never ignored.
+        table_event("audit", "c", Value::Null, json!({"id": 1}), None, 14, 500),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_lines(dir.path(), "events.jsonl", &lines);
+    let run = p.ferry(&["apply", "--input", &file, "--json"]);
+    assert_eq!(run.code, 4, "one dead letter: {run:?}");
+    let r = run.json();
+    assert_eq!(
+        (r["upserts"].as_u64(), r["deletes"].as_u64(), r["dead_lettered"].as_u64()),
+        (Some(5), Some(1), Some(1)),
+        "{r}"
+    );
+    let reason: String = sqlx::query_scalar("SELECT reason FROM ferry.change_dead_letters")
+        .fetch_one(&mut target.conn().await)
+        .await
+        .unwrap();
+    assert!(reason.contains("\"public.audit\" is not in the pipeline"), "{reason}");
+
+    // The same rows written by SQL into the source: equal, as PostgreSQL prints them.
+    source
+        .exec(
+            "INSERT INTO accounts VALUES
+               (1, 123.45, 123.456, '2024-01-01', '12:34:56.000001', '2024-01-01 12:00:00.123456',
+                '2024-01-01 12:00:00.654321+00', '{\"a\": [1, 2.50], \"b\": \"é\"}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+                '{x,NULL,\"y z\"}', '\\x00ff', '25:01:01'),
+               (2, -0.05, 123.456, '2024-01-01', '12:34:56.000001', '2024-01-01 12:00:00.123456',
+                '2024-01-01 12:00:00.654321+00', '{\"a\": [1, 2.50], \"b\": \"é\"}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+                '{}', '\\x00ff', '25:01:01');
+             INSERT INTO entries VALUES (1, 2, 'second, edited');",
+        )
+        .await;
+    for (table, order) in [("accounts", "id"), ("entries", "account_id, n")] {
+        let text = |db: &PgDb| {
+            let url = db.url();
+            async move {
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+                    "SELECT t::text FROM {table} t ORDER BY {order}"
+                )))
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!(text(&target).await, text(&source).await, "{table}");
+    }
+    // A replay applies nothing twice.
+    let again = p.ferry(&["apply", "--input", &file, "--json"]);
+    assert_eq!(again.json()["skipped_replayed"], 7, "{again:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 1);
 }

@@ -77,12 +77,25 @@ pub enum IntegerTime {
     Nanos,
 }
 
-/// Decodes one line.
-pub fn decode(line: &str, default_time: IntegerTime) -> Decoded {
-    let value: Value = match serde_json::from_str(line) {
-        Ok(v) => v,
-        Err(e) => return reject(None, false, None, format!("not JSON: {e}")),
-    };
+/// A Debezium envelope, unwrapped from its record and schema.
+pub struct Envelope {
+    /// The value's schema (`schemas.enable`), when the event carries one.
+    pub schema: Option<Value>,
+    pub envelope: serde_json::Map<String, Value>,
+    pub position: Option<Position>,
+    /// Part of the initial snapshot (`source.snapshot`).
+    pub snapshot: bool,
+    pub tx_id: Option<i64>,
+    /// `r`, `c`, `u`, `d` or `t`.
+    pub op: String,
+    /// `source.schema` and `source.table`, when given.
+    pub table: Option<(Option<String>, String)>,
+}
+
+/// Reads one line's envelope. `Ok(None)`: a tombstone; `Err`: an event
+/// ferry cannot read (position and snapshot flag when known, the reason).
+pub fn envelope(line: &str) -> Result<Option<Envelope>, (Option<Position>, bool, String)> {
+    let value: Value = serde_json::from_str(line).map_err(|e| (None, false, format!("not JSON: {e}")))?;
     // {key, value} wrapper (a record as a consumer sees it).
     let value = match value {
         Value::Object(mut map)
@@ -93,18 +106,18 @@ pub fn decode(line: &str, default_time: IntegerTime) -> Decoded {
         other => other,
     };
     let (schema, envelope) = match value {
-        Value::Null => return Decoded::Tombstone,
+        Value::Null => return Ok(None),
         Value::Object(mut map) if map.contains_key("payload") => {
             let payload = map.remove("payload").unwrap_or(Value::Null);
             if payload.is_null() {
-                return Decoded::Tombstone;
+                return Ok(None);
             }
             (map.remove("schema"), payload)
         }
         other => (None, other),
     };
     let Value::Object(envelope) = envelope else {
-        return reject(None, false, None, "the event is not a JSON object".into());
+        return Err((None, false, "the event is not a JSON object".into()));
     };
     let source = envelope.get("source").and_then(Value::as_object);
     let snapshot = source.and_then(|s| s.get("snapshot")).is_some_and(|s| match s {
@@ -114,9 +127,25 @@ pub fn decode(line: &str, default_time: IntegerTime) -> Decoded {
     });
     let position = source.and_then(position_of);
     let tx_id = source.and_then(|s| s.get("txId")).and_then(Value::as_i64);
-    let Some(op) = envelope.get("op").and_then(Value::as_str) else {
-        return reject(position, snapshot, None, "the event has no `op` (want r, c, u, d or t)".into());
+    let table = source.and_then(|s| {
+        let table = s.get("table")?.as_str()?.to_string();
+        Some((s.get("schema").and_then(Value::as_str).map(str::to_string), table))
+    });
+    let Some(op) = envelope.get("op").and_then(Value::as_str).map(str::to_string) else {
+        return Err((position, snapshot, "the event has no `op` (want r, c, u, d or t)".into()));
     };
+    let snapshot = snapshot || op == "r";
+    Ok(Some(Envelope { schema, envelope, position, snapshot, tx_id, op, table }))
+}
+
+/// Decodes one line (the seed's `users` table).
+pub fn decode(line: &str, default_time: IntegerTime) -> Decoded {
+    let Envelope { schema, envelope, position, snapshot, tx_id, op, .. } = match self::envelope(line) {
+        Ok(Some(e)) => e,
+        Ok(None) => return Decoded::Tombstone,
+        Err((position, snapshot, reason)) => return reject(position, snapshot, None, reason),
+    };
+    let op = op.as_str();
     let time_unit = schema.as_ref().and_then(created_at_unit).unwrap_or(default_time);
     let row = |field: &str| -> Result<Option<LegacyUser>, String> {
         match envelope.get(field) {
@@ -125,7 +154,6 @@ pub fn decode(line: &str, default_time: IntegerTime) -> Decoded {
             Some(_) => Err(format!("`{field}` is not an object")),
         }
     };
-    let snapshot = snapshot || op == "r";
     let op = match op {
         "r" | "c" | "u" => match row("after") {
             Ok(Some(after)) => match unavailable_column(&envelope, "after") {

@@ -6,6 +6,7 @@ pub mod debezium;
 pub mod input;
 pub mod pgoutput;
 pub use crate::position;
+pub mod events;
 mod reread;
 pub mod sync;
-mod tables;
+pub mod tables;

@@ -172,7 +172,8 @@ enum Op {
 
 /// One decoded change, positioned.
 pub(crate) struct Change {
-    position: Position,
+    /// `None`: a Debezium snapshot read (they share one position).
+    position: Option<Position>,
     /// The planned table (`None`: a table outside the pipeline).
     table: Option<usize>,
     label: String,
@@ -185,7 +186,10 @@ impl Change {
     fn origin(&self) -> ChangeOrigin {
         let key = self.key.as_ref().map(Key::label);
         ChangeOrigin {
-            dedup_key: self.position.to_string(),
+            dedup_key: match self.position {
+                Some(p) => p.to_string(),
+                None => format!("snapshot:{}:{}", self.label, key.as_deref().unwrap_or_default()),
+            },
             source_table: self.label.clone(),
             source_key: key.clone(),
             event: serde_json::json!({ "pgoutput": self.what, "table": self.label, "key": key }).to_string(),
@@ -403,7 +407,7 @@ impl Applier for TablesApplier<'_> {
             let (table, columns, label) = (mapped.table, mapped.columns.clone(), mapped.label.clone());
             let Some(t) = table else {
                 out.push(Change {
-                    position,
+                    position: Some(position),
                     table: None,
                     label: label.clone(),
                     key: None,
@@ -420,7 +424,7 @@ impl Applier for TablesApplier<'_> {
             };
             let dead = |reason: String| Op::Dead { kind: DeadLetterKind::Extract, reason };
             let change = |key: Option<&Row>, what: &'static str, op: Op| Change {
-                position,
+                position: Some(position),
                 table: Some(t),
                 label: label.clone(),
                 key: key.map(|k| Key(k.iter().map(|v| crate::value::encode_pg_text(v).unwrap_or_default()).collect())),
@@ -494,7 +498,9 @@ impl Applier for TablesApplier<'_> {
         };
         let (mut upserts, mut deletes, mut truncates) = (0u64, 0u64, 0u64);
         for item in items {
-            batch.next = Some(batch.next.map_or(item.position, |p| p.max(item.position)));
+            if let Some(at) = item.position {
+                batch.next = Some(batch.next.map_or(at, |p| p.max(at)));
+            }
             let origin = batch.origins.len();
             let this = item.origin();
             batch.origins.push(this.clone());
@@ -692,4 +698,221 @@ impl TablesApplier<'_> {
 /// Key values as their text forms (how [`Key`] compares them).
 fn text_of(key: &Row) -> Vec<String> {
     key.iter().map(|v| crate::value::encode_pg_text(v).unwrap_or_default()).collect()
+}
+
+/// `ferry apply` of a many-table pipeline: Debezium events of any of its
+/// tables (`source.schema`/`source.table` name it), decoded with their
+/// schema's logical types, applied through the same path as `ferry sync`
+/// (plugins, order, one target transaction per group of whole source
+/// transactions). The tables' definitions come from `source.url`'s catalog.
+pub async fn apply(
+    settings: &Settings,
+    selection: &TableSelection,
+    input: &mut dyn super::input::EventInput,
+    options: super::apply::ApplyOptions,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<ApplyReport> {
+    use super::input::Next;
+    use std::sync::atomic::Ordering;
+    let mut source = engines::open_row_source(&settings.source.url, "source").await?;
+    let mut target = engines::open_row_target(&settings.target.url).await?;
+    target.ensure_control_tables().await?;
+    target.ensure_stream_tables().await?;
+    let plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+    drop(source);
+    if let Some(missing) = plan.tables.iter().flat_map(|t| &t.outputs).find(|o| o.create) {
+        anyhow::bail!(
+            "target table {} does not exist in {}: run `ferry migrate` (or load the Debezium snapshot into \
+             existing tables) first",
+            missing.def.name,
+            settings.target.url
+        );
+    }
+    let position = target.stream_position(&settings.pipeline).await?;
+    let report = SyncReport {
+        stream: ApplyReport { pipeline: settings.pipeline.clone(), ..Default::default() },
+        ..Default::default()
+    };
+    let mut applier = TablesApplier::new(settings, plan, target, position, report);
+    let mut pending: Vec<Change> = Vec::new();
+    let (mut current_tx, mut group_last, mut last_seen) = (None, None, None);
+    let mut last_position = position;
+    let mut unpositioned = 0u32;
+    macro_rules! flush_and_ack {
+        () => {
+            if !applier.apply(&mut pending, None).await? {
+                break;
+            }
+            if let Some(token) = group_last.take() {
+                input.commit(token).await?;
+            }
+        };
+    }
+    while !stop.load(Ordering::Relaxed) {
+        let (line, token) = match input.next().await? {
+            Next::End => break,
+            Next::Idle => {
+                flush_and_ack!();
+                continue;
+            }
+            Next::Item(line, token) => (line, token),
+        };
+        applier.report.stream.lines += 1;
+        last_seen = Some(token);
+        let event = if line.trim().is_empty() { Ok(None) } else { super::debezium::envelope(&line) };
+        let event = match event {
+            Ok(None) => {
+                applier.report.stream.tombstones += 1;
+                if pending.is_empty() {
+                    input.commit(token).await?;
+                }
+                continue;
+            }
+            Ok(Some(e)) => e,
+            Err((position, snapshot, reason)) => {
+                let position =
+                    if snapshot { None } else { position.or(last_position.map(|p| p.then(unpositioned + 1))) };
+                pending.push(Change {
+                    position,
+                    table: None,
+                    label: "?".into(),
+                    key: None,
+                    what: "event",
+                    op: Op::Dead { kind: DeadLetterKind::Extract, reason },
+                });
+                group_last = Some(token);
+                continue;
+            }
+        };
+        let position = match (event.position, event.snapshot) {
+            (_, true) => None,
+            (Some(p), false) => {
+                last_position = Some(p);
+                unpositioned = 0;
+                Some(p)
+            }
+            (None, false) => match last_position {
+                Some(p) => {
+                    unpositioned += 1;
+                    Some(p.then(unpositioned))
+                }
+                None => None,
+            },
+        };
+        let replayed = match position {
+            Some(p) => applier.position.is_some_and(|c| p <= c),
+            // Snapshot reads: only until the stream has started.
+            None => applier.position.is_some(),
+        };
+        if replayed {
+            applier.report.stream.skipped_replayed += 1;
+            if pending.is_empty() {
+                input.commit(token).await?;
+            }
+            continue;
+        }
+        if pending.len() >= options.group_size && (event.tx_id.is_none() || event.tx_id != current_tx) {
+            flush_and_ack!();
+        }
+        current_tx = event.tx_id;
+        let change = applier.debezium_change(&event, position, options).await?;
+        pending.push(change);
+        group_last = Some(token);
+    }
+    if applier.report.stream.fatal.is_none() {
+        applier.apply(&mut pending, None).await?;
+        if let Some(token) = last_seen.filter(|_| applier.report.stream.fatal.is_none()) {
+            input.commit(token).await?;
+        }
+    }
+    applier.report.stream.checkpoint.position = applier.position;
+    applier.report.stream.toast_rereads = applier.report.toast_rereads;
+    Ok(applier.report.stream)
+}
+
+impl TablesApplier<'_> {
+    /// What one Debezium event asks of the pipeline.
+    async fn debezium_change(
+        &mut self,
+        event: &super::debezium::Envelope,
+        position: Option<Position>,
+        options: super::apply::ApplyOptions,
+    ) -> anyhow::Result<Change> {
+        let (schema_name, name) = event.table.clone().unwrap_or((None, String::new()));
+        let label = match &schema_name {
+            Some(s) => format!("{s}.{name}"),
+            None => name.clone(),
+        };
+        let table = self.plan.tables.iter().position(|t| {
+            t.source.name.name == name
+                && (schema_name.is_none() || t.source.name.schema.is_none() || t.source.name.schema == schema_name)
+        });
+        let what: &'static str = match event.op.as_str() {
+            "r" => "read",
+            "c" => "create",
+            "u" => "update",
+            "d" => "delete",
+            "t" => "truncate",
+            _ => "event",
+        };
+        let mut change = Change { position, table, label: label.clone(), key: None, what, op: Op::Truncate };
+        let dead = |reason: String| Op::Dead { kind: DeadLetterKind::Extract, reason };
+        let Some(t) = table else {
+            change.op = dead(format!(
+                "table {label:?} is not in the pipeline; add it to [[tables]] or source.include, or filter it out \
+                 of the stream"
+            ));
+            return Ok(change);
+        };
+        let def = self.plan.tables[t].source.clone();
+        let side = |field: &str| event.envelope.get(field).and_then(serde_json::Value::as_object);
+        let unit = options.integer_time;
+        let key_text = |key: &Row| Key(text_of(key));
+        match event.op.as_str() {
+            "t" => change.op = Op::Truncate,
+            "r" | "c" | "u" => {
+                let Some(after) = side("after") else {
+                    change.op = dead(format!("op `{}` without `after`", event.op));
+                    return Ok(change);
+                };
+                let fields = super::events::field_schemas(event.schema.as_ref(), "after");
+                let key = match super::events::key_of(&def, after, &fields, unit) {
+                    Ok(key) => key,
+                    Err(reason) => {
+                        change.op = dead(reason);
+                        return Ok(change);
+                    }
+                };
+                change.key = Some(key_text(&key));
+                let unavailable = after.iter().find(|(_, v)| v.as_str() == Some(super::debezium::UNAVAILABLE));
+                change.op = match unavailable {
+                    Some(_) if options.reread => self.read_back(t, &key, event.tx_id.map_or(0, |x| x as u32)).await?,
+                    Some((column, _)) => dead(format!(
+                        "column `{column}` is {} (an unchanged TOASTed value the event does not carry); pass \
+                         --reread to read such rows from source.url, or set REPLICA IDENTITY FULL on the source \
+                         table, then replay",
+                        super::debezium::UNAVAILABLE
+                    )),
+                    None => match super::events::row_of(&def, after, &fields, unit) {
+                        Ok(row) => Op::Upsert { row, update: event.op == "u" },
+                        Err(reason) => dead(reason),
+                    },
+                };
+                // A key change: Debezium sends a delete of the old key first.
+            }
+            "d" => {
+                let fields = super::events::field_schemas(event.schema.as_ref(), "before");
+                match side("before").map(|before| super::events::key_of(&def, before, &fields, unit)) {
+                    Some(Ok(key)) => {
+                        change.key = Some(key_text(&key));
+                        change.op = Op::Delete { key };
+                    }
+                    Some(Err(reason)) => change.op = dead(reason),
+                    None => change.op = dead("delete without `before`".into()),
+                }
+            }
+            other => change.op = dead(format!("unknown op `{other}` (want r, c, u, d or t)")),
+        }
+        Ok(change)
+    }
 }
