@@ -75,7 +75,7 @@ pub fn key_of(
         .collect()
 }
 
-fn logical<'a>(field: Option<&'a Json>) -> Option<&'a str> {
+fn logical(field: Option<&Json>) -> Option<&str> {
     field.and_then(|f| f.get("name")).and_then(Json::as_str)
 }
 
