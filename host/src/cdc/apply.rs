@@ -272,8 +272,7 @@ pub async fn apply_debezium(
     let mut group_last: Option<u64> = None;
     let mut last_seen: Option<u64> = None;
     // Carry-forward for items without a position of their own.
-    let mut last_position: Option<Position> = checkpoint.position;
-    let mut unpositioned = 0u32;
+    let mut positions = debezium::Positions::after(checkpoint.position);
     let mut reread = super::reread::Reread::default();
     macro_rules! flush_and_ack {
         () => {
@@ -326,26 +325,8 @@ pub async fn apply_debezium(
                 (position, snapshot, None, Ok(Item::Reject { key, reason }))
             }
         };
-        let position = match (position, snapshot) {
-            (_, true) => None,
-            (Some(p), false) => {
-                last_position = Some(p);
-                unpositioned = 0;
-                Some(p)
-            }
-            (None, false) => match last_position {
-                Some(p) => {
-                    unpositioned += 1;
-                    Some(p.then(unpositioned))
-                }
-                // Before any position: treated like a snapshot item.
-                None => None,
-            },
-        };
-        let replayed = match position {
-            Some(p) => checkpoint.position.is_some_and(|c| p <= c),
-            None => checkpoint.streaming,
-        };
+        let position = positions.effective(position, snapshot);
+        let replayed = debezium::replayed(position, checkpoint.position, checkpoint.streaming);
         if replayed {
             report.skipped_replayed += 1;
             if pending.is_empty() {
@@ -360,7 +341,7 @@ pub async fn apply_debezium(
         current_tx = tx;
         let item = match item {
             Ok(item) => item,
-            Err(key) => match reread.current(settings, key, None).await? {
+            Err(key) => match reread.current(settings, key, tx.map(|x| x as u32)).await? {
                 Some(item) => {
                     report.toast_rereads += 1;
                     item

@@ -138,6 +138,47 @@ pub fn envelope(line: &str) -> Result<Option<Envelope>, (Option<Position>, bool,
     Ok(Some(Envelope { schema, envelope, position, snapshot, tx_id, op, table }))
 }
 
+/// Effective positions of a Debezium stream: an event without a position of
+/// its own sits after the last positioned one (`then(n)`), so it is
+/// deduplicated too; snapshot reads have none (they share the snapshot's).
+#[derive(Debug, Default)]
+pub struct Positions {
+    last: Option<Position>,
+    unpositioned: u32,
+}
+
+impl Positions {
+    /// Starting after the stored position.
+    pub fn after(stored: Option<Position>) -> Positions {
+        Positions { last: stored, unpositioned: 0 }
+    }
+
+    pub fn effective(&mut self, position: Option<Position>, snapshot: bool) -> Option<Position> {
+        match (position, snapshot) {
+            (_, true) => None,
+            (Some(p), false) => {
+                self.last = Some(p);
+                self.unpositioned = 0;
+                Some(p)
+            }
+            (None, false) => {
+                let last = self.last?;
+                self.unpositioned += 1;
+                Some(last.then(self.unpositioned))
+            }
+        }
+    }
+}
+
+/// Whether an event at `position` was applied before: positioned ones at
+/// or before the stored position; snapshot reads once the stream started.
+pub fn replayed(position: Option<Position>, stored: Option<Position>, streaming: bool) -> bool {
+    match position {
+        Some(p) => stored.is_some_and(|c| p <= c),
+        None => streaming,
+    }
+}
+
 /// Decodes one line (the seed's `users` table).
 pub fn decode(line: &str, default_time: IntegerTime) -> Decoded {
     let Envelope { schema, envelope, position, snapshot, tx_id, op, .. } = match self::envelope(line) {

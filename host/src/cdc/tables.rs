@@ -46,17 +46,7 @@ pub async fn sync(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<SyncReport> {
     crate::daemon::health().beat("starting");
-    let mut source = engines::open_row_source(&settings.source.url, "source").await?;
-    let mut target = engines::open_row_target(&settings.target.url).await?;
-    target.ensure_control_tables().await?;
-    target.ensure_stream_tables().await?;
-    let plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
-    drop(source);
-    let position = target.stream_position(&settings.pipeline).await?;
-    let mut report = SyncReport {
-        stream: ApplyReport { pipeline: settings.pipeline.clone(), ..Default::default() },
-        ..Default::default()
-    };
+    let (plan, mut target, position, mut report) = open_stream(settings, selection).await?;
 
     let mut conn = crate::postgres::connect(&settings.source.url, "source").await?;
     let names: Vec<String> = plan.tables.iter().map(|t| t.source.quoted()).collect();
@@ -96,6 +86,25 @@ pub async fn sync(
     let mut applier = TablesApplier::new(settings, plan, target, position, report);
     super::sync::follow(settings, options, client, &mut applier, &stop).await?;
     Ok(applier.report)
+}
+
+/// The plan (from the source's catalog), the target with its control and
+/// stream tables, the stored stream position and an empty report.
+async fn open_stream(
+    settings: &Settings,
+    selection: &TableSelection,
+) -> anyhow::Result<(Plan, Box<dyn RowTarget>, Option<Position>, SyncReport)> {
+    let mut source = engines::open_row_source(&settings.source.url, "source").await?;
+    let mut target = engines::open_row_target(&settings.target.url).await?;
+    target.ensure_control_tables().await?;
+    target.ensure_stream_tables().await?;
+    let plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+    let position = target.stream_position(&settings.pipeline).await?;
+    let report = SyncReport {
+        stream: ApplyReport { pipeline: settings.pipeline.clone(), ..Default::default() },
+        ..Default::default()
+    };
+    Ok((plan, target, position, report))
 }
 
 /// A publication ferry did not make may lack tables of the pipeline (their
@@ -714,12 +723,7 @@ pub async fn apply(
 ) -> anyhow::Result<ApplyReport> {
     use super::input::Next;
     use std::sync::atomic::Ordering;
-    let mut source = engines::open_row_source(&settings.source.url, "source").await?;
-    let mut target = engines::open_row_target(&settings.target.url).await?;
-    target.ensure_control_tables().await?;
-    target.ensure_stream_tables().await?;
-    let plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
-    drop(source);
+    let (plan, target, position, report) = open_stream(settings, selection).await?;
     if let Some(missing) = plan.tables.iter().flat_map(|t| &t.outputs).find(|o| o.create) {
         anyhow::bail!(
             "target table {} does not exist in {}: run `ferry migrate` (or load the Debezium snapshot into \
@@ -728,16 +732,10 @@ pub async fn apply(
             settings.target.url
         );
     }
-    let position = target.stream_position(&settings.pipeline).await?;
-    let report = SyncReport {
-        stream: ApplyReport { pipeline: settings.pipeline.clone(), ..Default::default() },
-        ..Default::default()
-    };
     let mut applier = TablesApplier::new(settings, plan, target, position, report);
     let mut pending: Vec<Change> = Vec::new();
     let (mut current_tx, mut group_last, mut last_seen) = (None, None, None);
-    let mut last_position = position;
-    let mut unpositioned = 0u32;
+    let mut positions = super::debezium::Positions::after(position);
     macro_rules! flush_and_ack {
         () => {
             if !applier.apply(&mut pending, None).await? {
@@ -770,8 +768,11 @@ pub async fn apply(
             }
             Ok(Some(e)) => e,
             Err((position, snapshot, reason)) => {
-                let position =
-                    if snapshot { None } else { position.or(last_position.map(|p| p.then(unpositioned + 1))) };
+                let position = positions.effective(position, snapshot);
+                if super::debezium::replayed(position, applier.position, applier.position.is_some()) {
+                    applier.report.stream.skipped_replayed += 1;
+                    continue;
+                }
                 pending.push(Change {
                     position,
                     table: None,
@@ -784,26 +785,8 @@ pub async fn apply(
                 continue;
             }
         };
-        let position = match (event.position, event.snapshot) {
-            (_, true) => None,
-            (Some(p), false) => {
-                last_position = Some(p);
-                unpositioned = 0;
-                Some(p)
-            }
-            (None, false) => match last_position {
-                Some(p) => {
-                    unpositioned += 1;
-                    Some(p.then(unpositioned))
-                }
-                None => None,
-            },
-        };
-        let replayed = match position {
-            Some(p) => applier.position.is_some_and(|c| p <= c),
-            // Snapshot reads: only until the stream has started.
-            None => applier.position.is_some(),
-        };
+        let position = positions.effective(event.position, event.snapshot);
+        let replayed = super::debezium::replayed(position, applier.position, applier.position.is_some());
         if replayed {
             applier.report.stream.skipped_replayed += 1;
             if pending.is_empty() {
