@@ -447,3 +447,46 @@ async fn sync_streams_into_sqlite_and_resumes_after_kill_9() {
     let applied = file.scalar_i64("SELECT commit_lsn FROM ferry_change_checkpoints").await;
     assert!(confirmed >= applied, "slot confirmed {confirmed}, target applied commit {applied}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_published_beyond_the_pipeline_are_reported_not_ignored() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql(
+        "CREATE TABLE kept (id int PRIMARY KEY, v text); CREATE TABLE other (id int PRIMARY KEY, v text);
+         INSERT INTO kept VALUES (1, 'a'); CREATE PUBLICATION ferry_tables FOR ALL TABLES;",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let target = PgDb::new("tsyncu").await;
+    let p = tables_pipeline(&source, &target.url(), "include = [\"public.kept\"]", "");
+    let first = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(first.stderr.contains("also publishes public.other"), "the extra table is reported: {first:?}");
+    sqlx::raw_sql("BEGIN; INSERT INTO kept VALUES (2, 'b'); INSERT INTO other VALUES (7, 'x'); COMMIT;")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let run = p.ferry(&["sync", "--idle-exit", "1", "--json"]);
+    assert_eq!(run.code, 4, "the other table's change is a dead letter: {run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM kept").await, 2);
+    let (table, reason): (String, String) =
+        sqlx::query_as("SELECT source_table, reason FROM ferry.change_dead_letters")
+            .fetch_one(&mut target.conn().await)
+            .await
+            .unwrap();
+    assert_eq!(table, "public.other");
+    assert!(reason.contains("not in the pipeline"), "{reason}");
+
+    // A publication that lacks a pipeline table is refused with the fix.
+    let narrow = tables_pipeline(&source, &target.url(), "include = [\"public.*\"]", "");
+    sqlx::raw_sql("DROP PUBLICATION ferry_tables; CREATE PUBLICATION ferry_tables FOR TABLE kept")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let refused = narrow.ferry(&["sync", "--idle-exit", "1"]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains("does not publish public.other"), "{refused:?}");
+}
