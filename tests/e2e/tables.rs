@@ -161,9 +161,21 @@ async fn composite_and_text_keys_resume_exactly_after_kill_9() {
                jsonb_build_object('n', g, 'doc', repeat(md5(g::text), 20)) FROM generate_series(1, 20000) g;
              CREATE TABLE readings (sensor text, at timestamptz, value double precision, PRIMARY KEY (sensor, at));
              INSERT INTO readings SELECT 's' || (g % 13), '2021-06-01'::timestamptz + g * interval '1 microsecond', \
-               g * 1.1 FROM generate_series(1, 30000) g;",
+               g * 1.1 FROM generate_series(1, 30000) g;
+             CREATE TABLE documents (owner text, version int, doc text NOT NULL, PRIMARY KEY (owner, version));
+             INSERT INTO documents SELECT 'ówner ' || (g % 37), g, \
+               (SELECT string_agg(md5(g::text || '/' || i::text), '') FROM generate_series(1, 300) i) \
+               FROM generate_series(1, 2000) g;",
         )
         .await;
+    // The documents (~9.6 KB of incompressible text each) are stored out of line.
+    assert!(
+        source
+            .scalar_i64("SELECT pg_relation_size(reltoastrelid)::int8 FROM pg_class WHERE relname = 'documents'")
+            .await
+            > 5_000_000,
+        "the documents are TOASTed"
+    );
     let p = tables_pipeline(
         &source.url(),
         &target.url(),
@@ -172,19 +184,24 @@ async fn composite_and_text_keys_resume_exactly_after_kill_9() {
     );
     let kills = kill_until_done(|| p.command(&["migrate", "--json"]), &[0]);
     assert!(kills >= 2, "only {kills} kills landed: the test did not exercise resume");
-    for (table, order) in [("order_lines", "order_ref, line"), ("events", "id"), ("readings", "sensor, at")] {
-        assert_eq!(rows_text(&target, table, order).await, rows_text(&source, table, order).await, "{table}");
+    for (table, order) in [
+        ("order_lines", "order_ref, line"),
+        ("events", "id"),
+        ("readings", "sensor, at"),
+        ("documents", "owner, version"),
+    ] {
+        assert!(rows_text(&target, table, order).await == rows_text(&source, table, order).await, "{table} differs");
     }
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.runs").await, 1, "one run, resumed");
     assert_eq!(
-        target.scalar_i64("SELECT count(*) FROM pg_index WHERE indisprimary AND indrelid::regclass::text IN ('order_lines', 'events', 'readings')").await,
-        3,
+        target.scalar_i64("SELECT count(*) FROM pg_index WHERE indisprimary AND indrelid::regclass::text IN ('order_lines', 'events', 'readings', 'documents')").await,
+        4,
         "each primary key, built after the data, holds: no row was loaded twice"
     );
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.dead_letters").await, 0);
     assert_eq!(
         target.scalar_i64("SELECT sum(loaded)::int8 FROM ferry.table_progress").await,
-        90_000,
+        92_000,
         "the ledger counts every row once"
     );
 }
