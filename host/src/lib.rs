@@ -6,6 +6,7 @@
 //! data. See ARCHITECTURE.md for the map.
 
 pub mod cdc;
+pub mod changes;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -102,7 +102,7 @@ pub trait Sink: Send {
 /// A target row read back, each field in ferry's canonical text form: id,
 /// first_name, last_name, email as stored; created_at as microseconds since
 /// the Unix epoch in decimal; settings as canonical JSON
-/// (`validate::canonical_json`).
+/// (`value::canonical_json`).
 pub type TargetRow = [Option<String>; 6];
 
 /// A row as the driver hands it over, borrowed (nothing copied): what the

@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::control::RunRecord;
@@ -122,53 +121,7 @@ pub struct ValidationReport {
     pub elapsed_seconds: f64,
 }
 
-/// Canonical JSON text: object keys sorted, no whitespace, integral numbers
-/// without a fraction (`1.0` and `1e0` are `1`), so that PostgreSQL's jsonb
-/// normalisation and the plugin's own formatting compare equal. Invalid JSON
-/// is returned unchanged (and then differs).
-pub fn canonical_json(text: &str) -> String {
-    match serde_json::from_str::<Value>(text) {
-        Ok(v) => {
-            let mut out = String::with_capacity(text.len());
-            write_canonical(&v, &mut out);
-            out
-        }
-        Err(_) => text.to_string(),
-    }
-}
-
-fn write_canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(map) => {
-            let sorted: BTreeMap<&String, &Value> = map.iter().collect();
-            out.push('{');
-            for (i, (k, v)) in sorted.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(v, out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => out.push_str(&(f as i64).to_string()),
-            _ => out.push_str(&n.to_string()),
-        },
-        other => out.push_str(&other.to_string()),
-    }
-}
+pub use crate::value::canonical_json;
 
 /// A transformed row in canonical target form (see [`TargetRow`]).
 pub fn canonical_row(row: NewUser) -> TargetRow {

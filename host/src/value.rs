@@ -634,6 +634,54 @@ pub fn copy_unescape(field: &[u8]) -> Result<Option<String>, BadValue> {
     String::from_utf8(out).map(Some).map_err(|_| BadValue("COPY field is not valid UTF-8".into()))
 }
 
+/// Canonical JSON text: object keys sorted, no whitespace, integral numbers
+/// without a fraction (`1.0` and `1e0` are `1`), so that PostgreSQL's jsonb
+/// normalisation and the plugin's own formatting compare equal. Invalid JSON
+/// is returned unchanged (and then differs).
+pub fn canonical_json(text: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) => {
+            let mut out = String::with_capacity(text.len());
+            write_canonical(&v, &mut out);
+            out
+        }
+        Err(_) => text.to_string(),
+    }
+}
+
+fn write_canonical(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let sorted: std::collections::BTreeMap<&String, &serde_json::Value> = map.iter().collect();
+            out.push('{');
+            for (i, (k, v)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => out.push_str(&(f as i64).to_string()),
+            _ => out.push_str(&n.to_string()),
+        },
+        other => out.push_str(&other.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

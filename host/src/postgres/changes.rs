@@ -8,13 +8,13 @@ use async_trait::async_trait;
 use sqlx::{Connection, PgConnection};
 
 use super::target::PgTarget;
-use crate::cdc::apply::{
+use crate::changes::{
     ChangeBatch, ChangeCheckpoint, ChangeDeadLetter, ChangeSink, ChangeStatus, OpOrigin, Refused, StaleMark, StaleRow,
     TargetOp,
 };
-use crate::cdc::position::Position;
 use crate::config::OnConflict;
 use crate::model::NewUser;
+use crate::position::Position;
 use crate::sink::FencedError;
 
 const CHANGE_DDL: &str = r#"

@@ -100,7 +100,7 @@ impl PgTarget {
             row.try_get(2)?,
             row.try_get(3)?,
             created.map(|t| t.timestamp_micros().to_string()),
-            settings.map(|s| crate::validate::canonical_json(&s)),
+            settings.map(|s| crate::value::canonical_json(&s)),
         ])
     }
 

@@ -48,7 +48,7 @@ impl SqliteTarget {
             Some(t) => t.to_string(),
             None => s,
         });
-        Ok([text(0)?, text(1)?, text(2)?, text(3)?, created, text(5)?.map(|s| crate::validate::canonical_json(&s))])
+        Ok([text(0)?, text(1)?, text(2)?, text(3)?, created, text(5)?.map(|s| crate::value::canonical_json(&s))])
     }
 
     fn select_target(&self) -> String {

@@ -462,7 +462,7 @@ pub fn canonical(value: &Value) -> Option<String> {
         Value::Float32(f) => float(f64::from(*f)),
         Value::Float64(f) => float(*f),
         Value::Numeric(s) => normalise_decimal(s),
-        Value::Json(s) => crate::validate::canonical_json(s),
+        Value::Json(s) => crate::value::canonical_json(s),
         Value::Date(d) => d.to_string(),
         Value::Time(t) | Value::Timestamp(t) | Value::TimestampTz(t) => t.to_string(),
         Value::Interval { months, days, micros } => format!("{months}m{days}d{micros}us"),
