@@ -24,6 +24,11 @@ impl Key {
         Key(table.primary_key.iter().map(|&i| encode_pg_text(&row[i]).unwrap_or_default()).collect())
     }
 
+    /// The key of key values (key order; a shorter list is a prefix).
+    pub fn of_values(values: &[Value]) -> Key {
+        Key(values.iter().map(|v| encode_pg_text(v).unwrap_or_default()).collect())
+    }
+
     /// As stored in checkpoints: a JSON array of strings.
     pub fn encode(&self) -> String {
         serde_json::to_string(&self.0).expect("strings serialise")

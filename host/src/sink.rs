@@ -392,9 +392,7 @@ impl RowChangeBatch {
             while i < w.len() && w[i].table == table && w[i].change != RowChange::Truncate && !prefix(&w[i].change) {
                 let key = match &w[i].change {
                     RowChange::Upsert(row) => crate::keyset::Key::of(def, row).0,
-                    RowChange::Delete(key) => {
-                        key.iter().map(|v| crate::value::encode_pg_text(v).unwrap_or_default()).collect()
-                    }
+                    RowChange::Delete(key) => crate::keyset::Key::of_values(key).0,
                     RowChange::Truncate => unreachable!("the loop stops at truncates"),
                 };
                 if last.insert(key.clone(), i).is_none() {

@@ -116,9 +116,7 @@ async fn check_publication(conn: &mut sqlx::PgConnection, options: &SyncOptions,
             .bind(&options.publication)
             .fetch_all(&mut *conn)
             .await?;
-    let is_published = |def: &TableDef| {
-        published.iter().any(|(s, t)| *t == def.name.name && def.name.schema.as_deref().is_none_or(|d| d == s))
-    };
+    let is_published = |def: &TableDef| published.iter().any(|(s, t)| names_table(def, Some(s), t));
     let missing: Vec<String> =
         plan.tables.iter().filter(|t| !is_published(&t.source)).map(|t| t.source.name.to_string()).collect();
     if !missing.is_empty() {
@@ -131,10 +129,7 @@ async fn check_publication(conn: &mut sqlx::PgConnection, options: &SyncOptions,
         );
     }
     for (schema, table) in &published {
-        let known = plan
-            .tables
-            .iter()
-            .any(|t| t.source.name.name == *table && t.source.name.schema.as_deref().is_none_or(|d| d == schema));
+        let known = plan.tables.iter().any(|t| names_table(&t.source, Some(schema), table));
         if !known {
             tracing::warn!(
                 "publication {} also publishes {schema}.{table}, which the pipeline does not name: its changes \
@@ -154,7 +149,7 @@ struct Mapped {
     /// `None`: the pipeline does not name the table.
     table: Option<usize>,
     /// For each column of the table's definition, its index in the tuple.
-    columns: Vec<Option<usize>>,
+    columns: Arc<[Option<usize>]>,
     /// `schema.table` as the stream names it.
     label: String,
 }
@@ -266,15 +261,13 @@ impl<'a> TablesApplier<'a> {
         let names: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
         let stale = self.mapped.get(&relation.oid).is_none_or(|m| m.names != names);
         if stale {
-            let table = self.plan.tables.iter().position(|t| {
-                t.source.name.name == relation.name
-                    && t.source.name.schema.as_deref().is_none_or(|s| s == relation.namespace)
-            });
+            let table =
+                self.plan.tables.iter().position(|t| names_table(&t.source, Some(&relation.namespace), &relation.name));
             let columns = match table {
                 Some(t) => {
                     self.plan.tables[t].source.columns.iter().map(|c| names.iter().position(|n| *n == c.name)).collect()
                 }
-                None => Vec::new(),
+                None => Arc::from(Vec::new()),
             };
             self.mapped.insert(
                 relation.oid,
@@ -413,7 +406,7 @@ impl Applier for TablesApplier<'_> {
                 anyhow::bail!("the stream used relation {oid} before describing it");
             };
             let mapped = self.mapping(relation);
-            let (table, columns, label) = (mapped.table, mapped.columns.clone(), mapped.label.clone());
+            let (table, columns, label) = (mapped.table, Arc::clone(&mapped.columns), mapped.label.clone());
             let Some(t) = table else {
                 out.push(Change {
                     position: Some(position),
@@ -436,7 +429,7 @@ impl Applier for TablesApplier<'_> {
                 position: Some(position),
                 table: Some(t),
                 label: label.clone(),
-                key: key.map(|k| Key(k.iter().map(|v| crate::value::encode_pg_text(v).unwrap_or_default()).collect())),
+                key: key.map(|k| Key::of_values(k)),
                 what,
                 op,
             };
@@ -591,7 +584,7 @@ impl Applier for TablesApplier<'_> {
                         for (o, key) in keys {
                             let def = &self.targets[o];
                             let made_again = key.len() == def.primary_key.len()
-                                && placed.iter().any(|(p, v)| *p == o && Key::of(def, v).0 == text_of(&key));
+                                && placed.iter().any(|(p, v)| *p == o && Key::of(def, v) == Key::of_values(&key));
                             if !made_again {
                                 write(o, RowChange::Delete(key));
                             }
@@ -704,9 +697,10 @@ impl TablesApplier<'_> {
     }
 }
 
-/// Key values as their text forms (how [`Key`] compares them).
-fn text_of(key: &Row) -> Vec<String> {
-    key.iter().map(|v| crate::value::encode_pg_text(v).unwrap_or_default()).collect()
+/// Whether `def` is the table `schema.name` a stream names (an
+/// unqualified name on either side matches any schema).
+fn names_table(def: &TableDef, schema: Option<&str>, name: &str) -> bool {
+    def.name.name == name && (schema.is_none() || def.name.schema.as_deref().is_none_or(|d| Some(d) == schema))
 }
 
 /// `ferry apply` of a many-table pipeline: Debezium events of any of its
@@ -826,10 +820,7 @@ impl TablesApplier<'_> {
             Some(s) => format!("{s}.{name}"),
             None => name.clone(),
         };
-        let table = self.plan.tables.iter().position(|t| {
-            t.source.name.name == name
-                && (schema_name.is_none() || t.source.name.schema.is_none() || t.source.name.schema == schema_name)
-        });
+        let table = self.plan.tables.iter().position(|t| names_table(&t.source, schema_name.as_deref(), &name));
         let what: &'static str = match event.op.as_str() {
             "r" => "read",
             "c" => "create",
@@ -850,7 +841,6 @@ impl TablesApplier<'_> {
         let def = self.plan.tables[t].source.clone();
         let side = |field: &str| event.envelope.get(field).and_then(serde_json::Value::as_object);
         let unit = options.integer_time;
-        let key_text = |key: &Row| Key(text_of(key));
         match event.op.as_str() {
             "t" => change.op = Op::Truncate,
             "r" | "c" | "u" => {
@@ -866,7 +856,7 @@ impl TablesApplier<'_> {
                         return Ok(change);
                     }
                 };
-                change.key = Some(key_text(&key));
+                change.key = Some(Key::of_values(&key));
                 let unavailable = after.iter().find(|(_, v)| v.as_str() == Some(super::debezium::UNAVAILABLE));
                 change.op = match unavailable {
                     Some(_) if options.reread => self.read_back(t, &key, event.tx_id.map_or(0, |x| x as u32)).await?,
@@ -887,7 +877,7 @@ impl TablesApplier<'_> {
                 let fields = super::events::field_schemas(event.schema.as_ref(), "before");
                 match side("before").map(|before| super::events::key_of(&def, before, &fields, unit)) {
                     Some(Ok(key)) => {
-                        change.key = Some(key_text(&key));
+                        change.key = Some(Key::of_values(&key));
                         change.op = Op::Delete { key };
                     }
                     Some(Err(reason)) => change.op = dead(reason),
