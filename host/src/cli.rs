@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Parser, Subcommand};
 
 use crate::config::ConfigError;
+use crate::error::ErrorKind;
 use crate::migrate::{Ending, MigrateOptions};
 use crate::settings::{Overrides, Settings};
 use crate::validate::ValidateOptions;
@@ -199,10 +200,22 @@ pub fn main() -> i32 {
     runtime.block_on(run(cli))
 }
 
+/// Reports the error that stopped a command and returns its exit code, the
+/// one its kind maps to. With `--json` the error is also printed on stdout as
+/// `{"error": {"kind": …, "message": …, "exit_code": …}}`.
 fn fail(e: &anyhow::Error) -> i32 {
+    let kind = ErrorKind::of(e);
     eprintln!("error: {e:#}");
-    if e.downcast_ref::<ConfigError>().is_some() { exit::USAGE } else { exit::ERROR }
+    if JSON.load(Ordering::Relaxed) {
+        print_json(&serde_json::json!({
+            "error": {"kind": kind, "message": format!("{e:#}"), "exit_code": kind.exit_code()}
+        }));
+    }
+    kind.exit_code()
 }
+
+/// `--json` was given (read by [`fail`]).
+static JSON: AtomicBool = AtomicBool::new(false);
 
 fn print_json<T: serde::Serialize>(value: &T) {
     println!("{}", serde_json::to_string_pretty(value).expect("reports serialise"));
@@ -229,6 +242,7 @@ fn stream_exit(r: &crate::cdc::apply::ApplyReport, signalled: bool) -> i32 {
 }
 
 async fn run(cli: Cli) -> i32 {
+    JSON.store(cli.json, Ordering::Relaxed);
     if let Command::Plugin { action: PluginAction::Info { path } } = &cli.command {
         return plugin_info(path, cli.json);
     }
@@ -364,13 +378,19 @@ async fn run(cli: Cli) -> i32 {
                     };
                     JetStreamInput::connect(&js).await.map(|i| Box::new(i) as Box<dyn EventInput>)
                 }
-                (Some(_), None) => Err(anyhow::anyhow!("--nats needs --stream (the JetStream stream to consume)")),
+                (Some(_), None) => Err(crate::error::Error::raise(
+                    ErrorKind::Config,
+                    "--nats needs --stream (the JetStream stream to consume)",
+                )),
                 _ if input.as_os_str() == "-" => {
                     Ok(Box::new(LineInput::new(tokio::io::BufReader::new(tokio::io::stdin()))) as Box<dyn EventInput>)
                 }
                 _ => match tokio::fs::File::open(&input).await {
                     Ok(file) => Ok(Box::new(LineInput::new(tokio::io::BufReader::new(file))) as Box<dyn EventInput>),
-                    Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", input.display())),
+                    Err(e) => Err(crate::error::Error::raise(
+                        ErrorKind::Config,
+                        format!("cannot read {}: {e}", input.display()),
+                    )),
                 },
             };
             let result = match opened {
@@ -504,7 +524,10 @@ async fn dlq_list(
 ) -> anyhow::Result<Vec<crate::control::DeadLetterRecord>> {
     let mut target = crate::engines::open_control(settings).await?;
     let run = target.latest_run(&settings.pipeline).await?.ok_or_else(|| {
-        anyhow::anyhow!("no run of pipeline {} is recorded in {}", settings.pipeline, settings.target.url)
+        crate::error::Error::contract(format!(
+            "no run of pipeline {} is recorded in {}",
+            settings.pipeline, settings.target.url
+        ))
     })?;
     let Some(table) = table else { return target.dead_letters(&run.run_id, Some(limit)).await };
     let all = target.dead_letters(&run.run_id, None).await?;
@@ -518,10 +541,7 @@ async fn dlq_list(
 fn plugin_info(path: &std::path::Path, json: bool) -> i32 {
     let options = crate::plugin::LoadOptions { limits: Default::default(), pinned_sha256: None, cache_dir: None };
     match crate::plugin::TablePlugin::load(path, &options) {
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::ERROR
-        }
+        Err(e) => fail(&e.into()),
         Ok(p) => {
             let exports = p.interface();
             if json {

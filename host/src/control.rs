@@ -164,6 +164,10 @@ where
 pub enum TablePhase {
     /// Rows are being copied (resumable from `last_key`).
     Copying,
+    /// Rows are being copied in heap order, in one source snapshot:
+    /// `last_key` is a block position, meaningless in another snapshot, so
+    /// an interrupted copy starts the table over (then in key order).
+    CopyingHeap,
     /// Every row is loaded or dead-lettered; indexes and constraints pending.
     Loaded,
     /// Indexes and constraints built: the table is done.
@@ -174,14 +178,21 @@ impl TablePhase {
     pub fn as_str(self) -> &'static str {
         match self {
             TablePhase::Copying => "copying",
+            TablePhase::CopyingHeap => "copying_heap",
             TablePhase::Loaded => "loaded",
             TablePhase::Done => "done",
         }
     }
 
+    /// Rows are still being copied (in either order).
+    pub fn copying(self) -> bool {
+        matches!(self, TablePhase::Copying | TablePhase::CopyingHeap)
+    }
+
     pub fn parse(s: &str) -> TablePhase {
         match s {
             "loaded" => TablePhase::Loaded,
+            "copying_heap" => TablePhase::CopyingHeap,
             "done" => TablePhase::Done,
             _ => TablePhase::Copying,
         }
@@ -268,7 +279,10 @@ pub async fn start_run(
     plugin_sha256: String,
 ) -> anyhow::Result<RunRecord> {
     if resume_only {
-        anyhow::bail!("pipeline {pipeline} has no unfinished run to resume; run `ferry migrate` without --resume");
+        return Err(crate::error::Error::raise(
+            crate::error::ErrorKind::Config,
+            format!("pipeline {pipeline} has no unfinished run to resume; run `ferry migrate` without --resume"),
+        ));
     }
     if let Some(old) = previous.filter(|r| r.status.resumable()) {
         store.set_status(&old.run_id, RunStatus::Abandoned, Some("replaced by a new run (--restart)")).await?;

@@ -32,10 +32,14 @@ pub async fn open_change_target(settings: &Settings) -> anyhow::Result<Box<dyn C
             )
             .await?,
         )),
-        Engine::Sqlite => anyhow::bail!(
-            "applying change streams into SQLite ({}) is not supported yet; use a PostgreSQL target",
-            t.url
-        ),
+        Engine::Sqlite => Err(crate::error::Error::raise(
+            crate::error::ErrorKind::Config,
+            format!(
+                "applying the users pipeline's change streams into SQLite ({}) is not supported; use a PostgreSQL \
+                 target, or a many-table pipeline ([[tables]]), which streams into SQLite too",
+                t.url
+            ),
+        )),
     }
 }
 

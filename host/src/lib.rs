@@ -14,6 +14,7 @@ pub mod control;
 pub mod daemon;
 pub mod db;
 pub mod engines;
+pub mod error;
 pub mod exit;
 pub mod keyset;
 pub mod migrate;

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::control::{RunRecord, RunStatus, Stats};
 use crate::engines::{self, Target};
+use crate::error::Error;
 use crate::model::{DeadLetter, DeadLetterKind, LegacyUser, NewUser, Outcome};
 use crate::plugin::{Plugin, Transformer};
 use crate::settings::Settings;
@@ -170,16 +171,19 @@ pub async fn migrate(
     let plugin = load_plugin(settings).await?;
 
     let mut source = engines::open_source(&settings.source).await?;
-    let source_shape = source.shape().await?.with_context(|| {
-        format!("source table {} does not exist in {}; check source.table", settings.source.table, settings.source.url)
+    let source_shape = source.shape().await?.ok_or_else(|| {
+        Error::contract(format!(
+            "source table {} does not exist in {}; check source.table",
+            settings.source.table, settings.source.url
+        ))
     })?;
     let problems = shape::mismatches(&source_shape, &shape::SOURCE_COLUMNS, "id");
     if !problems.is_empty() {
-        anyhow::bail!(
+        return Err(Error::contract(format!(
             "source table {} does not fit the transform-user contract:\n  - {}",
             settings.source.table,
             problems.join("\n  - ")
-        );
+        )));
     }
 
     let mut target = engines::open_target(settings).await?;
@@ -191,14 +195,14 @@ pub async fn migrate(
     let (run, resumed) = match latest {
         Some(run) if run.status.resumable() && !options.restart => {
             if run.plugin_sha256 != plugin.sha256() {
-                anyhow::bail!(
+                return Err(Error::contract(format!(
                     "run {} of pipeline {} was started with plugin sha256 {} but the configured plugin is {}; \
                      finish it with the same plugin, or pass --restart to start over with the new one",
                     run.run_id,
                     settings.pipeline,
                     run.plugin_sha256,
                     plugin.sha256()
-                );
+                )));
             }
             (run, true)
         }
@@ -275,19 +279,20 @@ pub async fn prepare_target(settings: &Settings, target: &mut dyn Target) -> any
             target.create_table().await?;
             target.shape().await?.context("the target table was created but cannot be found")?
         }
-        None => anyhow::bail!(
-            "target table {} does not exist in {}; create it (see examples/) or set target.create_table = true",
-            settings.target.table,
-            settings.target.url
-        ),
+        None => {
+            return Err(Error::contract(format!(
+                "target table {} does not exist in {}; create it (see examples/) or set target.create_table = true",
+                settings.target.table, settings.target.url
+            )));
+        }
     };
     let problems = shape::mismatches(&shape, &shape::TARGET_COLUMNS, "id");
     if !problems.is_empty() {
-        anyhow::bail!(
+        return Err(Error::contract(format!(
             "target table {} does not match the plugin's output (new-user):\n  - {}",
             settings.target.table,
             problems.join("\n  - ")
-        );
+        )));
     }
     Ok(())
 }

@@ -247,7 +247,10 @@ impl Settings {
     /// The `[plugin]` settings, required by the `users` pipeline's commands.
     pub fn plugin(&self) -> anyhow::Result<&PluginSettings> {
         self.plugin.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("plugin.path is required for this command: set it in the file or pass --plugin")
+            crate::error::Error::raise(
+                crate::error::ErrorKind::Config,
+                "plugin.path is required for this command: set it in the file or pass --plugin",
+            )
         })
     }
 

@@ -227,6 +227,16 @@ pub trait RowSink: Send {
         names: &crate::schema::NameMap,
     ) -> anyhow::Result<()>;
     async fn commit_rows(&mut self, batch: &RowBatch, policy: OnConflict) -> anyhow::Result<Applied>;
+    /// Starts source table `table` of run `run_id` over, in one
+    /// transaction: empties `targets` (tables ferry created for it, so
+    /// holding only what this run wrote) and resets the table's checkpoint,
+    /// counters and dead letters, as if nothing of it had been copied.
+    async fn restart_table(
+        &mut self,
+        run_id: &str,
+        table: &str,
+        targets: &[&crate::schema::TableDef],
+    ) -> anyhow::Result<()>;
 }
 
 /// One change to a target table from a change stream.

@@ -113,16 +113,40 @@ pub trait RowSource: Send {
     ) -> anyhow::Result<Option<crate::keyset::RowPage>> {
         Ok(None)
     }
-    /// Reads every following page in the exported snapshot `name`
-    /// (PostgreSQL's `SET TRANSACTION SNAPSHOT`), until the connection is
-    /// dropped.
+    /// Starts reading `table` in storage order (heap order, no index), in
+    /// one repeatable-read snapshot held until the connection is dropped,
+    /// with the table locked against rewrites; returns its size in blocks,
+    /// or `None` when the engine has no such order.
+    ///
+    /// Contract: the pages [`RowSource::read_heap_raw`] returns for
+    /// consecutive block ranges covering `0..` (the last one open-ended)
+    /// hold every row of the snapshot exactly once. A block number means
+    /// nothing in another snapshot, so a copy in heap order cannot resume
+    /// mid-table: an interrupted one starts its table over.
+    async fn begin_heap_scan(&mut self, _table: &crate::schema::TableDef) -> anyhow::Result<Option<u64>> {
+        Ok(None)
+    }
+    /// The rows of blocks `from..to` (`None`: to the end) of the scan
+    /// [`RowSource::begin_heap_scan`] began, undecoded (`RowPage::raw`),
+    /// with `last_key` the page's heap position (not a key of the table).
+    async fn read_heap_raw(
+        &mut self,
+        table: &crate::schema::TableDef,
+        _from: u64,
+        _to: Option<u64>,
+    ) -> anyhow::Result<crate::keyset::RowPage> {
+        anyhow::bail!("{}: this source has no heap order", table.name)
+    }
     /// Waits until the source transaction `xid` (of a change stream) is
     /// visible to this connection's next reads: a change arrives a moment
     /// before its transaction is visible to other sessions.
     async fn wait_visible(&mut self, _xid: u32) -> anyhow::Result<()> {
         Ok(())
     }
+    /// Reads every following page in the exported snapshot `name`
+    /// (PostgreSQL's `SET TRANSACTION SNAPSHOT`), until the connection is
+    /// dropped.
     async fn use_snapshot(&mut self, name: &str) -> anyhow::Result<()> {
-        anyhow::bail!("snapshot {name}: this source has no exported snapshots")
+        Err(crate::error::Error::contract(format!("snapshot {name}: this source has no exported snapshots")))
     }
 }

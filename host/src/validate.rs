@@ -240,11 +240,10 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
     // Target keys whose difference a dead letter explains.
     let explained: HashSet<String> = stale.iter().filter_map(|s| s.target_key.clone()).collect();
     if run.is_none() && stream.is_none() {
-        anyhow::bail!(
+        return Err(crate::error::Error::contract(format!(
             "no run of pipeline {} is recorded in {}; run `ferry migrate` (or `ferry sync`) first, or check `name` in the configuration",
-            settings.pipeline,
-            settings.target.url
-        );
+            settings.pipeline, settings.target.url
+        )));
     }
     let path = settings.plugin()?.path.clone();
     let load = settings.plugin()?.options.clone();
@@ -255,12 +254,12 @@ pub async fn validate(settings: &Settings, options: ValidateOptions) -> anyhow::
         (None, None) => Vec::new(),
     };
     if !versions.is_empty() && !versions.iter().any(|v| v == plugin.sha256()) {
-        anyhow::bail!(
+        return Err(crate::error::Error::contract(format!(
             "pipeline {} was loaded by plugin sha256 {} but the configured plugin is {}; validate with the version that loaded the data",
             settings.pipeline,
             versions.join(", "),
             plugin.sha256()
-        );
+        )));
     }
     let mut transformer = plugin.instantiate()?;
     let mut source = engines::open_source(&settings.source).await?;

@@ -52,8 +52,9 @@ fn missing_config_file_named_explicitly_is_an_error() {
 async fn unreachable_database_is_clear_and_hides_the_password() {
     let target = SqliteDb::new();
     let p = Pipeline::new("postgres://app:hunter2@127.0.0.1:1/legacy", &target.url(), &plugins().transform_user, "");
-    let run = p.ferry(&["migrate"]);
-    assert_eq!(run.code, 1, "{run:?}");
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 7, "a connection failure: {run:?}");
+    assert_eq!(run.json()["error"]["kind"], "transient", "connection refused is worth retrying: {run:?}");
     assert!(
         run.stderr.contains("cannot connect to source PostgreSQL at postgres://app:***@127.0.0.1:1/legacy"),
         "{run:?}"
@@ -66,7 +67,7 @@ async fn missing_source_table_is_named() {
     let (source, target) = (PgDb::new("src").await, SqliteDb::new());
     let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
     let run = p.ferry(&["migrate", "--create-table"]);
-    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.code, 8, "the source does not match the pipeline: {run:?}");
     assert!(run.stderr.contains("source table users does not exist"), "{run:?}");
 }
 
@@ -76,7 +77,7 @@ async fn source_without_primary_key_is_refused() {
     source.exec("CREATE TABLE users (id bigint, name text, email text, created_at timestamp, metadata text)").await;
     let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
     let run = p.ferry(&["migrate", "--create-table"]);
-    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.code, 8, "{run:?}");
     assert!(run.stderr.contains("no primary key"), "{run:?}");
 }
 
@@ -87,7 +88,7 @@ async fn target_shape_mismatch_is_listed_before_writing() {
     target.exec("CREATE TABLE users (id bigint PRIMARY KEY, first_name text, last_name text, email text, created_at timestamptz)").await;
     let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
     let run = p.ferry(&["migrate"]);
-    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.code, 8, "{run:?}");
     assert!(run.stderr.contains("does not match the plugin's output"), "{run:?}");
     assert!(run.stderr.contains("column `id` has type bigint"), "{run:?}");
     assert!(run.stderr.contains("column `settings` is missing"), "{run:?}");
@@ -99,13 +100,15 @@ async fn target_shape_mismatch_is_listed_before_writing() {
 }
 
 /// Plugin problems are found before anything is written to the target.
-async fn plugin_error(plugin: &std::path::Path, extra: &str) -> Run {
+/// `code`: 8 for a plugin of another contract or pin, 9 for one that cannot
+/// be used at all.
+async fn plugin_error(plugin: &std::path::Path, extra: &str, code: i32) -> Run {
     let (source, target) = (PgDb::new("src").await, PgDb::new("dst").await);
     seed_pg_legacy(&source, 10).await;
     target.exec(PG_NEW_DDL).await;
     let p = Pipeline::new(&source.url(), &target.url(), plugin, extra);
     let run = p.ferry(&["migrate"]);
-    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.code, code, "{run:?}");
     assert_eq!(
         target.scalar_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'ferry'").await,
         0,
@@ -116,7 +119,7 @@ async fn plugin_error(plugin: &std::path::Path, extra: &str) -> Run {
 
 #[tokio::test]
 async fn plugin_of_the_wrong_world_is_refused() {
-    let run = plugin_error(&plugins().wrong_world, "").await;
+    let run = plugin_error(&plugins().wrong_world, "", 8).await;
     assert!(run.stderr.contains("does not export `ferry:transform/transform-user@0.1.0`"), "{run:?}");
     assert!(run.stderr.contains("greet"), "lists what it does export: {run:?}");
 }
@@ -127,7 +130,7 @@ async fn a_core_module_is_not_a_component() {
     let path = dir.path().join("core.wasm");
     // The smallest valid core module: magic and version 1.
     std::fs::write(&path, b"\0asm\x01\0\0\0").unwrap();
-    let run = plugin_error(&path, "").await;
+    let run = plugin_error(&path, "", 9).await;
     assert!(run.stderr.contains("is a core WebAssembly module, not a component"), "{run:?}");
 }
 
@@ -136,13 +139,13 @@ async fn a_file_that_is_not_wasm_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("transform.js");
     std::fs::write(&path, "export function transform() {}").unwrap();
-    let run = plugin_error(&path, "").await;
+    let run = plugin_error(&path, "", 9).await;
     assert!(run.stderr.contains("is not a WebAssembly file"), "{run:?}");
 }
 
 #[tokio::test]
 async fn a_pinned_hash_mismatch_is_refused() {
-    let run = plugin_error(&plugins().transform_user, &format!("sha256 = \"{}\"\n", "ab".repeat(32))).await;
+    let run = plugin_error(&plugins().transform_user, &format!("sha256 = \"{}\"\n", "ab".repeat(32)), 8).await;
     assert!(run.stderr.contains("but the configuration pins"), "{run:?}");
 }
 

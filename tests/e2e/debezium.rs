@@ -468,7 +468,7 @@ async fn consumes_jetstream_over_verified_tls() {
 
     // The system's trust store does not know the test CA: refused, with the fix.
     let run = p.ferry(&args);
-    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.code, 7, "a connection failure: {run:?}");
     assert!(run.stderr.contains("not signed by a CA") && run.stderr.contains("--nats-ca"), "{run:?}");
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 0);
 

@@ -154,7 +154,7 @@ async fn existing_target_rows_stop_the_run_by_default_and_follow_the_policy_othe
 
     let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
     let run = p.ferry(&["migrate"]);
-    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.code, 10, "a conflict: {run:?}");
     assert!(run.stderr.contains("already has a row with key user_5") && run.stderr.contains("on_conflict"), "{run:?}");
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 1, "nothing of the failing batch was written");
 

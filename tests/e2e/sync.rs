@@ -503,7 +503,7 @@ async fn a_permanent_error_stops_sync_at_once_instead_of_retrying() {
     sqlx::raw_sql("UPDATE users SET name = 'After Drop' WHERE id = 1").execute(&mut c).await.unwrap();
     let started = std::time::Instant::now();
     let run = p.ferry(&["sync", "--idle-exit", "5"]);
-    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.code, 8, "the target no longer matches the pipeline: {run:?}");
     assert!(run.stderr.contains("does not exist"), "{run:?}");
     assert!(!run.stderr.contains("retrying"), "a permanent error was retried: {run:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());

@@ -206,6 +206,79 @@ async fn composite_and_text_keys_resume_exactly_after_kill_9() {
     );
 }
 
+/// A fresh copy into a table ferry creates reads the source in heap order
+/// (no index walk); killed in the middle, it starts that table over, in key
+/// order, and the result is still exact.
+#[tokio::test]
+async fn an_interrupted_heap_order_copy_starts_its_table_over_exactly() {
+    let (source, target) = (PgDb::new("heap_src").await, PgDb::new("heap_dst").await);
+    // Keys in random heap order (md5), rows of ~1 KB of incompressible text,
+    // updated rows scattered: heap order is nothing like key order.
+    source
+        .exec(
+            "CREATE TABLE items (id uuid PRIMARY KEY, n int NOT NULL, body text NOT NULL);
+             INSERT INTO items SELECT md5(g::text)::uuid, g, \
+               (SELECT string_agg(md5(g::text || '/' || i::text), '') FROM generate_series(1, 32) i) \
+               FROM generate_series(1, 60000) g;
+             UPDATE items SET n = -n WHERE n % 97 = 0;
+             ANALYZE items;",
+        )
+        .await;
+    let p =
+        tables_pipeline(&source.url(), &target.url(), "include = [\"public.items\"]", "[migrate]\nbatch_size = 500\n");
+
+    // Kill the first run once it has committed a few heap-order pages.
+    let mut child = p
+        .command(&["migrate"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut seen_heap = false;
+    let mut observer = target.conn().await;
+    while started.elapsed() < std::time::Duration::from_secs(120) {
+        // Absent until ferry made its control tables: then not yet.
+        let progress: Option<(String, i64)> =
+            sqlx::query_as("SELECT phase, batches FROM ferry.table_progress WHERE table_name = 'public.items'")
+                .fetch_optional(&mut observer)
+                .await
+                .unwrap_or(None);
+        if progress.is_some_and(|(phase, batches)| phase == "copying_heap" && batches >= 3) {
+            seen_heap = true;
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the copy finished before it could be interrupted");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen_heap, "the copy was never seen in heap order with pages committed");
+    let partial = target.scalar_i64("SELECT count(*) FROM items").await;
+    assert!(partial > 0 && partial < 60000, "killed in the middle: {partial} rows were in");
+
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("copying the table again, in key order"), "{run:?}");
+    assert!(
+        rows_text(&target, "items", "id").await == rows_text(&source, "items", "id").await,
+        "the copy differs from the source"
+    );
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM pg_index WHERE indisprimary AND indrelid = 'items'::regclass").await,
+        1,
+        "the primary key, built after the data, holds: no row was loaded twice"
+    );
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.runs").await, 1, "one run, resumed");
+    assert_eq!(
+        target.scalar_i64("SELECT loaded FROM ferry.table_progress WHERE table_name = 'public.items'").await,
+        60000,
+        "the ledger counts every row once, not the discarded first attempt"
+    );
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+}
+
 const SHOP_DDL: &str = r#"
 CREATE SCHEMA shop;
 CREATE TABLE shop.customers (id bigint PRIMARY KEY, email text NOT NULL, name text, joined timestamptz NOT NULL);
@@ -245,7 +318,7 @@ async fn a_schema_with_foreign_keys_is_copied_and_its_constraints_rebuilt_after_
     // A table without a primary key is refused, with the way out.
     let p = tables_pipeline(&source.url(), &target.url(), "include = [\"shop.*\"]", "");
     let refused = p.ferry(&["migrate"]);
-    assert_eq!(refused.code, 2, "{refused:?}");
+    assert_eq!(refused.code, 8, "{refused:?}");
     assert!(
         refused.stderr.contains("shop.audit has no primary key") && refused.stderr.contains("key = [\"column\""),
         "{refused:?}"
@@ -594,7 +667,7 @@ fn plugin_info_names_the_contract_of_either_version() {
     let user = ferry(&["plugin", "info", "--json", plugins.transform_user.to_str().unwrap()]);
     assert_eq!(user.json()["exports"], "ferry:transform/transform-user@0.1.0");
     let wrong = ferry(&["plugin", "info", plugins.wrong_world.to_str().unwrap()]);
-    assert_eq!(wrong.code, 1, "{wrong:?}");
+    assert_eq!(wrong.code, 8, "another contract: {wrong:?}");
     assert!(
         wrong.stderr.contains("transform-row@0.2.0") && wrong.stderr.contains("world `row-transform`"),
         "{wrong:?}"

@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, Lines};
 
+use crate::error::{Error, ErrorKind};
+
 /// The next thing an input has.
 #[derive(Debug)]
 pub enum Next {
@@ -113,8 +115,13 @@ impl JetStreamInput {
             let message = format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
             let host = crate::tls::url_host(&options.url);
             match crate::tls::explain(&message, &host, crate::tls::FixParam::Nats) {
-                Some(cause) => anyhow::anyhow!("cannot connect to NATS at {shown}: {cause} [{message}]"),
-                None => anyhow::anyhow!("cannot connect to NATS at {shown}: {message}; is the server up?"),
+                Some(cause) => {
+                    Error::raise(ErrorKind::Connect, format!("cannot connect to NATS at {shown}: {cause} [{message}]"))
+                }
+                None => Error::raise(
+                    ErrorKind::Connect,
+                    format!("cannot connect to NATS at {shown}: {message}; is the server up?"),
+                ),
             }
         })?;
         let js = jetstream::new(client);
@@ -162,7 +169,7 @@ impl EventInput for JetStreamInput {
             }
             Ok(None) => Ok(Next::End),
             Ok(Some(message)) => {
-                let message = message.map_err(|e| anyhow::anyhow!("receiving from JetStream: {e}"))?;
+                let message = message.map_err(|e| Error::transient(format!("receiving from JetStream: {e}")))?;
                 self.idle_for = Duration::ZERO;
                 self.count += 1;
                 let text = String::from_utf8_lossy(&message.payload).into_owned();
@@ -179,7 +186,7 @@ impl EventInput for JetStreamInput {
         }
         if let Some((_, message)) = last {
             // AckPolicy::All: this acknowledges every earlier message too.
-            message.double_ack().await.map_err(|e| anyhow::anyhow!("acknowledging to JetStream: {e}"))?;
+            message.double_ack().await.map_err(|e| Error::transient(format!("acknowledging to JetStream: {e}")))?;
         }
         Ok(())
     }

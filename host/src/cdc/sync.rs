@@ -33,9 +33,9 @@ use super::pgoutput::{self, Message, Relations, RowProblem};
 use super::position::Position;
 use crate::db::{Engine, quote_ident};
 use crate::engines;
+use crate::error::Error;
 use crate::model::{DeadLetterKind, Outcome};
 use crate::plugin::Plugin;
-use crate::retry::Transient;
 use crate::settings::Settings;
 use crate::source::SnapshotSource;
 use crate::tls::{FixParam, PgTls, SslMode};
@@ -88,10 +88,10 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
 pub(crate) async fn check_wal_level(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
     let wal_level: String = sqlx::query_scalar("SHOW wal_level").fetch_one(&mut *conn).await?;
     if wal_level != "logical" {
-        anyhow::bail!(
+        return Err(crate::error::Error::contract(format!(
             "the source's wal_level is {wal_level}; logical replication needs wal_level = logical \
              (ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"
-        );
+        )));
     }
     Ok(())
 }
@@ -499,7 +499,7 @@ async fn stream<A: Applier>(
                 continue;
             }
             Ok(Ok(None)) => {
-                return Err(Transient(format!("the replication stream from {} ended", settings.source.url)).into());
+                return Err(Error::transient(format!("the replication stream from {} ended", settings.source.url)));
             }
             Ok(Err(e)) => {
                 return Err(anyhow::Error::new(e).context(format!("replication stream from {}", settings.source.url)));

@@ -120,13 +120,13 @@ async fn check_publication(conn: &mut sqlx::PgConnection, options: &SyncOptions,
     let missing: Vec<String> =
         plan.tables.iter().filter(|t| !is_published(&t.source)).map(|t| t.source.name.to_string()).collect();
     if !missing.is_empty() {
-        anyhow::bail!(
+        return Err(crate::error::Error::contract(format!(
             "publication {} does not publish {} of the pipeline; add them (ALTER PUBLICATION {} ADD TABLE …) \
              and run `ferry sync --teardown` to load them from a new slot, or drop the publication so ferry creates it",
             options.publication,
             missing.join(", "),
             crate::db::quote_ident(&options.publication)
-        );
+        )));
     }
     for (schema, table) in &published {
         let known = plan.tables.iter().any(|t| names_table(&t.source, Some(schema), table));
@@ -719,12 +719,11 @@ pub async fn apply(
     use std::sync::atomic::Ordering;
     let (plan, target, position, report) = open_stream(settings, selection).await?;
     if let Some(missing) = plan.tables.iter().flat_map(|t| &t.outputs).find(|o| o.create) {
-        anyhow::bail!(
+        return Err(crate::error::Error::contract(format!(
             "target table {} does not exist in {}: run `ferry migrate` (or load the Debezium snapshot into \
              existing tables) first",
-            missing.def.name,
-            settings.target.url
-        );
+            missing.def.name, settings.target.url
+        )));
     }
     let mut applier = TablesApplier::new(settings, plan, target, position, report);
     let mut pending: Vec<Change> = Vec::new();

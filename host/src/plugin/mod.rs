@@ -71,6 +71,26 @@ pub enum PluginError {
     Engine(String),
 }
 
+impl PluginError {
+    /// A plugin of the wrong contract or version is a mismatch to fix in
+    /// the pipeline; one that cannot run at all is the plugin's own fault.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            PluginError::WrongWorld { .. }
+            | PluginError::WrongRowWorld { .. }
+            | PluginError::Refused { .. }
+            | PluginError::PinMismatch { .. } => ErrorKind::Contract,
+            PluginError::Read { .. }
+            | PluginError::NotWasm { .. }
+            | PluginError::CoreModule { .. }
+            | PluginError::Invalid { .. }
+            | PluginError::Instantiate { .. }
+            | PluginError::Engine(_) => ErrorKind::Plugin,
+        }
+    }
+}
+
 /// A loaded plugin: compiled once, instantiated many times.
 pub struct Plugin {
     engine: Engine,

@@ -71,7 +71,7 @@ pub(super) async fn ensure_change_tables(conn: &mut PgConnection) -> anyhow::Res
         sqlx::query(statement)
             .execute(&mut *tx)
             .await
-            .map_err(|e| crate::retry::DriverError::sqlx("creating the change-stream control tables", &e))?;
+            .map_err(|e| crate::error::Error::driver("creating the change-stream control tables", &e))?;
     }
     tx.commit().await?;
     Ok(())
@@ -188,7 +188,7 @@ impl ChangeSink for PgTarget {
             if !deletes.is_empty() {
                 for (i, message) in delete_isolating(&mut tx, &target, &deletes)
                     .await
-                    .map_err(|e| crate::retry::DriverError::sqlx(format!("deleting from {}", self.table), &e))?
+                    .map_err(|e| crate::error::Error::driver(format!("deleting from {}", self.table), &e))?
                 {
                     refused.deletes += 1;
                     refused_dead.push(origin_of(batch, last[deletes[i]]).refused(deletes[i], &message));
@@ -200,7 +200,7 @@ impl ChangeSink for PgTarget {
                     .loader
                     .apply_isolating(&mut tx, &rows, OnConflict::Overwrite)
                     .await
-                    .map_err(|e| crate::retry::DriverError::sqlx(format!("upserting into {}", self.table), &e))?;
+                    .map_err(|e| crate::error::Error::driver(format!("upserting into {}", self.table), &e))?;
                 for (i, message) in rejected {
                     refused.upserts += 1;
                     let origin = origin_of(batch, upserts[i].0);

@@ -98,7 +98,7 @@ macro_rules! pg_control {
                 sqlx::query("SELECT pg_advisory_xact_lock($1)").bind($crate::postgres::control::DDL_LOCK).execute(&mut *tx).await?;
                 for statement in $crate::db::ddl_statements($crate::postgres::control::CONTROL_DDL) {
                     sqlx::query(statement).execute(&mut *tx).await.map_err(|e| {
-                        $crate::retry::DriverError::sqlx(format!("creating the ferry control schema in {url}"), &e)
+                        $crate::error::Error::driver(format!("creating the ferry control schema in {url}"), &e)
                     })?;
                 }
                 tx.commit().await?;

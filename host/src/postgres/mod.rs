@@ -20,7 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
 
 use crate::db::{DbUrl, TableName};
-use crate::retry::{DriverError, Transient};
+use crate::error::{Error, ErrorKind};
 use crate::shape::{Column, TableShape};
 use crate::tls::{FixParam, PgTls, SslMode, Transport};
 
@@ -36,7 +36,8 @@ pub async fn connect(url: &DbUrl, role: &str) -> anyhow::Result<PgConnection> {
 /// [`connect`] with more session settings. TLS follows the URL's `sslmode`
 /// and friends as libpq reads them (see [`crate::tls`]).
 pub async fn connect_with(url: &DbUrl, role: &str, settings: &[(&str, &str)]) -> anyhow::Result<PgConnection> {
-    let tls = PgTls::from_url(url.expose()).map_err(|e| anyhow::anyhow!("{role}.url {url}: {e}"))?;
+    let tls =
+        PgTls::from_url(url.expose()).map_err(|e| Error::raise(ErrorKind::Config, format!("{role}.url {url}: {e}")))?;
     let options = PgConnectOptions::from_str(url.expose())
         .with_context(|| format!("{role}.url {url} is not a valid PostgreSQL URL"))?
         .options([("TimeZone", "UTC"), ("lock_timeout", "60s")])
@@ -45,7 +46,8 @@ pub async fn connect_with(url: &DbUrl, role: &str, settings: &[(&str, &str)]) ->
         .log_statements(tracing::log::LevelFilter::Trace)
         // Long scans are expected here; they are not worth a warning.
         .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
-    let options = apply_tls(options, &tls).map_err(|e| anyhow::anyhow!("{role}.url {url}: {e}"))?;
+    let options =
+        apply_tls(options, &tls).map_err(|e| Error::raise(ErrorKind::Config, format!("{role}.url {url}: {e}")))?;
     let host = crate::tls::url_host(url.expose());
     let attempt = |options: PgConnectOptions| async move {
         match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
@@ -64,11 +66,10 @@ pub async fn connect_with(url: &DbUrl, role: &str, settings: &[(&str, &str)]) ->
             nodelay();
             Ok(conn)
         }
-        Err(None) => Err(Transient(format!(
+        Err(None) => Err(Error::transient(format!(
             "cannot connect to {role} PostgreSQL at {url}: no answer within {}s; is the server up and is {role}.url right?",
             CONNECT_TIMEOUT.as_secs()
-        ))
-        .into()),
+        ))),
         Err(Some(e)) => {
             let message = describe_error(&e);
             let line = match crate::tls::explain(&message, &host, FixParam::Postgres) {
@@ -79,7 +80,13 @@ pub async fn connect_with(url: &DbUrl, role: &str, settings: &[(&str, &str)]) ->
                     "cannot connect to {role} PostgreSQL at {url}: {message}; is the server up, and are the host, port, user, password and database in {role}.url right?"
                 ),
             };
-            Err(DriverError { line, transient: crate::retry::sqlx_transient(&e) }.into())
+            // Whatever is not worth waiting for is about connecting: the
+            // credentials, TLS, the database named.
+            let kind = match ErrorKind::of_sqlx(&e) {
+                kind @ (ErrorKind::Transient | ErrorKind::Config) => kind,
+                _ => ErrorKind::Connect,
+            };
+            Err(Error::raise(kind, line))
         }
     }
 }

@@ -77,7 +77,7 @@ impl PgSource {
     }
 
     fn context(&self, what: &str, e: sqlx::Error) -> anyhow::Error {
-        crate::retry::DriverError::sqlx(format!("{what} from source table {} at {}", self.table, self.url), &e)
+        crate::error::Error::driver(format!("{what} from source table {} at {}", self.table, self.url), &e)
     }
 }
 

@@ -14,9 +14,9 @@ use super::tables::{PgTables, literal};
 use super::target::refuses_rows;
 use crate::config::OnConflict;
 use crate::db::quote_ident;
+use crate::error::Error;
 use crate::keyset::Row;
 use crate::position::Position;
-use crate::retry::DriverError;
 use crate::schema::TableDef;
 use crate::sink::{FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter, StreamStatus};
 use crate::value::write_pg_text;
@@ -256,7 +256,7 @@ impl RowChangeSink for PgTables {
                     careful = true;
                     continue;
                 }
-                Err(e) => return Err(DriverError::sqlx(format!("applying changes in {}", self.url), &e)),
+                Err(e) => return Err(Error::driver(format!("applying changes in {}", self.url), &e)),
             };
             for d in batch.dead.iter().chain(&refused) {
                 sqlx::query(

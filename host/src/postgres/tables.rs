@@ -11,9 +11,9 @@ use sqlx::{Connection, Row};
 use super::target::refuses_rows;
 use crate::config::OnConflict;
 use crate::db::{DbUrl, Engine, TableName, quote_ident};
+use crate::error::Error;
 use crate::keyset::{Key, Row as ValueRow, RowDeadLetter, RowPage, text_row_json};
 use crate::model::DeadLetterKind;
-use crate::retry::DriverError;
 use crate::schema::{ColumnDef, ForeignKeyDef, IndexDef, TableDef};
 use crate::sink::{Applied, ConflictError, FencedError, RowBatch, RowSink};
 use crate::source::RowSource;
@@ -59,7 +59,7 @@ impl PgTables {
     }
 
     fn err(&self, what: String, e: &sqlx::Error) -> anyhow::Error {
-        DriverError::sqlx(format!("{what} in {}", self.url), e)
+        Error::driver(format!("{what} in {}", self.url), e)
     }
 
     /// The table's oid and its schema-qualified name, if it exists.
@@ -80,9 +80,9 @@ impl PgTables {
         let sql = format!("COPY ({query}) TO STDOUT");
         let mut data: Vec<u8> = Vec::new();
         let mut stream =
-            self.conn.copy_out_raw(&sql).await.map_err(|e| DriverError::sqlx(format!("reading {}", table.name), &e))?;
+            self.conn.copy_out_raw(&sql).await.map_err(|e| Error::driver(format!("reading {}", table.name), &e))?;
         while let Some(chunk) =
-            stream.try_next().await.map_err(|e| DriverError::sqlx(format!("reading {}", table.name), &e))?
+            stream.try_next().await.map_err(|e| Error::driver(format!("reading {}", table.name), &e))?
         {
             data.extend_from_slice(&chunk);
         }
@@ -256,7 +256,7 @@ fn load_error(e: sqlx::Error, batch: &RowBatch, target: &TableDef, url: &DbUrl) 
             .unwrap_or_else(|| db.message().to_string());
         return ConflictError { table: target.name.to_string(), key }.into();
     }
-    DriverError::sqlx(format!("loading batch {} of {} into {} in {url}", batch.seq, batch.table, target.name), &e)
+    Error::driver(format!("loading batch {} of {} into {} in {url}", batch.seq, batch.table, target.name), &e)
 }
 
 /// The lines of COPY text data (each without its `\n`).
@@ -386,7 +386,7 @@ impl RowSource for PgTables {
 
     async fn describe(&mut self, table: &TableName) -> anyhow::Result<Option<TableDef>> {
         let Some((oid, name)) = self.resolve(table).await? else { return Ok(None) };
-        let what = |e: sqlx::Error| DriverError::sqlx(format!("reading the definition of {name}"), &e);
+        let what = |e: sqlx::Error| Error::driver(format!("reading the definition of {name}"), &e);
         let rows = sqlx::query(
             "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS sql_type, a.attnotnull, \
                     bt.typname::text AS base, bt.typcategory::text AS category, et.typname::text AS elem \
@@ -555,6 +555,38 @@ impl RowSource for PgTables {
         Ok(Some(page))
     }
 
+    async fn begin_heap_scan(&mut self, table: &TableDef) -> anyhow::Result<Option<u64>> {
+        let what = |e: sqlx::Error| Error::driver(format!("starting a heap-order read of {}", table.name), &e);
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut self.conn).await.map_err(what)?;
+        // Locked before the snapshot is taken: no VACUUM FULL or CLUSTER
+        // can renumber the blocks while they are read.
+        sqlx::query(sqlx::AssertSqlSafe(format!("LOCK TABLE {} IN ACCESS SHARE MODE", table.quoted())))
+            .execute(&mut self.conn)
+            .await
+            .map_err(what)?;
+        let blocks: i64 =
+            sqlx::query_scalar("SELECT pg_relation_size(to_regclass($1)) / current_setting('block_size')::int8")
+                .bind(table.quoted())
+                .fetch_one(&mut self.conn)
+                .await
+                .map_err(what)?;
+        Ok(Some(blocks.max(0) as u64))
+    }
+
+    async fn read_heap_raw(&mut self, table: &TableDef, from: u64, to: Option<u64>) -> anyhow::Result<RowPage> {
+        let upper = to.map(|to| format!(" AND ctid < '({to},0)'::tid")).unwrap_or_default();
+        let query =
+            format!("SELECT {} FROM {} WHERE ctid >= '({from},0)'::tid{upper}", table.column_list(), table.quoted());
+        let data = self.copy_out_bytes(table, &query).await?;
+        let rows = data.iter().filter(|&&b| b == b'\n').count();
+        let position = to.map_or_else(|| "heap end".to_string(), |to| format!("heap block {to}"));
+        Ok(RowPage {
+            last_key: Some(Key(vec![position])),
+            raw: Some(crate::keyset::RawRows { data, rows }),
+            ..RowPage::default()
+        })
+    }
+
     async fn read_keys(&mut self, table: &TableDef, keys: &[Vec<crate::value::Value>]) -> anyhow::Result<RowPage> {
         if keys.is_empty() {
             return Ok(RowPage::default());
@@ -644,6 +676,36 @@ impl RowSink for PgTables {
                     .map_err(|e| self.err(format!("adding constraint {name} to {}", def.name), &e))?;
             }
         }
+        Ok(())
+    }
+
+    async fn restart_table(&mut self, run_id: &str, table: &str, targets: &[&TableDef]) -> anyhow::Result<()> {
+        let what = |e: sqlx::Error| Error::driver(format!("starting the copy of {table} over"), &e);
+        let mut tx = self.conn.begin().await.map_err(what)?;
+        if !targets.is_empty() {
+            let list: Vec<String> = targets.iter().map(|t| t.quoted()).collect();
+            sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {}", list.join(", "))))
+                .execute(&mut *tx)
+                .await
+                .map_err(what)?;
+        }
+        sqlx::query("DELETE FROM ferry.dead_letters WHERE run_id = $1 AND source_table = $2")
+            .bind(run_id)
+            .bind(table)
+            .execute(&mut *tx)
+            .await
+            .map_err(what)?;
+        sqlx::query(
+            "UPDATE ferry.table_progress SET last_key = NULL, phase = 'copying', batches = 0, extracted = 0, \
+             transformed = 0, loaded = 0, skipped = 0, filtered = 0, dead_lettered = 0, updated_at = now() \
+             WHERE run_id = $1 AND table_name = $2",
+        )
+        .bind(run_id)
+        .bind(table)
+        .execute(&mut *tx)
+        .await
+        .map_err(what)?;
+        tx.commit().await.map_err(what)?;
         Ok(())
     }
 
@@ -765,7 +827,7 @@ impl RowSink for PgTables {
             .bind(&batch.plugin_sha256)
             .execute(&mut *tx)
             .await
-            .map_err(|e| DriverError::sqlx(format!("recording dead letters of {}", batch.table), &e))?;
+            .map_err(|e| Error::driver(format!("recording dead letters of {}", batch.table), &e))?;
         }
         let dead_count = dead.len() as i64;
         let transformed =
@@ -801,7 +863,7 @@ impl RowSink for PgTables {
         .await?;
         tx.commit()
             .await
-            .map_err(|e| DriverError::sqlx(format!("committing batch {} of {}", batch.seq, batch.table), &e))?;
+            .map_err(|e| Error::driver(format!("committing batch {} of {}", batch.seq, batch.table), &e))?;
         Ok(written)
     }
 }

@@ -256,7 +256,7 @@ impl Sink for PgTarget {
         sqlx::query(sqlx::AssertSqlSafe(&*sql))
             .execute(&mut self.conn)
             .await
-            .map_err(|e| crate::retry::DriverError::sqlx(format!("creating target table {}", self.table), &e))?;
+            .map_err(|e| crate::error::Error::driver(format!("creating target table {}", self.table), &e))?;
         self.loader.encodings = None;
         Ok(())
     }
@@ -293,7 +293,7 @@ impl Sink for PgTarget {
                     return Err(ConflictError { table: this.table_name.clone(), key }.into());
                 }
                 Err(e) => {
-                    return Err(crate::retry::DriverError::sqlx(
+                    return Err(crate::error::Error::driver(
                         format!("loading batch {} into {}", batch.seq, this.table_name),
                         &e,
                     ));
@@ -324,7 +324,7 @@ impl Sink for PgTarget {
             .bind(&reasons)
             .execute(&mut *tx)
             .await
-            .map_err(|e| crate::retry::DriverError::sqlx("recording dead letters", &e))?;
+            .map_err(|e| crate::error::Error::driver("recording dead letters", &e))?;
         }
         let dead = all_dead.len() as i64;
         sqlx::query(
@@ -396,7 +396,7 @@ impl TargetReader for PgTarget {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(&*format!("SELECT count(*) FROM {}", self.table.quoted())))
             .fetch_one(&mut self.conn)
             .await
-            .map_err(|e| crate::retry::DriverError::sqlx(format!("counting target rows in {}", self.table), &e))?;
+            .map_err(|e| crate::error::Error::driver(format!("counting target rows in {}", self.table), &e))?;
         Ok(n as u64)
     }
 
@@ -419,7 +419,7 @@ impl TargetReader for PgTarget {
             .bind(limit as i64)
             .fetch_all(&mut self.conn)
             .await
-            .map_err(|e| crate::retry::DriverError::sqlx(format!("reading target rows from {}", self.table), &e))?;
+            .map_err(|e| crate::error::Error::driver(format!("reading target rows from {}", self.table), &e))?;
         Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
     }
 
@@ -432,10 +432,11 @@ impl TargetReader for PgTarget {
         let percent = 100.0 * wanted as f64 / total_rows.max(1) as f64;
         if percent < 25.0 {
             let sql = format!("SELECT id::text FROM {} TABLESAMPLE SYSTEM ($1)", self.table.quoted());
-            let mut keys: Vec<String> =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql)).bind(percent).fetch_all(&mut self.conn).await.map_err(
-                    |e| crate::retry::DriverError::sqlx(format!("sampling {} for segments", self.table), &e),
-                )?;
+            let mut keys: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql))
+                .bind(percent)
+                .fetch_all(&mut self.conn)
+                .await
+                .map_err(|e| crate::error::Error::driver(format!("sampling {} for segments", self.table), &e))?;
             keys.sort_unstable();
             let mut cut: Vec<String> =
                 keys.into_iter().skip(SAMPLES_PER_SEGMENT as usize).step_by(SAMPLES_PER_SEGMENT as usize).collect();
@@ -451,7 +452,7 @@ impl TargetReader for PgTarget {
             .bind(segment_rows as i64)
             .fetch_all(&mut self.conn)
             .await
-            .map_err(|e| crate::retry::DriverError::sqlx(format!("cutting {} into segments", self.table), &e))
+            .map_err(|e| crate::error::Error::driver(format!("cutting {} into segments", self.table), &e))
     }
 
     async fn scan(&mut self, each: &mut (dyn for<'a, 'r> FnMut(&'a RowView<'r>) + Send)) -> anyhow::Result<()> {
@@ -459,7 +460,7 @@ impl TargetReader for PgTarget {
         let sql = self.select_target();
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(&*sql)).fetch(&mut self.conn);
         while let Some(row) =
-            rows.try_next().await.map_err(|e| crate::retry::DriverError::sqlx(format!("reading {}", self.table), &e))?
+            rows.try_next().await.map_err(|e| crate::error::Error::driver(format!("reading {}", self.table), &e))?
         {
             let created: Option<DateTime<Utc>> = row.try_get(4)?;
             each(&RowView {
@@ -480,7 +481,7 @@ impl TargetReader for PgTarget {
             .bind(keys)
             .fetch_all(&mut self.conn)
             .await
-            .map_err(|e| crate::retry::DriverError::sqlx(format!("reading target rows from {}", self.table), &e))?;
+            .map_err(|e| crate::error::Error::driver(format!("reading target rows from {}", self.table), &e))?;
         Ok(rows.iter().map(Self::decode_target).collect::<Result<_, _>>()?)
     }
 }

@@ -42,7 +42,10 @@ pub async fn connect(url: &DbUrl, role: &str, writable: bool) -> anyhow::Result<
         } else {
             e.to_string()
         };
-        anyhow::anyhow!("cannot open {role} SQLite database {url}: {hint}; check {role}.url")
+        crate::error::Error::raise(
+            crate::error::ErrorKind::Connect,
+            format!("cannot open {role} SQLite database {url}: {hint}; check {role}.url"),
+        )
     })
 }
 

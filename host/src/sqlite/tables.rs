@@ -10,6 +10,7 @@ use super::connect;
 use super::target::refuses_rows;
 use crate::config::OnConflict;
 use crate::db::{DbUrl, Engine, TableName, quote_ident};
+use crate::error::Error;
 use crate::keyset::{Key, Row as ValueRow, RowDeadLetter, RowPage};
 use crate::model::DeadLetterKind;
 use crate::schema::{ColumnDef, ForeignKeyDef, IndexDef, NameMap, TableDef, sqlite_kind};
@@ -558,6 +559,35 @@ impl RowSink for SqliteTables {
     /// SQLite's foreign keys are declared with the table (it cannot add
     /// them later) and it has no named checks to copy.
     async fn add_constraints(&mut self, _def: &TableDef, _names: &NameMap) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn restart_table(&mut self, run_id: &str, table: &str, targets: &[&TableDef]) -> anyhow::Result<()> {
+        let what = |e: sqlx::Error| Error::driver(format!("starting the copy of {table} over in {}", self.url), &e);
+        let mut tx = self.conn.begin().await.map_err(what)?;
+        for target in targets {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", target.quoted())))
+                .execute(&mut *tx)
+                .await
+                .map_err(what)?;
+        }
+        sqlx::query("DELETE FROM ferry_dead_letters WHERE run_id = ?1 AND source_table = ?2")
+            .bind(run_id)
+            .bind(table)
+            .execute(&mut *tx)
+            .await
+            .map_err(what)?;
+        sqlx::query(
+            "UPDATE ferry_table_progress SET last_key = NULL, phase = 'copying', batches = 0, extracted = 0, \
+             transformed = 0, loaded = 0, skipped = 0, filtered = 0, dead_lettered = 0, \
+             updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE run_id = ?1 AND table_name = ?2",
+        )
+        .bind(run_id)
+        .bind(table)
+        .execute(&mut *tx)
+        .await
+        .map_err(what)?;
+        tx.commit().await.map_err(what)?;
         Ok(())
     }
 

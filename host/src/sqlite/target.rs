@@ -127,7 +127,7 @@ impl SqliteTarget {
             let key = self.first_existing_key(batch).await.unwrap_or_else(|| db.message().to_string());
             return ConflictError { table: self.table.to_string(), key }.into();
         }
-        crate::retry::DriverError::sqlx(format!("loading batch {} into {}", batch.seq, self.table), &e)
+        crate::error::Error::driver(format!("loading batch {} into {}", batch.seq, self.table), &e)
     }
 }
 

@@ -247,10 +247,10 @@ pub async fn plan(
         tables.push(PlannedTable { source: def, outputs, plugin, on_conflict });
     }
     if !problems.is_empty() {
-        anyhow::bail!(crate::config::ConfigError::Invalid {
-            path: "pipeline".into(),
-            message: format!("the pipeline's tables cannot be copied:\n  - {}", problems.join("\n  - ")),
-        });
+        return Err(crate::error::Error::contract(format!(
+            "the pipeline's tables cannot be copied:\n  - {}",
+            problems.join("\n  - ")
+        )));
     }
     if tables.is_empty() {
         anyhow::bail!(crate::config::ConfigError::Invalid {
@@ -421,7 +421,7 @@ pub async fn migrate_in_snapshot(
     match outcome {
         Ok(rows) => {
             let interrupted = stop.load(Ordering::Relaxed);
-            let all_loaded = progress.iter().all(|p| p.phase != TablePhase::Copying);
+            let all_loaded = progress.iter().all(|p| !p.phase.copying());
             let (ending, message) = if interrupted || !all_loaded {
                 (Ending::Interrupted, Some("interrupted by signal after the last committed pages".to_string()))
             } else {
@@ -592,7 +592,7 @@ async fn copy_tables(
     let mut waiting = Vec::new();
     for (i, table) in plan.tables.iter().enumerate() {
         match progress.get(&table.source.name.to_string()) {
-            Some(p) if p.phase != TablePhase::Copying => done[i] = true,
+            Some(p) if !p.phase.copying() => done[i] = true,
             _ => waiting.push(i),
         }
     }
@@ -632,14 +632,42 @@ async fn copy_tables(
                 };
                 let table = &plan.tables[index];
                 let name = table.source.name.to_string();
-                let start = progress.get(&name).and_then(|p| p.last_key.clone());
+                let known = progress.get(&name);
+                let mut start = known.and_then(|p| p.last_key.clone());
                 // A copy into a table ferry made holds only what this run
                 // committed (exactly once): plain COPY, key built after.
                 let ours = table.made_by_ferry(&progress) && table.plugin.is_none();
                 let policy = if ours { OnConflict::Error } else { table.on_conflict };
+                // An interrupted heap-order copy cannot resume (its block
+                // positions mean nothing in a new snapshot): the table
+                // starts over, in key order this time, so that a second
+                // interruption loses nothing more.
+                let restarted = ours && known.is_some_and(|p| p.phase == TablePhase::CopyingHeap);
+                if restarted {
+                    tracing::warn!(table = %name, "the heap-order copy was interrupted; copying the table again, in key order");
+                    let targets: Vec<&TableDef> = table.outputs.iter().map(|o| &o.def).collect();
+                    target.restart_table(&run_id, &name, &targets).await?;
+                    start = None;
+                }
+                // A fresh copy into a table of its own reads the source in
+                // storage order: no index walk, no random heap reads.
+                let order = if ours && !restarted && start.is_none() && snapshot.is_none() {
+                    ReadOrder::Heap
+                } else {
+                    ReadOrder::Key
+                };
                 let began = Instant::now();
-                let result = copy_table(&settings, table, &run_id, start, target.as_mut(), snapshot.as_deref(), &stop, policy)
-                        .await;
+                let result = copy_table(
+                    &settings,
+                    table,
+                    &run_id,
+                    start,
+                    target.as_mut(),
+                    (snapshot.as_deref(), order),
+                    &stop,
+                    policy,
+                )
+                .await;
                 match result {
                     Ok((copied, complete)) => {
                         rows += copied;
@@ -758,13 +786,37 @@ fn transformed(
 /// Copies one table from `start` on: `(rows extracted, whether the table is
 /// complete)`.
 #[allow(clippy::too_many_arguments)]
+/// Blocks per heap-order page: the block range holding about as many rows
+/// as a key-order page would (`batch_size`, from the catalog's estimates of
+/// rows and bytes, TOAST included), at most [`RAW_PAGE_BYTES`] of heap.
+fn heap_page_blocks(def: &TableDef, blocks: u64, batch_size: usize) -> u64 {
+    let rows_per_block = def.estimated_rows as f64 / blocks.max(1) as f64;
+    if rows_per_block <= 0.0 {
+        // Never analyzed: pages of the most a heap page may hold.
+        return RAW_PAGE_BYTES / 8192;
+    }
+    ((batch_size as f64 / rows_per_block).ceil() as u64).clamp(1, RAW_PAGE_BYTES / 8192)
+}
+
+/// How a copy reads its source table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadOrder {
+    /// Keyset pages in key order: resumable at any page.
+    Key,
+    /// Storage order in one snapshot ([`RowSource::begin_heap_scan`]),
+    /// where the engine has it and the copy is undecoded: cheaper for the
+    /// source (a sequential scan, no index), restarted if interrupted.
+    Heap,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn copy_table(
     settings: &Settings,
     table: &PlannedTable,
     run_id: &str,
     start: Option<Key>,
     target: &mut dyn RowTarget,
-    snapshot: Option<&str>,
+    (snapshot, order): (Option<&str>, ReadOrder),
     stop: &Arc<AtomicBool>,
     policy: OnConflict,
 ) -> anyhow::Result<(u64, bool)> {
@@ -786,10 +838,39 @@ async fn copy_table(
         }
         _ => settings.batch_size,
     };
+    let heap = match order {
+        ReadOrder::Heap if raw => source.begin_heap_scan(&def).await?,
+        _ => None,
+    };
+    if heap.is_some() {
+        target.set_table_phase(run_id, &table.source.name.to_string(), TablePhase::CopyingHeap).await?;
+    }
     let extract_stop = Arc::clone(stop);
     let mut after = start.clone();
     // A copy between two PostgreSQL databases forwards COPY's own bytes.
     let extractor = tokio::spawn(async move {
+        if let Some(blocks) = heap {
+            let per_page = heap_page_blocks(&def, blocks, batch_size);
+            let mut from = 0;
+            loop {
+                if extract_stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let to = from + per_page;
+                let last = to >= blocks;
+                let page = source.read_heap_raw(&def, from, (!last).then_some(to)).await;
+                let failed = page.is_err();
+                if page.as_ref().is_ok_and(|p| p.is_empty()) {
+                    // Blocks without live rows: nothing to commit.
+                } else if tx.send(page).await.is_err() || failed {
+                    return;
+                }
+                if last {
+                    return;
+                }
+                from = to;
+            }
+        }
         loop {
             if extract_stop.load(Ordering::Relaxed) {
                 return;

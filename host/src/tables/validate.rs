@@ -118,11 +118,10 @@ pub async fn validate(
         }
         matched_only = true;
         if let Some(missing) = table.outputs.iter().find(|o| o.create) {
-            anyhow::bail!(
+            return Err(crate::error::Error::contract(format!(
                 "target table {} does not exist in {}: run `ferry migrate` first",
-                missing.def.name,
-                settings.target.url
-            );
+                missing.def.name, settings.target.url
+            )));
         }
         let same = |t: &str| t == name || t.rsplit_once('.').is_some_and(|(_, n)| n == table.source.name.name);
         let explained: HashSet<&str> = dead
