@@ -252,6 +252,9 @@ async fn run(cli: Cli) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&e.into()),
     };
+    if matches!(cli.command, Command::Check | Command::Validate { .. } | Command::Status { .. } | Command::Dlq { .. }) {
+        spawn_read_only_signal_handler();
+    }
     match cli.command {
         Command::Check => {
             let r = match &settings.tables {
@@ -486,6 +489,21 @@ async fn serve_metrics(listen: Option<&str>) -> anyhow::Result<()> {
     let bound = crate::daemon::serve(addr).await?;
     eprintln!("serving /metrics and /health on http://{bound}");
     Ok(())
+}
+
+/// SIGINT/SIGTERM in a command that writes nothing (`check`, `validate`,
+/// `status`, `dlq`): stop at once with the same exit code as an interrupted
+/// migration, saying so.
+fn spawn_read_only_signal_handler() {
+    tokio::spawn(async {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("interrupted by signal; this command writes nothing, so nothing is left half done");
+        std::process::exit(exit::INTERRUPTED);
+    });
 }
 
 /// SIGINT/SIGTERM: stop extracting, commit what is in flight, exit cleanly.

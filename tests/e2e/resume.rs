@@ -107,6 +107,41 @@ async fn sigterm_commits_in_flight_batches_and_exits_resumable() {
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, n - invalid_rows(n));
 }
 
+/// A command that writes nothing stops at once on SIGTERM, with the exit
+/// code of an interruption, even while it waits on the database.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_a_read_only_command_at_once_with_the_interrupted_code() {
+    let (source, target) = (PgDb::new("src").await, PgDb::new("dst").await);
+    seed_pg_legacy(&source, 2_000).await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    assert_eq!(p.ferry(&["migrate"]).code, 4);
+    // The target table held: validate's reads of it wait on the lock.
+    let mut hold = target.conn().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE").execute(&mut hold).await.unwrap();
+    let child = p.spawn(&["validate"]);
+    let started = Instant::now();
+    while target
+        .scalar_i64(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'ferry' \
+             AND wait_event_type = 'Lock'",
+        )
+        .await
+        == 0
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "validate never waited on the held table");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopped = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("nothing is left half done"), "{stderr}");
+    assert!(stopped.elapsed() < Duration::from_secs(5), "it waited for the lock instead of stopping");
+    sqlx::raw_sql("ROLLBACK").execute(&mut hold).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn migrate_resumes_by_itself_when_the_source_server_restarts_under_it() {
     let n = 100_000;

@@ -317,13 +317,27 @@ async fn sync_streams_plugin_tables_replacing_the_rows_of_the_old_version() {
     let source = format!("{}/postgres", cluster.url());
     let mut c = source_conn(&cluster).await;
     sqlx::raw_sql(LEGACY_ORDERS_DDL).execute(&mut c).await.unwrap();
+    // A big order: 250 items of incompressible text, stored out of line.
+    sqlx::raw_sql(
+        "INSERT INTO orders SELECT 600, 1, '2024-05-01 00:00:00', 'paid', json_agg(json_build_object('sku', \
+           md5(i::text) || md5((i * 7)::text), 'qty', i, 'price', '1.00') ORDER BY i) FROM generate_series(1, 250) i",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let toast: i64 =
+        sqlx::query_scalar("SELECT pg_relation_size(reltoastrelid)::int8 FROM pg_class WHERE relname = 'orders'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert!(toast > 0, "order 600's items are TOASTed");
     let target = PgDb::new("tsyncp").await;
     let extra = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", plugins().split_orders.display());
     let include = "include = [\"public.customers\"]";
     let p = tables_pipeline(&source, &target.url(), include, &extra);
     let first = p.ferry(&["sync", "--idle-exit", "1", "--json"]);
     assert_eq!(first.code, 0, "{first:?}");
-    assert_eq!(target.scalar_i64("SELECT count(*) FROM order_items").await, 900);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM order_items").await, 900 + 250);
 
     sqlx::raw_sql(
         r#"
@@ -342,6 +356,9 @@ async fn sync_streams_plugin_tables_replacing_the_rows_of_the_old_version() {
         -- Rejected by the plugin (items not an array): order 41 keeps its old rows.
         UPDATE orders SET items = '{"not": "an array"}' WHERE id = 41;
         UPDATE customers SET name = 'Renamed' WHERE id = 7;
+        -- The big order shipped, its items untouched: the change carries no
+        -- items (unchanged TOAST), the plugin needs them.
+        UPDATE orders SET status = 'shipped' WHERE id = 600;
         "#,
     )
     .execute(&mut c)
@@ -351,6 +368,7 @@ async fn sync_streams_plugin_tables_replacing_the_rows_of_the_old_version() {
     assert_eq!(run.code, 4, "one dead letter: {run:?}");
     let report = run.json();
     assert_eq!(report["stream"]["dead_lettered"], 1, "{report}");
+    assert!(report["toast_rereads"].as_u64() >= Some(1), "order 600 was read back: {report}");
     let reason: String = sqlx::query_scalar("SELECT reason FROM ferry.change_dead_letters WHERE source_key = '41'")
         .fetch_one(&mut target.conn().await)
         .await
@@ -375,6 +393,7 @@ async fn sync_streams_plugin_tables_replacing_the_rows_of_the_old_version() {
     assert_eq!(target.scalar_i64("SELECT count(*) FROM order_items WHERE order_id = 41").await, 3);
     assert_eq!(target.scalar_i64("SELECT count(*) FROM order_items WHERE order_id BETWEEN 1 AND 20").await, 20);
     assert_eq!(target.scalar_i64("SELECT count(*) FROM orders WHERE id BETWEEN 21 AND 35").await, 0);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM order_items WHERE order_id = 600").await, 250);
     // validate re-runs the plugin on the source: only order 41 differs, and
     // its dead letter explains it.
     let v = p.ferry(&["validate", "--json"]);

@@ -663,7 +663,8 @@ async fn copy_tables(
                     &run_id,
                     start,
                     target.as_mut(),
-                    (snapshot.as_deref(), order),
+                    snapshot.as_deref(),
+                    order,
                     &stop,
                     policy,
                 )
@@ -783,9 +784,6 @@ fn transformed(
     Ok(())
 }
 
-/// Copies one table from `start` on: `(rows extracted, whether the table is
-/// complete)`.
-#[allow(clippy::too_many_arguments)]
 /// Blocks per heap-order page: the block range holding about as many rows
 /// as a key-order page would (`batch_size`, from the catalog's estimates of
 /// rows and bytes, TOAST included), at most [`RAW_PAGE_BYTES`] of heap.
@@ -809,6 +807,8 @@ enum ReadOrder {
     Heap,
 }
 
+/// Copies one table from `start` on: `(rows extracted, whether the table is
+/// complete)`.
 #[allow(clippy::too_many_arguments)]
 async fn copy_table(
     settings: &Settings,
@@ -816,7 +816,8 @@ async fn copy_table(
     run_id: &str,
     start: Option<Key>,
     target: &mut dyn RowTarget,
-    (snapshot, order): (Option<&str>, ReadOrder),
+    snapshot: Option<&str>,
+    order: ReadOrder,
     stop: &Arc<AtomicBool>,
     policy: OnConflict,
 ) -> anyhow::Result<(u64, bool)> {
