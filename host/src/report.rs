@@ -198,6 +198,7 @@ pub fn apply(r: &crate::cdc::apply::ApplyReport) -> String {
         ("deletes", r.deletes.to_string()),
         ("truncates", r.truncates.to_string()),
         ("dead letters", r.dead_lettered.to_string()),
+        ("rows read back (unchanged TOAST)", r.toast_rereads.to_string()),
         ("target transactions", r.transactions.to_string()),
         ("checkpoint", position),
     ] {

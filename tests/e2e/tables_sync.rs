@@ -369,6 +369,7 @@ async fn sync_streams_plugin_tables_replacing_the_rows_of_the_old_version() {
     let report = run.json();
     assert_eq!(report["stream"]["dead_lettered"], 1, "{report}");
     assert!(report["toast_rereads"].as_u64() >= Some(1), "order 600 was read back: {report}");
+    assert_eq!(report["stream"]["toast_rereads"], report["toast_rereads"], "one counter, said once: {report}");
     let reason: String = sqlx::query_scalar("SELECT reason FROM ferry.change_dead_letters WHERE source_key = '41'")
         .fetch_one(&mut target.conn().await)
         .await

@@ -78,10 +78,13 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
             ),
         });
     }
-    match &settings.tables {
-        Some(selection) => super::tables::sync(settings, selection, options, stop).await,
-        None => sync_users(settings, options, stop).await,
-    }
+    let mut report = match &settings.tables {
+        Some(selection) => super::tables::sync(settings, selection, options, stop).await?,
+        None => sync_users(settings, options, stop).await?,
+    };
+    // One counter, said the same way as `ferry apply` says it.
+    report.stream.toast_rereads = report.toast_rereads;
+    Ok(report)
 }
 
 /// Checks the source can decode logical replication.
