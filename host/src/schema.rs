@@ -32,6 +32,20 @@ pub struct ColumnDef {
     pub sql_type: String,
     pub kind: Kind,
     pub nullable: bool,
+    /// A PostgreSQL identity column (`GENERATED … AS IDENTITY`), kept as
+    /// such in a PostgreSQL table ferry creates.
+    pub identity: Option<Identity>,
+}
+
+/// How an identity column generates its values.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Identity {
+    /// `GENERATED ALWAYS` (else `BY DEFAULT`).
+    pub always: bool,
+    /// The value the source's sequence hands out next: where the target's
+    /// starts, so that rows inserted into the target after the copy do not
+    /// collide with the copied ones.
+    pub next: i64,
 }
 
 /// A secondary index (the primary key's index is not listed).
@@ -152,7 +166,15 @@ impl TableDef {
             .iter()
             .map(|c| {
                 let not_null = if c.nullable { "" } else { " NOT NULL" };
-                format!("{} {}{not_null}", quote_ident(&c.name), c.sql_type)
+                let identity = match (&c.identity, self.engine) {
+                    (Some(id), Engine::Postgres) => format!(
+                        " GENERATED {} AS IDENTITY (START WITH {})",
+                        if id.always { "ALWAYS" } else { "BY DEFAULT" },
+                        id.next
+                    ),
+                    _ => String::new(),
+                };
+                format!("{} {}{not_null}{identity}", quote_ident(&c.name), c.sql_type)
             })
             .collect();
         if !self.primary_key.is_empty() && self.key_index.is_none() && !self.defer_key {

@@ -510,3 +510,38 @@ async fn tables_published_beyond_the_pipeline_are_reported_not_ignored() {
     assert_ne!(refused.code, 0, "{refused:?}");
     assert!(refused.stderr.contains("does not publish public.other"), "{refused:?}");
 }
+
+/// Identity columns: the initial load creates them as identity columns
+/// (GENERATED ALWAYS kept), and the stream writes the source's generated
+/// values into them.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_writes_the_source_identity_values_into_identity_columns() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    let mut c = source_conn(&cluster).await;
+    sqlx::raw_sql(
+        "CREATE TABLE tickets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text NOT NULL);
+         INSERT INTO tickets (title) SELECT 't' || g FROM generate_series(1, 100) g;",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let target = PgDb::new("tsyncid").await;
+    let p = tables_pipeline(&source, &target.url(), "include = [\"public.tickets\"]", "");
+    let first = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let identity = "SELECT attidentity::text FROM pg_attribute WHERE attrelid = 'tickets'::regclass AND attname = 'id'";
+    let kind: String = sqlx::query_scalar(identity).fetch_one(&mut target.conn().await).await.unwrap();
+    assert_eq!(kind, "a", "GENERATED ALWAYS AS IDENTITY in the target too");
+    sqlx::raw_sql(
+        "INSERT INTO tickets (title) SELECT 'streamed ' || g FROM generate_series(1, 20) g;
+         UPDATE tickets SET title = 'edited' WHERE id = 7;",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let run = p.ferry(&["sync", "--idle-exit", "1", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["stream"]["dead_lettered"], 0, "{run:?}");
+    assert_eq!(rows_text(&target.url(), "tickets", "id").await, rows_text(&source, "tickets", "id").await);
+}

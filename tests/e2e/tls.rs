@@ -166,7 +166,9 @@ async fn migrate_validate_and_sync_over_verify_full() {
         plugin,
         "",
     );
-    let child = synced.spawn(&["sync", "--idle-exit", "3", "--json"]);
+    // Idle exit long enough for a loaded machine: the changes below must
+    // reach the stream before it counts as idle.
+    let child = synced.spawn(&["sync", "--idle-exit", "10", "--json"]);
     let mut obs = observer(&cluster, "postgres").await;
     let ferry_backends = "SELECT a.backend_type, s.ssl, s.version FROM pg_stat_activity a \
                           JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'ferry'";

@@ -294,7 +294,7 @@ fn schema_from_wit(schema: wit::TableSchema) -> Result<TableDef, String> {
                 wit::ColumnType::Other(_) => Kind::Other,
             };
             let sql_type = kind.pg_type();
-            ColumnDef { name: c.name, sql_type, kind, nullable: c.nullable }
+            ColumnDef { name: c.name, sql_type, kind, nullable: c.nullable, identity: None }
         })
         .collect();
     let mut primary_key = Vec::new();
@@ -501,8 +501,13 @@ pub enum TableTransformer {
 
 /// The seed's new `users` table, as a transform-user plugin writes it.
 fn new_user_table(name: TableName) -> TableDef {
-    let column =
-        |name: &str, kind: Kind| ColumnDef { name: name.into(), sql_type: kind.pg_type(), kind, nullable: false };
+    let column = |name: &str, kind: Kind| ColumnDef {
+        name: name.into(),
+        sql_type: kind.pg_type(),
+        kind,
+        nullable: false,
+        identity: None,
+    };
     TableDef::new(
         name,
         crate::db::Engine::Postgres,

@@ -47,7 +47,9 @@ fn push_value(value: &crate::value::Value, sql_type: &str, scratch: &mut String,
 
 /// `INSERT … VALUES … ON CONFLICT (key) DO UPDATE` of `rows`.
 fn upsert_sql(def: &TableDef, rows: &[&Row]) -> String {
-    let mut sql = format!("INSERT INTO {} ({}) VALUES ", def.quoted(), def.column_list());
+    // The source's values, identity columns included (GENERATED ALWAYS
+    // refuses them otherwise; COPY takes them as they are).
+    let mut sql = format!("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ", def.quoted(), def.column_list());
     let mut scratch = String::new();
     for (n, row) in rows.iter().enumerate() {
         sql.push_str(if n == 0 { "(" } else { ", (" });

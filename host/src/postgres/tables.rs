@@ -176,7 +176,8 @@ impl PgTables {
                     format!("DO UPDATE SET {}", non_key.join(", "))
                 };
                 let sql = format!(
-                    "INSERT INTO {} ({columns}) SELECT {columns} FROM ferry_rows_stage ON CONFLICT ({}) {action}",
+                    "INSERT INTO {} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM ferry_rows_stage \
+                     ON CONFLICT ({}) {action}",
                     table.quoted(),
                     table.key_list()
                 );
@@ -389,7 +390,11 @@ impl RowSource for PgTables {
         let what = |e: sqlx::Error| Error::driver(format!("reading the definition of {name}"), &e);
         let rows = sqlx::query(
             "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS sql_type, a.attnotnull, \
-                    bt.typname::text AS base, bt.typcategory::text AS category, et.typname::text AS elem \
+                    bt.typname::text AS base, bt.typcategory::text AS category, et.typname::text AS elem, \
+                    a.attidentity::text AS identity, \
+                    CASE WHEN a.attidentity <> '' THEN (SELECT coalesce(s.last_value + s.increment_by, s.start_value) \
+                         FROM pg_sequences s WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass \
+                           = pg_get_serial_sequence($2, a.attname)::regclass) END AS identity_next \
              FROM pg_attribute a \
              JOIN pg_type t ON t.oid = a.atttypid \
              JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
@@ -398,6 +403,7 @@ impl RowSource for PgTables {
              ORDER BY a.attnum",
         )
         .bind(oid)
+        .bind(name.quoted())
         .fetch_all(&mut self.conn)
         .await
         .map_err(what)?;
@@ -418,6 +424,14 @@ impl RowSource for PgTables {
                 sql_type: row.try_get("sql_type")?,
                 kind,
                 nullable: !row.try_get::<bool, _>("attnotnull")?,
+                identity: match row.try_get::<String, _>("identity")?.as_str() {
+                    "" => None,
+                    kind => Some(crate::schema::Identity {
+                        always: kind == "a",
+                        // Unreadable (no privilege on the sequence): from 1.
+                        next: row.try_get::<Option<i64>, _>("identity_next")?.unwrap_or(1),
+                    }),
+                },
             });
         }
         let key_names: Vec<String> = sqlx::query_scalar(

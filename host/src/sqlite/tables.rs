@@ -376,6 +376,7 @@ impl RowSource for SqliteTables {
                 kind: sqlite_kind(&declared),
                 sql_type: declared,
                 nullable: row.try_get::<i64, _>("notnull")? == 0 && pk == 0,
+                identity: None,
             });
         }
         key.sort();
