@@ -75,6 +75,14 @@ pub struct RawRows {
     pub rows: usize,
 }
 
+impl RawRows {
+    /// COPY text `data` of whole lines: one row per line.
+    pub fn of_copy_text(data: Vec<u8>) -> RawRows {
+        let rows = data.iter().filter(|&&b| b == b'\n').count();
+        RawRows { data, rows }
+    }
+}
+
 /// A page read from a table, in key order.
 #[derive(Debug, Default)]
 pub struct RowPage {

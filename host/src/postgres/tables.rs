@@ -564,8 +564,7 @@ impl RowSource for PgTables {
             .collect::<Result<Vec<String>, _>>()
             .map_err(|e| anyhow::anyhow!("reading the key of the last row of a page of {}: {e}", table.name))?;
         page.last_key = Some(Key(key));
-        let rows = data.iter().filter(|&&b| b == b'\n').count();
-        page.raw = Some(crate::keyset::RawRows { data, rows });
+        page.raw = Some(crate::keyset::RawRows::of_copy_text(data));
         Ok(Some(page))
     }
 
@@ -592,11 +591,10 @@ impl RowSource for PgTables {
         let query =
             format!("SELECT {} FROM {} WHERE ctid >= '({from},0)'::tid{upper}", table.column_list(), table.quoted());
         let data = self.copy_out_bytes(table, &query).await?;
-        let rows = data.iter().filter(|&&b| b == b'\n').count();
         let position = to.map_or_else(|| "heap end".to_string(), |to| format!("heap block {to}"));
         Ok(RowPage {
             last_key: Some(Key(vec![position])),
-            raw: Some(crate::keyset::RawRows { data, rows }),
+            raw: Some(crate::keyset::RawRows::of_copy_text(data)),
             ..RowPage::default()
         })
     }
