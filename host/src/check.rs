@@ -131,13 +131,21 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
                 for table in &plan.tables {
                     let def = &table.source;
                     let key: Vec<&str> = def.key_columns().map(|c| c.name.as_str()).collect();
-                    let mut detail = format!(
-                        "→ {}: ~{} rows, key ({}){}",
-                        table.target_names(),
-                        def.estimated_rows,
-                        key.join(", "),
-                        if def.key_index.is_some() { " (a unique index)" } else { "" }
-                    );
+                    let mut detail = match table.keyless {
+                        true => format!(
+                            "→ {}: ~{} rows, no key: copied in storage order into a table holding nothing else, \
+                             started over if interrupted, validated as a multiset",
+                            table.target_names(),
+                            def.estimated_rows
+                        ),
+                        false => format!(
+                            "→ {}: ~{} rows, key ({}){}",
+                            table.target_names(),
+                            def.estimated_rows,
+                            key.join(", "),
+                            if def.key_index.is_some() { " (a unique index)" } else { "" }
+                        ),
+                    };
                     if let Some(plugin) = &table.plugin {
                         detail.push_str(&format!("; through plugin sha256 {}", plugin.sha256()));
                     }
@@ -161,6 +169,14 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
                     if !as_text.is_empty() {
                         level = Level::Warn;
                         detail.push_str(&format!("; copied as text: {}", as_text.join(", ")));
+                    }
+                    if creates && table.plugin.is_none() && cross && !def.generated.is_empty() {
+                        level = Level::Warn;
+                        let names: Vec<&str> = def.generated.iter().map(|g| g.name.as_str()).collect();
+                        detail.push_str(&format!(
+                            "; generated column(s) {} not recreated on SQLite (PostgreSQL expressions)",
+                            names.join(", ")
+                        ));
                     }
                     let dropped = def.indexes.len().saturating_sub(table.target().indexes.len());
                     if creates && table.plugin.is_none() && dropped > 0 {

@@ -46,6 +46,9 @@ pub struct TableConfig {
     /// validation). On a table ferry creates, that unique index is built
     /// with the table, before the data.
     pub key: Option<Vec<String>>,
+    /// For a table without a primary key (and no `key`): how to copy it
+    /// anyway. Overrides `source.keyless`.
+    pub keyless: Option<Keyless>,
     /// Overrides `target.on_conflict` for this table.
     pub on_conflict: Option<OnConflict>,
     /// The table's transform: a `transform-row` component (or a
@@ -71,6 +74,23 @@ pub struct EndpointConfig {
     pub include: Option<Vec<String>>,
     /// Patterns of tables to leave out of `include`.
     pub exclude: Option<Vec<String>>,
+    /// What to do with a table without a primary key (default `refuse`).
+    pub keyless: Option<Keyless>,
+}
+
+/// How a table without a primary key (nor a `key`) is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keyless {
+    /// Refuse the table, saying how to give it a key (default: ferry pages,
+    /// checkpoints, upserts and validates by key).
+    #[default]
+    Refuse,
+    /// Copy it in storage order — PostgreSQL ctid ranges (SQLite: rowid
+    /// ranges) in one snapshot — into a target table that holds nothing
+    /// else: an interrupted copy empties it and starts the table over, and
+    /// `ferry validate` compares the two sides as multisets of rows.
+    Ctid,
 }
 
 /// `[target]`.

@@ -149,6 +149,12 @@ pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// Quotes an SQL string literal (`'…'` with `''`; standard strings, as
+/// both engines read them).
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// The statements of a DDL script (statements end with `;` at a line end).
 pub fn ddl_statements(script: &str) -> impl Iterator<Item = &str> {
     script.split(";\n").map(str::trim).filter(|s| !s.is_empty())

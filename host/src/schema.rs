@@ -9,7 +9,9 @@
 
 use serde::Serialize;
 
-use crate::db::{Engine, TableName, quote_ident};
+use std::collections::HashMap;
+
+use crate::db::{Engine, TableName, quote_ident, quote_literal};
 use crate::value::Kind;
 
 /// Source table name → target table name, for foreign keys that name
@@ -35,6 +37,51 @@ pub struct ColumnDef {
     /// A PostgreSQL identity column (`GENERATED … AS IDENTITY`), kept as
     /// such in a PostgreSQL table ferry creates.
     pub identity: Option<Identity>,
+    /// What an INSERT that leaves the column out stores (PostgreSQL).
+    pub default: Option<ColumnDefault>,
+}
+
+impl ColumnDef {
+    /// A column with no identity and no default.
+    pub fn plain(name: impl Into<String>, sql_type: impl Into<String>, kind: Kind, nullable: bool) -> ColumnDef {
+        ColumnDef { name: name.into(), sql_type: sql_type.into(), kind, nullable, identity: None, default: None }
+    }
+
+    /// The value the column's sequence (identity or `serial`) hands out
+    /// next, when it has one.
+    pub fn sequence_next(&self) -> Option<i64> {
+        match (&self.identity, &self.default) {
+            (Some(identity), _) => Some(identity.next),
+            (None, Some(ColumnDefault::Serial { next })) => Some(*next),
+            _ => None,
+        }
+    }
+}
+
+/// A column's default, as the source's catalog defines it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum ColumnDefault {
+    /// An expression as PostgreSQL prints it (`now()`, `'new'::text`,
+    /// `gen_random_uuid()`): kept on a PostgreSQL target, left out on
+    /// another engine (its functions are PostgreSQL's).
+    Expression(String),
+    /// `nextval` of a sequence the column owns (`serial`, `bigserial`): a
+    /// PostgreSQL table ferry creates gets a sequence of its own, owned by
+    /// the column, set after the data to where the source's stands.
+    Serial { next: i64 },
+}
+
+/// A stored generated column (`GENERATED ALWAYS AS (…) STORED`). It is no
+/// part of the rows ferry moves — the engine computes it — so it lives
+/// beside [`TableDef::columns`], only for the DDL.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GeneratedColumn {
+    pub name: String,
+    pub sql_type: String,
+    /// The generation expression, as PostgreSQL prints it.
+    pub expression: String,
+    /// How many of [`TableDef::columns`] come before it (its place).
+    pub position: usize,
 }
 
 /// How an identity column generates its values.
@@ -77,6 +124,9 @@ pub struct TableDef {
     pub name: TableName,
     pub engine: Engine,
     pub columns: Vec<ColumnDef>,
+    /// Stored generated columns (PostgreSQL), recreated by a PostgreSQL
+    /// target; never read nor written.
+    pub generated: Vec<GeneratedColumn>,
     /// Indexes into `columns` of the primary key, in key order (empty: none).
     pub primary_key: Vec<usize>,
     pub indexes: Vec<IndexDef>,
@@ -105,6 +155,7 @@ impl TableDef {
             name,
             engine,
             columns,
+            generated: Vec::new(),
             primary_key,
             indexes: Vec::new(),
             foreign_keys: Vec::new(),
@@ -136,8 +187,26 @@ impl TableDef {
                     Engine::Sqlite => sqlite_type(&column.kind),
                 };
             }
-            // Check constraints and index expressions are PostgreSQL's.
+            // Check constraints, index expressions, default and generation
+            // expressions are PostgreSQL's.
             def.checks.clear();
+            for generated in def.generated.drain(..) {
+                tracing::warn!(
+                    "generated column {} of {} is computed by a PostgreSQL expression: not recreated on {engine}",
+                    generated.name,
+                    self.name
+                );
+            }
+            for column in &mut def.columns {
+                if let Some(ColumnDefault::Expression(expression)) = &column.default {
+                    tracing::warn!(
+                        "the default of {}.{} ({expression}) is a PostgreSQL expression: not recreated on {engine}",
+                        self.name,
+                        column.name
+                    );
+                    column.default = None;
+                }
+            }
             for index in &mut def.indexes {
                 index.pg_definition = None;
             }
@@ -159,24 +228,45 @@ impl TableDef {
     /// `CREATE TABLE` with the columns and the primary key only: the rest
     /// (indexes, foreign keys, checks) comes after the data, except on
     /// SQLite, which cannot add foreign keys later (and does not enforce
-    /// them unless a connection turns `foreign_keys` on).
-    pub fn create_sql(&self, names: &NameMap) -> String {
+    /// them unless a connection turns `foreign_keys` on). `sequences` names
+    /// the sequence (quoted, qualified) of each `serial` column; the caller
+    /// creates them first (see [`TableDef::serial_columns`]).
+    pub fn create_sql(&self, names: &NameMap, sequences: &HashMap<String, String>) -> String {
         let mut parts: Vec<String> = self
             .columns
             .iter()
             .map(|c| {
                 let not_null = if c.nullable { "" } else { " NOT NULL" };
-                let identity = match (&c.identity, self.engine) {
-                    (Some(id), Engine::Postgres) => format!(
+                let extra = match (&c.identity, &c.default, self.engine) {
+                    (Some(id), _, Engine::Postgres) => format!(
                         " GENERATED {} AS IDENTITY (START WITH {})",
                         if id.always { "ALWAYS" } else { "BY DEFAULT" },
                         id.next
                     ),
+                    (None, Some(ColumnDefault::Expression(e)), Engine::Postgres) => format!(" DEFAULT {e}"),
+                    (None, Some(ColumnDefault::Serial { .. }), Engine::Postgres) => match sequences.get(&c.name) {
+                        Some(seq) => format!(" DEFAULT nextval({}::regclass)", quote_literal(seq)),
+                        None => String::new(),
+                    },
                     _ => String::new(),
                 };
-                format!("{} {}{not_null}{identity}", quote_ident(&c.name), c.sql_type)
+                format!("{} {}{not_null}{extra}", quote_ident(&c.name), c.sql_type)
             })
             .collect();
+        if self.engine == Engine::Postgres {
+            // Last first, so each position still counts the plain columns.
+            for generated in self.generated.iter().rev() {
+                parts.insert(
+                    generated.position.min(self.columns.len()),
+                    format!(
+                        "{} {} GENERATED ALWAYS AS ({}) STORED",
+                        quote_ident(&generated.name),
+                        generated.sql_type,
+                        generated.expression
+                    ),
+                );
+            }
+        }
         if !self.primary_key.is_empty() && self.key_index.is_none() && !self.defer_key {
             parts.push(format!("PRIMARY KEY ({})", self.key_list()));
         }
@@ -190,6 +280,28 @@ impl TableDef {
             }
         }
         format!("CREATE TABLE IF NOT EXISTS {} ({})", self.quoted(), parts.join(", "))
+    }
+
+    /// The `serial` columns, each with the name PostgreSQL itself would
+    /// give its sequence (`<table>_<column>_seq`, cut to 63 bytes).
+    pub fn serial_columns(&self) -> Vec<(&ColumnDef, String)> {
+        self.columns
+            .iter()
+            .filter(|c| c.identity.is_none() && matches!(c.default, Some(ColumnDefault::Serial { .. })))
+            .map(|c| {
+                let mut name = format!("{}_{}_seq", self.name.name, c.name);
+                while name.len() > 63 {
+                    name.pop();
+                }
+                (c, name)
+            })
+            .collect()
+    }
+
+    /// Columns fed by a sequence (identity or `serial`), with where the
+    /// sequence stands.
+    pub fn sequence_columns(&self) -> impl Iterator<Item = (&ColumnDef, i64)> {
+        self.columns.iter().filter_map(|c| c.sequence_next().map(|next| (c, next)))
     }
 
     /// The unique index that is the key (see [`TableDef::key_index`]),
@@ -404,6 +516,7 @@ mod tests {
             name: TableName::parse(name).unwrap(),
             engine: Engine::Postgres,
             columns: vec![],
+            generated: vec![],
             primary_key: vec![],
             indexes: vec![],
             foreign_keys: refs
@@ -452,6 +565,46 @@ mod tests {
         }
         assert_eq!(sqlite_kind("VARCHAR(20)"), Kind::Text);
         assert_eq!(sqlite_kind("DATETIME"), Kind::Timestamp);
+    }
+
+    #[test]
+    fn serials_defaults_and_generated_columns_are_rendered_in_place() {
+        let mut def = TableDef::new(
+            TableName::parse("public.t").unwrap(),
+            Engine::Postgres,
+            vec![
+                ColumnDef {
+                    default: Some(ColumnDefault::Serial { next: 7 }),
+                    ..ColumnDef::plain("id", "integer", Kind::Int32, false)
+                },
+                ColumnDef {
+                    default: Some(ColumnDefault::Expression("'it''s'::text".into())),
+                    ..ColumnDef::plain("note", "text", Kind::Text, true)
+                },
+            ],
+            vec![0],
+        );
+        def.generated.push(GeneratedColumn {
+            name: "twice".into(),
+            sql_type: "integer".into(),
+            expression: "(id * 2)".into(),
+            position: 1,
+        });
+        let (_, sequence) = def.serial_columns().pop().unwrap();
+        assert_eq!(sequence, "t_id_seq");
+        let sequences = HashMap::from([("id".to_string(), "\"public\".\"t_id_seq\"".to_string())]);
+        assert_eq!(
+            def.create_sql(&NameMap::default(), &sequences),
+            "CREATE TABLE IF NOT EXISTS \"public\".\"t\" (\"id\" integer NOT NULL DEFAULT nextval('\"public\".\"t_id_seq\"'::regclass), \
+             \"twice\" integer GENERATED ALWAYS AS ((id * 2)) STORED, \"note\" text DEFAULT 'it''s'::text, PRIMARY KEY (\"id\"))"
+        );
+        // Another engine gets the values, not PostgreSQL's expressions.
+        let sqlite = def.for_target(TableName::parse("t").unwrap(), Engine::Sqlite);
+        assert!(sqlite.generated.is_empty() && sqlite.columns[1].default.is_none());
+        assert_eq!(
+            sqlite.create_sql(&NameMap::default(), &HashMap::new()),
+            "CREATE TABLE IF NOT EXISTS \"t\" (\"id\" INTEGER NOT NULL, \"note\" TEXT, PRIMARY KEY (\"id\"))"
+        );
     }
 
     #[test]

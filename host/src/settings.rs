@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{ConfigError, FileConfig, LoadMethod, OnConflict, OnReject};
+use crate::config::{ConfigError, FileConfig, Keyless, LoadMethod, OnConflict, OnReject};
 use crate::db::{DbUrl, TableName};
 use crate::plugin::{self, Limits};
 
@@ -72,6 +72,8 @@ pub struct TableSpec {
     pub target: Option<TableName>,
     /// Key columns for a table without a primary key.
     pub key: Option<Vec<String>>,
+    /// How to copy it if it has no key (`source.keyless` unless set here).
+    pub keyless: Keyless,
     pub on_conflict: Option<OnConflict>,
     /// The table's plugin and how to load it (limits and cache from `[plugin]`).
     pub plugin: Option<PluginSettings>,
@@ -84,6 +86,8 @@ pub struct TableSelection {
     pub tables: Vec<TableSpec>,
     pub include: Vec<glob::Pattern>,
     pub exclude: Vec<glob::Pattern>,
+    /// How tables `include` matches are copied when they have no key.
+    pub keyless: Keyless,
 }
 
 impl TableSelection {
@@ -308,9 +312,11 @@ impl Settings {
                     ..Self::load_options(file, base)
                 },
             });
-            tables.push(TableSpec { source, target, key: t.key.clone(), on_conflict: t.on_conflict, plugin });
+            let keyless = t.keyless.or(file.source.keyless).unwrap_or_default();
+            tables.push(TableSpec { source, target, key: t.key.clone(), keyless, on_conflict: t.on_conflict, plugin });
         }
-        Ok(Some(TableSelection { tables, include, exclude }))
+        let keyless = file.source.keyless.unwrap_or_default();
+        Ok(Some(TableSelection { tables, include, exclude, keyless }))
     }
 }
 

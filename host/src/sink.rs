@@ -227,6 +227,17 @@ pub trait RowSink: Send {
         names: &crate::schema::NameMap,
     ) -> anyhow::Result<()>;
     async fn commit_rows(&mut self, batch: &RowBatch, policy: OnConflict) -> anyhow::Result<Applied>;
+    /// Moves the sequence of each named column of `table` (identity or
+    /// `serial`, when the target column has one) forward to hand out
+    /// `next` next, never back: rows written after the copy get keys past
+    /// the copied ones. Columns without a sequence are left alone.
+    async fn advance_sequences(
+        &mut self,
+        _table: &crate::schema::TableDef,
+        _positions: &[(String, i64)],
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Starts source table `table` of run `run_id` over, in one
     /// transaction: empties `targets` (tables ferry created for it, so
     /// holding only what this run wrote) and resets the table's checkpoint,

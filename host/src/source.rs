@@ -113,29 +113,41 @@ pub trait RowSource: Send {
     ) -> anyhow::Result<Option<crate::keyset::RowPage>> {
         Ok(None)
     }
-    /// Starts reading `table` in storage order (heap order, no index), in
-    /// one repeatable-read snapshot held until the connection is dropped,
-    /// with the table locked against rewrites; returns its size in blocks,
-    /// or `None` when the engine has no such order.
+    /// Starts reading `table` in storage order (PostgreSQL: heap blocks,
+    /// no index; SQLite: rowids), in one snapshot held until the
+    /// connection is dropped, with the table locked against rewrites;
+    /// returns the size of its position space (blocks, or the highest
+    /// rowid + 1), or `None` when the engine has no such order.
     ///
-    /// Contract: the pages [`RowSource::read_heap_raw`] returns for
-    /// consecutive block ranges covering `0..` (the last one open-ended)
-    /// hold every row of the snapshot exactly once. A block number means
-    /// nothing in another snapshot, so a copy in heap order cannot resume
-    /// mid-table: an interrupted one starts its table over.
+    /// Contract: the pages [`RowSource::read_heap`] returns for
+    /// consecutive position ranges covering `0..` (the last one open-ended)
+    /// hold every row of the snapshot exactly once. A position means
+    /// nothing in another snapshot, so a copy in storage order cannot
+    /// resume mid-table: an interrupted one starts its table over.
     async fn begin_heap_scan(&mut self, _table: &crate::schema::TableDef) -> anyhow::Result<Option<u64>> {
         Ok(None)
     }
-    /// The rows of blocks `from..to` (`None`: to the end) of the scan
-    /// [`RowSource::begin_heap_scan`] began, undecoded (`RowPage::raw`),
-    /// with `last_key` the page's heap position (not a key of the table).
-    async fn read_heap_raw(
+    /// The rows at positions `from..to` (`None`: to the end) of the scan
+    /// [`RowSource::begin_heap_scan`] began — undecoded (`RowPage::raw`)
+    /// when `raw`, else decoded — with `last_key` the page's position (not
+    /// a key of the table).
+    async fn read_heap(
         &mut self,
         table: &crate::schema::TableDef,
         _from: u64,
         _to: Option<u64>,
+        _raw: bool,
     ) -> anyhow::Result<crate::keyset::RowPage> {
-        anyhow::bail!("{}: this source has no heap order", table.name)
+        anyhow::bail!("{}: this source has no storage order", table.name)
+    }
+    /// Where the sequence of each column of `table` fed by one (identity
+    /// or `serial`) stands now: the value it hands out next. Sequences are
+    /// outside transactions and outside logical replication, so a copy
+    /// reads them after its rows (see [`RowSink::advance_sequences`]).
+    ///
+    /// [`RowSink::advance_sequences`]: crate::sink::RowSink::advance_sequences
+    async fn sequence_positions(&mut self, _table: &crate::schema::TableDef) -> anyhow::Result<Vec<(String, i64)>> {
+        Ok(Vec::new())
     }
     /// Waits until the source transaction `xid` (of a change stream) is
     /// visible to this connection's next reads: a change arrives a moment

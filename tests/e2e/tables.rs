@@ -321,6 +321,261 @@ async fn identity_columns_are_kept_and_continue_where_the_source_left_off() {
     assert_eq!(target.scalar_i64("SELECT max(id)::int8 FROM tickets").await, 501, "after the deleted 491..500");
 }
 
+/// A column's definition as the catalog holds it: type, NOT NULL, default
+/// expression (sequence names included), generated kind and expression,
+/// and whether it owns a sequence.
+async fn column_definitions(db: &PgDb, table: &str) -> Vec<String> {
+    let mut c = db.conn().await;
+    sqlx::query_scalar(
+        "SELECT concat_ws(' | ', a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull::text, \
+                 coalesce(pg_get_expr(d.adbin, d.adrelid), '-'), a.attgenerated::text, a.attidentity::text, \
+                 (pg_get_serial_sequence($1, a.attname) IS NOT NULL)::text) \
+         FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+         WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+    )
+    .bind(table)
+    .fetch_all(&mut c)
+    .await
+    .unwrap()
+}
+
+/// Serial columns keep a sequence of their own, defaults and stored
+/// generated columns are recreated where they were, and after the copy
+/// every sequence — in a table ferry created or one that was there — hands
+/// out what the source's would next (the source's run ahead of max(id)).
+#[tokio::test]
+async fn serials_defaults_and_generated_columns_are_recreated_and_sequences_follow_the_source() {
+    let (source, target) = (PgDb::new("serial_src").await, PgDb::new("serial_dst").await);
+    let ledger = "CREATE TABLE ledger (id bigserial PRIMARY KEY, amount numeric(12, 2) NOT NULL);";
+    source
+        .exec(&format!(
+            "CREATE TABLE accounts (id serial PRIMARY KEY, code bigserial NOT NULL, name text NOT NULL DEFAULT 'anon',
+                 created timestamptz NOT NULL DEFAULT now(), status text DEFAULT 'new'::text,
+                 name_len int GENERATED ALWAYS AS (length(name) * 2) STORED, note text);
+             CREATE TABLE \"Odd \"\"Name\" (\"Id\" smallserial PRIMARY KEY, v text);
+             {ledger}
+             INSERT INTO accounts (name, note) SELECT 'n' || g, 'x' FROM generate_series(1, 300) g;
+             DELETE FROM accounts WHERE id > 290;
+             INSERT INTO \"Odd \"\"Name\" (v) VALUES ('a'), ('b');
+             INSERT INTO ledger (amount) SELECT g * 1.5 FROM generate_series(1, 40) g;"
+        ))
+        .await;
+    // A target table that is already there, its sequence at its start.
+    target.exec(ledger).await;
+    let p = tables_pipeline(&source.url(), &target.url(), "include = [\"public.*\"]", "");
+    let run = p.ferry(&["migrate"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    for table in ["accounts", "\"Odd \"\"Name\""] {
+        assert_eq!(column_definitions(&target, table).await, column_definitions(&source, table).await, "{table}");
+    }
+    assert_eq!(rows_text(&target, "accounts", "id").await, rows_text(&source, "accounts", "id").await);
+    for insert in [
+        "INSERT INTO accounts (name) VALUES ('later') RETURNING id::int8 * 1000000 + code",
+        "INSERT INTO \"Odd \"\"Name\" (v) VALUES ('c') RETURNING \"Id\"::int8",
+        "INSERT INTO ledger (amount) VALUES (1) RETURNING id",
+    ] {
+        let (next_source, next_target) = (source.scalar_i64(insert).await, target.scalar_i64(insert).await);
+        assert_eq!(next_target, next_source, "{insert}");
+    }
+    assert_eq!(
+        target.scalar_i64("SELECT id::int8 FROM accounts WHERE name = 'later'").await,
+        301,
+        "past the deleted rows"
+    );
+    assert_eq!(
+        target.scalar_i64("SELECT name_len::int8 FROM accounts WHERE name = 'later'").await,
+        10,
+        "computed by the target"
+    );
+}
+
+/// A table without a key as a multiset of rows, by a query of our own:
+/// each distinct row (as PostgreSQL prints it) with how often it occurs.
+async fn row_multiset(db: &PgDb, table: &str) -> Vec<(String, i64)> {
+    let mut c = db.conn().await;
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT md5(r::text), count(*) FROM {table} r GROUP BY 1 ORDER BY 1")))
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+}
+
+/// A log table with no key: duplicates, all-NULL rows, out-of-line
+/// TOASTed bodies of incompressible text.
+const KEYLESS_DDL: &str = "
+CREATE TABLE kinds (code text PRIMARY KEY, label text);
+INSERT INTO kinds VALUES ('a', 'A'), ('dup', 'twice');
+CREATE TABLE events (at timestamptz, kind text, body text, n numeric);
+INSERT INTO events SELECT '2024-01-01'::timestamptz + g * interval '1 ms', 'a', 'event ' || g, g / 7.0
+    FROM generate_series(1, 3000) g;
+INSERT INTO events SELECT '2024-06-01', 'dup', 'same', 1.50 FROM generate_series(1, 3);
+INSERT INTO events VALUES (NULL, NULL, NULL, NULL), (NULL, NULL, NULL, NULL);
+INSERT INTO events SELECT now(), 'big', (SELECT string_agg(md5(g::text || '/' || i::text), '') FROM generate_series(1, 256) i), g
+    FROM generate_series(1, 40) g;
+ANALYZE events;";
+
+/// A table without a key is refused, with the ways out; opted into
+/// storage order (`keyless = "ctid"`) it is copied exactly — duplicates
+/// and all — validated as a multiset, and a difference seeded in the
+/// target is found; a change stream and a second copy into the non-empty
+/// table are refused.
+#[tokio::test]
+async fn a_keyless_table_is_refused_unless_copied_in_storage_order_and_then_compared_as_a_multiset() {
+    let (source, target) = (PgDb::new("keyless_src").await, PgDb::new("keyless_dst").await);
+    source.exec(KEYLESS_DDL).await;
+    let refused = tables_pipeline(&source.url(), &target.url(), "include = [\"public.*\"]", "");
+    let run = refused.ferry(&["migrate"]);
+    assert_eq!(run.code, 8, "{run:?}");
+    assert!(
+        run.stderr.contains("public.events has no primary key") && run.stderr.contains("keyless = \"ctid\""),
+        "{run:?}"
+    );
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM pg_class WHERE relname = 'events'").await, 0, "nothing created");
+
+    let p = tables_pipeline(&source.url(), &target.url(), "include = [\"public.*\"]\nkeyless = \"ctid\"", "");
+    let check = p.ferry(&["check"]);
+    assert_eq!(check.code, 0, "{check:?}");
+    assert!(check.stdout.contains("no key: copied in storage order"), "{check:?}");
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let report = run.json();
+    let events = report["tables"].as_array().unwrap().iter().find(|t| t["table"] == "public.events").unwrap();
+    assert_eq!((events["source_rows"].as_u64(), events["loaded"].as_u64()), (Some(3045), Some(3045)), "{report}");
+    assert_eq!(events["accounted"], true);
+    assert_eq!(row_multiset(&target, "events").await, row_multiset(&source, "events").await);
+    assert!(
+        source.scalar_i64("SELECT count(*) FROM events WHERE pg_column_size(body) > 2000").await >= 40,
+        "the big bodies are out of line"
+    );
+
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    let line = v.json()["tables"].as_array().unwrap().iter().find(|t| t["table"] == "public.events").cloned().unwrap();
+    assert_eq!(line["matched"], 3045, "{line}");
+
+    // One of three equal rows lost, one row that never was added.
+    target
+        .exec(
+            "DELETE FROM events WHERE ctid = (SELECT ctid FROM events WHERE kind = 'dup' LIMIT 1);
+             INSERT INTO events VALUES ('2030-01-01', 'ghost', 'never in the source', 0);",
+        )
+        .await;
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 3, "{v:?}");
+    let line = v.json()["tables"].as_array().unwrap().iter().find(|t| t["table"] == "public.events").cloned().unwrap();
+    assert_eq!(
+        (line["matched"].as_u64(), line["missing"].as_u64(), line["extra"].as_u64()),
+        (Some(3044), Some(1), Some(1)),
+        "{line}"
+    );
+    let listed = line["differences"].to_string();
+    assert!(listed.contains("same") && listed.contains("never in the source"), "{listed}");
+
+    // No key to apply updates and deletes by; no key to skip existing rows by.
+    let sync = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert_eq!(sync.code, 8, "{sync:?}");
+    assert!(sync.stderr.contains("a change stream applies updates and deletes by key"), "{sync:?}");
+    let again = p.ferry(&["migrate", "--restart"]);
+    assert_eq!(again.code, 8, "{again:?}");
+    assert!(again.stderr.contains("already holds 3045 rows"), "{again:?}");
+}
+
+/// Storage order on SQLite is rowids: a keyless table goes to SQLite and
+/// back (negative rowids included) and validates as a multiset both ways.
+#[tokio::test]
+async fn a_keyless_table_goes_to_sqlite_and_back_in_storage_order() {
+    let (source, back) = (PgDb::new("keyless_rt_src").await, PgDb::new("keyless_rt_back").await);
+    source.exec(KEYLESS_DDL).await;
+    let file = SqliteDb::new();
+    let keys = "include = [\"public.events\"]\nkeyless = \"ctid\"";
+    let to_sqlite = tables_pipeline(&source.url(), &file.url(), keys, "[migrate]\nbatch_size = 700\n");
+    let run = to_sqlite.ferry(&["migrate"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(file.scalar_i64("SELECT count(*) FROM events").await, 3045);
+    // An application's own negative rowid, before the first range.
+    file.exec("INSERT INTO events (rowid, kind) VALUES (-5, 'negative')").await;
+    let v = to_sqlite.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 3, "the extra SQLite row is found: {v:?}");
+    assert_eq!(v.json()["tables"][0]["extra"], 1, "{v:?}");
+
+    let from_sqlite = tables_pipeline(
+        &file.url(),
+        &back.url(),
+        "include = [\"events\"]\nkeyless = \"ctid\"",
+        "[migrate]\nbatch_size = 700\n",
+    );
+    let run = from_sqlite.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["tables"][0]["loaded"], 3046, "{run:?}");
+    let v = from_sqlite.ferry(&["validate"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    back.exec("DELETE FROM events WHERE kind = 'negative'").await;
+    let columns = "SELECT md5((at, kind, body, n::numeric)::text), count(*) FROM events GROUP BY 1 ORDER BY 1";
+    let (mut a, mut b) = (source.conn().await, back.conn().await);
+    let original: Vec<(String, i64)> = sqlx::query_as(columns).fetch_all(&mut a).await.unwrap();
+    let round_trip: Vec<(String, i64)> = sqlx::query_as(columns).fetch_all(&mut b).await.unwrap();
+    assert_eq!(round_trip, original, "the same rows came back");
+}
+
+/// Killed in the middle, a keyless copy empties its target and starts the
+/// table over (there is no key to resume after): exact, counted once.
+#[tokio::test]
+async fn an_interrupted_keyless_copy_starts_its_table_over_exactly() {
+    let (source, target) = (PgDb::new("keyless_kill_src").await, PgDb::new("keyless_kill_dst").await);
+    source
+        .exec(
+            "CREATE TABLE log (n int, body text);
+             INSERT INTO log SELECT g % 1000, (SELECT string_agg(md5(g::text || '/' || i::text), '') FROM generate_series(1, 32) i)
+                 FROM generate_series(1, 60000) g;
+             INSERT INTO log SELECT n, body FROM log WHERE n = 7;
+             ANALYZE log;",
+        )
+        .await;
+    let p = tables_pipeline(
+        &source.url(),
+        &target.url(),
+        "include = [\"public.log\"]\nkeyless = \"ctid\"",
+        "[migrate]\nbatch_size = 500\n",
+    );
+    let mut child = p
+        .command(&["migrate"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut seen = false;
+    let mut observer = target.conn().await;
+    while started.elapsed() < std::time::Duration::from_secs(120) {
+        let progress: Option<(String, i64)> =
+            sqlx::query_as("SELECT phase, batches FROM ferry.table_progress WHERE table_name = 'public.log'")
+                .fetch_optional(&mut observer)
+                .await
+                .unwrap_or(None);
+        if progress.is_some_and(|(phase, batches)| phase == "copying_heap" && batches >= 3) {
+            seen = true;
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the copy finished before it could be interrupted");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen, "the copy was never seen with pages committed");
+    let partial = target.scalar_i64("SELECT count(*) FROM log").await;
+    assert!(partial > 0 && partial < 60060, "killed in the middle: {partial} rows were in");
+
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("copying the table again, in storage order"), "{run:?}");
+    assert_eq!(row_multiset(&target, "log").await, row_multiset(&source, "log").await);
+    assert_eq!(
+        target.scalar_i64("SELECT loaded FROM ferry.table_progress WHERE table_name = 'public.log'").await,
+        60060,
+        "the ledger counts every row once"
+    );
+    assert_eq!(p.ferry(&["validate"]).code, 0);
+}
+
 const SHOP_DDL: &str = r#"
 CREATE SCHEMA shop;
 CREATE TABLE shop.customers (id bigint PRIMARY KEY, email text NOT NULL, name text, joined timestamptz NOT NULL);

@@ -512,8 +512,8 @@ async fn tables_published_beyond_the_pipeline_are_reported_not_ignored() {
 }
 
 /// Identity columns: the initial load creates them as identity columns
-/// (GENERATED ALWAYS kept), and the stream writes the source's generated
-/// values into them.
+/// (GENERATED ALWAYS kept), the stream writes the source's generated
+/// values into them, and its sequence follows the source's.
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_writes_the_source_identity_values_into_identity_columns() {
     let cluster = Cluster::start();
@@ -544,4 +544,11 @@ async fn sync_writes_the_source_identity_values_into_identity_columns() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["stream"]["dead_lettered"], 0, "{run:?}");
     assert_eq!(rows_text(&target.url(), "tickets", "id").await, rows_text(&source, "tickets", "id").await);
+    // Logical replication carries no sequence values: the stopped stream
+    // moved the target's to where the source's stands, so the next row
+    // written on the target gets the id the source would give it.
+    let insert = "INSERT INTO tickets (title) VALUES ('after') RETURNING id";
+    let next_source: i64 = sqlx::query_scalar(insert).fetch_one(&mut c).await.unwrap();
+    let next_target: i64 = sqlx::query_scalar(insert).fetch_one(&mut target.conn().await).await.unwrap();
+    assert_eq!((next_target, next_source), (121, 121));
 }

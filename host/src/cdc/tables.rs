@@ -85,6 +85,9 @@ pub async fn sync(
     }
     let mut applier = TablesApplier::new(settings, plan, target, position, report);
     super::sync::follow(settings, options, client, &mut applier, &stop).await?;
+    // Logical replication carries no sequence values: where the stream
+    // stops, the target's sequences catch up with the source's.
+    crate::tables::advance_sequences(settings, &applier.plan, applier.target.as_mut()).await?;
     Ok(applier.report)
 }
 
@@ -99,6 +102,14 @@ async fn open_stream(
     target.ensure_control_tables().await?;
     target.ensure_stream_tables().await?;
     let plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+    if let Some(table) = plan.tables.iter().find(|t| t.keyless) {
+        return Err(crate::error::Error::contract(format!(
+            "table {} has no key: a change stream applies updates and deletes by key, so it cannot follow it. \
+             Give it a primary key (or name a unique NOT NULL one: key = [\"column\", …]), or leave it out of \
+             the stream (source.exclude) and copy it with `ferry migrate` (keyless = \"ctid\")",
+            table.source.name
+        )));
+    }
     let position = target.stream_position(&settings.pipeline).await?;
     let report = SyncReport {
         stream: ApplyReport { pipeline: settings.pipeline.clone(), ..Default::default() },

@@ -294,7 +294,7 @@ fn schema_from_wit(schema: wit::TableSchema) -> Result<TableDef, String> {
                 wit::ColumnType::Other(_) => Kind::Other,
             };
             let sql_type = kind.pg_type();
-            ColumnDef { name: c.name, sql_type, kind, nullable: c.nullable, identity: None }
+            ColumnDef::plain(c.name, sql_type, kind, c.nullable)
         })
         .collect();
     let mut primary_key = Vec::new();
@@ -501,13 +501,7 @@ pub enum TableTransformer {
 
 /// The seed's new `users` table, as a transform-user plugin writes it.
 fn new_user_table(name: TableName) -> TableDef {
-    let column = |name: &str, kind: Kind| ColumnDef {
-        name: name.into(),
-        sql_type: kind.pg_type(),
-        kind,
-        nullable: false,
-        identity: None,
-    };
+    let column = |name: &str, kind: Kind| ColumnDef::plain(name, kind.pg_type(), kind, false);
     TableDef::new(
         name,
         crate::db::Engine::Postgres,

@@ -39,8 +39,8 @@ impl PgSource {
         sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut self.conn).await?;
         if let Some(name) = snapshot {
             // SET TRANSACTION SNAPSHOT takes a literal, not a parameter.
-            let literal = name.replace('\'', "''");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(&*format!("SET TRANSACTION SNAPSHOT '{literal}'")))
+            let literal = crate::db::quote_literal(name);
+            sqlx::raw_sql(sqlx::AssertSqlSafe(&*format!("SET TRANSACTION SNAPSHOT {literal}")))
                 .execute(&mut self.conn)
                 .await
                 .with_context(|| format!("importing the replication slot's snapshot {name}"))?;

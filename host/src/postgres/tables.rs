@@ -14,7 +14,7 @@ use crate::db::{DbUrl, Engine, TableName, quote_ident};
 use crate::error::Error;
 use crate::keyset::{Key, Row as ValueRow, RowDeadLetter, RowPage, text_row_json};
 use crate::model::DeadLetterKind;
-use crate::schema::{ColumnDef, ForeignKeyDef, IndexDef, TableDef};
+use crate::schema::{ColumnDef, ColumnDefault, ForeignKeyDef, IndexDef, TableDef};
 use crate::sink::{Applied, ConflictError, FencedError, RowBatch, RowSink};
 use crate::source::RowSource;
 use crate::value::{Kind, copy_escape, copy_unescape, decode_pg_text, write_pg_text};
@@ -41,10 +41,58 @@ super::control::pg_control!(PgTables);
 
 /// A SQL literal of `text` cast to `sql_type` (COPY takes no parameters).
 pub(super) fn literal(text: &str, sql_type: &str) -> String {
-    format!("'{}'::{sql_type}", text.replace('\'', "''"))
+    format!("{}::{sql_type}", crate::db::quote_literal(text))
 }
 
 impl PgTables {
+    /// `CREATE TABLE` in one transaction with a sequence of its own for
+    /// each `serial` column (named as PostgreSQL would, or with a number
+    /// added when that name is taken), owned by the column.
+    async fn create_with_sequences(
+        &mut self,
+        def: &TableDef,
+        names: &crate::schema::NameMap,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.conn.begin().await?;
+        let mut sequences = std::collections::HashMap::new();
+        for (column, base) in def.serial_columns() {
+            let qualified = |name: &str| TableName { schema: def.name.schema.clone(), name: name.to_string() }.quoted();
+            let mut name = base.clone();
+            for n in 1.. {
+                let taken: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                    .bind(qualified(&name))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if !taken {
+                    break;
+                }
+                name = format!("{}{n}", &base[..base.len().min(60)]);
+            }
+            let integer = ["smallint", "integer", "bigint"].contains(&column.sql_type.as_str());
+            let next = column.sequence_next().unwrap_or(1);
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SEQUENCE {}{} START WITH {next} MINVALUE {}",
+                qualified(&name),
+                if integer { format!(" AS {}", column.sql_type) } else { String::new() },
+                next.min(1)
+            )))
+            .execute(&mut *tx)
+            .await?;
+            sequences.insert(column.name.clone(), qualified(&name));
+        }
+        sqlx::query(sqlx::AssertSqlSafe(def.create_sql(names, &sequences))).execute(&mut *tx).await?;
+        for (column, sequence) in &sequences {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER SEQUENCE {sequence} OWNED BY {}.{}",
+                def.quoted(),
+                quote_ident(column)
+            )))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
     /// `role` is "source" or "target" (for messages). Targets commit
     /// batches asynchronously, as [`super::PgTarget`] does: a batch and its
     /// checkpoint are lost or kept together.
@@ -365,7 +413,7 @@ impl RowSource for PgTables {
     async fn use_snapshot(&mut self, name: &str) -> anyhow::Result<()> {
         sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut self.conn).await?;
         // SET TRANSACTION SNAPSHOT takes a literal, not a parameter.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET TRANSACTION SNAPSHOT '{}'", name.replace('\'', "''"))))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET TRANSACTION SNAPSHOT {}", crate::db::quote_literal(name))))
             .execute(&mut self.conn)
             .await
             .map_err(|e| self.err(format!("importing the replication slot's snapshot {name}"), &e))?;
@@ -391,15 +439,18 @@ impl RowSource for PgTables {
         let rows = sqlx::query(
             "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS sql_type, a.attnotnull, \
                     bt.typname::text AS base, bt.typcategory::text AS category, et.typname::text AS elem, \
-                    a.attidentity::text AS identity, \
-                    CASE WHEN a.attidentity <> '' THEN (SELECT coalesce(s.last_value + s.increment_by, s.start_value) \
+                    a.attidentity::text AS identity, a.attgenerated::text AS generated, \
+                    pg_get_expr(d.adbin, d.adrelid) AS default_expr, \
+                    pg_get_serial_sequence($2, a.attname) IS NOT NULL AS owns_sequence, \
+                    (SELECT coalesce(s.last_value + s.increment_by, s.start_value) \
                          FROM pg_sequences s WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass \
-                           = pg_get_serial_sequence($2, a.attname)::regclass) END AS identity_next \
+                           = pg_get_serial_sequence($2, a.attname)::regclass) AS sequence_next \
              FROM pg_attribute a \
              JOIN pg_type t ON t.oid = a.atttypid \
              JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
              LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A' \
-             WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum",
         )
         .bind(oid)
@@ -408,7 +459,20 @@ impl RowSource for PgTables {
         .await
         .map_err(what)?;
         let mut columns = Vec::with_capacity(rows.len());
+        let mut generated = Vec::new();
         for row in &rows {
+            let column: String = row.try_get("name")?;
+            let sql_type: String = row.try_get("sql_type")?;
+            let default_expr: Option<String> = row.try_get("default_expr")?;
+            if !row.try_get::<String, _>("generated")?.is_empty() {
+                generated.push(crate::schema::GeneratedColumn {
+                    name: column,
+                    sql_type,
+                    expression: default_expr.unwrap_or_default(),
+                    position: columns.len(),
+                });
+                continue;
+            }
             let base: String = row.try_get("base")?;
             let category: String = row.try_get("category")?;
             let elem: Option<String> = row.try_get("elem")?;
@@ -419,20 +483,27 @@ impl RowSource for PgTables {
                 },
                 _ => Kind::from_pg_typname(&base),
             };
-            columns.push(ColumnDef {
-                name: row.try_get("name")?,
-                sql_type: row.try_get("sql_type")?,
-                kind,
-                nullable: !row.try_get::<bool, _>("attnotnull")?,
-                identity: match row.try_get::<String, _>("identity")?.as_str() {
-                    "" => None,
-                    kind => Some(crate::schema::Identity {
-                        always: kind == "a",
-                        // Unreadable (no privilege on the sequence): from 1.
-                        next: row.try_get::<Option<i64>, _>("identity_next")?.unwrap_or(1),
-                    }),
-                },
-            });
+            // Unreadable (no privilege on the sequence): from 1.
+            let next = row.try_get::<Option<i64>, _>("sequence_next")?.unwrap_or(1);
+            let identity = match row.try_get::<String, _>("identity")?.as_str() {
+                "" => None,
+                kind => Some(crate::schema::Identity { always: kind == "a", next }),
+            };
+            let default = match default_expr {
+                _ if identity.is_some() => None,
+                Some(_) if row.try_get::<bool, _>("owns_sequence")? => Some(ColumnDefault::Serial { next }),
+                Some(expression) if expression.contains("nextval(") => {
+                    tracing::warn!(
+                        "the default of {name}.{column} ({expression}) takes values from a sequence the column \
+                         does not own: not recreated on the target"
+                    );
+                    None
+                }
+                Some(expression) => Some(ColumnDefault::Expression(expression)),
+                None => None,
+            };
+            let nullable = !row.try_get::<bool, _>("attnotnull")?;
+            columns.push(ColumnDef { name: column, sql_type, kind, nullable, identity, default });
         }
         let key_names: Vec<String> = sqlx::query_scalar(
             "SELECT a.attname::text FROM pg_index i \
@@ -520,6 +591,7 @@ impl RowSource for PgTables {
             name,
             engine: Engine::Postgres,
             columns,
+            generated,
             primary_key,
             indexes,
             foreign_keys,
@@ -586,17 +658,38 @@ impl RowSource for PgTables {
         Ok(Some(blocks.max(0) as u64))
     }
 
-    async fn read_heap_raw(&mut self, table: &TableDef, from: u64, to: Option<u64>) -> anyhow::Result<RowPage> {
+    async fn read_heap(&mut self, table: &TableDef, from: u64, to: Option<u64>, raw: bool) -> anyhow::Result<RowPage> {
         let upper = to.map(|to| format!(" AND ctid < '({to},0)'::tid")).unwrap_or_default();
         let query =
             format!("SELECT {} FROM {} WHERE ctid >= '({from},0)'::tid{upper}", table.column_list(), table.quoted());
-        let data = self.copy_out_bytes(table, &query).await?;
-        let position = to.map_or_else(|| "heap end".to_string(), |to| format!("heap block {to}"));
-        Ok(RowPage {
-            last_key: Some(Key(vec![position])),
-            raw: Some(crate::keyset::RawRows::of_copy_text(data)),
-            ..RowPage::default()
-        })
+        let mut page = match raw {
+            true => RowPage {
+                raw: Some(crate::keyset::RawRows::of_copy_text(self.copy_out_bytes(table, &query).await?)),
+                ..RowPage::default()
+            },
+            false => self.copy_out(table, &query).await?,
+        };
+        page.last_key = Some(Key(vec![to.map_or_else(|| "heap end".to_string(), |to| format!("heap block {to}"))]));
+        Ok(page)
+    }
+
+    async fn sequence_positions(&mut self, table: &TableDef) -> anyhow::Result<Vec<(String, i64)>> {
+        let columns: Vec<String> = table.sequence_columns().map(|(c, _)| c.name.clone()).collect();
+        if columns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT c.name, (SELECT coalesce(s.last_value + s.increment_by, s.start_value) FROM pg_sequences s \
+                             WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass \
+                               = pg_get_serial_sequence($1, c.name)::regclass) \
+             FROM unnest($2::text[]) AS c(name)",
+        )
+        .bind(table.quoted())
+        .bind(&columns)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(|e| self.err(format!("reading the sequences of {}", table.name), &e))?;
+        Ok(rows.into_iter().filter_map(|(column, next)| Some((column, next?))).collect())
     }
 
     async fn read_keys(&mut self, table: &TableDef, keys: &[Vec<crate::value::Value>]) -> anyhow::Result<RowPage> {
@@ -623,16 +716,23 @@ impl RowSink for PgTables {
                 .await
                 .map_err(|e| self.err(format!("creating schema {schema}"), &e))?;
         }
-        let sql = def.create_sql(names);
-        sqlx::query(sqlx::AssertSqlSafe(&*sql)).execute(&mut self.conn).await.map_err(|e| {
-            let hint = if super::describe_error(&e).contains("does not exist") {
-                " (a type the table uses — an enum, a domain, an extension's type — must exist in the target first: \
-                 create it, e.g. from `pg_dump --schema-only` of the source)"
-            } else {
-                ""
-            };
-            anyhow::anyhow!("{}{hint}", self.err(format!("creating table {}", def.name), &e))
-        })?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(def.quoted())
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("looking for table {}", def.name), &e))?;
+        if !exists {
+            self.create_with_sequences(def, names).await.map_err(|e| {
+                let hint = if super::describe_error(&e).contains("does not exist") {
+                    " (a type or function the table uses — an enum, a domain, an extension's type, a default's \
+                     function — must exist in the target first: create it, e.g. from `pg_dump --schema-only` \
+                     of the source)"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!("{}{hint}", self.err(format!("creating table {}", def.name), &e))
+            })?;
+        }
         if let Some(sql) = def.key_index_sql().filter(|_| !def.defer_key) {
             sqlx::query(sqlx::AssertSqlSafe(&*sql))
                 .execute(&mut self.conn)
@@ -687,6 +787,24 @@ impl RowSink for PgTables {
                     .await
                     .map_err(|e| self.err(format!("adding constraint {name} to {}", def.name), &e))?;
             }
+        }
+        Ok(())
+    }
+
+    async fn advance_sequences(&mut self, table: &TableDef, positions: &[(String, i64)]) -> anyhow::Result<()> {
+        for (column, next) in positions {
+            // `setval(s, n, false)`: n is handed out next.
+            sqlx::query(
+                "SELECT setval(seq, greatest($3, coalesce((SELECT s.last_value + s.increment_by FROM pg_sequences s \
+                                 WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = seq), $3)), false) \
+                 FROM (SELECT pg_get_serial_sequence($1, $2)::regclass AS seq) q WHERE seq IS NOT NULL",
+            )
+            .bind(table.quoted())
+            .bind(column)
+            .bind(next)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("moving the sequence of {}.{column} to {next}", table.name), &e))?;
         }
         Ok(())
     }

@@ -371,13 +371,13 @@ impl RowSource for SqliteTables {
             if pk > 0 {
                 key.push((pk, columns.len()));
             }
-            columns.push(ColumnDef {
-                name: row.try_get("name")?,
-                kind: sqlite_kind(&declared),
-                sql_type: declared,
-                nullable: row.try_get::<i64, _>("notnull")? == 0 && pk == 0,
-                identity: None,
-            });
+            let nullable = row.try_get::<i64, _>("notnull")? == 0 && pk == 0;
+            columns.push(ColumnDef::plain(
+                row.try_get::<String, _>("name")?,
+                &*declared,
+                sqlite_kind(&declared),
+                nullable,
+            ));
         }
         key.sort();
         let mut indexes = Vec::new();
@@ -459,6 +459,7 @@ impl RowSource for SqliteTables {
             name,
             engine: Engine::Sqlite,
             columns,
+            generated: Vec::new(),
             primary_key: key.into_iter().map(|(_, i)| i).collect(),
             indexes,
             foreign_keys,
@@ -494,6 +495,42 @@ impl RowSource for SqliteTables {
         let rows =
             qb.build().fetch_all(&mut self.conn).await.map_err(|e| self.err(format!("reading {}", table.name), &e))?;
         Self::decode_rows(table, rows)
+    }
+
+    /// SQLite's storage order is its rowids (a table without a key has
+    /// them); the read transaction holds one snapshot (WAL mode).
+    async fn begin_heap_scan(&mut self, table: &TableDef) -> anyhow::Result<Option<u64>> {
+        let what = |e: sqlx::Error| Error::driver(format!("starting a storage-order read of {}", table.name), &e);
+        sqlx::query("BEGIN").execute(&mut self.conn).await.map_err(what)?;
+        let end: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT coalesce(max(rowid), -1) + 1 FROM {}",
+            table.quoted()
+        )))
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(what)?;
+        Ok(Some(end.max(0) as u64))
+    }
+
+    /// Rowids `from..to`; the first range (`from` 0) also holds the
+    /// negative rowids an application may have chosen.
+    async fn read_heap(&mut self, table: &TableDef, from: u64, to: Option<u64>, _raw: bool) -> anyhow::Result<RowPage> {
+        let mut bounds = Vec::new();
+        if from > 0 {
+            bounds.push(format!("rowid >= {from}"));
+        }
+        if let Some(to) = to {
+            bounds.push(format!("rowid < {to}"));
+        }
+        let filter = if bounds.is_empty() { String::new() } else { format!(" WHERE {}", bounds.join(" AND ")) };
+        let sql = format!("SELECT {} FROM {}{filter}", table.column_list(), table.quoted());
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("reading {}", table.name), &e))?;
+        let mut page = Self::decode_rows(table, rows)?;
+        page.last_key = Some(Key(vec![to.map_or_else(|| "rowid end".to_string(), |to| format!("rowid {to}"))]));
+        Ok(page)
     }
 
     async fn read_keys(&mut self, table: &TableDef, keys: &[Vec<Value>]) -> anyhow::Result<RowPage> {
@@ -533,7 +570,7 @@ impl RowSource for SqliteTables {
 #[async_trait]
 impl RowSink for SqliteTables {
     async fn create_table(&mut self, def: &TableDef, names: &NameMap) -> anyhow::Result<()> {
-        let sql = def.create_sql(names);
+        let sql = def.create_sql(names, &Default::default());
         sqlx::query(sqlx::AssertSqlSafe(&*sql))
             .execute(&mut self.conn)
             .await

@@ -23,7 +23,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::OnConflict;
+use crate::config::{Keyless, OnConflict};
 use crate::control::{RunRecord, RunStatus, Stats, TablePhase, TableProgress};
 use crate::db::{Engine, TableName};
 use crate::engines::{self, RowTarget};
@@ -67,6 +67,9 @@ pub struct PlannedTable {
     /// `None`: copied as it is, no WASM on the path.
     pub plugin: Option<TablePlugin>,
     pub on_conflict: OnConflict,
+    /// No key: copied in storage order (`keyless = "ctid"`), validated as
+    /// a multiset of rows.
+    pub keyless: bool,
 }
 
 impl PlannedTable {
@@ -149,12 +152,24 @@ pub async fn plan(
                 }
             }
         } else if def.primary_key.is_empty() {
-            problems.push(format!(
-                "table {} has no primary key: ferry pages, checkpoints and validates by key. Add a primary key, \
-                 or name a unique NOT NULL key: [[tables]] name = \"{}\" key = [\"column\", …]",
-                def.name, def.name
-            ));
-            continue;
+            let keyless = spec.map_or(selection.keyless, |s| s.keyless);
+            if keyless == Keyless::Refuse {
+                problems.push(format!(
+                    "table {} has no primary key: ferry pages, checkpoints and validates by key. Add a primary key, \
+                     or name a unique NOT NULL key: [[tables]] name = \"{}\" key = [\"column\", …], or copy it in \
+                     storage order into a table holding nothing else: keyless = \"ctid\" (in [[tables]] or [source])",
+                    def.name, def.name
+                ));
+                continue;
+            }
+            if spec.is_some_and(|s| s.plugin.is_some()) {
+                problems.push(format!(
+                    "table {} has no primary key and a plugin: a transformed table needs a key (its dead letters \
+                     and target keys are named by it); add a primary key or name one: key = [\"column\", …]",
+                    def.name
+                ));
+                continue;
+            }
         }
         let target_name = match spec.and_then(|s| s.target.clone()) {
             Some(t) => t,
@@ -244,7 +259,8 @@ pub async fn plan(
         if outputs.is_empty() {
             continue;
         }
-        tables.push(PlannedTable { source: def, outputs, plugin, on_conflict });
+        let keyless = def.primary_key.is_empty();
+        tables.push(PlannedTable { source: def, outputs, plugin, on_conflict, keyless });
     }
     if !problems.is_empty() {
         return Err(crate::error::Error::contract(format!(
@@ -425,7 +441,9 @@ pub async fn migrate_in_snapshot(
             let (ending, message) = if interrupted || !all_loaded {
                 (Ending::Interrupted, Some("interrupted by signal after the last committed pages".to_string()))
             } else {
-                // Every table's rows are in: checks and foreign keys last.
+                // Every table's rows are in: sequences where the source's
+                // stand, then checks and foreign keys.
+                advance_sequences(settings, &plan, target.as_mut()).await?;
                 for table in plan.tables.iter().filter(|t| created(&progress, t)) {
                     for output in &table.outputs {
                         target.add_constraints(&output.def, &plan.names).await?;
@@ -457,11 +475,32 @@ pub async fn migrate_in_snapshot(
     }
 }
 
+/// Moves the target's sequences (identity and `serial` columns of tables
+/// copied as they are) to where the source's stand now, so that rows
+/// written into the target later get keys past the copied ones. Sequences
+/// are not transactional and logical replication does not carry them, so
+/// this runs after the data, and again whenever a change stream stops.
+pub async fn advance_sequences(settings: &Settings, plan: &Plan, target: &mut dyn RowTarget) -> anyhow::Result<()> {
+    let tables: Vec<&PlannedTable> =
+        plan.tables.iter().filter(|t| t.plugin.is_none() && t.source.sequence_columns().next().is_some()).collect();
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let mut source = engines::open_row_source(&settings.source.url, "source").await?;
+    for table in tables {
+        let positions = source.sequence_positions(&table.source).await?;
+        for output in &table.outputs {
+            target.advance_sequences(&output.def, &positions).await?;
+        }
+    }
+    Ok(())
+}
+
 /// `def` as ferry creates it: a copy into PostgreSQL gets its key after
 /// the data (see [`TableDef::defer_key`]).
 fn built_later(table: &PlannedTable, def: &TableDef, engine: Engine) -> TableDef {
     let mut def = def.clone();
-    def.defer_key = table.plugin.is_none() && engine == Engine::Postgres;
+    def.defer_key = table.plugin.is_none() && engine == Engine::Postgres && !def.primary_key.is_empty();
     def
 }
 
@@ -637,21 +676,36 @@ async fn copy_tables(
                 // A copy into a table ferry made holds only what this run
                 // committed (exactly once): plain COPY, key built after.
                 let ours = table.made_by_ferry(&progress) && table.plugin.is_none();
-                let policy = if ours { OnConflict::Error } else { table.on_conflict };
+                // A keyless table is plain inserts: no key to conflict on.
+                let policy = if ours || table.keyless { OnConflict::Error } else { table.on_conflict };
                 // An interrupted heap-order copy cannot resume (its block
                 // positions mean nothing in a new snapshot): the table
-                // starts over, in key order this time, so that a second
-                // interruption loses nothing more.
-                let restarted = ours && known.is_some_and(|p| p.phase == TablePhase::CopyingHeap);
+                // starts over — in key order this time when it has a key,
+                // so that a second interruption loses nothing more.
+                let restarted = (ours || table.keyless) && known.is_some_and(|p| p.phase == TablePhase::CopyingHeap);
                 if restarted {
-                    tracing::warn!(table = %name, "the heap-order copy was interrupted; copying the table again, in key order");
+                    let again = if table.keyless { "in storage order (it has no key)" } else { "in key order" };
+                    tracing::warn!(table = %name, "the heap-order copy was interrupted; copying the table again, {again}");
                     let targets: Vec<&TableDef> = table.outputs.iter().map(|o| &o.def).collect();
                     target.restart_table(&run_id, &name, &targets).await?;
                     start = None;
+                } else if table.keyless && !ours {
+                    // Starting over empties the target: it must hold
+                    // nothing but what this copy writes.
+                    let held = target.count_rows(table.target()).await?;
+                    if held > 0 {
+                        return Err(crate::error::Error::contract(format!(
+                            "table {name} has no key, so it is copied into a table that holds nothing else, but {} \
+                             already holds {held} rows: empty it (TRUNCATE {}), or drop it and ferry creates it",
+                            table.target().name,
+                            table.target().quoted()
+                        )));
+                    }
                 }
                 // A fresh copy into a table of its own reads the source in
-                // storage order: no index walk, no random heap reads.
-                let order = if ours && !restarted && start.is_none() && snapshot.is_none() {
+                // storage order: no index walk, no random heap reads. A
+                // keyless table has no other order.
+                let order = if table.keyless || (ours && !restarted && start.is_none() && snapshot.is_none()) {
                     ReadOrder::Heap
                 } else {
                     ReadOrder::Key
@@ -788,6 +842,10 @@ fn transformed(
 /// as a key-order page would (`batch_size`, from the catalog's estimates of
 /// rows and bytes, TOAST included), at most [`RAW_PAGE_BYTES`] of heap.
 fn heap_page_blocks(def: &TableDef, blocks: u64, batch_size: usize) -> u64 {
+    if def.engine == Engine::Sqlite {
+        // Positions are rowids: about one row each.
+        return batch_size as u64;
+    }
     let rows_per_block = def.estimated_rows as f64 / blocks.max(1) as f64;
     if rows_per_block <= 0.0 {
         // Never analyzed: pages of the most a heap page may hold.
@@ -840,9 +898,15 @@ async fn copy_table(
         _ => settings.batch_size,
     };
     let heap = match order {
-        ReadOrder::Heap if raw => source.begin_heap_scan(&def).await?,
+        ReadOrder::Heap if raw || table.keyless => source.begin_heap_scan(&def).await?,
         _ => None,
     };
+    if heap.is_none() && table.keyless {
+        return Err(crate::error::Error::contract(format!(
+            "table {} has no key and {} has no storage order to copy it by: give it a primary key",
+            table.source.name, settings.source.url
+        )));
+    }
     if heap.is_some() {
         target.set_table_phase(run_id, &table.source.name.to_string(), TablePhase::CopyingHeap).await?;
     }
@@ -859,7 +923,7 @@ async fn copy_table(
                 }
                 let to = from + per_page;
                 let last = to >= blocks;
-                let page = source.read_heap_raw(&def, from, (!last).then_some(to)).await;
+                let page = source.read_heap(&def, from, (!last).then_some(to), raw).await;
                 let failed = page.is_err();
                 if page.as_ref().is_ok_and(|p| p.is_empty()) {
                     // Blocks without live rows: nothing to commit.

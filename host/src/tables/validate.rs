@@ -131,6 +131,14 @@ pub async fn validate(
             .chain(streamed.iter().filter(|(t, _)| same(t)).map(|(_, k)| k.as_str()))
             .collect();
         let line = match &table.plugin {
+            None if table.keyless => {
+                let dead_rows: Vec<serde_json::Value> = dead
+                    .iter()
+                    .filter(|d| d.source_table == name)
+                    .filter_map(|d| serde_json::from_str(&d.source_row).ok())
+                    .collect();
+                validate_keyless(settings, table, &dead_rows).await?
+            }
             None => validate_table(settings, table, source.as_mut(), target.as_mut(), &explained).await?,
             Some(_) => validate_transformed(settings, table, source.as_mut(), target.as_mut(), &explained).await?,
         };
@@ -155,7 +163,7 @@ pub async fn validate(
 /// (for its casts), the source's kinds and column order (for decoding and
 /// comparing).
 async fn target_reading(
-    target: &mut dyn RowTarget,
+    target: &mut dyn RowSource,
     wanted: &crate::schema::TableDef,
 ) -> anyhow::Result<crate::schema::TableDef> {
     let actual = target
@@ -272,6 +280,147 @@ async fn validate_table(
         }
     }
     line.ok = line.missing == 0 && line.extra == 0 && line.different == 0;
+    Ok(line)
+}
+
+/// Buckets of a keyless table's multiset comparison.
+const BUCKETS: usize = 4096;
+
+/// Rows whose canonical hash falls in one bucket: how many, and the
+/// wrapping sum of their hashes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Bucket {
+    rows: u64,
+    sum: u128,
+}
+
+/// A row as a storage-order scan hands it over: decoded, or (a row ferry
+/// could not decode) its fields as text.
+type ScannedRow<'a> = Result<&'a Row, &'a serde_json::Value>;
+
+/// A row's canonical form (its values' canonical texts; a row ferry could
+/// not decode by its exact text) and the hash of that form.
+fn canonical_row(def: &crate::schema::TableDef, row: ScannedRow<'_>) -> (String, u128) {
+    use sha2::Digest;
+    let text = match row {
+        Ok(row) => serde_json::to_string(&row.iter().map(canonical).collect::<Vec<_>>()).expect("strings serialise"),
+        Err(unreadable) => format!("unreadable {unreadable}"),
+    };
+    let digest = sha2::Sha256::digest(format!("{}\u{1f}{text}", def.columns.len()).as_bytes());
+    (text, u128::from_le_bytes(digest[..16].try_into().expect("16 bytes")))
+}
+
+/// Reads every row of `def` in storage order on a connection of its own
+/// (the scan holds a snapshot until it is dropped), handing each row's
+/// canonical form and hash to `each`.
+async fn scan_storage_order(
+    settings: &Settings,
+    mut reader: Box<dyn RowSource>,
+    def: &crate::schema::TableDef,
+    each: &mut (dyn for<'r> FnMut(ScannedRow<'r>, String, u128) + Send),
+) -> anyhow::Result<()> {
+    let Some(positions) = reader.begin_heap_scan(def).await? else {
+        return Err(crate::error::Error::contract(format!("{} has no storage order to compare it by", def.name)));
+    };
+    let per_page = super::heap_page_blocks(def, positions, settings.batch_size);
+    let mut from = 0;
+    loop {
+        let to = from + per_page;
+        let last = to >= positions;
+        let page = reader.read_heap(def, from, (!last).then_some(to), false).await?;
+        for row in &page.rows {
+            let (text, hash) = canonical_row(def, Ok(row));
+            each(Ok(row), text, hash);
+        }
+        for unreadable in &page.unreadable {
+            let (text, hash) = canonical_row(def, Err(&unreadable.row));
+            each(Err(&unreadable.row), text, hash);
+        }
+        if last {
+            return Ok(());
+        }
+        from = to;
+    }
+}
+
+/// A table without a key (`keyless = "ctid"`): both sides read in storage
+/// order and compared as multisets of rows. Each row's canonical hash
+/// counts into one of [`BUCKETS`] buckets (rows, sum of hashes); equal
+/// buckets hold the same rows (but for a 2⁻¹²⁸ chance), so only the rows
+/// of buckets that differ are read again and matched one by one: memory
+/// stays flat when the sides agree, and bounded by the differing buckets
+/// when they do not. A source row missing from the target is explained by
+/// a dead letter holding the same row.
+async fn validate_keyless(
+    settings: &Settings,
+    table: &PlannedTable,
+    dead_rows: &[serde_json::Value],
+) -> anyhow::Result<TableValidation> {
+    let open_source = || engines::open_row_source(&settings.source.url, "source");
+    let open_target = || engines::open_row_source(&settings.target.url, "target");
+    let mut target = open_target().await?;
+    let reading = target_reading(target.as_mut(), table.target()).await?;
+    let mut counted = open_source().await?;
+    let source_rows = counted.count_rows(&table.source).await?;
+    let target_rows = target.count_rows(&reading).await?;
+    drop(counted);
+    let mut line = TableValidation::new(table, source_rows, target_rows);
+    let bucket_of = |hash: u128| (hash % BUCKETS as u128) as usize;
+    let mut sides = [vec![Bucket::default(); BUCKETS], vec![Bucket::default(); BUCKETS]];
+    for (side, reader) in [open_source().await?, target].into_iter().enumerate() {
+        let def = if side == 0 { &table.source } else { &reading };
+        let buckets = &mut sides[side];
+        scan_storage_order(settings, reader, def, &mut |_, _, hash| {
+            let b = &mut buckets[bucket_of(hash)];
+            b.rows += 1;
+            b.sum = b.sum.wrapping_add(hash);
+        })
+        .await?;
+    }
+    let differing: HashSet<usize> = (0..BUCKETS).filter(|&b| sides[0][b] != sides[1][b]).collect();
+    line.matched = (0..BUCKETS).filter(|b| !differing.contains(b)).map(|b| sides[0][b].rows).sum();
+    if !differing.is_empty() {
+        // Canonical form → (source count, target count, the row as shown).
+        let mut rows: HashMap<String, (u64, u64, serde_json::Value)> = HashMap::new();
+        let readers = [open_source().await?, open_target().await?];
+        for (side, reader) in readers.into_iter().enumerate() {
+            let def = if side == 0 { &table.source } else { &reading };
+            scan_storage_order(settings, reader, def, &mut |row, text, hash| {
+                if differing.contains(&bucket_of(hash)) {
+                    let shown = match row {
+                        Ok(row) => crate::keyset::row_json(def, row),
+                        Err(unreadable) => unreadable.clone(),
+                    };
+                    let entry = rows.entry(text).or_insert((0, 0, shown));
+                    if side == 0 { entry.0 += 1 } else { entry.1 += 1 }
+                }
+            })
+            .await?;
+        }
+        let mut unexplained_dead: Vec<&serde_json::Value> = dead_rows.iter().collect();
+        let mut listed: Vec<(u64, u64, serde_json::Value)> = rows.into_values().collect();
+        listed.sort_by_key(|(_, _, shown)| shown.to_string());
+        for (in_source, in_target, shown) in listed {
+            line.matched += in_source.min(in_target);
+            for _ in in_target..in_source {
+                match unexplained_dead.iter().position(|d| **d == shown) {
+                    Some(at) => {
+                        unexplained_dead.swap_remove(at);
+                        line.explained += 1;
+                    }
+                    None => {
+                        line.missing += 1;
+                        line.note(shown.to_string(), "missing", vec![]);
+                    }
+                }
+            }
+            for _ in in_source..in_target {
+                line.extra += 1;
+                line.note(shown.to_string(), "extra", vec![]);
+            }
+        }
+    }
+    line.ok = line.missing == 0 && line.extra == 0;
     Ok(line)
 }
 
