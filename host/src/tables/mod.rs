@@ -960,6 +960,51 @@ async fn copy_table(
             after = last;
         }
     });
+    // Pages become batches (transformed, when the table has a plugin) in a
+    // stage of their own: the plugin works on the next page while the
+    // target commits this one. Batches stay in order, so each still
+    // commits on the previous one's checkpoint.
+    let (batches, mut ready) = mpsc::channel::<anyhow::Result<RowBatch>>(1);
+    let preparer = tokio::spawn({
+        let (table, run_id) = (table.clone(), run_id.to_string());
+        let previous = start.clone();
+        async move {
+            let prepared = prepare_batches(&table, &run_id, previous, &mut rx, &batches).await;
+            if let Err(e) = prepared {
+                batches.send(Err(e)).await.ok();
+            }
+        }
+    });
+    let mut rows = 0;
+    let mut complete = true;
+    while let Some(batch) = ready.recv().await {
+        let batch = batch?;
+        if stop.load(Ordering::Relaxed) {
+            complete = false;
+            break;
+        }
+        target.commit_rows(&batch, policy).await?;
+        rows += batch.extracted;
+    }
+    drop(ready);
+    preparer.await.context("the transform task panicked")?;
+    extractor.await.context("the extraction task panicked")?;
+    if stop.load(Ordering::Relaxed) {
+        complete = false;
+    }
+    Ok((rows, complete))
+}
+
+/// The batch stage of [`copy_table`]: each page read after `previous`
+/// becomes its batch, through the table's plugin if it has one, sent on in
+/// order; stops when the pages end or the loader is gone.
+async fn prepare_batches(
+    table: &PlannedTable,
+    run_id: &str,
+    mut previous: Option<Key>,
+    pages: &mut mpsc::Receiver<anyhow::Result<RowPage>>,
+    batches: &mpsc::Sender<anyhow::Result<RowBatch>>,
+) -> anyhow::Result<()> {
     let name = table.source.name.to_string();
     let mut transformer = match &table.plugin {
         None => None,
@@ -975,16 +1020,9 @@ async fn copy_table(
             )
         }
     };
-    let mut previous = start;
-    let mut rows = 0;
     let mut seq = 0;
-    let mut complete = true;
-    while let Some(page) = rx.recv().await {
+    while let Some(page) = pages.recv().await {
         let page = page?;
-        if stop.load(Ordering::Relaxed) {
-            complete = false;
-            break;
-        }
         let extracted = page.len() as u64;
         let last_key = page.last_key.clone().expect("a non-empty page has a last key");
         let mut batch = RowBatch {
@@ -1018,15 +1056,11 @@ async fn copy_table(
                 transformed(table, &source_rows, outcomes?, &mut batch)?;
             }
         }
-        target.commit_rows(&batch, policy).await?;
+        if batches.send(Ok(batch)).await.is_err() {
+            return Ok(());
+        }
         previous = Some(last_key);
-        rows += extracted;
         seq += 1;
     }
-    drop(rx);
-    extractor.await.context("the extraction task panicked")?;
-    if stop.load(Ordering::Relaxed) {
-        complete = false;
-    }
-    Ok((rows, complete))
+    Ok(())
 }
