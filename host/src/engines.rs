@@ -95,6 +95,17 @@ impl<
 {
 }
 
+/// Opens the replication catalog of a change stream's source (PostgreSQL:
+/// logical replication; another engine has none).
+pub async fn open_replication_source(url: &DbUrl) -> anyhow::Result<Box<dyn crate::replication::ReplicationSource>> {
+    match url.engine() {
+        Engine::Postgres => Ok(Box::new(crate::postgres::replication::PgReplication::connect(url).await?)),
+        engine => Err(crate::error::Error::contract(format!(
+            "{url}: a change stream reads PostgreSQL's logical replication; a {engine} source has none              (use `ferry migrate`)"
+        ))),
+    }
+}
+
 /// Opens a database to read tables of any shape from (`role`: "source" or
 /// "target", for messages; a SQLite source is opened read-only).
 pub async fn open_row_source(url: &DbUrl, role: &str) -> anyhow::Result<Box<dyn crate::source::RowSource>> {

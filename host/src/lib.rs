@@ -22,6 +22,7 @@ pub mod model;
 pub mod plugin;
 pub mod position;
 pub mod postgres;
+pub mod replication;
 pub mod report;
 pub mod retry;
 pub mod schema;

@@ -9,14 +9,7 @@ use crate::control::RunRecord;
 use crate::db::Engine;
 use crate::settings::Settings;
 
-/// A replication slot as the source reports it.
-#[derive(Debug, Clone, Serialize)]
-pub struct SlotStatus {
-    pub name: String,
-    pub active: bool,
-    /// WAL the source keeps for this slot that the target has not confirmed.
-    pub lag_bytes: i64,
-}
+pub use crate::replication::SlotStatus;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
@@ -38,15 +31,7 @@ pub async fn source_slots(settings: &Settings, only: Option<&str>) -> anyhow::Re
     if settings.source.url.engine() != Engine::Postgres {
         return Ok(Vec::new());
     }
-    let mut conn = crate::postgres::connect(&settings.source.url, "source").await?;
-    let rows: Vec<(String, bool, Option<i64>)> = sqlx::query_as(
-        "SELECT slot_name::text, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 \
-         FROM pg_replication_slots WHERE slot_type = 'logical' AND ($1::text IS NULL OR slot_name = $1) ORDER BY 1",
-    )
-    .bind(only)
-    .fetch_all(&mut conn)
-    .await?;
-    Ok(rows.into_iter().map(|(name, active, lag)| SlotStatus { name, active, lag_bytes: lag.unwrap_or(0) }).collect())
+    crate::engines::open_replication_source(&settings.source.url).await?.slots(only).await
 }
 
 pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusReport> {

@@ -23,22 +23,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use serde::Serialize;
 
 use super::apply::{ApplyReport, ChangeBatch, ChangeCheckpoint, Item, Pending, TargetOp, flush};
 use super::debezium::ChangeOp;
 use super::pgoutput::{self, Message, Relations, RowProblem};
 use super::position::Position;
-use crate::db::{Engine, quote_ident};
+use crate::db::Engine;
 use crate::engines;
 use crate::error::Error;
 use crate::model::{DeadLetterKind, Outcome};
 use crate::plugin::Plugin;
 use crate::settings::Settings;
 use crate::source::SnapshotSource;
-use crate::tls::{FixParam, PgTls, SslMode};
 
 /// How `ferry sync` runs.
 #[derive(Debug, Clone)]
@@ -87,59 +85,27 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
     Ok(report)
 }
 
-/// Checks the source can decode logical replication.
-pub(crate) async fn check_wal_level(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
-    let wal_level: String = sqlx::query_scalar("SHOW wal_level").fetch_one(&mut *conn).await?;
-    if wal_level != "logical" {
-        return Err(crate::error::Error::contract(format!(
-            "the source's wal_level is {wal_level}; logical replication needs wal_level = logical \
-             (ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"
-        )));
-    }
-    Ok(())
-}
-
-/// Creates the publication of `tables` (quoted, comma-separated) unless it
-/// exists; whether the slot exists.
+/// Makes sure the source can stream `tables` (decodes logical changes, has
+/// the publication); whether the slot exists.
 pub(crate) async fn prepare_source(
-    conn: &mut sqlx::PgConnection,
+    settings: &Settings,
     options: &SyncOptions,
-    tables: &str,
-) -> anyhow::Result<bool> {
-    check_wal_level(conn).await?;
-    let has_publication: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
-        .bind(&options.publication)
-        .fetch_one(&mut *conn)
-        .await?;
-    if !has_publication {
-        sqlx::query(sqlx::AssertSqlSafe(&*format!(
-            "CREATE PUBLICATION {} FOR TABLE {tables}",
-            quote_ident(&options.publication)
-        )))
-        .execute(&mut *conn)
-        .await
-        .with_context(|| format!("creating publication {}", options.publication))?;
-    }
-    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)")
-        .bind(&options.slot)
-        .fetch_one(&mut *conn)
-        .await?)
+    tables: &[crate::db::TableName],
+) -> anyhow::Result<(Box<dyn crate::replication::ReplicationSource>, bool)> {
+    let mut source = engines::open_replication_source(&settings.source.url).await?;
+    source.check_logical().await?;
+    source.ensure_publication(&options.publication, tables).await?;
+    let has_slot = source.slot_exists(&options.slot).await?;
+    Ok((source, has_slot))
 }
 
-/// Creates the slot on a gated replication connection: the name of its
-/// exported snapshot, valid while `client` stays open and unstarted.
-pub(crate) async fn create_slot(client: &mut ReplicationClient, options: &SyncOptions) -> anyhow::Result<String> {
-    let rows = client
-        .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
-            quote_ident(&options.slot)
-        ))
-        .await
-        .map_err(|e| anyhow::anyhow!("creating replication slot {}: {e}", options.slot))?;
-    rows.first()
-        .and_then(|r| r.get(2).cloned().flatten())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .context("CREATE_REPLICATION_SLOT returned no snapshot name")
+/// What this pipeline's replication connection streams.
+fn stream_of(options: &SyncOptions, applied: Option<Position>) -> crate::postgres::replication::Stream<'_> {
+    crate::postgres::replication::Stream {
+        slot: &options.slot,
+        publication: &options.publication,
+        applied: applied.map_or(0, |p| p.commit),
+    }
 }
 
 /// A gated replication connection (nothing streams until `start`).
@@ -148,9 +114,13 @@ pub(crate) async fn open_gated(
     options: &SyncOptions,
     applied: Option<Position>,
 ) -> anyhow::Result<ReplicationClient> {
-    ReplicationClient::connect_gated(replication_config(settings, options, applied)?)
-        .await
-        .map_err(|e| replication_error(settings, "opening a replication connection", e))
+    crate::postgres::replication::open_gated(&settings.source.url, &stream_of(options, applied)).await
+}
+
+/// Creates the slot on a gated replication connection: the name of its
+/// exported snapshot, valid while `client` stays open and unstarted.
+pub(crate) async fn create_slot(client: &mut ReplicationClient, options: &SyncOptions) -> anyhow::Result<String> {
+    crate::postgres::replication::create_slot(client, &options.slot).await
 }
 
 /// The seed's one-table pipeline.
@@ -170,8 +140,8 @@ async fn sync_users(settings: &Settings, options: &SyncOptions, stop: Arc<Atomic
         ..Default::default()
     };
 
+    let (_, has_slot) = prepare_source(settings, options, std::slice::from_ref(&settings.source.table)).await?;
     let mut source = crate::postgres::PgSource::connect(&settings.source.url, &settings.source.table).await?;
-    let has_slot = prepare_source(source.connection(), options, &settings.source.table.quoted()).await?;
     let mut client = open_gated(settings, options, checkpoint.position).await?;
     if !has_slot {
         let snapshot = create_slot(&mut client, options).await?;
@@ -258,9 +228,8 @@ pub(crate) async fn follow<A: Applier>(
                 Some(c) => c,
                 None => {
                     let position = applier.reconnect().await?;
-                    ReplicationClient::connect(replication_config(settings, options, position)?)
-                        .await
-                        .map_err(|e| replication_error(settings, "reconnecting", e))?
+                    crate::postgres::replication::open_streaming(&settings.source.url, &stream_of(options, position))
+                        .await?
                 }
             };
             client.wait_started().await.map_err(|e| {
@@ -567,96 +536,13 @@ async fn stream<A: Applier>(
 /// Drops the slot (so the source stops retaining WAL for it) and the
 /// publication.
 pub async fn teardown(settings: &Settings, options: &SyncOptions) -> anyhow::Result<()> {
-    let mut source = crate::postgres::PgSource::connect(&settings.source.url, &settings.source.table).await?;
-    sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1")
-        .bind(&options.slot)
-        .execute(source.connection())
-        .await
-        .with_context(|| format!("dropping replication slot {} (is a ferry sync still running?)", options.slot))?;
-    sqlx::query(sqlx::AssertSqlSafe(&*format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&options.publication))))
-        .execute(source.connection())
-        .await?;
-    Ok(())
+    let mut source = engines::open_replication_source(&settings.source.url).await?;
+    source.drop_stream(&options.slot, &options.publication).await
 }
 
-/// How often the slot is told what the target has committed, also while a
-/// backlog drains (pgwire-replication's default is 10 s, pg_recvlogical's
-/// too): the source recycles WAL at most this long after ferry applied it.
-const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a stopping `sync` waits for its last acknowledgement to be
 /// written to the server.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
-
-/// The replication connection; `applied` is the target's stored position,
-/// acknowledged to the slot at once (so a restart never re-decodes what the
-/// target already holds without confirming it).
-fn replication_config(
-    settings: &Settings,
-    options: &SyncOptions,
-    applied: Option<Position>,
-) -> anyhow::Result<ReplicationConfig> {
-    let url = url::Url::parse(settings.source.url.expose()).context("parsing source.url")?;
-    let database = url.path().trim_start_matches('/');
-    let password = url.password().map(urlencoding_decode).unwrap_or_default();
-    let host = url.host_str().unwrap_or("127.0.0.1");
-    Ok(ReplicationConfig::new(
-        host,
-        if url.username().is_empty() { "postgres" } else { url.username() },
-        password,
-        if database.is_empty() { "postgres" } else { database },
-        options.slot.clone(),
-        options.publication.clone(),
-    )
-    .with_port(url.port().unwrap_or(5432))
-    .with_tls(replication_tls(settings, host)?)
-    .with_start_lsn(Lsn::ZERO)
-    .with_ack_lsn(Lsn::from_u64(applied.map_or(0, |p| p.commit)))
-    .with_status_interval(FEEDBACK_INTERVAL)
-    // The session settings ferry reads values under (see value::PG_SESSION).
-    .with_options(crate::value::PG_SESSION.iter().map(|(k, v)| format!("-c {k}={v}")).collect::<Vec<_>>().join(" "))
-    .with_application_name("ferry"))
-}
-
-/// The replication connection's TLS: the same `sslmode`, CA and client
-/// certificate as the source's query connections. `allow` is treated as
-/// `prefer` here (TLS when offered; never weaker than asked).
-fn replication_tls(settings: &Settings, host: &str) -> anyhow::Result<TlsConfig> {
-    let shown = &settings.source.url;
-    let tls = PgTls::from_url(settings.source.url.expose()).map_err(|e| anyhow::anyhow!("source.url {shown}: {e}"))?;
-    let mode = match tls.mode {
-        SslMode::Disable => pgwire_replication::SslMode::Disable,
-        SslMode::Allow | SslMode::Prefer => pgwire_replication::SslMode::Prefer,
-        SslMode::Require => pgwire_replication::SslMode::Require,
-        SslMode::VerifyCa => pgwire_replication::SslMode::VerifyCa,
-        SslMode::VerifyFull => pgwire_replication::SslMode::VerifyFull,
-    };
-    let (client_cert_pem_path, client_key_pem_path) = tls.client.clone().unzip();
-    Ok(TlsConfig {
-        mode,
-        ca_pem_path: tls.root_cert_file().map_err(|e| anyhow::anyhow!("source.url {shown}: {e}"))?,
-        // The name the certificate is checked against: the host itself, also
-        // when it is an IP address (rustls then checks the certificate's IP
-        // addresses, as libpq does).
-        sni_hostname: Some(host.to_string()),
-        client_cert_pem_path,
-        client_key_pem_path,
-    })
-}
-
-/// A replication connection that could not be opened, with the cause
-/// explained when it is about TLS.
-fn replication_error(settings: &Settings, doing: &str, e: pgwire_replication::PgWireError) -> anyhow::Error {
-    let message = e.to_string();
-    let host = crate::tls::url_host(settings.source.url.expose());
-    match crate::tls::explain(&message, &host, FixParam::Postgres) {
-        Some(cause) => anyhow::Error::new(e).context(format!("{doing} to {}: {cause}", settings.source.url)),
-        None => anyhow::Error::new(e).context(format!("{doing} to {}", settings.source.url)),
-    }
-}
-
-fn urlencoding_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("p={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
-}
 
 /// The changes in one pgoutput message, each with a description kept in its
 /// dead letter if it is not applied.

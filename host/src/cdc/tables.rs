@@ -48,11 +48,10 @@ pub async fn sync(
     crate::daemon::health().beat("starting");
     let (plan, mut target, position, mut report) = open_stream(settings, selection).await?;
 
-    let mut conn = crate::postgres::connect(&settings.source.url, "source").await?;
-    let names: Vec<String> = plan.tables.iter().map(|t| t.source.quoted()).collect();
-    let has_slot = super::sync::prepare_source(&mut conn, options, &names.join(", ")).await?;
-    check_publication(&mut conn, options, &plan).await?;
-    drop(conn);
+    let names: Vec<crate::db::TableName> = plan.tables.iter().map(|t| t.source.name.clone()).collect();
+    let (mut replication, has_slot) = super::sync::prepare_source(settings, options, &names).await?;
+    check_publication(replication.as_mut(), options, &plan).await?;
+    drop(replication);
     let mut client = super::sync::open_gated(settings, options, position).await?;
     let latest = target.latest_run(&settings.pipeline).await?;
     let loaded = latest.as_ref().is_some_and(|r| r.status == crate::control::RunStatus::Completed);
@@ -121,12 +120,17 @@ async fn open_stream(
 /// A publication ferry did not make may lack tables of the pipeline (their
 /// changes would never arrive): refused with the fix. Tables it has beyond
 /// the pipeline are reported (their changes become dead letters).
-async fn check_publication(conn: &mut sqlx::PgConnection, options: &SyncOptions, plan: &Plan) -> anyhow::Result<()> {
-    let published: Vec<(String, String)> =
-        sqlx::query_as("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1")
-            .bind(&options.publication)
-            .fetch_all(&mut *conn)
-            .await?;
+async fn check_publication(
+    source: &mut dyn crate::replication::ReplicationSource,
+    options: &SyncOptions,
+    plan: &Plan,
+) -> anyhow::Result<()> {
+    let published: Vec<(String, String)> = source
+        .publication_tables(&options.publication)
+        .await?
+        .into_iter()
+        .map(|t| (t.schema.unwrap_or_default(), t.name))
+        .collect();
     let is_published = |def: &TableDef| published.iter().any(|(s, t)| names_table(def, Some(s), t));
     let missing: Vec<String> =
         plan.tables.iter().filter(|t| !is_published(&t.source)).map(|t| t.source.name.to_string()).collect();

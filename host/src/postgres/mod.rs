@@ -3,6 +3,7 @@
 mod changes;
 pub(crate) mod control;
 mod copy;
+pub mod replication;
 mod source;
 mod stream;
 mod tables;

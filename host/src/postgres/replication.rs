@@ -1,0 +1,219 @@
+//! PostgreSQL as a replication source: the catalog half
+//! ([`crate::replication::ReplicationSource`] on a query connection) and the
+//! replication connection (`pgwire-replication`) with the same TLS and
+//! session settings as every other connection ferry opens.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, TlsConfig};
+use sqlx::postgres::PgConnection;
+
+use crate::db::{DbUrl, TableName, quote_ident};
+use crate::error::Error;
+use crate::replication::{ReplicationSource, SlotStatus};
+use crate::tls::{FixParam, PgTls, SslMode};
+
+/// A source's replication catalog over a query connection.
+pub struct PgReplication {
+    conn: PgConnection,
+    url: DbUrl,
+}
+
+impl PgReplication {
+    pub async fn connect(url: &DbUrl) -> anyhow::Result<PgReplication> {
+        Ok(PgReplication { conn: super::connect(url, "source").await?, url: url.clone() })
+    }
+
+    fn err(&self, doing: String, e: &sqlx::Error) -> anyhow::Error {
+        Error::driver(format!("{doing} in {}", self.url), e)
+    }
+}
+
+#[async_trait]
+impl ReplicationSource for PgReplication {
+    async fn check_logical(&mut self) -> anyhow::Result<()> {
+        let wal_level: String = sqlx::query_scalar("SHOW wal_level")
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err("reading wal_level".into(), &e))?;
+        if wal_level != "logical" {
+            return Err(Error::contract(format!(
+                "the source's wal_level is {wal_level}; logical replication needs wal_level = logical \
+                 (ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL)"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn ensure_publication(&mut self, publication: &str, tables: &[TableName]) -> anyhow::Result<()> {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
+            .bind(publication)
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("looking for publication {publication}"), &e))?;
+        if !exists {
+            let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote_ident(publication),
+                list.join(", ")
+            )))
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("creating publication {publication}"), &e))?;
+        }
+        Ok(())
+    }
+
+    async fn publication_tables(&mut self, publication: &str) -> anyhow::Result<Vec<TableName>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1")
+                .bind(publication)
+                .fetch_all(&mut self.conn)
+                .await
+                .map_err(|e| self.err(format!("reading publication {publication}"), &e))?;
+        Ok(rows.into_iter().map(|(schema, name)| TableName { schema: Some(schema), name }).collect())
+    }
+
+    async fn slot_exists(&mut self, slot: &str) -> anyhow::Result<bool> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)")
+            .bind(slot)
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("looking for replication slot {slot}"), &e))
+    }
+
+    async fn slots(&mut self, only: Option<&str>) -> anyhow::Result<Vec<SlotStatus>> {
+        let rows: Vec<(String, bool, Option<i64>)> = sqlx::query_as(
+            "SELECT slot_name::text, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 \
+             FROM pg_replication_slots WHERE slot_type = 'logical' AND ($1::text IS NULL OR slot_name = $1) ORDER BY 1",
+        )
+        .bind(only)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(|e| self.err("reading replication slots".into(), &e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, active, lag)| SlotStatus { name, active, lag_bytes: lag.unwrap_or(0) })
+            .collect())
+    }
+
+    async fn drop_stream(&mut self, slot: &str, publication: &str) -> anyhow::Result<()> {
+        sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(slot)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("dropping replication slot {slot} (is a ferry sync still running?)"), &e))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication))))
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("dropping publication {publication}"), &e))?;
+        Ok(())
+    }
+}
+
+/// How often the slot is told what the target has committed, also while a
+/// backlog drains (pgwire-replication's default is 10 s, pg_recvlogical's
+/// too): the source recycles WAL at most this long after ferry applied it.
+pub const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a replication connection streams: the slot, the publication, and
+/// the position the target already holds (acknowledged to the slot at
+/// once, so a restart never re-decodes what the target holds without
+/// confirming it).
+#[derive(Debug, Clone)]
+pub struct Stream<'a> {
+    pub slot: &'a str,
+    pub publication: &'a str,
+    pub applied: u64,
+}
+
+/// Opens a replication connection; gated: nothing streams until `start`,
+/// so a slot can be created on it first ([`create_slot`]).
+pub async fn open_gated(url: &DbUrl, stream: &Stream<'_>) -> anyhow::Result<ReplicationClient> {
+    ReplicationClient::connect_gated(config(url, stream)?)
+        .await
+        .map_err(|e| connection_error(url, "opening a replication connection", e))
+}
+
+/// Opens a replication connection that streams at once (a reconnection).
+pub async fn open_streaming(url: &DbUrl, stream: &Stream<'_>) -> anyhow::Result<ReplicationClient> {
+    ReplicationClient::connect(config(url, stream)?).await.map_err(|e| connection_error(url, "reconnecting", e))
+}
+
+/// Creates `slot` on a gated replication connection: the name of its
+/// exported snapshot, valid while `client` stays open and unstarted.
+pub async fn create_slot(client: &mut ReplicationClient, slot: &str) -> anyhow::Result<String> {
+    let rows = client
+        .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')", quote_ident(slot)))
+        .await
+        .map_err(|e| anyhow::anyhow!("creating replication slot {slot}: {e}"))?;
+    rows.first()
+        .and_then(|r| r.get(2).cloned().flatten())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .context("CREATE_REPLICATION_SLOT returned no snapshot name")
+}
+
+fn config(source: &DbUrl, stream: &Stream<'_>) -> anyhow::Result<ReplicationConfig> {
+    let url = url::Url::parse(source.expose()).context("parsing source.url")?;
+    let database = url.path().trim_start_matches('/');
+    let password = url.password().map(urlencoding_decode).unwrap_or_default();
+    let host = url.host_str().unwrap_or("127.0.0.1");
+    Ok(ReplicationConfig::new(
+        host,
+        if url.username().is_empty() { "postgres" } else { url.username() },
+        password,
+        if database.is_empty() { "postgres" } else { database },
+        stream.slot.to_string(),
+        stream.publication.to_string(),
+    )
+    .with_port(url.port().unwrap_or(5432))
+    .with_tls(tls(source, host)?)
+    .with_start_lsn(Lsn::ZERO)
+    .with_ack_lsn(Lsn::from_u64(stream.applied))
+    .with_status_interval(FEEDBACK_INTERVAL)
+    // The session settings ferry reads values under (see value::PG_SESSION).
+    .with_options(crate::value::PG_SESSION.iter().map(|(k, v)| format!("-c {k}={v}")).collect::<Vec<_>>().join(" "))
+    .with_application_name("ferry"))
+}
+
+/// The replication connection's TLS: the same `sslmode`, CA and client
+/// certificate as the source's query connections. `allow` is treated as
+/// `prefer` here (TLS when offered; never weaker than asked).
+fn tls(source: &DbUrl, host: &str) -> anyhow::Result<TlsConfig> {
+    let tls = PgTls::from_url(source.expose()).map_err(|e| anyhow::anyhow!("source.url {source}: {e}"))?;
+    let mode = match tls.mode {
+        SslMode::Disable => pgwire_replication::SslMode::Disable,
+        SslMode::Allow | SslMode::Prefer => pgwire_replication::SslMode::Prefer,
+        SslMode::Require => pgwire_replication::SslMode::Require,
+        SslMode::VerifyCa => pgwire_replication::SslMode::VerifyCa,
+        SslMode::VerifyFull => pgwire_replication::SslMode::VerifyFull,
+    };
+    let (client_cert_pem_path, client_key_pem_path) = tls.client.clone().unzip();
+    Ok(TlsConfig {
+        mode,
+        ca_pem_path: tls.root_cert_file().map_err(|e| anyhow::anyhow!("source.url {source}: {e}"))?,
+        // The name the certificate is checked against: the host itself, also
+        // when it is an IP address (rustls then checks the certificate's IP
+        // addresses, as libpq does).
+        sni_hostname: Some(host.to_string()),
+        client_cert_pem_path,
+        client_key_pem_path,
+    })
+}
+
+/// A replication connection that could not be opened, with the cause
+/// explained when it is about TLS.
+fn connection_error(source: &DbUrl, doing: &str, e: pgwire_replication::PgWireError) -> anyhow::Error {
+    let host = crate::tls::url_host(source.expose());
+    match crate::tls::explain(&e.to_string(), &host, FixParam::Postgres) {
+        Some(cause) => anyhow::Error::new(e).context(format!("{doing} to {source}: {cause}")),
+        None => anyhow::Error::new(e).context(format!("{doing} to {source}")),
+    }
+}
+
+fn urlencoding_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("p={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+}

@@ -1,0 +1,43 @@
+//! The replication-source role: what a change stream needs of its source
+//! beside the changes themselves — a server that decodes logical changes,
+//! the publication of the pipeline's tables, the slot that keeps their WAL —
+//! and what `ferry status` and `ferry check` report about it. Commands
+//! (`cdc/`, `status.rs`, `check.rs`) reach the source's replication catalog
+//! only through this trait; `postgres/replication.rs` implements it (with
+//! the replication connection itself) without importing `cdc`.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::db::TableName;
+
+/// A replication slot as the source reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotStatus {
+    pub name: String,
+    pub active: bool,
+    /// WAL the source keeps for this slot that the target has not confirmed.
+    pub lag_bytes: i64,
+}
+
+/// The catalog side of a logical-replication source.
+///
+/// Contract: `ensure_publication` creates the publication when it does not
+/// exist and never alters one that does (a user's, or an earlier run's —
+/// `publication_tables` says what it holds); `drop_stream` removes the slot
+/// (so the source stops retaining WAL for it) and the publication, and
+/// does nothing for either when it is already gone.
+#[async_trait]
+pub trait ReplicationSource: Send {
+    /// Fails with a contract error, and the fix, unless the source can
+    /// decode logical replication.
+    async fn check_logical(&mut self) -> anyhow::Result<()>;
+    /// Creates `publication` for `tables` unless it exists.
+    async fn ensure_publication(&mut self, publication: &str, tables: &[TableName]) -> anyhow::Result<()>;
+    /// The tables `publication` publishes (schema-qualified).
+    async fn publication_tables(&mut self, publication: &str) -> anyhow::Result<Vec<TableName>>;
+    async fn slot_exists(&mut self, slot: &str) -> anyhow::Result<bool>;
+    /// The source's logical slots (`only` one when given).
+    async fn slots(&mut self, only: Option<&str>) -> anyhow::Result<Vec<SlotStatus>>;
+    async fn drop_stream(&mut self, slot: &str, publication: &str) -> anyhow::Result<()>;
+}
