@@ -206,6 +206,38 @@ async fn composite_and_text_keys_resume_exactly_after_kill_9() {
     );
 }
 
+/// Starts `ferry migrate` and kills it (SIGKILL) once `table`'s copy in
+/// storage order has committed a few pages, as the target's ledger shows.
+async fn kill_during_heap_copy(p: &Pipeline, target: &PgDb, table: &str) {
+    let mut child = p
+        .command(&["migrate"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut seen = false;
+    let mut observer = target.conn().await;
+    while started.elapsed() < std::time::Duration::from_secs(120) {
+        // Absent until ferry made its control tables: then not yet.
+        let progress: Option<(String, i64)> =
+            sqlx::query_as("SELECT phase, batches FROM ferry.table_progress WHERE table_name = $1")
+                .bind(table)
+                .fetch_optional(&mut observer)
+                .await
+                .unwrap_or(None);
+        if progress.is_some_and(|(phase, batches)| phase == "copying_heap" && batches >= 3) {
+            seen = true;
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the copy finished before it could be interrupted");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen, "the copy of {table} was never seen in storage order with pages committed");
+}
+
 /// A fresh copy into a table ferry creates reads the source in heap order
 /// (no index walk); killed in the middle, it starts that table over, in key
 /// order, and the result is still exact.
@@ -228,32 +260,7 @@ async fn an_interrupted_heap_order_copy_starts_its_table_over_exactly() {
         tables_pipeline(&source.url(), &target.url(), "include = [\"public.items\"]", "[migrate]\nbatch_size = 500\n");
 
     // Kill the first run once it has committed a few heap-order pages.
-    let mut child = p
-        .command(&["migrate"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    let mut seen_heap = false;
-    let mut observer = target.conn().await;
-    while started.elapsed() < std::time::Duration::from_secs(120) {
-        // Absent until ferry made its control tables: then not yet.
-        let progress: Option<(String, i64)> =
-            sqlx::query_as("SELECT phase, batches FROM ferry.table_progress WHERE table_name = 'public.items'")
-                .fetch_optional(&mut observer)
-                .await
-                .unwrap_or(None);
-        if progress.is_some_and(|(phase, batches)| phase == "copying_heap" && batches >= 3) {
-            seen_heap = true;
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the copy finished before it could be interrupted");
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(seen_heap, "the copy was never seen in heap order with pages committed");
+    kill_during_heap_copy(&p, &target, "public.items").await;
     let partial = target.scalar_i64("SELECT count(*) FROM items").await;
     assert!(partial > 0 && partial < 60000, "killed in the middle: {partial} rows were in");
 
@@ -536,31 +543,7 @@ async fn an_interrupted_keyless_copy_starts_its_table_over_exactly() {
         "include = [\"public.log\"]\nkeyless = \"ctid\"",
         "[migrate]\nbatch_size = 500\n",
     );
-    let mut child = p
-        .command(&["migrate"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    let mut seen = false;
-    let mut observer = target.conn().await;
-    while started.elapsed() < std::time::Duration::from_secs(120) {
-        let progress: Option<(String, i64)> =
-            sqlx::query_as("SELECT phase, batches FROM ferry.table_progress WHERE table_name = 'public.log'")
-                .fetch_optional(&mut observer)
-                .await
-                .unwrap_or(None);
-        if progress.is_some_and(|(phase, batches)| phase == "copying_heap" && batches >= 3) {
-            seen = true;
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the copy finished before it could be interrupted");
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(seen, "the copy was never seen with pages committed");
+    kill_during_heap_copy(&p, &target, "public.log").await;
     let partial = target.scalar_i64("SELECT count(*) FROM log").await;
     assert!(partial > 0 && partial < 60060, "killed in the middle: {partial} rows were in");
 
