@@ -257,9 +257,9 @@ pub fn write_pg_text(value: &Value, out: &mut String) -> bool {
         }
         Value::Uuid(u) => write!(out, "{}", u.hyphenated()).unwrap(),
         Value::Date(d) => out.push_str(&format_date(*d)),
-        Value::Time(t) => out.push_str(&format_time(*t)),
-        Value::Timestamp(t) => out.push_str(&format_timestamp(*t, false)),
-        Value::TimestampTz(t) => out.push_str(&format_timestamp(*t, true)),
+        Value::Time(t) => write_time(*t, out),
+        Value::Timestamp(t) => write_timestamp(*t, false, out),
+        Value::TimestampTz(t) => write_timestamp(*t, true, out),
         Value::Interval { months, days, micros } => out.push_str(&format_interval(*months, *days, *micros)),
         Value::Array { items, .. } => {
             out.push('{');
@@ -404,13 +404,23 @@ fn parse_time(text: &str) -> Option<i64> {
 }
 
 pub fn format_time(micros: i64) -> String {
-    let (secs, frac) = (micros / 1_000_000, micros % 1_000_000);
-    let mut s = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
-    if frac != 0 {
-        let f = format!(".{frac:06}");
-        s.push_str(f.trim_end_matches('0'));
-    }
+    let mut s = String::with_capacity(15);
+    write_time(micros, &mut s);
     s
+}
+
+/// [`format_time`] appended to `out`.
+fn write_time(micros: i64, out: &mut String) {
+    let (secs, frac) = (micros / 1_000_000, micros % 1_000_000);
+    write!(out, "{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60).unwrap();
+    if frac != 0 {
+        let (mut digits, mut frac) = (6, frac);
+        while frac % 10 == 0 {
+            frac /= 10;
+            digits -= 1;
+        }
+        write!(out, ".{frac:0digits$}").unwrap();
+    }
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.ffffff][±HH[:MM[:SS]]][ BC]` or ±infinity.
@@ -451,19 +461,26 @@ fn parse_offset(text: &str) -> Option<i64> {
 }
 
 pub fn format_timestamp(micros: i64, zoned: bool) -> String {
+    let mut s = String::with_capacity(32);
+    write_timestamp(micros, zoned, &mut s);
+    s
+}
+
+/// [`format_timestamp`] appended to `out`.
+fn write_timestamp(micros: i64, zoned: bool, out: &mut String) {
     match micros {
-        i64::MAX => return "infinity".into(),
-        i64::MIN => return "-infinity".into(),
+        i64::MAX => return out.push_str("infinity"),
+        i64::MIN => return out.push_str("-infinity"),
         _ => {}
     }
-    let days = micros.div_euclid(DAY_MICROS);
-    let time = format_time(micros.rem_euclid(DAY_MICROS));
-    let (year, month, day) = civil_from_days(days);
-    let zone = if zoned { "+00" } else { "" };
+    let (year, month, day) = civil_from_days(micros.div_euclid(DAY_MICROS));
+    write!(out, "{:04}-{month:02}-{day:02} ", if year <= 0 { 1 - year } else { year }).unwrap();
+    write_time(micros.rem_euclid(DAY_MICROS), out);
+    if zoned {
+        out.push_str("+00");
+    }
     if year <= 0 {
-        format!("{:04}-{month:02}-{day:02} {time}{zone} BC", 1 - year)
-    } else {
-        format!("{year:04}-{month:02}-{day:02} {time}{zone}")
+        out.push_str(" BC");
     }
 }
 
@@ -584,21 +601,33 @@ fn parse_pg_array(text: &str) -> Option<Vec<Option<String>>> {
 
 /// Appends `text` escaped for COPY's text format.
 pub fn copy_escape(text: &str, out: &mut String) {
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
+    // Runs between special bytes are copied whole (the four are ASCII, so
+    // every cut falls on a character boundary).
+    let mut start = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let escaped = match b {
+            b'\\' => "\\\\",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            _ => continue,
+        };
+        out.push_str(&text[start..i]);
+        out.push_str(escaped);
+        start = i + 1;
     }
+    out.push_str(&text[start..]);
 }
 
 /// Reads one field of COPY's text format (`None` for `\N`).
 pub fn copy_unescape(field: &[u8]) -> Result<Option<String>, BadValue> {
     if field == b"\\N" {
         return Ok(None);
+    }
+    let invalid = |_| BadValue("COPY field is not valid UTF-8".into());
+    if !field.contains(&b'\\') {
+        // Most fields: nothing to unescape.
+        return std::str::from_utf8(field).map(|s| Some(s.to_owned())).map_err(invalid);
     }
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
@@ -631,7 +660,7 @@ pub fn copy_unescape(field: &[u8]) -> Result<Option<String>, BadValue> {
             other => out.push(other),
         }
     }
-    String::from_utf8(out).map(Some).map_err(|_| BadValue("COPY field is not valid UTF-8".into()))
+    String::from_utf8(out).map(Some).map_err(|e| invalid(e.utf8_error()))
 }
 
 /// Canonical JSON text: object keys sorted, no whitespace, integral numbers
@@ -756,5 +785,22 @@ mod tests {
         let mut s = String::new();
         copy_escape("x\ty\\", &mut s);
         assert_eq!(s, "x\\ty\\\\");
+        // Runs of multi-byte text between escapes, and at both ends.
+        s.clear();
+        copy_escape("\nÉté\r日本\\ö", &mut s);
+        assert_eq!(s, "\\nÉté\\r日本\\\\ö");
+        assert_eq!(copy_unescape(s.as_bytes()).unwrap().unwrap(), "\nÉté\r日本\\ö");
+        assert_eq!(copy_unescape("plain ü".as_bytes()).unwrap().unwrap(), "plain ü");
+        assert!(copy_unescape(&[0xff, 0xfe]).is_err(), "not UTF-8");
+    }
+
+    #[test]
+    fn times_keep_only_significant_fraction_digits() {
+        assert_eq!(format_time(0), "00:00:00");
+        assert_eq!(format_time(1), "00:00:00.000001");
+        assert_eq!(format_time(3_723_500_000), "01:02:03.5");
+        assert_eq!(format_time(86_399_120_000), "23:59:59.12");
+        assert_eq!(format_timestamp(-1, true), "1969-12-31 23:59:59.999999+00");
+        assert_eq!(format_timestamp(i64::MAX, false), "infinity");
     }
 }

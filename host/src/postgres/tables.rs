@@ -17,7 +17,7 @@ use crate::model::DeadLetterKind;
 use crate::schema::{ColumnDef, ColumnDefault, ForeignKeyDef, IndexDef, TableDef};
 use crate::sink::{Applied, ConflictError, FencedError, RowBatch, RowSink};
 use crate::source::RowSource;
-use crate::value::{Kind, copy_escape, copy_unescape, decode_pg_text, write_pg_text};
+use crate::value::{Kind, Value, copy_escape, copy_unescape, decode_pg_text, write_pg_text};
 
 /// A PostgreSQL database read or written table by table.
 pub struct PgTables {
@@ -140,11 +140,7 @@ impl PgTables {
     /// Runs a `COPY (query) TO STDOUT` and decodes its rows for `table`.
     async fn copy_out(&mut self, table: &TableDef, query: &str) -> anyhow::Result<RowPage> {
         let data = self.copy_out_bytes(table, query).await?;
-        let mut page = RowPage::default();
-        for line in lines(&data) {
-            decode_line(table, line, &mut page);
-        }
-        Ok(page)
+        Ok(decode_lines(table, &data))
     }
 
     /// The keyset query of a page (see [`RowSource::read_page`]).
@@ -314,8 +310,20 @@ fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     body.split(|&b| b == b'\n').take(if data.is_empty() { 0 } else { usize::MAX })
 }
 
-/// Decodes one COPY text line into a row of `table` (or an unreadable row).
-fn decode_line(table: &TableDef, line: &[u8], page: &mut RowPage) {
+/// Decodes COPY text data into a page of `table`'s rows (and unreadable
+/// rows), its last key the last line's.
+fn decode_lines(table: &TableDef, data: &[u8]) -> RowPage {
+    let mut page = RowPage::default();
+    let mut lines = lines(data).peekable();
+    while let Some(line) = lines.next() {
+        decode_line(table, line, &mut page, lines.peek().is_none());
+    }
+    page
+}
+
+/// Decodes one COPY text line into a row of `table` (or an unreadable row);
+/// the `last` line's key becomes the page's.
+fn decode_line(table: &TableDef, line: &[u8], page: &mut RowPage, last: bool) {
     let mut fields: Vec<Option<String>> = Vec::with_capacity(table.columns.len());
     let mut problem = None;
     for raw in line.split(|&b| b == b'\t') {
@@ -327,19 +335,39 @@ fn decode_line(table: &TableDef, line: &[u8], page: &mut RowPage) {
             }
         }
     }
-    let key = Key(table.primary_key.iter().map(|&i| fields.get(i).cloned().flatten().unwrap_or_default()).collect());
+    let key_of = |fields: &[Option<String>]| {
+        Key(table.primary_key.iter().map(|&i| fields.get(i).cloned().flatten().unwrap_or_default()).collect())
+    };
+    let key = last.then(|| key_of(&fields));
     let mut row = Vec::with_capacity(table.columns.len());
     if problem.is_none() {
-        for (column, field) in table.columns.iter().zip(&fields) {
-            match field {
-                None => row.push(crate::value::Value::Null),
-                Some(text) => match decode_pg_text(&column.kind, &column.sql_type, text) {
-                    Ok(v) => row.push(v),
-                    Err(e) => {
-                        problem = Some(format!("column {}: {e}", column.name));
-                        break;
-                    }
-                },
+        for (i, column) in table.columns.iter().enumerate().take(fields.len()) {
+            // Text kinds keep the field itself (no second copy).
+            let value = match (&column.kind, fields[i].take()) {
+                (_, None) => Ok(Value::Null),
+                (Kind::Text, Some(text)) => Ok(Value::Text(text)),
+                (Kind::Json, Some(text)) => Ok(Value::Json(text)),
+                (Kind::Numeric, Some(text)) => Ok(Value::Numeric(text)),
+                (kind, Some(text)) => {
+                    let value = decode_pg_text(kind, &column.sql_type, &text);
+                    fields[i] = Some(text);
+                    value
+                }
+            };
+            match value {
+                Ok(v) => row.push(v),
+                Err(e) => {
+                    problem = Some(format!("column {}: {e}", column.name));
+                    break;
+                }
+            }
+        }
+        if problem.is_some() {
+            // The dead letter shows every field as read.
+            for (field, value) in fields.iter_mut().zip(&row) {
+                if let Value::Text(text) | Value::Json(text) | Value::Numeric(text) = value {
+                    *field = Some(text.clone());
+                }
             }
         }
     }
@@ -350,13 +378,15 @@ fn decode_line(table: &TableDef, line: &[u8], page: &mut RowPage) {
         None => page.rows.push(row),
         Some(reason) => page.unreadable.push(RowDeadLetter {
             table: table.name.to_string(),
-            key: key.clone(),
+            key: key.clone().unwrap_or_else(|| key_of(&fields)),
             row: text_row_json(table, &fields),
             kind: DeadLetterKind::Extract,
             reason,
         }),
     }
-    page.last_key = Some(key);
+    if key.is_some() {
+        page.last_key = key;
+    }
 }
 
 /// Appends `rows` to `buf` in COPY's text format.
@@ -368,11 +398,32 @@ fn encode_rows(rows: &[ValueRow], buf: &mut String) {
             if i > 0 {
                 buf.push('\t');
             }
-            scratch.clear();
-            if write_pg_text(value, &mut scratch) {
-                copy_escape(&scratch, buf);
-            } else {
-                buf.push_str("\\N");
+            match value {
+                Value::Null => buf.push_str("\\N"),
+                // Text as it is, escaped on the way in: no copy in between.
+                Value::Text(s) | Value::Json(s) | Value::Numeric(s) => copy_escape(s, buf),
+                Value::Unsupported { text, .. } => copy_escape(text, buf),
+                // Their text never holds a byte COPY escapes.
+                Value::Bool(_)
+                | Value::Int16(_)
+                | Value::Int32(_)
+                | Value::Int64(_)
+                | Value::Float32(_)
+                | Value::Float64(_)
+                | Value::Uuid(_)
+                | Value::Date(_)
+                | Value::Time(_)
+                | Value::Timestamp(_)
+                | Value::TimestampTz(_)
+                | Value::Interval { .. } => {
+                    write_pg_text(value, buf);
+                }
+                // `\x…` and arrays: their backslashes and quotes escaped.
+                Value::Bytes(_) | Value::Array { .. } => {
+                    scratch.clear();
+                    write_pg_text(value, &mut scratch);
+                    copy_escape(&scratch, buf);
+                }
             }
         }
         buf.push('\n');
@@ -875,10 +926,7 @@ impl RowSink for PgTables {
                         Err(e) if refuses_rows(&e, policy) => {
                             sqlx::query("ROLLBACK TO SAVEPOINT ferry_raw").execute(&mut *tx).await?;
                             sqlx::query("RELEASE SAVEPOINT ferry_raw").execute(&mut *tx).await?;
-                            let mut page = RowPage::default();
-                            for line in lines(&raw.data) {
-                                decode_line(target, line, &mut page);
-                            }
+                            let page = decode_lines(target, &raw.data);
                             let keys: Vec<Key> = page.rows.iter().map(|r| Key::of(target, r)).collect();
                             refused.extend(page.unreadable);
                             decoded = (page.rows, keys);
