@@ -396,6 +396,42 @@ async fn serials_defaults_and_generated_columns_are_recreated_and_sequences_foll
     );
 }
 
+/// SQLite's `INTEGER PRIMARY KEY` is its rowid, handed out to rows
+/// inserted without one: copied into PostgreSQL it becomes an identity
+/// column (BY DEFAULT) whose next value is the one SQLite would give —
+/// past deleted rows under `AUTOINCREMENT`, max + 1 otherwise.
+#[tokio::test]
+async fn sqlite_rowid_keys_become_identity_columns_that_continue_where_sqlite_would() {
+    let (file, target) = (SqliteDb::new(), PgDb::new("rowid_dst").await);
+    file.exec(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
+         CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE pairs (a INTEGER, b INTEGER, PRIMARY KEY (a, b));
+         INSERT INTO notes (body) VALUES ('a'), ('b'), ('c'), ('d');
+         DELETE FROM notes WHERE id >= 3;
+         INSERT INTO tags (name) VALUES ('x'), ('y'), ('z');
+         DELETE FROM tags WHERE id = 3;
+         INSERT INTO pairs VALUES (1, 2);",
+    )
+    .await;
+    let p = tables_pipeline(&file.url(), &target.url(), "include = [\"*\"]", "");
+    let run = p.ferry(&["migrate"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let identity = |table: &str| {
+        format!("SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attidentity = 'd'")
+    };
+    assert_eq!(target.scalar_i64(&identity("notes")).await, 1);
+    assert_eq!(target.scalar_i64(&identity("pairs")).await, 0, "a composite key is no rowid");
+    for (insert, table) in [
+        ("INSERT INTO notes (body) VALUES ('new') RETURNING id", "notes"),
+        ("INSERT INTO tags (name) VALUES ('new') RETURNING id", "tags"),
+    ] {
+        let in_sqlite = file.scalar_i64(insert).await;
+        assert_eq!(target.scalar_i64(insert).await, in_sqlite, "{table}");
+    }
+    assert_eq!(file.scalar_i64("SELECT max(id) FROM notes").await, 5, "AUTOINCREMENT skipped the deleted 3 and 4");
+}
+
 /// A table without a key as a multiset of rows, by a query of our own:
 /// each distinct row (as PostgreSQL prints it) with how often it occurs.
 async fn row_multiset(db: &PgDb, table: &str) -> Vec<(String, i64)> {

@@ -242,6 +242,42 @@ pub(super) fn push_stored(b: &mut sqlx::query_builder::Separated<'_, Sqlite, &'s
 }
 
 impl SqliteTables {
+    /// Whether `table` has rowids (is not `WITHOUT ROWID`).
+    async fn has_rowid(&mut self, table: &TableName) -> anyhow::Result<bool> {
+        let sql: Option<String> =
+            sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1")
+                .bind(&table.name)
+                .fetch_optional(&mut self.conn)
+                .await
+                .map_err(|e| self.err(format!("reading the definition of {table}"), &e))?;
+        Ok(!sql.unwrap_or_default().to_ascii_uppercase().contains("WITHOUT ROWID"))
+    }
+
+    /// The rowid SQLite gives the next row inserted without one: past the
+    /// highest, and past every one ever used under `AUTOINCREMENT`.
+    async fn rowid_next(&mut self, table: &TableName) -> anyhow::Result<i64> {
+        let t = quote_ident(&table.name);
+        let highest: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT coalesce(max(rowid), 0) FROM {t}")))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("reading the rowids of {table}"), &e))?;
+        let has_sequence: bool = sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'",
+        )
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(|e| self.err("reading sqlite_master".into(), &e))?;
+        let used: Option<i64> = match has_sequence {
+            true => sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = ?1")
+                .bind(&table.name)
+                .fetch_optional(&mut self.conn)
+                .await
+                .map_err(|e| self.err(format!("reading the AUTOINCREMENT counter of {table}"), &e))?,
+            false => None,
+        };
+        Ok(highest.max(used.unwrap_or(0)).saturating_add(1))
+    }
+
     pub async fn connect(url: &DbUrl, role: &str) -> anyhow::Result<SqliteTables> {
         let conn = connect(url, role, role == "target").await?;
         Ok(SqliteTables { conn, url: url.clone() })
@@ -380,6 +416,15 @@ impl RowSource for SqliteTables {
             ));
         }
         key.sort();
+        // `INTEGER PRIMARY KEY` is the rowid: SQLite hands out the next one
+        // to a row inserted without it — an identity column by another name.
+        if let [(_, at)] = key[..]
+            && columns[at].sql_type.eq_ignore_ascii_case("INTEGER")
+            && self.has_rowid(&name).await?
+        {
+            let next = self.rowid_next(&name).await?;
+            columns[at].identity = Some(crate::schema::Identity { always: false, next });
+        }
         let mut indexes = Vec::new();
         let list =
             sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA index_list({t})"))).fetch_all(&mut self.conn).await?;
@@ -495,6 +540,14 @@ impl RowSource for SqliteTables {
         let rows =
             qb.build().fetch_all(&mut self.conn).await.map_err(|e| self.err(format!("reading {}", table.name), &e))?;
         Self::decode_rows(table, rows)
+    }
+
+    async fn sequence_positions(&mut self, table: &TableDef) -> anyhow::Result<Vec<(String, i64)>> {
+        let mut positions = Vec::new();
+        for (column, _) in table.sequence_columns() {
+            positions.push((column.name.clone(), self.rowid_next(&table.name).await?));
+        }
+        Ok(positions)
     }
 
     /// SQLite's storage order is its rowids (a table without a key has
