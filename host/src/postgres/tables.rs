@@ -720,7 +720,8 @@ impl RowSource for PgTables {
             },
             false => self.copy_out(table, &query).await?,
         };
-        page.last_key = Some(Key(vec![to.map_or_else(|| "heap end".to_string(), |to| format!("heap block {to}"))]));
+        let to = to.map_or_else(|| "end".to_string(), |to| to.to_string());
+        page.last_key = Some(Key(vec![format!("heap blocks {from}..{to}")]));
         Ok(page)
     }
 

@@ -582,7 +582,8 @@ impl RowSource for SqliteTables {
             .await
             .map_err(|e| self.err(format!("reading {}", table.name), &e))?;
         let mut page = Self::decode_rows(table, rows)?;
-        page.last_key = Some(Key(vec![to.map_or_else(|| "rowid end".to_string(), |to| format!("rowid {to}"))]));
+        let to = to.map_or_else(|| "end".to_string(), |to| to.to_string());
+        page.last_key = Some(Key(vec![format!("rowids {from}..{to}")]));
         Ok(page)
     }
 

@@ -1022,9 +1022,16 @@ async fn prepare_batches(
     };
     let mut seq = 0;
     while let Some(page) = pages.recv().await {
-        let page = page?;
+        let mut page = page?;
         let extracted = page.len() as u64;
         let last_key = page.last_key.clone().expect("a non-empty page has a last key");
+        if table.keyless {
+            // No key to name a dead letter by: its place in the scan
+            // (unique in the run: a restart drops the table's dead letters).
+            for (i, unreadable) in page.unreadable.iter_mut().enumerate() {
+                unreadable.key = Key(vec![format!("{last_key} unreadable {}", i + 1)]);
+            }
+        }
         let mut batch = RowBatch {
             run_id: run_id.to_string(),
             table: name.clone(),
@@ -1041,7 +1048,10 @@ async fn prepare_batches(
         };
         match transformer.take() {
             None => {
-                let keys = page.rows.iter().map(|r| Key::of(&table.source, r)).collect();
+                let keys = match table.keyless {
+                    true => (1..=page.rows.len()).map(|i| Key(vec![format!("{last_key} row {i}")])).collect(),
+                    false => page.rows.iter().map(|r| Key::of(&table.source, r)).collect(),
+                };
                 batch.producing = (page.rows.len() + page.raw.as_ref().map_or(0, |r| r.rows)) as u64;
                 batch.writes.push(TableWrite { target: table.target().clone(), rows: page.rows, keys, raw: page.raw });
             }
