@@ -4,10 +4,7 @@
 //! order and one row per item; test orders (`status = 'test'`) are filtered
 //! out; an order whose items are not a JSON array of items is rejected.
 
-wit_bindgen::generate!({
-    path: "../../wit/row",
-    world: "row-transform",
-});
+ferry_plugin::transform_row!(Plugin);
 
 use std::cell::RefCell;
 
@@ -161,5 +158,3 @@ impl Guest for Plugin {
         Ok(vec![OutputKey { table: "order_items".into(), key: key.clone() }, OutputKey { table: "orders".into(), key }])
     }
 }
-
-export!(Plugin);

@@ -1,17 +1,8 @@
-//! The seed's users transform, exported as `ferry:transform/transform-user`.
-//! The rules live in the `user-rules` crate; this file only crosses the WIT
-//! border.
+//! The seed's users transform, exported as `ferry:transform/transform-user`
+//! (with `user-key`). The rules live in the `user-rules` crate; this file
+//! only maps the contract's records onto them.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "user-transform-keyed",
-});
-
-use exports::ferry::transform::transform_user::{Guest, LegacyUser, NewUser, RowError};
-
-struct Plugin;
-
-fn apply(row: LegacyUser) -> Result<NewUser, RowError> {
+fn transform(row: LegacyUser) -> Result<NewUser, RowError> {
     let legacy = user_rules::Legacy {
         id: row.id,
         name: row.name.as_deref(),
@@ -31,20 +22,8 @@ fn apply(row: LegacyUser) -> Result<NewUser, RowError> {
         .map_err(RowError::Reject)
 }
 
-impl Guest for Plugin {
-    fn transform(row: LegacyUser) -> Result<NewUser, RowError> {
-        apply(row)
-    }
-
-    fn transform_batch(rows: Vec<LegacyUser>) -> Vec<Result<NewUser, RowError>> {
-        rows.into_iter().map(apply).collect()
-    }
+fn target_key(id: i64) -> Result<String, RowError> {
+    Ok(user_rules::target_key(id))
 }
 
-impl exports::ferry::transform::user_key::Guest for Plugin {
-    fn target_key(id: i64) -> Result<String, RowError> {
-        Ok(user_rules::target_key(id))
-    }
-}
-
-export!(Plugin);
+ferry_plugin::transform_user!(transform, target_key = target_key);

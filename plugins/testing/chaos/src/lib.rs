@@ -7,15 +7,6 @@
 //! * `chaos:alloc` — allocates without bound (the memory cap must stop it);
 //! * `chaos:fatal` — returns `fatal`, which must stop the run cleanly.
 
-wit_bindgen::generate!({
-    path: "../../../wit",
-    world: "user-transform",
-});
-
-use exports::ferry::transform::transform_user::{Guest, LegacyUser, NewUser, RowError};
-
-struct Plugin;
-
 fn apply(row: LegacyUser) -> Result<NewUser, RowError> {
     match row.name.as_deref() {
         Some("chaos:panic") => panic!("chaos plugin: deliberate panic on row {}", row.id),
@@ -56,14 +47,5 @@ fn apply(row: LegacyUser) -> Result<NewUser, RowError> {
         .map_err(RowError::Reject)
 }
 
-impl Guest for Plugin {
-    fn transform(row: LegacyUser) -> Result<NewUser, RowError> {
-        apply(row)
-    }
-
-    fn transform_batch(rows: Vec<LegacyUser>) -> Vec<Result<NewUser, RowError>> {
-        rows.into_iter().map(apply).collect()
-    }
-}
-
-export!(Plugin);
+// No `user-key`: the fixture for a transform-user plugin without one.
+ferry_plugin::transform_user!(apply);
