@@ -6,8 +6,7 @@
 //! from the one-row form, and exports the component:
 //!
 //! ```ignore
-//! use ferry_plugin::user::{LegacyUser, NewUser, RowError};
-//!
+//! // LegacyUser, NewUser and RowError are brought into scope by the macro.
 //! fn transform(row: LegacyUser) -> Result<NewUser, RowError> { … }
 //! fn target_key(id: i64) -> Result<String, RowError> { … }
 //!
@@ -21,9 +20,9 @@
 //! generated `exports::ferry::transform::transform_row::Guest` (its rules
 //! need `describe` as well as rows, so the trait is theirs to implement).
 //!
-//! The macros expand in the plugin crate; the types they generate are the
-//! plugin's own (`exports::ferry::transform::…`), re-exported under
-//! `ferry_plugin::user` paths only as a convention for the macro's caller.
+//! The macros expand in the plugin crate, so the generated types are the
+//! plugin's own (`exports::ferry::transform::…`, `ferry::transform::types`).
+//! One macro per crate: a component exports one contract.
 
 pub use ferry_plugin_macros::{transform_row, transform_user};
 /// The bindings generator the macros expand to, so plugin crates do not
