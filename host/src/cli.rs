@@ -561,11 +561,28 @@ fn plugin_info(path: &std::path::Path, json: bool) -> i32 {
     match crate::plugin::TablePlugin::load(path, &options) {
         Err(e) => fail(&e.into()),
         Ok(p) => {
-            let exports = p.interface();
+            let (exports, facts) = (p.interface(), p.facts());
             if json {
-                print_json(&serde_json::json!({"path": path, "sha256": p.sha256(), "exports": exports}));
+                print_json(&serde_json::json!({
+                    "path": path,
+                    "sha256": p.sha256(),
+                    "exports": exports,
+                    "contract": facts.exports,
+                    "imports": facts.imports,
+                    "bytes": facts.bytes,
+                    "compile_seconds": facts.compile_seconds,
+                }));
             } else {
-                println!("{}\n  sha256  {}\n  exports {exports}", path.display(), p.sha256());
+                let list = |items: &[String]| if items.is_empty() { "nothing".to_string() } else { items.join(", ") };
+                println!(
+                    "{}\n  sha256   {}\n  contract {exports} (exports: {})\n  imports  {} (linked deny-all)\n  size     {} bytes\n  compile  {:.2} s",
+                    path.display(),
+                    p.sha256(),
+                    list(&facts.exports),
+                    list(&facts.imports),
+                    facts.bytes,
+                    facts.compile_seconds
+                );
             }
             exit::OK
         }

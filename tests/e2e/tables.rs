@@ -994,7 +994,17 @@ fn plugin_info_names_the_contract_of_either_version() {
     assert_eq!(row.code, 0, "{row:?}");
     assert_eq!(row.json()["exports"], "ferry:transform/transform-row@0.2.0");
     let user = ferry(&["plugin", "info", "--json", plugins.transform_user.to_str().unwrap()]);
-    assert_eq!(user.json()["exports"], "ferry:transform/transform-user@0.1.0");
+    let facts = user.json();
+    assert_eq!(facts["exports"], "ferry:transform/transform-user@0.1.0");
+    // Every export and import the component declares, its size and what
+    // compiling it cost: read from the component, checked against the file.
+    let contract = facts["contract"].to_string();
+    assert!(contract.contains("transform-user@0.1.0") && contract.contains("user-key@0.1.0"), "{facts}");
+    assert!(facts["imports"].to_string().contains("wasi:"), "a Rust wasip2 component imports WASI: {facts}");
+    assert_eq!(facts["bytes"].as_u64(), Some(std::fs::metadata(&plugins.transform_user).unwrap().len()));
+    assert!(facts["compile_seconds"].as_f64().is_some_and(|s| s > 0.0), "{facts}");
+    let chaos = ferry(&["plugin", "info", "--json", plugins.chaos.to_str().unwrap()]);
+    assert!(!chaos.json()["contract"].to_string().contains("user-key"), "{chaos:?}");
     let wrong = ferry(&["plugin", "info", plugins.wrong_world.to_str().unwrap()]);
     assert_eq!(wrong.code, 8, "another contract: {wrong:?}");
     assert!(

@@ -100,6 +100,7 @@ pub struct Plugin {
     path: PathBuf,
     sha256: String,
     limits: Limits,
+    facts: Facts,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -123,13 +124,31 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// What `ferry plugin info` shows of a component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Facts {
+    /// Size of the `.wasm`.
+    pub bytes: u64,
+    /// What it imports (WASI interfaces a toolchain links in; the sandbox
+    /// links them deny-all).
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// Compiling it to machine code (from the cache when one is set).
+    pub compile_seconds: f64,
+}
+
+/// A component read, pinned, checked, compiled and linked.
+struct Compiled {
+    engine: Engine,
+    component: Component,
+    instance_pre: wasmtime::component::InstancePre<State>,
+    sha256: String,
+    facts: Facts,
+}
+
 /// Reads, pins, checks and compiles a component, and links it against the
-/// sandbox's deny-all WASI: what every contract's loading shares. Returns
-/// the engine, the component, its pre-instance and its SHA-256.
-fn compile(
-    path: &Path,
-    options: &LoadOptions,
-) -> Result<(Engine, Component, wasmtime::component::InstancePre<State>, String), PluginError> {
+/// sandbox's deny-all WASI: what every contract's loading shares.
+fn compile(path: &Path, options: &LoadOptions) -> Result<Compiled, PluginError> {
     let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.into(), source })?;
     let sha256 = sha256_hex(&bytes);
     if let Some(pinned) = options.pinned_sha256.as_ref().filter(|p| !p.eq_ignore_ascii_case(&sha256)) {
@@ -143,26 +162,35 @@ fn compile(
         return Err(PluginError::CoreModule { path: path.into() });
     }
     let engine = sandbox::engine(options.cache_dir.as_deref()).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    let started = std::time::Instant::now();
     let component = Component::new(&engine, &bytes)
         .map_err(|e| PluginError::Invalid { path: path.into(), message: format!("{e:#}") })?;
+    let names = |items: &mut dyn Iterator<Item = &str>| items.map(str::to_string).collect::<Vec<_>>();
+    let ty = component.component_type();
+    let facts = Facts {
+        bytes: bytes.len() as u64,
+        imports: names(&mut ty.imports(&engine).map(|(name, _)| name)),
+        exports: names(&mut ty.exports(&engine).map(|(name, _)| name)),
+        compile_seconds: started.elapsed().as_secs_f64(),
+    };
     let mut linker: Linker<State> = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
     let instance_pre = linker
         .instantiate_pre(&component)
         .map_err(|e| PluginError::Instantiate { path: path.into(), message: format!("{e:#}") })?;
-    Ok((engine, component, instance_pre, sha256))
+    Ok(Compiled { engine, component, instance_pre, sha256, facts })
 }
 
 impl Plugin {
     /// Reads, checks, pins and compiles the component at `path`.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Arc<Plugin>, PluginError> {
-        let (engine, component, instance_pre, sha256) = compile(path, options)?;
+        let Compiled { engine, component, instance_pre, sha256, facts } = compile(path, options)?;
         let pre = UserTransformPre::new(instance_pre)
             .map_err(|_| PluginError::WrongWorld { path: path.into(), exports: export_names(&engine, &component) })?;
         let key_export = component
             .get_export_index(None, bindings::KEY_INTERFACE)
             .and_then(|instance| component.get_export_index(Some(&instance), "target-key"));
-        let plugin = Plugin { engine, pre, key_export, path: path.into(), sha256, limits: options.limits };
+        let plugin = Plugin { engine, pre, key_export, path: path.into(), sha256, limits: options.limits, facts };
         // Instantiate once now: a bad `user-key` signature is a load error.
         plugin.fresh()?;
         Ok(Arc::new(plugin))
@@ -185,6 +213,10 @@ impl Plugin {
     pub fn instantiate(self: &Arc<Self>) -> Result<Transformer, PluginError> {
         let (store, bindings, key) = self.fresh()?;
         Ok(Transformer { plugin: Arc::clone(self), store, bindings, key, traps: 0 })
+    }
+
+    pub fn facts(&self) -> &Facts {
+        &self.facts
     }
 
     /// Whether the plugin maps source keys to target keys (`user-key`).

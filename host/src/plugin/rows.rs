@@ -37,6 +37,7 @@ pub struct RowPlugin {
     path: PathBuf,
     sha256: String,
     limits: super::Limits,
+    facts: super::Facts,
 }
 
 impl std::fmt::Debug for RowPlugin {
@@ -47,12 +48,12 @@ impl std::fmt::Debug for RowPlugin {
 
 impl RowPlugin {
     pub fn load(path: &Path, options: &LoadOptions) -> Result<Arc<RowPlugin>, PluginError> {
-        let (engine, component, instance_pre, sha256) = compile(path, options)?;
+        let super::Compiled { engine, component, instance_pre, sha256, facts } = compile(path, options)?;
         let pre = RowTransformPre::new(instance_pre).map_err(|_| PluginError::WrongRowWorld {
             path: path.into(),
             exports: export_names(&engine, &component),
         })?;
-        Ok(Arc::new(RowPlugin { engine, pre, path: path.into(), sha256, limits: options.limits }))
+        Ok(Arc::new(RowPlugin { engine, pre, path: path.into(), sha256, limits: options.limits, facts }))
     }
 
     pub fn sha256(&self) -> &str {
@@ -465,6 +466,13 @@ impl TablePlugin {
         match self {
             TablePlugin::Row(p) => p.sha256(),
             TablePlugin::User(p) => p.sha256(),
+        }
+    }
+
+    pub fn facts(&self) -> &super::Facts {
+        match self {
+            TablePlugin::Row(p) => &p.facts,
+            TablePlugin::User(p) => p.facts(),
         }
     }
 
