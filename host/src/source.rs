@@ -50,7 +50,12 @@ pub trait SnapshotSource: Send {
     /// The table's shape, or `None` if it does not exist.
     async fn shape(&mut self) -> anyhow::Result<Option<TableShape>>;
     /// Number of rows.
-    async fn count(&mut self) -> anyhow::Result<u64>;
+    async fn count(&mut self) -> anyhow::Result<u64> {
+        self.count_after(None).await
+    }
+    /// Number of rows whose key is strictly greater than `after` (all rows
+    /// when `None`): what a resumed read has left.
+    async fn count_after(&mut self, after: Option<i64>) -> anyhow::Result<u64>;
     /// The next page after `after` (see the trait's contract).
     async fn read_after(&mut self, after: Option<i64>, limit: usize) -> anyhow::Result<SourceBatch>;
     /// The rows with these keys (missing keys are absent from the result).

@@ -636,14 +636,8 @@ async fn initial_load(
 ) -> anyhow::Result<()> {
     source.begin_snapshot(snapshot).await?;
     let mut after = checkpoint.snapshot_key;
-    let remaining: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(&*format!(
-        "SELECT count(*) FROM {} WHERE $1::int8 IS NULL OR id > $1",
-        settings.source.table.quoted()
-    )))
-    .bind(after)
-    .fetch_one(source.connection())
-    .await?;
-    let total_chunks = (remaining as u64).div_ceil(options.chunk_rows as u64);
+    let remaining = source.count_after(after).await?;
+    let total_chunks = remaining.div_ceil(options.chunk_rows as u64);
     let mut chunk = 0u64;
     loop {
         let batch = source.read_after(after, options.chunk_rows).await?;

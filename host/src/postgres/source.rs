@@ -87,9 +87,10 @@ impl SnapshotSource for PgSource {
         table_shape(&mut self.conn, &self.table).await
     }
 
-    async fn count(&mut self) -> anyhow::Result<u64> {
-        let sql = format!("SELECT count(*) FROM {}", self.table.quoted());
+    async fn count_after(&mut self, after: Option<i64>) -> anyhow::Result<u64> {
+        let sql = format!("SELECT count(*) FROM {} WHERE $1::int8 IS NULL OR id > $1", self.table.quoted());
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql))
+            .bind(after)
             .fetch_one(&mut self.conn)
             .await
             .map_err(|e| self.context("counting rows", e))?;

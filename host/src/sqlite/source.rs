@@ -94,9 +94,10 @@ impl SnapshotSource for SqliteSource {
         table_shape(&mut self.conn, &self.table).await
     }
 
-    async fn count(&mut self) -> anyhow::Result<u64> {
-        let sql = format!("SELECT count(*) FROM {}", table_sql(&self.table));
+    async fn count_after(&mut self, after: Option<i64>) -> anyhow::Result<u64> {
+        let sql = format!("SELECT count(*) FROM {} WHERE ?1 IS NULL OR id > ?1", table_sql(&self.table));
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(&*sql))
+            .bind(after)
             .fetch_one(&mut self.conn)
             .await
             .map_err(|e| self.err("counting rows", e))?;
