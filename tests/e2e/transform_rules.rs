@@ -183,3 +183,18 @@ fn key_mapping_matches_the_transform_and_is_optional() {
     assert!(!chaos.plugin().has_key_mapping());
     assert_eq!(chaos.target_key(42).unwrap(), None);
 }
+
+/// A plugin's randomness (`wasi:random`, here std's hash seed) is a seeded
+/// generator reset before every call: two instances — a migration's and
+/// the one `validate` re-transforms with — draw the same numbers for the
+/// same call, so the same row comes out.
+#[test]
+fn a_plugin_drawing_random_numbers_returns_the_same_row_in_every_instance() {
+    let options = LoadOptions { limits: Default::default(), pinned_sha256: None, cache_dir: None };
+    let plugin = Plugin::load(&plugins().chaos, &options).unwrap();
+    let drawn: Vec<String> = (0..3)
+        .map(|_| ok(&mut plugin.instantiate().unwrap(), row(Some("chaos:random"), Some("a@b"), None)).first_name)
+        .collect();
+    assert!(drawn[0].starts_with("random") && drawn[0].len() > "random".len() + 4, "{drawn:?}");
+    assert!(drawn.iter().all(|d| d == &drawn[0]), "every instance drew the same: {drawn:?}");
+}

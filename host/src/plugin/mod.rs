@@ -296,7 +296,7 @@ impl Transformer {
     /// to find the row(s) that trap; only those become `Trapped`.
     pub fn transform_batch(&mut self, rows: Vec<LegacyUser>) -> Result<(Vec<LegacyUser>, Vec<Outcome>), PluginError> {
         let wit_rows: Vec<_> = rows.into_iter().map(bindings::to_wit).collect();
-        self.store.set_epoch_deadline(self.plugin.limits.deadline_ticks());
+        sandbox::arm(&mut self.store, &self.plugin.limits);
         let result = self.bindings.ferry_transform_transform_user().call_transform_batch(&mut self.store, &wit_rows);
         let rows: Vec<LegacyUser> = wit_rows.into_iter().map(bindings::from_wit).collect();
         match result {
@@ -326,7 +326,7 @@ impl Transformer {
     /// [`Outcome::Trapped`]; the instance is then replaced.
     pub fn transform_one(&mut self, row: &LegacyUser) -> Result<Outcome, PluginError> {
         let wit_row = bindings::to_wit(row.clone());
-        self.store.set_epoch_deadline(self.plugin.limits.deadline_ticks());
+        sandbox::arm(&mut self.store, &self.plugin.limits);
         match self.bindings.ferry_transform_transform_user().call_transform(&mut self.store, &wit_row) {
             Ok(result) => Ok(bindings::outcome(result)),
             Err(err) => {
@@ -341,7 +341,7 @@ impl Transformer {
     /// export. `Ok(None)` when the plugin has no such export.
     pub fn target_key(&mut self, id: i64) -> Result<Option<KeyOutcome>, PluginError> {
         let Some(func) = self.key else { return Ok(None) };
-        self.store.set_epoch_deadline(self.plugin.limits.deadline_ticks());
+        sandbox::arm(&mut self.store, &self.plugin.limits);
         match func.call(&mut self.store, (id,)) {
             Ok((Ok(key),)) => Ok(Some(KeyOutcome::Key(key))),
             Ok((Err(bindings::RowError::Reject(reason)),)) => Ok(Some(KeyOutcome::Rejected(reason))),

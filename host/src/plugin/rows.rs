@@ -107,7 +107,7 @@ impl RowTransformer {
     }
 
     fn call_describe(&mut self, schema: &wit::TableSchema) -> Result<Vec<TableDef>, PluginError> {
-        self.store.set_epoch_deadline(self.plugin.limits.deadline_ticks());
+        super::sandbox::arm(&mut self.store, &self.plugin.limits);
         let refused = |reason: String| PluginError::Refused {
             path: self.plugin.path.clone(),
             table: schema.name.clone(),
@@ -123,7 +123,7 @@ impl RowTransformer {
     /// Transforms rows of `table` (described before): one outcome per row.
     pub fn transform_batch(&mut self, table: &str, rows: &[Row]) -> Result<Vec<RowOutcome>, PluginError> {
         let wit_rows: Vec<Vec<wit::Value>> = rows.iter().map(|r| r.iter().map(value_to_wit).collect()).collect();
-        self.store.set_epoch_deadline(self.plugin.limits.deadline_ticks());
+        super::sandbox::arm(&mut self.store, &self.plugin.limits);
         let result =
             self.bindings.ferry_transform_transform_row().call_transform_batch(&mut self.store, table, &wit_rows);
         match result {
@@ -140,7 +140,7 @@ impl RowTransformer {
                 self.replace()?;
                 let mut outcomes = Vec::with_capacity(rows.len());
                 for row in wit_rows {
-                    self.store.set_epoch_deadline(self.plugin.limits.deadline_ticks());
+                    super::sandbox::arm(&mut self.store, &self.plugin.limits);
                     let one = self.bindings.ferry_transform_transform_row().call_transform_batch(
                         &mut self.store,
                         table,
@@ -172,7 +172,7 @@ impl RowTransformer {
     /// starts with them.
     pub fn target_keys(&mut self, table: &str, key: &[Value]) -> Result<RowOutcome, PluginError> {
         let wit_key: Vec<wit::Value> = key.iter().map(value_to_wit).collect();
-        self.store.set_epoch_deadline(self.plugin.limits.deadline_ticks());
+        super::sandbox::arm(&mut self.store, &self.plugin.limits);
         match self.bindings.ferry_transform_transform_row().call_target_keys(&mut self.store, table, &wit_key) {
             Ok(Ok(keys)) => Ok(RowOutcome::Rows(
                 keys.into_iter().map(|k| (k.table, k.key.into_iter().map(value_from_wit).collect())).collect(),

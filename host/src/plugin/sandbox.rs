@@ -4,7 +4,8 @@
 //! A plugin gets no filesystem, network, environment, arguments or clock: the
 //! WASI context is empty (a wasm32-wasip2 component imports WASI interfaces
 //! even when it never uses them, so they are linked, granting nothing), the
-//! clocks are frozen at the epoch, stdout is discarded and stderr is captured
+//! clocks are frozen at the epoch, `wasi:random` is a seeded generator reset
+//! before every call ([`arm`]), stdout is discarded and stderr is captured
 //! (bounded) so a panic message can be reported with the trap.
 
 use std::time::Duration;
@@ -94,16 +95,24 @@ pub struct State {
     table: ResourceTable,
     pub limits: StoreLimits,
     stderr: MemoryOutputPipe,
+    random: SeededRandom,
 }
 
 impl State {
     pub fn new(limits: &Limits) -> State {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
-        let wasi =
-            WasiCtxBuilder::new().stderr(stderr.clone()).wall_clock(FrozenClock).monotonic_clock(FrozenClock).build();
+        let random = SeededRandom::new();
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(random.clone())
+            .insecure_random(random.clone())
+            .insecure_random_seed(u128::from(RANDOM_SEED))
+            .build();
         let limits =
             StoreLimitsBuilder::new().memory_size(limits.memory_bytes as usize).trap_on_grow_failure(true).build();
-        State { wasi, table: ResourceTable::new(), limits, stderr }
+        State { wasi, table: ResourceTable::new(), limits, stderr, random }
     }
 
     /// What the plugin wrote to stderr (e.g. a panic message), trimmed.
@@ -145,6 +154,53 @@ impl HostMonotonicClock for FrozenClock {
 pub fn store(engine: &Engine, limits: &Limits) -> wasmtime::Store<State> {
     let mut store = wasmtime::Store::new(engine, State::new(limits));
     store.limiter(|s| &mut s.limits);
-    store.set_epoch_deadline(limits.deadline_ticks());
+    arm(&mut store, limits);
     store
+}
+
+/// Before every call into a plugin: the CPU deadline starts again, and
+/// `wasi:random` starts again from the same seed — so a plugin that draws
+/// random numbers still returns the same output for the same call (the
+/// rows `validate` re-transforms, the row-by-row replay after a trap).
+/// What an instance keeps between calls in its own memory is its own.
+pub fn arm(store: &mut wasmtime::Store<State>, limits: &Limits) {
+    store.set_epoch_deadline(limits.deadline_ticks());
+    store.data().random.reset();
+}
+
+/// The seed every call's random numbers start from.
+const RANDOM_SEED: u64 = 0x6665_7272_7921;
+
+/// `wasi:random` for plugins (secure and insecure alike): a seeded
+/// generator shared with the host, which resets it before each call.
+#[derive(Clone)]
+pub struct SeededRandom(std::sync::Arc<std::sync::Mutex<wasi_rand::rngs::StdRng>>);
+
+impl SeededRandom {
+    fn new() -> SeededRandom {
+        use wasi_rand::SeedableRng;
+        SeededRandom(std::sync::Arc::new(std::sync::Mutex::new(wasi_rand::rngs::StdRng::seed_from_u64(RANDOM_SEED))))
+    }
+
+    fn reset(&self) {
+        use wasi_rand::SeedableRng;
+        *self.0.lock().expect("random lock") = wasi_rand::rngs::StdRng::seed_from_u64(RANDOM_SEED);
+    }
+}
+
+impl wasi_rand::TryRng for SeededRandom {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(wasi_rand::Rng::next_u32(&mut *self.0.lock().expect("random lock")))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(wasi_rand::Rng::next_u64(&mut *self.0.lock().expect("random lock")))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        wasi_rand::Rng::fill_bytes(&mut *self.0.lock().expect("random lock"), dst);
+        Ok(())
+    }
 }

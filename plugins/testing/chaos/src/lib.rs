@@ -5,10 +5,18 @@
 //! * `chaos:panic` — panics (a trap);
 //! * `chaos:loop` — never returns (the host's CPU deadline must stop it);
 //! * `chaos:alloc` — allocates without bound (the memory cap must stop it);
-//! * `chaos:fatal` — returns `fatal`, which must stop the run cleanly.
+//! * `chaos:fatal` — returns `fatal`, which must stop the run cleanly;
+//! * `chaos:random` — draws a number from WASI's randomness (std's hash
+//!   seed) and puts it in the name, so the host's seeded `wasi:random` can
+//!   be checked: the same call gives the same row.
 
-fn apply(row: LegacyUser) -> Result<NewUser, RowError> {
+fn apply(mut row: LegacyUser) -> Result<NewUser, RowError> {
     match row.name.as_deref() {
+        Some("chaos:random") => {
+            use std::hash::BuildHasher;
+            let drawn = std::collections::hash_map::RandomState::new().hash_one(row.id);
+            row.name = Some(format!("random{drawn:x} value"));
+        }
         Some("chaos:panic") => panic!("chaos plugin: deliberate panic on row {}", row.id),
         Some("chaos:loop") => {
             let mut x: u64 = row.id as u64;
