@@ -347,9 +347,9 @@ async fn scan_storage_order(
 /// order and compared as multisets of rows. Each row's canonical hash
 /// counts into one of [`BUCKETS`] buckets (rows, sum of hashes); equal
 /// buckets hold the same rows (but for a 2⁻¹²⁸ chance), so only the rows
-/// of buckets that differ are read again and matched one by one: memory
-/// stays flat when the sides agree, and bounded by the differing buckets
-/// when they do not. A source row missing from the target is explained by
+/// of buckets that differ are read again and matched one by one, a few
+/// buckets per pass: memory stays flat when the sides agree, and bounded
+/// (about 20 pages of rows) when they do not. A source row missing from the target is explained by
 /// a dead letter holding the same row.
 async fn validate_keyless(
     settings: &Settings,
@@ -377,46 +377,69 @@ async fn validate_keyless(
         })
         .await?;
     }
-    let differing: HashSet<usize> = (0..BUCKETS).filter(|&b| sides[0][b] != sides[1][b]).collect();
-    line.matched = (0..BUCKETS).filter(|b| !differing.contains(b)).map(|b| sides[0][b].rows).sum();
-    if !differing.is_empty() {
+    let mut differing: Vec<usize> = (0..BUCKETS).filter(|&b| sides[0][b] != sides[1][b]).collect();
+    line.matched = (0..BUCKETS).filter(|b| sides[0][*b] == sides[1][*b]).map(|b| sides[0][b].rows).sum();
+    // Dead letters by their row, as JSON text (keys sorted: serde_json's map).
+    let mut dead_left: HashMap<String, u64> = HashMap::new();
+    for row in dead_rows {
+        *dead_left.entry(row.to_string()).or_default() += 1;
+    }
+    // The differing buckets' rows are matched a few buckets at a time, each
+    // pass holding at most about `budget` rows of both sides: bounded
+    // memory even when everything differs (an empty target), at the cost
+    // of one more scan of both sides per pass.
+    let budget = (settings.batch_size as u64).saturating_mul(20).max(1000);
+    while !differing.is_empty() {
+        let mut chosen = HashSet::new();
+        let mut held = 0;
+        while let Some(&b) = differing.last() {
+            let rows = sides[0][b].rows + sides[1][b].rows;
+            if !chosen.is_empty() && held + rows > budget {
+                break;
+            }
+            chosen.insert(b);
+            held += rows;
+            differing.pop();
+        }
         // Canonical form → (source count, target count, the row as shown).
         let mut rows: HashMap<String, (u64, u64, serde_json::Value)> = HashMap::new();
         let readers = [open_source().await?, open_target().await?];
         for (side, reader) in readers.into_iter().enumerate() {
             let def = if side == 0 { &table.source } else { &reading };
             scan_storage_order(settings, reader, def, &mut |row, text, hash| {
-                if differing.contains(&bucket_of(hash)) {
-                    let shown = match row {
-                        Ok(row) => crate::keyset::row_json(def, row),
-                        Err(unreadable) => unreadable.clone(),
-                    };
-                    let entry = rows.entry(text).or_insert((0, 0, shown));
+                if chosen.contains(&bucket_of(hash)) {
+                    let entry = rows.entry(text).or_insert_with(|| {
+                        let shown = match row {
+                            Ok(row) => crate::keyset::row_json(def, row),
+                            Err(unreadable) => unreadable.clone(),
+                        };
+                        (0, 0, shown)
+                    });
                     if side == 0 { entry.0 += 1 } else { entry.1 += 1 }
                 }
             })
             .await?;
         }
-        let mut unexplained_dead: Vec<&serde_json::Value> = dead_rows.iter().collect();
-        let mut listed: Vec<(u64, u64, serde_json::Value)> = rows.into_values().collect();
-        listed.sort_by_key(|(_, _, shown)| shown.to_string());
-        for (in_source, in_target, shown) in listed {
+        let mut found: Vec<(u64, u64, serde_json::Value)> = rows.into_values().collect();
+        found.sort_by_key(|(_, _, shown)| shown.to_string());
+        for (in_source, in_target, shown) in found {
             line.matched += in_source.min(in_target);
+            let text = shown.to_string();
             for _ in in_target..in_source {
-                match unexplained_dead.iter().position(|d| **d == shown) {
-                    Some(at) => {
-                        unexplained_dead.swap_remove(at);
+                match dead_left.get_mut(&text).filter(|n| **n > 0) {
+                    Some(n) => {
+                        *n -= 1;
                         line.explained += 1;
                     }
                     None => {
                         line.missing += 1;
-                        line.note(shown.to_string(), "missing", vec![]);
+                        line.note(text.clone(), "missing", vec![]);
                     }
                 }
             }
             for _ in in_source..in_target {
                 line.extra += 1;
-                line.note(shown.to_string(), "extra", vec![]);
+                line.note(text.clone(), "extra", vec![]);
             }
         }
     }
