@@ -131,7 +131,7 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
                 for table in &plan.tables {
                     let def = &table.source;
                     let key: Vec<&str> = def.key_columns().map(|c| c.name.as_str()).collect();
-                    let mut detail = match table.keyless {
+                    let mut detail = match table.keyless() {
                         true => format!(
                             "→ {}: ~{} rows, no key: copied in storage order into a table holding nothing else, \
                              started over if interrupted, validated as a multiset",

@@ -101,7 +101,7 @@ async fn open_stream(
     target.ensure_control_tables().await?;
     target.ensure_stream_tables().await?;
     let plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
-    if let Some(table) = plan.tables.iter().find(|t| t.keyless) {
+    if let Some(table) = plan.tables.iter().find(|t| t.keyless()) {
         return Err(crate::error::Error::contract(format!(
             "table {} has no key: a change stream applies updates and deletes by key, so it cannot follow it. \
              Give it a primary key (or name a unique NOT NULL one: key = [\"column\", …]), or leave it out of \

@@ -39,6 +39,17 @@ impl super::control::PgConn for PgTables {
 
 super::control::pg_control!(PgTables);
 
+/// The value the sequence of column `column` (an SQL expression) of table
+/// `table` (one giving its quoted name) hands out next, as a scalar
+/// subquery; NULL when the column has none or its state is unreadable.
+fn sequence_next(table: &str, column: &str) -> String {
+    format!(
+        "(SELECT coalesce(s.last_value + s.increment_by, s.start_value) FROM pg_sequences s \
+          WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass \
+            = pg_get_serial_sequence({table}, {column})::regclass)"
+    )
+}
+
 /// A SQL literal of `text` cast to `sql_type` (COPY takes no parameters).
 pub(super) fn literal(text: &str, sql_type: &str) -> String {
     format!("{}::{sql_type}", crate::db::quote_literal(text))
@@ -487,15 +498,13 @@ impl RowSource for PgTables {
     async fn describe(&mut self, table: &TableName) -> anyhow::Result<Option<TableDef>> {
         let Some((oid, name)) = self.resolve(table).await? else { return Ok(None) };
         let what = |e: sqlx::Error| Error::driver(format!("reading the definition of {name}"), &e);
-        let rows = sqlx::query(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS sql_type, a.attnotnull, \
                     bt.typname::text AS base, bt.typcategory::text AS category, et.typname::text AS elem, \
                     a.attidentity::text AS identity, a.attgenerated::text AS generated, \
                     pg_get_expr(d.adbin, d.adrelid) AS default_expr, \
                     pg_get_serial_sequence($2, a.attname) IS NOT NULL AS owns_sequence, \
-                    (SELECT coalesce(s.last_value + s.increment_by, s.start_value) \
-                         FROM pg_sequences s WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass \
-                           = pg_get_serial_sequence($2, a.attname)::regclass) AS sequence_next \
+                    {} AS sequence_next \
              FROM pg_attribute a \
              JOIN pg_type t ON t.oid = a.atttypid \
              JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
@@ -503,7 +512,8 @@ impl RowSource for PgTables {
              LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum",
-        )
+            sequence_next("$2", "a.attname")
+        )))
         .bind(oid)
         .bind(name.quoted())
         .fetch_all(&mut self.conn)
@@ -730,12 +740,10 @@ impl RowSource for PgTables {
         if columns.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
-            "SELECT c.name, (SELECT coalesce(s.last_value + s.increment_by, s.start_value) FROM pg_sequences s \
-                             WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass \
-                               = pg_get_serial_sequence($1, c.name)::regclass) \
-             FROM unnest($2::text[]) AS c(name)",
-        )
+        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT c.name, {} FROM unnest($2::text[]) AS c(name)",
+            sequence_next("$1", "c.name")
+        )))
         .bind(table.quoted())
         .bind(&columns)
         .fetch_all(&mut self.conn)

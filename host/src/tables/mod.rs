@@ -67,9 +67,6 @@ pub struct PlannedTable {
     /// `None`: copied as it is, no WASM on the path.
     pub plugin: Option<TablePlugin>,
     pub on_conflict: OnConflict,
-    /// No key: copied in storage order (`keyless = "ctid"`), validated as
-    /// a multiset of rows.
-    pub keyless: bool,
 }
 
 impl PlannedTable {
@@ -91,6 +88,12 @@ impl PlannedTable {
     /// earlier one, as recorded).
     fn made_by_ferry(&self, progress: &HashMap<String, TableProgress>) -> bool {
         progress.get(&self.source.name.to_string()).map_or(self.creates(), |p| p.created)
+    }
+
+    /// No key (the plan let it through: `keyless = "ctid"`): copied in
+    /// storage order, validated as a multiset of rows.
+    pub fn keyless(&self) -> bool {
+        self.source.primary_key.is_empty()
     }
 
     /// What produced the rows: the plugin's SHA-256, or [`IDENTITY`].
@@ -259,8 +262,7 @@ pub async fn plan(
         if outputs.is_empty() {
             continue;
         }
-        let keyless = def.primary_key.is_empty();
-        tables.push(PlannedTable { source: def, outputs, plugin, on_conflict, keyless });
+        tables.push(PlannedTable { source: def, outputs, plugin, on_conflict });
     }
     if !problems.is_empty() {
         return Err(crate::error::Error::contract(format!(
@@ -677,19 +679,19 @@ async fn copy_tables(
                 // committed (exactly once): plain COPY, key built after.
                 let ours = table.made_by_ferry(&progress) && table.plugin.is_none();
                 // A keyless table is plain inserts: no key to conflict on.
-                let policy = if ours || table.keyless { OnConflict::Error } else { table.on_conflict };
+                let policy = if ours || table.keyless() { OnConflict::Error } else { table.on_conflict };
                 // An interrupted heap-order copy cannot resume (its block
                 // positions mean nothing in a new snapshot): the table
                 // starts over — in key order this time when it has a key,
                 // so that a second interruption loses nothing more.
-                let restarted = (ours || table.keyless) && known.is_some_and(|p| p.phase == TablePhase::CopyingHeap);
+                let restarted = (ours || table.keyless()) && known.is_some_and(|p| p.phase == TablePhase::CopyingHeap);
                 if restarted {
-                    let again = if table.keyless { "in storage order (it has no key)" } else { "in key order" };
+                    let again = if table.keyless() { "in storage order (it has no key)" } else { "in key order" };
                     tracing::warn!(table = %name, "the heap-order copy was interrupted; copying the table again, {again}");
                     let targets: Vec<&TableDef> = table.outputs.iter().map(|o| &o.def).collect();
                     target.restart_table(&run_id, &name, &targets).await?;
                     start = None;
-                } else if table.keyless && !ours {
+                } else if table.keyless() && !ours {
                     // Starting over empties the target: it must hold
                     // nothing but what this copy writes.
                     let held = target.count_rows(table.target()).await?;
@@ -705,7 +707,7 @@ async fn copy_tables(
                 // A fresh copy into a table of its own reads the source in
                 // storage order: no index walk, no random heap reads. A
                 // keyless table has no other order.
-                let order = if table.keyless || (ours && !restarted && start.is_none() && snapshot.is_none()) {
+                let order = if table.keyless() || (ours && !restarted && start.is_none() && snapshot.is_none()) {
                     ReadOrder::Heap
                 } else {
                     ReadOrder::Key
@@ -898,10 +900,10 @@ async fn copy_table(
         _ => settings.batch_size,
     };
     let heap = match order {
-        ReadOrder::Heap if raw || table.keyless => source.begin_heap_scan(&def).await?,
+        ReadOrder::Heap if raw || table.keyless() => source.begin_heap_scan(&def).await?,
         _ => None,
     };
-    if heap.is_none() && table.keyless {
+    if heap.is_none() && table.keyless() {
         return Err(crate::error::Error::contract(format!(
             "table {} has no key and {} has no storage order to copy it by: give it a primary key",
             table.source.name, settings.source.url
@@ -1025,7 +1027,7 @@ async fn prepare_batches(
         let mut page = page?;
         let extracted = page.len() as u64;
         let last_key = page.last_key.clone().expect("a non-empty page has a last key");
-        if table.keyless {
+        if table.keyless() {
             // No key to name a dead letter by: its place in the scan
             // (unique in the run: a restart drops the table's dead letters).
             for (i, unreadable) in page.unreadable.iter_mut().enumerate() {
@@ -1048,7 +1050,7 @@ async fn prepare_batches(
         };
         match transformer.take() {
             None => {
-                let keys = match table.keyless {
+                let keys = match table.keyless() {
                     true => (1..=page.rows.len()).map(|i| Key(vec![format!("{last_key} row {i}")])).collect(),
                     false => page.rows.iter().map(|r| Key::of(&table.source, r)).collect(),
                 };

@@ -131,7 +131,7 @@ pub async fn validate(
             .chain(streamed.iter().filter(|(t, _)| same(t)).map(|(_, k)| k.as_str()))
             .collect();
         let line = match &table.plugin {
-            None if table.keyless => {
+            None if table.keyless() => {
                 let dead_rows: Vec<serde_json::Value> = dead
                     .iter()
                     .filter(|d| d.source_table == name)
@@ -360,11 +360,6 @@ async fn validate_keyless(
     let open_target = || engines::open_row_source(&settings.target.url, "target");
     let mut target = open_target().await?;
     let reading = target_reading(target.as_mut(), table.target()).await?;
-    let mut counted = open_source().await?;
-    let source_rows = counted.count_rows(&table.source).await?;
-    let target_rows = target.count_rows(&reading).await?;
-    drop(counted);
-    let mut line = TableValidation::new(table, source_rows, target_rows);
     let bucket_of = |hash: u128| (hash % BUCKETS as u128) as usize;
     let mut sides = [vec![Bucket::default(); BUCKETS], vec![Bucket::default(); BUCKETS]];
     for (side, reader) in [open_source().await?, target].into_iter().enumerate() {
@@ -377,6 +372,9 @@ async fn validate_keyless(
         })
         .await?;
     }
+    // Both counts from the scans themselves (each in its one snapshot).
+    let [source_rows, target_rows] = sides.each_ref().map(|side| side.iter().map(|b| b.rows).sum());
+    let mut line = TableValidation::new(table, source_rows, target_rows);
     let mut differing: Vec<usize> = (0..BUCKETS).filter(|&b| sides[0][b] != sides[1][b]).collect();
     line.matched = (0..BUCKETS).filter(|b| sides[0][*b] == sides[1][*b]).map(|b| sides[0][b].rows).sum();
     // Dead letters by their row, as JSON text (keys sorted: serde_json's map).
