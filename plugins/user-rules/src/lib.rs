@@ -68,7 +68,9 @@ pub fn transform(row: &Legacy<'_>) -> Result<NewUser, String> {
 fn settings(metadata: Option<&str>) -> Result<String, String> {
     let (theme, notifications) = match metadata {
         None | Some("") => (None, None),
-        Some(text) => match serde_json::from_str::<Metadata>(text) {
+        Some(text) => match refuse_unportable(text)
+            .and_then(|()| serde_json::from_str::<Metadata>(text).map_err(|e| e.to_string()))
+        {
             Err(e) => return Err(format!("metadata is not valid JSON: {e}")),
             Ok(Metadata::Null) => {
                 return Err("metadata is JSON null (the seed reads null.theme and throws a TypeError)".to_string());
@@ -90,11 +92,181 @@ fn settings(metadata: Option<&str>) -> Result<String, String> {
     // Written by hand to keep the seed's key order (theme, notifications).
     let mut out = String::with_capacity(48);
     out.push_str("{\"theme\":");
-    out.push_str(&theme.to_string());
+    write_js_json(&theme, &mut out);
     out.push_str(",\"notifications\":");
-    out.push_str(&notifications.to_string());
+    write_js_json(&notifications, &mut out);
     out.push('}');
     Ok(out)
+}
+
+/// Writes `value` as JavaScript's `JSON.stringify(JSON.parse(text))` does,
+/// the seed being JavaScript: every number is a double written the
+/// ECMAScript way (`1.0` → `1`, `1e21` → `1e+21`, beyond the double range →
+/// `null`, integers past 2^53 rounded), and object keys that are array
+/// indices (`"0"`…`"4294967294"`) come first in ascending order, the others
+/// in document order (a repeated key keeps its first place, last value).
+pub fn write_js_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => write_js_number(js_double(n), out),
+        Value::String(s) => write_js_string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_js_json(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut indices: Vec<(u32, &String, &Value)> =
+                map.iter().filter_map(|(k, v)| array_index(k).map(|i| (i, k, v))).collect();
+            indices.sort_by_key(|(i, _, _)| *i);
+            let others = map.iter().filter(|(k, _)| array_index(k).is_none());
+            out.push('{');
+            for (n, (key, v)) in indices.into_iter().map(|(_, k, v)| (k, v)).chain(others).enumerate() {
+                if n > 0 {
+                    out.push(',');
+                }
+                write_js_string(key, out);
+                out.push(':');
+                write_js_json(v, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// The double JavaScript's `JSON.parse` makes of a JSON number (correctly
+/// rounded; out of range is infinite).
+fn js_double(n: &serde_json::Number) -> f64 {
+    n.to_string().parse::<f64>().unwrap_or(f64::NAN)
+}
+
+/// A key JavaScript orders as an array index: the canonical decimal of an
+/// integer below 2^32 − 1.
+fn array_index(key: &str) -> Option<u32> {
+    let i: u32 = key.parse().ok()?;
+    (i != u32::MAX && i.to_string() == key).then_some(i)
+}
+
+/// ECMAScript's Number::toString (what `JSON.stringify` writes), from the
+/// shortest round-trip digits; NaN and ±Infinity are `null` in JSON.
+pub fn write_js_number(x: f64, out: &mut String) {
+    if !x.is_finite() {
+        out.push_str("null");
+        return;
+    }
+    if x == 0.0 {
+        out.push('0');
+        return;
+    }
+    if x < 0.0 {
+        out.push('-');
+    }
+    // ryu gives the shortest digits that round-trip and, of those, the
+    // closest to the exact value, as ECMAScript requires (Rust's own `{:e}`
+    // may pick another of the shortest: …002.3 where JavaScript writes
+    // …002.2). Its layout varies (`1e16`, `0.001`, `12.5`): normalise.
+    let mut buffer = ryu::Buffer::new();
+    let written = buffer.format_finite(x.abs());
+    let (mantissa, exp) = written.split_once('e').unwrap_or((written, "0"));
+    let (whole, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let all = format!("{whole}{frac}");
+    let significant = all.trim_start_matches('0');
+    // The value is 0.<digits> × 10^n.
+    let n = whole.len() as i32 + exp.parse::<i32>().expect("ryu's exponent is an integer")
+        - (all.len() - significant.len()) as i32;
+    let digits = significant.trim_end_matches('0');
+    let k = digits.len() as i32;
+    if k <= n && n <= 21 {
+        out.push_str(&digits);
+        out.extend(std::iter::repeat_n('0', (n - k) as usize));
+    } else if 0 < n && n <= 21 {
+        out.push_str(&digits[..n as usize]);
+        out.push('.');
+        out.push_str(&digits[n as usize..]);
+    } else if -6 < n && n <= 0 {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', (-n) as usize));
+        out.push_str(&digits);
+    } else {
+        out.push_str(&digits[..1]);
+        if k > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push('e');
+        out.push(if n - 1 < 0 { '-' } else { '+' });
+        out.push_str(&(n - 1).abs().to_string());
+    }
+}
+
+/// A JSON string as `JSON.stringify` writes it (serde_json escapes the same
+/// characters: `"`, `\\`, and controls, `\b\f\n\r\t` or `\u00xx`).
+fn write_js_string(s: &str, out: &mut String) {
+    out.push_str(&serde_json::to_string(s).expect("a string serialises"));
+}
+
+/// The deepest nesting a metadata document may have.
+pub const MAX_DEPTH: usize = 128;
+
+/// Refuses, before parsing, the two things JSON parsers disagree on, so the
+/// plugins in every language (and `validate` re-running them) agree: nesting
+/// deeper than [`MAX_DEPTH`] and a surrogate escape (`\\ud800`) that is not
+/// half of a pair, which no UTF-8 text can hold. The Python and JavaScript
+/// seed plugins make the same scan with the same messages.
+pub fn refuse_unportable(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let brackets = bytes.iter().filter(|b| matches!(b, b'[' | b'{')).count();
+    if brackets <= MAX_DEPTH && !text.contains("\\u") {
+        return Ok(());
+    }
+    let lone = || Err("a lone surrogate escape is not text".to_string());
+    let (mut depth, mut in_string, mut high, mut i) = (0usize, false, false, 0);
+    while i < bytes.len() {
+        let c = bytes[i];
+        if in_string {
+            if c == b'\\' && bytes.get(i + 1) == Some(&b'u') {
+                let unit = text.get(i + 2..i + 6).and_then(|h| u16::from_str_radix(h, 16).ok());
+                // A high half must be followed at once by a low half.
+                match unit {
+                    Some(0xD800..=0xDBFF) if !high => high = true,
+                    Some(0xDC00..=0xDFFF) if high => high = false,
+                    Some(0xD800..=0xDFFF) => return lone(),
+                    // Not hex: the parser says what is wrong.
+                    _ if high => return lone(),
+                    _ => {}
+                }
+                i += 6;
+                continue;
+            }
+            if high {
+                return lone();
+            }
+            if c == b'\\' {
+                i += 2;
+                continue;
+            }
+            if c == b'"' {
+                in_string = false;
+            }
+        } else if c == b'"' {
+            in_string = true;
+        } else if c == b'[' || c == b'{' {
+            depth += 1;
+            if depth > MAX_DEPTH {
+                return Err(format!("nested deeper than {MAX_DEPTH} levels"));
+            }
+        } else if c == b']' || c == b'}' {
+            depth = depth.saturating_sub(1);
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// What the transform needs of the metadata document. Parsing into this
@@ -201,7 +373,7 @@ fn js_falsy(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::Bool(b) => !b,
-        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::Number(n) => js_double(n) == 0.0,
         Value::String(s) => s.is_empty(),
         Value::Array(_) | Value::Object(_) => false,
     }
@@ -238,6 +410,59 @@ mod tests {
     #[test]
     fn trailing_garbage_is_invalid() {
         assert!(transform(&row("a", Some(r#"{} x"#))).unwrap_err().contains("trailing characters"));
+    }
+
+    fn settings_of(metadata: &str) -> String {
+        transform(&row("a", Some(metadata))).unwrap().settings
+    }
+
+    #[test]
+    fn numbers_are_written_as_javascript_writes_them() {
+        for (written, js) in [
+            ("1.0", "1"),
+            ("-1.50", "-1.5"),
+            ("1e21", "1e+21"),
+            ("1E20", "100000000000000000000"),
+            ("123456789012345678901", "123456789012345680000"),
+            ("12345678901234567890", "12345678901234567000"),
+            ("9007199254740993", "9007199254740992"),
+            ("0.000001", "0.000001"),
+            ("1e-7", "1e-7"),
+            ("-1.5e-7", "-1.5e-7"),
+            ("1.7976931348623157e308", "1.7976931348623157e+308"),
+            ("5e-324", "5e-324"),
+            ("1e400", "null"),
+            ("0.1", "0.1"),
+            // Two shortest forms round-trip; JavaScript writes the closer.
+            ("-1113178120592002.2", "-1113178120592002.2"),
+            ("-233891771783429.63", "-233891771783429.62"),
+            ("100", "100"),
+        ] {
+            assert_eq!(
+                settings_of(&format!(r#"{{"theme":{written}}}"#)),
+                format!(r#"{{"theme":{js},"notifications":true}}"#),
+                "{written}"
+            );
+        }
+        // -0 and 0e5 are falsy like 0.
+        assert_eq!(settings_of(r#"{"theme":-0.0e5}"#), r#"{"theme":"light","notifications":true}"#);
+        assert_eq!(settings_of(r#"{"notifications":-0}"#), r#"{"theme":"light","notifications":0}"#);
+    }
+
+    #[test]
+    fn objects_keep_javascript_key_order() {
+        assert_eq!(
+            settings_of(r#"{"theme":{"b":1,"10":2,"a":[1.0,{"z":null}],"2":3,"01":4,"b":5,"4294967295":6}}"#),
+            r#"{"theme":{"2":3,"10":2,"b":5,"a":[1,{"z":null}],"01":4,"4294967295":6},"notifications":true}"#
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped_as_javascript_escapes_them() {
+        assert_eq!(
+            settings_of("{\"theme\":\"\\u0001\\t\\\"é\\u2028/\\ud83d\\ude00\"}"),
+            "{\"theme\":\"\\u0001\\t\\\"é\u{2028}/😀\",\"notifications\":true}"
+        );
     }
 
     #[test]
