@@ -7,6 +7,7 @@ mod support;
 mod checks;
 mod cluster;
 mod config_errors;
+mod conformance;
 mod containment;
 mod debezium;
 mod migrate;

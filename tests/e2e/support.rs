@@ -50,6 +50,104 @@ pub fn plugins() -> &'static Plugins {
     })
 }
 
+/// A Python plugin under `plugins/python/<app>`, built from source with
+/// componentize-py (`pip install componentize-py==0.25.1`) for `world` of
+/// the WIT package in `wit_dir` (relative to the repository root).
+pub fn python_plugin(app: &str, wit_dir: &str, world: &str) -> PathBuf {
+    let root = root();
+    let tool = Command::new("componentize-py")
+        .arg("--version")
+        .output()
+        .expect("run componentize-py (install it: pip install componentize-py==0.25.1)");
+    assert!(tool.status.success(), "componentize-py --version failed");
+    built_component("python", app, &tool.stdout, &[wit_dir], world, "py", |out| {
+        let mut build = Command::new("componentize-py");
+        build.arg("-d").arg(root.join(wit_dir)).args(["-w", world, "componentize", "app", "-p"]);
+        build.arg(root.join("plugins/python").join(app)).arg("-p").arg(root.join("plugins/python")).arg("-o").arg(out);
+        build
+    })
+}
+
+/// A JavaScript plugin `plugins/js/<app>/app.js`, built from source with
+/// componentize-js (`npm ci` in `plugins/js`, which pins it) through
+/// `plugins/js/build.mjs`.
+pub fn js_plugin(app: &str, wit_dir: &str, world: &str) -> PathBuf {
+    let root = root();
+    let lock = std::fs::read(root.join("plugins/js/package-lock.json")).unwrap();
+    assert!(
+        root.join("plugins/js/node_modules/@bytecodealliance/componentize-js").exists(),
+        "componentize-js is not installed: run `npm ci` in plugins/js (scripts/test.sh does)"
+    );
+    built_component("js", app, &lock, &[wit_dir], world, "js", |out| {
+        let mut build = Command::new("node");
+        build.arg(root.join("plugins/js/build.mjs")).arg(root.join("plugins/js").join(app).join("app.js"));
+        build.arg(root.join(wit_dir)).arg(world).arg(out);
+        build
+    })
+}
+
+/// A component built from the sources under `plugins/<lang>` (files ending
+/// in `.ext`) and the WIT. It is named by a hash of everything it is built
+/// from (sources, WIT, the toolchain's identity `tool`, the world), so test
+/// processes build it once and share it; a build goes to a temporary file
+/// renamed into place, so no process sees half a component.
+fn built_component(
+    lang: &str,
+    app: &str,
+    tool: &[u8],
+    wit_dirs: &[&str],
+    world: &str,
+    ext: &str,
+    command: impl FnOnce(&Path) -> Command,
+) -> PathBuf {
+    let root = root();
+    let mut inputs: Vec<PathBuf> = Vec::new();
+    let dirs = std::iter::once(root.join("plugins").join(lang)).chain(wit_dirs.iter().map(|d| root.join(d)));
+    for dir in dirs {
+        for entry in walk(&dir) {
+            let keep = entry.extension().is_some_and(|e| e == ext || e == "wit");
+            if keep && !entry.components().any(|c| c.as_os_str() == "__pycache__" || c.as_os_str() == "node_modules") {
+                inputs.push(entry);
+            }
+        }
+    }
+    inputs.sort();
+    let mut fingerprint = tool.to_vec();
+    fingerprint.extend_from_slice(world.as_bytes());
+    for file in &inputs {
+        fingerprint.extend_from_slice(file.strip_prefix(&root).unwrap().to_string_lossy().as_bytes());
+        fingerprint.extend_from_slice(&std::fs::read(file).unwrap());
+    }
+    let hash = ferry::plugin::sha256_hex(&fingerprint);
+    let out_dir = root.join("plugins/target").join(lang);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join(format!("{app}-{}.wasm", &hash[..16]));
+    if out.exists() {
+        return out;
+    }
+    let tmp = out_dir.join(format!("{app}-{}.{}.tmp.wasm", &hash[..16], std::process::id()));
+    let status = command(&tmp).status().unwrap_or_else(|e| panic!("run the {lang} toolchain: {e}"));
+    assert!(status.success(), "the {lang} toolchain could not build plugins/{lang}/{app}");
+    std::fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "node_modules") {
+            continue;
+        }
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// The PostgreSQL server the tests use (`FERRY_TEST_PG`, default the local
 /// one) — without a database name.
 pub fn pg_server() -> String {
