@@ -169,6 +169,29 @@ enum DlqAction {
 enum PluginAction {
     /// Load a plugin in the sandbox and print its identity.
     Info { path: PathBuf },
+    /// Hand a new plugin version to the running stream (`sync`/`apply`) of the
+    /// pipeline: it is checked off the hot path and switched to between two
+    /// target transactions, or refused with the reason (the running version stays).
+    Deploy {
+        /// The new component (.wasm).
+        path: PathBuf,
+        /// The table whose plugin it replaces (needed when several tables have one).
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
+        /// Run it beside the live version on the same rows, writing nothing, and
+        /// report the differences (`ferry status`); `ferry plugin promote` makes it live.
+        #[arg(long)]
+        shadow: bool,
+        /// Seconds to wait for the stream's decision (0: do not wait).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+        wait: f64,
+    },
+    /// Make the running shadow version live (a deployment of the same file).
+    Promote {
+        /// Seconds to wait for the stream's decision (0: do not wait).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+        wait: f64,
+    },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -470,7 +493,28 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Plugin { .. } => unreachable!("handled above"),
+        Command::Plugin { action } => {
+            let result = match action {
+                PluginAction::Deploy { path, table, shadow, wait } => {
+                    let wait = std::time::Duration::from_secs_f64(wait.max(0.0));
+                    crate::cdc::swap::deploy(&settings, &path, table.as_deref(), shadow, wait).await
+                }
+                PluginAction::Promote { wait } => {
+                    crate::cdc::swap::promote(&settings, std::time::Duration::from_secs_f64(wait.max(0.0))).await
+                }
+                PluginAction::Info { .. } => unreachable!("handled above"),
+            };
+            match result {
+                Err(e) => fail(&e),
+                Ok(d) => {
+                    show(cli.json, &d, || report::deployment(&d));
+                    match d.state {
+                        crate::deployments::DeployState::Refused => exit::PLUGIN,
+                        _ => exit::OK,
+                    }
+                }
+            }
+        }
     }
 }
 

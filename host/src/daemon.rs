@@ -30,8 +30,17 @@ pub mod names {
     pub const COMMIT_LAG: &str = "ferry_commit_lag_seconds";
     /// WAL bytes the source has that the target has not applied.
     pub const LAG_BYTES: &str = "ferry_lag_bytes";
-    /// 1, labelled with the plugin's sha256.
+    /// 1, labelled with the plugin's sha256 (and, in many-table streams,
+    /// its table); 0 for a version switched away from.
     pub const PLUGIN_INFO: &str = "ferry_plugin_info";
+    /// Deployments decided by a running stream, by `outcome` (live, refused).
+    pub const PLUGIN_SWITCHES: &str = "ferry_plugin_switches_total";
+    /// Seconds the last switch of plugin version held the stream between
+    /// two target transactions.
+    pub const PLUGIN_SWITCH_PAUSE: &str = "ferry_plugin_switch_pause_seconds";
+    /// Rows a shadow version transformed beside the live one, by `outcome`
+    /// (same, different).
+    pub const SHADOW_ROWS: &str = "ferry_shadow_rows_total";
     /// Times the stream was re-established after a failure.
     pub const RECONNECTS: &str = "ferry_reconnects_total";
     /// Rows read back from the source to complete an update that did not

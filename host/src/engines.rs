@@ -83,6 +83,7 @@ pub trait RowTarget:
     + crate::source::RowSource
     + ControlStore
     + crate::control::TableControl
+    + crate::deployments::DeploymentStore
 {
 }
 impl<
@@ -90,7 +91,8 @@ impl<
         + crate::sink::RowChangeSink
         + crate::source::RowSource
         + ControlStore
-        + crate::control::TableControl,
+        + crate::control::TableControl
+        + crate::deployments::DeploymentStore,
 > RowTarget for T
 {
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod db;
+pub mod deployments;
 pub mod engines;
 pub mod error;
 pub mod exit;

@@ -254,6 +254,29 @@ pub fn status(r: &crate::status::StatusReport) -> String {
         t.add_row(vec![Cell::new("last target commit"), Cell::new(format!("{:.1} s ago", s.seconds_since_update))]);
         t.add_row(vec![Cell::new("plugin sha256"), Cell::new(s.plugin_sha256.clone().unwrap_or_default())]);
     }
+    for d in &r.deployments {
+        let what = match d.state {
+            crate::deployments::DeployState::Live => {
+                format!("live from stream position {}", d.position.as_deref().unwrap_or("start"))
+            }
+            crate::deployments::DeployState::Refused => {
+                format!("refused: {}", d.reason.as_deref().unwrap_or_default())
+            }
+            crate::deployments::DeployState::Pending => "pending (no running stream decided it yet)".to_string(),
+            state => state.as_str().to_string(),
+        };
+        let shadow = d.shadow_report.as_ref().map_or_else(String::new, shadow_summary);
+        t.add_row(vec![
+            Cell::new(format!("deployment {}", d.id)),
+            Cell::new(format!(
+                "{} for {}: {what} ({}, requested {}){shadow}",
+                d.sha256,
+                d.table.as_deref().unwrap_or("every plugin table"),
+                d.path,
+                d.requested_at
+            )),
+        ]);
+    }
     for slot in &r.slots {
         t.add_row(vec![
             Cell::new(format!("slot {}", slot.name)),
@@ -396,4 +419,56 @@ pub fn tables_validation(r: &crate::tables::validate::TablesValidation) -> Strin
 
 fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max { s.to_string() } else { format!("{}…", s.chars().take(max).collect::<String>()) }
+}
+
+/// `ferry plugin deploy`: what became of the deployment.
+pub fn deployment(d: &crate::deployments::Deployment) -> String {
+    use crate::deployments::DeployState;
+    let short = |sha: &str| sha.chars().take(12).collect::<String>();
+    let table = d.table.as_deref().map_or_else(|| "the pipeline's plugin table".to_string(), |t| format!("table {t}"));
+    match d.state {
+        DeployState::Shadow => format!(
+            "deployment {}: plugin {} runs in shadow beside the live version {} for {table}: it writes nothing; \
+             `ferry status` shows how its output differs, `ferry plugin promote` makes it live",
+            d.id,
+            short(&d.sha256),
+            d.previous_sha256.as_deref().map_or_else(|| "?".to_string(), short),
+        ),
+        DeployState::Promoted | DeployState::Retired => {
+            format!("deployment {} of plugin {}: {}", d.id, short(&d.sha256), d.state.as_str())
+        }
+        DeployState::Live => format!(
+            "deployment {}: plugin {} is live for {table} from stream position {} on (it replaced {})",
+            d.id,
+            short(&d.sha256),
+            d.position.as_deref().unwrap_or("start"),
+            d.previous_sha256.as_deref().map_or_else(|| "nothing".to_string(), short),
+        ),
+        DeployState::Refused => format!(
+            "deployment {} of plugin {} refused: {}\nthe running version stays",
+            d.id,
+            short(&d.sha256),
+            d.reason.as_deref().unwrap_or("no reason recorded")
+        ),
+        DeployState::Pending => format!(
+            "deployment {} of plugin {} is pending: no running stream of pipeline {} decided it yet; \
+             `ferry sync` or `ferry apply` takes it when it runs (see `ferry status`)",
+            d.id,
+            short(&d.sha256),
+            d.pipeline
+        ),
+    }
+}
+
+/// A shadow's differences in a few lines: rows compared and differing, then
+/// per field the count and one example.
+fn shadow_summary(r: &crate::deployments::ShadowReport) -> String {
+    let mut out = format!("\nshadow: {} rows compared, {} differ", r.rows, r.differing);
+    for (field, diff) in &r.fields {
+        out.push_str(&format!("\n  {field}: {} rows", diff.count));
+        if let Some(e) = diff.examples.first() {
+            out.push_str(&format!(" (key {}: live {:?}, shadow {:?})", e.key, e.live, e.shadow));
+        }
+    }
+    out
 }

@@ -24,6 +24,10 @@ pub struct StatusReport {
     /// How far behind the source the target is, in seconds: 0 when the slot
     /// holds nothing unapplied, else the age of the newest applied commit.
     pub lag_seconds: Option<f64>,
+    /// Many-table pipelines: plugin versions deployed into the stream
+    /// (`ferry plugin deploy`), oldest first; the last `live` one of a table
+    /// is the version running it.
+    pub deployments: Vec<crate::deployments::Deployment>,
 }
 
 /// Replication slots of the source (PostgreSQL), `only` one when given.
@@ -57,6 +61,7 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
             plugin_sha256: s.plugin_sha256,
             seconds_since_update: s.seconds_since_update,
         });
+        let deployments = target.deployments(&settings.pipeline).await?;
         let slots = source_slots(settings, Some(slot)).await.unwrap_or_default();
         let phase = match (&stream, &migrate) {
             (Some(s), _) if s.checkpoint.streaming => "streaming".to_string(),
@@ -76,6 +81,7 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
             stream,
             slots,
             lag_seconds,
+            deployments,
         });
     }
     let mut target = crate::engines::open_target(settings).await?;
@@ -111,5 +117,6 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
         stream,
         slots,
         lag_seconds,
+        deployments: Vec::new(),
     })
 }

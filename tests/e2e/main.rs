@@ -10,6 +10,7 @@ mod config_errors;
 mod conformance;
 mod containment;
 mod debezium;
+mod hot_swap;
 mod migrate;
 mod resume;
 mod sync;

@@ -21,6 +21,7 @@ pub struct Plugins {
     pub transform_user: PathBuf,
     /// The `transform-row` example: legacy orders split into orders + order_items.
     pub split_orders: PathBuf,
+    pub split_orders_v2: PathBuf,
     pub chaos: PathBuf,
     pub wrong_world: PathBuf,
 }
@@ -44,6 +45,7 @@ pub fn plugins() -> &'static Plugins {
         Plugins {
             transform_user: out.join("transform_user.wasm"),
             split_orders: out.join("split_orders.wasm"),
+            split_orders_v2: out.join("split_orders_v2.wasm"),
             chaos: out.join("chaos.wasm"),
             wrong_world: out.join("wrong_world.wasm"),
         }

@@ -49,6 +49,10 @@ pub struct ApplyReport {
     /// Set when the plugin returned `fatal`: nothing after the last commit
     /// was applied.
     pub fatal: Option<String>,
+    /// Plugin versions (SHA-256) this run switched to, in order
+    /// (`ferry plugin deploy`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plugin_switches: Vec<String>,
 }
 
 /// How to apply.

@@ -202,6 +202,11 @@ pub(crate) trait Applier: Send {
     async fn apply(&mut self, items: &mut Vec<Self::Item>, source_commit_micros: Option<i64>) -> anyhow::Result<bool>;
     /// After a lost connection: the target reopened, its stored position.
     async fn reconnect(&mut self) -> anyhow::Result<Option<Position>>;
+    /// Nothing arrived for a while (no group is waiting): a point between
+    /// two target transactions where housekeeping (a plugin switch) may run.
+    async fn idle(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     fn report(&mut self) -> &mut SyncReport;
 }
 
@@ -464,6 +469,7 @@ async fn stream<A: Applier>(
         let event = match tokio::time::timeout(group.wait(tick), client.recv()).await {
             Err(_) if group.since.is_some() => continue,
             Err(_) => {
+                applier.idle().await?;
                 idle += tick;
                 if options.idle_exit.is_some_and(|limit| idle >= limit) {
                     break;

@@ -22,6 +22,7 @@ use std::sync::atomic::AtomicBool;
 
 use super::apply::ApplyReport;
 use super::pgoutput::{Datum, Message, Relation, Relations};
+use super::swap::Swapper;
 use super::sync::{Applier, SyncOptions, SyncReport};
 use crate::db::Engine;
 use crate::engines::{self, RowTarget};
@@ -46,7 +47,7 @@ pub async fn sync(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<SyncReport> {
     crate::daemon::health().beat("starting");
-    let (plan, mut target, position, mut report) = open_stream(settings, selection).await?;
+    let (plan, mut target, position, mut report, swapper) = open_stream(settings, selection).await?;
 
     let names: Vec<crate::db::TableName> = plan.tables.iter().map(|t| t.source.name.clone()).collect();
     let (mut replication, has_slot) = super::sync::prepare_source(settings, options, &names).await?;
@@ -82,8 +83,9 @@ pub async fn sync(
             }
         }
     }
-    let mut applier = TablesApplier::new(settings, plan, target, position, report);
+    let mut applier = TablesApplier::new(settings, plan, target, position, report, swapper);
     super::sync::follow(settings, options, client, &mut applier, &stop).await?;
+    applier.swapper.flush(applier.target.as_mut()).await?;
     // Logical replication carries no sequence values: where the stream
     // stops, the target's sequences catch up with the source's.
     crate::tables::advance_sequences(settings, &applier.plan, applier.target.as_mut()).await?;
@@ -95,12 +97,12 @@ pub async fn sync(
 async fn open_stream(
     settings: &Settings,
     selection: &TableSelection,
-) -> anyhow::Result<(Plan, Box<dyn RowTarget>, Option<Position>, SyncReport)> {
+) -> anyhow::Result<(Plan, Box<dyn RowTarget>, Option<Position>, SyncReport, Swapper)> {
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
     let mut target = engines::open_row_target(&settings.target.url).await?;
     target.ensure_control_tables().await?;
     target.ensure_stream_tables().await?;
-    let plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+    let mut plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
     if let Some(table) = plan.tables.iter().find(|t| t.keyless()) {
         return Err(crate::error::Error::contract(format!(
             "table {} has no key: a change stream applies updates and deletes by key, so it cannot follow it. \
@@ -114,7 +116,10 @@ async fn open_stream(
         stream: ApplyReport { pipeline: settings.pipeline.clone(), ..Default::default() },
         ..Default::default()
     };
-    Ok((plan, target, position, report))
+    // A version deployed into an earlier run of the stream is still the live one.
+    let mut swapper = Swapper::new(settings, &plan);
+    swapper.restore(&mut plan, target.as_mut()).await?;
+    Ok((plan, target, position, report, swapper))
 }
 
 /// A publication ferry did not make may lack tables of the pipeline (their
@@ -232,6 +237,8 @@ struct TablesApplier<'a> {
     /// Reads rows whose unchanged TOASTed values a change lacks.
     reread: Option<Box<dyn RowSource>>,
     producers: String,
+    /// Takes deployed plugin versions between two target transactions.
+    swapper: Swapper,
 }
 
 impl<'a> TablesApplier<'a> {
@@ -241,6 +248,7 @@ impl<'a> TablesApplier<'a> {
         target: Box<dyn RowTarget>,
         position: Option<Position>,
         report: SyncReport,
+        swapper: Swapper,
     ) -> Self {
         let mut targets = Vec::new();
         let mut outputs = Vec::new();
@@ -252,10 +260,7 @@ impl<'a> TablesApplier<'a> {
             }
             outputs.push(mine);
         }
-        let mut producers: Vec<&str> = plan.tables.iter().map(|t| t.producer()).collect();
-        producers.sort_unstable();
-        producers.dedup();
-        let producers = producers.join(",");
+        let producers = crate::tables::producers(&plan);
         TablesApplier {
             settings,
             plan,
@@ -268,7 +273,21 @@ impl<'a> TablesApplier<'a> {
             report,
             reread: None,
             producers,
+            swapper,
         }
+    }
+
+    /// Between two target transactions: a deployed plugin version is
+    /// checked off the hot path, then switched to here.
+    async fn between(&mut self) -> anyhow::Result<()> {
+        let switched =
+            self.swapper.between(&mut self.plan, &mut self.transformers, self.target.as_mut(), self.position).await?;
+        if let Some(switched) = switched {
+            self.producers = crate::tables::producers(&self.plan);
+            self.report.stream.plugin_switches.push(switched.sha256);
+            tracing::debug!(deployment = switched.deployment, pause = ?switched.pause, "plugin switched");
+        }
+        Ok(())
     }
 
     /// The mapping of relation `oid` (computed again if its columns changed).
@@ -484,6 +503,7 @@ impl Applier for TablesApplier<'_> {
     }
 
     async fn apply(&mut self, items: &mut Vec<Change>, source_commit_micros: Option<i64>) -> anyhow::Result<bool> {
+        self.between().await?;
         if items.is_empty() {
             return Ok(true);
         }
@@ -502,6 +522,15 @@ impl Applier for TablesApplier<'_> {
             let name = self.plan.tables[t].source.name.to_string();
             let transformer = self.transformer(t)?;
             let result = tokio::task::block_in_place(|| transformer.transform_batch(&name, &rows))?;
+            // A shadow version (`deploy --shadow`) sees the same rows.
+            let (source, targets, outputs) = (&self.plan.tables[t].source, &self.targets, &self.outputs[t]);
+            let key = |row: &Row| Key::of(source, row).label();
+            let columns = |table: &str| {
+                let def =
+                    outputs.iter().map(|&o| &targets[o]).find(|d| d.name.name == table || d.name.to_string() == table);
+                def.map(|d| d.columns.iter().map(|c| c.name.clone()).collect())
+            };
+            tokio::task::block_in_place(|| self.swapper.shadow(t, &name, &rows, &result, key, columns));
             outcomes.insert(t, result.into_iter());
         }
         let mut batch = RowChangeBatch {
@@ -650,6 +679,10 @@ impl Applier for TablesApplier<'_> {
         Ok(self.position)
     }
 
+    async fn idle(&mut self) -> anyhow::Result<()> {
+        self.between().await
+    }
+
     fn report(&mut self) -> &mut SyncReport {
         &mut self.report
     }
@@ -732,7 +765,7 @@ pub async fn apply(
 ) -> anyhow::Result<ApplyReport> {
     use super::input::Next;
     use std::sync::atomic::Ordering;
-    let (plan, target, position, report) = open_stream(settings, selection).await?;
+    let (plan, target, position, report, swapper) = open_stream(settings, selection).await?;
     if let Some(missing) = plan.tables.iter().flat_map(|t| &t.outputs).find(|o| o.create) {
         return Err(crate::error::Error::contract(format!(
             "target table {} does not exist in {}: run `ferry migrate` (or load the Debezium snapshot into \
@@ -740,7 +773,7 @@ pub async fn apply(
             missing.def.name, settings.target.url
         )));
     }
-    let mut applier = TablesApplier::new(settings, plan, target, position, report);
+    let mut applier = TablesApplier::new(settings, plan, target, position, report, swapper);
     let mut pending: Vec<Change> = Vec::new();
     let (mut current_tx, mut group_last, mut last_seen) = (None, None, None);
     let mut positions = super::debezium::Positions::after(position);
@@ -816,6 +849,7 @@ pub async fn apply(
             input.commit(token).await?;
         }
     }
+    applier.swapper.flush(applier.target.as_mut()).await?;
     applier.report.stream.checkpoint.position = applier.position;
     applier.report.stream.toast_rereads = applier.report.toast_rereads;
     Ok(applier.report.stream)

@@ -81,6 +81,22 @@ CREATE TABLE IF NOT EXISTS ferry.batches (
     committed_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, seq)
 );
+CREATE TABLE IF NOT EXISTS ferry.deployments (
+    id              bigserial PRIMARY KEY,
+    pipeline        text NOT NULL,
+    source_table    text,
+    path            text NOT NULL,
+    sha256          text NOT NULL,
+    shadow          boolean NOT NULL DEFAULT false,
+    state           text NOT NULL DEFAULT 'pending',
+    reason          text,
+    position        text,
+    previous_sha256 text,
+    requested_at    timestamptz NOT NULL DEFAULT now(),
+    decided_at      timestamptz,
+    shadow_report   text
+);
+CREATE INDEX IF NOT EXISTS deployments_pipeline ON ferry.deployments (pipeline, id);
 "#;
 
 /// Key of the advisory lock that serialises control-schema DDL.

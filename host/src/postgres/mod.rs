@@ -3,6 +3,7 @@
 mod changes;
 pub(crate) mod control;
 mod copy;
+mod deployments;
 pub mod replication;
 mod source;
 mod stream;

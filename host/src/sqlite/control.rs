@@ -72,6 +72,21 @@ CREATE TABLE IF NOT EXISTS ferry_table_progress (
     updated_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
     PRIMARY KEY (run_id, table_name)
 );
+CREATE TABLE IF NOT EXISTS ferry_deployments (
+    id              INTEGER PRIMARY KEY,
+    pipeline        TEXT NOT NULL,
+    source_table    TEXT,
+    path            TEXT NOT NULL,
+    sha256          TEXT NOT NULL,
+    shadow          INTEGER NOT NULL DEFAULT 0,
+    state           TEXT NOT NULL DEFAULT 'pending',
+    reason          TEXT,
+    position        TEXT,
+    previous_sha256 TEXT,
+    requested_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    decided_at      TEXT,
+    shadow_report   TEXT
+);
 "#;
 
 /// Dead letters are unique per (run, table, key) since runs copy many

@@ -1,6 +1,7 @@
 //! SQLite: the embedded default, as source and as target.
 
 pub(crate) mod control;
+mod deployments;
 mod source;
 mod stream;
 mod tables;

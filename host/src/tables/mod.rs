@@ -507,7 +507,7 @@ fn built_later(table: &PlannedTable, def: &TableDef, engine: Engine) -> TableDef
 }
 
 /// The run's plugin hashes (or `identity`), comma-separated.
-fn producers(plan: &Plan) -> String {
+pub(crate) fn producers(plan: &Plan) -> String {
     let mut all: Vec<&str> = plan.tables.iter().map(|t| t.producer()).collect();
     all.sort_unstable();
     all.dedup();

@@ -1,0 +1,158 @@
+//! The rules of split-orders (shared with its test-only second version,
+//! `testing/split-orders-v2`, which differs in `UPPERCASE_SKUS`).
+
+use std::cell::RefCell;
+
+use crate::exports::ferry::transform::transform_row::Guest;
+use crate::ferry::transform::types::{
+    Column, ColumnType, OutputKey, OutputRow, RowError, ScalarKind, TableSchema, Value,
+};
+
+/// Positions of the columns this plugin reads, learned in `describe`.
+#[derive(Clone, Copy)]
+struct Positions {
+    id: usize,
+    customer_id: usize,
+    placed_at: usize,
+    status: usize,
+    items: usize,
+}
+
+thread_local! {
+    static POSITIONS: RefCell<Option<Positions>> = const { RefCell::new(None) };
+}
+
+fn column(name: &str, kind: ScalarKind, nullable: bool) -> Column {
+    Column { name: name.into(), type_: ColumnType::Scalar(kind), nullable }
+}
+
+fn outputs() -> Vec<TableSchema> {
+    vec![
+        TableSchema {
+            name: "orders".into(),
+            columns: vec![
+                column("id", ScalarKind::Int64, false),
+                column("customer_id", ScalarKind::Int64, false),
+                column("placed_at", ScalarKind::Timestamptz, false),
+                column("status", ScalarKind::Text, false),
+                column("item_count", ScalarKind::Int32, false),
+            ],
+            primary_key: vec!["id".into()],
+        },
+        TableSchema {
+            name: "order_items".into(),
+            columns: vec![
+                column("order_id", ScalarKind::Int64, false),
+                column("line", ScalarKind::Int32, false),
+                column("sku", ScalarKind::Text, false),
+                column("qty", ScalarKind::Int32, false),
+                column("price", ScalarKind::Numeric, false),
+            ],
+            primary_key: vec!["order_id".into(), "line".into()],
+        },
+    ]
+}
+
+fn int(value: &Value, what: &str) -> Result<i64, RowError> {
+    match value {
+        Value::Int16(n) => Ok(i64::from(*n)),
+        Value::Int32(n) => Ok(i64::from(*n)),
+        Value::Int64(n) => Ok(*n),
+        other => Err(RowError::Reject(format!("{what} is not an integer: {other:?}"))),
+    }
+}
+
+fn text<'a>(value: &'a Value, what: &str) -> Result<&'a str, RowError> {
+    match value {
+        Value::Text(s) | Value::Json(s) => Ok(s),
+        Value::Null => Err(RowError::Reject(format!("{what} is NULL"))),
+        other => Err(RowError::Reject(format!("{what} is not text: {other:?}"))),
+    }
+}
+
+fn split(p: Positions, row: &[Value]) -> Result<Vec<OutputRow>, RowError> {
+    let id = int(&row[p.id], "id")?;
+    let status = text(&row[p.status], "status")?.trim().to_lowercase();
+    if status == "test" {
+        return Ok(Vec::new());
+    }
+    let placed_at = match &row[p.placed_at] {
+        // A legacy timestamp without zone is UTC.
+        Value::Timestamp(t) | Value::Timestamptz(t) => *t,
+        other => return Err(RowError::Reject(format!("placed_at is not a timestamp: {other:?}"))),
+    };
+    let items: serde_json::Value = serde_json::from_str(text(&row[p.items], "items")?)
+        .map_err(|e| RowError::Reject(format!("items is not valid JSON: {e}")))?;
+    let items = items.as_array().ok_or_else(|| RowError::Reject("items is not a JSON array".into()))?;
+    let mut out = vec![OutputRow {
+        table: "orders".into(),
+        values: vec![
+            Value::Int64(id),
+            Value::Int64(int(&row[p.customer_id], "customer_id")?),
+            Value::Timestamptz(placed_at),
+            Value::Text(status),
+            Value::Int32(items.len() as i32),
+        ],
+    }];
+    for (line, item) in items.iter().enumerate() {
+        let field = |name: &str| item.get(name).ok_or_else(|| RowError::Reject(format!("item {line} has no {name}")));
+        let sku = field("sku")?.as_str().ok_or_else(|| RowError::Reject(format!("item {line}: sku is not text")))?;
+        let qty = field("qty")?.as_i64().filter(|q| *q > 0 && *q <= i64::from(i32::MAX));
+        let qty = qty.ok_or_else(|| RowError::Reject(format!("item {line}: qty is not a positive integer")))?;
+        // Prices stay exact: a string of digits, or a JSON number as written.
+        let price = match field("price")? {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return Err(RowError::Reject(format!("item {line}: price is not a number"))),
+        };
+        out.push(OutputRow {
+            table: "order_items".into(),
+            values: vec![
+                Value::Int64(id),
+                Value::Int32(line as i32 + 1),
+                Value::Text(if crate::UPPERCASE_SKUS { sku.to_uppercase() } else { sku.to_string() }),
+                Value::Int32(qty as i32),
+                Value::Numeric(price),
+            ],
+        });
+    }
+    Ok(out)
+}
+
+/// The export: `describe` learns the columns, `transform-batch` splits.
+pub struct Plugin;
+
+impl Guest for Plugin {
+    fn describe(source: TableSchema) -> Result<Vec<TableSchema>, String> {
+        let find = |name: &str| {
+            source
+                .columns
+                .iter()
+                .position(|c| c.name == name)
+                .ok_or_else(|| format!("split-orders needs a column `{name}` in {}", source.name))
+        };
+        let positions = Positions {
+            id: find("id")?,
+            customer_id: find("customer_id")?,
+            placed_at: find("placed_at")?,
+            status: find("status")?,
+            items: find("items")?,
+        };
+        POSITIONS.with(|p| *p.borrow_mut() = Some(positions));
+        Ok(outputs())
+    }
+
+    fn transform_batch(_table: String, rows: Vec<Vec<Value>>) -> Vec<Result<Vec<OutputRow>, RowError>> {
+        let Some(p) = POSITIONS.with(|p| *p.borrow()) else {
+            let fatal = RowError::Fatal("transform-batch called before describe".into());
+            return rows.iter().map(|_| Err(fatal.clone())).collect();
+        };
+        rows.iter().map(|row| split(p, row)).collect()
+    }
+
+    fn target_keys(_table: String, key: Vec<Value>) -> Result<Vec<OutputKey>, RowError> {
+        // Items first (they reference the order); a key shorter than
+        // order_items' (order_id, line) names every line of the order.
+        Ok(vec![OutputKey { table: "order_items".into(), key: key.clone() }, OutputKey { table: "orders".into(), key }])
+    }
+}

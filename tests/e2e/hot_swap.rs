@@ -1,0 +1,277 @@
+//! Hot swap: a running `ferry sync` takes a new plugin version
+//! (`ferry plugin deploy`) between two target transactions, without
+//! stopping; versions that do not load or do not match the contract are
+//! refused and the running one stays.
+//!
+//! Judged by the rows themselves: `split-orders-v2` writes SKUs in upper
+//! case, so every order in the target says which version made it; the
+//! source tells, independently of ferry, where each order's transaction
+//! sits in the WAL (`pg_current_wal_lsn()` read right after its commit,
+//! which no later transaction's commit precedes), so the recorded switch
+//! position can be checked against every order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+
+use crate::cluster::Cluster;
+use crate::support::*;
+use crate::tables::tables_pipeline;
+
+const ORDERS_DDL: &str = r#"
+CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL);
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers, placed_at timestamp NOT NULL,
+    status text NOT NULL, items json NOT NULL);
+INSERT INTO customers SELECT g, 'C' || g FROM generate_series(1, 10) g;
+INSERT INTO orders SELECT g, 1 + g % 10, '2024-03-01 10:00:00', 'paid',
+    json_build_array(json_build_object('sku', 'a' || g, 'qty', 1, 'price', '1.50')) FROM generate_series(1, 50) g;
+"#;
+
+/// The commit-LSN part of a stream position as ferry prints it
+/// (`commit/lsn`, each `HI/LO`).
+fn commit_lsn(position: &str) -> u64 {
+    let parts: Vec<&str> = position.split('/').collect();
+    assert!(parts.len() >= 4, "a position is commit/lsn: {position}");
+    (u64::from_str_radix(parts[0], 16).unwrap() << 32) | u64::from_str_radix(parts[1], 16).unwrap()
+}
+
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// Inserts one order per transaction (SKUs in lower case) until `stop`,
+/// recording for each the WAL position right after its commit.
+async fn write_orders(source: String, first: i64, stop: Arc<AtomicBool>) -> Vec<(i64, u64)> {
+    let mut c = PgConnection::connect(&source).await.unwrap();
+    let mut written = Vec::new();
+    let mut id = first;
+    while !stop.load(Ordering::Relaxed) {
+        sqlx::query(
+            "INSERT INTO orders VALUES ($1, 1 + $1 % 10, '2024-06-01 00:00:00', 'paid', \
+             json_build_array(json_build_object('sku', 'sku-' || $1, 'qty', 1, 'price', '2.00'), \
+                              json_build_object('sku', 'x-' || $1, 'qty', 2, 'price', '3.00')))",
+        )
+        .bind(id)
+        .execute(&mut c)
+        .await
+        .unwrap();
+        let after: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(&mut c).await.unwrap();
+        written.push((id, lsn(&after)));
+        id += 1;
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    written
+}
+
+async fn deployments(p: &Pipeline) -> Vec<serde_json::Value> {
+    let status = p.ferry(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    status.json()["deployments"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_sync_switches_plugin_versions_between_transactions_and_refuses_bad_ones() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    let mut c = PgConnection::connect(&source).await.unwrap();
+    sqlx::raw_sql(ORDERS_DDL).execute(&mut c).await.unwrap();
+    let target = PgDb::new("hswap").await;
+    let extra = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", plugins().split_orders.display());
+    let p = tables_pipeline(&source, &target.url(), "include = [\"public.customers\"]", &extra);
+
+    let mut daemon = p.spawn(&["sync", "--json"]);
+    eventually("the initial load", || async {
+        target.scalar_i64("SELECT count(*) FROM pg_tables WHERE tablename = 'order_items'").await == 1
+            && target.scalar_i64("SELECT count(*) FROM order_items").await == 50
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_orders(source.clone(), 1000, Arc::clone(&stop)));
+    eventually("streamed orders", || async { target.scalar_i64("SELECT count(*) FROM orders").await >= 80 }).await;
+
+    // A component of another contract, and a file that is no component:
+    // refused with the reason, and the stream goes on with v1.
+    let wrong = p.ferry(&["plugin", "deploy", plugins().wrong_world.to_str().unwrap(), "--json"]);
+    assert_eq!(wrong.code, 9, "{wrong:?}");
+    let wrong = wrong.json();
+    assert_eq!(wrong["state"], "refused", "{wrong}");
+    assert!(wrong["reason"].as_str().unwrap().contains("does not export"), "{wrong}");
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), "not a component").unwrap();
+    let junk_run = p.ferry(&["plugin", "deploy", junk.path().to_str().unwrap(), "--json"]);
+    assert_eq!(junk_run.code, 9, "{junk_run:?}");
+    assert!(junk_run.json()["reason"].as_str().unwrap().contains("not a WebAssembly file"), "{junk_run:?}");
+    let before = target.scalar_i64("SELECT count(*) FROM orders").await;
+    eventually("the stream goes on after refusals", || async {
+        target.scalar_i64("SELECT count(*) FROM orders").await > before + 10
+    })
+    .await;
+
+    // The next version, while orders keep coming.
+    let v2 = p.ferry(&["plugin", "deploy", plugins().split_orders_v2.to_str().unwrap(), "--json"]);
+    assert_eq!(v2.code, 0, "{v2:?}");
+    let v2 = v2.json();
+    assert_eq!(v2["state"], "live", "{v2}");
+    let v1_sha = ferry::plugin::sha256_hex(&std::fs::read(&plugins().split_orders).unwrap());
+    let v2_sha = ferry::plugin::sha256_hex(&std::fs::read(&plugins().split_orders_v2).unwrap());
+    assert_eq!(v2["sha256"], v2_sha.as_str());
+    assert_eq!(v2["previous_sha256"], v1_sha.as_str());
+    let switch = commit_lsn(v2["position"].as_str().expect("the switch position is recorded"));
+    let upper = target.scalar_i64("SELECT count(*) FROM order_items WHERE sku <> lower(sku)").await;
+    eventually("orders made by v2", || async {
+        target.scalar_i64("SELECT count(*) FROM order_items WHERE sku <> lower(sku)").await > upper + 60
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    let last = written.last().unwrap().0;
+    eventually("the last order", || async {
+        target.scalar_i64(&format!("SELECT count(*) FROM orders WHERE id = {last}")).await == 1
+    })
+    .await;
+    // SIGTERM: the daemon finishes its transaction and exits 0.
+    // SAFETY: signalling a child we own.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = daemon.wait().unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(daemon.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert_eq!(status.code(), Some(0), "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["stream"]["plugin_switches"], serde_json::json!([v2_sha]), "{report}");
+
+    // Every streamed order was made by exactly the version the recorded
+    // switch position says: v1 up to it, v2 after it. The source's own WAL
+    // positions bound each order's commit: commit(k) < after(k) <= commit(k+1).
+    let mut c = target.conn().await;
+    let made_by: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT order_id, count(*) FILTER (WHERE sku = lower(sku)), count(*) FILTER (WHERE sku <> lower(sku)) \
+         FROM order_items WHERE order_id >= 1000 GROUP BY order_id ORDER BY order_id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(made_by.len(), written.len(), "every order arrived, once");
+    let (mut v1_orders, mut v2_orders) = (0, 0);
+    for (i, &(id, after)) in written.iter().enumerate() {
+        let (order, lower, upper) = made_by[i];
+        assert_eq!(order, id);
+        assert_eq!(lower + upper, 2, "order {id}: its two items");
+        assert!(lower == 0 || upper == 0, "order {id} was made by one version: {lower} lower, {upper} upper");
+        let before_switch = after <= switch;
+        let after_switch = i > 0 && written[i - 1].1 > switch;
+        if before_switch {
+            assert_eq!(upper, 0, "order {id} committed before the switch: made by v1");
+        }
+        if after_switch {
+            assert_eq!(lower, 0, "order {id} committed after the switch: made by v2");
+        }
+        if lower == 2 { v1_orders += 1 } else { v2_orders += 1 }
+    }
+    assert!(v1_orders >= 20 && v2_orders >= 30, "the switch happened mid-stream: {v1_orders} by v1, {v2_orders} by v2");
+    // The initial load's orders are v1's.
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM order_items WHERE order_id < 1000 AND sku <> lower(sku)").await,
+        0
+    );
+
+    // What `ferry status` says: two refusals with their reasons, v2 live.
+    let seen = deployments(&p).await;
+    let states: Vec<&str> = seen.iter().map(|d| d["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["refused", "refused", "live"], "{seen:?}");
+    let human = p.ferry(&["status"]);
+    assert!(human.stdout.contains(&format!("{v2_sha} for every plugin table: live from stream position")), "{human:?}");
+
+    // A restarted stream runs the deployed version, not the pipeline file's.
+    sqlx::query("INSERT INTO orders VALUES (99999, 1, '2024-07-01 00:00:00', 'paid', '[{\"sku\": \"late\", \"qty\": 1, \"price\": \"1\"}]')")
+        .execute(&mut PgConnection::connect(&source).await.unwrap())
+        .await
+        .unwrap();
+    let again = p.ferry(&["sync", "--idle-exit", "2", "--json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let sku: String =
+        sqlx::query_scalar("SELECT sku FROM order_items WHERE order_id = 99999").fetch_one(&mut c).await.unwrap();
+    assert_eq!(sku, "LATE");
+
+    // Shadow: v1 runs beside the live v2 on the same rows and writes
+    // nothing; every row it sees differs in order_items.sku, and says how.
+    let mut daemon = p.spawn(&["sync", "--json"]);
+    let shadow = p.ferry(&["plugin", "deploy", plugins().split_orders.to_str().unwrap(), "--shadow", "--json"]);
+    assert_eq!(shadow.code, 0, "{shadow:?}");
+    assert_eq!(shadow.json()["state"], "shadow", "{shadow:?}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_orders(source.clone(), 200_000, Arc::clone(&stop)));
+    eventually("orders seen by the shadow", || async {
+        let d = deployments(&p).await;
+        d.last().and_then(|d| d["shadow_report"]["rows"].as_u64()).unwrap_or(0) >= 20
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let shadowed = writer.await.unwrap();
+    let last = shadowed.last().unwrap().0;
+    eventually("the last shadowed order", || async {
+        target.scalar_i64(&format!("SELECT count(*) FROM orders WHERE id = {last}")).await == 1
+    })
+    .await;
+    // The live version wrote them all: upper case.
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM order_items WHERE order_id >= 200000 AND sku = lower(sku)").await,
+        0,
+        "the shadow wrote nothing"
+    );
+    let report = &deployments(&p).await.last().unwrap()["shadow_report"].clone();
+    assert_eq!(report["rows"], report["differing"], "v1 and v2 differ on every order: {report}");
+    let sku = &report["fields"]["order_items.sku"];
+    assert_eq!(sku["count"], report["rows"], "{report}");
+    assert_eq!(report["fields"].as_object().unwrap().len(), 1, "only the SKU differs: {report}");
+    let example = &sku["examples"][0];
+    assert_eq!(example["live"].as_str().unwrap(), example["shadow"].as_str().unwrap().to_uppercase(), "{report}");
+    assert!(example["shadow"].as_str().unwrap().starts_with("sku-"), "{report}");
+
+    // Promote: v1 goes live, the shadow ends.
+    let promoted = p.ferry(&["plugin", "promote", "--json"]);
+    assert_eq!(promoted.code, 0, "{promoted:?}");
+    assert_eq!(promoted.json()["state"], "live", "{promoted:?}");
+    assert_eq!(promoted.json()["sha256"], v1_sha.as_str());
+    sqlx::query("INSERT INTO orders VALUES (300000, 1, '2024-07-01 00:00:00', 'paid', '[{\"sku\": \"after\", \"qty\": 1, \"price\": \"1\"}]')")
+        .execute(&mut PgConnection::connect(&source).await.unwrap())
+        .await
+        .unwrap();
+    eventually("an order after the promotion", || async {
+        target.scalar_i64("SELECT count(*) FROM order_items WHERE order_id = 300000 AND sku = 'after'").await == 1
+    })
+    .await;
+    let states: Vec<String> = deployments(&p).await.iter().map(|d| d["state"].as_str().unwrap().to_string()).collect();
+    assert_eq!(states, ["refused", "refused", "live", "promoted", "live"]);
+    // SAFETY: signalling a child we own.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    assert_eq!(p.ferry(&["sync", "--teardown"]).code, 0);
+}
+
+#[tokio::test]
+async fn deploy_needs_a_plugin_table_and_says_which_when_there_are_several() {
+    let db = PgDb::new("hswapcfg").await;
+    let split = plugins().split_orders.display().to_string();
+    let none = tables_pipeline(&db.url(), &db.url(), "include = [\"public.*\"]", "");
+    let r = none.ferry(&["plugin", "deploy", &split]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("no [[tables]] entry of the pipeline has a plugin"), "{r:?}");
+    let two = format!(
+        "[[tables]]\nname = \"orders\"\nplugin = \"{split}\"\n[[tables]]\nname = \"returns\"\nplugin = \"{split}\"\n"
+    );
+    let p = tables_pipeline(&db.url(), &db.url(), "", &two);
+    let r = p.ferry(&["plugin", "deploy", &split]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("2 tables with a plugin (orders, returns)"), "{r:?}");
+    let r = p.ferry(&["plugin", "deploy", &split, "--table", "customers"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--table customers: the pipeline's tables with a plugin are orders, returns"), "{r:?}");
+    // No stream is running: the request waits for the next one.
+    let r = p.ferry(&["plugin", "deploy", &split, "--table", "orders", "--wait", "0", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["state"], "pending");
+    assert_eq!(r.json()["table"], "orders");
+}
