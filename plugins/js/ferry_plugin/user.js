@@ -10,13 +10,9 @@
 // hands a negative s64 over as its unsigned value, so the SDK reads every
 // s64 through BigInt.asIntN(64, …) before the rules see it.
 
-export class Reject extends Error {
-  constructor(reason) { super(reason); this.reason = reason; }
-}
+import { Fatal, Reject } from './errors.js';
 
-export class Fatal extends Error {
-  constructor(reason) { super(reason); this.reason = reason; }
-}
+export { Fatal, Reject };
 
 const s64 = (x) => (x === undefined || x === null ? x : BigInt.asIntN(64, BigInt(x)));
 

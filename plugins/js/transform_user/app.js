@@ -2,6 +2,7 @@
 // the contract adds (NULLs rejected with the same reasons as the Rust and
 // Python plugins, and the JSON the plugins' parsers refuse refused alike).
 import { transformUser as exportTransformUser, userKey as exportUserKey, Reject } from '../ferry_plugin/user.js';
+import { toLowerCase } from '../ferry_plugin/text.js';
 
 const MAX_DEPTH = 128;
 
@@ -46,34 +47,6 @@ function parseMetadata(text) {
   } catch (e) {
     throw new Reject(`metadata is not valid JSON: ${e.message}`);
   }
-}
-
-// StarlingMonkey (built without ICU) lowercases without Unicode's
-// Final_Sigma rule, and its regular expressions know no \p{Cased}: a
-// capital sigma ending a word must become 'ς' (as in V8, Rust and Python).
-// Applied here on the original text, then the rest is lowercased. Cased:
-// has a case mapping; case-ignorable: the common marks (combining
-// diacritics, apostrophes, periods, colons, soft hyphen) — an
-// approximation of Unicode's lists, exact for Greek words.
-const isCased = (c) => c.toLowerCase() !== c || c.toUpperCase() !== c;
-const isCaseIgnorable = (c) => /^[\u0300-\u036F'.:^`\u00AD\u2018\u2019\u00B7]$/.test(c);
-
-function toLowerCase(text) {
-  const cps = [...text];
-  let out = '';
-  for (let i = 0; i < cps.length; i++) {
-    if (cps[i] === '\u03A3') {
-      let before = i - 1;
-      while (before >= 0 && isCaseIgnorable(cps[before])) before--;
-      let after = i + 1;
-      while (after < cps.length && isCaseIgnorable(cps[after])) after++;
-      const final = before >= 0 && isCased(cps[before]) && !(after < cps.length && isCased(cps[after]));
-      out += final ? '\u03C2' : '\u03C3';
-    } else {
-      out += cps[i].toLowerCase();
-    }
-  }
-  return out;
 }
 
 function targetKey(id) {

@@ -58,7 +58,7 @@ fn int(value: &Value, what: &str) -> Result<i64, RowError> {
         Value::Int16(n) => Ok(i64::from(*n)),
         Value::Int32(n) => Ok(i64::from(*n)),
         Value::Int64(n) => Ok(*n),
-        other => Err(RowError::Reject(format!("{what} is not an integer: {other:?}"))),
+        _ => Err(RowError::Reject(format!("{what} is not an integer"))),
     }
 }
 
@@ -66,7 +66,7 @@ fn text<'a>(value: &'a Value, what: &str) -> Result<&'a str, RowError> {
     match value {
         Value::Text(s) | Value::Json(s) => Ok(s),
         Value::Null => Err(RowError::Reject(format!("{what} is NULL"))),
-        other => Err(RowError::Reject(format!("{what} is not text: {other:?}"))),
+        _ => Err(RowError::Reject(format!("{what} is not text"))),
     }
 }
 
@@ -79,7 +79,7 @@ fn split(p: Positions, row: &[Value]) -> Result<Vec<OutputRow>, RowError> {
     let placed_at = match &row[p.placed_at] {
         // A legacy timestamp without zone is UTC.
         Value::Timestamp(t) | Value::Timestamptz(t) => *t,
-        other => return Err(RowError::Reject(format!("placed_at is not a timestamp: {other:?}"))),
+        _ => return Err(RowError::Reject("placed_at is not a timestamp".into())),
     };
     let items: serde_json::Value = serde_json::from_str(text(&row[p.items], "items")?)
         .map_err(|e| RowError::Reject(format!("items is not valid JSON: {e}")))?;
@@ -99,10 +99,12 @@ fn split(p: Positions, row: &[Value]) -> Result<Vec<OutputRow>, RowError> {
         let sku = field("sku")?.as_str().ok_or_else(|| RowError::Reject(format!("item {line}: sku is not text")))?;
         let qty = field("qty")?.as_i64().filter(|q| *q > 0 && *q <= i64::from(i32::MAX));
         let qty = qty.ok_or_else(|| RowError::Reject(format!("item {line}: qty is not a positive integer")))?;
-        // Prices stay exact: a string of digits, or a JSON number as written.
+        // Prices stay exact: a string, or a JSON number as written (its
+        // exponent applied).
         let price = match field("price")? {
             serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Number(n) => plain_decimal(&n.to_string())
+                .ok_or_else(|| RowError::Reject(format!("item {line}: price exponent out of range")))?,
             _ => return Err(RowError::Reject(format!("item {line}: price is not a number"))),
         };
         out.push(OutputRow {
@@ -118,6 +120,43 @@ fn split(p: Positions, row: &[Value]) -> Result<Vec<OutputRow>, RowError> {
     }
     Ok(out)
 }
+
+/// A JSON number's text as a plain decimal: as written when it has no
+/// exponent, else with the exponent applied the way PostgreSQL stores it
+/// (`1.5e-3` → `0.0015`, `1.50e1` → `15.0`, `1e2` → `100`); `None` for an
+/// exponent past ±[`MAX_EXPONENT`]. The Python and JavaScript versions of
+/// this plugin do exactly the same (the conformance test holds them to it).
+fn plain_decimal(text: &str) -> Option<String> {
+    let Some(e) = text.find(['e', 'E']) else { return Some(text.to_string()) };
+    let exponent: i64 = text[e + 1..].parse().ok().filter(|x: &i64| x.abs() <= MAX_EXPONENT)?;
+    let (sign, mantissa) = match text[..e].strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", &text[..e]),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let point = int.len() as i64 + exponent;
+    let body = if point <= 0 {
+        format!("0.{}{digits}", "0".repeat(point.unsigned_abs() as usize))
+    } else if point as usize >= digits.len() {
+        format!("{digits}{}", "0".repeat(point as usize - digits.len()))
+    } else {
+        format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+    };
+    let (whole, fraction) = body.split_once('.').map_or((body.as_str(), None), |(w, f)| (w, Some(f)));
+    let whole = match whole.trim_start_matches('0') {
+        "" => "0",
+        w => w,
+    };
+    Some(match fraction {
+        Some(f) => format!("{sign}{whole}.{f}"),
+        None => format!("{sign}{whole}"),
+    })
+}
+
+/// The largest exponent a price may have: enough for any real amount,
+/// small enough that applying it cannot blow up.
+const MAX_EXPONENT: i64 = 1000;
 
 /// The export: `describe` learns the columns, `transform-batch` splits.
 pub struct Plugin;
