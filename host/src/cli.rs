@@ -601,7 +601,13 @@ async fn dlq_list(
 }
 
 fn plugin_info(path: &std::path::Path, json: bool) -> i32 {
-    let options = crate::plugin::LoadOptions { limits: Default::default(), pinned_sha256: None, cache_dir: None };
+    // The same compiled-code cache as the pipelines' (FERRY_CACHE_DIR or
+    // ~/.cache/ferry): the compile time shown is what a pipeline's start pays.
+    let options = crate::plugin::LoadOptions {
+        limits: Default::default(),
+        pinned_sha256: None,
+        cache_dir: crate::settings::default_cache_dir(),
+    };
     match crate::plugin::TablePlugin::load(path, &options) {
         Err(e) => fail(&e.into()),
         Ok(p) => {

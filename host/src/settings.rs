@@ -328,7 +328,7 @@ fn relative_to(base: Option<&Path>, path: &Path) -> PathBuf {
 }
 
 /// `$FERRY_CACHE_DIR`, else `$XDG_CACHE_HOME/ferry`, else `~/.cache/ferry`.
-fn default_cache_dir() -> Option<PathBuf> {
+pub fn default_cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("FERRY_CACHE_DIR") {
         return (!dir.is_empty()).then(|| PathBuf::from(dir));
     }
