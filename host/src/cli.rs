@@ -163,6 +163,17 @@ enum DlqAction {
         #[arg(long, value_name = "TABLE")]
         table: Option<String>,
     },
+    /// Try the latest run's dead letters again (after fixing the source, or with
+    /// a fixed plugin): those that pass are loaded exactly once, the rest keep
+    /// their new reason.
+    Replay {
+        /// A fixed version of the tables' plugin to run them through (same output tables).
+        #[arg(long, value_name = "PATH")]
+        plugin: Option<PathBuf>,
+        /// Only the dead letters of this source table (`schema.table` or `table`).
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -275,7 +286,14 @@ async fn run(cli: Cli) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&e.into()),
     };
-    if matches!(cli.command, Command::Check | Command::Validate { .. } | Command::Status { .. } | Command::Dlq { .. }) {
+    let read_only = matches!(
+        cli.command,
+        Command::Check
+            | Command::Validate { .. }
+            | Command::Status { .. }
+            | Command::Dlq { action: DlqAction::List { .. } }
+    );
+    if read_only {
         spawn_read_only_signal_handler();
     }
     match cli.command {
@@ -481,6 +499,31 @@ async fn run(cli: Cli) -> i32 {
                 Ok(r) => {
                     show(cli.json, &r, || report::status(&r));
                     exit::OK
+                }
+            }
+        }
+        Command::Dlq { action: DlqAction::Replay { plugin, table } } => {
+            let Some(selection) = settings.tables.clone() else {
+                return fail(
+                    &ConfigError::Invalid {
+                        path: cli.config.clone(),
+                        message: "dlq replay runs in pipelines of tables ([[tables]] or source.include)".into(),
+                    }
+                    .into(),
+                );
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            spawn_signal_handler(Arc::clone(&stop));
+            match crate::tables::replay::replay(&settings, &selection, plugin.as_deref(), table.as_deref(), stop).await
+            {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    show(cli.json, &r, || report::replay(&r));
+                    match r {
+                        _ if r.interrupted => exit::INTERRUPTED,
+                        _ if r.remaining() > 0 => exit::DEAD_LETTERS,
+                        _ => exit::OK,
+                    }
                 }
             }
         }

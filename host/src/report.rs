@@ -472,3 +472,30 @@ fn shadow_summary(r: &crate::deployments::ShadowReport) -> String {
     }
     out
 }
+
+/// `ferry dlq replay`: one line per table and what became of its dead letters.
+pub fn replay(r: &crate::tables::replay::ReplayReport) -> String {
+    let mut t = table(&["table", "retried", "loaded", "filtered", "still dead", "gone from source", "plugin"]);
+    for line in &r.tables {
+        t.add_row(vec![
+            Cell::new(&line.table),
+            Cell::new(line.retried),
+            Cell::new(line.loaded),
+            Cell::new(line.filtered),
+            Cell::new(line.dead_lettered),
+            Cell::new(line.gone),
+            Cell::new(line.plugin_sha256.chars().take(12).collect::<String>()),
+        ]);
+    }
+    let mut out = format!("replay of run {}\n{t}", r.run_id);
+    if r.keyless > 0 {
+        out.push_str(&format!(
+            "\n{} dead letters of tables without a key were left alone (no key to read them by)",
+            r.keyless
+        ));
+    }
+    if r.interrupted {
+        out.push_str("\ninterrupted: every batch shown is committed; run it again for the rest");
+    }
+    out
+}

@@ -187,6 +187,10 @@ pub struct RowBatch {
     /// Source rows a plugin turned into no row.
     pub filtered: u64,
     pub plugin_sha256: String,
+    /// Dead letters of this run and table the batch retries (`ferry dlq
+    /// replay`), by key: removed in its transaction before its own dead
+    /// letters (the rows that fail again) are recorded.
+    pub replayed: Vec<crate::keyset::Key>,
 }
 
 impl RowBatch {
@@ -202,7 +206,10 @@ impl RowBatch {
 ///
 /// Contract: `commit_rows` writes the batch's rows, its dead letters and the
 /// table's new checkpoint and counters in ONE transaction, and only if the
-/// stored checkpoint equals `previous_key` (else [`FencedError`]). A row the
+/// stored checkpoint equals `previous_key` (else [`FencedError`]); the dead
+/// letters it retries (`replayed`) are removed in that transaction, and all
+/// of them must still be there (else [`FencedError`]: another replay took
+/// them), so a replayed row is loaded once however often replay runs. A row the
 /// target refuses for what it holds is isolated in that transaction and
 /// dead-lettered with kind `load`; a key conflict under
 /// `OnConflict::Error` fails with [`ConflictError`] and writes nothing.

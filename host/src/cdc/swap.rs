@@ -373,21 +373,14 @@ fn prepare(
     let plugin = TablePlugin::load(Path::new(&deployment.path), &options).map_err(|e| e.to_string())?;
     let mut instances = Vec::new();
     for (t, source, old) in tables {
-        let mut instance = plugin.instantiate().map_err(|e| e.to_string())?;
-        let declared = instance.describe(&source).map_err(|e| e.to_string())?;
-        if let Some(old) = old {
-            let live = old.instantiate().and_then(|mut i| i.describe(&source)).map_err(|e| e.to_string())?;
-            if declared != live {
-                let names = |defs: &[TableDef]| defs.iter().map(describe_table).collect::<Vec<_>>().join("; ");
-                return Err(format!(
-                    "for table {}, it declares the output tables {} but the live version declares {}: a hot swap \
-                     changes the rules, not the target's schema (migrate into the new schema instead)",
-                    source.name,
-                    names(&declared),
-                    names(&live)
-                ));
+        let instance = match old {
+            Some(old) => plugin.replacing(&old, &source)?,
+            None => {
+                let mut instance = plugin.instantiate().map_err(|e| e.to_string())?;
+                instance.describe(&source).map_err(|e| e.to_string())?;
+                instance
             }
-        }
+        };
         instances.push((t, instance));
     }
     Ok(Ready { plugin, instances })
@@ -455,14 +448,6 @@ fn outcome_text(outcome: &RowOutcome) -> String {
         RowOutcome::Trapped(reason) => format!("trapped: {reason}"),
         RowOutcome::Fatal(reason) => format!("fatal: {reason}"),
     }
-}
-
-/// `name (column kind[?], …) key (…)`, for a refusal's reason.
-fn describe_table(def: &TableDef) -> String {
-    let columns: Vec<String> =
-        def.columns.iter().map(|c| format!("{} {:?}{}", c.name, c.kind, if c.nullable { "?" } else { "" })).collect();
-    let key: Vec<&str> = def.primary_key.iter().map(|&i| def.columns[i].name.as_str()).collect();
-    format!("{} ({}) key ({})", def.name, columns.join(", "), key.join(", "))
 }
 
 /// `ferry plugin deploy`: records `path` as the next version of the

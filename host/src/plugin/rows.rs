@@ -484,6 +484,27 @@ impl TablePlugin {
         }
     }
 
+    /// An instance of this version, told `source`'s schema, to take the
+    /// place of `old` on that table: refused (with the reason) if it
+    /// declares other output tables than `old` does — a new version
+    /// changes rules, not the target's schema.
+    pub fn replacing(&self, old: &TablePlugin, source: &TableDef) -> Result<TableTransformer, String> {
+        let mut instance = self.instantiate().map_err(|e| e.to_string())?;
+        let declared = instance.describe(source).map_err(|e| e.to_string())?;
+        let live = old.instantiate().and_then(|mut i| i.describe(source)).map_err(|e| e.to_string())?;
+        if declared != live {
+            let names = |defs: &[TableDef]| defs.iter().map(describe_table).collect::<Vec<_>>().join("; ");
+            return Err(format!(
+                "for table {}, it declares the output tables {} but the version it replaces declares {}: a new \
+                 version changes the rules, not the target's schema (migrate into the new schema instead)",
+                source.name,
+                names(&declared),
+                names(&live)
+            ));
+        }
+        Ok(instance)
+    }
+
     pub fn instantiate(&self) -> Result<TableTransformer, PluginError> {
         Ok(match self {
             TablePlugin::Row(p) => TableTransformer::Row(p.instantiate()?),
@@ -655,4 +676,12 @@ fn legacy_user(row: &Row, p: [usize; 5]) -> Result<crate::model::LegacyUser, Str
         created_at,
         metadata: text(p[4], "metadata")?,
     })
+}
+
+/// `name (column kind[?], …) key (…)`, for a refusal's reason.
+fn describe_table(def: &TableDef) -> String {
+    let columns: Vec<String> =
+        def.columns.iter().map(|c| format!("{} {:?}{}", c.name, c.kind, if c.nullable { "?" } else { "" })).collect();
+    let key: Vec<&str> = def.primary_key.iter().map(|&i| def.columns[i].name.as_str()).collect();
+    format!("{} ({}) key ({})", def.name, columns.join(", "), key.join(", "))
 }

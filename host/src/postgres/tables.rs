@@ -914,6 +914,24 @@ impl RowSink for PgTables {
         if stored != Some(expected) {
             return Err(FencedError { run_id: batch.run_id.clone() }.into());
         }
+        let replayed = if batch.replayed.is_empty() {
+            0
+        } else {
+            let keys: Vec<String> = batch.replayed.iter().map(Key::label).collect();
+            let gone = sqlx::query(
+                "DELETE FROM ferry.dead_letters WHERE run_id = $1 AND source_table = $2 AND source_key = ANY($3)",
+            )
+            .bind(&batch.run_id)
+            .bind(&batch.table)
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if gone != keys.len() as u64 {
+                return Err(FencedError { run_id: batch.run_id.clone() }.into());
+            }
+            gone as i64
+        };
         let mut written = Applied::default();
         let mut refused: Vec<RowDeadLetter> = Vec::new();
         for write in &batch.writes {
@@ -1016,9 +1034,15 @@ impl RowSink for PgTables {
             .await
             .map_err(|e| Error::driver(format!("recording dead letters of {}", batch.table), &e))?;
         }
-        let dead_count = dead.len() as i64;
-        let transformed =
-            batch.extracted as i64 - batch.dead.iter().filter(|d| d.kind == DeadLetterKind::Extract).count() as i64;
+        let dead_count = dead.len() as i64 - replayed;
+        // A replay reads no new source rows: its counters move from dead
+        // letters to loaded or filtered only.
+        let transformed = match replayed {
+            0 => {
+                batch.extracted as i64 - batch.dead.iter().filter(|d| d.kind == DeadLetterKind::Extract).count() as i64
+            }
+            _ => 0,
+        };
         sqlx::query(
             "UPDATE ferry.table_progress SET last_key = $3, batches = batches + 1, extracted = extracted + $4, \
              transformed = transformed + $5, loaded = loaded + $6, skipped = skipped + $7, filtered = filtered + $8, \

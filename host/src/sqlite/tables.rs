@@ -696,6 +696,25 @@ impl RowSink for SqliteTables {
         if stored != Some(batch.previous_key.as_ref().map(Key::encode)) {
             return Err(FencedError { run_id: batch.run_id.clone() }.into());
         }
+        let replayed = if batch.replayed.is_empty() {
+            0
+        } else {
+            let keys: Vec<String> = batch.replayed.iter().map(Key::label).collect();
+            let gone = sqlx::query(
+                "DELETE FROM ferry_dead_letters WHERE run_id = ?1 AND source_table = ?2 \
+                 AND source_key IN (SELECT value FROM json_each(?3))",
+            )
+            .bind(&batch.run_id)
+            .bind(&batch.table)
+            .bind(serde_json::to_string(&keys)?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if gone != keys.len() as u64 {
+                return Err(FencedError { run_id: batch.run_id.clone() }.into());
+            }
+            gone as i64
+        };
         let mut refused: Vec<RowDeadLetter> = Vec::new();
         let mut written = Applied::default();
         for write in &batch.writes {
@@ -783,9 +802,15 @@ impl RowSink for SqliteTables {
             .execute(&mut *tx)
             .await?;
         }
-        let dead_count = (batch.dead.len() as u64 + refused_sources) as i64;
-        let transformed =
-            batch.extracted as i64 - batch.dead.iter().filter(|d| d.kind == DeadLetterKind::Extract).count() as i64;
+        let dead_count = (batch.dead.len() as u64 + refused_sources) as i64 - replayed;
+        // A replay reads no new source rows: its counters move from dead
+        // letters to loaded or filtered only.
+        let transformed = match replayed {
+            0 => {
+                batch.extracted as i64 - batch.dead.iter().filter(|d| d.kind == DeadLetterKind::Extract).count() as i64
+            }
+            _ => 0,
+        };
         sqlx::query(
             "UPDATE ferry_table_progress SET last_key = ?3, batches = batches + 1, extracted = extracted + ?4, \
              transformed = transformed + ?5, loaded = loaded + ?6, skipped = skipped + ?7, filtered = filtered + ?8, \

@@ -35,6 +35,7 @@ use crate::settings::{Settings, TableSelection};
 use crate::sink::{RowBatch, TableWrite};
 use crate::source::RowSource;
 
+pub mod replay;
 pub mod validate;
 
 /// Pages queued between a table's extractor and its loader.
@@ -778,7 +779,7 @@ pub struct PluginFatal {
 
 /// Sorts a page's outcomes into the batch: rows per output table, dead
 /// letters for rejected and trapped rows, filtered rows counted.
-fn transformed(
+pub(crate) fn transformed(
     table: &PlannedTable,
     sources: &[crate::keyset::Row],
     outcomes: Vec<RowOutcome>,
@@ -1047,6 +1048,7 @@ async fn prepare_batches(
             extracted,
             filtered: 0,
             plugin_sha256: table.producer().to_string(),
+            replayed: Vec::new(),
         };
         match transformer.take() {
             None => {

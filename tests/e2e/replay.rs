@@ -1,0 +1,159 @@
+//! `ferry dlq replay`: dead letters tried again once the cause is fixed.
+//! Judged by a fresh migration of the final source (what the target must
+//! now equal), the control tables' own rows, and replaying twice.
+
+use crate::support::*;
+use crate::tables::tables_pipeline;
+
+const SHOP: &str = r#"
+CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL);
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers, placed_at timestamp NOT NULL,
+    status text NOT NULL, items json NOT NULL);
+INSERT INTO customers SELECT g, 'C' || g FROM generate_series(1, 20) g;
+INSERT INTO orders SELECT g, 1 + g % 20, '2024-03-01 10:00:00'::timestamp + g * interval '1 hour',
+    CASE WHEN g = 60 THEN 'test' ELSE 'paid' END,
+    CASE WHEN g IN (10, 20, 30) THEN '{"not": "an array"}'::json
+         WHEN g IN (40, 50) THEN '[{"sku": "zero", "qty": 0, "price": "1"}]'::json
+         ELSE json_build_array(json_build_object('sku', 'A' || g, 'qty', 1, 'price', '1.50'),
+                               json_build_object('sku', 'B' || g, 'qty', 2, 'price', 2.25)) END
+FROM generate_series(1, 200) g;
+"#;
+
+/// A target of either engine, read with queries of our own.
+enum Target {
+    Pg(PgDb),
+    Sqlite(SqliteDb),
+}
+
+impl Target {
+    fn url(&self) -> String {
+        match self {
+            Target::Pg(db) => db.url(),
+            Target::Sqlite(db) => db.url(),
+        }
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        match self {
+            Target::Pg(db) => db.scalar_i64(&sql.replace("ferry_", "ferry.")).await,
+            Target::Sqlite(db) => db.scalar_i64(sql).await,
+        }
+    }
+
+    /// Every row of orders and order_items, in key order, one text each.
+    async fn rows(&self) -> Vec<String> {
+        let sql = "SELECT 'o ' || id || ' ' || customer_id || ' ' || status || ' ' || item_count FROM orders \
+                   UNION ALL SELECT 'i ' || order_id || ' ' || line || ' ' || sku || ' ' || qty || ' ' || price \
+                   FROM order_items ORDER BY 1";
+        match self {
+            Target::Pg(db) => sqlx::query_scalar(sql).fetch_all(&mut db.conn().await).await.unwrap(),
+            Target::Sqlite(db) => sqlx::query_scalar(sql).fetch_all(&mut db.conn().await).await.unwrap(),
+        }
+    }
+
+    async fn dead(&self) -> Vec<(String, String, String)> {
+        let sql =
+            "SELECT source_key, reason, plugin_sha256 FROM ferry_dead_letters ORDER BY length(source_key), source_key";
+        match self {
+            Target::Pg(db) => sqlx::query_as(sqlx::AssertSqlSafe(sql.replace("ferry_", "ferry.")))
+                .fetch_all(&mut db.conn().await)
+                .await
+                .unwrap(),
+            Target::Sqlite(db) => sqlx::query_as(sql).fetch_all(&mut db.conn().await).await.unwrap(),
+        }
+    }
+}
+
+async fn replay_scenario(target: Target, oracle: Target) {
+    let source = PgDb::new("replaysrc").await;
+    source.exec(SHOP).await;
+    let extra = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", plugins().split_orders.display());
+    let include = "include = [\"public.customers\"]";
+    let p = tables_pipeline(&source.url(), &target.url(), include, &extra);
+    assert_eq!(p.ferry(&["migrate"]).code, 4);
+    let v1 = ferry::plugin::sha256_hex(&std::fs::read(&plugins().split_orders).unwrap());
+    let keys = |dead: &[(String, String, String)]| dead.iter().map(|d| d.0.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(&target.dead().await), ["10", "20", "30", "40", "50"]);
+
+    // Nothing fixed: nothing loads, the dead letters stay as they were.
+    let before = target.rows().await;
+    let r = p.ferry(&["dlq", "replay", "--json"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    let line = r.json()["tables"][0].clone();
+    assert_eq!(
+        (line["retried"].as_u64(), line["loaded"].as_u64(), line["dead_lettered"].as_u64()),
+        (Some(5), Some(0), Some(5)),
+        "{line}"
+    );
+    assert_eq!(target.rows().await, before);
+    assert_eq!(target.dead().await.len(), 5);
+
+    // The source fixed for two orders, one order gone.
+    source
+        .exec(
+            "UPDATE orders SET items = '[{\"sku\": \"fixed\", \"qty\": 3, \"price\": \"9.99\"}]' WHERE id IN (10, 20); \
+             DELETE FROM orders WHERE id = 30;",
+        )
+        .await;
+    let r = p.ferry(&["dlq", "replay", "--json"]);
+    assert_eq!(r.code, 4, "two are still rejected: {r:?}");
+    let line = r.json()["tables"][0].clone();
+    assert_eq!(
+        (line["loaded"].as_u64(), line["gone"].as_u64(), line["dead_lettered"].as_u64()),
+        (Some(2), Some(1), Some(2)),
+        "{line}"
+    );
+    // The target is now what a fresh migration of the source gives.
+    let fresh = tables_pipeline(&source.url(), &oracle.url(), include, &extra);
+    assert_eq!(fresh.ferry(&["migrate"]).code, 4, "orders 40 and 50 are rejected there too");
+    let rows = target.rows().await;
+    assert_eq!(rows.len(), oracle.rows().await.len());
+    assert!(rows == oracle.rows().await, "the target differs from a fresh migration of the fixed source");
+    assert_eq!(target.count("SELECT count(*) FROM order_items WHERE sku = 'fixed'").await, 2);
+    let dead = target.dead().await;
+    assert_eq!(keys(&dead), ["30", "40", "50"], "the gone order keeps its dead letter; 10 and 20 are loaded");
+    // The ledger holds: every source row of the run is loaded, filtered or
+    // a dead letter (200 = 196 + 1 + 3), counted by the control tables.
+    let ledger = target
+        .count(
+            "SELECT extracted * 1000000 + loaded * 1000 + filtered * 10 + dead_lettered FROM ferry_table_progress \
+             WHERE table_name = 'public.orders'",
+        )
+        .await;
+    assert_eq!(ledger, 200_000_000 + 196_000 + 10 + 3);
+
+    // Again: nothing is loaded twice.
+    let r = p.ferry(&["dlq", "replay", "--json"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert_eq!(r.json()["tables"][0]["loaded"], 0);
+    assert!(target.rows().await == rows, "a second replay changed the target");
+    assert_eq!(target.count("SELECT count(*) FROM ferry_dead_letters").await, 3);
+
+    // Through another version: the rows still fail, now tied to it.
+    let v2 = ferry::plugin::sha256_hex(&std::fs::read(&plugins().split_orders_v2).unwrap());
+    let r = p.ferry(&["dlq", "replay", "--plugin", plugins().split_orders_v2.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert_eq!(r.json()["tables"][0]["plugin_sha256"], v2.as_str());
+    let dead = target.dead().await;
+    assert_eq!(
+        dead[0],
+        ("30".to_string(), "items is not a JSON array".to_string(), v1.clone()),
+        "gone from the source: untouched"
+    );
+    for (key, reason, sha) in &dead[1..] {
+        assert_eq!(sha, &v2, "order {key} was refused again by v2");
+        assert!(reason.contains("qty is not a positive integer"), "{reason}");
+    }
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "every difference is an explained dead letter: {v:?}");
+}
+
+#[tokio::test]
+async fn replay_loads_fixed_dead_letters_once_into_postgres() {
+    replay_scenario(Target::Pg(PgDb::new("replaytgt").await), Target::Pg(PgDb::new("replayora").await)).await;
+}
+
+#[tokio::test]
+async fn replay_loads_fixed_dead_letters_once_into_sqlite() {
+    replay_scenario(Target::Sqlite(SqliteDb::new()), Target::Sqlite(SqliteDb::new())).await;
+}
