@@ -197,6 +197,20 @@ enum PluginAction {
         #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
         wait: f64,
     },
+    /// Run two versions of a table's plugin on the same source rows and report
+    /// where their outputs differ, per field, with counts and examples.
+    Diff {
+        /// The version running now.
+        old: PathBuf,
+        /// The candidate.
+        new: PathBuf,
+        /// Only this table (default: every table of the pipeline with a plugin).
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
+        /// Source rows per table (the first ones in key order).
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        sample: usize,
+    },
     /// Make the running shadow version live (a deployment of the same file).
     Promote {
         /// Seconds to wait for the stream's decision (0: do not wait).
@@ -544,6 +558,23 @@ async fn run(cli: Cli) -> i32 {
                 }
                 PluginAction::Promote { wait } => {
                     crate::cdc::swap::promote(&settings, std::time::Duration::from_secs_f64(wait.max(0.0))).await
+                }
+                PluginAction::Diff { old, new, table, sample } => {
+                    let Some(selection) = settings.tables.clone() else {
+                        return fail(&crate::error::Error::raise(
+                            ErrorKind::Config,
+                            "plugin diff runs on pipelines of tables ([[tables]] entries with a plugin)",
+                        ));
+                    };
+                    return match crate::tables::diff::diff(&settings, &selection, &old, &new, table.as_deref(), sample)
+                        .await
+                    {
+                        Err(e) => fail(&e),
+                        Ok(r) => {
+                            show(cli.json, &r, || report::plugin_diff(&r));
+                            if r.differing() > 0 { exit::VERIFY_FAILED } else { exit::OK }
+                        }
+                    };
                 }
                 PluginAction::Info { .. } => unreachable!("handled above"),
             };

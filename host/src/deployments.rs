@@ -16,6 +16,8 @@
 
 use serde::Serialize;
 
+use crate::plugin::RowOutcome;
+
 /// Where a deployment stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -88,8 +90,8 @@ pub struct Deployment {
     pub shadow_report: Option<ShadowReport>,
 }
 
-/// How a shadow version's output differs from the live version's on the
-/// same rows.
+/// How a version's output differs from the live version's on the same rows
+/// (a shadow deployment, `ferry plugin diff`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ShadowReport {
     /// Rows both versions transformed.
@@ -151,6 +153,83 @@ pub trait DeploymentStore: Send {
     async fn end_shadow(&mut self, id: i64, state: DeployState) -> anyhow::Result<bool>;
     /// Stores a running shadow's differences so far.
     async fn report_shadow(&mut self, id: i64, report: &ShadowReport) -> anyhow::Result<()>;
+}
+
+/// Examples kept per differing field.
+const EXAMPLES: usize = 5;
+
+/// Characters of a value kept in an example.
+const EXAMPLE_CHARS: usize = 200;
+
+impl ShadowReport {
+    /// Adds one row's comparison: what the `live` version made of it and
+    /// what the other one (`shadow`) did; `true` when both agree. `key`
+    /// names the source row, `columns` an output table's column names.
+    pub fn add(
+        &mut self,
+        key: impl FnOnce() -> String,
+        live: &RowOutcome,
+        shadow: &RowOutcome,
+        columns: &impl Fn(&str) -> Option<Vec<String>>,
+    ) -> bool {
+        self.rows += 1;
+        if live == shadow {
+            return true;
+        }
+        self.differing += 1;
+        let key = key();
+        let mut note = |field: String, live: String, shadow: String| {
+            let diff = self.fields.entry(field).or_default();
+            diff.count += 1;
+            if diff.examples.len() < EXAMPLES {
+                let cut = |s: String| s.chars().take(EXAMPLE_CHARS).collect();
+                diff.examples.push(DiffExample { key: key.clone(), live: cut(live), shadow: cut(shadow) });
+            }
+        };
+        match (live, shadow) {
+            (RowOutcome::Rows(a), RowOutcome::Rows(b))
+                if a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && x.1.len() == y.1.len()) =>
+            {
+                // The same rows into the same tables: which fields differ.
+                let mut fields = std::collections::BTreeMap::new();
+                for ((table, x), (_, y)) in a.iter().zip(b) {
+                    let names = columns(table);
+                    for (i, (vx, vy)) in x.iter().zip(y).enumerate() {
+                        if vx != vy {
+                            let column =
+                                names.as_ref().and_then(|n| n.get(i).cloned()).unwrap_or_else(|| i.to_string());
+                            fields
+                                .entry(format!("{table}.{column}"))
+                                .or_insert_with(|| (value_text(vx), value_text(vy)));
+                        }
+                    }
+                }
+                for (field, (x, y)) in fields {
+                    note(field, x, y);
+                }
+            }
+            _ => note("outcome".into(), outcome_text(live), outcome_text(shadow)),
+        }
+        false
+    }
+}
+
+fn value_text(value: &crate::value::Value) -> String {
+    crate::value::encode_pg_text(value).unwrap_or_else(|| "NULL".into())
+}
+
+/// A row's outcome in a few words, for an example.
+fn outcome_text(outcome: &RowOutcome) -> String {
+    match outcome {
+        RowOutcome::Rows(rows) if rows.is_empty() => "filtered (no row)".into(),
+        RowOutcome::Rows(rows) => {
+            let tables: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+            format!("{} rows ({})", rows.len(), tables.join(", "))
+        }
+        RowOutcome::Rejected(reason) => format!("rejected: {reason}"),
+        RowOutcome::Trapped(reason) => format!("trapped: {reason}"),
+        RowOutcome::Fatal(reason) => format!("fatal: {reason}"),
+    }
 }
 
 /// Implements [`DeploymentStore`] for an engine's control-store type; the

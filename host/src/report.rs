@@ -499,3 +499,20 @@ pub fn replay(r: &crate::tables::replay::ReplayReport) -> String {
     }
     out
 }
+
+/// `ferry plugin diff`: per table, rows compared and differing, then each
+/// differing field with its count and examples.
+pub fn plugin_diff(r: &crate::tables::diff::DiffReport) -> String {
+    let short = |sha: &str| sha.chars().take(12).collect::<String>();
+    let mut out = format!("old {} → new {}", short(&r.old_sha256), short(&r.new_sha256));
+    for t in &r.tables {
+        out.push_str(&format!("\ntable {}: {} rows compared, {} differ", t.table, t.report.rows, t.report.differing));
+        for (field, diff) in &t.report.fields {
+            out.push_str(&format!("\n  {field}: {} rows", diff.count));
+            for e in &diff.examples {
+                out.push_str(&format!("\n    key {}: old {:?} → new {:?}", e.key, e.live, e.shadow));
+            }
+        }
+    }
+    out
+}

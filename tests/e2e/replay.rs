@@ -5,7 +5,7 @@
 use crate::support::*;
 use crate::tables::tables_pipeline;
 
-const SHOP: &str = r#"
+pub(crate) const SHOP: &str = r#"
 CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL);
 CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers, placed_at timestamp NOT NULL,
     status text NOT NULL, items json NOT NULL);

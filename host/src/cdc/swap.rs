@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::deployments::{Decision, DeployState, Deployment, DeploymentStore, DiffExample, ShadowReport};
+use crate::deployments::{Decision, DeployState, Deployment, DeploymentStore, ShadowReport};
 use crate::keyset::Row;
 use crate::plugin::{LoadOptions, RowOutcome, TablePlugin, TableTransformer};
 use crate::position::Position;
@@ -40,12 +40,6 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// How often a running shadow's differences are stored (one small update).
 const SHADOW_FLUSH: Duration = Duration::from_secs(1);
-
-/// Examples kept per differing field.
-const EXAMPLES: usize = 5;
-
-/// Characters of a value kept in an example.
-const EXAMPLE_CHARS: usize = 200;
 
 /// A version that passed every check, with one instance per table it
 /// serves, already told the table's schema: switching costs no compilation
@@ -206,7 +200,7 @@ impl Swapper {
         };
         let (mut same, mut different) = (0u64, 0u64);
         for ((row, live), shadowed) in rows.iter().zip(live).zip(&outcomes) {
-            if compare(&mut shadow.report, || key(row), live, shadowed, &columns) {
+            if shadow.report.add(|| key(row), live, shadowed, &columns) {
                 same += 1;
             } else {
                 different += 1;
@@ -384,70 +378,6 @@ fn prepare(
         instances.push((t, instance));
     }
     Ok(Ready { plugin, instances })
-}
-
-/// Adds one row's comparison to `report`; `true` when both versions agree.
-fn compare(
-    report: &mut ShadowReport,
-    key: impl FnOnce() -> String,
-    live: &RowOutcome,
-    shadow: &RowOutcome,
-    columns: &impl Fn(&str) -> Option<Vec<String>>,
-) -> bool {
-    report.rows += 1;
-    if live == shadow {
-        return true;
-    }
-    report.differing += 1;
-    let key = key();
-    let mut note = |field: String, live: String, shadow: String| {
-        let diff = report.fields.entry(field).or_default();
-        diff.count += 1;
-        if diff.examples.len() < EXAMPLES {
-            let cut = |s: String| s.chars().take(EXAMPLE_CHARS).collect();
-            diff.examples.push(DiffExample { key: key.clone(), live: cut(live), shadow: cut(shadow) });
-        }
-    };
-    match (live, shadow) {
-        (RowOutcome::Rows(a), RowOutcome::Rows(b))
-            if a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && x.1.len() == y.1.len()) =>
-        {
-            // The same rows into the same tables: which fields differ.
-            let mut fields = std::collections::BTreeMap::new();
-            for ((table, x), (_, y)) in a.iter().zip(b) {
-                let names = columns(table);
-                for (i, (vx, vy)) in x.iter().zip(y).enumerate() {
-                    if vx != vy {
-                        let column = names.as_ref().and_then(|n| n.get(i).cloned()).unwrap_or_else(|| i.to_string());
-                        fields.entry(format!("{table}.{column}")).or_insert_with(|| (value_text(vx), value_text(vy)));
-                    }
-                }
-            }
-            for (field, (x, y)) in fields {
-                note(field, x, y);
-            }
-        }
-        _ => note("outcome".into(), outcome_text(live), outcome_text(shadow)),
-    }
-    false
-}
-
-fn value_text(value: &crate::value::Value) -> String {
-    crate::value::encode_pg_text(value).unwrap_or_else(|| "NULL".into())
-}
-
-/// A row's outcome in a few words, for an example.
-fn outcome_text(outcome: &RowOutcome) -> String {
-    match outcome {
-        RowOutcome::Rows(rows) if rows.is_empty() => "filtered (no row)".into(),
-        RowOutcome::Rows(rows) => {
-            let tables: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
-            format!("{} rows ({})", rows.len(), tables.join(", "))
-        }
-        RowOutcome::Rejected(reason) => format!("rejected: {reason}"),
-        RowOutcome::Trapped(reason) => format!("trapped: {reason}"),
-        RowOutcome::Fatal(reason) => format!("fatal: {reason}"),
-    }
 }
 
 /// `ferry plugin deploy`: records `path` as the next version of the
