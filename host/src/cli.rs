@@ -211,6 +211,20 @@ enum PluginAction {
         #[arg(long, value_name = "N", default_value_t = 1000)]
         sample: usize,
     },
+    /// Time a plugin inside ferry on real source rows held in memory: load
+    /// (compile or cache), instantiate, and rows/s of its transform.
+    Bench {
+        path: PathBuf,
+        /// The source table (default: the pipeline's one table with a plugin).
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
+        /// Source rows to read (the first ones in key order).
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
+        rows: usize,
+        /// Passes over the rows; the fastest is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
     /// Make the running shadow version live (a deployment of the same file).
     Promote {
         /// Seconds to wait for the stream's decision (0: do not wait).
@@ -573,6 +587,47 @@ async fn run(cli: Cli) -> i32 {
                         Ok(r) => {
                             show(cli.json, &r, || report::plugin_diff(&r));
                             if r.differing() > 0 { exit::VERIFY_FAILED } else { exit::OK }
+                        }
+                    };
+                }
+                PluginAction::Bench { path, table, rows, repeat } => {
+                    let Some(selection) = settings.tables.clone() else {
+                        return fail(&crate::error::Error::raise(
+                            ErrorKind::Config,
+                            "plugin bench runs on pipelines of tables ([[tables]] entries)",
+                        ));
+                    };
+                    return match crate::tables::bench::bench(
+                        &settings,
+                        &selection,
+                        &path,
+                        table.as_deref(),
+                        rows,
+                        repeat,
+                    )
+                    .await
+                    {
+                        Err(e) => fail(&e),
+                        Ok(r) => {
+                            show(cli.json, &r, || {
+                                format!(
+                                    "{} on {} ({}): load {:.3} s, instantiate {:.3} s, {} rows in {:.3} s = {:.0} rows/s \
+                                 ({} rejected, {} filtered, {} trapped; batches of {})",
+                                    r.sha256.chars().take(12).collect::<String>(),
+                                    r.table,
+                                    r.contract,
+                                    r.load_seconds,
+                                    r.instantiate_seconds,
+                                    r.rows,
+                                    r.transform_seconds,
+                                    r.rows_per_second,
+                                    r.rejected,
+                                    r.filtered,
+                                    r.trapped,
+                                    r.batch_rows
+                                )
+                            });
+                            exit::OK
                         }
                     };
                 }

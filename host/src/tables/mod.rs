@@ -35,6 +35,7 @@ use crate::settings::{Settings, TableSelection};
 use crate::sink::{RowBatch, TableWrite};
 use crate::source::RowSource;
 
+pub mod bench;
 pub mod diff;
 pub mod replay;
 pub mod validate;

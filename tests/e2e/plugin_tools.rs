@@ -1,0 +1,61 @@
+//! Plugin tooling on a pipeline's real source rows: `ferry plugin diff`
+//! (two versions, field by field) and `ferry plugin bench` (a plugin's own
+//! speed inside ferry), in Rust and in the other languages.
+
+use crate::support::*;
+use crate::tables::tables_pipeline;
+
+#[tokio::test]
+async fn plugin_diff_reports_each_differing_field_on_real_source_rows() {
+    let db = PgDb::new("pdiff").await;
+    db.exec(crate::replay::SHOP).await;
+    // SKUs in lower case, which v2 writes in upper case.
+    db.exec("UPDATE orders SET items = lower(items::text)::json").await;
+    let extra = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", plugins().split_orders.display());
+    let p = tables_pipeline(&db.url(), &db.url(), "", &extra);
+    let (v1, v2) = (plugins().split_orders.to_str().unwrap(), plugins().split_orders_v2.to_str().unwrap());
+    let r = p.ferry(&["plugin", "diff", v1, v2, "--sample", "100", "--json"]);
+    assert_eq!(r.code, 3, "the versions differ: {r:?}");
+    let table = r.json()["tables"][0].clone();
+    assert_eq!(table["table"], "public.orders");
+    assert_eq!(table["rows"], 100);
+    // Orders 1..=100: 10, 20, 30 (not an array), 40, 50 (qty 0) are
+    // rejected by both and 60 filtered by both; the other 94 differ in
+    // their SKUs only.
+    assert_eq!(table["differing"], 94, "{table}");
+    let fields = table["fields"].as_object().unwrap();
+    assert_eq!(fields.keys().collect::<Vec<_>>(), ["order_items.sku"], "{table}");
+    let example = &fields["order_items.sku"]["examples"][0];
+    assert_eq!(
+        (example["key"].as_str(), example["live"].as_str(), example["shadow"].as_str()),
+        (Some("1"), Some("a1"), Some("A1"))
+    );
+    // The same version twice: nothing differs.
+    let same = p.ferry(&["plugin", "diff", v1, v1, "--sample", "100"]);
+    assert_eq!(same.code, 0, "{same:?}");
+    assert!(same.stdout.contains("100 rows compared, 0 differ"), "{same:?}");
+    // Another contract: refused, as a deployment would be.
+    let wrong = p.ferry(&["plugin", "diff", v1, plugins().wrong_world.to_str().unwrap()]);
+    assert_eq!(wrong.code, 8, "{wrong:?}");
+}
+
+#[tokio::test]
+async fn plugin_bench_times_each_language_on_the_same_rows_and_counts_their_outcomes() {
+    let db = PgDb::new("pbench").await;
+    seed_pg_legacy(&db, 2000).await;
+    let extra = format!("[[tables]]\nname = \"users\"\nplugin = \"{}\"\n", plugins().transform_user.display());
+    let p = tables_pipeline(&db.url(), &db.url(), "", &extra);
+    for plugin in [
+        plugins().transform_user.clone(),
+        python_plugin("transform_user", "wit", "user-transform-keyed"),
+        js_plugin("transform_user", "wit", "user-transform-keyed"),
+    ] {
+        let r = p.ferry(&["plugin", "bench", plugin.to_str().unwrap(), "--rows", "2000", "--repeat", "1", "--json"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let r = r.json();
+        assert_eq!(r["rows"], 2000, "{r}");
+        assert_eq!(r["rejected"].as_i64(), Some(invalid_rows(2000)), "the seed's invalid rows: {r}");
+        assert_eq!(r["contract"], "ferry:transform/transform-user@0.1.0", "{r}");
+        assert!(r["rows_per_second"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}
