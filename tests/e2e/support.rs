@@ -124,6 +124,11 @@ fn built_component(
     let out_dir = root.join("plugins/target").join(lang);
     std::fs::create_dir_all(&out_dir).unwrap();
     let out = out_dir.join(format!("{app}-{}.wasm", &hash[..16]));
+    // One build at a time in this process (tests run on threads and may ask
+    // for the same component at once); other processes build to their own
+    // temporary file and the last rename wins with identical bytes.
+    static BUILDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
     if out.exists() {
         return out;
     }

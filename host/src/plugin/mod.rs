@@ -378,7 +378,11 @@ fn describe_trap(err: &wasmtime::Error, limits: &Limits, stderr: &str) -> String
         Some(trap) => format!("plugin trapped: {trap}"),
         None => format!("plugin trapped: {}", err.root_cause()),
     };
-    let memory = if format!("{err:?}").contains("growing memory") || stderr.contains("memory allocation") {
+    // Rust's allocator says "memory allocation … failed"; CPython raises MemoryError.
+    let memory = if format!("{err:?}").contains("growing memory")
+        || stderr.contains("memory allocation")
+        || stderr.contains("MemoryError")
+    {
         format!(" (memory cap {} bytes reached)", limits.memory_bytes)
     } else {
         String::new()

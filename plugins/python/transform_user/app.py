@@ -15,7 +15,7 @@ plugin, the Rust one and the JavaScript one on the same rows):
 """
 
 import ferry_plugin.user as ferry
-import jsjson
+from ferry_plugin import jsjson
 from ferry_plugin import Reject
 
 _MISSING = jsjson.MISSING
