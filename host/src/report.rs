@@ -290,12 +290,14 @@ pub fn status(r: &crate::status::StatusReport) -> String {
 }
 
 pub fn dead_letters(records: &[DeadLetterRecord]) -> String {
-    let mut t = table(&["table", "source key", "kind", "reason", "source row"]);
+    let mut t = table(&["table", "source key", "kind", "plugin", "reason", "source row"]);
     for d in records {
         t.add_row(vec![
             Cell::new(&d.source_table),
             Cell::new(&d.source_key),
             Cell::new(&d.kind),
+            // The version that refused the row (`identity` for a copy).
+            Cell::new(d.plugin_sha256.chars().take(12).collect::<String>()),
             Cell::new(truncate(&d.reason, 120)),
             Cell::new(truncate(&d.source_row, 120)),
         ]);

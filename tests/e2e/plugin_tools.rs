@@ -59,3 +59,33 @@ async fn plugin_bench_times_each_language_on_the_same_rows_and_counts_their_outc
         assert!(r["rows_per_second"].as_f64().unwrap() > 0.0, "{r}");
     }
 }
+
+/// A plugin's own words reach the user with the row's key and the version
+/// that said them: a `fatal` stops the run naming all three, and a dead
+/// letter lists the version that refused it.
+#[tokio::test]
+async fn plugin_errors_name_the_row_the_version_and_the_plugins_message() {
+    let db = PgDb::new("perr").await;
+    seed_pg_legacy(&db, 200).await;
+    let target = PgDb::new("perrt").await;
+    let extra = format!("[[tables]]\nname = \"users\"\nplugin = \"{}\"\n", plugins().chaos.display());
+    let p = tables_pipeline(&db.url(), &target.url(), "", &extra);
+    let sha = ferry::plugin::sha256_hex(&std::fs::read(&plugins().chaos).unwrap());
+    let dlq = p.ferry(&["migrate"]);
+    assert_eq!(dlq.code, 4, "{dlq:?}");
+    let list = p.ferry(&["dlq", "list"]);
+    assert!(list.stdout.contains(&sha[..12]), "the refusing version is listed: {list:?}");
+    db.exec("UPDATE users SET name = 'chaos:fatal' WHERE id = 77").await;
+    let again = PgDb::new("perrt2").await;
+    let p = tables_pipeline(&db.url(), &again.url(), "", &extra);
+    let fatal = p.ferry(&["migrate"]);
+    assert_eq!(fatal.code, 5, "{fatal:?}");
+    let said = format!("{}{}", fatal.stdout, fatal.stderr);
+    assert!(
+        said.contains(&format!(
+            "plugin {} fatal on row 77 of public.users: chaos plugin: deliberate fatal on row 77",
+            &sha[..12]
+        )),
+        "{said}"
+    );
+}

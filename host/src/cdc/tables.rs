@@ -589,7 +589,8 @@ impl Applier for TablesApplier<'_> {
                         }
                         RowOutcome::Fatal(reason) => {
                             self.report.stream.fatal = Some(format!(
-                                "plugin fatal on row {} of {}: {reason}",
+                                "plugin {} fatal on row {} of {}: {reason}",
+                                self.plan.tables[t].producer().chars().take(12).collect::<String>(),
                                 item.key.as_ref().map_or_else(String::new, Key::label),
                                 item.label
                             ));

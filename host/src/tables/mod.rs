@@ -772,10 +772,12 @@ async fn copy_tables(
 /// A plugin `fatal`: the run stops before the batch holding that row, its
 /// checkpoint intact.
 #[derive(Debug, thiserror::Error)]
-#[error("plugin fatal on row {key} of {table}: {reason}")]
+#[error("plugin {plugin} fatal on row {key} of {table}: {reason}")]
 pub struct PluginFatal {
     pub table: String,
     pub key: String,
+    /// The version that said it (SHA-256, first 12 digits).
+    pub plugin: String,
     pub reason: String,
 }
 
@@ -836,7 +838,13 @@ pub(crate) fn transformed(
             RowOutcome::Rejected(reason) => batch.dead.push(dead(DeadLetterKind::Reject, reason)),
             RowOutcome::Trapped(reason) => batch.dead.push(dead(DeadLetterKind::Trap, reason)),
             RowOutcome::Fatal(reason) => {
-                return Err(PluginFatal { table: table.source.name.to_string(), key: key.label(), reason }.into());
+                return Err(PluginFatal {
+                    table: table.source.name.to_string(),
+                    key: key.label(),
+                    plugin: table.producer().chars().take(12).collect(),
+                    reason,
+                }
+                .into());
             }
         }
     }
