@@ -180,6 +180,35 @@ enum DlqAction {
 enum PluginAction {
     /// Load a plugin in the sandbox and print its identity.
     Info { path: PathBuf },
+    /// Make a plugin project that builds and passes its own test out of the box.
+    New {
+        /// The project's name (its directory, and the component's file name).
+        name: String,
+        #[arg(long, value_enum)]
+        lang: crate::scaffold::Lang,
+        #[arg(long, value_enum, default_value = "transform-row")]
+        contract: crate::scaffold::Contract,
+        /// Where to make it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build the plugin project in DIR into DIR/<name>.wasm.
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build the project in DIR (or take --wasm) and run its golden test
+    /// (tests/golden.json: rows and what each must become) in ferry's sandbox.
+    Test {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// A component to test instead of building DIR.
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+        /// The golden file (default DIR/tests/golden.json).
+        #[arg(long)]
+        golden: Option<PathBuf>,
+    },
     /// Hand a new plugin version to the running stream (`sync`/`apply`) of the
     /// pipeline: it is checked off the hot path and switched to between two
     /// target transactions, or refused with the reason (the running version stays).
@@ -305,8 +334,14 @@ fn stream_exit(r: &crate::cdc::apply::ApplyReport, signalled: bool) -> i32 {
 
 async fn run(cli: Cli) -> i32 {
     JSON.store(cli.json, Ordering::Relaxed);
-    if let Command::Plugin { action: PluginAction::Info { path } } = &cli.command {
-        return plugin_info(path, cli.json);
+    match &cli.command {
+        Command::Plugin { action: PluginAction::Info { path } } => return plugin_info(path, cli.json),
+        Command::Plugin {
+            action: action @ (PluginAction::New { .. } | PluginAction::Build { .. } | PluginAction::Test { .. }),
+        } => {
+            return plugin_project(action, cli.json);
+        }
+        _ => {}
     }
     let explicit = std::env::args().any(|a| a == "--config" || a == "-c" || a.starts_with("--config="))
         || std::env::var_os("FERRY_CONFIG").is_some();
@@ -631,7 +666,10 @@ async fn run(cli: Cli) -> i32 {
                         }
                     };
                 }
-                PluginAction::Info { .. } => unreachable!("handled above"),
+                PluginAction::Info { .. }
+                | PluginAction::New { .. }
+                | PluginAction::Build { .. }
+                | PluginAction::Test { .. } => unreachable!("handled above"),
             };
             match result {
                 Err(e) => fail(&e),
@@ -727,6 +765,55 @@ async fn dlq_list(
         .filter(|d| d.source_table == table || d.source_table.rsplit('.').next() == Some(table))
         .take(limit)
         .collect())
+}
+
+/// `ferry plugin new | build | test`: project tooling, no pipeline needed.
+fn plugin_project(action: &PluginAction, json: bool) -> i32 {
+    use crate::scaffold;
+    match action {
+        PluginAction::New { name, lang, contract, dir } => match scaffold::new(dir, name, *lang, *contract) {
+            Err(e) => fail(&e),
+            Ok(made) => {
+                show(json, &serde_json::json!({ "project": made }), || {
+                    format!(
+                        "made {}: `cd {} && ferry plugin test` builds it and runs its golden test",
+                        made.display(),
+                        made.display()
+                    )
+                });
+                exit::OK
+            }
+        },
+        PluginAction::Build { dir } => match scaffold::build(dir) {
+            Err(e) => fail(&e),
+            Ok(wasm) => {
+                show(json, &serde_json::json!({ "wasm": wasm }), || format!("built {}", wasm.display()));
+                exit::OK
+            }
+        },
+        PluginAction::Test { dir, wasm, golden } => {
+            let wasm = match wasm {
+                Some(w) => w.clone(),
+                None => match scaffold::build(dir) {
+                    Ok(w) => w,
+                    Err(e) => return fail(&e),
+                },
+            };
+            let golden = golden.clone().unwrap_or_else(|| dir.join("tests/golden.json"));
+            match scaffold::test(&wasm, &golden) {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    show(json, &r, || report::plugin_test(&r));
+                    if r.failed > 0 { exit::VERIFY_FAILED } else { exit::OK }
+                }
+            }
+        }
+        PluginAction::Info { .. }
+        | PluginAction::Deploy { .. }
+        | PluginAction::Diff { .. }
+        | PluginAction::Bench { .. }
+        | PluginAction::Promote { .. } => unreachable!("pipeline commands"),
+    }
 }
 
 fn plugin_info(path: &std::path::Path, json: bool) -> i32 {

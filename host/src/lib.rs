@@ -26,6 +26,7 @@ pub mod postgres;
 pub mod replication;
 pub mod report;
 pub mod retry;
+pub mod scaffold;
 pub mod schema;
 pub mod settings;
 pub mod shape;

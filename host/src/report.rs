@@ -518,3 +518,16 @@ pub fn plugin_diff(r: &crate::tables::diff::DiffReport) -> String {
     }
     out
 }
+
+/// `ferry plugin test`: one line per golden case, then the failures in full.
+pub fn plugin_test(r: &crate::scaffold::TestReport) -> String {
+    let mut out = format!("{} ({}):", r.plugin.display(), r.sha256.chars().take(12).collect::<String>());
+    for c in &r.cases {
+        out.push_str(&format!("\n  {} {}", if c.passed { "ok  " } else { "FAIL" }, c.note));
+        if !c.passed {
+            out.push_str(&format!("\n       expected {}\n       got      {}", c.expected, c.got));
+        }
+    }
+    out.push_str(&format!("\n{} passed, {} failed", r.passed, r.failed));
+    out
+}

@@ -89,3 +89,64 @@ async fn plugin_errors_name_the_row_the_version_and_the_plugins_message() {
         "{said}"
     );
 }
+
+/// `ferry plugin new` makes a project in each language and for each
+/// contract that builds (from the WIT and SDK it carries) and passes its own
+/// golden test in ferry's sandbox; a wrong expectation fails the test with
+/// what the plugin gave.
+#[test]
+fn new_plugin_projects_build_and_pass_their_own_test_in_every_language() {
+    let parent = tempfile::tempdir().unwrap();
+    for lang in ["rust", "python", "js"] {
+        for contract in ["transform-row", "transform-user"] {
+            let name = format!("{lang}-{}", contract.trim_start_matches("transform-"));
+            let made = ferry(&[
+                "plugin",
+                "new",
+                &name,
+                "--lang",
+                lang,
+                "--contract",
+                contract,
+                "--dir",
+                parent.path().to_str().unwrap(),
+            ]);
+            assert_eq!(made.code, 0, "{made:?}");
+            let dir = parent.path().join(&name);
+            if lang == "js" {
+                // The project's package-lock pins what plugins/js's does:
+                // share its installed packages instead of downloading them again.
+                std::os::unix::fs::symlink(root().join("plugins/js/node_modules"), dir.join("node_modules")).unwrap();
+            }
+            let mut test = ferry_command();
+            test.args(["plugin", "test", dir.to_str().unwrap(), "--json"]);
+            // Rust projects share compiled dependencies between runs.
+            test.env("CARGO_TARGET_DIR", root().join("plugins/target/new-projects"));
+            let run = run(&mut test);
+            assert_eq!(run.code, 0, "{name}: {run:?}");
+            let report = run.json();
+            assert_eq!((report["passed"].as_u64(), report["failed"].as_u64()), (Some(3), Some(0)), "{name}: {report}");
+            // Break an expectation: the test says what the plugin gave.
+            let golden = dir.join("tests/golden.json");
+            let text = std::fs::read_to_string(&golden).unwrap();
+            std::fs::write(
+                &golden,
+                text.replacen("is NULL\"", "is missing\"", 1).replacen("is empty\"", "is blank\"", 1),
+            )
+            .unwrap();
+            let wasm = dir.join(format!("{name}.wasm"));
+            let broken = ferry(&["plugin", "test", dir.to_str().unwrap(), "--wasm", wasm.to_str().unwrap()]);
+            assert_eq!(broken.code, 3, "{name}: {broken:?}");
+            assert!(
+                broken.stdout.contains("FAIL") && broken.stdout.contains("2 passed, 1 failed"),
+                "{name}: {broken:?}"
+            );
+        }
+    }
+    // A name that is not one, and a project that exists already.
+    let bad = ferry(&["plugin", "new", "Bad Name", "--lang", "rust", "--dir", parent.path().to_str().unwrap()]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    let again = ferry(&["plugin", "new", "rust-row", "--lang", "rust", "--dir", parent.path().to_str().unwrap()]);
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(again.stderr.contains("already exists"), "{again:?}");
+}
