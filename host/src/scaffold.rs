@@ -232,6 +232,9 @@ fn step(dir: &Path, program: &str, args: &[&str], install: &str) -> anyhow::Resu
 
 /// Builds the project in `dir` into `dir/<name>.wasm`.
 pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
+    // Absolute: the toolchains run inside the project.
+    let dir = &std::fs::canonicalize(dir)
+        .map_err(|e| config_error(format!("{}: {e}; give the directory of a plugin project", dir.display())))?;
     let m = manifest(dir)?;
     let out = dir.join(format!("{}.wasm", m.name));
     let out_text = out.to_string_lossy().to_string();

@@ -91,6 +91,28 @@ pub struct TableSelection {
 }
 
 impl TableSelection {
+    /// The `[[tables]]` entry with a plugin that `only` names (`schema.table`
+    /// or `table`), or the pipeline's one such entry when `only` is `None`;
+    /// the error says which there are.
+    pub fn plugin_table(&self, only: Option<&str>) -> Result<&TableSpec, String> {
+        let with: Vec<&TableSpec> = self.tables.iter().filter(|s| s.plugin.is_some()).collect();
+        let names = || with.iter().map(|s| s.source.to_string()).collect::<Vec<_>>().join(", ");
+        match (only, with.as_slice()) {
+            (_, []) => Err("no [[tables]] entry of the pipeline has a plugin".into()),
+            (Some(t), _) => with
+                .iter()
+                .copied()
+                .find(|s| s.source.to_string() == t || s.source.name == t)
+                .ok_or_else(|| format!("--table {t}: the pipeline's tables with a plugin are {}", names())),
+            (None, [one]) => Ok(one),
+            (None, many) => Err(format!(
+                "the pipeline has {} tables with a plugin ({}): name the one you mean with --table",
+                many.len(),
+                names()
+            )),
+        }
+    }
+
     /// Whether `name` is matched by one of `patterns`: a pattern with a dot
     /// is matched against `schema.table`, one without against the table name.
     pub fn matches(patterns: &[glob::Pattern], name: &TableName) -> bool {

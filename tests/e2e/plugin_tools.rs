@@ -118,8 +118,9 @@ fn new_plugin_projects_build_and_pass_their_own_test_in_every_language() {
                 // share its installed packages instead of downloading them again.
                 std::os::unix::fs::symlink(root().join("plugins/js/node_modules"), dir.join("node_modules")).unwrap();
             }
+            // From the parent, naming the project relatively, as people do.
             let mut test = ferry_command();
-            test.args(["plugin", "test", dir.to_str().unwrap(), "--json"]);
+            test.args(["plugin", "test", &name, "--json"]).current_dir(parent.path());
             // Rust projects share compiled dependencies between runs.
             test.env("CARGO_TARGET_DIR", root().join("plugins/target/new-projects"));
             let run = run(&mut test);

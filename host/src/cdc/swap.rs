@@ -239,66 +239,53 @@ impl Swapper {
             let started = Instant::now();
             let deployment = candidate.deployment;
             let outcome = candidate.task.await.unwrap_or_else(|e| Err(format!("checking it failed: {e}")));
-            return match outcome {
-                Ok(ready) if deployment.shadow => {
-                    if let Some(old) = self.shadow.take() {
-                        store.report_shadow(old.deployment.id, &old.report).await?;
-                        store.end_shadow(old.deployment.id, DeployState::Retired).await?;
-                    }
-                    let previous = ready
-                        .instances
-                        .first()
-                        .and_then(|(t, _)| plan.tables[*t].plugin.as_ref())
-                        .map(|p| p.sha256().to_string());
-                    let decision = Decision {
-                        state: DeployState::Shadow,
-                        reason: None,
-                        position: position.map(|p| p.to_string()),
-                        previous_sha256: previous.as_deref(),
-                    };
-                    store.decide_deployment(deployment.id, &decision).await?;
-                    tracing::info!(deployment = deployment.id, sha256 = %deployment.sha256, "shadow version running");
-                    self.start_shadow(deployment, ready);
-                    Ok(None)
-                }
-                Ok(ready) => {
-                    let previous = ready
-                        .instances
-                        .first()
-                        .and_then(|(t, _)| plan.tables[*t].plugin.as_ref())
-                        .map(|p| p.sha256().to_string());
-                    for (t, instance) in ready.instances {
-                        if let Some(old) = &plan.tables[t].plugin {
-                            metrics::gauge!(crate::daemon::names::PLUGIN_INFO, "table" => plan.tables[t].source.name.to_string(), "sha256" => old.sha256().to_string()).set(0.0);
-                        }
-                        metrics::gauge!(crate::daemon::names::PLUGIN_INFO, "table" => plan.tables[t].source.name.to_string(), "sha256" => deployment.sha256.clone()).set(1.0);
-                        plan.tables[t].plugin = Some(ready.plugin.clone());
-                        transformers.insert(t, instance);
-                    }
-                    let decision = Decision {
-                        state: DeployState::Live,
-                        reason: None,
-                        position: position.map(|p| p.to_string()),
-                        previous_sha256: previous.as_deref(),
-                    };
-                    store.decide_deployment(deployment.id, &decision).await?;
-                    // The shadow of this very version has been promoted.
-                    if let Some(shadow) = self.shadow.take_if(|s| s.deployment.sha256 == deployment.sha256) {
-                        store.report_shadow(shadow.deployment.id, &shadow.report).await?;
-                        store.end_shadow(shadow.deployment.id, DeployState::Promoted).await?;
-                    }
-                    let pause = started.elapsed();
-                    metrics::counter!(crate::daemon::names::PLUGIN_SWITCHES, "outcome" => "live").increment(1);
-                    metrics::gauge!(crate::daemon::names::PLUGIN_SWITCH_PAUSE).set(pause.as_secs_f64());
-                    tracing::info!(deployment = deployment.id, sha256 = %deployment.sha256, ?pause,
-                        position = ?position.map(|p| p.to_string()), "switched to the deployed plugin version");
-                    Ok(Some(Switched { deployment: deployment.id, sha256: deployment.sha256, pause }))
-                }
+            let ready = match outcome {
+                Ok(ready) => ready,
                 Err(reason) => {
                     self.refuse(store, &deployment, &reason).await?;
-                    Ok(None)
+                    return Ok(None);
                 }
             };
+            let previous = ready
+                .instances
+                .first()
+                .and_then(|(t, _)| plan.tables[*t].plugin.as_ref())
+                .map(|p| p.sha256().to_string());
+            let decision = |state| Decision {
+                state,
+                reason: None,
+                position: position.map(|p| p.to_string()),
+                previous_sha256: previous.as_deref(),
+            };
+            if deployment.shadow {
+                if let Some(old) = self.shadow.take() {
+                    end_shadow(store, old, DeployState::Retired).await?;
+                }
+                store.decide_deployment(deployment.id, &decision(DeployState::Shadow)).await?;
+                tracing::info!(deployment = deployment.id, sha256 = %deployment.sha256, "shadow version running");
+                self.start_shadow(deployment, ready);
+                return Ok(None);
+            }
+            for (t, instance) in ready.instances {
+                let table = plan.tables[t].source.name.to_string();
+                if let Some(old) = &plan.tables[t].plugin {
+                    metrics::gauge!(crate::daemon::names::PLUGIN_INFO, "table" => table.clone(), "sha256" => old.sha256().to_string()).set(0.0);
+                }
+                metrics::gauge!(crate::daemon::names::PLUGIN_INFO, "table" => table, "sha256" => deployment.sha256.clone()).set(1.0);
+                plan.tables[t].plugin = Some(ready.plugin.clone());
+                transformers.insert(t, instance);
+            }
+            store.decide_deployment(deployment.id, &decision(DeployState::Live)).await?;
+            // The shadow of this very version has been promoted.
+            if let Some(shadow) = self.shadow.take_if(|s| s.deployment.sha256 == deployment.sha256) {
+                end_shadow(store, shadow, DeployState::Promoted).await?;
+            }
+            let pause = started.elapsed();
+            metrics::counter!(crate::daemon::names::PLUGIN_SWITCHES, "outcome" => "live").increment(1);
+            metrics::gauge!(crate::daemon::names::PLUGIN_SWITCH_PAUSE).set(pause.as_secs_f64());
+            tracing::info!(deployment = deployment.id, sha256 = %deployment.sha256, ?pause,
+                position = ?position.map(|p| p.to_string()), "switched to the deployed plugin version");
+            return Ok(Some(Switched { deployment: deployment.id, sha256: deployment.sha256, pause }));
         }
         if self.candidate.is_some() || Instant::now() < self.next_poll {
             return Ok(None);
@@ -342,6 +329,14 @@ impl Swapper {
     fn plugin_tables(&self, plan: &Plan) -> Vec<usize> {
         (0..plan.tables.len()).filter(|t| plan.tables[*t].plugin.is_some() && self.options.contains_key(t)).collect()
     }
+}
+
+/// Ends a running shadow (`promoted` or `retired`), its last differences
+/// stored first.
+async fn end_shadow(store: &mut dyn DeploymentStore, shadow: Shadow, state: DeployState) -> anyhow::Result<()> {
+    store.report_shadow(shadow.deployment.id, &shadow.report).await?;
+    store.end_shadow(shadow.deployment.id, state).await?;
+    Ok(())
 }
 
 /// Whether `deployment` is for planned table `t` (a deployment without a
@@ -401,39 +396,9 @@ pub async fn deploy(
              into it)",
         ));
     };
-    let with_plugin: Vec<String> =
-        selection.tables.iter().filter(|s| s.plugin.is_some()).map(|s| s.source.to_string()).collect();
-    let table = match (table, with_plugin.as_slice()) {
-        (_, []) => {
-            return Err(Error::raise(
-                ErrorKind::Config,
-                "no [[tables]] entry of the pipeline has a plugin: there is nothing to deploy a version of",
-            ));
-        }
-        (Some(name), _) => {
-            let named = |s: &&crate::settings::TableSpec| s.source.to_string() == name || s.source.name == name;
-            match selection.tables.iter().filter(|s| s.plugin.is_some()).find(named) {
-                Some(spec) => Some(spec.source.to_string()),
-                None => {
-                    return Err(Error::raise(
-                        ErrorKind::Config,
-                        format!("--table {name}: the pipeline's tables with a plugin are {}", with_plugin.join(", ")),
-                    ));
-                }
-            }
-        }
-        (None, [_]) => None,
-        (None, many) => {
-            return Err(Error::raise(
-                ErrorKind::Config,
-                format!(
-                    "the pipeline has {} tables with a plugin ({}): name the one the new version is for with --table",
-                    many.len(),
-                    many.join(", ")
-                ),
-            ));
-        }
-    };
+    let spec = selection.plugin_table(table).map_err(|e| Error::raise(ErrorKind::Config, e))?;
+    // Without --table, the deployment is for every plugin table (there is one).
+    let table = table.map(|_| spec.source.to_string());
     let read = |e: std::io::Error| {
         anyhow::Error::new(crate::plugin::PluginError::Read { path: path.to_path_buf(), source: e })
     };

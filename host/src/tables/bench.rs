@@ -34,8 +34,8 @@ pub struct BenchReport {
     pub trapped: u64,
 }
 
-/// Reads the first `rows` rows (key order) of the table (`only`, or the
-/// pipeline's one table with a plugin), then times `path` on them.
+/// Reads the first `rows` rows (key order) of the plugin table `only` (or
+/// the pipeline's one plugin table), then times `path` on them.
 pub async fn bench(
     settings: &Settings,
     selection: &TableSelection,
@@ -44,25 +44,10 @@ pub async fn bench(
     rows: usize,
     repeat: usize,
 ) -> anyhow::Result<BenchReport> {
-    let with_plugin: Vec<_> = selection.tables.iter().filter(|s| s.plugin.is_some()).collect();
-    let spec = match only {
-        Some(t) => selection.tables.iter().find(|s| s.source.to_string() == t || s.source.name == t),
-        None if with_plugin.len() == 1 => with_plugin.first().copied(),
-        None => None,
-    };
-    let Some(spec) = spec else {
-        return Err(Error::raise(
-            ErrorKind::Config,
-            "name the table to run the plugin on with --table (a [[tables]] entry of the pipeline)",
-        ));
-    };
-    let options = match &spec.plugin {
-        Some(p) => crate::plugin::LoadOptions { pinned_sha256: None, ..p.options.clone() },
-        None => crate::plugin::LoadOptions {
-            limits: Default::default(),
-            pinned_sha256: None,
-            cache_dir: crate::settings::default_cache_dir(),
-        },
+    let spec = selection.plugin_table(only).map_err(|e| Error::raise(ErrorKind::Config, e))?;
+    let options = crate::plugin::LoadOptions {
+        pinned_sha256: None,
+        ..spec.plugin.as_ref().expect("a plugin table").options.clone()
     };
     let mut source = crate::engines::open_row_source(&settings.source.url, "source").await?;
     let def = source

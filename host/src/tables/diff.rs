@@ -44,20 +44,12 @@ pub async fn diff(
     only: Option<&str>,
     sample: usize,
 ) -> anyhow::Result<DiffReport> {
-    let specs: Vec<_> = selection
-        .tables
-        .iter()
-        .filter(|s| s.plugin.is_some())
-        .filter(|s| only.is_none_or(|t| s.source.to_string() == t || s.source.name == t))
-        .collect();
+    let specs: Vec<_> = match only {
+        Some(_) => vec![selection.plugin_table(only).map_err(|e| Error::raise(ErrorKind::Config, e))?],
+        None => selection.tables.iter().filter(|s| s.plugin.is_some()).collect(),
+    };
     let Some(first) = specs.first() else {
-        return Err(Error::raise(
-            ErrorKind::Config,
-            match only {
-                Some(t) => format!("--table {t}: the pipeline has no such table with a plugin"),
-                None => "no [[tables]] entry of the pipeline has a plugin to compare versions of".to_string(),
-            },
-        ));
+        return Err(Error::raise(ErrorKind::Config, "no [[tables]] entry of the pipeline has a plugin"));
     };
     let options =
         crate::plugin::LoadOptions { pinned_sha256: None, ..first.plugin.as_ref().expect("filtered").options.clone() };

@@ -13,6 +13,8 @@ const isCaseIgnorable = (c) => /^[\u0300-\u036F'.:^`\u00AD\u2018\u2019\u00B7]$/.
 
 /** `text.toLowerCase()` with Unicode's Final_Sigma rule. */
 export function toLowerCase(text) {
+  // Without a capital sigma the engine's own lowercasing is exact.
+  if (!text.includes('\u03A3')) return text.toLowerCase();
   const cps = [...text];
   let out = '';
   for (let i = 0; i < cps.length; i++) {
