@@ -245,9 +245,27 @@ async fn a_running_sync_switches_plugin_versions_between_transactions_and_refuse
     .await;
     let states: Vec<String> = deployments(&p).await.iter().map(|d| d["state"].as_str().unwrap().to_string()).collect();
     assert_eq!(states, ["refused", "refused", "live", "promoted", "live"]);
+    // v2 live once more, then the daemon stops.
+    let again = p.ferry(&["plugin", "deploy", plugins().split_orders_v2.to_str().unwrap(), "--json"]);
+    assert_eq!(again.json()["state"], "live", "{again:?}");
     // SAFETY: signalling a child we own.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     assert_eq!(daemon.wait().unwrap().code(), Some(0));
+
+    // The pipeline file now names a version this stream never ran (the
+    // Python split-orders, SKUs as written): a newer decision than the
+    // deployments, so it is the one a restarted stream runs.
+    let python = python_plugin("split_orders", "wit/row", "row-transform");
+    let newer = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", python.display());
+    let p2 = tables_pipeline(&source, &target.url(), "include = [\"public.customers\"]", &newer);
+    sqlx::query("INSERT INTO orders VALUES (300001, 1, '2024-07-01 00:00:00', 'paid', '[{\"sku\": \"file\", \"qty\": 1, \"price\": \"1\"}]')")
+        .execute(&mut PgConnection::connect(&source).await.unwrap())
+        .await
+        .unwrap();
+    let run = p2.ferry(&["sync", "--idle-exit", "2", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("never deployed into this stream"), "the file's version wins, said so: {run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM order_items WHERE order_id = 300001 AND sku = 'file'").await, 1);
     assert_eq!(p.ferry(&["sync", "--teardown"]).code, 0);
 }
 

@@ -13,7 +13,8 @@
 //! stored stream position at that point is recorded with it: the old
 //! version produced every change up to that position, the new one every
 //! change after it. A restarted stream runs the last live version of each
-//! table, not the pipeline file's.
+//! table rather than the pipeline file's — unless the file names a version
+//! this stream never ran (a newer decision, which wins).
 //!
 //! A shadow deployment (`deploy --shadow`) is prepared the same way but
 //! does not replace anything: it transforms the same rows as the live
@@ -114,7 +115,18 @@ impl Swapper {
         for t in self.plugin_tables(plan) {
             let serves = |d: &&Deployment| serves(plan, t, d);
             let Some(live) = all.iter().rev().filter(serves).find(|d| d.state == DeployState::Live) else { continue };
-            if plan.tables[t].plugin.as_ref().is_some_and(|p| p.sha256() == live.sha256) {
+            let file = plan.tables[t].plugin.as_ref().map(|p| p.sha256().to_string()).unwrap_or_default();
+            if file == live.sha256 {
+                continue;
+            }
+            // The pipeline file naming a version this stream never ran is a
+            // newer decision than the deployments: it wins.
+            let known = all.iter().filter(serves).any(|d| {
+                d.state == DeployState::Live && (d.sha256 == file || d.previous_sha256.as_deref() == Some(&*file))
+            });
+            if !known {
+                tracing::warn!(table = %plan.tables[t].source.name, sha256 = %file, replaced = %live.sha256,
+                    "the pipeline file names a plugin version never deployed into this stream: it replaces the last deployed one");
                 continue;
             }
             let sources = vec![(t, plan.tables[t].source.clone(), plan.tables[t].plugin.clone())];
