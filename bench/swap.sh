@@ -65,6 +65,7 @@ name = "users"
 plugin = "$RUST"
 TOML
 export FERRY_CACHE_DIR=$WORK/cache
+# (Daemons are started with "$FERRY_BIN" itself, so that $! is ferry's PID.)
 ferry() { "$FERRY_BIN" --config "$CONFIG" "$@"; }
 # Compile both once, so that the first deployment does not pay it twice.
 ferry plugin info "$PYTHON" >/dev/null
@@ -74,7 +75,7 @@ ferry sync --idle-exit 1 --json >"$WORK/load.json" || [[ $? == 4 ]]
 
 # --- 1. switches under load --------------------------------------------------------
 METRICS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-ferry sync --listen "127.0.0.1:$METRICS_PORT" >"$WORK/steady.json" 2>"$WORK/steady.err" &
+"$FERRY_BIN" --config "$CONFIG" sync --listen "127.0.0.1:$METRICS_PORT" >"$WORK/steady.json" 2>"$WORK/steady.err" &
 FERRY_PID=$!
 sleep 2
 log "steady load: $RATE tx/s for $DURATION s; deployments at $WARMUP s and $((WARMUP + SWITCH_GAP)) s"
@@ -121,7 +122,7 @@ drain() {
 log "draining $N_TX changes with the Rust plugin alone"
 alone=$(drain)
 log "starting a Python shadow"
-ferry sync --listen "127.0.0.1:$METRICS_PORT" >/dev/null 2>&1 &
+"$FERRY_BIN" --config "$CONFIG" sync --listen "127.0.0.1:$METRICS_PORT" >/dev/null 2>&1 &
 FERRY_PID=$!
 sleep 2
 [[ $(ferry plugin deploy "$PYTHON" --shadow --json | jq -r .state) == shadow ]] || { log "the shadow did not start"; exit 1; }
