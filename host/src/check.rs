@@ -39,6 +39,31 @@ impl Items {
     }
 }
 
+/// What the plugins are granted: nothing (deny-all, so `validate` can re-run
+/// them), or what makes their output vary between runs.
+fn grants_item(items: &mut Items, grants: crate::plugin::Grants) {
+    let granted = grants.names();
+    if granted.is_empty() {
+        items.push(
+            "plugin grants",
+            Level::Ok,
+            "none: no files, sockets or environment, clocks at the epoch, randomness seeded alike for every call",
+        );
+    } else {
+        items.push(
+            "plugin grants",
+            Level::Warn,
+            format!(
+                "plugin.grants = [{}]: the plugins see the host's {}, so the same row may transform differently in \
+                 another run and `ferry validate` may report differences it cannot explain (files, sockets and the \
+                 environment stay denied)",
+                granted.iter().map(|g| format!("\"{g}\"")).collect::<Vec<_>>().join(", "),
+                granted.join(" and ")
+            ),
+        );
+    }
+}
+
 /// Runs every check it can: a failing connection skips the checks that need
 /// it, and says so.
 pub async fn check(settings: &Settings) -> CheckReport {
@@ -70,6 +95,7 @@ pub async fn check(settings: &Settings) -> CheckReport {
         Ok(Err(e)) => items.push("plugin", Level::Fail, e.to_string()),
         Err(e) => items.push("plugin", Level::Fail, e.to_string()),
     }
+    grants_item(&mut items, plugin_settings.options.limits.grants);
 
     let mut source_size = None;
     match engines::open_source(&settings.source).await {
@@ -101,6 +127,9 @@ pub async fn check(settings: &Settings) -> CheckReport {
 pub async fn check_tables(settings: &Settings, selection: &crate::settings::TableSelection) -> CheckReport {
     use crate::value::Kind;
     let mut items = Items(Vec::new());
+    if let Some(spec) = selection.tables.iter().find_map(|s| s.plugin.as_ref()) {
+        grants_item(&mut items, spec.options.limits.grants);
+    }
     let source = match engines::open_row_source(&settings.source.url, "source").await {
         Err(e) => {
             items.push("source connectivity", Level::Fail, format!("{e:#}"));

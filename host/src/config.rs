@@ -163,6 +163,8 @@ pub struct PluginConfig {
     pub call_timeout_ms: Option<u64>,
     /// Directory for compiled-plugin cache; `""` disables it.
     pub cache_dir: Option<PathBuf>,
+    /// Capabilities beyond deny-all: `"clocks"`, `"random"`. Default none.
+    pub grants: Option<Vec<String>>,
 }
 
 /// `[migrate]`.

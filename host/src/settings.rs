@@ -207,6 +207,7 @@ impl Settings {
         if timeout_ms == 0 {
             return Err(invalid("plugin.call_timeout_ms must be positive".into()));
         }
+        let grants = plugin::Grants::parse(file.plugin.grants.as_deref().unwrap_or_default()).map_err(invalid)?;
         let sha = o.plugin_sha256.clone().or(file.plugin.sha256.clone());
         if let Some(sha) = sha.as_ref().filter(|s| s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit())) {
             return Err(invalid(format!("plugin.sha256 `{sha}` is not a SHA-256 (64 hex digits)")));
@@ -239,7 +240,11 @@ impl Settings {
             plugin: plugin_path.map(|path| PluginSettings {
                 path,
                 options: plugin::LoadOptions {
-                    limits: Limits { memory_bytes: memory_mb << 20, call_timeout: Duration::from_millis(timeout_ms) },
+                    limits: Limits {
+                        memory_bytes: memory_mb << 20,
+                        call_timeout: Duration::from_millis(timeout_ms),
+                        grants,
+                    },
                     pinned_sha256: sha,
                     cache_dir,
                 },
@@ -263,8 +268,10 @@ impl Settings {
             Some(dir) => Some(relative_to(base, dir)),
             None => default_cache_dir(),
         };
+        // Validated in `from_parts`.
+        let grants = plugin::Grants::parse(file.plugin.grants.as_deref().unwrap_or_default()).unwrap_or_default();
         plugin::LoadOptions {
-            limits: Limits { memory_bytes: memory_mb << 20, call_timeout: Duration::from_millis(timeout_ms) },
+            limits: Limits { memory_bytes: memory_mb << 20, call_timeout: Duration::from_millis(timeout_ms), grants },
             pinned_sha256: None,
             cache_dir,
         }

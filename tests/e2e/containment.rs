@@ -104,6 +104,9 @@ async fn a_python_plugin_reaching_outside_gets_nothing() {
         seed_sqlite_legacy(&source, 10).await;
         source.exec("UPDATE users SET name = 'chaos:escape' WHERE id IN (3, 7)").await;
         let p = Pipeline::new(&source.url(), &target.url(), &python_chaos(), "");
+        let check = p.ferry(&["check", "--json"]);
+        let grants = check.json()["items"].as_array().unwrap().iter().find(|i| i["name"] == "plugin grants").cloned();
+        assert_eq!(grants.unwrap()["level"], "ok", "deny-all by default");
         let run = p.ferry(&["migrate", "--json", "--create-table"]);
         assert!([0, 4].contains(&run.code), "{run:?}");
         let mut c = target.conn().await;
@@ -124,4 +127,47 @@ async fn a_python_plugin_reaching_outside_gets_nothing() {
         seen.push(settings);
     }
     assert_eq!(seen[0], seen[1], "randomness is seeded: the same rows in every run");
+}
+
+/// What a pipeline grants (`[plugin] grants`) is all a plugin gets: the
+/// host's clocks and randomness reach it, files, sockets and the
+/// environment still do not, and `ferry check` warns that its output may
+/// now vary; a grant that does not exist is a configuration error.
+#[tokio::test]
+async fn granted_clocks_and_randomness_reach_the_plugin_and_nothing_else() {
+    let (source, target) = (SqliteDb::new(), SqliteDb::new());
+    seed_sqlite_legacy(&source, 10).await;
+    source.exec("UPDATE users SET name = 'chaos:escape' WHERE id IN (3, 7)").await;
+    let granted = "grants = [\"clocks\", \"random\"]\n";
+    let p = Pipeline::new(&source.url(), &target.url(), &python_chaos(), granted);
+    let check = p.ferry(&["check", "--json"]);
+    let item =
+        check.json()["items"].as_array().unwrap().iter().find(|i| i["name"] == "plugin grants").cloned().unwrap();
+    assert_eq!(item["level"], "warn", "{item}");
+    assert!(item["detail"].as_str().unwrap().contains("clocks and random"), "{item}");
+    let mut runs = Vec::new();
+    for target in [&target, &SqliteDb::new()] {
+        let p = Pipeline::new(&source.url(), &target.url(), &python_chaos(), granted);
+        let run = p.ferry(&["migrate", "--json", "--create-table"]);
+        assert!([0, 4].contains(&run.code), "{run:?}");
+        let mut c = target.conn().await;
+        let settings: Vec<String> =
+            sqlx::query_scalar("SELECT settings FROM users WHERE id IN ('user_3', 'user_7') ORDER BY id")
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+        runs.push(settings.iter().map(|s| serde_json::from_str::<serde_json::Value>(s).unwrap()).collect::<Vec<_>>());
+    }
+    for s in runs.iter().flatten() {
+        assert!(s["time"].as_f64().unwrap() > 1.7e9, "the host's clock: {s}");
+        for denied in ["file", "listdir", "socket"] {
+            assert!(s[denied].as_str().unwrap().starts_with("denied"), "{denied} was granted: {s}");
+        }
+        assert_eq!(s["env"], 0, "{s}");
+    }
+    assert_ne!(runs[0][0]["urandom"], runs[1][0]["urandom"], "the host's randomness differs between runs: {runs:?}");
+    let denied = Pipeline::new(&source.url(), &target.url(), &python_chaos(), "grants = [\"files\"]\n");
+    let bad = denied.ferry(&["check"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("`files` is not a grant; the grants are clocks and random"), "{bad:?}");
 }

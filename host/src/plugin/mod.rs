@@ -23,7 +23,7 @@ pub use bindings::INTERFACE;
 
 /// Characters of the plugin's stderr kept in a trap's dead-letter reason.
 const STDERR_IN_REASON: usize = 500;
-pub use sandbox::{DEFAULT_CALL_TIMEOUT, DEFAULT_MEMORY_LIMIT, Limits};
+pub use sandbox::{DEFAULT_CALL_TIMEOUT, DEFAULT_MEMORY_LIMIT, Grants, Limits};
 
 use crate::model::{LegacyUser, Outcome};
 use bindings::{UserTransform, UserTransformPre};

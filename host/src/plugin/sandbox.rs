@@ -32,18 +32,66 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Bytes of the plugin's stderr kept to explain a trap (a panic message).
 const STDERR_CAPTURE: usize = 16 << 10;
 
-/// Limits applied to every plugin instance.
+/// What a pipeline grants its plugins beyond the deny-all default
+/// (`[plugin] grants`). Files, sockets, the environment and arguments are
+/// never granted. A granted plugin is no longer a pure function of its
+/// input: `validate` may see other rows than the run wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Grants {
+    /// The host's clocks (wall and monotonic) instead of the epoch.
+    pub clocks: bool,
+    /// The host's randomness instead of a generator seeded alike for every call.
+    pub random: bool,
+}
+
+impl Grants {
+    /// The names in `[plugin] grants`.
+    pub const NAMES: [&'static str; 2] = ["clocks", "random"];
+
+    pub fn parse(names: &[String]) -> Result<Grants, String> {
+        let mut grants = Grants::default();
+        for name in names {
+            match name.as_str() {
+                "clocks" => grants.clocks = true,
+                "random" => grants.random = true,
+                other => {
+                    return Err(format!(
+                        "plugin.grants: `{other}` is not a grant; the grants are {} (files, sockets and the \
+                         environment are never granted)",
+                        Grants::NAMES.join(" and ")
+                    ));
+                }
+            }
+        }
+        Ok(grants)
+    }
+
+    /// The grants given, by name (empty: deny-all).
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.clocks {
+            names.push("clocks");
+        }
+        if self.random {
+            names.push("random");
+        }
+        names
+    }
+}
+
+/// Limits applied to every plugin instance, and what it is granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Maximum linear memory of one instance, in bytes.
     pub memory_bytes: u64,
     /// Maximum wall time of one call into the plugin.
     pub call_timeout: Duration,
+    pub grants: Grants,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_bytes: DEFAULT_MEMORY_LIMIT, call_timeout: DEFAULT_CALL_TIMEOUT }
+        Limits { memory_bytes: DEFAULT_MEMORY_LIMIT, call_timeout: DEFAULT_CALL_TIMEOUT, grants: Grants::default() }
     }
 }
 
@@ -102,14 +150,17 @@ impl State {
     pub fn new(limits: &Limits) -> State {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let random = SeededRandom::new();
-        let wasi = WasiCtxBuilder::new()
-            .stderr(stderr.clone())
-            .wall_clock(FrozenClock)
-            .monotonic_clock(FrozenClock)
-            .secure_random(random.clone())
-            .insecure_random(random.clone())
-            .insecure_random_seed(u128::from(RANDOM_SEED))
-            .build();
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(stderr.clone());
+        if !limits.grants.clocks {
+            wasi.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
+        }
+        if !limits.grants.random {
+            wasi.secure_random(random.clone())
+                .insecure_random(random.clone())
+                .insecure_random_seed(u128::from(RANDOM_SEED));
+        }
+        let wasi = wasi.build();
         let limits =
             StoreLimitsBuilder::new().memory_size(limits.memory_bytes as usize).trap_on_grow_failure(true).build();
         State { wasi, table: ResourceTable::new(), limits, stderr, random }
