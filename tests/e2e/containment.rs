@@ -94,6 +94,20 @@ async fn python_unbounded_allocation_recursion_and_a_gigantic_row_hit_the_caps()
     }
 }
 
+/// Migrates with the Python chaos plugin; what its two `chaos:escape` rows
+/// (ids 3 and 7) saw of the world outside, as they wrote it in `settings`.
+async fn escapes(p: &Pipeline, target: &SqliteDb) -> Vec<serde_json::Value> {
+    let run = p.ferry(&["migrate", "--json", "--create-table"]);
+    assert!([0, 4].contains(&run.code), "{run:?}");
+    let settings: Vec<String> =
+        sqlx::query_scalar("SELECT settings FROM users WHERE id IN ('user_3', 'user_7') ORDER BY id")
+            .fetch_all(&mut target.conn().await)
+            .await
+            .unwrap();
+    assert_eq!(settings.len(), 2, "{run:?}");
+    settings.iter().map(|s| serde_json::from_str(s).unwrap()).collect()
+}
+
 /// Files, directories, environment, sockets: denied; the clock: frozen at
 /// the epoch; randomness: seeded, the same in every instance and run.
 #[tokio::test]
@@ -107,17 +121,8 @@ async fn a_python_plugin_reaching_outside_gets_nothing() {
         let check = p.ferry(&["check", "--json"]);
         let grants = check.json()["items"].as_array().unwrap().iter().find(|i| i["name"] == "plugin grants").cloned();
         assert_eq!(grants.unwrap()["level"], "ok", "deny-all by default");
-        let run = p.ferry(&["migrate", "--json", "--create-table"]);
-        assert!([0, 4].contains(&run.code), "{run:?}");
-        let mut c = target.conn().await;
-        let settings: Vec<String> =
-            sqlx::query_scalar("SELECT settings FROM users WHERE id IN ('user_3', 'user_7') ORDER BY id")
-                .fetch_all(&mut c)
-                .await
-                .unwrap();
-        assert_eq!(settings.len(), 2, "{run:?}");
+        let settings = escapes(&p, &target).await;
         for s in &settings {
-            let s: serde_json::Value = serde_json::from_str(s).unwrap();
             for denied in ["file", "listdir", "socket"] {
                 assert!(s[denied].as_str().unwrap().starts_with("denied"), "{denied} was granted: {s}");
             }
@@ -148,15 +153,7 @@ async fn granted_clocks_and_randomness_reach_the_plugin_and_nothing_else() {
     let mut runs = Vec::new();
     for target in [&target, &SqliteDb::new()] {
         let p = Pipeline::new(&source.url(), &target.url(), &python_chaos(), granted);
-        let run = p.ferry(&["migrate", "--json", "--create-table"]);
-        assert!([0, 4].contains(&run.code), "{run:?}");
-        let mut c = target.conn().await;
-        let settings: Vec<String> =
-            sqlx::query_scalar("SELECT settings FROM users WHERE id IN ('user_3', 'user_7') ORDER BY id")
-                .fetch_all(&mut c)
-                .await
-                .unwrap();
-        runs.push(settings.iter().map(|s| serde_json::from_str::<serde_json::Value>(s).unwrap()).collect::<Vec<_>>());
+        runs.push(escapes(&p, target).await);
     }
     for s in runs.iter().flatten() {
         assert!(s["time"].as_f64().unwrap() > 1.7e9, "the host's clock: {s}");
