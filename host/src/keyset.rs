@@ -47,6 +47,18 @@ impl Key {
             _ => self.encode(),
         }
     }
+
+    /// The key [`Key::label`] wrote, for a key of `columns` columns.
+    pub fn from_label(label: &str, columns: usize) -> anyhow::Result<Key> {
+        let key = match columns {
+            1 => Key(vec![label.to_string()]),
+            _ => Key::decode(label)?,
+        };
+        if key.0.len() != columns {
+            anyhow::bail!("{} values for a key of {columns} columns", key.0.len());
+        }
+        Ok(key)
+    }
 }
 
 impl std::fmt::Display for Key {

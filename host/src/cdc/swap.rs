@@ -190,6 +190,11 @@ impl Swapper {
         self.plugin_tables(plan).into_iter().filter(|&t| serves(plan, t, deployment)).collect()
     }
 
+    /// Whether a shadow version runs beside planned table `t`'s plugin.
+    pub(crate) fn shadows(&self, t: usize) -> bool {
+        self.shadow.as_ref().is_some_and(|s| s.instances.contains_key(&t))
+    }
+
     /// Runs the shadow version (if one serves planned table `t`) on the
     /// rows the live version just transformed into `live`, and counts where
     /// they differ. `key` names a row; `columns` gives an output table's

@@ -227,17 +227,8 @@ fn plugin_path(plugin: Option<&Path>) -> String {
 
 /// A dead letter's key (as `Key::label` wrote it) and its values.
 fn key_values(def: &TableDef, label: &str) -> anyhow::Result<(Key, Vec<Value>)> {
-    let key = match def.primary_key.len() {
-        1 => Key(vec![label.to_string()]),
-        _ => Key::decode(label)?,
-    };
-    if key.0.len() != def.primary_key.len() {
-        anyhow::bail!(
-            "dead letter key {label} of {} does not have the table's {} key columns",
-            def.name,
-            def.primary_key.len()
-        );
-    }
+    let key = Key::from_label(label, def.primary_key.len())
+        .map_err(|e| anyhow::anyhow!("dead letter key {label} of {}: {e}", def.name))?;
     let values = def
         .primary_key
         .iter()
