@@ -9,6 +9,8 @@
 #   2. SQL baseline      psql \copy (SELECT <transform in SQL>) | psql \copy users
 #                        into a fresh ferry_bench_sql (bench/baseline.sql)
 #   3. ferry migrate     into a fresh ferry_bench_ferry, under /usr/bin/time -v
+#   3b. the same         as a pipeline of tables ([[tables]] name = "public.users",
+#                        same plugin) into a fresh ferry_bench_tables
 #   4. ferry validate    against the same databases, under /usr/bin/time -v
 #   5. cross-check       the two target tables must hold the same rows
 # then prints one markdown table and writes bench/out/results-<N>.json (JSON lines).
@@ -20,6 +22,7 @@
 #   BATCH_SIZE    [migrate] batch_size in the generated ferry.toml (default 5000, ferry's own)
 #   SKIP_FERRY=1  run only the data generation and the SQL baseline
 #   KEEP=1        keep the bench databases at the end (default: dropped)
+#   TABLES=0      skip step 3b, the same migration as a pipeline of tables
 #   PGHOST / PGPORT / PGUSER   default 127.0.0.1 / 5432 / postgres (trust auth)
 #
 # rows/s is always SOURCE rows (N) / wall-clock seconds, for every pipeline:
@@ -57,10 +60,12 @@ case $FERRY_PLUGIN in /*) ;; *) FERRY_PLUGIN=$ROOT/$FERRY_PLUGIN ;; esac
 BATCH_SIZE=${BATCH_SIZE:-5000}  # ferry's default (settings::DEFAULT_BATCH_SIZE)
 SKIP_FERRY=${SKIP_FERRY:-0}
 KEEP=${KEEP:-0}
+TABLES=${TABLES:-1}
 
 DB_SRC=ferry_bench_src
 DB_SQL=ferry_bench_sql
 DB_FERRY=ferry_bench_ferry
+DB_TABLES=ferry_bench_tables
 
 # --- helpers -------------------------------------------------------------------
 
@@ -159,6 +164,35 @@ record() {
     TABLE_ROWS+=("| $n | $pipeline | $secs | $rps | $rss_mb | ${rows_out:--} | $status |")
 }
 
+# ferry migrate with CONFIG into a fresh DB (the new `users` table made
+# beforehand, as for the baseline), timed and recorded as PIPELINE.
+run_migrate() {
+    local n=$1 pipeline=$2 config=$3 db=$4 logname=$5 secs_sql=$6 rc=0 t0 t1 secs status rows
+    log "N=$n: $pipeline"
+    recreate_target "$db"
+    checkpoint
+    t0=$(now)
+    # Run from the temporary directory so any local state ferry keeps does not
+    # leak into the repository or into the next N.
+    (cd "$TMP" && /usr/bin/time -v -o "$TMP/$logname.time" \
+        "$FERRY_BIN" migrate --config "$config" --json >"$LOGS/$logname.out" 2>"$LOGS/$logname.err") || rc=$?
+    t1=$(now)
+    secs=$(seconds_between "$t0" "$t1")
+    cp "$TMP/$logname.time" "$LOGS/$logname.time" 2>/dev/null || true
+    case $rc in
+        0) status=ok ;;
+        4) status="ok (dead-lettered rows)" ;;
+        *) tail -n 30 "$LOGS/$logname.err" >&2
+           die "N=$n: $pipeline exited with $rc (stderr above; logs in $LOGS)" ;;
+    esac
+    rows=$(psql -X -At -v ON_ERROR_STOP=1 -d "$db" -c 'SELECT count(*) FROM users') \
+        || die "cannot count $db.users"
+    record "$n" "$pipeline" "$secs" "$(rss_kb_from_time_v "$TMP/$logname.time")" "$rows" \
+        "$status" "$rc" "dead-lettered or rejected: $((n - rows))" "$(embed_output "$LOGS/$logname.out")"
+    log "N=$n: $pipeline $secs s, $(rate "$n" "$secs") rows/s, $rows rows written (exit $rc)"
+    SUMMARY+=("N=$n: $pipeline took $(awk -v f="$secs" -v b="$secs_sql" 'BEGIN { printf "%.2f", f / b }')× the SQL baseline's time ($secs s vs $secs_sql s)")
+}
+
 # --- clean-up ------------------------------------------------------------------
 
 CONNECTED=0
@@ -168,9 +202,9 @@ cleanup() {
     if [[ $CONNECTED != 1 ]]; then
         :   # never reached the server: nothing to drop
     elif [[ $KEEP == 1 ]]; then
-        log "KEEP=1: leaving databases $DB_SRC, $DB_SQL, $DB_FERRY"
+        log "KEEP=1: leaving databases $DB_SRC, $DB_SQL, $DB_FERRY, $DB_TABLES"
     else
-        for db in "$DB_SRC" "$DB_SQL" "$DB_FERRY"; do
+        for db in "$DB_SRC" "$DB_SQL" "$DB_FERRY" "$DB_TABLES"; do
             psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 \
                 || log "warning: could not drop $db"
         done
@@ -296,31 +330,32 @@ path = "$FERRY_PLUGIN"
 batch_size = $BATCH_SIZE
 EOF
     cp "$CONFIG" "$LOGS/ferry.toml"
+    # The same table as a pipeline of tables (one [[tables]] entry with the
+    # same plugin, through the transform-user adapter), into the same kind
+    # of pre-made target table: the one-table pipeline's successor.
+    TABLES_CONFIG=$TMP/ferry-tables.toml
+    cat >"$TABLES_CONFIG" <<EOF
+name = "bench"
 
-    log "N=$N: ferry migrate"
-    recreate_target "$DB_FERRY"
-    checkpoint
-    rc=0
-    t0=$(now)
-    # Run from the temporary directory so any local state ferry keeps does not
-    # leak into the repository or into the next N.
-    (cd "$TMP" && /usr/bin/time -v -o "$TMP/migrate.time" \
-        "$FERRY_BIN" migrate --config "$CONFIG" --json >"$LOGS/migrate.out" 2>"$LOGS/migrate.err") || rc=$?
-    t1=$(now)
-    secs=$(seconds_between "$t0" "$t1")
-    cp "$TMP/migrate.time" "$LOGS/migrate.time" 2>/dev/null || true
-    case $rc in
-        0) status=ok ;;
-        4) status="ok (dead-lettered rows)" ;;
-        *) tail -n 30 "$LOGS/migrate.err" >&2
-           die "N=$N: ferry migrate exited with $rc (stderr above; logs in $LOGS)" ;;
-    esac
-    rows_ferry=$(psql -X -At -v ON_ERROR_STOP=1 -d "$DB_FERRY" -c 'SELECT count(*) FROM users') \
-        || die "cannot count $DB_FERRY.users"
-    record "$N" ferry-migrate "$secs" "$(rss_kb_from_time_v "$TMP/migrate.time")" "$rows_ferry" \
-        "$status" "$rc" "dead-lettered or rejected: $((N - rows_ferry))" "$(embed_output "$LOGS/migrate.out")"
-    log "N=$N: ferry migrate $secs s, $(rate "$N" "$secs") rows/s, $rows_ferry rows written (exit $rc)"
-    SUMMARY+=("N=$N: ferry migrate took $(awk -v f="$secs" -v b="$secs_sql" 'BEGIN { printf "%.2f", f / b }')× the SQL baseline's time ($secs s vs $secs_sql s)")
+[source]
+url = "postgres://$PGUSER@$PGHOST:$PGPORT/$DB_SRC"
+
+[target]
+url = "postgres://$PGUSER@$PGHOST:$PGPORT/$DB_TABLES"
+
+[migrate]
+batch_size = $BATCH_SIZE
+
+[[tables]]
+name = "public.users"
+plugin = "$FERRY_PLUGIN"
+EOF
+    cp "$TABLES_CONFIG" "$LOGS/ferry-tables.toml"
+
+    run_migrate "$N" ferry-migrate "$CONFIG" "$DB_FERRY" migrate "$secs_sql"
+    if [[ $TABLES == 1 ]]; then
+        run_migrate "$N" ferry-migrate-tables "$TABLES_CONFIG" "$DB_TABLES" migrate-tables "$secs_sql"
+    fi
 
     # 4. ferry validate -----------------------------------------------------------
     log "N=$N: ferry validate"
@@ -345,18 +380,22 @@ EOF
     #    should have written the same rows. Informational: a difference is
     #    reported with a sample, it does not fail the run.
     fp_sql=$(fingerprint "$DB_SQL") || die "cannot fingerprint $DB_SQL"
-    fp_ferry=$(fingerprint "$DB_FERRY") || die "cannot fingerprint $DB_FERRY"
-    if [[ $fp_sql == "$fp_ferry" ]]; then
-        SUMMARY+=("N=$N: the ferry and SQL targets hold identical rows (${fp_sql%% *})")
-    else
-        dump='\copy (SELECT id, first_name, last_name, email, created_at, settings FROM users ORDER BY id) TO pstdout'
-        psql -X -d "$DB_SQL" -c "$dump" >"$TMP/sql.rows" || die "cannot dump $DB_SQL"
-        psql -X -d "$DB_FERRY" -c "$dump" >"$TMP/ferry.rows" || die "cannot dump $DB_FERRY"
-        diff "$TMP/sql.rows" "$TMP/ferry.rows" >"$LOGS/targets.diff" || true
-        SUMMARY+=("N=$N: the ferry and SQL targets DIFFER (rows: sql ${fp_sql%% *}, ferry ${fp_ferry%% *}); diff in $LOGS/targets.diff")
-        log "N=$N: targets differ; first lines of the diff (< sql, > ferry):"
-        head -n 10 "$LOGS/targets.diff" >&2
-    fi
+    targets=("$DB_FERRY")
+    [[ $TABLES == 1 ]] && targets+=("$DB_TABLES")
+    for db in "${targets[@]}"; do
+        fp_ferry=$(fingerprint "$db") || die "cannot fingerprint $db"
+        if [[ $fp_sql == "$fp_ferry" ]]; then
+            SUMMARY+=("N=$N: $db and the SQL target hold identical rows (${fp_sql%% *})")
+        else
+            dump='\copy (SELECT id, first_name, last_name, email, created_at, settings FROM users ORDER BY id) TO pstdout'
+            psql -X -d "$DB_SQL" -c "$dump" >"$TMP/sql.rows" || die "cannot dump $DB_SQL"
+            psql -X -d "$db" -c "$dump" >"$TMP/ferry.rows" || die "cannot dump $db"
+            diff "$TMP/sql.rows" "$TMP/ferry.rows" >"$LOGS/$db.diff" || true
+            SUMMARY+=("N=$N: $db and the SQL target DIFFER (rows: sql ${fp_sql%% *}, ferry ${fp_ferry%% *}); diff in $LOGS/$db.diff")
+            log "N=$N: targets differ; first lines of the diff (< sql, > $db):"
+            head -n 10 "$LOGS/$db.diff" >&2
+        fi
+    done
 done
 
 # --- report --------------------------------------------------------------------

@@ -24,6 +24,8 @@ pub struct Plugins {
     pub split_orders_v2: PathBuf,
     pub chaos: PathBuf,
     pub wrong_world: PathBuf,
+    /// Every row unchanged into a table of the same name and columns.
+    pub identity: PathBuf,
 }
 
 pub fn plugins() -> &'static Plugins {
@@ -48,6 +50,7 @@ pub fn plugins() -> &'static Plugins {
             split_orders_v2: out.join("split_orders_v2.wasm"),
             chaos: out.join("chaos.wasm"),
             wrong_world: out.join("wrong_world.wasm"),
+            identity: out.join("identity.wasm"),
         }
     })
 }

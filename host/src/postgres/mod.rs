@@ -1,5 +1,6 @@
 //! PostgreSQL: the source and the target (sink, control store, reader).
 
+mod binary;
 mod changes;
 pub(crate) mod control;
 mod copy;

@@ -1,13 +1,16 @@
 //! Tables of any shape in PostgreSQL: the catalog (definitions), keyset
 //! pages read with `COPY (SELECT …) TO STDOUT`, rows written with
-//! `COPY … FROM STDIN`, both in text format under [`crate::value::PG_SESSION`]
-//! so every type round-trips exactly through its own text I/O.
+//! `COPY … FROM STDIN`: in binary format where it is exactly equivalent
+//! ([`super::binary`]), else in text format under
+//! [`crate::value::PG_SESSION`] so every type round-trips exactly through
+//! its own text I/O.
 
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 
+use super::binary::{self, Wire};
 use super::target::refuses_rows;
 use crate::config::OnConflict;
 use crate::db::{DbUrl, Engine, TableName, quote_ident};
@@ -25,6 +28,9 @@ pub struct PgTables {
     pub(super) url: DbUrl,
     /// Scratch buffer for COPY data.
     buf: String,
+    /// The binary wire form of each written table's columns (`None`: the
+    /// table has a column ferry writes only as text), from its catalog.
+    wires: std::collections::HashMap<String, Option<Vec<Wire>>>,
 }
 
 impl super::control::PgConn for PgTables {
@@ -114,7 +120,7 @@ impl PgTables {
             settings.push(("synchronous_commit", "off"));
         }
         let conn = super::connect_with(url, role, &settings).await?;
-        Ok(PgTables { conn, url: url.clone(), buf: String::new() })
+        Ok(PgTables { conn, url: url.clone(), buf: String::new(), wires: Default::default() })
     }
 
     fn err(&self, what: String, e: &sqlx::Error) -> anyhow::Error {
@@ -136,7 +142,12 @@ impl PgTables {
 
     /// Runs a `COPY (query) TO STDOUT`: its text-format bytes, whole lines.
     async fn copy_out_bytes(&mut self, table: &TableDef, query: &str) -> anyhow::Result<Vec<u8>> {
-        let sql = format!("COPY ({query}) TO STDOUT");
+        self.copy_out_format(table, query, "").await
+    }
+
+    /// [`Self::copy_out_bytes`] with COPY `options` (e.g. ` (FORMAT binary)`).
+    async fn copy_out_format(&mut self, table: &TableDef, query: &str, options: &str) -> anyhow::Result<Vec<u8>> {
+        let sql = format!("COPY ({query}) TO STDOUT{options}");
         let mut data: Vec<u8> = Vec::new();
         let mut stream =
             self.conn.copy_out_raw(&sql).await.map_err(|e| Error::driver(format!("reading {}", table.name), &e))?;
@@ -148,10 +159,45 @@ impl PgTables {
         Ok(data)
     }
 
-    /// Runs a `COPY (query) TO STDOUT` and decodes its rows for `table`.
+    /// Runs a `COPY (query) TO STDOUT` and decodes its rows for `table`:
+    /// in binary where the table allows, and as text when the binary page
+    /// holds a value ferry cannot represent (its dead letter then shows the
+    /// value's text and the text path's reason).
     async fn copy_out(&mut self, table: &TableDef, query: &str) -> anyhow::Result<RowPage> {
+        if binary::readable(table) {
+            let data = self.copy_out_format(table, query, " (FORMAT binary)").await?;
+            if let Some(page) = binary::decode_page(table, &data) {
+                return Ok(page);
+            }
+        }
         let data = self.copy_out_bytes(table, query).await?;
         Ok(decode_lines(table, &data))
+    }
+
+    /// The binary wire forms of `table`'s columns in the target (cached;
+    /// `None` when one has no binary form ferry writes).
+    async fn wires(&mut self, table: &TableDef) -> anyhow::Result<Option<Vec<Wire>>> {
+        let name = table.quoted();
+        if let Some(wires) = self.wires.get(&name) {
+            return Ok(wires.clone());
+        }
+        let types: Vec<(String, String)> = sqlx::query_as(
+            "SELECT a.attname::text, bt.typname::text FROM pg_attribute a \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+        )
+        .bind(&name)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(|e| self.err(format!("reading the column types of {name}"), &e))?;
+        let wires: Option<Vec<Wire>> = table
+            .columns
+            .iter()
+            .map(|c| types.iter().find(|(n, _)| *n == c.name).and_then(|(_, t)| Wire::of_typname(t)))
+            .collect();
+        self.wires.insert(name, wires.clone());
+        Ok(wires)
     }
 
     /// The keyset query of a page (see [`RowSource::read_page`]).
@@ -174,31 +220,41 @@ impl PgTables {
     }
 
     /// Writes `rows` with COPY (or through a staging table for skip and
-    /// overwrite); `Err` is the database's refusal.
+    /// overwrite), in binary when `wires` are known and every value
+    /// converts; `Err` is the database's refusal.
     async fn apply(
         tx: &mut PgConnection,
         buf: &mut String,
         table: &TableDef,
         rows: &[ValueRow],
         policy: OnConflict,
+        wires: Option<&[Wire]>,
     ) -> Result<Applied, sqlx::Error> {
         if rows.is_empty() {
             return Ok(Applied::default());
         }
+        if let Some(wires) = wires {
+            let mut data = Vec::with_capacity(buf.capacity());
+            if binary::encode_rows(wires, rows, &mut data).is_some() {
+                return Self::apply_data(tx, data, rows.len() as u64, table, policy, true).await;
+            }
+        }
         encode_rows(rows, buf);
-        Self::apply_data(tx, std::mem::take(buf).into_bytes(), rows.len() as u64, table, policy).await
+        Self::apply_data(tx, std::mem::take(buf).into_bytes(), rows.len() as u64, table, policy, false).await
     }
 
-    /// Writes COPY text `data` holding `total` rows under `policy`.
+    /// Writes COPY `data` (text, or binary) holding `total` rows under `policy`.
     async fn apply_data(
         tx: &mut PgConnection,
         data: Vec<u8>,
         total: u64,
         table: &TableDef,
         policy: OnConflict,
+        binary: bool,
     ) -> Result<Applied, sqlx::Error> {
         let columns = table.column_list();
-        let copy_into = |name: &str| format!("COPY {name} ({columns}) FROM STDIN");
+        let format = if binary { " (FORMAT binary)" } else { "" };
+        let copy_into = |name: &str| format!("COPY {name} ({columns}) FROM STDIN{format}");
         match policy {
             OnConflict::Error => {
                 let mut copy = tx.copy_in_raw(&copy_into(&table.quoted())).await?;
@@ -251,13 +307,14 @@ impl PgTables {
         table: &TableDef,
         rows: &[ValueRow],
         policy: OnConflict,
+        wires: Option<&[Wire]>,
     ) -> Result<(Applied, Vec<(usize, String)>), sqlx::Error> {
         let mut applied = Applied::default();
         let mut refused = Vec::new();
         let mut todo = vec![(0, rows.len())];
         while let Some((from, to)) = todo.pop() {
             sqlx::query("SAVEPOINT ferry_rows").execute(&mut *tx).await?;
-            match Self::apply(tx, buf, table, &rows[from..to], policy).await {
+            match Self::apply(tx, buf, table, &rows[from..to], policy, wires).await {
                 Ok(a) => {
                     sqlx::query("RELEASE SAVEPOINT ferry_rows").execute(&mut *tx).await?;
                     applied.loaded += a.loaded;
@@ -901,6 +958,13 @@ impl RowSink for PgTables {
 
     async fn commit_rows(&mut self, batch: &RowBatch, policy: OnConflict) -> anyhow::Result<Applied> {
         let url = self.url.clone();
+        let mut wires = Vec::with_capacity(batch.writes.len());
+        for write in &batch.writes {
+            wires.push(match write.raw {
+                Some(_) => None,
+                None => self.wires(&write.target).await?,
+            });
+        }
         let buf = &mut self.buf;
         let mut tx = self.conn.begin().await?;
         let stored: Option<Option<String>> = sqlx::query_scalar(
@@ -934,7 +998,7 @@ impl RowSink for PgTables {
         };
         let mut written = Applied::default();
         let mut refused: Vec<RowDeadLetter> = Vec::new();
-        for write in &batch.writes {
+        for (write, wires) in batch.writes.iter().zip(&wires) {
             let target = &write.target;
             // Undecoded rows go straight in; only if the target refuses some
             // are they decoded, to isolate those.
@@ -943,7 +1007,7 @@ impl RowSink for PgTables {
                 None => (&write.rows, &write.keys),
                 Some(raw) => {
                     sqlx::query("SAVEPOINT ferry_raw").execute(&mut *tx).await?;
-                    match Self::apply_data(&mut tx, raw.data.clone(), raw.rows as u64, target, policy).await {
+                    match Self::apply_data(&mut tx, raw.data.clone(), raw.rows as u64, target, policy, false).await {
                         Ok(applied) => {
                             sqlx::query("RELEASE SAVEPOINT ferry_raw").execute(&mut *tx).await?;
                             written.loaded += applied.loaded;
@@ -963,10 +1027,11 @@ impl RowSink for PgTables {
                     }
                 }
             };
-            let (applied, refused_rows) = match Self::apply_isolating(&mut tx, buf, target, rows, policy).await {
-                Ok(a) => a,
-                Err(e) => return Err(load_error(e, batch, target, &url)),
-            };
+            let (applied, refused_rows) =
+                match Self::apply_isolating(&mut tx, buf, target, rows, policy, wires.as_deref()).await {
+                    Ok(a) => a,
+                    Err(e) => return Err(load_error(e, batch, target, &url)),
+                };
             written.loaded += applied.loaded;
             written.skipped += applied.skipped;
             refused.extend(refused_rows.into_iter().map(|(index, message)| RowDeadLetter {
