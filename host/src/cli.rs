@@ -603,10 +603,10 @@ async fn run(cli: Cli) -> i32 {
             let result = match action {
                 PluginAction::Deploy { path, table, shadow, wait } => {
                     let wait = std::time::Duration::from_secs_f64(wait.max(0.0));
-                    crate::cdc::swap::deploy(&settings, &path, table.as_deref(), shadow, wait).await
+                    crate::swap::deploy(&settings, &path, table.as_deref(), shadow, wait).await
                 }
                 PluginAction::Promote { wait } => {
-                    crate::cdc::swap::promote(&settings, std::time::Duration::from_secs_f64(wait.max(0.0))).await
+                    crate::swap::promote(&settings, std::time::Duration::from_secs_f64(wait.max(0.0))).await
                 }
                 PluginAction::Diff { old, new, table, sample } => {
                     let Some(selection) = settings.tables.clone() else {

@@ -231,9 +231,62 @@ fn serialize_key<S: serde::Serializer>(key: &Option<crate::keyset::Key>, s: S) -
 #[async_trait]
 pub trait TableControl: Send {
     async fn table_progress(&mut self, run_id: &str) -> anyhow::Result<Vec<TableProgress>>;
+    /// The run's lineage: every committed batch of a table with a plugin,
+    /// in commit order (see [`Lineage`]).
+    async fn lineage(&mut self, run_id: &str) -> anyhow::Result<Vec<Lineage>>;
     async fn start_table(&mut self, run_id: &str, table: &str, target_table: &str, created: bool)
     -> anyhow::Result<()>;
     async fn set_table_phase(&mut self, run_id: &str, table: &str, phase: TablePhase) -> anyhow::Result<()>;
+}
+
+/// Which plugin version produced which rows: one committed batch of a table
+/// with a plugin. A migration's batch covers the source keys in
+/// `(after, last]`; a batch of `ferry dlq replay` covers exactly `keys`.
+/// Written in the batch's own transaction ([`crate::sink::RowSink::commit_rows`]),
+/// so it is exactly what the target holds; `ferry validate` re-runs each
+/// row through the version that produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lineage {
+    /// The source table (`schema.table`).
+    pub table: String,
+    /// Exclusive lower bound; `None`: from the table's first key.
+    pub after: Option<crate::keyset::Key>,
+    /// Inclusive upper bound.
+    pub last: crate::keyset::Key,
+    /// A replay's keys (then `after`/`last` are the table's checkpoint).
+    pub keys: Option<Vec<crate::keyset::Key>>,
+    pub plugin_sha256: String,
+    /// The file the version was loaded from.
+    pub plugin_path: String,
+    /// Source rows the batch read.
+    pub rows: u64,
+}
+
+/// Reads a `lineage` row (same columns in every engine).
+pub(crate) fn lineage_from_row<'r, R>(row: &'r R) -> anyhow::Result<Lineage>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    use crate::keyset::Key;
+    let after: Option<String> = row.try_get("after_key")?;
+    let keys: Option<String> = row.try_get("keys")?;
+    let keys = keys
+        .map(|k| serde_json::from_str::<Vec<String>>(&k).map(|ks| ks.iter().map(|k| Key::decode(k)).collect()))
+        .transpose()?
+        .transpose()?;
+    Ok(Lineage {
+        table: row.try_get("table_name")?,
+        after: after.as_deref().map(Key::decode).transpose()?,
+        last: Key::decode(&row.try_get::<String, _>("last_key")?)?,
+        keys,
+        plugin_sha256: row.try_get("plugin_sha256")?,
+        plugin_path: row.try_get("plugin_path")?,
+        rows: row.try_get::<i64, _>("rows")? as u64,
+    })
 }
 
 /// Reads a `table_progress` row (same columns in every engine).

@@ -34,6 +34,7 @@ pub mod sink;
 pub mod source;
 pub mod sqlite;
 pub mod status;
+pub mod swap;
 pub mod tables;
 pub mod time;
 pub mod tls;

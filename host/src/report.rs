@@ -243,6 +243,22 @@ pub fn status(r: &crate::status::StatusReport) -> String {
             )),
         ]);
     }
+    for v in &r.versions {
+        let keys = match (&v.replay, &v.after_key) {
+            (true, _) => format!("replayed keys {}", v.last_key),
+            (false, None) => format!("keys up to {}", v.last_key),
+            (false, Some(after)) => format!("keys after {after} up to {}", v.last_key),
+        };
+        t.add_row(vec![
+            Cell::new(format!("version of {}", v.table)),
+            Cell::new(format!(
+                "plugin {}: {keys} ({} batches, {} rows)",
+                v.plugin_sha256.chars().take(12).collect::<String>(),
+                v.batches,
+                v.rows
+            )),
+        ]);
+    }
     if let Some(s) = &r.stream {
         let position = s.checkpoint.position.map_or("none".to_string(), |p| p.to_string());
         t.add_row(vec![Cell::new("stream position"), Cell::new(position)]);

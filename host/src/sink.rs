@@ -163,6 +163,15 @@ pub struct TableWrite {
 
 /// One page of a source table to apply, with the table checkpoint it
 /// advances: the rows it became in one or more target tables.
+/// The `plugin_sha256` of rows copied as they are (no plugin).
+pub const IDENTITY: &str = "identity";
+
+/// The lineage record of a batch, as stored: `(after_key, last_key, keys,
+/// rows)`, each key [`crate::keyset::Key::encode`]d and `keys` a JSON
+/// array of them; `None` for rows copied as they are (no plugin version
+/// to record) and for a replay that loaded nothing.
+pub type LineageColumns = (Option<String>, String, Option<String>, i64);
+
 #[derive(Debug)]
 pub struct RowBatch {
     pub run_id: String,
@@ -187,6 +196,9 @@ pub struct RowBatch {
     /// Source rows a plugin turned into no row.
     pub filtered: u64,
     pub plugin_sha256: String,
+    /// The file that version was loaded from ("" for rows copied as they
+    /// are): recorded with the lineage, so `ferry validate` finds it again.
+    pub plugin_path: String,
     /// Dead letters of this run and table the batch retries (`ferry dlq
     /// replay`), by key: removed in its transaction before its own dead
     /// letters (the rows that fail again) are recorded.
@@ -194,6 +206,31 @@ pub struct RowBatch {
 }
 
 impl RowBatch {
+    /// What [`crate::control::Lineage`] records of this batch (see
+    /// [`LineageColumns`]).
+    pub fn lineage(&self) -> Option<LineageColumns> {
+        if self.plugin_sha256 == IDENTITY {
+            return None;
+        }
+        let (keys, rows) = match self.replayed.is_empty() {
+            true => (None, self.extracted as usize),
+            // A replay: the keys this version turned into rows (the rows it
+            // refused again stay dead letters, which explain them).
+            false => {
+                let refused: std::collections::HashSet<&crate::keyset::Key> =
+                    self.dead.iter().map(|d| &d.key).collect();
+                let loaded: Vec<String> =
+                    self.replayed.iter().filter(|k| !refused.contains(k)).map(|k| k.encode()).collect();
+                if loaded.is_empty() {
+                    return None;
+                }
+                let n = loaded.len();
+                (Some(serde_json::to_string(&loaded).expect("strings serialise")), n)
+            }
+        };
+        Some((self.previous_key.as_ref().map(|k| k.encode()), self.last_key.encode(), keys, rows as i64))
+    }
+
     /// The source counters of this batch once `refused` source keys were
     /// dead-lettered by the target: `(loaded, skipped)`.
     pub fn accounted(&self, written: Applied, refused_sources: u64) -> (u64, u64) {

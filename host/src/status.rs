@@ -28,6 +28,54 @@ pub struct StatusReport {
     /// (`ferry plugin deploy`), oldest first; the last `live` one of a table
     /// is the version running it.
     pub deployments: Vec<crate::deployments::Deployment>,
+    /// Many-table pipelines: which plugin version produced which rows of
+    /// the last run, per table, in commit order (its lineage, summarised).
+    pub versions: Vec<VersionSpan>,
+}
+
+/// Consecutive batches of one table committed by one plugin version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionSpan {
+    pub table: String,
+    pub plugin_sha256: String,
+    /// Keys after which the span starts (`None`: the table's first key)
+    /// and its last key; a replay names its keys instead.
+    pub after_key: Option<String>,
+    pub last_key: String,
+    pub replay: bool,
+    pub batches: u64,
+    pub rows: u64,
+}
+
+/// Summarises a run's lineage: consecutive migration batches of a table by
+/// the same version merge into one span; each replay is its own.
+pub fn version_spans(lineage: &[crate::control::Lineage]) -> Vec<VersionSpan> {
+    let mut spans: Vec<VersionSpan> = Vec::new();
+    for l in lineage {
+        let replay = l.keys.is_some();
+        match spans.iter_mut().rev().find(|s| s.table == l.table) {
+            Some(s) if !replay && !s.replay && s.plugin_sha256 == l.plugin_sha256 => {
+                s.last_key = l.last.label();
+                s.batches += 1;
+                s.rows += l.rows;
+                continue;
+            }
+            _ => {}
+        }
+        spans.push(VersionSpan {
+            table: l.table.clone(),
+            plugin_sha256: l.plugin_sha256.clone(),
+            after_key: if replay { None } else { l.after.as_ref().map(|k| k.label()) },
+            last_key: match &l.keys {
+                Some(keys) => keys.iter().map(|k| k.label()).collect::<Vec<_>>().join(", "),
+                None => l.last.label(),
+            },
+            replay,
+            batches: 1,
+            rows: l.rows,
+        });
+    }
+    spans
 }
 
 /// Replication slots of the source (PostgreSQL), `only` one when given.
@@ -42,9 +90,9 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
     if settings.tables.is_some() {
         let mut target = crate::engines::open_row_target(&settings.target.url).await?;
         let migrate = target.latest_run(&settings.pipeline).await?;
-        let tables = match &migrate {
-            Some(run) => target.table_progress(&run.run_id).await?,
-            None => Vec::new(),
+        let (tables, lineage) = match &migrate {
+            Some(run) => (target.table_progress(&run.run_id).await?, target.lineage(&run.run_id).await?),
+            None => (Vec::new(), Vec::new()),
         };
         let stream = target.stream_status(&settings.pipeline).await?.map(|s| ChangeStatus {
             checkpoint: crate::cdc::apply::ChangeCheckpoint {
@@ -82,6 +130,7 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
             slots,
             lag_seconds,
             deployments,
+            versions: version_spans(&lineage),
         });
     }
     let mut target = crate::engines::open_target(settings).await?;
@@ -118,5 +167,6 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
         slots,
         lag_seconds,
         deployments: Vec::new(),
+        versions: Vec::new(),
     })
 }

@@ -293,3 +293,103 @@ async fn deploy_needs_a_plugin_table_and_says_which_when_there_are_several() {
     assert_eq!(r.json()["state"], "pending");
     assert_eq!(r.json()["table"], "orders");
 }
+
+/// A version deployed while `ferry migrate` runs takes over between two
+/// pages; the run's lineage records which version committed which key
+/// range, and `ferry validate` re-transforms each range with its own
+/// version. Judged by the rows: v2 writes SKUs in upper case, so every
+/// order says which version made it, checked against the recorded switch
+/// key by a query of the test's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_migration_takes_a_deployed_version_between_pages_and_validates_each_range_by_its_version() {
+    let (source, target) = (PgDb::new("mswap_src").await, PgDb::new("mswap_dst").await);
+    source
+        .exec(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL, placed_at timestamp NOT NULL, \
+             status text NOT NULL, items json NOT NULL); \
+             INSERT INTO orders SELECT g, 1 + g % 10, '2024-03-01 10:00:00', 'paid', \
+             json_build_array(json_build_object('sku', 'sku-' || g, 'qty', 1, 'price', '1.50'), \
+                              json_build_object('sku', 'x-' || g, 'qty', 2, 'price', '2.25')) \
+             FROM generate_series(1, 20000) g",
+        )
+        .await;
+    let v1 = plugins().split_orders.display().to_string();
+    let extra = format!("[migrate]\nbatch_size = 100\n\n[[tables]]\nname = \"public.orders\"\nplugin = \"{v1}\"\n");
+    let p = tables_pipeline(&source.url(), &target.url(), "", &extra);
+    // Requested before the run starts: the batch stage finds it at its
+    // first page, compiles it while v1 transforms, then switches.
+    let v2_path = plugins().split_orders_v2.to_str().unwrap();
+    let pending = p.ferry(&["plugin", "deploy", v2_path, "--wait", "0", "--json"]);
+    assert_eq!(pending.json()["state"], "pending", "{pending:?}");
+
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["tables"][0]["loaded"], 20000, "{run:?}");
+    let deployment = deployments(&p).await.into_iter().last().unwrap();
+    assert_eq!(deployment["state"], "live", "{deployment}");
+    let position = deployment["position"].as_str().unwrap().to_string();
+    let switch: i64 = position.strip_prefix("public.orders after key ").unwrap().parse().unwrap();
+    assert!(switch > 0 && switch < 20000, "switched mid-run: {position}");
+
+    // Each order by the version its key range says, none mixed.
+    let v1_rows = target.scalar_i64(&format!("SELECT count(*) FROM order_items WHERE order_id <= {switch}")).await;
+    let wrong = target
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM order_items WHERE (order_id <= {switch} AND sku <> lower(sku)) \
+             OR (order_id > {switch} AND sku <> upper(sku))"
+        ))
+        .await;
+    assert_eq!((v1_rows, wrong), (2 * switch, 0), "orders up to {switch} by v1, after it by v2");
+    // The lineage, read by our own query: v1's batches, then v2's.
+    let v1_sha = ferry::plugin::sha256_hex(&std::fs::read(&plugins().split_orders).unwrap());
+    let v2_sha = ferry::plugin::sha256_hex(&std::fs::read(&plugins().split_orders_v2).unwrap());
+    let mut c = target.conn().await;
+    let lineage: Vec<(String, Option<String>, String, i64)> = sqlx::query_as(
+        "SELECT plugin_sha256, after_key, last_key, rows FROM ferry.lineage WHERE table_name = 'public.orders' ORDER BY id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let shas: Vec<&str> = lineage.iter().map(|l| l.0.as_str()).collect();
+    let first_v2 = shas.iter().position(|s| *s == v2_sha).expect("v2 committed batches");
+    assert!(
+        first_v2 > 0 && shas[..first_v2].iter().all(|s| *s == v1_sha) && shas[first_v2..].iter().all(|s| *s == v2_sha)
+    );
+    assert_eq!(
+        lineage[first_v2].1.as_deref(),
+        Some(format!("[\"{switch}\"]").as_str()),
+        "v2 starts after the switch key"
+    );
+    assert_eq!(lineage.iter().map(|l| l.3).sum::<i64>(), 20000, "every source row in exactly one batch");
+
+    // `ferry status` shows the two versions and their key ranges.
+    let status = p.ferry(&["status", "--json"]);
+    let versions = status.json()["versions"].clone();
+    assert_eq!(versions.as_array().map(Vec::len), Some(2), "{versions}");
+    assert_eq!(
+        (versions[0]["plugin_sha256"].as_str(), versions[0]["after_key"].as_str(), versions[0]["last_key"].as_str()),
+        (Some(v1_sha.as_str()), None, Some(switch.to_string().as_str()))
+    );
+    assert_eq!(
+        (versions[1]["plugin_sha256"].as_str(), versions[1]["after_key"].as_str(), versions[1]["last_key"].as_str()),
+        (Some(v2_sha.as_str()), Some(switch.to_string().as_str()), Some("20000"))
+    );
+    let human = p.ferry(&["status"]);
+    assert!(human.stdout.contains(&format!("keys after {switch} up to 20000")), "{human:?}");
+
+    // Validation re-runs v1 on v1's range and v2 on v2's: clean. With one
+    // version for all it would find v2's rows different.
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["tables"][0]["matched"], 20000 + 40000, "{v:?}");
+    // A version whose file is gone cannot be re-run: validate says which.
+    let moved = tempfile::tempdir().unwrap();
+    let hidden = moved.path().join("v2.wasm");
+    std::fs::copy(&plugins().split_orders_v2, &hidden).unwrap();
+    target.exec(&format!("UPDATE ferry.lineage SET plugin_path = '{}'", hidden.display())).await;
+    target.exec(&format!("UPDATE ferry.deployments SET path = '{}'", hidden.display())).await;
+    drop(moved);
+    let v = p.ferry(&["validate"]);
+    assert_eq!(v.code, 8, "{v:?}");
+    assert!(v.stderr.contains(&v2_sha) && v.stderr.contains("no file ferry knows holds it"), "{v:?}");
+}

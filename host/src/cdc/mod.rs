@@ -8,6 +8,5 @@ pub mod pgoutput;
 pub use crate::position;
 pub mod events;
 mod reread;
-pub mod swap;
 pub mod sync;
 pub mod tables;

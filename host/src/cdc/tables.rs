@@ -22,7 +22,6 @@ use std::sync::atomic::AtomicBool;
 
 use super::apply::ApplyReport;
 use super::pgoutput::{Datum, Message, Relation, Relations};
-use super::swap::Swapper;
 use super::sync::{Applier, SyncOptions, SyncReport};
 use crate::db::Engine;
 use crate::engines::{self, RowTarget};
@@ -35,6 +34,7 @@ use crate::schema::TableDef;
 use crate::settings::{Settings, TableSelection};
 use crate::sink::{ChangeOrigin, ChangeWrite, RowChange, RowChangeBatch, StreamDeadLetter};
 use crate::source::RowSource;
+use crate::swap::Swapper;
 use crate::tables::Plan;
 use crate::value::{Value, decode_pg_text};
 
@@ -280,8 +280,9 @@ impl<'a> TablesApplier<'a> {
     /// Between two target transactions: a deployed plugin version is
     /// checked off the hot path, then switched to here.
     async fn between(&mut self) -> anyhow::Result<()> {
+        let position = self.position.map(|p| p.to_string());
         let switched =
-            self.swapper.between(&mut self.plan, &mut self.transformers, self.target.as_mut(), self.position).await?;
+            self.swapper.between(&mut self.plan, &mut self.transformers, self.target.as_mut(), position).await?;
         if let Some(switched) = switched {
             self.producers = crate::tables::producers(&self.plan);
             self.report.stream.plugin_switches.push(switched.sha256);

@@ -469,6 +469,14 @@ impl TablePlugin {
         }
     }
 
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        match self {
+            TablePlugin::Row(p) => p.path(),
+            TablePlugin::User(p) => p.path(),
+        }
+    }
+
     pub fn facts(&self) -> &super::Facts {
         match self {
             TablePlugin::Row(p) => &p.facts,

@@ -81,6 +81,19 @@ CREATE TABLE IF NOT EXISTS ferry.batches (
     committed_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, seq)
 );
+CREATE TABLE IF NOT EXISTS ferry.lineage (
+    id            bigserial PRIMARY KEY,
+    run_id        text NOT NULL REFERENCES ferry.runs (run_id),
+    table_name    text NOT NULL,
+    after_key     text,
+    last_key      text NOT NULL,
+    keys          text,
+    plugin_sha256 text NOT NULL,
+    plugin_path   text NOT NULL,
+    rows          bigint NOT NULL,
+    committed_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS lineage_run ON ferry.lineage (run_id, table_name, id);
 CREATE TABLE IF NOT EXISTS ferry.deployments (
     id              bigserial PRIMARY KEY,
     pipeline        text NOT NULL,
@@ -204,6 +217,14 @@ macro_rules! pg_control {
                     .fetch_all($crate::postgres::control::PgConn::conn(self))
                     .await?;
                 rows.iter().map($crate::control::table_progress_from_row).collect()
+            }
+
+            async fn lineage(&mut self, run_id: &str) -> anyhow::Result<Vec<$crate::control::Lineage>> {
+                let rows = sqlx::query("SELECT * FROM ferry.lineage WHERE run_id = $1 ORDER BY id")
+                    .bind(run_id)
+                    .fetch_all($crate::postgres::control::PgConn::conn(self))
+                    .await?;
+                rows.iter().map($crate::control::lineage_from_row).collect()
             }
 
             async fn start_table(&mut self, run_id: &str, table: &str, target_table: &str, created: bool) -> anyhow::Result<()> {

@@ -72,6 +72,19 @@ CREATE TABLE IF NOT EXISTS ferry_table_progress (
     updated_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
     PRIMARY KEY (run_id, table_name)
 );
+CREATE TABLE IF NOT EXISTS ferry_lineage (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id        TEXT NOT NULL REFERENCES ferry_runs (run_id),
+    table_name    TEXT NOT NULL,
+    after_key     TEXT,
+    last_key      TEXT NOT NULL,
+    keys          TEXT,
+    plugin_sha256 TEXT NOT NULL,
+    plugin_path   TEXT NOT NULL,
+    rows          INTEGER NOT NULL,
+    committed_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+);
+CREATE INDEX IF NOT EXISTS ferry_lineage_run ON ferry_lineage (run_id, table_name, id);
 CREATE TABLE IF NOT EXISTS ferry_deployments (
     id              INTEGER PRIMARY KEY,
     pipeline        TEXT NOT NULL,
@@ -209,6 +222,14 @@ macro_rules! sqlite_control {
                     .fetch_all($crate::sqlite::control::SqliteConn::conn(self))
                     .await?;
                 rows.iter().map($crate::control::table_progress_from_row).collect()
+            }
+
+            async fn lineage(&mut self, run_id: &str) -> anyhow::Result<Vec<$crate::control::Lineage>> {
+                let rows = sqlx::query("SELECT * FROM ferry_lineage WHERE run_id = ?1 ORDER BY id")
+                    .bind(run_id)
+                    .fetch_all($crate::sqlite::control::SqliteConn::conn(self))
+                    .await?;
+                rows.iter().map($crate::control::lineage_from_row).collect()
             }
 
             async fn start_table(&mut self, run_id: &str, table: &str, target_table: &str, created: bool) -> anyhow::Result<()> {

@@ -663,12 +663,12 @@ impl RowSink for SqliteTables {
                 .await
                 .map_err(what)?;
         }
-        sqlx::query("DELETE FROM ferry_dead_letters WHERE run_id = ?1 AND source_table = ?2")
-            .bind(run_id)
-            .bind(table)
-            .execute(&mut *tx)
-            .await
-            .map_err(what)?;
+        for sql in [
+            "DELETE FROM ferry_dead_letters WHERE run_id = ?1 AND source_table = ?2",
+            "DELETE FROM ferry_lineage WHERE run_id = ?1 AND table_name = ?2",
+        ] {
+            sqlx::query(sql).bind(run_id).bind(table).execute(&mut *tx).await.map_err(what)?;
+        }
         sqlx::query(
             "UPDATE ferry_table_progress SET last_key = NULL, phase = 'copying', batches = 0, extracted = 0, \
              transformed = 0, loaded = 0, skipped = 0, filtered = 0, dead_lettered = 0, \
@@ -811,6 +811,23 @@ impl RowSink for SqliteTables {
             }
             _ => 0,
         };
+        if let Some((after, last, keys, rows)) = batch.lineage() {
+            sqlx::query(
+                "INSERT INTO ferry_lineage (run_id, table_name, after_key, last_key, keys, plugin_sha256, plugin_path, rows) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .bind(&batch.run_id)
+            .bind(&batch.table)
+            .bind(after)
+            .bind(last)
+            .bind(keys)
+            .bind(&batch.plugin_sha256)
+            .bind(&batch.plugin_path)
+            .bind(rows)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::driver(format!("recording the lineage of batch {} of {}", batch.seq, batch.table), &e))?;
+        }
         sqlx::query(
             "UPDATE ferry_table_progress SET last_key = ?3, batches = batches + 1, extracted = extracted + ?4, \
              transformed = transformed + ?5, loaded = loaded + ?6, skipped = skipped + ?7, filtered = filtered + ?8, \

@@ -48,8 +48,7 @@ const CHANNEL_DEPTH: usize = 2;
 const RAW_PAGE_BYTES: u64 = 4 << 20;
 const RAW_PAGE_ROWS: usize = 20_000;
 
-/// The `plugin_sha256` of rows copied as they are.
-pub const IDENTITY: &str = "identity";
+pub use crate::sink::IDENTITY;
 
 /// A table the pipeline writes.
 #[derive(Debug, Clone)]
@@ -380,7 +379,10 @@ pub async fn migrate_in_snapshot(
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
     let mut target = engines::open_row_target(&settings.target.url).await?;
     target.ensure_control_tables().await?;
-    let plan = plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+    let mut plan = plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+    // A version deployed into this pipeline (`ferry plugin deploy`) is the
+    // one its tables run, here as in a stream.
+    crate::swap::Swapper::for_migration(settings, &plan).restore(&mut plan, target.as_mut()).await?;
     let target_engine = settings.target.url.engine();
 
     let latest = target.latest_run(&settings.pipeline).await?;
@@ -718,7 +720,7 @@ async fn copy_tables(
                 let began = Instant::now();
                 let result = copy_table(
                     &settings,
-                    table,
+                    (&plan, index),
                     &run_id,
                     start,
                     target.as_mut(),
@@ -841,7 +843,7 @@ pub(crate) fn transformed(
                 return Err(PluginFatal {
                     table: table.source.name.to_string(),
                     key: key.label(),
-                    plugin: table.producer().chars().take(12).collect(),
+                    plugin: batch.plugin_sha256.chars().take(12).collect(),
                     reason,
                 }
                 .into());
@@ -883,7 +885,7 @@ enum ReadOrder {
 #[allow(clippy::too_many_arguments)]
 async fn copy_table(
     settings: &Settings,
-    table: &PlannedTable,
+    (plan, index): (&Plan, usize),
     run_id: &str,
     start: Option<Key>,
     target: &mut dyn RowTarget,
@@ -892,6 +894,7 @@ async fn copy_table(
     stop: &Arc<AtomicBool>,
     policy: OnConflict,
 ) -> anyhow::Result<(u64, bool)> {
+    let table = &plan.tables[index];
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
     if let Some(name) = snapshot {
         source.use_snapshot(name).await?;
@@ -978,11 +981,21 @@ async fn copy_table(
     // target commits this one. Batches stay in order, so each still
     // commits on the previous one's checkpoint.
     let (batches, mut ready) = mpsc::channel::<anyhow::Result<RowBatch>>(1);
+    // A plugin table takes a deployed version between two pages.
+    let swap = match &table.plugin {
+        None => None,
+        Some(_) => Some(SwapStage {
+            swapper: crate::swap::Swapper::for_table(settings, plan, index),
+            store: engines::open_row_target(&settings.target.url).await?,
+            plan: plan.clone(),
+            index,
+        }),
+    };
     let preparer = tokio::spawn({
         let (table, run_id) = (table.clone(), run_id.to_string());
         let previous = start.clone();
         async move {
-            let prepared = prepare_batches(&table, &run_id, previous, &mut rx, &batches).await;
+            let prepared = prepare_batches(&table, &run_id, previous, &mut rx, &batches, swap).await;
             if let Err(e) = prepared {
                 batches.send(Err(e)).await.ok();
             }
@@ -1008,15 +1021,27 @@ async fn copy_table(
     Ok((rows, complete))
 }
 
+/// A plugin table's side of hot swap in a migration: its own swapper and
+/// control-store connection, polled between two pages.
+struct SwapStage {
+    swapper: crate::swap::Swapper,
+    store: Box<dyn RowTarget>,
+    plan: Plan,
+    index: usize,
+}
+
 /// The batch stage of [`copy_table`]: each page read after `previous`
 /// becomes its batch, through the table's plugin if it has one, sent on in
-/// order; stops when the pages end or the loader is gone.
+/// order; stops when the pages end or the loader is gone. Between two pages
+/// a deployed plugin version may replace the running one (`swap`): every
+/// batch names the version that transformed it.
 async fn prepare_batches(
     table: &PlannedTable,
     run_id: &str,
     mut previous: Option<Key>,
     pages: &mut mpsc::Receiver<anyhow::Result<RowPage>>,
     batches: &mpsc::Sender<anyhow::Result<RowBatch>>,
+    mut swap: Option<SwapStage>,
 ) -> anyhow::Result<()> {
     let name = table.source.name.to_string();
     let mut transformer = match &table.plugin {
@@ -1034,8 +1059,21 @@ async fn prepare_batches(
         }
     };
     let mut seq = 0;
+    let mut producer = table.producer().to_string();
+    let mut producer_path = table.plugin.as_ref().map(|p| p.path().display().to_string()).unwrap_or_default();
     while let Some(page) = pages.recv().await {
         let mut page = page?;
+        if let (Some(stage), Some(running)) = (swap.as_mut(), transformer.take()) {
+            let mut transformers = HashMap::from([(stage.index, running)]);
+            let position = format!("{name} after key {}", previous.as_ref().map_or("(none)".to_string(), Key::label));
+            let switched =
+                stage.swapper.between(&mut stage.plan, &mut transformers, stage.store.as_mut(), Some(position)).await?;
+            if let Some(switched) = switched {
+                producer = switched.sha256;
+                producer_path = switched.path;
+            }
+            transformer = transformers.remove(&stage.index);
+        }
         let extracted = page.len() as u64;
         let last_key = page.last_key.clone().expect("a non-empty page has a last key");
         if table.keyless() {
@@ -1057,7 +1095,8 @@ async fn prepare_batches(
             dead: page.unreadable,
             extracted,
             filtered: 0,
-            plugin_sha256: table.producer().to_string(),
+            plugin_sha256: producer.clone(),
+            plugin_path: producer_path.clone(),
             replayed: Vec::new(),
         };
         match transformer.take() {

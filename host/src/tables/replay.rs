@@ -127,11 +127,11 @@ pub async fn replay(
             report.keyless += mine.len() as u64;
             continue;
         }
-        let (mut transformer, sha256) = match (&fixed, &table.plugin) {
+        let (mut transformer, (sha256, path)) = match (&fixed, &table.plugin) {
             (Some(new), Some(old)) => {
                 let instance = tokio::task::block_in_place(|| new.replacing(old, &table.source))
                     .map_err(|reason| Error::contract(format!("--plugin {}: {reason}", plugin_path(plugin))))?;
-                (Some(instance), new.sha256().to_string())
+                (Some(instance), (new.sha256().to_string(), new.path().display().to_string()))
             }
             (Some(_), None) if only.is_some() => {
                 return Err(Error::raise(
@@ -145,9 +145,9 @@ pub async fn replay(
                     t.describe(&table.source)?;
                     Ok(t)
                 })?;
-                (Some(instance), p.sha256().to_string())
+                (Some(instance), (p.sha256().to_string(), p.path().display().to_string()))
             }
-            (_, None) => (None, crate::tables::IDENTITY.to_string()),
+            (_, None) => (None, (crate::tables::IDENTITY.to_string(), String::new())),
         };
         let checkpoint = progress.iter().find(|p| p.table == name).and_then(|p| p.last_key.clone());
         let Some(checkpoint) = checkpoint else {
@@ -189,6 +189,7 @@ pub async fn replay(
                 extracted: 0,
                 filtered: 0,
                 plugin_sha256: sha256.clone(),
+                plugin_path: path.clone(),
                 replayed,
             };
             match transformer.as_mut() {

@@ -12,6 +12,13 @@
 //! text. A difference explained by a dead letter of the latest run (the
 //! row never loaded, with its reason) is counted as explained, not as a
 //! mismatch.
+//!
+//! A table with a plugin is re-transformed **by the version that produced
+//! each row**: the run's lineage ([`crate::control::Lineage`]) says which
+//! version committed which key range (a hot swap during the migration, a
+//! resume with another version) and which keys a replay loaded; each
+//! version's file is the pipeline file's or the one its deployment named,
+//! checked against its SHA-256.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -106,6 +113,11 @@ pub async fn validate(
         Some(run) => target.dead_letters(&run.run_id, None).await?,
         None => Vec::new(),
     };
+    let lineage = match &run {
+        Some(run) => target.lineage(&run.run_id).await?,
+        None => Vec::new(),
+    };
+    let deployments = target.deployments(&settings.pipeline).await?;
     // A change stream's dead letters explain differences too (a rejected
     // update leaves the last good version).
     let streamed = target.stream_dead_keys(&settings.pipeline).await?;
@@ -140,7 +152,11 @@ pub async fn validate(
                 validate_keyless(settings, table, &dead_rows).await?
             }
             None => validate_table(settings, table, source.as_mut(), target.as_mut(), &explained).await?,
-            Some(_) => validate_transformed(settings, table, source.as_mut(), target.as_mut(), &explained).await?,
+            Some(current) => {
+                let lineage: Vec<&crate::control::Lineage> = lineage.iter().filter(|l| l.table == name).collect();
+                let versions = Versions::of(settings, table, current, &lineage, &deployments, source.as_mut()).await?;
+                validate_transformed(settings, table, versions, source.as_mut(), target.as_mut(), &explained).await?
+            }
         };
         tables.push(line);
     }
@@ -472,6 +488,183 @@ fn canonical_key_of(def: &crate::schema::TableDef, row: &Row) -> String {
     serde_json::to_string(&parts).expect("strings serialise")
 }
 
+/// The plugin versions that produced a table's rows, by key (from the
+/// run's lineage), with an instance of each.
+struct Versions {
+    /// Consecutive key ranges by version, in key order: the version, and
+    /// the first readable source key after the range (`None`: to the end).
+    spans: Vec<(String, Option<crate::keyset::Key>)>,
+    /// The span the next row (in key order) belongs to.
+    at: usize,
+    /// Keys a replay loaded, and the version it ran.
+    replayed: HashMap<crate::keyset::Key, String>,
+    /// Each version, loaded; instantiated on first use.
+    plugins: HashMap<String, crate::plugin::TablePlugin>,
+    instances: HashMap<String, crate::plugin::TableTransformer>,
+}
+
+impl Versions {
+    /// The versions of `table`'s rows, `current` (the pipeline's) for rows
+    /// no lineage names (a run of an older ferry, rows added since).
+    async fn of(
+        settings: &Settings,
+        table: &PlannedTable,
+        current: &crate::plugin::TablePlugin,
+        lineage: &[&crate::control::Lineage],
+        deployments: &[crate::deployments::Deployment],
+        source: &mut dyn RowSource,
+    ) -> anyhow::Result<Versions> {
+        let mut plugins = HashMap::from([(current.sha256().to_string(), current.clone())]);
+        let mut spans: Vec<(String, crate::keyset::Key)> = Vec::new();
+        let mut replayed = HashMap::new();
+        for record in lineage {
+            if !plugins.contains_key(&record.plugin_sha256) {
+                let plugin = load_version(settings, table, &record.plugin_sha256, deployments, record).await?;
+                plugins.insert(record.plugin_sha256.clone(), plugin);
+            }
+            match &record.keys {
+                Some(keys) => {
+                    replayed.extend(keys.iter().map(|k| (k.clone(), record.plugin_sha256.clone())));
+                }
+                None => match spans.last_mut() {
+                    Some((sha, last)) if *sha == record.plugin_sha256 => *last = record.last.clone(),
+                    _ => spans.push((record.plugin_sha256.clone(), record.last.clone())),
+                },
+            }
+        }
+        // Each range ends before the first readable row after its last key,
+        // found by the source itself (keys sort as the source sorts them).
+        let mut bounded = Vec::with_capacity(spans.len() + 1);
+        for (sha, last) in spans {
+            let mut after = last;
+            let next = loop {
+                let page = source.read_page(&table.source, Some(&after), 1).await?;
+                match (page.rows.first(), page.last_key) {
+                    (Some(row), _) => break Some(crate::keyset::Key::of(&table.source, row)),
+                    (None, Some(key)) => after = key,
+                    (None, None) => break None,
+                }
+            };
+            bounded.push((sha, next));
+        }
+        // Beyond the lineage: the pipeline's version.
+        bounded.push((current.sha256().to_string(), None));
+        Ok(Versions { spans: bounded, at: 0, replayed, plugins, instances: HashMap::new() })
+    }
+
+    /// The version that produced the row with key `key` (rows come in key
+    /// order).
+    fn of_row(&mut self, key: &crate::keyset::Key) -> String {
+        while self.at + 1 < self.spans.len() && self.spans[self.at].1.as_ref() == Some(key) {
+            self.at += 1;
+        }
+        if let Some(sha) = self.replayed.get(key) {
+            return sha.clone();
+        }
+        self.spans[self.at].0.clone()
+    }
+
+    /// An instance of version `sha`, told the source's schema.
+    async fn take(
+        &mut self,
+        sha: &str,
+        source: &crate::schema::TableDef,
+    ) -> anyhow::Result<crate::plugin::TableTransformer> {
+        if let Some(t) = self.instances.remove(sha) {
+            return Ok(t);
+        }
+        let plugin = self.plugins[sha].clone();
+        let def = source.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<crate::plugin::TableTransformer> {
+            let mut t = plugin.instantiate()?;
+            t.describe(&def)?;
+            Ok(t)
+        })
+        .await?
+    }
+
+    fn give(&mut self, sha: &str, instance: crate::plugin::TableTransformer) {
+        self.instances.insert(sha.to_string(), instance);
+    }
+
+    /// Each row through the version that produced it: the rows (in their
+    /// order) and their outcomes.
+    async fn transform(
+        &mut self,
+        def: &crate::schema::TableDef,
+        table: &str,
+        rows: Vec<Row>,
+    ) -> anyhow::Result<(Vec<Row>, Vec<crate::plugin::RowOutcome>)> {
+        let shas: Vec<String> = rows.iter().map(|r| self.of_row(&crate::keyset::Key::of(def, r))).collect();
+        let mut order: Vec<&String> = Vec::new();
+        for sha in &shas {
+            if !order.contains(&sha) {
+                order.push(sha);
+            }
+        }
+        let mut outcomes: Vec<Option<crate::plugin::RowOutcome>> = (0..rows.len()).map(|_| None).collect();
+        let whole = order.len() == 1;
+        let mut rows = Some(rows);
+        for sha in order {
+            let picked: Vec<usize> = (0..shas.len()).filter(|&i| shas[i] == *sha).collect();
+            let batch: Vec<Row> = match whole {
+                true => rows.take().expect("one version: the whole page"),
+                false => picked.iter().map(|&i| rows.as_ref().expect("rows kept")[i].clone()).collect(),
+            };
+            let mut t = self.take(sha, def).await?;
+            let n = table.to_string();
+            let (t, batch, result) = tokio::task::spawn_blocking(move || {
+                let result = t.transform_batch(&n, &batch);
+                (t, batch, result)
+            })
+            .await?;
+            self.give(sha, t);
+            for (i, outcome) in picked.iter().zip(result?) {
+                outcomes[*i] = Some(outcome);
+            }
+            if whole {
+                rows = Some(batch);
+            }
+        }
+        let outcomes = outcomes.into_iter().map(|o| o.expect("every row transformed")).collect();
+        Ok((rows.expect("rows kept"), outcomes))
+    }
+}
+
+/// The file of plugin version `sha` of `table`: the one its lineage
+/// recorded, the pipeline file's, or one a deployment of this pipeline
+/// named — whichever holds exactly that version.
+async fn load_version(
+    settings: &Settings,
+    table: &PlannedTable,
+    sha: &str,
+    deployments: &[crate::deployments::Deployment],
+    record: &crate::control::Lineage,
+) -> anyhow::Result<crate::plugin::TablePlugin> {
+    let spec = settings.tables.as_ref().and_then(|s| s.spec(&table.source.name)).and_then(|s| s.plugin.as_ref());
+    let Some(spec) = spec else { anyhow::bail!("table {} has no plugin settings", table.source.name) };
+    let mut options = spec.options.clone();
+    options.pinned_sha256 = Some(sha.to_string());
+    let mut tried = Vec::new();
+    let mut paths = vec![std::path::PathBuf::from(&record.plugin_path), spec.path.clone()];
+    paths.extend(deployments.iter().rev().filter(|d| d.sha256 == sha).map(|d| std::path::PathBuf::from(&d.path)));
+    paths.dedup();
+    for path in paths {
+        let (p, o) = (path.clone(), options.clone());
+        match tokio::task::spawn_blocking(move || crate::plugin::TablePlugin::load(&p, &o)).await? {
+            Ok(plugin) => return Ok(plugin),
+            Err(e) => tried.push(format!("{}: {e}", path.display())),
+        }
+    }
+    Err(crate::error::Error::contract(format!(
+        "rows of {} (keys up to {}) were produced by plugin version {sha}, and no file ferry knows holds it \
+         (tried {}); put that version back where it was to validate them",
+        table.source.name,
+        record.last.label(),
+        tried.join("; ")
+    )))
+}
+
 /// A table with a plugin: the source re-transformed page by page (the
 /// plugin is a pure function of its input), each output row looked up in
 /// its table by the output table's key and compared. Rows the plugin
@@ -481,19 +674,15 @@ fn canonical_key_of(def: &crate::schema::TableDef, row: &Row) -> String {
 async fn validate_transformed(
     settings: &Settings,
     table: &PlannedTable,
+    mut versions: Versions,
     source: &mut dyn RowSource,
     target: &mut dyn RowTarget,
     explained: &HashSet<&str>,
 ) -> anyhow::Result<TableValidation> {
     use crate::plugin::RowOutcome;
     let plugin = table.plugin.clone().expect("a table with a plugin");
-    let def = table.source.clone();
-    let mut transformer = tokio::task::spawn_blocking(move || -> anyhow::Result<crate::plugin::TableTransformer> {
-        let mut t = plugin.instantiate()?;
-        t.describe(&def)?;
-        Ok(t)
-    })
-    .await??;
+    let current = plugin.sha256().to_string();
+    let mut transformer = versions.take(&current, &table.source).await?;
     let mut readings = Vec::new();
     let mut target_rows = 0;
     for output in &table.outputs {
@@ -523,18 +712,12 @@ async fn validate_transformed(
                 line.note(u.key.label(), "missing", vec![]);
             }
         }
-        let (t, rows, outcomes) = {
-            let (n, rows) = (name.clone(), page.rows);
-            tokio::task::spawn_blocking(move || {
-                let outcomes = transformer.transform_batch(&n, &rows);
-                (transformer, rows, outcomes)
-            })
-            .await?
-        };
-        transformer = t;
+        versions.give(&current, transformer);
+        let (rows, outcomes) = versions.transform(&table.source, &name, page.rows).await?;
+        transformer = versions.take(&current, &table.source).await?;
         // Expected rows per output table, with the source key they came from.
         let mut expected: Vec<Vec<(String, Row)>> = vec![Vec::new(); table.outputs.len()];
-        for (row, outcome) in rows.iter().zip(outcomes?) {
+        for (row, outcome) in rows.iter().zip(outcomes) {
             let label = crate::keyset::Key::of(&table.source, row).label();
             match outcome {
                 RowOutcome::Rows(out) => {

@@ -1,20 +1,24 @@
 //! Hot swap: a running stream (`ferry sync`, `ferry apply` of a many-table
-//! pipeline) takes a new plugin version without stopping.
+//! pipeline) or a running `ferry migrate` takes a new plugin version
+//! without stopping.
 //!
 //! `ferry plugin deploy` records a pending [`Deployment`] in the target's
-//! control store. Between two target transactions the stream looks for one
-//! (at most every [`POLL`]); it is then loaded, compiled, instantiated and
-//! told each table's schema **off the hot path** (a blocking task) while the
-//! old version keeps applying changes. A candidate that does not load, does
+//! control store. Between two target transactions the stream (or, in a
+//! migration, each plugin table's batch stage between two pages) looks for
+//! one (at most every [`POLL`]); it is then loaded, compiled, instantiated
+//! and told each table's schema **off the hot path** (a blocking task)
+//! while the old version keeps transforming. A candidate that does not load, does
 //! not instantiate, refuses a table, or declares other output tables than
 //! the live version is refused with the reason, and the old version keeps
 //! running. A candidate that passes replaces the live version at the next
 //! point between two target transactions — never inside one — and the
-//! stored stream position at that point is recorded with it: the old
-//! version produced every change up to that position, the new one every
-//! change after it. A restarted stream runs the last live version of each
-//! table rather than the pipeline file's — unless the file names a version
-//! this stream never ran (a newer decision, which wins).
+//! stored stream position (a migration: the table's key) at that point is
+//! recorded with it: the old version produced every change up to that
+//! position, the new one every change after it (a migration also records
+//! the version of every batch: [`crate::control::Lineage`]). A restarted
+//! stream or migration runs the last live version of each table rather
+//! than the pipeline file's — unless the file names a version it never ran
+//! (a newer decision, which wins).
 //!
 //! A shadow deployment (`deploy --shadow`) is prepared the same way but
 //! does not replace anything: it transforms the same rows as the live
@@ -30,7 +34,6 @@ use std::time::{Duration, Instant};
 use crate::deployments::{Decision, DeployState, Deployment, DeploymentStore, ShadowReport};
 use crate::keyset::Row;
 use crate::plugin::{LoadOptions, RowOutcome, TablePlugin, TableTransformer};
-use crate::position::Position;
 use crate::schema::TableDef;
 use crate::settings::Settings;
 use crate::tables::Plan;
@@ -61,6 +64,8 @@ struct Candidate {
 pub(crate) struct Switched {
     pub deployment: i64,
     pub sha256: String,
+    /// The file the version was loaded from.
+    pub path: String,
     /// Time spent switching between the two target transactions.
     pub pause: Duration,
 }
@@ -84,9 +89,26 @@ pub(crate) struct Swapper {
     next_poll: Instant,
     candidate: Option<Candidate>,
     shadow: Option<Shadow>,
+    /// Leaves shadow deployments pending (see [`Swapper::for_table`]).
+    live_only: bool,
 }
 
 impl Swapper {
+    /// A swapper for planned table `t` alone (a migration's batch stage),
+    /// which takes live versions only: a shadow deployment waits for a
+    /// stream, which compares it on live rows.
+    pub(crate) fn for_table(settings: &Settings, plan: &Plan, t: usize) -> Swapper {
+        let mut swapper = Swapper::for_migration(settings, plan);
+        swapper.options.retain(|&i, _| i == t);
+        swapper
+    }
+
+    /// A swapper for a migration: live versions only (see
+    /// [`Swapper::for_table`]).
+    pub(crate) fn for_migration(settings: &Settings, plan: &Plan) -> Swapper {
+        Swapper { live_only: true, ..Swapper::new(settings, plan) }
+    }
+
     pub(crate) fn new(settings: &Settings, plan: &Plan) -> Swapper {
         let mut options = HashMap::new();
         if let Some(selection) = &settings.tables {
@@ -103,6 +125,7 @@ impl Swapper {
             next_poll: Instant::now(),
             candidate: None,
             shadow: None,
+            live_only: false,
         }
     }
 
@@ -154,8 +177,8 @@ impl Swapper {
                 }
             }
         }
-        // A shadow that was running goes on running.
-        if let Some(shadow) = all.iter().rev().find(|d| d.state == DeployState::Shadow) {
+        // A shadow that was running goes on running (in a stream).
+        if let Some(shadow) = all.iter().rev().find(|d| d.state == DeployState::Shadow && !self.live_only) {
             let tables = self.served(plan, shadow);
             let sources =
                 tables.iter().map(|&t| (t, plan.tables[t].source.clone(), plan.tables[t].plugin.clone())).collect();
@@ -247,7 +270,7 @@ impl Swapper {
         plan: &mut Plan,
         transformers: &mut HashMap<usize, TableTransformer>,
         store: &mut dyn DeploymentStore,
-        position: Option<Position>,
+        position: Option<String>,
     ) -> anyhow::Result<Option<Switched>> {
         if self.shadow.as_ref().is_some_and(|s| s.dirty && s.flushed.elapsed() >= SHADOW_FLUSH) {
             self.flush(store).await?;
@@ -271,7 +294,7 @@ impl Swapper {
             let decision = |state| Decision {
                 state,
                 reason: None,
-                position: position.map(|p| p.to_string()),
+                position: position.clone(),
                 previous_sha256: previous.as_deref(),
             };
             if deployment.shadow {
@@ -301,14 +324,23 @@ impl Swapper {
             metrics::counter!(crate::daemon::names::PLUGIN_SWITCHES, "outcome" => "live").increment(1);
             metrics::gauge!(crate::daemon::names::PLUGIN_SWITCH_PAUSE).set(pause.as_secs_f64());
             tracing::info!(deployment = deployment.id, sha256 = %deployment.sha256, ?pause,
-                position = ?position.map(|p| p.to_string()), "switched to the deployed plugin version");
-            return Ok(Some(Switched { deployment: deployment.id, sha256: deployment.sha256, pause }));
+                position = ?position, "switched to the deployed plugin version");
+            return Ok(Some(Switched {
+                deployment: deployment.id,
+                sha256: deployment.sha256,
+                path: deployment.path,
+                pause,
+            }));
         }
         if self.candidate.is_some() || Instant::now() < self.next_poll {
             return Ok(None);
         }
         self.next_poll = Instant::now() + POLL;
-        let pending = store.deployments(&self.pipeline).await?.into_iter().find(|d| d.state == DeployState::Pending);
+        let pending = store
+            .deployments(&self.pipeline)
+            .await?
+            .into_iter()
+            .find(|d| d.state == DeployState::Pending && !(self.live_only && d.shadow));
         let Some(deployment) = pending else { return Ok(None) };
         let tables = self.served(plan, &deployment);
         let Some(&first) = tables.first() else {
