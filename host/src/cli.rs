@@ -134,6 +134,21 @@ enum Command {
         #[arg(long)]
         slot: Option<String>,
     },
+    /// Apply a plugin version again to rows an earlier one loaded (a
+    /// pipeline of tables): per page, in one target transaction, the old
+    /// version's rows replaced by the new one's and the ledger moved.
+    Reprocess {
+        /// The version to apply (same output tables as the running one).
+        #[arg(long, value_name = "PATH")]
+        plugin: PathBuf,
+        /// The plugin table (needed when several tables have a plugin).
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
+        /// Keys after A up to and including B (`A..B`, `A..`, `..B`), as
+        /// `ferry status` prints a version's range; all rows when left out.
+        #[arg(long, value_name = "A..B")]
+        range: Option<String>,
+    },
     /// Dead letters of the latest run.
     Dlq {
         #[command(subcommand)]
@@ -585,6 +600,39 @@ async fn run(cli: Cli) -> i32 {
                     match r {
                         _ if r.interrupted => exit::INTERRUPTED,
                         _ if r.remaining() > 0 => exit::DEAD_LETTERS,
+                        _ => exit::OK,
+                    }
+                }
+            }
+        }
+        Command::Reprocess { plugin, table, range } => {
+            let Some(selection) = settings.tables.clone() else {
+                return fail(
+                    &ConfigError::Invalid {
+                        path: cli.config.clone(),
+                        message: "reprocess runs in pipelines of tables ([[tables]] entries with a plugin)".into(),
+                    }
+                    .into(),
+                );
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            spawn_signal_handler(Arc::clone(&stop));
+            let r = crate::tables::reprocess::reprocess(
+                &settings,
+                &selection,
+                &plugin,
+                table.as_deref(),
+                range.as_deref(),
+                stop,
+            )
+            .await;
+            match r {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    show(cli.json, &r, || report::reprocess(&r));
+                    match r {
+                        _ if r.interrupted => exit::INTERRUPTED,
+                        _ if r.dead_lettered > 0 => exit::DEAD_LETTERS,
                         _ => exit::OK,
                     }
                 }

@@ -245,7 +245,7 @@ pub fn status(r: &crate::status::StatusReport) -> String {
     }
     for v in &r.versions {
         let keys = match (&v.replay, &v.after_key) {
-            (true, _) => format!("replayed keys {}", v.last_key),
+            (true, _) => format!("keys {} (replay or reprocess)", v.last_key),
             (false, None) => format!("keys up to {}", v.last_key),
             (false, Some(after)) => format!("keys after {after} up to {}", v.last_key),
         };
@@ -492,6 +492,31 @@ fn shadow_summary(r: &crate::deployments::ShadowReport) -> String {
 }
 
 /// `ferry dlq replay`: one line per table and what became of its dead letters.
+pub fn reprocess(r: &crate::tables::reprocess::ReprocessReport) -> String {
+    let range = match (&r.after_key, &r.last_key) {
+        (None, None) => "every row".to_string(),
+        (Some(a), None) => format!("keys after {a}"),
+        (None, Some(b)) => format!("keys up to {b}"),
+        (Some(a), Some(b)) => format!("keys after {a} up to {b}"),
+    };
+    let short = |s: &str| s.chars().take(12).collect::<String>();
+    let mut out = format!(
+        "reprocessed {} rows of {} ({range}) of run {} with plugin {} (replacing {}): {} loaded, {} filtered, {} dead letters",
+        r.rows,
+        r.table,
+        r.run_id,
+        short(&r.plugin_sha256),
+        short(&r.replaced_sha256),
+        r.loaded,
+        r.filtered,
+        r.dead_lettered
+    );
+    if r.interrupted {
+        out.push_str("\ninterrupted: every page shown is committed; run it again for the rest (it is idempotent)");
+    }
+    out
+}
+
 pub fn replay(r: &crate::tables::replay::ReplayReport) -> String {
     let mut t = table(&["table", "retried", "loaded", "filtered", "still dead", "gone from source", "plugin"]);
     for line in &r.tables {

@@ -172,6 +172,31 @@ pub const IDENTITY: &str = "identity";
 /// to record) and for a replay that loaded nothing.
 pub type LineageColumns = (Option<String>, String, Option<String>, i64);
 
+/// What a batch of `ferry reprocess` replaces: the rows an earlier version
+/// wrote for the same source rows, deleted in the batch's transaction
+/// before its own rows are written, and their place in the ledger.
+#[derive(Debug, Default)]
+pub struct Replacing {
+    /// Per write (in `writes`' order): output keys, or key prefixes (the
+    /// first columns of the key), whose rows go first.
+    pub deletes: Vec<Vec<Vec<crate::value::Value>>>,
+    /// Source rows of the batch that were loaded, or filtered, before: the
+    /// ledger takes them back as the batch counts them again.
+    pub was_loaded: u64,
+    pub was_filtered: u64,
+    /// The source keys the batch reprocesses (its lineage).
+    pub keys: Vec<crate::keyset::Key>,
+}
+
+impl Replacing {
+    /// The ledger's `(loaded, filtered)` change for a batch that counted
+    /// `loaded` and `filtered` source rows.
+    pub fn deltas(replacing: Option<&Replacing>, loaded: u64, filtered: u64) -> (i64, i64) {
+        let (was_loaded, was_filtered) = replacing.map_or((0, 0), |r| (r.was_loaded, r.was_filtered));
+        (loaded as i64 - was_loaded as i64, filtered as i64 - was_filtered as i64)
+    }
+}
+
 #[derive(Debug)]
 pub struct RowBatch {
     pub run_id: String,
@@ -199,6 +224,8 @@ pub struct RowBatch {
     /// The file that version was loaded from ("" for rows copied as they
     /// are): recorded with the lineage, so `ferry validate` finds it again.
     pub plugin_path: String,
+    /// `ferry reprocess`: what the batch's rows replace.
+    pub replacing: Option<Replacing>,
     /// Dead letters of this run and table the batch retries (`ferry dlq
     /// replay`), by key: removed in its transaction before its own dead
     /// letters (the rows that fail again) are recorded.
@@ -212,15 +239,19 @@ impl RowBatch {
         if self.plugin_sha256 == IDENTITY {
             return None;
         }
-        let (keys, rows) = match self.replayed.is_empty() {
-            true => (None, self.extracted as usize),
-            // A replay: the keys this version turned into rows (the rows it
-            // refused again stay dead letters, which explain them).
-            false => {
+        let named = match &self.replacing {
+            Some(replacing) => Some(&replacing.keys),
+            None => (!self.replayed.is_empty()).then_some(&self.replayed),
+        };
+        let (keys, rows) = match named {
+            None => (None, self.extracted as usize),
+            // A replay or a reprocess: the keys this version turned into
+            // rows (the rows it refused stay dead letters, which explain
+            // them).
+            Some(named) => {
                 let refused: std::collections::HashSet<&crate::keyset::Key> =
                     self.dead.iter().map(|d| &d.key).collect();
-                let loaded: Vec<String> =
-                    self.replayed.iter().filter(|k| !refused.contains(k)).map(|k| k.encode()).collect();
+                let loaded: Vec<String> = named.iter().filter(|k| !refused.contains(k)).map(|k| k.encode()).collect();
                 if loaded.is_empty() {
                     return None;
                 }

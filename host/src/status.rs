@@ -39,7 +39,8 @@ pub struct VersionSpan {
     pub table: String,
     pub plugin_sha256: String,
     /// Keys after which the span starts (`None`: the table's first key)
-    /// and its last key; a replay names its keys instead.
+    /// and its last key; a replay or a reprocess names its keys instead
+    /// (the first five, and how many).
     pub after_key: Option<String>,
     pub last_key: String,
     pub replay: bool,
@@ -67,7 +68,13 @@ pub fn version_spans(lineage: &[crate::control::Lineage]) -> Vec<VersionSpan> {
             plugin_sha256: l.plugin_sha256.clone(),
             after_key: if replay { None } else { l.after.as_ref().map(|k| k.label()) },
             last_key: match &l.keys {
-                Some(keys) => keys.iter().map(|k| k.label()).collect::<Vec<_>>().join(", "),
+                Some(keys) => {
+                    let shown: Vec<String> = keys.iter().take(5).map(|k| k.label()).collect();
+                    match keys.len() {
+                        n if n > shown.len() => format!("{}, … ({n} keys)", shown.join(", ")),
+                        _ => shown.join(", "),
+                    }
+                }
                 None => l.last.label(),
             },
             replay,

@@ -356,6 +356,22 @@ fn key_tuples(table: &TableDef, keys: &[Vec<crate::value::Value>]) -> String {
         .join(", ")
 }
 
+/// `DELETE`s of the rows whose key starts with each of `keys` (whole keys
+/// or prefixes), one statement per prefix length.
+fn prefix_deletes(table: &TableDef, keys: &[Vec<crate::value::Value>]) -> Vec<String> {
+    let mut by_length: std::collections::BTreeMap<usize, Vec<Vec<crate::value::Value>>> = Default::default();
+    for key in keys.iter().filter(|k| !k.is_empty() && k.len() <= table.primary_key.len()) {
+        by_length.entry(key.len()).or_default().push(key.clone());
+    }
+    by_length
+        .into_iter()
+        .map(|(n, keys)| {
+            let columns: Vec<String> = table.key_columns().take(n).map(|c| quote_ident(&c.name)).collect();
+            format!("DELETE FROM {} WHERE ({}) IN ({})", table.quoted(), columns.join(", "), key_tuples(table, &keys))
+        })
+        .collect()
+}
+
 /// A batch the target would not take: a key conflict under
 /// `on_conflict = error` names the key; anything else says which batch.
 fn load_error(e: sqlx::Error, batch: &RowBatch, target: &TableDef, url: &DbUrl) -> anyhow::Error {
@@ -996,6 +1012,16 @@ impl RowSink for PgTables {
             }
             gone as i64
         };
+        if let Some(replacing) = &batch.replacing {
+            for (write, keys) in batch.writes.iter().zip(&replacing.deletes) {
+                for sql in prefix_deletes(&write.target, keys) {
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| load_error(e, batch, &write.target, &url))?;
+                }
+            }
+        }
         let mut written = Applied::default();
         let mut refused: Vec<RowDeadLetter> = Vec::new();
         for (write, wires) in batch.writes.iter().zip(&wires) {
@@ -1076,6 +1102,8 @@ impl RowSink for PgTables {
         }
         let refused_sources = refused_keys.len() as u64;
         let (loaded, skipped) = batch.accounted(written, refused_sources);
+        let (loaded_delta, filtered_delta) =
+            crate::sink::Replacing::deltas(batch.replacing.as_ref(), loaded, batch.filtered);
         let dead: Vec<&RowDeadLetter> = batch.dead.iter().chain(&refused).collect();
         if !dead.is_empty() {
             let keys: Vec<String> = dead.iter().map(|d| d.key.label()).collect();
@@ -1135,9 +1163,9 @@ impl RowSink for PgTables {
         .bind(batch.last_key.encode())
         .bind(batch.extracted as i64)
         .bind(transformed)
-        .bind(loaded as i64)
+        .bind(loaded_delta)
         .bind(skipped as i64)
-        .bind(batch.filtered as i64)
+        .bind(filtered_delta)
         .bind(dead_count)
         .execute(&mut *tx)
         .await?;
@@ -1149,7 +1177,7 @@ impl RowSink for PgTables {
         .bind(&batch.run_id)
         .bind(batch.extracted as i64)
         .bind(transformed)
-        .bind(loaded as i64)
+        .bind(loaded_delta)
         .bind(skipped as i64)
         .bind(dead_count)
         .execute(&mut *tx)

@@ -715,6 +715,11 @@ impl RowSink for SqliteTables {
             }
             gone as i64
         };
+        if let Some(replacing) = &batch.replacing {
+            for (write, keys) in batch.writes.iter().zip(&replacing.deletes) {
+                delete_prefixes(&mut tx, &write.target, keys).await.map_err(|e| self_err(&batch.table, &e))?;
+            }
+        }
         let mut refused: Vec<RowDeadLetter> = Vec::new();
         let mut written = Applied::default();
         for write in &batch.writes {
@@ -786,6 +791,8 @@ impl RowSink for SqliteTables {
         let refused_sources = refused_keys.len() as u64;
         let (loaded, skipped) = batch.accounted(written, refused_sources);
         let applied = Applied { loaded, skipped };
+        let (loaded_delta, filtered_delta) =
+            crate::sink::Replacing::deltas(batch.replacing.as_ref(), loaded, batch.filtered);
         let dead: Vec<&RowDeadLetter> = batch.dead.iter().chain(&refused).collect();
         for d in &dead {
             sqlx::query(
@@ -839,9 +846,9 @@ impl RowSink for SqliteTables {
         .bind(batch.last_key.encode())
         .bind(batch.extracted as i64)
         .bind(transformed)
-        .bind(applied.loaded as i64)
+        .bind(loaded_delta)
         .bind(applied.skipped as i64)
-        .bind(batch.filtered as i64)
+        .bind(filtered_delta)
         .bind(dead_count)
         .execute(&mut *tx)
         .await?;
@@ -853,7 +860,7 @@ impl RowSink for SqliteTables {
         .bind(&batch.run_id)
         .bind(batch.extracted as i64)
         .bind(transformed)
-        .bind(applied.loaded as i64)
+        .bind(loaded_delta)
         .bind(applied.skipped as i64)
         .bind(dead_count)
         .execute(&mut *tx)
@@ -861,6 +868,34 @@ impl RowSink for SqliteTables {
         tx.commit().await?;
         Ok(written)
     }
+}
+
+/// Deletes the rows whose key starts with each of `keys` (whole keys or
+/// prefixes), in chunks of SQLite's parameter limit.
+async fn delete_prefixes(
+    tx: &mut sqlx::SqliteConnection,
+    table: &TableDef,
+    keys: &[Vec<Value>],
+) -> Result<(), sqlx::Error> {
+    for n in 1..=table.primary_key.len() {
+        let same: Vec<&Vec<Value>> = keys.iter().filter(|k| k.len() == n).collect();
+        let columns: Vec<String> = table.key_columns().take(n).map(|c| crate::db::quote_ident(&c.name)).collect();
+        for chunk in same.chunks((MAX_PARAMS / n).max(1)) {
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new(format!("DELETE FROM {} WHERE ({}) IN (VALUES ", table.quoted(), columns.join(", ")));
+            for (i, key) in chunk.iter().enumerate() {
+                qb.push(if i == 0 { "(" } else { ", (" });
+                let mut b = qb.separated(", ");
+                for value in key.iter() {
+                    push_stored(&mut b, to_sqlite(value));
+                }
+                qb.push(")");
+            }
+            qb.push(")");
+            qb.build().execute(&mut *tx).await?;
+        }
+    }
+    Ok(())
 }
 
 fn self_err(table: &str, e: &sqlx::Error) -> anyhow::Error {

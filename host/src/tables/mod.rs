@@ -38,6 +38,7 @@ use crate::source::RowSource;
 pub mod bench;
 pub mod diff;
 pub mod replay;
+pub mod reprocess;
 pub mod validate;
 
 /// Pages queued between a table's extractor and its loader.
@@ -1097,6 +1098,7 @@ async fn prepare_batches(
             filtered: 0,
             plugin_sha256: producer.clone(),
             plugin_path: producer_path.clone(),
+            replacing: None,
             replayed: Vec::new(),
         };
         match transformer.take() {

@@ -190,6 +190,7 @@ pub async fn replay(
                 filtered: 0,
                 plugin_sha256: sha256.clone(),
                 plugin_path: path.clone(),
+                replacing: None,
                 replayed,
             };
             match transformer.as_mut() {
@@ -227,7 +228,7 @@ fn plugin_path(plugin: Option<&Path>) -> String {
 }
 
 /// A dead letter's key (as `Key::label` wrote it) and its values.
-fn key_values(def: &TableDef, label: &str) -> anyhow::Result<(Key, Vec<Value>)> {
+pub(crate) fn key_values(def: &TableDef, label: &str) -> anyhow::Result<(Key, Vec<Value>)> {
     let key = Key::from_label(label, def.primary_key.len())
         .map_err(|e| anyhow::anyhow!("dead letter key {label} of {}: {e}", def.name))?;
     let values = def

@@ -178,7 +178,7 @@ pub async fn validate(
 /// The definition to read the target table with: the target's own types
 /// (for its casts), the source's kinds and column order (for decoding and
 /// comparing).
-async fn target_reading(
+pub(crate) async fn target_reading(
     target: &mut dyn RowSource,
     wanted: &crate::schema::TableDef,
 ) -> anyhow::Result<crate::schema::TableDef> {
