@@ -38,6 +38,20 @@ use crate::schema::TableDef;
 use crate::settings::Settings;
 use crate::tables::Plan;
 
+/// The position a migration records for a switch: the table and the key
+/// after which the new version runs (a stream records its stream position).
+pub(crate) fn migration_position(table: &str, after: Option<&crate::keyset::Key>) -> String {
+    format!("{table} {MIGRATION_POSITION} {}", after.map_or("(none)".to_string(), |k| k.label()))
+}
+
+const MIGRATION_POSITION: &str = "after key";
+
+/// Whether a deployment went live in a stream (not in a migration).
+pub(crate) fn went_live_in_stream(deployment: &Deployment) -> bool {
+    deployment.state == DeployState::Live
+        && !deployment.position.as_deref().is_some_and(|p| p.contains(&format!(" {MIGRATION_POSITION} ")))
+}
+
 /// How often a running stream looks for a deployment: what a request waits,
 /// at most, before its compilation starts (one small query each time).
 const POLL: Duration = Duration::from_millis(500);

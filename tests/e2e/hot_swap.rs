@@ -176,6 +176,12 @@ async fn a_running_sync_switches_plugin_versions_between_transactions_and_refuse
         target.scalar_i64("SELECT count(*) FROM order_items WHERE order_id < 1000 AND sku <> lower(sku)").await,
         0
     );
+    // Validation re-runs the load's rows through the version its lineage
+    // names and compares a row the stream wrote after the switch with the
+    // version that went live there: nothing to report.
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["tables"].as_array().unwrap().iter().map(|t| t["different"].as_u64().unwrap()).sum::<u64>(), 0);
 
     // What `ferry status` says: two refusals with their reasons, v2 live.
     let seen = deployments(&p).await;
@@ -392,4 +398,77 @@ async fn a_running_migration_takes_a_deployed_version_between_pages_and_validate
     let v = p.ferry(&["validate"]);
     assert_eq!(v.code, 8, "{v:?}");
     assert!(v.stderr.contains(&v2_sha) && v.stderr.contains("no file ferry knows holds it"), "{v:?}");
+}
+
+/// A version that went live in a stream transforms a change whose TOASTed
+/// document is not in it (unchanged TOAST: the row is read back from the
+/// source): the big order's 250 out-of-line items come out of v2 (upper
+/// case), equal to a fresh v2 migration of that order, and validate
+/// compares each row with the version that wrote it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switched_stream_reads_back_unchanged_toasted_documents_through_the_new_version() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    let mut c = PgConnection::connect(&source).await.unwrap();
+    sqlx::raw_sql(ORDERS_DDL).execute(&mut c).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO orders SELECT 600, 1, '2024-05-01 00:00:00', 'paid', json_agg(json_build_object('sku', \
+           md5(i::text) || md5((i * 7)::text), 'qty', i, 'price', '1.00') ORDER BY i) FROM generate_series(1, 250) i",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let toast: i64 =
+        sqlx::query_scalar("SELECT pg_relation_size(reltoastrelid)::int8 FROM pg_class WHERE relname = 'orders'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert!(toast > 0, "order 600's items are TOASTed");
+    let target = PgDb::new("hswaptoast").await;
+    let extra = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", plugins().split_orders.display());
+    let p = tables_pipeline(&source, &target.url(), "include = [\"public.customers\"]", &extra);
+    let mut daemon = p.spawn(&["sync", "--json"]);
+    eventually("the initial load", || async {
+        target.scalar_i64("SELECT count(*) FROM pg_tables WHERE tablename = 'order_items'").await == 1
+            && target.scalar_i64("SELECT count(*) FROM order_items").await == 50 + 250
+    })
+    .await;
+    let live = p.ferry(&["plugin", "deploy", plugins().split_orders_v2.to_str().unwrap(), "--json"]);
+    assert_eq!(live.json()["state"], "live", "{live:?}");
+    sqlx::raw_sql("UPDATE orders SET status = 'shipped' WHERE id IN (1, 600)").execute(&mut c).await.unwrap();
+    eventually("the shipped orders", || async {
+        target.scalar_i64("SELECT count(*) FROM orders WHERE status = 'shipped'").await == 2
+    })
+    .await;
+    // SAFETY: signalling a child we own.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let report = json_report(daemon);
+    assert!(report["toast_rereads"].as_u64() >= Some(1), "order 600 was read back: {report}");
+    assert_eq!(
+        target.scalar_i64("SELECT count(*) FROM order_items WHERE order_id = 600 AND sku = upper(sku)").await,
+        250,
+        "all of order 600's items came out of v2"
+    );
+    // The oracle: a fresh v2 migration of the final source, for these orders.
+    let oracle = PgDb::new("hswaptoasto").await;
+    let v2 = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", plugins().split_orders_v2.display());
+    let fresh = tables_pipeline(&source, &oracle.url(), "include = [\"public.customers\"]", &v2);
+    assert_eq!(fresh.ferry(&["migrate"]).code, 0);
+    let sql = "SELECT string_agg(i::text, ',' ORDER BY order_id, line) FROM order_items i WHERE order_id IN (1, 600)";
+    let (got, want): (String, String) = (
+        sqlx::query_scalar(sql).fetch_one(&mut target.conn().await).await.unwrap(),
+        sqlx::query_scalar(sql).fetch_one(&mut oracle.conn().await).await.unwrap(),
+    );
+    assert_eq!(got, want);
+    assert_eq!(
+        target
+            .scalar_i64(
+                "SELECT count(*) FROM order_items WHERE order_id <> 1 AND order_id <> 600 AND sku <> lower(sku)"
+            )
+            .await,
+        0
+    );
+    let v = p.ferry(&["validate"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(p.ferry(&["sync", "--teardown"]).code, 0);
 }

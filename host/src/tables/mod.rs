@@ -1066,7 +1066,7 @@ async fn prepare_batches(
         let mut page = page?;
         if let (Some(stage), Some(running)) = (swap.as_mut(), transformer.take()) {
             let mut transformers = HashMap::from([(stage.index, running)]);
-            let position = format!("{name} after key {}", previous.as_ref().map_or("(none)".to_string(), Key::label));
+            let position = crate::swap::migration_position(&name, previous.as_ref());
             let switched =
                 stage.swapper.between(&mut stage.plan, &mut transformers, stage.store.as_mut(), Some(position)).await?;
             if let Some(switched) = switched {

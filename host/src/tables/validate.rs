@@ -498,6 +498,9 @@ struct Versions {
     at: usize,
     /// Keys a replay loaded, and the version it ran.
     replayed: HashMap<crate::keyset::Key, String>,
+    /// Versions that went live in a change stream, in order: a row the
+    /// stream changed was written by one of them.
+    stream: Vec<String>,
     /// Each version, loaded; instantiated on first use.
     plugins: HashMap<String, crate::plugin::TablePlugin>,
     instances: HashMap<String, crate::plugin::TableTransformer>,
@@ -519,7 +522,9 @@ impl Versions {
         let mut replayed = HashMap::new();
         for record in lineage {
             if !plugins.contains_key(&record.plugin_sha256) {
-                let plugin = load_version(settings, table, &record.plugin_sha256, deployments, record).await?;
+                let what = format!("rows of {} (keys up to {})", table.source.name, record.last.label());
+                let paths = vec![std::path::PathBuf::from(&record.plugin_path)];
+                let plugin = load_version(settings, table, &record.plugin_sha256, paths, deployments, &what).await?;
                 plugins.insert(record.plugin_sha256.clone(), plugin);
             }
             match &record.keys {
@@ -549,7 +554,21 @@ impl Versions {
         }
         // Beyond the lineage: the pipeline's version.
         bounded.push((current.sha256().to_string(), None));
-        Ok(Versions { spans: bounded, at: 0, replayed, plugins, instances: HashMap::new() })
+        let name = &table.source.name;
+        let mut stream = Vec::new();
+        for d in deployments.iter().filter(|d| crate::swap::went_live_in_stream(d)) {
+            let serves = d.table.as_deref().is_none_or(|t| *t == name.to_string() || *t == name.name);
+            if !serves || stream.contains(&d.sha256) {
+                continue;
+            }
+            if !plugins.contains_key(&d.sha256) {
+                let what = format!("rows of {name} a change stream wrote (deployment {})", d.id);
+                let plugin = load_version(settings, table, &d.sha256, Vec::new(), deployments, &what).await?;
+                plugins.insert(d.sha256.clone(), plugin);
+            }
+            stream.push(d.sha256.clone());
+        }
+        Ok(Versions { spans: bounded, at: 0, replayed, stream, plugins, instances: HashMap::new() })
     }
 
     /// The version that produced the row with key `key` (rows come in key
@@ -585,6 +604,25 @@ impl Versions {
 
     fn give(&mut self, sha: &str, instance: crate::plugin::TableTransformer) {
         self.instances.insert(sha.to_string(), instance);
+    }
+
+    /// `rows` through version `sha`.
+    async fn transform_with(
+        &mut self,
+        sha: &str,
+        def: &crate::schema::TableDef,
+        table: &str,
+        rows: Vec<Row>,
+    ) -> anyhow::Result<Vec<crate::plugin::RowOutcome>> {
+        let mut t = self.take(sha, def).await?;
+        let n = table.to_string();
+        let (t, result) = tokio::task::spawn_blocking(move || {
+            let result = t.transform_batch(&n, &rows);
+            (t, result)
+        })
+        .await?;
+        self.give(sha, t);
+        Ok(result?)
     }
 
     /// Each row through the version that produced it: the rows (in their
@@ -631,22 +669,23 @@ impl Versions {
     }
 }
 
-/// The file of plugin version `sha` of `table`: the one its lineage
-/// recorded, the pipeline file's, or one a deployment of this pipeline
-/// named — whichever holds exactly that version.
+/// The file of plugin version `sha` of `table`, which produced `what`:
+/// one of `paths` (the lineage's), the pipeline file's, or one a
+/// deployment of this pipeline named — whichever holds exactly that version.
 async fn load_version(
     settings: &Settings,
     table: &PlannedTable,
     sha: &str,
+    mut paths: Vec<std::path::PathBuf>,
     deployments: &[crate::deployments::Deployment],
-    record: &crate::control::Lineage,
+    what: &str,
 ) -> anyhow::Result<crate::plugin::TablePlugin> {
     let spec = settings.tables.as_ref().and_then(|s| s.spec(&table.source.name)).and_then(|s| s.plugin.as_ref());
     let Some(spec) = spec else { anyhow::bail!("table {} has no plugin settings", table.source.name) };
     let mut options = spec.options.clone();
     options.pinned_sha256 = Some(sha.to_string());
     let mut tried = Vec::new();
-    let mut paths = vec![std::path::PathBuf::from(&record.plugin_path), spec.path.clone()];
+    paths.push(spec.path.clone());
     paths.extend(deployments.iter().rev().filter(|d| d.sha256 == sha).map(|d| std::path::PathBuf::from(&d.path)));
     paths.dedup();
     for path in paths {
@@ -657,12 +696,111 @@ async fn load_version(
         }
     }
     Err(crate::error::Error::contract(format!(
-        "rows of {} (keys up to {}) were produced by plugin version {sha}, and no file ferry knows holds it \
+        "{what} were produced by plugin version {sha}, and no file ferry knows holds it \
          (tried {}); put that version back where it was to validate them",
-        table.source.name,
-        record.last.label(),
         tried.join("; ")
     )))
+}
+
+/// What one expected output row (or a source row's outcome) came to.
+enum Verdict {
+    Matched,
+    /// Absent or different, but a dead letter explains it (`found`: the
+    /// target holds a row under its key).
+    Explained {
+        found: bool,
+    },
+    /// Rejected now and dead-lettered: the target may keep the rows of its
+    /// last good version (looked up by target keys afterwards).
+    Kept,
+    Missing {
+        label: String,
+        note: Vec<String>,
+    },
+    Different {
+        label: String,
+        columns: Vec<String>,
+        found: bool,
+    },
+    Fatal(String),
+}
+
+impl Verdict {
+    fn failed(&self) -> bool {
+        matches!(self, Verdict::Missing { .. } | Verdict::Different { .. })
+    }
+}
+
+/// Compares what each source row (named by `labels`) became — `outcomes`
+/// — with the target: the verdicts of each source row.
+async fn compare(
+    table: &PlannedTable,
+    target: &mut dyn RowTarget,
+    readings: &[crate::schema::TableDef],
+    labels: &[String],
+    outcomes: Vec<crate::plugin::RowOutcome>,
+    explained: &HashSet<&str>,
+) -> anyhow::Result<Vec<Vec<Verdict>>> {
+    use crate::plugin::RowOutcome;
+    let mut verdicts: Vec<Vec<Verdict>> = (0..labels.len()).map(|_| Vec::new()).collect();
+    // Expected rows per output table, with the source row they came from.
+    let mut expected: Vec<Vec<(usize, Row)>> = vec![Vec::new(); table.outputs.len()];
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let label = &labels[i];
+        let explains = explained.contains(label.as_str());
+        match outcome {
+            RowOutcome::Rows(out) => {
+                for (out_name, values) in out {
+                    let at = table
+                        .outputs
+                        .iter()
+                        .position(|o| o.def.name.name == out_name || o.def.name.to_string() == out_name);
+                    match at {
+                        Some(o) => expected[o].push((i, values)),
+                        None if explains => verdicts[i].push(Verdict::Explained { found: false }),
+                        None => verdicts[i].push(Verdict::Different {
+                            label: label.clone(),
+                            columns: vec![format!("undeclared table {out_name}")],
+                            found: false,
+                        }),
+                    }
+                }
+            }
+            _ if explains => verdicts[i].push(Verdict::Kept),
+            RowOutcome::Fatal(reason) => verdicts[i].push(Verdict::Fatal(format!("{label}: {reason}"))),
+            _ => verdicts[i].push(Verdict::Missing {
+                label: label.clone(),
+                note: vec!["rejected now, but no dead letter records it".into()],
+            }),
+        }
+    }
+    for (o, rows) in expected.into_iter().enumerate() {
+        if rows.is_empty() {
+            continue;
+        }
+        let out = &table.outputs[o].def;
+        let keys: Vec<Vec<Value>> = rows.iter().map(|(_, r)| key_of(out, r)).collect();
+        let found = target.read_keys(&readings[o], &keys).await?;
+        let by_key: HashMap<String, &Row> = found.rows.iter().map(|r| (canonical_key_of(out, r), r)).collect();
+        for (i, row) in rows {
+            let label = &labels[i];
+            let explains = explained.contains(label.as_str());
+            verdicts[i].push(match by_key.get(&canonical_key_of(out, &row)) {
+                None if explains => Verdict::Explained { found: false },
+                None => Verdict::Missing { label: format!("{label} → {}", out.name), note: vec![] },
+                Some(other) => {
+                    let columns = differing_columns(out, &row, other);
+                    match columns.is_empty() {
+                        true => Verdict::Matched,
+                        false => {
+                            Verdict::Different { label: format!("{label} → {}", out.name), columns, found: true }
+                        }
+                    }
+                }
+            });
+        }
+    }
+    Ok(verdicts)
 }
 
 /// A table with a plugin: the source re-transformed page by page (the
@@ -714,64 +852,52 @@ async fn validate_transformed(
         }
         versions.give(&current, transformer);
         let (rows, outcomes) = versions.transform(&table.source, &name, page.rows).await?;
-        transformer = versions.take(&current, &table.source).await?;
-        // Expected rows per output table, with the source key they came from.
-        let mut expected: Vec<Vec<(String, Row)>> = vec![Vec::new(); table.outputs.len()];
-        for (row, outcome) in rows.iter().zip(outcomes) {
-            let label = crate::keyset::Key::of(&table.source, row).label();
-            match outcome {
-                RowOutcome::Rows(out) => {
-                    for (out_name, values) in out {
-                        let at = table
-                            .outputs
-                            .iter()
-                            .position(|o| o.def.name.name == out_name || o.def.name.to_string() == out_name);
-                        match at {
-                            Some(i) => expected[i].push((label.clone(), values)),
-                            None if explained.contains(label.as_str()) => line.explained += 1,
-                            None => {
-                                line.different += 1;
-                                line.note(label.clone(), "different", vec![format!("undeclared table {out_name}")]);
-                            }
-                        }
-                    }
-                }
-                _ if explained.contains(label.as_str()) => {
-                    line.explained += 1;
-                    kept.push(key_values(table, row));
-                }
-                RowOutcome::Fatal(reason) => anyhow::bail!("plugin fatal on row {label} of {name}: {reason}"),
-                _ => {
-                    line.missing += 1;
-                    line.note(label, "missing", vec!["rejected now, but no dead letter records it".into()]);
+        let labels: Vec<String> = rows.iter().map(|r| crate::keyset::Key::of(&table.source, r).label()).collect();
+        let mut verdicts = compare(table, target, &readings, &labels, outcomes, explained).await?;
+        // A row a stream changed after a switch was written by the stream's
+        // version: a row that differs from its migration range's version
+        // is compared with each version that went live in the stream.
+        for sha in versions.stream.clone() {
+            let failing: Vec<usize> = (0..rows.len()).filter(|&i| verdicts[i].iter().any(|v| v.failed())).collect();
+            if failing.is_empty() {
+                break;
+            }
+            let picked: Vec<Row> = failing.iter().map(|&i| rows[i].clone()).collect();
+            let outcomes = versions.transform_with(&sha, &table.source, &name, picked).await?;
+            let picked_labels: Vec<String> = failing.iter().map(|&i| labels[i].clone()).collect();
+            let again = compare(table, target, &readings, &picked_labels, outcomes, explained).await?;
+            for (i, verdict) in failing.into_iter().zip(again) {
+                if !verdict.iter().any(|v| v.failed()) {
+                    verdicts[i] = verdict;
                 }
             }
         }
-        for (i, rows) in expected.into_iter().enumerate() {
-            if rows.is_empty() {
-                continue;
-            }
-            let out = &table.outputs[i].def;
-            let keys: Vec<Vec<Value>> = rows.iter().map(|(_, r)| key_of(out, r)).collect();
-            let found = target.read_keys(&readings[i], &keys).await?;
-            found_total += found.rows.len() as u64;
-            let by_key: HashMap<String, &Row> = found.rows.iter().map(|r| (canonical_key_of(out, r), r)).collect();
-            for (label, row) in &rows {
-                match by_key.get(&canonical_key_of(out, row)) {
-                    None if explained.contains(label.as_str()) => line.explained += 1,
-                    None => {
+        transformer = versions.take(&current, &table.source).await?;
+        for (row, verdict) in rows.iter().zip(verdicts) {
+            for v in verdict {
+                match v {
+                    Verdict::Matched => {
+                        line.matched += 1;
+                        found_total += 1;
+                    }
+                    Verdict::Explained { found } => {
+                        line.explained += 1;
+                        found_total += u64::from(found);
+                    }
+                    Verdict::Kept => {
+                        line.explained += 1;
+                        kept.push(key_values(table, row));
+                    }
+                    Verdict::Missing { label, note } => {
                         line.missing += 1;
-                        line.note(format!("{label} → {}", out.name), "missing", vec![]);
+                        line.note(label, "missing", note);
                     }
-                    Some(other) => {
-                        let columns = differing_columns(out, row, other);
-                        if columns.is_empty() {
-                            line.matched += 1;
-                        } else {
-                            line.different += 1;
-                            line.note(format!("{label} → {}", out.name), "different", columns);
-                        }
+                    Verdict::Different { label, columns, found } => {
+                        line.different += 1;
+                        found_total += u64::from(found);
+                        line.note(label, "different", columns);
                     }
+                    Verdict::Fatal(reason) => anyhow::bail!("plugin fatal on row of {name}: {reason}"),
                 }
             }
         }
