@@ -427,7 +427,7 @@ async fn a_switched_stream_reads_back_unchanged_toasted_documents_through_the_ne
     let target = PgDb::new("hswaptoast").await;
     let extra = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", plugins().split_orders.display());
     let p = tables_pipeline(&source, &target.url(), "include = [\"public.customers\"]", &extra);
-    let mut daemon = p.spawn(&["sync", "--json"]);
+    let daemon = p.spawn(&["sync", "--json"]);
     eventually("the initial load", || async {
         target.scalar_i64("SELECT count(*) FROM pg_tables WHERE tablename = 'order_items'").await == 1
             && target.scalar_i64("SELECT count(*) FROM order_items").await == 50 + 250
