@@ -411,19 +411,7 @@ async fn a_switched_stream_reads_back_unchanged_toasted_documents_through_the_ne
     let source = format!("{}/postgres", cluster.url());
     let mut c = PgConnection::connect(&source).await.unwrap();
     sqlx::raw_sql(ORDERS_DDL).execute(&mut c).await.unwrap();
-    sqlx::raw_sql(
-        "INSERT INTO orders SELECT 600, 1, '2024-05-01 00:00:00', 'paid', json_agg(json_build_object('sku', \
-           md5(i::text) || md5((i * 7)::text), 'qty', i, 'price', '1.00') ORDER BY i) FROM generate_series(1, 250) i",
-    )
-    .execute(&mut c)
-    .await
-    .unwrap();
-    let toast: i64 =
-        sqlx::query_scalar("SELECT pg_relation_size(reltoastrelid)::int8 FROM pg_class WHERE relname = 'orders'")
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-    assert!(toast > 0, "order 600's items are TOASTed");
+    insert_toasted_order(&mut c, 600).await;
     let target = PgDb::new("hswaptoast").await;
     let extra = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", plugins().split_orders.display());
     let p = tables_pipeline(&source, &target.url(), "include = [\"public.customers\"]", &extra);

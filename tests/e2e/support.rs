@@ -475,3 +475,23 @@ pub fn json_report(child: std::process::Child) -> serde_json::Value {
     assert!([0, 4].contains(&out.status.code().unwrap_or(-1)), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
+
+/// Inserts order `id` of a legacy `orders` table (id, customer_id,
+/// placed_at, status, items json) with 250 items of incompressible text,
+/// and checks that PostgreSQL stored them out of line (TOAST).
+pub async fn insert_toasted_order(c: &mut sqlx::PgConnection, id: i64) {
+    sqlx::query(
+        "INSERT INTO orders SELECT $1, 1, '2024-05-01 00:00:00', 'paid', json_agg(json_build_object('sku', \
+           md5(i::text) || md5((i * 7)::text), 'qty', i, 'price', '1.00') ORDER BY i) FROM generate_series(1, 250) i",
+    )
+    .bind(id)
+    .execute(&mut *c)
+    .await
+    .unwrap();
+    let toast: i64 =
+        sqlx::query_scalar("SELECT pg_relation_size(reltoastrelid)::int8 FROM pg_class WHERE relname = 'orders'")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+    assert!(toast > 0, "order {id}'s items are TOASTed");
+}

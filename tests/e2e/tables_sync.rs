@@ -317,20 +317,7 @@ async fn sync_streams_plugin_tables_replacing_the_rows_of_the_old_version() {
     let source = format!("{}/postgres", cluster.url());
     let mut c = source_conn(&cluster).await;
     sqlx::raw_sql(LEGACY_ORDERS_DDL).execute(&mut c).await.unwrap();
-    // A big order: 250 items of incompressible text, stored out of line.
-    sqlx::raw_sql(
-        "INSERT INTO orders SELECT 600, 1, '2024-05-01 00:00:00', 'paid', json_agg(json_build_object('sku', \
-           md5(i::text) || md5((i * 7)::text), 'qty', i, 'price', '1.00') ORDER BY i) FROM generate_series(1, 250) i",
-    )
-    .execute(&mut c)
-    .await
-    .unwrap();
-    let toast: i64 =
-        sqlx::query_scalar("SELECT pg_relation_size(reltoastrelid)::int8 FROM pg_class WHERE relname = 'orders'")
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-    assert!(toast > 0, "order 600's items are TOASTed");
+    insert_toasted_order(&mut c, 600).await;
     let target = PgDb::new("tsyncp").await;
     let extra = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", plugins().split_orders.display());
     let include = "include = [\"public.customers\"]";

@@ -51,6 +51,30 @@ const RAW_PAGE_ROWS: usize = 20_000;
 
 pub use crate::sink::IDENTITY;
 
+/// The pipeline's latest run, which must have completed before `what`
+/// (`replaying its dead letters`, `reprocessing its rows`).
+pub(crate) async fn completed_run(
+    settings: &Settings,
+    target: &mut dyn RowTarget,
+    what: &str,
+) -> anyhow::Result<RunRecord> {
+    let run = target.latest_run(&settings.pipeline).await?.ok_or_else(|| {
+        crate::error::Error::contract(format!(
+            "no run of pipeline {} is recorded in {}",
+            settings.pipeline, settings.target.url
+        ))
+    })?;
+    if run.status != crate::control::RunStatus::Completed {
+        return Err(crate::error::Error::contract(format!(
+            "run {} of pipeline {} is {}: finish it (`ferry migrate`) before {what}",
+            run.run_id,
+            settings.pipeline,
+            run.status.as_str()
+        )));
+    }
+    Ok(run)
+}
+
 /// A table the pipeline writes.
 #[derive(Debug, Clone)]
 pub struct Output {

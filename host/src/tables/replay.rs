@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use crate::control::{DeadLetterRecord, RunStatus};
+use crate::control::DeadLetterRecord;
 use crate::engines;
 use crate::error::{Error, ErrorKind};
 use crate::keyset::Key;
@@ -82,17 +82,7 @@ pub async fn replay(
 ) -> anyhow::Result<ReplayReport> {
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
     let mut target = engines::open_row_target(&settings.target.url).await?;
-    let run = target.latest_run(&settings.pipeline).await?.ok_or_else(|| {
-        Error::contract(format!("no run of pipeline {} is recorded in {}", settings.pipeline, settings.target.url))
-    })?;
-    if run.status != RunStatus::Completed {
-        return Err(Error::contract(format!(
-            "run {} of pipeline {} is {}: finish it (`ferry migrate`) before replaying its dead letters",
-            run.run_id,
-            settings.pipeline,
-            run.status.as_str()
-        )));
-    }
+    let run = crate::tables::completed_run(settings, target.as_mut(), "replaying its dead letters").await?;
     let plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
     let named = |name: &crate::db::TableName| only.is_none_or(|t| name.to_string() == t || name.name == t);
     if let Some(t) = only.filter(|_| !plan.tables.iter().any(|p| named(&p.source.name))) {

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use crate::control::RunStatus;
 use crate::engines;
 use crate::error::{Error, ErrorKind};
 use crate::keyset::Key;
@@ -68,17 +67,7 @@ pub async fn reprocess(
     let spec = selection.plugin_table(only).map_err(|e| Error::raise(ErrorKind::Config, e))?;
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
     let mut target = engines::open_row_target(&settings.target.url).await?;
-    let run = target.latest_run(&settings.pipeline).await?.ok_or_else(|| {
-        Error::contract(format!("no run of pipeline {} is recorded in {}", settings.pipeline, settings.target.url))
-    })?;
-    if run.status != RunStatus::Completed {
-        return Err(Error::contract(format!(
-            "run {} of pipeline {} is {}: finish it (`ferry migrate`) before reprocessing its rows",
-            run.run_id,
-            settings.pipeline,
-            run.status.as_str()
-        )));
-    }
+    let run = crate::tables::completed_run(settings, target.as_mut(), "reprocessing its rows").await?;
     let mut plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
     // The version running the table now is the one a deployment made live.
     crate::swap::Swapper::for_migration(settings, &plan).restore(&mut plan, target.as_mut()).await?;
