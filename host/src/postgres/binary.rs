@@ -8,8 +8,10 @@
 //! cores with it).
 //!
 //! Binary is used only where it is exactly equivalent to the text path:
-//! - **reading**: a table whose columns are all scalar kinds ([`readable`]);
-//!   a page with any value ferry cannot represent from its binary form is
+//! - **reading**: a table whose columns are all scalar kinds ([`readable`])
+//!   and have the kinds of their actual types (validation reads a target
+//!   with the source's kinds: a `text` source column loaded into a `bigint`
+//!   one is read as text); a page with any value ferry cannot represent from its binary form is
 //!   read again as text, so dead letters keep the text path's reasons and
 //!   the values' exact text ([`decode_page`] returns `None`);
 //! - **writing**: a table whose columns' base types all have a [`Wire`]

@@ -220,6 +220,13 @@ macro_rules! pg_control {
             }
 
             async fn lineage(&mut self, run_id: &str) -> anyhow::Result<Vec<$crate::control::Lineage>> {
+                // A control schema made by a ferry before lineage has none.
+                let exists: Option<i64> = sqlx::query_scalar("SELECT to_regclass('ferry.lineage')::oid::int8")
+                    .fetch_one($crate::postgres::control::PgConn::conn(self))
+                    .await?;
+                if exists.is_none() {
+                    return Ok(Vec::new());
+                }
                 let rows = sqlx::query("SELECT * FROM ferry.lineage WHERE run_id = $1 ORDER BY id")
                     .bind(run_id)
                     .fetch_all($crate::postgres::control::PgConn::conn(self))

@@ -28,9 +28,9 @@ pub struct PgTables {
     pub(super) url: DbUrl,
     /// Scratch buffer for COPY data.
     buf: String,
-    /// The binary wire form of each written table's columns (`None`: the
-    /// table has a column ferry writes only as text), from its catalog.
-    wires: std::collections::HashMap<String, Option<Vec<Wire>>>,
+    /// Each table's columns and their base types (`pg_type.typname` after
+    /// domains), from its catalog: what binary COPY may be used for.
+    base_types: std::collections::HashMap<String, Vec<(String, String)>>,
 }
 
 impl super::control::PgConn for PgTables {
@@ -120,7 +120,7 @@ impl PgTables {
             settings.push(("synchronous_commit", "off"));
         }
         let conn = super::connect_with(url, role, &settings).await?;
-        Ok(PgTables { conn, url: url.clone(), buf: String::new(), wires: Default::default() })
+        Ok(PgTables { conn, url: url.clone(), buf: String::new(), base_types: Default::default() })
     }
 
     fn err(&self, what: String, e: &sqlx::Error) -> anyhow::Error {
@@ -164,7 +164,7 @@ impl PgTables {
     /// holds a value ferry cannot represent (its dead letter then shows the
     /// value's text and the text path's reason).
     async fn copy_out(&mut self, table: &TableDef, query: &str) -> anyhow::Result<RowPage> {
-        if binary::readable(table) {
+        if self.binary_readable(table).await? {
             let data = self.copy_out_format(table, query, " (FORMAT binary)").await?;
             if let Some(page) = binary::decode_page(table, &data) {
                 return Ok(page);
@@ -174,12 +174,36 @@ impl PgTables {
         Ok(decode_lines(table, &data))
     }
 
-    /// The binary wire forms of `table`'s columns in the target (cached;
-    /// `None` when one has no binary form ferry writes).
+    /// Whether pages of `table` can be read in binary: all its columns are
+    /// scalar and of the kinds their actual types have (a definition read
+    /// with another table's kinds, as validation reads a target, is not).
+    async fn binary_readable(&mut self, table: &TableDef) -> anyhow::Result<bool> {
+        if !binary::readable(table) {
+            return Ok(false);
+        }
+        let types = self.base_types(table).await?;
+        Ok(table
+            .columns
+            .iter()
+            .all(|c| types.iter().find(|(n, _)| *n == c.name).is_some_and(|(_, t)| Kind::from_pg_typname(t) == c.kind)))
+    }
+
+    /// The binary wire forms of `table`'s columns in the target (`None`
+    /// when one has no binary form ferry writes).
     async fn wires(&mut self, table: &TableDef) -> anyhow::Result<Option<Vec<Wire>>> {
+        let types = self.base_types(table).await?;
+        Ok(table
+            .columns
+            .iter()
+            .map(|c| types.iter().find(|(n, _)| *n == c.name).and_then(|(_, t)| Wire::of_typname(t)))
+            .collect())
+    }
+
+    /// `table`'s columns and their base types (cached once found).
+    async fn base_types(&mut self, table: &TableDef) -> anyhow::Result<Vec<(String, String)>> {
         let name = table.quoted();
-        if let Some(wires) = self.wires.get(&name) {
-            return Ok(wires.clone());
+        if let Some(types) = self.base_types.get(&name) {
+            return Ok(types.clone());
         }
         let types: Vec<(String, String)> = sqlx::query_as(
             "SELECT a.attname::text, bt.typname::text FROM pg_attribute a \
@@ -191,13 +215,10 @@ impl PgTables {
         .fetch_all(&mut self.conn)
         .await
         .map_err(|e| self.err(format!("reading the column types of {name}"), &e))?;
-        let wires: Option<Vec<Wire>> = table
-            .columns
-            .iter()
-            .map(|c| types.iter().find(|(n, _)| *n == c.name).and_then(|(_, t)| Wire::of_typname(t)))
-            .collect();
-        self.wires.insert(name, wires.clone());
-        Ok(wires)
+        if !types.is_empty() {
+            self.base_types.insert(name, types.clone());
+        }
+        Ok(types)
     }
 
     /// The keyset query of a page (see [`RowSource::read_page`]).

@@ -225,6 +225,13 @@ macro_rules! sqlite_control {
             }
 
             async fn lineage(&mut self, run_id: &str) -> anyhow::Result<Vec<$crate::control::Lineage>> {
+                // A control schema made by a ferry before lineage has none.
+                let exists: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_lineage'")
+                    .fetch_one($crate::sqlite::control::SqliteConn::conn(self))
+                    .await?;
+                if exists == 0 {
+                    return Ok(Vec::new());
+                }
                 let rows = sqlx::query("SELECT * FROM ferry_lineage WHERE run_id = ?1 ORDER BY id")
                     .bind(run_id)
                     .fetch_all($crate::sqlite::control::SqliteConn::conn(self))
