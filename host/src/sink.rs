@@ -233,6 +233,35 @@ pub struct RowBatch {
 }
 
 impl RowBatch {
+    /// An empty batch of a completed run's `table` that reads no new source
+    /// rows (`ferry dlq replay`, `ferry reprocess`): fenced on the table's
+    /// `checkpoint`, which it leaves where it is; its rows are `plugin_sha256`'s.
+    pub fn at_checkpoint(
+        run_id: &str,
+        table: &str,
+        checkpoint: &crate::keyset::Key,
+        plugin_sha256: &str,
+        plugin_path: &str,
+    ) -> RowBatch {
+        RowBatch {
+            run_id: run_id.to_string(),
+            table: table.to_string(),
+            seq: 0,
+            previous_key: Some(checkpoint.clone()),
+            last_key: checkpoint.clone(),
+            writes: Vec::new(),
+            producing: 0,
+            one_to_one: false,
+            dead: Vec::new(),
+            extracted: 0,
+            filtered: 0,
+            plugin_sha256: plugin_sha256.to_string(),
+            plugin_path: plugin_path.to_string(),
+            replacing: None,
+            replayed: Vec::new(),
+        }
+    }
+
     /// What [`crate::control::Lineage`] records of this batch (see
     /// [`LineageColumns`]).
     pub fn lineage(&self) -> Option<LineageColumns> {

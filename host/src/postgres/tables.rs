@@ -200,25 +200,26 @@ impl PgTables {
     }
 
     /// `table`'s columns and their base types (cached once found).
-    async fn base_types(&mut self, table: &TableDef) -> anyhow::Result<Vec<(String, String)>> {
+    async fn base_types(&mut self, table: &TableDef) -> anyhow::Result<&[(String, String)]> {
         let name = table.quoted();
-        if let Some(types) = self.base_types.get(&name) {
-            return Ok(types.clone());
+        if !self.base_types.contains_key(&name) {
+            let types: Vec<(String, String)> = sqlx::query_as(
+                "SELECT a.attname::text, bt.typname::text FROM pg_attribute a \
+                 JOIN pg_type t ON t.oid = a.atttypid \
+                 JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            )
+            .bind(&name)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("reading the column types of {name}"), &e))?;
+            if types.is_empty() {
+                // No such table (yet): asked again next time.
+                return Ok(&[]);
+            }
+            self.base_types.insert(name.clone(), types);
         }
-        let types: Vec<(String, String)> = sqlx::query_as(
-            "SELECT a.attname::text, bt.typname::text FROM pg_attribute a \
-             JOIN pg_type t ON t.oid = a.atttypid \
-             JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
-             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-        )
-        .bind(&name)
-        .fetch_all(&mut self.conn)
-        .await
-        .map_err(|e| self.err(format!("reading the column types of {name}"), &e))?;
-        if !types.is_empty() {
-            self.base_types.insert(name, types.clone());
-        }
-        Ok(types)
+        Ok(&self.base_types[&name])
     }
 
     /// The keyset query of a page (see [`RowSource::read_page`]).

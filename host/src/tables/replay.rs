@@ -166,23 +166,10 @@ pub async fn replay(
             if replayed.is_empty() {
                 continue;
             }
-            let mut batch = RowBatch {
-                run_id: run.run_id.clone(),
-                table: name.clone(),
-                seq: 0,
-                previous_key: Some(checkpoint.clone()),
-                last_key: checkpoint.clone(),
-                writes: Vec::new(),
-                producing: 0,
-                one_to_one: transformer.is_none(),
-                dead: page.unreadable,
-                extracted: 0,
-                filtered: 0,
-                plugin_sha256: sha256.clone(),
-                plugin_path: path.clone(),
-                replacing: None,
-                replayed,
-            };
+            let mut batch = RowBatch::at_checkpoint(&run.run_id, &name, &checkpoint, &sha256, &path);
+            batch.one_to_one = transformer.is_none();
+            batch.dead = page.unreadable;
+            batch.replayed = replayed;
             match transformer.as_mut() {
                 None => {
                     let keys = page.rows.iter().map(|r| Key::of(&table.source, r)).collect();

@@ -90,6 +90,7 @@ pub async fn reprocess(
         Ok(t)
     })?;
 
+    let new_path = new.path().display().to_string();
     let (after, last) = parse_range(range, &table.source)?;
     if let Some((key, values)) = &last
         && source.read_keys(&table.source, std::slice::from_ref(values)).await?.is_empty()
@@ -177,7 +178,7 @@ pub async fn reprocess(
                     .position(|o| o.def.name.name == out_name || o.def.name.to_string() == out_name);
                 if let Some(o) = at.filter(|&o| !key.is_empty() && key.len() <= table.outputs[o].def.primary_key.len())
                 {
-                    owners[o].insert(prefix_label(&key), i);
+                    owners[o].insert(crate::tables::validate::canonical_values(&key), i);
                     deletes[o].push(key);
                 }
             }
@@ -192,32 +193,19 @@ pub async fn reprocess(
             for row in &found.rows {
                 for n in &lengths {
                     let prefix: Vec<Value> = readings[o].primary_key.iter().take(*n).map(|&c| row[c].clone()).collect();
-                    if let Some(&i) = owners[o].get(&prefix_label(&prefix)) {
+                    if let Some(&i) = owners[o].get(&crate::tables::validate::canonical_values(&prefix)) {
                         held[i] = true;
                     }
                 }
             }
         }
-        let replayed: Vec<Key> = keys.iter().filter(|k| dead.contains(&k.label())).cloned().collect();
-        let was_loaded = (0..rows.len()).filter(|&i| held[i] && !dead.contains(&keys[i].label())).count() as u64;
-        let was_filtered = (0..rows.len()).filter(|&i| !held[i] && !dead.contains(&keys[i].label())).count() as u64;
-        let mut batch = RowBatch {
-            run_id: run.run_id.clone(),
-            table: name.clone(),
-            seq: 0,
-            previous_key: Some(checkpoint.clone()),
-            last_key: checkpoint.clone(),
-            writes: Vec::new(),
-            producing: 0,
-            one_to_one: false,
-            dead: Vec::new(),
-            extracted: 0,
-            filtered: 0,
-            plugin_sha256: new.sha256().to_string(),
-            plugin_path: new.path().display().to_string(),
-            replacing: Some(Replacing { deletes, was_loaded, was_filtered, keys: keys.clone() }),
-            replayed,
-        };
+        let was_dead: Vec<bool> = keys.iter().map(|k| dead.contains(&k.label())).collect();
+        let replayed: Vec<Key> = keys.iter().zip(&was_dead).filter(|(_, d)| **d).map(|(k, _)| k.clone()).collect();
+        let was_loaded = (0..rows.len()).filter(|&i| held[i] && !was_dead[i]).count() as u64;
+        let was_filtered = (0..rows.len()).filter(|&i| !held[i] && !was_dead[i]).count() as u64;
+        let mut batch = RowBatch::at_checkpoint(&run.run_id, &name, &checkpoint, new.sha256(), &new_path);
+        batch.replacing = Some(Replacing { deletes, was_loaded, was_filtered, keys: keys.clone() });
+        batch.replayed = replayed;
         let outcomes = tokio::task::block_in_place(|| transformer.transform_batch(&name, &rows))?;
         crate::tables::transformed(&table, &rows, outcomes, &mut batch)?;
         target.commit_rows(&batch, table.on_conflict).await?;
@@ -230,12 +218,6 @@ pub async fn reprocess(
         }
     }
     Ok(report)
-}
-
-/// A key (or prefix) as one string, to match rows found in the target.
-fn prefix_label(values: &[Value]) -> String {
-    let parts: Vec<Option<String>> = values.iter().map(crate::tables::validate::canonical).collect();
-    serde_json::to_string(&parts).expect("strings serialise")
 }
 
 /// A range's ends: keys after the first, up to the last (with its values).

@@ -484,7 +484,12 @@ fn canonical_key(table: &PlannedTable, row: &Row) -> String {
 }
 
 fn canonical_key_of(def: &crate::schema::TableDef, row: &Row) -> String {
-    let parts: Vec<Option<String>> = def.primary_key.iter().map(|&i| canonical(&row[i])).collect();
+    canonical_values(&key_of(def, row))
+}
+
+/// Values (a key, or a key's first columns) as one canonical string.
+pub(crate) fn canonical_values(values: &[Value]) -> String {
+    let parts: Vec<Option<String>> = values.iter().map(canonical).collect();
     serde_json::to_string(&parts).expect("strings serialise")
 }
 
@@ -606,66 +611,56 @@ impl Versions {
         self.instances.insert(sha.to_string(), instance);
     }
 
-    /// `rows` through version `sha`.
+    /// `rows` through version `sha`: the rows and their outcomes.
     async fn transform_with(
         &mut self,
         sha: &str,
         def: &crate::schema::TableDef,
         table: &str,
         rows: Vec<Row>,
-    ) -> anyhow::Result<Vec<crate::plugin::RowOutcome>> {
+    ) -> anyhow::Result<(Vec<Row>, Vec<crate::plugin::RowOutcome>)> {
         let mut t = self.take(sha, def).await?;
         let n = table.to_string();
-        let (t, result) = tokio::task::spawn_blocking(move || {
+        let (t, rows, result) = tokio::task::spawn_blocking(move || {
             let result = t.transform_batch(&n, &rows);
-            (t, result)
+            (t, rows, result)
         })
         .await?;
         self.give(sha, t);
-        Ok(result?)
+        Ok((rows, result?))
     }
 
-    /// Each row through the version that produced it: the rows (in their
-    /// order) and their outcomes.
+    /// Each row (with key `keys[i]`) through the version that produced it:
+    /// the rows, in their order, and their outcomes.
     async fn transform(
         &mut self,
         def: &crate::schema::TableDef,
         table: &str,
+        keys: &[crate::keyset::Key],
         rows: Vec<Row>,
     ) -> anyhow::Result<(Vec<Row>, Vec<crate::plugin::RowOutcome>)> {
-        let shas: Vec<String> = rows.iter().map(|r| self.of_row(&crate::keyset::Key::of(def, r))).collect();
+        let shas: Vec<String> = keys.iter().map(|k| self.of_row(k)).collect();
         let mut order: Vec<&String> = Vec::new();
         for sha in &shas {
             if !order.contains(&sha) {
                 order.push(sha);
             }
         }
+        match order.as_slice() {
+            [] => return Ok((rows, Vec::new())),
+            [one] => return self.transform_with(one, def, table, rows).await,
+            _ => {}
+        }
         let mut outcomes: Vec<Option<crate::plugin::RowOutcome>> = (0..rows.len()).map(|_| None).collect();
-        let whole = order.len() == 1;
-        let mut rows = Some(rows);
         for sha in order {
             let picked: Vec<usize> = (0..shas.len()).filter(|&i| shas[i] == *sha).collect();
-            let batch: Vec<Row> = match whole {
-                true => rows.take().expect("one version: the whole page"),
-                false => picked.iter().map(|&i| rows.as_ref().expect("rows kept")[i].clone()).collect(),
-            };
-            let mut t = self.take(sha, def).await?;
-            let n = table.to_string();
-            let (t, batch, result) = tokio::task::spawn_blocking(move || {
-                let result = t.transform_batch(&n, &batch);
-                (t, batch, result)
-            })
-            .await?;
-            self.give(sha, t);
-            for (i, outcome) in picked.iter().zip(result?) {
-                outcomes[*i] = Some(outcome);
-            }
-            if whole {
-                rows = Some(batch);
+            let batch: Vec<Row> = picked.iter().map(|&i| rows[i].clone()).collect();
+            let (_, result) = self.transform_with(sha, def, table, batch).await?;
+            for (i, outcome) in picked.into_iter().zip(result) {
+                outcomes[i] = Some(outcome);
             }
         }
-        let outcomes = outcomes.into_iter().map(|o| o.expect("every row transformed")).collect();
-        Ok((rows.expect("rows kept"), outcomes))
+        Ok((rows, outcomes.into_iter().map(|o| o.expect("every row transformed")).collect()))
     }
 }
 
@@ -820,7 +815,6 @@ async fn validate_transformed(
     use crate::plugin::RowOutcome;
     let plugin = table.plugin.clone().expect("a table with a plugin");
     let current = plugin.sha256().to_string();
-    let mut transformer = versions.take(&current, &table.source).await?;
     let mut readings = Vec::new();
     let mut target_rows = 0;
     for output in &table.outputs {
@@ -850,9 +844,10 @@ async fn validate_transformed(
                 line.note(u.key.label(), "missing", vec![]);
             }
         }
-        versions.give(&current, transformer);
-        let (rows, outcomes) = versions.transform(&table.source, &name, page.rows).await?;
-        let labels: Vec<String> = rows.iter().map(|r| crate::keyset::Key::of(&table.source, r).label()).collect();
+        let keys: Vec<crate::keyset::Key> =
+            page.rows.iter().map(|r| crate::keyset::Key::of(&table.source, r)).collect();
+        let (rows, outcomes) = versions.transform(&table.source, &name, &keys, page.rows).await?;
+        let labels: Vec<String> = keys.iter().map(crate::keyset::Key::label).collect();
         let mut verdicts = compare(table, target, &readings, &labels, outcomes, explained).await?;
         // A row a stream changed after a switch was written by the stream's
         // version: a row that differs from its migration range's version
@@ -863,7 +858,7 @@ async fn validate_transformed(
                 break;
             }
             let picked: Vec<Row> = failing.iter().map(|&i| rows[i].clone()).collect();
-            let outcomes = versions.transform_with(&sha, &table.source, &name, picked).await?;
+            let (_, outcomes) = versions.transform_with(&sha, &table.source, &name, picked).await?;
             let picked_labels: Vec<String> = failing.iter().map(|&i| labels[i].clone()).collect();
             let again = compare(table, target, &readings, &picked_labels, outcomes, explained).await?;
             for (i, verdict) in failing.into_iter().zip(again) {
@@ -872,7 +867,6 @@ async fn validate_transformed(
                 }
             }
         }
-        transformer = versions.take(&current, &table.source).await?;
         for (row, verdict) in rows.iter().zip(verdicts) {
             for v in verdict {
                 match v {
@@ -903,6 +897,7 @@ async fn validate_transformed(
         }
     }
     // Those rows are explained, not extra: found by the plugin's target keys.
+    let mut transformer = versions.take(&current, &table.source).await?;
     for key in kept {
         let (n, k) = (name.clone(), key);
         let (t, keys) = tokio::task::spawn_blocking(move || {
