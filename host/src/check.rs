@@ -3,12 +3,8 @@
 
 use serde::Serialize;
 
-use crate::config::OnConflict;
-use crate::engines::{self, Target};
-use crate::plugin::Plugin;
+use crate::engines;
 use crate::settings::Settings;
-use crate::shape;
-use crate::source::SnapshotSource;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,62 +60,6 @@ fn grants_item(items: &mut Items, grants: crate::plugin::Grants) {
     }
 }
 
-/// Runs every check it can: a failing connection skips the checks that need
-/// it, and says so.
-pub async fn check(settings: &Settings) -> CheckReport {
-    let mut items = Items(Vec::new());
-
-    let Some(plugin_settings) = settings.plugin.as_ref() else {
-        items.push("plugin", Level::Fail, "plugin.path is required: set it in the file or pass --plugin");
-        return CheckReport { ok: false, items: items.0 };
-    };
-    let path = plugin_settings.path.clone();
-    let options = plugin_settings.options.clone();
-    match tokio::task::spawn_blocking(move || Plugin::load(&path, &options)).await {
-        Ok(Ok(plugin)) => {
-            let pinned = plugin_settings.options.pinned_sha256.is_some();
-            items.push(
-                "plugin",
-                if pinned { Level::Ok } else { Level::Warn },
-                if pinned {
-                    format!("{} loads and matches its pin sha256 {}", plugin.path().display(), plugin.sha256())
-                } else {
-                    format!(
-                        "{} loads; not pinned: set plugin.sha256 = \"{}\"",
-                        plugin.path().display(),
-                        plugin.sha256()
-                    )
-                },
-            );
-        }
-        Ok(Err(e)) => items.push("plugin", Level::Fail, e.to_string()),
-        Err(e) => items.push("plugin", Level::Fail, e.to_string()),
-    }
-    grants_item(&mut items, plugin_settings.options.limits.grants);
-
-    let mut source_size = None;
-    match engines::open_source(&settings.source).await {
-        Err(e) => items.push("source connectivity", Level::Fail, format!("{e:#}")),
-        Ok(mut source) => {
-            items.push("source connectivity", Level::Ok, format!("connected to {}", settings.source.url));
-            check_transport("source TLS", &settings.source.url, "source", &mut items).await;
-            source_size = check_source(settings, source.as_mut(), &mut items).await;
-        }
-    }
-
-    match engines::open_target(settings).await {
-        Err(e) => items.push("target connectivity", Level::Fail, format!("{e:#}")),
-        Ok(mut target) => {
-            items.push("target connectivity", Level::Ok, format!("connected to {}", settings.target.url));
-            check_transport("target TLS", &settings.target.url, "target", &mut items).await;
-            check_target(settings, target.as_mut(), source_size, &mut items).await;
-        }
-    }
-
-    let ok = items.0.iter().all(|i| i.level != Level::Fail);
-    CheckReport { ok, items: items.0 }
-}
-
 /// The checklist of a pipeline of many tables: both ends reachable (and
 /// how securely), then one line per table — its key, its size, whether
 /// ferry creates the target table and what it builds after the data, and
@@ -141,7 +81,7 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
             Some(s)
         }
     };
-    let target = match engines::open_row_target(&settings.target.url).await {
+    let target = match engines::open_row_target(settings).await {
         Err(e) => {
             items.push("target connectivity", Level::Fail, format!("{e:#}"));
             None
@@ -213,12 +153,135 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
                         detail.push_str(&format!("; {dropped} expression/partial index(es) not recreated on SQLite"));
                     }
                     items.push(format!("table {}", def.name), level, detail);
+                    if let Some(plugin) = &table.plugin {
+                        plugin_items(selection, table, plugin, source.as_mut(), &mut items).await;
+                    }
                 }
             }
+        }
+        previous_run(settings, target.as_mut(), &mut items).await;
+    }
+    // Logical slots hold WAL on the source until they are consumed.
+    if let Ok(slots) = crate::status::source_slots(settings, None).await {
+        for slot in slots.iter().filter(|s| !s.active && s.lag_bytes > 0) {
+            items.push(
+                "source slots",
+                Level::Warn,
+                format!(
+                    "replication slot {} is inactive and retains {} of WAL; resume its consumer or drop it (ferry sync --teardown)",
+                    slot.name,
+                    human(slot.lag_bytes as u64)
+                ),
+            );
         }
     }
     let ok = items.0.iter().all(|i| i.level != Level::Fail);
     CheckReport { ok, items: items.0 }
+}
+
+/// Rows of each plugin table run through the plugin before anything is
+/// written: what the run would dead-letter, with the plugin's own reasons.
+const SAMPLE_ROWS: usize = 1000;
+
+/// A plugin table's pin and a dry run of its plugin on the first rows.
+async fn plugin_items(
+    selection: &crate::settings::TableSelection,
+    table: &crate::tables::PlannedTable,
+    plugin: &crate::plugin::TablePlugin,
+    source: &mut dyn crate::source::RowSource,
+    items: &mut Items,
+) {
+    let name = &table.source.name;
+    let pinned = selection.spec(name).and_then(|s| s.plugin.as_ref()).is_some_and(|p| p.options.pinned_sha256.is_some());
+    items.push(
+        format!("plugin {name}"),
+        if pinned { Level::Ok } else { Level::Warn },
+        if pinned {
+            format!("{} matches its pin sha256 {}", plugin.path().display(), plugin.sha256())
+        } else {
+            format!(
+                "{} loads; not pinned: set plugin_sha256 = \"{}\" (plugin.sha256 for a one-table pipeline)",
+                plugin.path().display(),
+                plugin.sha256()
+            )
+        },
+    );
+    let crate::keyset::RowPage { rows, unreadable, .. } = match source.read_page(&table.source, None, SAMPLE_ROWS).await
+    {
+        Ok(page) => page,
+        Err(e) => return items.push(format!("sample {name}"), Level::Warn, format!("cannot read a sample: {e:#}")),
+    };
+    let (p, def, n) = (plugin.clone(), table.source.clone(), rows.len());
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let mut instance = p.instantiate()?;
+        instance.describe(&def)?;
+        instance.transform_batch(&def.name.to_string(), &rows)
+    })
+    .await;
+    let outcomes = match outcomes {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return items.push(format!("sample {name}"), Level::Fail, e.to_string()),
+        Err(e) => return items.push(format!("sample {name}"), Level::Fail, e.to_string()),
+    };
+    let mut reasons: Vec<String> = unreadable.iter().map(|u| format!("unreadable: {}", u.reason)).collect();
+    let mut fatal = None;
+    for o in outcomes {
+        match o {
+            crate::plugin::RowOutcome::Rows(_) => {}
+            crate::plugin::RowOutcome::Rejected(r) => reasons.push(r),
+            crate::plugin::RowOutcome::Trapped(r) => reasons.push(format!("trapped: {r}")),
+            crate::plugin::RowOutcome::Fatal(r) => fatal = Some(r),
+        }
+    }
+    let total = n + unreadable.len();
+    if let Some(reason) = fatal {
+        return items.push(
+            format!("sample {name}"),
+            Level::Fail,
+            format!("the plugin stops the run (fatal) within the first {total} rows: {reason}"),
+        );
+    }
+    if reasons.is_empty() {
+        return items.push(
+            format!("sample {name}"),
+            Level::Ok,
+            format!("the first {total} rows all pass the plugin"),
+        );
+    }
+    let mut counted: Vec<(String, usize)> = Vec::new();
+    for r in &reasons {
+        match counted.iter_mut().find(|(seen, _)| seen == r) {
+            Some((_, n)) => *n += 1,
+            None => counted.push((r.clone(), 1)),
+        }
+    }
+    let shown: Vec<String> = counted.iter().take(3).map(|(r, n)| format!("{n} × {r}")).collect();
+    items.push(
+        format!("sample {name}"),
+        Level::Warn,
+        format!(
+            "{} of the first {total} rows would be dead letters ({}{}); `ferry dlq list` shows them after the run",
+            reasons.len(),
+            shown.join("; "),
+            if counted.len() > 3 { "; …" } else { "" }
+        ),
+    );
+}
+
+/// The pipeline's last run, if one is left to resume.
+async fn previous_run(settings: &Settings, target: &mut dyn crate::engines::RowTarget, items: &mut Items) {
+    match target.latest_run(&settings.pipeline).await {
+        Ok(Some(run)) if run.status.resumable() => items.push(
+            "previous run",
+            Level::Warn,
+            format!("run {} is {}: `ferry migrate` resumes it", run.run_id, run.status.as_str()),
+        ),
+        Ok(Some(run)) => {
+            items.push("previous run", Level::Ok, format!("last run {} is {}", run.run_id, run.status.as_str()))
+        }
+        Ok(None) => items.push("previous run", Level::Ok, format!("no run of pipeline {} yet", settings.pipeline)),
+        Err(e) => items.push("previous run", Level::Warn, format!("{e:#}")),
+    }
 }
 
 /// Whether a PostgreSQL connection is encrypted and the server verified (as
@@ -235,193 +298,6 @@ async fn check_transport(name: &'static str, url: &crate::db::DbUrl, role: &str,
             items.push(name, if warn { Level::Warn } else { Level::Ok }, detail);
         }
         Err(e) => items.push(name, Level::Fail, format!("{e:#}")),
-    }
-}
-
-/// Source checks; returns the table's size for the disk check.
-async fn check_source(settings: &Settings, source: &mut dyn SnapshotSource, items: &mut Items) -> Option<u64> {
-    let table = &settings.source.table;
-    match source.shape().await {
-        Err(e) => {
-            items.push("source table", Level::Fail, format!("{e:#}"));
-            return None;
-        }
-        Ok(None) => {
-            items.push("source table", Level::Fail, format!("table {table} does not exist; check source.table"));
-            return None;
-        }
-        Ok(Some(shape)) => {
-            let problems = shape::mismatches(&shape, &shape::SOURCE_COLUMNS, "id");
-            if problems.is_empty() {
-                items.push(
-                    "source table",
-                    Level::Ok,
-                    format!("{table} has the columns transform-user reads and PRIMARY KEY (id)"),
-                );
-            } else {
-                items.push("source table", Level::Fail, format!("{table}: {}", problems.join("; ")));
-            }
-        }
-    }
-    match source.can_read().await {
-        Ok(true) => items.push("source privileges", Level::Ok, format!("may SELECT from {table}")),
-        Ok(false) => items.push(
-            "source privileges",
-            Level::Fail,
-            format!("the source role may not SELECT from {table}; GRANT SELECT"),
-        ),
-        Err(e) => items.push("source privileges", Level::Warn, format!("cannot tell: {e:#}")),
-    }
-    match source.count().await {
-        Ok(n) => items.push("source rows", Level::Ok, format!("{n} rows in {table}")),
-        Err(e) => items.push("source rows", Level::Fail, format!("{e:#}")),
-    }
-    match source.integrity().await {
-        Err(e) => items.push("source integrity", Level::Warn, format!("cannot check: {e:#}")),
-        Ok(i) => {
-            if i.duplicate_keys > 0 {
-                items.push(
-                    "source keys",
-                    Level::Fail,
-                    format!("{} duplicate id values: keyset extraction needs a unique key", i.duplicate_keys),
-                );
-            } else {
-                items.push("source keys", Level::Ok, "id is unique");
-            }
-            let nulls = i.null_names + i.null_emails + i.null_created_at;
-            if nulls > 0 {
-                items.push(
-                    "source NULLs",
-                    Level::Warn,
-                    format!(
-                        "{} NULL name, {} NULL email, {} NULL created_at: the plugin rejects these rows (they go to the dead letters)",
-                        i.null_names, i.null_emails, i.null_created_at
-                    ),
-                );
-            } else {
-                items.push("source NULLs", Level::Ok, "no NULL name, email or created_at");
-            }
-            if i.duplicate_emails > 0 {
-                items.push(
-                    "source duplicates",
-                    Level::Warn,
-                    format!(
-                        "{} emails repeat case-insensitively: a UNIQUE index on the target's email would reject them",
-                        i.duplicate_emails
-                    ),
-                );
-            } else {
-                items.push("source duplicates", Level::Ok, "emails are unique case-insensitively");
-            }
-        }
-    }
-    // Logical slots hold WAL on the source until they are consumed.
-    if let Ok(slots) = crate::status::source_slots(settings, None).await {
-        for slot in slots.iter().filter(|s| !s.active && s.lag_bytes > 0) {
-            items.push(
-                "source slots",
-                Level::Warn,
-                format!(
-                    "replication slot {} is inactive and retains {} of WAL; resume its consumer or drop it (ferry sync --teardown)",
-                    slot.name,
-                    human(slot.lag_bytes as u64)
-                ),
-            );
-        }
-    }
-    source.size_bytes().await.ok().flatten()
-}
-
-async fn check_target(settings: &Settings, target: &mut dyn Target, source_size: Option<u64>, items: &mut Items) {
-    let table = &settings.target.table;
-    let mut exists = false;
-    match target.shape().await {
-        Err(e) => items.push("target table", Level::Fail, format!("{e:#}")),
-        Ok(None) if settings.create_table => {
-            items.push("target table", Level::Ok, format!("{table} does not exist; it will be created"))
-        }
-        Ok(None) => items.push(
-            "target table",
-            Level::Fail,
-            format!("{table} does not exist; create it or set target.create_table = true"),
-        ),
-        Ok(Some(shape)) => {
-            exists = true;
-            let problems = shape::mismatches(&shape, &shape::TARGET_COLUMNS, "id");
-            if problems.is_empty() {
-                items.push("target table", Level::Ok, format!("{table} matches the plugin's output (new-user)"));
-            } else {
-                items.push(
-                    "target table",
-                    Level::Fail,
-                    format!("{table} does not match the plugin's output: {}", problems.join("; ")),
-                );
-            }
-        }
-    }
-    match target.privileges().await {
-        Ok(Ok(())) => {
-            items.push("target privileges", Level::Ok, "may write the target table and the ferry control tables")
-        }
-        Ok(Err(missing)) => items.push("target privileges", Level::Fail, missing),
-        Err(e) => items.push("target privileges", Level::Warn, format!("cannot tell: {e:#}")),
-    }
-    match (target.free_bytes().await.ok().flatten(), source_size) {
-        (Some(free), Some(size)) if free < size => items.push(
-            "target disk",
-            Level::Fail,
-            format!("{} free on the target, the source table takes {}: not enough room", human(free), human(size)),
-        ),
-        (Some(free), Some(size)) if free < size.saturating_mul(2) => items.push(
-            "target disk",
-            Level::Warn,
-            format!("{} free on the target, less than twice the source's {}", human(free), human(size)),
-        ),
-        (Some(free), Some(size)) => items.push(
-            "target disk",
-            Level::Ok,
-            format!("{} free on the target for a {} source table", human(free), human(size)),
-        ),
-        _ => items.push(
-            "target disk",
-            Level::Warn,
-            "cannot measure free disk on the target (remote server or no permission)",
-        ),
-    }
-    if exists {
-        match target.count_rows().await {
-            Ok(0) => items.push("target rows", Level::Ok, format!("{table} is empty")),
-            Ok(n) if settings.on_conflict == OnConflict::Error => items.push(
-                "target rows",
-                Level::Warn,
-                format!(
-                    "{table} already has {n} rows; a conflicting key will stop the run (target.on_conflict = \"error\")"
-                ),
-            ),
-            Ok(n) => items.push(
-                "target rows",
-                Level::Ok,
-                format!("{table} already has {n} rows; conflicts: {:?}", settings.on_conflict).to_lowercase(),
-            ),
-            Err(e) => items.push("target rows", Level::Warn, format!("{e:#}")),
-        }
-    }
-    match target.latest_run(&settings.pipeline).await {
-        Ok(Some(run)) if run.status.resumable() => items.push(
-            "previous run",
-            Level::Warn,
-            format!(
-                "run {} is {} at key {:?}: `ferry migrate` resumes it",
-                run.run_id,
-                run.status.as_str(),
-                run.last_key
-            ),
-        ),
-        Ok(Some(run)) => {
-            items.push("previous run", Level::Ok, format!("last run {} is {}", run.run_id, run.status.as_str()))
-        }
-        Ok(None) => items.push("previous run", Level::Ok, format!("no run of pipeline {} yet", settings.pipeline)),
-        Err(e) => items.push("previous run", Level::Warn, format!("{e:#}")),
     }
 }
 

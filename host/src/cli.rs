@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::ConfigError;
 use crate::error::ErrorKind;
 use crate::migrate::{Ending, MigrateOptions};
 use crate::settings::{Overrides, Settings};
-use crate::validate::ValidateOptions;
 use crate::{exit, report};
 
 /// Move data from an old database to a new one with zero data loss, every row
@@ -50,16 +48,7 @@ enum Command {
     },
     /// Post-migration validation: counts, re-transformed sample, checksums.
     Validate {
-        /// Rows to re-transform and deep-diff.
-        #[arg(long)]
-        sample: Option<usize>,
-        /// Target rows per checksum segment.
-        #[arg(long)]
-        segment_rows: Option<usize>,
-        /// Skip the full checksum comparison.
-        #[arg(long)]
-        no_checksum: bool,
-        /// Many-table pipelines: validate only this table (source or target name).
+        /// Validate only this table (source or target name).
         #[arg(long, value_name = "TABLE")]
         table: Option<String>,
     },
@@ -376,10 +365,7 @@ async fn run(cli: Cli) -> i32 {
     }
     match cli.command {
         Command::Check => {
-            let r = match &settings.tables {
-                Some(selection) => crate::check::check_tables(&settings, selection).await,
-                None => crate::check::check(&settings).await,
-            };
+            let r = crate::check::check_tables(&settings, &settings.tables).await;
             show(cli.json, &r, || report::check(&r));
             if r.ok { exit::OK } else { exit::VERIFY_FAILED }
         }
@@ -391,27 +377,12 @@ async fn run(cli: Cli) -> i32 {
                 restart,
                 progress: !no_progress && !cli.json && std::io::stderr().is_terminal(),
             };
-            if let Some(selection) = settings.tables.clone() {
-                let attempt = |o| crate::tables::migrate(&settings, &selection, o, Arc::clone(&stop));
-                return match crate::migrate::resuming(options, &stop, attempt).await {
-                    Err(e) => fail(&e),
-                    Ok(r) => {
-                        let dead = recent_dead_letters(&settings, &r.run_id).await;
-                        show(cli.json, &r, || report::tables(&r, &dead));
-                        match r.ending {
-                            Ending::Fatal => exit::FATAL,
-                            Ending::Interrupted => exit::INTERRUPTED,
-                            _ if r.stats.dead_lettered > 0 => exit::DEAD_LETTERS,
-                            _ => exit::OK,
-                        }
-                    }
-                };
-            }
-            match crate::migrate::migrate_resuming(&settings, options, stop).await {
+            let attempt = |o| crate::tables::migrate(&settings, &settings.tables, o, Arc::clone(&stop));
+            match crate::migrate::resuming(options, &stop, attempt).await {
                 Err(e) => fail(&e),
                 Ok(r) => {
                     let dead = recent_dead_letters(&settings, &r.run_id).await;
-                    show(cli.json, &r, || report::migrate(&r, &dead));
+                    show(cli.json, &r, || report::tables(&r, &dead));
                     match r.ending {
                         Ending::Fatal => exit::FATAL,
                         Ending::Interrupted => exit::INTERRUPTED,
@@ -421,35 +392,11 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Validate { table, .. } if settings.tables.is_some() => {
-            let selection = settings.tables.clone().expect("a tables pipeline");
-            match crate::tables::validate::validate(&settings, &selection, table.as_deref()).await {
+        Command::Validate { table } => {
+            match crate::tables::validate::validate(&settings, &settings.tables, table.as_deref()).await {
                 Err(e) => fail(&e),
                 Ok(r) => {
                     show(cli.json, &r, || report::tables_validation(&r));
-                    if r.ok { exit::OK } else { exit::VERIFY_FAILED }
-                }
-            }
-        }
-        Command::Validate { sample, segment_rows, no_checksum, table } => {
-            if table.is_some() {
-                return fail(
-                    &ConfigError::Invalid {
-                        path: cli.config.clone(),
-                        message: "--table narrows a pipeline of many tables ([[tables]] or source.include)".into(),
-                    }
-                    .into(),
-                );
-            }
-            let options = ValidateOptions {
-                sample_size: sample.unwrap_or(settings.sample_size),
-                segment_rows: segment_rows.unwrap_or(settings.segment_rows).max(1),
-                checksum: !no_checksum,
-            };
-            match crate::validate::validate(&settings, options).await {
-                Err(e) => fail(&e),
-                Ok(r) => {
-                    show(cli.json, &r, || report::validate(&r));
                     if r.ok { exit::OK } else { exit::VERIFY_FAILED }
                 }
             }
@@ -516,12 +463,9 @@ async fn run(cli: Cli) -> i32 {
                 },
             };
             let result = match opened {
-                Ok(mut events) => match &settings.tables {
-                    Some(selection) => {
-                        crate::cdc::tables::apply(&settings, selection, events.as_mut(), options, stop).await
-                    }
-                    None => crate::cdc::apply::apply_debezium(&settings, events.as_mut(), options, stop).await,
-                },
+                Ok(mut events) => {
+                    crate::cdc::tables::apply(&settings, &settings.tables, events.as_mut(), options, stop).await
+                }
                 Err(e) => Err(e),
             };
             match result {
@@ -581,15 +525,7 @@ async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Dlq { action: DlqAction::Replay { plugin, table } } => {
-            let Some(selection) = settings.tables.clone() else {
-                return fail(
-                    &ConfigError::Invalid {
-                        path: cli.config.clone(),
-                        message: "dlq replay runs in pipelines of tables ([[tables]] or source.include)".into(),
-                    }
-                    .into(),
-                );
-            };
+            let selection = settings.tables.clone();
             let stop = Arc::new(AtomicBool::new(false));
             spawn_signal_handler(Arc::clone(&stop));
             match crate::tables::replay::replay(&settings, &selection, plugin.as_deref(), table.as_deref(), stop).await
@@ -606,15 +542,7 @@ async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Reprocess { plugin, table, range } => {
-            let Some(selection) = settings.tables.clone() else {
-                return fail(
-                    &ConfigError::Invalid {
-                        path: cli.config.clone(),
-                        message: "reprocess runs in pipelines of tables ([[tables]] entries with a plugin)".into(),
-                    }
-                    .into(),
-                );
-            };
+            let selection = settings.tables.clone();
             let stop = Arc::new(AtomicBool::new(false));
             spawn_signal_handler(Arc::clone(&stop));
             let r = crate::tables::reprocess::reprocess(
@@ -657,12 +585,7 @@ async fn run(cli: Cli) -> i32 {
                     crate::swap::promote(&settings, std::time::Duration::from_secs_f64(wait.max(0.0))).await
                 }
                 PluginAction::Diff { old, new, table, sample } => {
-                    let Some(selection) = settings.tables.clone() else {
-                        return fail(&crate::error::Error::raise(
-                            ErrorKind::Config,
-                            "plugin diff runs on pipelines of tables ([[tables]] entries with a plugin)",
-                        ));
-                    };
+                    let selection = settings.tables.clone();
                     return match crate::tables::diff::diff(&settings, &selection, &old, &new, table.as_deref(), sample)
                         .await
                     {
@@ -674,12 +597,7 @@ async fn run(cli: Cli) -> i32 {
                     };
                 }
                 PluginAction::Bench { path, table, rows, repeat } => {
-                    let Some(selection) = settings.tables.clone() else {
-                        return fail(&crate::error::Error::raise(
-                            ErrorKind::Config,
-                            "plugin bench runs on pipelines of tables ([[tables]] entries)",
-                        ));
-                    };
+                    let selection = settings.tables.clone();
                     return match crate::tables::bench::bench(
                         &settings,
                         &selection,
@@ -867,11 +785,7 @@ fn plugin_project(action: &PluginAction, json: bool) -> i32 {
 fn plugin_info(path: &std::path::Path, json: bool) -> i32 {
     // The same compiled-code cache as the pipelines' (FERRY_CACHE_DIR or
     // ~/.cache/ferry): the compile time shown is what a pipeline's start pays.
-    let options = crate::plugin::LoadOptions {
-        limits: Default::default(),
-        pinned_sha256: None,
-        cache_dir: crate::settings::default_cache_dir(),
-    };
+    let options = crate::plugin::LoadOptions { cache_dir: crate::settings::default_cache_dir(), ..Default::default() };
     match crate::plugin::TablePlugin::load(path, &options) {
         Err(e) => fail(&e.into()),
         Ok(p) => {

@@ -25,8 +25,6 @@ pub struct FileConfig {
     pub plugin: PluginConfig,
     #[serde(default)]
     pub migrate: MigrateConfig,
-    #[serde(default)]
-    pub validate: ValidateConfig,
     /// `[[tables]]`: the source tables to move, by name, each with its own
     /// settings. With `source.include`, a pipeline of many tables.
     #[serde(default)]
@@ -99,8 +97,6 @@ pub enum Keyless {
 pub struct TargetConfig {
     pub url: Option<String>,
     pub table: Option<String>,
-    /// Create the target table (with the plugin's output shape) if missing.
-    pub create_table: Option<bool>,
     /// What to do with a row whose key already exists in the target.
     pub on_conflict: Option<OnConflict>,
     /// How rows are written into PostgreSQL.
@@ -176,16 +172,6 @@ pub struct MigrateConfig {
     pub batch_size: Option<usize>,
     /// Plugin instances transforming in parallel. Default 1.
     pub workers: Option<usize>,
-}
-
-/// `[validate]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ValidateConfig {
-    /// Rows re-transformed and deep-diffed. Default 100.
-    pub sample_size: Option<usize>,
-    /// Target rows per checksum segment. Default 10000.
-    pub segment_rows: Option<usize>,
 }
 
 /// A configuration error: what, where, how to fix.

@@ -6,7 +6,6 @@
 //! data. See ARCHITECTURE.md for the map.
 
 pub mod cdc;
-pub mod changes;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -29,7 +28,6 @@ pub mod retry;
 pub mod scaffold;
 pub mod schema;
 pub mod settings;
-pub mod shape;
 pub mod sink;
 pub mod source;
 pub mod sqlite;
@@ -38,5 +36,4 @@ pub mod swap;
 pub mod tables;
 pub mod time;
 pub mod tls;
-pub mod validate;
 pub mod value;

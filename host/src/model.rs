@@ -71,27 +71,3 @@ impl DeadLetterKind {
         }
     }
 }
-
-/// A row that could not be loaded, with why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub source_key: i64,
-    pub source_row: LegacyUser,
-    pub kind: DeadLetterKind,
-    pub reason: String,
-}
-
-impl LegacyUser {
-    /// The row as a JSON object (for dead letters), timestamps in RFC 3339
-    /// with microseconds so nothing is lost.
-    pub fn to_json(&self) -> String {
-        serde_json::json!({
-            "id": self.id,
-            "name": self.name,
-            "email": self.email,
-            "created_at": self.created_at.map(crate::time::format_rfc3339_micros),
-            "metadata": self.metadata,
-        })
-        .to_string()
-    }
-}

@@ -4,74 +4,13 @@ use comfy_table::{Cell, Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::check::{CheckReport, Level};
 use crate::control::DeadLetterRecord;
-use crate::migrate::{Ending, MigrateReport};
-use crate::validate::ValidationReport;
+use crate::migrate::Ending;
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(header.iter().map(Cell::new));
     t
-}
-
-pub fn migrate(r: &MigrateReport, dead_letters: &[DeadLetterRecord]) -> String {
-    let mut t = table(&["migrate", ""]);
-    let s = r.stats;
-    let ending = match r.ending {
-        Ending::Completed => "completed",
-        Ending::AlreadyCompleted => "already completed (nothing to do)",
-        Ending::Fatal => "stopped: plugin fatal",
-        Ending::Interrupted => "interrupted (resumable)",
-    };
-    let rows: Vec<(&str, String)> = vec![
-        ("run", format!("{}{}", r.run_id, if r.resumed { " (resumed)" } else { "" })),
-        ("status", ending.to_string()),
-        ("plugin sha256", r.plugin_sha256.clone()),
-        ("source rows", r.source_rows.to_string()),
-        ("extracted", s.extracted.to_string()),
-        ("transformed", s.transformed.to_string()),
-        ("loaded", s.loaded.to_string()),
-        ("skipped (already in target)", s.skipped.to_string()),
-        ("errors (dead letters)", s.dead_lettered.to_string()),
-        ("plugin traps contained", r.traps.to_string()),
-        (
-            "accounting",
-            format!(
-                "{} source = {} loaded + {} skipped + {} dead letters + 0 filtered: {}",
-                r.source_rows,
-                s.loaded,
-                s.skipped,
-                s.dead_lettered,
-                if r.accounted {
-                    "ok"
-                } else if r.ending == Ending::Completed {
-                    "MISMATCH (did the source change?)"
-                } else {
-                    "incomplete"
-                }
-            ),
-        ),
-        ("time", format!("{:.2} s, {:.0} rows/s", r.elapsed_seconds, r.rows_per_second)),
-    ];
-    for (k, v) in rows {
-        t.add_row(vec![Cell::new(k), Cell::new(v)]);
-    }
-    let mut out = t.to_string();
-    if let Some(m) = &r.message {
-        out.push_str(&format!("\n{m}"));
-    }
-    if !dead_letters.is_empty() {
-        let mut d = table(&["dead letter: source key", "kind", "reason"]);
-        for dl in dead_letters {
-            d.add_row(vec![Cell::new(&dl.source_key), Cell::new(&dl.kind), Cell::new(truncate(&dl.reason, 160))]);
-        }
-        out.push('\n');
-        out.push_str(&d.to_string());
-        if (dead_letters.len() as u64) < s.dead_lettered {
-            out.push_str(&format!("\n… and {} more: `ferry dlq list`", s.dead_lettered - dead_letters.len() as u64));
-        }
-    }
-    out
 }
 
 pub fn check(r: &CheckReport) -> String {
@@ -85,105 +24,6 @@ pub fn check(r: &CheckReport) -> String {
         t.add_row(vec![Cell::new(&item.name), Cell::new(level), Cell::new(&item.detail)]);
     }
     format!("{t}\n{}", if r.ok { "ready to migrate" } else { "not ready: fix the failing checks" })
-}
-
-pub fn validate(r: &ValidationReport) -> String {
-    let mark = |ok: bool| if ok { "ok" } else { "MISMATCH" };
-    let mut t = table(&["validation", "result", "detail"]);
-    let c = &r.counts;
-    let detail = match c.change_dead_letters {
-        None => format!(
-            "source {} = loaded {} + skipped {} + dead letters {}; target holds {} rows (expected {}); run {} {}",
-            c.source_rows,
-            c.loaded,
-            c.skipped,
-            c.dead_lettered,
-            c.target_rows,
-            c.source_rows.saturating_sub(c.dead_lettered),
-            c.run_id,
-            c.run_status
-        ),
-        Some(changes) => format!(
-            "source {} = transformed {} + rejected by the plugin {}; target holds {} rows; \
-             change stream {}: {} changes dead-lettered (`ferry dlq list`), {} rows stale",
-            c.source_rows,
-            c.loaded,
-            c.dead_lettered,
-            c.target_rows,
-            c.run_status,
-            changes,
-            c.stale_rows.unwrap_or(0)
-        ),
-    };
-    t.add_row(vec![Cell::new("1. counts"), Cell::new(mark(c.ok)), Cell::new(detail)]);
-    let s = &r.sample;
-    t.add_row(vec![
-        Cell::new("2. sample"),
-        Cell::new(mark(s.ok)),
-        Cell::new(format!(
-            "{} rows re-transformed: {} identical, {} rejected by the plugin (dead letters), {} field differences",
-            s.sampled,
-            s.matched,
-            s.rejected,
-            s.differences.len()
-        )),
-    ]);
-    if let Some(k) = &r.checksum {
-        t.add_row(vec![
-            Cell::new("3. checksums"),
-            Cell::new(mark(k.ok)),
-            Cell::new(format!(
-                "{} segments, {} mismatching; {} source rows vs {} target rows hashed; {} missing, {} extra, {} different{}",
-                k.segments,
-                k.mismatched_segments,
-                k.source_rows_hashed,
-                k.target_rows_hashed,
-                k.missing.len(),
-                k.extra.len(),
-                k.different.iter().map(|d| &d.key).collect::<std::collections::BTreeSet<_>>().len(),
-                if k.undrilled_segments > 0 { format!(" ({} segments not listed)", k.undrilled_segments) } else { String::new() }
-            ) + &if k.explained.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; explained by dead letters (stale rows, `ferry dlq list`): {} ({} kept, {} removed, {} older)",
-                    k.explained.join(", "),
-                    k.explained_extra,
-                    k.explained_missing,
-                    k.explained_different
-                )
-            }),
-        ]);
-    }
-    let mut out = t.to_string();
-    let mut diffs = table(&["key", "field", "expected (re-transformed source)", "actual (target)"]);
-    let mut any = false;
-    let show = |v: &Option<String>| v.clone().map_or("NULL / absent".to_string(), |s| truncate(&s, 80));
-    for d in s.differences.iter().chain(r.checksum.iter().flat_map(|k| k.different.iter())) {
-        any = true;
-        diffs.add_row(vec![
-            Cell::new(&d.key),
-            Cell::new(&d.field),
-            Cell::new(show(&d.expected)),
-            Cell::new(show(&d.actual)),
-        ]);
-    }
-    if let Some(k) = &r.checksum {
-        for key in &k.missing {
-            any = true;
-            diffs.add_row(vec![Cell::new(key), Cell::new("(missing row)"), Cell::new("present"), Cell::new("absent")]);
-        }
-        for key in &k.extra {
-            any = true;
-            diffs.add_row(vec![Cell::new(key), Cell::new("(extra row)"), Cell::new("absent"), Cell::new("present")]);
-        }
-    }
-    if any {
-        out.push('\n');
-        out.push_str(&diffs.to_string());
-    }
-    out.push_str(&format!("\n{} in {:.2} s", if r.ok { "valid" } else { "INVALID" }, r.elapsed_seconds));
-    out
 }
 
 pub fn apply(r: &crate::cdc::apply::ApplyReport) -> String {

@@ -387,11 +387,7 @@ pub fn test(wasm: &Path, golden: &Path) -> anyhow::Result<TestReport> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         rows.push(row);
     }
-    let options = crate::plugin::LoadOptions {
-        limits: Default::default(),
-        pinned_sha256: None,
-        cache_dir: crate::settings::default_cache_dir(),
-    };
+    let options = crate::plugin::LoadOptions { cache_dir: crate::settings::default_cache_dir(), ..Default::default() };
     let plugin = TablePlugin::load(wasm, &options)?;
     let mut instance = plugin.instantiate()?;
     instance.describe(&def)?;

@@ -14,11 +14,6 @@ use crate::plugin::{self, Limits};
 /// at 122 MB. Per-batch round trips dominate below 5000; above it memory
 /// grows faster than throughput.
 pub const DEFAULT_BATCH_SIZE: usize = 5000;
-/// Default sample of re-transformed rows in `ferry validate` (the seed's 100).
-pub const DEFAULT_SAMPLE_SIZE: usize = 100;
-/// Default target rows per checksum segment: 100 segments per million rows,
-/// so a mismatch narrows to 10k rows in one pass.
-pub const DEFAULT_SEGMENT_ROWS: usize = 10_000;
 
 /// Flags that override the file (all optional).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -38,9 +33,6 @@ pub struct Overrides {
     /// Target table.
     #[arg(long, global = true, value_name = "TABLE")]
     pub target_table: Option<String>,
-    /// Create the target table if it does not exist.
-    #[arg(long, global = true)]
-    pub create_table: bool,
     /// Policy for rows whose key already exists in the target.
     #[arg(long, global = true, value_enum)]
     pub on_conflict: Option<OnConflict>,
@@ -62,7 +54,6 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub url: DbUrl,
-    pub table: TableName,
 }
 
 /// One table of a many-table pipeline.
@@ -139,21 +130,17 @@ pub struct Settings {
     pub pipeline: String,
     pub source: Endpoint,
     pub target: Endpoint,
-    pub create_table: bool,
     pub on_conflict: OnConflict,
     /// Change streams: keep (marked stale) or delete a row whose newer
     /// version is dead-lettered.
     pub on_reject: OnReject,
     pub load_method: LoadMethod,
-    /// The `users` plugin (`[plugin]`); a pipeline of many tables may have none.
-    pub plugin: Option<PluginSettings>,
-    /// A pipeline of many tables (`[[tables]]`, `source.include`): `None`
-    /// for the seed's one-table `users` pipeline.
-    pub tables: Option<TableSelection>,
+    /// The pipeline's tables: `[[tables]]` and `source.include`, or the
+    /// one table `[source] table` + `[plugin]` name (one `[[tables]]` entry
+    /// written the short way).
+    pub tables: TableSelection,
     pub batch_size: usize,
     pub workers: usize,
-    pub sample_size: usize,
-    pub segment_rows: usize,
 }
 
 impl Settings {
@@ -179,26 +166,8 @@ impl Settings {
             }
             Ok(url)
         };
-        let table = |flag: &Option<String>, value: &Option<String>, key: &str| -> Result<TableName, ConfigError> {
-            let raw = flag.as_deref().or(value.as_deref()).unwrap_or("users");
-            TableName::parse(raw).map_err(|e| invalid(format!("{key}: {e}")))
-        };
-        let source = Endpoint {
-            url: url(&o.source_url, &file.source.url, "source.url")?,
-            table: table(&o.source_table, &file.source.table, "source.table")?,
-        };
-        let target = Endpoint {
-            url: url(&o.target_url, &file.target.url, "target.url")?,
-            table: table(&o.target_table, &file.target.table, "target.table")?,
-        };
-        let tables = Self::tables(&file, base, &invalid)?;
-        let plugin_path = o.plugin.clone().or_else(|| file.plugin.path.as_ref().map(|p| relative_to(base, p)));
-        if plugin_path.is_none() && tables.is_none() {
-            return Err(invalid(
-                "plugin.path is required: set it in the file or pass --plugin (or name tables to copy with [[tables]] or source.include)"
-                    .into(),
-            ));
-        }
+        let source = Endpoint { url: url(&o.source_url, &file.source.url, "source.url")? };
+        let target = Endpoint { url: url(&o.target_url, &file.target.url, "target.url")? };
         let memory_mb = file.plugin.memory_limit_mb.unwrap_or(plugin::DEFAULT_MEMORY_LIMIT >> 20);
         if memory_mb == 0 || memory_mb > 4096 {
             return Err(invalid(format!("plugin.memory_limit_mb = {memory_mb}: must be between 1 and 4096")));
@@ -207,16 +176,12 @@ impl Settings {
         if timeout_ms == 0 {
             return Err(invalid("plugin.call_timeout_ms must be positive".into()));
         }
-        let grants = plugin::Grants::parse(file.plugin.grants.as_deref().unwrap_or_default()).map_err(invalid)?;
+        plugin::Grants::parse(file.plugin.grants.as_deref().unwrap_or_default()).map_err(invalid)?;
         let sha = o.plugin_sha256.clone().or(file.plugin.sha256.clone());
         if let Some(sha) = sha.as_ref().filter(|s| s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit())) {
             return Err(invalid(format!("plugin.sha256 `{sha}` is not a SHA-256 (64 hex digits)")));
         }
-        let cache_dir = match &file.plugin.cache_dir {
-            Some(dir) if dir.as_os_str().is_empty() => None,
-            Some(dir) => Some(relative_to(base, dir)),
-            None => default_cache_dir(),
-        };
+        let tables = Self::tables(&file, base, o, sha, &invalid)?;
         let batch_size = o.batch_size.or(file.migrate.batch_size).unwrap_or(DEFAULT_BATCH_SIZE);
         if !(1..=100_000).contains(&batch_size) {
             return Err(invalid(format!("migrate.batch_size = {batch_size}: must be between 1 and 100000")));
@@ -225,35 +190,16 @@ impl Settings {
         if !(1..=64).contains(&workers) {
             return Err(invalid(format!("migrate.workers = {workers}: must be between 1 and 64")));
         }
-        let segment_rows = file.validate.segment_rows.unwrap_or(DEFAULT_SEGMENT_ROWS);
-        if segment_rows == 0 {
-            return Err(invalid("validate.segment_rows must be positive".into()));
-        }
         Ok(Settings {
             pipeline: o.name.clone().or(file.name).unwrap_or_else(|| "default".into()),
             source,
             target,
-            create_table: o.create_table || file.target.create_table.unwrap_or(false),
             on_conflict: o.on_conflict.or(file.target.on_conflict).unwrap_or_default(),
             on_reject: file.target.on_reject.unwrap_or_default(),
             load_method: file.target.load_method.unwrap_or_default(),
-            plugin: plugin_path.map(|path| PluginSettings {
-                path,
-                options: plugin::LoadOptions {
-                    limits: Limits {
-                        memory_bytes: memory_mb << 20,
-                        call_timeout: Duration::from_millis(timeout_ms),
-                        grants,
-                    },
-                    pinned_sha256: sha,
-                    cache_dir,
-                },
-            }),
             tables,
             batch_size,
             workers,
-            sample_size: file.validate.sample_size.unwrap_or(DEFAULT_SAMPLE_SIZE),
-            segment_rows,
         })
     }
 }
@@ -273,25 +219,22 @@ impl Settings {
         plugin::LoadOptions {
             limits: Limits { memory_bytes: memory_mb << 20, call_timeout: Duration::from_millis(timeout_ms), grants },
             pinned_sha256: None,
+            output_table: None,
             cache_dir,
         }
     }
 
-    /// The `[plugin]` settings, required by the `users` pipeline's commands.
-    pub fn plugin(&self) -> anyhow::Result<&PluginSettings> {
-        self.plugin.as_ref().ok_or_else(|| {
-            crate::error::Error::raise(
-                crate::error::ErrorKind::Config,
-                "plugin.path is required for this command: set it in the file or pass --plugin",
-            )
-        })
-    }
-
+    /// The pipeline's tables. Without `[[tables]]` and `source.include`,
+    /// the pipeline is the one table `[source] table` (default `users`)
+    /// through the `[plugin]` (or `--plugin`) into `[target] table` (default
+    /// the source's name): the same as one `[[tables]]` entry.
     fn tables(
         file: &FileConfig,
         base: Option<&Path>,
+        o: &Overrides,
+        pinned: Option<String>,
         invalid: &dyn Fn(String) -> ConfigError,
-    ) -> Result<Option<TableSelection>, ConfigError> {
+    ) -> Result<TableSelection, ConfigError> {
         let patterns = |list: &Option<Vec<String>>, key: &str| -> Result<Vec<glob::Pattern>, ConfigError> {
             list.iter()
                 .flatten()
@@ -300,11 +243,62 @@ impl Settings {
         };
         let include = patterns(&file.source.include, "source.include")?;
         let exclude = patterns(&file.source.exclude, "source.exclude")?;
+        let table = |flag: &Option<String>, value: &Option<String>, key: &str| -> Result<Option<TableName>, ConfigError> {
+            flag.as_deref()
+                .or(value.as_deref())
+                .map(|raw| TableName::parse(raw).map_err(|e| invalid(format!("{key}: {e}"))))
+                .transpose()
+        };
+        let plugin_path = o.plugin.clone().or_else(|| file.plugin.path.as_ref().map(|p| relative_to(base, p)));
         if file.tables.is_empty() && include.is_empty() {
             if !exclude.is_empty() {
                 return Err(invalid("source.exclude needs source.include (or [[tables]]) to exclude from".into()));
             }
-            return Ok(None);
+            let Some(path) = plugin_path else {
+                return Err(invalid(
+                    "plugin.path is required: set it in the file or pass --plugin (or name tables to copy with \
+                     [[tables]] or source.include)"
+                        .into(),
+                ));
+            };
+            let source = table(&o.source_table, &file.source.table, "source.table")?
+                .unwrap_or_else(|| TableName { schema: None, name: "users".into() });
+            let target = table(&o.target_table, &file.target.table, "target.table")?;
+            let options = plugin::LoadOptions {
+                pinned_sha256: pinned,
+                output_table: target.as_ref().map(|t| t.name.clone()),
+                ..Self::load_options(file, base)
+            };
+            let spec = TableSpec {
+                source,
+                target,
+                key: None,
+                keyless: Keyless::Refuse,
+                on_conflict: None,
+                plugin: Some(PluginSettings { path, options }),
+            };
+            return Ok(TableSelection { tables: vec![spec], include, exclude, keyless: Keyless::Refuse });
+        }
+        if pinned.is_some() {
+            return Err(invalid(
+                "plugin.sha256 pins the plugin of a one-table pipeline; with [[tables]], pin each table's plugin \
+                 there (plugin_sha256 = \"…\")"
+                    .into(),
+            ));
+        }
+        if plugin_path.is_some() {
+            return Err(invalid(
+                "plugin.path names the plugin of a one-table pipeline; with [[tables]] or source.include, give each \
+                 table its plugin in [[tables]] (plugin = \"…\"); [plugin] keeps the limits and grants of them all"
+                    .into(),
+            ));
+        }
+        if o.source_table.is_some() || o.target_table.is_some() {
+            return Err(invalid(
+                "--source-table/--target-table name the one table of a one-table pipeline; this pipeline names its \
+                 tables in [[tables]] or source.include"
+                    .into(),
+            ));
         }
         if file.source.table.is_some() || file.target.table.is_some() {
             return Err(invalid(
@@ -338,6 +332,7 @@ impl Settings {
                 path: relative_to(base, path),
                 options: plugin::LoadOptions {
                     pinned_sha256: t.plugin_sha256.clone(),
+                    output_table: target.as_ref().map(|t| t.name.clone()),
                     ..Self::load_options(file, base)
                 },
             });
@@ -345,7 +340,7 @@ impl Settings {
             tables.push(TableSpec { source, target, key: t.key.clone(), keyless, on_conflict: t.on_conflict, plugin });
         }
         let keyless = file.source.keyless.unwrap_or_default();
-        Ok(Some(TableSelection { tables, include, exclude, keyless }))
+        Ok(TableSelection { tables, include, exclude, keyless })
     }
 }
 

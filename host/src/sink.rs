@@ -1,46 +1,10 @@
-//! The sink role (loading batches) and the target-reader role (reading the
-//! target back for validation).
+//! The sink roles: loading pages of rows ([`RowSink`]) and applying change
+//! streams ([`RowChangeSink`]) into tables of any shape.
 
 use async_trait::async_trait;
 
 use crate::config::OnConflict;
-use crate::model::{DeadLetter, DeadLetterKind, LegacyUser, NewUser};
-use crate::shape::TableShape;
-
-/// One batch to apply, with the checkpoint it advances.
-#[derive(Debug)]
-pub struct LoadBatch {
-    pub run_id: String,
-    /// Batch number within the run (0, 1, …).
-    pub seq: u64,
-    /// The run's checkpoint before this batch: the sink refuses the batch if
-    /// the stored checkpoint is not this (another process moved it).
-    pub previous_key: Option<i64>,
-    /// The checkpoint after this batch: its highest source key.
-    pub last_key: i64,
-    pub first_key: i64,
-    pub rows: Vec<NewUser>,
-    /// The source row of each of `rows` (same order): what a row the target
-    /// refuses is dead-lettered with.
-    pub sources: Vec<LegacyUser>,
-    pub dead: Vec<DeadLetter>,
-    /// Source rows read for this batch.
-    pub extracted: u64,
-    pub plugin_sha256: String,
-}
-
-impl LoadBatch {
-    /// The dead letter of row `index`, which the target refused with `message`.
-    pub fn refused(&self, index: usize, message: &str) -> DeadLetter {
-        let source_row = self.sources[index].clone();
-        DeadLetter {
-            source_key: source_row.id,
-            source_row,
-            kind: DeadLetterKind::Load,
-            reason: format!("the target refused the row `{}`: {message}", self.rows[index].id),
-        }
-    }
-}
+use crate::model::DeadLetterKind;
 
 /// What applying a batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,82 +34,6 @@ pub struct ConflictError {
 )]
 pub struct FencedError {
     pub run_id: String,
-}
-
-/// Where transformed rows are written.
-///
-/// Contract: `commit_batch` writes the batch's rows, its dead letters, its
-/// lineage record and the run's new checkpoint in ONE transaction, and only
-/// if the stored checkpoint equals `previous_key`. A row the target refuses
-/// for what it holds (a data exception or a constraint it violates) is
-/// isolated inside that transaction and dead-lettered with kind `load` and
-/// the database's message; the other rows still load. So after a crash at any
-/// moment a batch is either wholly applied with its checkpoint or not at
-/// all, and resuming from the stored checkpoint applies every row exactly
-/// once.
-#[async_trait]
-pub trait Sink: Send {
-    /// The target table's shape, or `None` if it does not exist.
-    async fn shape(&mut self) -> anyhow::Result<Option<TableShape>>;
-    /// Creates the target table with the plugin's output shape.
-    async fn create_table(&mut self) -> anyhow::Result<()>;
-    /// Applies a batch (see the trait's contract). A key conflict under
-    /// `OnConflict::Error` fails with [`ConflictError`].
-    async fn commit_batch(&mut self, batch: &LoadBatch, policy: OnConflict) -> anyhow::Result<Applied>;
-    /// Free bytes on the target's disk, when ferry can see it.
-    async fn free_bytes(&mut self) -> anyhow::Result<Option<u64>>;
-    /// Whether the connected role may write the target table and create the
-    /// control tables; `Err` text explains what is missing.
-    async fn privileges(&mut self) -> anyhow::Result<Result<(), String>>;
-}
-
-/// A target row read back, each field in ferry's canonical text form: id,
-/// first_name, last_name, email as stored; created_at as microseconds since
-/// the Unix epoch in decimal; settings as canonical JSON
-/// (`value::canonical_json`).
-pub type TargetRow = [Option<String>; 6];
-
-/// A row as the driver hands it over, borrowed (nothing copied): what the
-/// checksum pass hashes. `created_at` is `None` when NULL or unreadable.
-#[derive(Debug, Clone, Copy)]
-pub struct RowView<'a> {
-    pub id: Option<&'a str>,
-    pub first_name: Option<&'a str>,
-    pub last_name: Option<&'a str>,
-    pub email: Option<&'a str>,
-    /// Microseconds since the Unix epoch.
-    pub created_at: Option<i64>,
-    /// JSON text, not yet canonical.
-    pub settings: Option<&'a str>,
-}
-
-/// The target's column names, in [`TargetRow`] order.
-pub const TARGET_FIELDS: [&str; 6] = ["id", "first_name", "last_name", "email", "created_at", "settings"];
-
-/// Reads the target back for validation.
-///
-/// Contract: keys compare as byte strings (`COLLATE "C"` in PostgreSQL,
-/// `BINARY` in SQLite), which is Rust's `str` order, so ranges cut by ferry
-/// mean the same thing on every engine.
-#[async_trait]
-pub trait TargetReader: Send {
-    async fn count_rows(&mut self) -> anyhow::Result<u64>;
-    /// Rows with key after `from` (`(key, inclusive)`; `None`: from the
-    /// start) and `< before` (`None`: to the end), ascending, at most `limit`.
-    async fn read_range(
-        &mut self,
-        from: Option<(&str, bool)>,
-        before: Option<&str>,
-        limit: usize,
-    ) -> anyhow::Result<Vec<TargetRow>>;
-    /// Rows with these keys.
-    async fn read_keys(&mut self, keys: &[String]) -> anyhow::Result<Vec<TargetRow>>;
-    /// The keys that cut the table, in key order, into segments of about
-    /// `segment_rows` rows (the table has about `total_rows`): the first key
-    /// of every segment but the first. Segments need not be exactly equal.
-    async fn segment_boundaries(&mut self, segment_rows: usize, total_rows: u64) -> anyhow::Result<Vec<String>>;
-    /// Streams every row, in no particular order, to `each`.
-    async fn scan(&mut self, each: &mut (dyn for<'a, 'r> FnMut(&'a RowView<'r>) + Send)) -> anyhow::Result<()>;
 }
 
 /// Rows for one target table, from one page of a source table.

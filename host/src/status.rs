@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::cdc::apply::ChangeStatus;
+use crate::cdc::apply::StreamCheckpoint;
 use crate::control::RunRecord;
 use crate::db::Engine;
 use crate::settings::Settings;
@@ -17,20 +17,36 @@ pub struct StatusReport {
     /// `not started`, `migrated`, `snapshot`, `streaming`…
     pub phase: String,
     pub migrate: Option<RunRecord>,
-    /// Many-table pipelines: each table of the last run.
+    /// Each table of the last run.
     pub tables: Vec<crate::control::TableProgress>,
-    pub stream: Option<ChangeStatus>,
+    pub stream: Option<StreamState>,
     pub slots: Vec<SlotStatus>,
     /// How far behind the source the target is, in seconds: 0 when the slot
     /// holds nothing unapplied, else the age of the newest applied commit.
     pub lag_seconds: Option<f64>,
-    /// Many-table pipelines: plugin versions deployed into the stream
+    /// Plugin versions deployed into the stream
     /// (`ferry plugin deploy`), oldest first; the last `live` one of a table
     /// is the version running it.
     pub deployments: Vec<crate::deployments::Deployment>,
-    /// Many-table pipelines: which plugin version produced which rows of
+    /// Which plugin version produced which rows of
     /// the last run, per table, in commit order (its lineage, summarised).
     pub versions: Vec<VersionSpan>,
+}
+
+/// What `ferry status` shows of a change stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamState {
+    pub checkpoint: StreamCheckpoint,
+    /// Seconds since the newest applied source transaction committed on the
+    /// source (the lag, while the source has more).
+    pub source_commit_age_seconds: Option<f64>,
+    /// Changes applied per second since the stream first applied anything.
+    pub changes_per_second: f64,
+    pub applied: u64,
+    pub dead_lettered: u64,
+    pub plugin_sha256: Option<String>,
+    /// Seconds since the last commit of the stream into the target.
+    pub seconds_since_update: f64,
 }
 
 /// Consecutive batches of one table committed by one plugin version.
@@ -94,71 +110,27 @@ pub async fn source_slots(settings: &Settings, only: Option<&str>) -> anyhow::Re
 }
 
 pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusReport> {
-    if settings.tables.is_some() {
-        let mut target = crate::engines::open_row_target(&settings.target.url).await?;
-        let migrate = target.latest_run(&settings.pipeline).await?;
-        let (tables, lineage) = match &migrate {
-            Some(run) => (target.table_progress(&run.run_id).await?, target.lineage(&run.run_id).await?),
-            None => (Vec::new(), Vec::new()),
-        };
-        let stream = target.stream_status(&settings.pipeline).await?.map(|s| ChangeStatus {
-            checkpoint: crate::cdc::apply::ChangeCheckpoint {
-                position: s.position,
-                streaming: s.position.is_some(),
-                snapshot_key: None,
-                snapshot_done: true,
-            },
-            source_commit_age_seconds: s.source_commit_age_seconds,
-            changes_per_second: s.active_seconds.filter(|a| *a > 0.0).map_or(0.0, |a| s.applied as f64 / a),
-            snapshot_chunks: None,
-            applied: s.applied,
-            dead_lettered: s.dead_lettered,
-            plugin_sha256: s.plugin_sha256,
-            seconds_since_update: s.seconds_since_update,
-        });
-        let deployments = target.deployments(&settings.pipeline).await?;
-        let slots = source_slots(settings, Some(slot)).await.unwrap_or_default();
-        let phase = match (&stream, &migrate) {
-            (Some(s), _) if s.checkpoint.streaming => "streaming".to_string(),
-            (_, Some(run)) => format!("migrate run {}", run.status.as_str()),
-            (_, None) => "not started".to_string(),
-        };
-        let lag_seconds = match (slots.first(), &stream) {
-            (Some(slot), _) if slot.lag_bytes <= 0 => Some(0.0),
-            (Some(_), Some(s)) => s.source_commit_age_seconds,
-            _ => None,
-        };
-        return Ok(StatusReport {
-            pipeline: settings.pipeline.clone(),
-            phase,
-            migrate,
-            tables,
-            stream,
-            slots,
-            lag_seconds,
-            deployments,
-            versions: version_spans(&lineage),
-        });
-    }
-    let mut target = crate::engines::open_target(settings).await?;
+    let mut target = crate::engines::open_row_target(settings).await?;
     let migrate = target.latest_run(&settings.pipeline).await?;
-    let stream = match settings.target.url.engine() {
-        Engine::Postgres => {
-            crate::engines::open_change_target(settings).await?.change_status(&settings.pipeline).await?
-        }
-        Engine::Sqlite => None,
+    let (tables, lineage) = match &migrate {
+        Some(run) => (target.table_progress(&run.run_id).await?, target.lineage(&run.run_id).await?),
+        None => (Vec::new(), Vec::new()),
     };
+    let stream = target.stream_status(&settings.pipeline).await?.map(|s| StreamState {
+        checkpoint: StreamCheckpoint { position: s.position, streaming: s.position.is_some() },
+        source_commit_age_seconds: s.source_commit_age_seconds,
+        changes_per_second: s.active_seconds.filter(|a| *a > 0.0).map_or(0.0, |a| s.applied as f64 / a),
+        applied: s.applied,
+        dead_lettered: s.dead_lettered,
+        plugin_sha256: s.plugin_sha256,
+        seconds_since_update: s.seconds_since_update,
+    });
+    let deployments = target.deployments(&settings.pipeline).await?;
     let slots = source_slots(settings, Some(slot)).await.unwrap_or_default();
     let phase = match (&stream, &migrate) {
-        (Some(s), _) if s.checkpoint.snapshot_key.is_some() && !s.checkpoint.snapshot_done => match s.snapshot_chunks {
-            Some((k, n)) => {
-                format!("snapshot: chunk {k}/{n} (loaded up to key {})", s.checkpoint.snapshot_key.unwrap_or_default())
-            }
-            None => format!("snapshot (loaded up to key {})", s.checkpoint.snapshot_key.unwrap_or_default()),
-        },
-        (Some(_), _) => "streaming".to_string(),
-        (None, Some(run)) => format!("migrate run {}", run.status.as_str()),
-        (None, None) => "not started".to_string(),
+        (Some(s), _) if s.checkpoint.streaming => "streaming".to_string(),
+        (_, Some(run)) => format!("migrate run {}", run.status.as_str()),
+        (_, None) => "not started".to_string(),
     };
     let lag_seconds = match (slots.first(), &stream) {
         (Some(slot), _) if slot.lag_bytes <= 0 => Some(0.0),
@@ -169,11 +141,11 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
         pipeline: settings.pipeline.clone(),
         phase,
         migrate,
-        tables: Vec::new(),
+        tables,
         stream,
         slots,
         lag_seconds,
-        deployments: Vec::new(),
-        versions: Vec::new(),
+        deployments,
+        versions: version_spans(&lineage),
     })
 }

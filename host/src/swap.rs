@@ -125,12 +125,10 @@ impl Swapper {
 
     pub(crate) fn new(settings: &Settings, plan: &Plan) -> Swapper {
         let mut options = HashMap::new();
-        if let Some(selection) = &settings.tables {
-            for (t, table) in plan.tables.iter().enumerate() {
-                let spec = selection.spec(&table.source.name).and_then(|s| s.plugin.as_ref());
-                if let (Some(_), Some(spec)) = (&table.plugin, spec) {
-                    options.insert(t, spec.options.clone());
-                }
+        for (t, table) in plan.tables.iter().enumerate() {
+            let spec = settings.tables.spec(&table.source.name).and_then(|s| s.plugin.as_ref());
+            if let (Some(_), Some(spec)) = (&table.plugin, spec) {
+                options.insert(t, spec.options.clone());
             }
         }
         Swapper {
@@ -451,14 +449,7 @@ pub async fn deploy(
     wait: Duration,
 ) -> anyhow::Result<Deployment> {
     use crate::error::{Error, ErrorKind};
-    let Some(selection) = &settings.tables else {
-        return Err(Error::raise(
-            ErrorKind::Config,
-            "hot swap runs in pipelines of tables ([[tables]] entries with a plugin); the one-table `users` \
-             pipeline takes its plugin from the pipeline file at start (run users as a [[tables]] entry to deploy \
-             into it)",
-        ));
-    };
+    let selection = &settings.tables;
     let spec = selection.plugin_table(table).map_err(|e| Error::raise(ErrorKind::Config, e))?;
     // Without --table, the deployment is for every plugin table (there is one).
     let table = table.map(|_| spec.source.to_string());
@@ -467,7 +458,7 @@ pub async fn deploy(
     };
     let absolute = std::fs::canonicalize(path).map_err(read)?;
     let sha256 = crate::plugin::sha256_hex(&std::fs::read(&absolute).map_err(read)?);
-    let mut target = crate::engines::open_row_target(&settings.target.url).await?;
+    let mut target = crate::engines::open_row_target(settings).await?;
     target.ensure_control_tables().await?;
     let id = target
         .request_deployment(&settings.pipeline, table.as_deref(), &absolute.to_string_lossy(), &sha256, shadow)
@@ -477,7 +468,7 @@ pub async fn deploy(
 
 /// `ferry plugin promote`: deploys the running shadow's version live.
 pub async fn promote(settings: &Settings, wait: Duration) -> anyhow::Result<Deployment> {
-    let mut target = crate::engines::open_row_target(&settings.target.url).await?;
+    let mut target = crate::engines::open_row_target(settings).await?;
     target.ensure_control_tables().await?;
     let all = target.deployments(&settings.pipeline).await?;
     let Some(shadow) = all.iter().rev().find(|d| d.state == DeployState::Shadow) else {

@@ -7,6 +7,5 @@ pub mod input;
 pub mod pgoutput;
 pub use crate::position;
 pub mod events;
-mod reread;
 pub mod sync;
 pub mod tables;

@@ -26,17 +26,13 @@ use std::time::Duration;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use serde::Serialize;
 
-use super::apply::{ApplyReport, ChangeBatch, ChangeCheckpoint, Item, Pending, TargetOp, flush};
-use super::debezium::ChangeOp;
-use super::pgoutput::{self, Message, Relations, RowProblem};
+use super::apply::ApplyReport;
+use super::pgoutput::{self, Message, Relations};
 use super::position::Position;
 use crate::db::Engine;
 use crate::engines;
 use crate::error::Error;
-use crate::model::{DeadLetterKind, Outcome};
-use crate::plugin::Plugin;
 use crate::settings::Settings;
-use crate::source::SnapshotSource;
 
 /// How `ferry sync` runs.
 #[derive(Debug, Clone)]
@@ -62,9 +58,8 @@ pub struct SyncReport {
     pub stream: ApplyReport,
 }
 
-/// Runs the initial load (if not done) and then streams changes: the
-/// pipeline's tables (`[[tables]]`, `source.include`) or the seed's one
-/// `users` table.
+/// Runs the initial load (if not done) and then streams the changes of the
+/// pipeline's tables.
 pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SyncReport> {
     if settings.source.url.engine() != Engine::Postgres {
         anyhow::bail!(crate::config::ConfigError::Invalid {
@@ -76,10 +71,7 @@ pub async fn sync(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBo
             ),
         });
     }
-    let mut report = match &settings.tables {
-        Some(selection) => super::tables::sync(settings, selection, options, stop).await?,
-        None => sync_users(settings, options, stop).await?,
-    };
+    let mut report = super::tables::sync(settings, &settings.tables, options, stop).await?;
     // One counter, said the same way as `ferry apply` says it.
     report.stream.toast_rereads = report.toast_rereads;
     Ok(report)
@@ -121,62 +113,6 @@ pub(crate) async fn open_gated(
 /// exported snapshot, valid while `client` stays open and unstarted.
 pub(crate) async fn create_slot(client: &mut ReplicationClient, options: &SyncOptions) -> anyhow::Result<String> {
     crate::postgres::replication::create_slot(client, &options.slot).await
-}
-
-/// The seed's one-table pipeline.
-async fn sync_users(settings: &Settings, options: &SyncOptions, stop: Arc<AtomicBool>) -> anyhow::Result<SyncReport> {
-    let path = settings.plugin()?.path.clone();
-    let load = settings.plugin()?.options.clone();
-    let plugin: Arc<Plugin> = tokio::task::spawn_blocking(move || Plugin::load(&path, &load)).await??;
-    let mut transformer = plugin.instantiate()?;
-    metrics::gauge!(crate::daemon::names::PLUGIN_INFO, "sha256" => plugin.sha256().to_string()).set(1.0);
-    crate::daemon::health().beat("starting");
-    let mut target = engines::open_change_target(settings).await?;
-    crate::migrate::prepare_target(settings, target.as_mut()).await?;
-    target.ensure_change_tables().await?;
-    let mut checkpoint = target.change_checkpoint(&settings.pipeline).await?;
-    let mut report = SyncReport {
-        stream: ApplyReport { pipeline: settings.pipeline.clone(), ..Default::default() },
-        ..Default::default()
-    };
-
-    let (_, has_slot) = prepare_source(settings, options, std::slice::from_ref(&settings.source.table)).await?;
-    let mut source = crate::postgres::PgSource::connect(&settings.source.url, &settings.source.table).await?;
-    let mut client = open_gated(settings, options, checkpoint.position).await?;
-    if !has_slot {
-        let snapshot = create_slot(&mut client, options).await?;
-        // A new slot means a new initial load, whatever an earlier one did.
-        checkpoint.snapshot_done = false;
-        checkpoint.snapshot_key = None;
-        initial_load(
-            settings,
-            options,
-            &mut source,
-            Some(&snapshot),
-            &mut transformer,
-            target.as_mut(),
-            &mut checkpoint,
-            &mut report,
-        )
-        .await?;
-    } else if !checkpoint.snapshot_done {
-        initial_load(
-            settings,
-            options,
-            &mut source,
-            None,
-            &mut transformer,
-            target.as_mut(),
-            &mut checkpoint,
-            &mut report,
-        )
-        .await?;
-    }
-    let mut applier =
-        UsersApplier { settings, transformer, target, checkpoint, report, reread: super::reread::Reread::default() };
-    follow(settings, options, client, &mut applier, &stop).await?;
-    applier.report.stream.checkpoint = applier.checkpoint;
-    Ok(applier.report)
 }
 
 /// One kind of pipeline's side of the replication loop: what becomes of
@@ -264,78 +200,6 @@ pub(crate) async fn follow<A: Applier>(
             // Progress was made since the last failure.
             backoff.progressed();
         }
-    }
-}
-
-/// The seed's `users` pipeline in the replication loop.
-struct UsersApplier<'a> {
-    settings: &'a Settings,
-    transformer: crate::plugin::Transformer,
-    target: Box<dyn engines::ChangeTarget>,
-    checkpoint: ChangeCheckpoint,
-    report: SyncReport,
-    reread: super::reread::Reread,
-}
-
-#[async_trait::async_trait]
-impl Applier for UsersApplier<'_> {
-    type Item = Pending;
-
-    async fn receive(
-        &mut self,
-        relations: &Relations,
-        message: Message,
-        commit: u64,
-        xid: u32,
-        seq: &mut u32,
-        out: &mut Vec<Pending>,
-    ) -> anyhow::Result<()> {
-        for (raw, decoded) in items(relations, message) {
-            *seq += 1;
-            let position = Position { commit, lsn: 0, seq: *seq };
-            if self.checkpoint.position.is_some_and(|c| position <= c) {
-                self.report.stream.skipped_replayed += 1;
-                continue;
-            }
-            let item = match decoded {
-                Decoded::Ready(item) => item,
-                Decoded::Reread(id) => match self.reread.current(self.settings, id, Some(xid)).await? {
-                    Some(item) => {
-                        self.report.toast_rereads += 1;
-                        item
-                    }
-                    // Deleted since: its delete follows in the stream.
-                    None => continue,
-                },
-            };
-            out.push(Pending { raw, position: Some(position), item });
-        }
-        Ok(())
-    }
-
-    async fn apply(&mut self, items: &mut Vec<Pending>, source_commit_micros: Option<i64>) -> anyhow::Result<bool> {
-        flush(
-            self.settings,
-            &mut self.transformer,
-            self.target.as_mut(),
-            items,
-            &mut self.checkpoint,
-            &mut self.report.stream,
-            source_commit_micros,
-        )
-        .await
-    }
-
-    async fn reconnect(&mut self) -> anyhow::Result<Option<Position>> {
-        self.target = engines::open_change_target(self.settings).await?;
-        self.checkpoint = self.target.change_checkpoint(&self.settings.pipeline).await?;
-        // Its source connection may be gone with the stream's.
-        self.reread = super::reread::Reread::default();
-        Ok(self.checkpoint.position)
-    }
-
-    fn report(&mut self) -> &mut SyncReport {
-        &mut self.report
     }
 }
 
@@ -549,163 +413,3 @@ pub async fn teardown(settings: &Settings, options: &SyncOptions) -> anyhow::Res
 /// How long a stopping `sync` waits for its last acknowledgement to be
 /// written to the server.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
-
-/// The changes in one pgoutput message, each with a description kept in its
-/// dead letter if it is not applied.
-/// A decoded change: ready to apply, or an update that lacks an unchanged
-/// TOASTed value, to be completed by reading the row from the source.
-enum Decoded {
-    Ready(Item),
-    Reread(i64),
-}
-
-fn items(relations: &Relations, message: Message) -> Vec<(String, Decoded)> {
-    let describe = |what: &str, id: Option<i64>| {
-        format!("{{\"pgoutput\":\"{what}\",\"id\":{}}}", id.map_or("null".into(), |i| i.to_string()))
-    };
-    let row = |relation: u32, tuple: &[pgoutput::Datum], what: &str| -> (String, Decoded) {
-        match relations.legacy_user(relation, tuple) {
-            Ok(user) => (describe(what, Some(user.id)), Decoded::Ready(Item::Op(ChangeOp::Upsert(user)))),
-            Err(problem) => {
-                let key = relations.key(relation, tuple).ok();
-                match (problem, key) {
-                    (RowProblem::Unchanged(_), Some(id)) => (describe(what, key), Decoded::Reread(id)),
-                    (RowProblem::Unchanged(column), None) => (
-                        describe(what, key),
-                        Decoded::Ready(Item::Reject {
-                            key,
-                            reason: format!(
-                                "column `{column}` is an unchanged TOASTed value and the key is unreadable"
-                            ),
-                        }),
-                    ),
-                    (RowProblem::Invalid(reason), _) => {
-                        (describe(what, key), Decoded::Ready(Item::Reject { key, reason }))
-                    }
-                }
-            }
-        }
-    };
-    match message {
-        Message::Insert { relation, new } => vec![row(relation, &new, "insert")],
-        Message::Update { relation, old, new } => {
-            let mut out = Vec::new();
-            // A key change: the old key's row goes, the new one comes.
-            let old_id = old.as_ref().and_then(|(_, old)| relations.key(relation, old).ok());
-            if let (Some(old_id), Ok(new_id)) = (old_id, relations.key(relation, &new))
-                && old_id != new_id
-            {
-                out.push((
-                    describe("update (old key)", Some(old_id)),
-                    Decoded::Ready(Item::Op(ChangeOp::Delete { id: old_id, before: None })),
-                ));
-            }
-            // Unchanged TOASTed values: with REPLICA IDENTITY FULL the old
-            // row carries them.
-            let mut new = new;
-            if let Some((false, full_old)) = &old {
-                for (value, previous) in new.iter_mut().zip(full_old) {
-                    if *value == pgoutput::Datum::Unchanged {
-                        *value = previous.clone();
-                    }
-                }
-            }
-            out.push(row(relation, &new, "update"));
-            out
-        }
-        Message::Delete { relation, key_only, old } => match relations.key(relation, &old) {
-            Ok(id) => {
-                let before = if key_only { None } else { relations.legacy_user(relation, &old).ok() };
-                vec![(describe("delete", Some(id)), Decoded::Ready(Item::Op(ChangeOp::Delete { id, before })))]
-            }
-            Err(RowProblem::Invalid(reason) | RowProblem::Unchanged(reason)) => {
-                vec![(describe("delete", None), Decoded::Ready(Item::Reject { key: None, reason }))]
-            }
-        },
-        Message::Truncate { .. } => vec![(describe("truncate", None), Decoded::Ready(Item::Op(ChangeOp::Truncate)))],
-        _ => Vec::new(),
-    }
-}
-
-/// Loads the table in key-range chunks, each committed with its key as the
-/// snapshot checkpoint; marks the snapshot done at the end.
-#[allow(clippy::too_many_arguments)]
-async fn initial_load(
-    settings: &Settings,
-    options: &SyncOptions,
-    source: &mut crate::postgres::PgSource,
-    snapshot: Option<&str>,
-    transformer: &mut crate::plugin::Transformer,
-    target: &mut dyn engines::ChangeTarget,
-    checkpoint: &mut ChangeCheckpoint,
-    report: &mut SyncReport,
-) -> anyhow::Result<()> {
-    source.begin_snapshot(snapshot).await?;
-    let mut after = checkpoint.snapshot_key;
-    let remaining = source.count_after(after).await?;
-    let total_chunks = remaining.div_ceil(options.chunk_rows as u64);
-    let mut chunk = 0u64;
-    loop {
-        let batch = source.read_after(after, options.chunk_rows).await?;
-        if batch.is_empty() {
-            break;
-        }
-        after = batch.last_key;
-        let rows = batch.rows;
-        let count = rows.len() as u64 + batch.unreadable.len() as u64;
-        let (rows, outcomes) = tokio::task::block_in_place(|| transformer.transform_batch(rows))?;
-        let mut change = ChangeBatch {
-            pipeline: settings.pipeline.clone(),
-            previous: *checkpoint,
-            next: ChangeCheckpoint { snapshot_key: after, ..*checkpoint },
-            snapshot_chunks: Some((chunk + 1, total_chunks.max(chunk + 1))),
-            plugin_sha256: transformer.plugin().sha256().to_string(),
-            ..Default::default()
-        };
-        for (row, outcome) in rows.iter().zip(outcomes) {
-            let dead = |reason: String, kind| super::apply::ChangeDeadLetter {
-                dedup_key: format!("snapshot-key:{}", row.id),
-                source_key: Some(row.id),
-                event: row.to_json(),
-                kind,
-                reason,
-            };
-            match outcome {
-                Outcome::Row(new) => {
-                    change.ops.push(TargetOp::Upsert(new));
-                    change.origins.push(super::apply::OpOrigin {
-                        position: None,
-                        source_key: Some(row.id),
-                        event: format!("{{\"initial load\":true,\"id\":{}}}", row.id),
-                    });
-                }
-                Outcome::Rejected(reason) => change.dead.push(dead(reason, DeadLetterKind::Reject)),
-                Outcome::Trapped(reason) => change.dead.push(dead(reason, DeadLetterKind::Trap)),
-                Outcome::Fatal(reason) => {
-                    anyhow::bail!("plugin fatal on source row {} during the initial load: {reason}", row.id)
-                }
-            }
-        }
-        let refused = target.apply_changes(&change).await?;
-        *checkpoint = change.next;
-        // The load's dead letters count like the stream's (exit code 4).
-        report.stream.dead_lettered += change.dead.len() as u64 + refused.upserts;
-        metrics::counter!(crate::daemon::names::SNAPSHOT_ROWS).increment(count);
-        crate::daemon::health().beat("snapshot");
-        report.snapshot_rows += count;
-        report.snapshot_chunks += 1;
-        chunk += 1;
-    }
-    source.end_snapshot().await?;
-    let done = ChangeBatch {
-        pipeline: settings.pipeline.clone(),
-        previous: *checkpoint,
-        next: ChangeCheckpoint { snapshot_done: true, ..*checkpoint },
-        plugin_sha256: transformer.plugin().sha256().to_string(),
-        ..Default::default()
-    };
-    target.apply_changes(&done).await?;
-    *checkpoint = done.next;
-    tracing::info!(rows = report.snapshot_rows, chunks = report.snapshot_chunks, "initial load done");
-    Ok(())
-}

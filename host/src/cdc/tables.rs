@@ -27,6 +27,7 @@ use crate::db::Engine;
 use crate::engines::{self, RowTarget};
 use crate::keyset::{Key, Row};
 use crate::migrate::{Ending, MigrateOptions};
+use crate::config::OnReject;
 use crate::model::DeadLetterKind;
 use crate::plugin::{RowOutcome, TableTransformer};
 use crate::position::Position;
@@ -99,7 +100,7 @@ async fn open_stream(
     selection: &TableSelection,
 ) -> anyhow::Result<(Plan, Box<dyn RowTarget>, Option<Position>, SyncReport, Swapper)> {
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
-    let mut target = engines::open_row_target(&settings.target.url).await?;
+    let mut target = engines::open_row_target(settings).await?;
     target.ensure_control_tables().await?;
     target.ensure_stream_tables().await?;
     let mut plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
@@ -583,16 +584,12 @@ impl Applier for TablesApplier<'_> {
                 Op::Delete { key } if copy => write(self.outputs[t][0], RowChange::Delete(key)),
                 Op::Upsert { update, .. } => {
                     let outcome = outcomes.get_mut(&t).and_then(Iterator::next).expect("one outcome per upsert");
-                    let rows = match outcome {
-                        RowOutcome::Rows(rows) => rows,
+                    let (refused, rows) = match outcome {
+                        RowOutcome::Rows(rows) => (None, rows),
                         RowOutcome::Rejected(reason) => {
-                            batch.dead.push(dead(DeadLetterKind::Reject, format!("plugin rejected the row: {reason}")));
-                            continue;
+                            (Some((DeadLetterKind::Reject, format!("plugin rejected the row: {reason}"))), Vec::new())
                         }
-                        RowOutcome::Trapped(reason) => {
-                            batch.dead.push(dead(DeadLetterKind::Trap, reason));
-                            continue;
-                        }
+                        RowOutcome::Trapped(reason) => (Some((DeadLetterKind::Trap, reason)), Vec::new()),
                         RowOutcome::Fatal(reason) => {
                             self.report.stream.fatal = Some(format!(
                                 "plugin {} fatal on row {} of {}: {reason}",
@@ -601,6 +598,22 @@ impl Applier for TablesApplier<'_> {
                                 item.label
                             ));
                             return Ok(false);
+                        }
+                    };
+                    let rows = match refused {
+                        None => rows,
+                        Some((kind, reason)) => {
+                            batch.dead.push(dead(kind, reason));
+                            // The last good version stays (explained by this
+                            // dead letter) or goes, as `target.on_reject` says.
+                            if update && self.settings.on_reject == OnReject::Delete {
+                                match self.plugin_keys(t, &item, &mut batch.dead)? {
+                                    Some(keys) => keys.into_iter().for_each(|(o, key)| write(o, RowChange::Delete(key))),
+                                    None if self.report.stream.fatal.is_some() => return Ok(false),
+                                    None => {}
+                                }
+                            }
+                            continue;
                         }
                     };
                     let mut placed = Vec::with_capacity(rows.len());
@@ -679,7 +692,7 @@ impl Applier for TablesApplier<'_> {
     }
 
     async fn reconnect(&mut self) -> anyhow::Result<Option<Position>> {
-        self.target = engines::open_row_target(&self.settings.target.url).await?;
+        self.target = engines::open_row_target(self.settings).await?;
         // Its source connection may be gone with the stream's.
         self.reread = None;
         self.position = self.target.stream_position(&self.settings.pipeline).await?;

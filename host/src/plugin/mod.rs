@@ -110,13 +110,16 @@ impl std::fmt::Debug for Plugin {
 }
 
 /// How to load a plugin.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     pub limits: Limits,
     /// Expected SHA-256 (hex) of the `.wasm`; a mismatch is an error.
     pub pinned_sha256: Option<String>,
     /// Where compiled code is cached between runs (None: no cache).
     pub cache_dir: Option<PathBuf>,
+    /// The table a `transform-user` plugin's `new-user` rows go to (default:
+    /// the source table's name). A `transform-row` plugin names its own.
+    pub output_table: Option<String>,
 }
 
 /// The SHA-256 of a file's bytes, lowercase hex.

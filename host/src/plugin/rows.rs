@@ -445,7 +445,8 @@ pub(crate) fn value_from_wit(value: wit::Value) -> Value {
 #[derive(Debug, Clone)]
 pub enum TablePlugin {
     Row(Arc<RowPlugin>),
-    User(Arc<super::Plugin>),
+    /// With the table its rows go to (`LoadOptions::output_table`).
+    User(Arc<super::Plugin>, Option<String>),
 }
 
 impl TablePlugin {
@@ -454,7 +455,7 @@ impl TablePlugin {
         match RowPlugin::load(path, options) {
             Ok(p) => Ok(TablePlugin::Row(p)),
             Err(PluginError::WrongRowWorld { exports, .. }) => match super::Plugin::load(path, options) {
-                Ok(p) => Ok(TablePlugin::User(p)),
+                Ok(p) => Ok(TablePlugin::User(p, options.output_table.clone())),
                 Err(PluginError::WrongWorld { .. }) => Err(PluginError::WrongRowWorld { path: path.into(), exports }),
                 Err(e) => Err(e),
             },
@@ -465,7 +466,7 @@ impl TablePlugin {
     pub fn sha256(&self) -> &str {
         match self {
             TablePlugin::Row(p) => p.sha256(),
-            TablePlugin::User(p) => p.sha256(),
+            TablePlugin::User(p, _) => p.sha256(),
         }
     }
 
@@ -473,14 +474,14 @@ impl TablePlugin {
     pub fn path(&self) -> &Path {
         match self {
             TablePlugin::Row(p) => p.path(),
-            TablePlugin::User(p) => p.path(),
+            TablePlugin::User(p, _) => p.path(),
         }
     }
 
     pub fn facts(&self) -> &super::Facts {
         match self {
             TablePlugin::Row(p) => &p.facts,
-            TablePlugin::User(p) => p.facts(),
+            TablePlugin::User(p, _) => p.facts(),
         }
     }
 
@@ -488,7 +489,7 @@ impl TablePlugin {
     pub fn interface(&self) -> &'static str {
         match self {
             TablePlugin::Row(_) => wit::INTERFACE,
-            TablePlugin::User(_) => super::INTERFACE,
+            TablePlugin::User(..) => super::INTERFACE,
         }
     }
 
@@ -516,9 +517,11 @@ impl TablePlugin {
     pub fn instantiate(&self) -> Result<TableTransformer, PluginError> {
         Ok(match self {
             TablePlugin::Row(p) => TableTransformer::Row(p.instantiate()?),
-            TablePlugin::User(p) => {
-                TableTransformer::User { inner: p.instantiate()?, positions: None, output: String::new() }
-            }
+            TablePlugin::User(p, output) => TableTransformer::User {
+                inner: p.instantiate()?,
+                positions: None,
+                output: output.clone().unwrap_or_default(),
+            },
         })
     }
 }
@@ -579,7 +582,9 @@ impl TableTransformer {
                     })?;
                 }
                 *positions = Some(found);
-                *output = source.name.name.clone();
+                if output.is_empty() {
+                    *output = source.name.name.clone();
+                }
                 Ok(vec![new_user_table(TableName { schema: None, name: output.clone() })])
             }
         }

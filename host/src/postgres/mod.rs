@@ -1,19 +1,13 @@
 //! PostgreSQL: the source and the target (sink, control store, reader).
 
 mod binary;
-mod changes;
 pub(crate) mod control;
-mod copy;
 mod deployments;
 pub mod replication;
-mod source;
 mod stream;
 mod tables;
-mod target;
 
-pub use source::PgSource;
 pub use tables::PgTables;
-pub use target::PgTarget;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,9 +16,8 @@ use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
 
-use crate::db::{DbUrl, TableName};
+use crate::db::DbUrl;
 use crate::error::{Error, ErrorKind};
-use crate::shape::{Column, TableShape};
 use crate::tls::{FixParam, PgTls, SslMode, Transport};
 
 /// How long to wait for a connection before saying the server is unreachable.
@@ -196,36 +189,6 @@ pub fn describe_error(e: &sqlx::Error) -> String {
     }
 }
 
-/// Reads a table's columns and primary key from the catalogs; `None` if the
-/// table does not exist. An unqualified name is resolved by `search_path`.
-pub(crate) async fn table_shape(conn: &mut PgConnection, table: &TableName) -> anyhow::Result<Option<TableShape>> {
-    let oid: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::int8")
-        .bind(table.quoted())
-        .fetch_one(&mut *conn)
-        .await
-        .with_context(|| format!("looking up table {table}"))?;
-    let Some(oid) = oid else { return Ok(None) };
-    let columns: Vec<(String, String, bool)> = sqlx::query_as(
-        "SELECT a.attname::text, format_type(a.atttypid, NULL), NOT a.attnotnull \
-         FROM pg_attribute a WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-    )
-    .bind(oid)
-    .fetch_all(&mut *conn)
-    .await?;
-    let primary_key: Vec<String> = sqlx::query_scalar(
-        "SELECT a.attname::text FROM pg_index i \
-         JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true \
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-         WHERE i.indrelid = $1::int8::oid AND i.indisprimary ORDER BY k.ord",
-    )
-    .bind(oid)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(Some(TableShape {
-        columns: columns.into_iter().map(|(name, data_type, nullable)| Column { name, data_type, nullable }).collect(),
-        primary_key,
-    }))
-}
 
 /// Waits (up to a few seconds) until transaction `xid` is visible to new
 /// snapshots on `conn`. Logical decoding sends a transaction once its
@@ -251,4 +214,14 @@ pub(crate) async fn wait_visible(conn: &mut PgConnection, xid: u32) -> anyhow::R
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// Whether the database refused rows for what they hold (so another subset
+/// of the batch may load): a data exception (class 22: a NUL byte, a value
+/// too long, a malformed value) or an integrity violation (class 23: NOT
+/// NULL, CHECK, foreign key, a unique index). A primary-key conflict under
+/// `on_conflict = error` is not: that policy stops the run.
+pub(crate) fn refuses_rows(e: &sqlx::Error, policy: crate::config::OnConflict) -> bool {
+    let Some(code) = e.as_database_error().and_then(|db| db.code()) else { return false };
+    code.starts_with("22") || (code.starts_with("23") && !(code == "23505" && policy == crate::config::OnConflict::Error))
 }

@@ -11,7 +11,7 @@ use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 use super::tables::{PgTables, literal};
-use super::target::refuses_rows;
+use super::refuses_rows;
 use crate::config::OnConflict;
 use crate::db::quote_ident;
 use crate::error::Error;
@@ -23,6 +23,57 @@ use crate::value::write_pg_text;
 
 /// Rows per INSERT or DELETE statement.
 const STATEMENT_ROWS: usize = 1000;
+
+const CHANGE_DDL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS ferry;
+CREATE TABLE IF NOT EXISTS ferry.change_checkpoints (
+    pipeline      text PRIMARY KEY,
+    commit_lsn    bigint,
+    lsn           bigint,
+    seq           integer,
+    streaming     boolean NOT NULL DEFAULT false,
+    applied       bigint NOT NULL DEFAULT 0,
+    dead_lettered bigint NOT NULL DEFAULT 0,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_key bigint;
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_done boolean NOT NULL DEFAULT false;
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS plugin_sha256 text;
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS source_commit_at timestamptz;
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS first_applied_at timestamptz;
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_chunk bigint;
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_chunks bigint;
+CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
+    id            bigserial PRIMARY KEY,
+    pipeline      text NOT NULL,
+    dedup_key     text NOT NULL,
+    source_key    text,
+    event         text NOT NULL,
+    reason        text NOT NULL,
+    plugin_sha256 text NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (pipeline, dedup_key)
+);
+ALTER TABLE ferry.change_dead_letters ADD COLUMN IF NOT EXISTS kind text;
+ALTER TABLE ferry.change_dead_letters ADD COLUMN IF NOT EXISTS source_table text;
+"#;
+
+/// Advisory lock serialising this DDL across processes.
+const DDL_LOCK: i64 = 0x6665_7272_7900_0002;
+
+/// Creates the change-stream control tables if missing (any pipeline kind).
+pub(super) async fn ensure_change_tables(conn: &mut PgConnection) -> anyhow::Result<()> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DDL_LOCK).execute(&mut *tx).await?;
+    for statement in crate::db::ddl_statements(CHANGE_DDL) {
+        sqlx::query(statement)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| crate::error::Error::driver("creating the change-stream control tables", &e))?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
 
 type Stored = (Option<i64>, Option<i64>, Option<i32>);
 
@@ -174,7 +225,7 @@ async fn apply_writes(
 #[async_trait]
 impl RowChangeSink for PgTables {
     async fn ensure_stream_tables(&mut self) -> anyhow::Result<()> {
-        super::changes::ensure_change_tables(&mut self.conn).await
+        ensure_change_tables(&mut self.conn).await
     }
 
     async fn stream_position(&mut self, pipeline: &str) -> anyhow::Result<Option<Position>> {

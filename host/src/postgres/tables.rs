@@ -11,7 +11,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 
 use super::binary::{self, Wire};
-use super::target::refuses_rows;
+use super::refuses_rows;
 use crate::config::OnConflict;
 use crate::db::{DbUrl, Engine, TableName, quote_ident};
 use crate::error::Error;
@@ -31,6 +31,9 @@ pub struct PgTables {
     /// Each table's columns and their base types (`pg_type.typname` after
     /// domains), from its catalog: what binary COPY may be used for.
     base_types: std::collections::HashMap<String, Vec<(String, String)>>,
+    /// COPY in text format only (`target.load_method = "copy-text"`: a
+    /// PostgreSQL-compatible server without binary COPY).
+    pub text_only: bool,
 }
 
 impl super::control::PgConn for PgTables {
@@ -111,8 +114,8 @@ impl PgTables {
     }
 
     /// `role` is "source" or "target" (for messages). Targets commit
-    /// batches asynchronously, as [`super::PgTarget`] does: a batch and its
-    /// checkpoint are lost or kept together.
+    /// batches asynchronously: a batch and its checkpoint are lost or kept
+    /// together.
     pub async fn connect(url: &DbUrl, role: &str) -> anyhow::Result<PgTables> {
         let mut settings: Vec<(&str, &str)> = crate::value::PG_SESSION.to_vec();
         settings.push(("standard_conforming_strings", "on"));
@@ -120,7 +123,7 @@ impl PgTables {
             settings.push(("synchronous_commit", "off"));
         }
         let conn = super::connect_with(url, role, &settings).await?;
-        Ok(PgTables { conn, url: url.clone(), buf: String::new(), base_types: Default::default() })
+        Ok(PgTables { conn, url: url.clone(), buf: String::new(), base_types: Default::default(), text_only: false })
     }
 
     fn err(&self, what: String, e: &sqlx::Error) -> anyhow::Error {
@@ -178,7 +181,7 @@ impl PgTables {
     /// scalar and of the kinds their actual types have (a definition read
     /// with another table's kinds, as validation reads a target, is not).
     async fn binary_readable(&mut self, table: &TableDef) -> anyhow::Result<bool> {
-        if !binary::readable(table) {
+        if self.text_only || !binary::readable(table) {
             return Ok(false);
         }
         let types = self.base_types(table).await?;
@@ -191,6 +194,9 @@ impl PgTables {
     /// The binary wire forms of `table`'s columns in the target (`None`
     /// when one has no binary form ferry writes).
     async fn wires(&mut self, table: &TableDef) -> anyhow::Result<Option<Vec<Wire>>> {
+        if self.text_only {
+            return Ok(None);
+        }
         let types = self.base_types(table).await?;
         Ok(table
             .columns

@@ -2,24 +2,19 @@
 
 pub(crate) mod control;
 mod deployments;
-mod source;
 mod stream;
 mod tables;
-mod target;
 
-pub use source::SqliteSource;
 pub use tables::SqliteTables;
-pub use target::SqliteTarget;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Row};
+use sqlx::ConnectOptions;
 
-use crate::db::{DbUrl, TableName};
-use crate::shape::{Column, TableShape};
+use crate::db::DbUrl;
 
 /// Opens a database file. The source is opened read-only (ferry never
 /// writes the legacy database); the target is created if missing and put in
@@ -50,35 +45,20 @@ pub async fn connect(url: &DbUrl, role: &str, writable: bool) -> anyhow::Result<
     })
 }
 
-/// SQLite has one namespace per attached database; `main.users` and `users`
-/// are the same table.
-pub(crate) fn table_sql(table: &TableName) -> String {
-    table.quoted()
-}
 
-/// Columns and primary key from `PRAGMA table_info`; `None` if no such table.
-pub(crate) async fn table_shape(conn: &mut SqliteConnection, table: &TableName) -> anyhow::Result<Option<TableShape>> {
-    let schema = table.schema.as_deref().unwrap_or("main");
-    let sql = format!("PRAGMA {}.table_info({})", crate::db::quote_ident(schema), crate::db::quote_ident(&table.name));
-    let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql))
-        .fetch_all(&mut *conn)
-        .await
-        .with_context(|| format!("looking up table {table}"))?;
-    if rows.is_empty() {
-        return Ok(None);
+
+/// Whether SQLite refused rows for what they hold (so the other rows of the
+/// batch may load): NOT NULL, CHECK, a foreign key, a STRICT column's type,
+/// or a unique index other than a key conflict under `on_conflict = error`
+/// (that policy stops the run).
+pub(crate) fn refuses_rows(e: &sqlx::Error, policy: crate::config::OnConflict) -> bool {
+    let Some(db) = e.as_database_error() else { return false };
+    match db.kind() {
+        sqlx::error::ErrorKind::NotNullViolation
+        | sqlx::error::ErrorKind::CheckViolation
+        | sqlx::error::ErrorKind::ForeignKeyViolation => true,
+        sqlx::error::ErrorKind::UniqueViolation => policy != crate::config::OnConflict::Error,
+        // SQLITE_CONSTRAINT_DATATYPE: a value of the wrong type in a STRICT table.
+        _ => db.code().as_deref() == Some("3091"),
     }
-    let mut columns = Vec::new();
-    let mut key: Vec<(i64, String)> = Vec::new();
-    for row in rows {
-        let name: String = row.try_get("name")?;
-        let data_type: String = row.try_get("type")?;
-        let notnull: i64 = row.try_get("notnull")?;
-        let pk: i64 = row.try_get("pk")?;
-        if pk > 0 {
-            key.push((pk, name.clone()));
-        }
-        columns.push(Column { name, data_type: data_type.to_ascii_lowercase(), nullable: notnull == 0 });
-    }
-    key.sort();
-    Ok(Some(TableShape { columns, primary_key: key.into_iter().map(|(_, n)| n).collect() }))
 }

@@ -7,7 +7,7 @@ use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, TypeInfo, ValueRef};
 
 use super::connect;
-use super::target::refuses_rows;
+use super::refuses_rows;
 use crate::config::OnConflict;
 use crate::db::{DbUrl, Engine, TableName, quote_ident};
 use crate::error::Error;

@@ -358,6 +358,8 @@ pub struct TableReport {
     pub skipped: u64,
     pub filtered: u64,
     pub dead_lettered: u64,
+    /// The plugin that ran the table at the end (`None`: copied as it is).
+    pub plugin_sha256: Option<String>,
     /// `source_rows == loaded + skipped + filtered + dead_lettered`.
     pub accounted: bool,
 }
@@ -402,7 +404,7 @@ pub async fn migrate_in_snapshot(
 ) -> anyhow::Result<TablesReport> {
     let started = Instant::now();
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
-    let mut target = engines::open_row_target(&settings.target.url).await?;
+    let mut target = engines::open_row_target(settings).await?;
     target.ensure_control_tables().await?;
     let mut plan = plan(settings, selection, source.as_mut(), target.as_mut()).await?;
     // A version deployed into this pipeline (`ferry plugin deploy`) is the
@@ -463,7 +465,15 @@ pub async fn migrate_in_snapshot(
 
     let started_tables: HashMap<String, TableProgress> =
         target.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
-    let outcome = copy_tables(settings, &plan, &run, started_tables, snapshot, stop.clone()).await;
+    // Rows of every table, and those earlier attempts of the run committed.
+    let bar = options.progress.then(|| {
+        let done = started_tables.values().map(|p| p.stats.extracted).sum();
+        crate::migrate::progress_bar(counts.values().sum(), done)
+    });
+    let outcome = copy_tables(settings, &plan, &run, started_tables, snapshot, stop.clone(), bar.clone()).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     let progress = target.table_progress(&run.run_id).await?;
     let stored = target.latest_run(&settings.pipeline).await?.filter(|r| r.run_id == run.run_id).unwrap_or(run.clone());
     match outcome {
@@ -593,6 +603,7 @@ fn report(
             skipped: s.skipped,
             filtered: f,
             dead_lettered: s.dead_lettered,
+            plugin_sha256: table.plugin.as_ref().map(|p| p.sha256().to_string()),
             accounted: source_rows == s.loaded + s.skipped + f + s.dead_lettered,
         });
     }
@@ -643,6 +654,7 @@ async fn copy_tables(
     progress: HashMap<String, TableProgress>,
     snapshot: Option<&str>,
     stop: Arc<AtomicBool>,
+    bar: Option<indicatif::ProgressBar>,
 ) -> anyhow::Result<u64> {
     let n = plan.tables.len();
     let position = |name: &TableName| plan.tables.iter().position(|t| &t.source.name == name);
@@ -684,9 +696,10 @@ async fn copy_tables(
         let settings = settings.clone();
         let progress = progress.clone();
         let snapshot = snapshot.map(str::to_string);
+        let bar = bar.clone();
         tasks.spawn(async move {
             let mut rows = 0u64;
-            let mut target = engines::open_row_target(&settings.target.url).await?;
+            let mut target = engines::open_row_target(&settings).await?;
             loop {
                 if stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                     return Ok(rows);
@@ -753,6 +766,7 @@ async fn copy_tables(
                     order,
                     &stop,
                     policy,
+                    bar.as_ref(),
                 )
                 .await;
                 match result {
@@ -918,6 +932,7 @@ async fn copy_table(
     order: ReadOrder,
     stop: &Arc<AtomicBool>,
     policy: OnConflict,
+    bar: Option<&indicatif::ProgressBar>,
 ) -> anyhow::Result<(u64, bool)> {
     let table = &plan.tables[index];
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
@@ -1011,7 +1026,7 @@ async fn copy_table(
         None => None,
         Some(_) => Some(SwapStage {
             swapper: crate::swap::Swapper::for_table(settings, plan, index),
-            store: engines::open_row_target(&settings.target.url).await?,
+            store: engines::open_row_target(settings).await?,
             plan: plan.clone(),
             index,
         }),
@@ -1036,6 +1051,9 @@ async fn copy_table(
         }
         target.commit_rows(&batch, policy).await?;
         rows += batch.extracted;
+        if let Some(bar) = bar {
+            bar.inc(batch.extracted);
+        }
     }
     drop(ready);
     preparer.await.context("the transform task panicked")?;

@@ -81,7 +81,7 @@ pub async fn replay(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<ReplayReport> {
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
-    let mut target = engines::open_row_target(&settings.target.url).await?;
+    let mut target = engines::open_row_target(settings).await?;
     let run = crate::tables::completed_run(settings, target.as_mut(), "replaying its dead letters").await?;
     let plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
     let named = |name: &crate::db::TableName| only.is_none_or(|t| name.to_string() == t || name.name == t);
@@ -94,9 +94,8 @@ pub async fn replay(
             let options =
                 selection.tables.iter().find_map(|s| s.plugin.as_ref().map(|p| p.options.clone())).unwrap_or_else(
                     || crate::plugin::LoadOptions {
-                        limits: Default::default(),
-                        pinned_sha256: None,
                         cache_dir: crate::settings::default_cache_dir(),
+                        ..Default::default()
                     },
                 );
             let options = crate::plugin::LoadOptions { pinned_sha256: None, ..options };

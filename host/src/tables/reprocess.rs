@@ -66,7 +66,7 @@ pub async fn reprocess(
 ) -> anyhow::Result<ReprocessReport> {
     let spec = selection.plugin_table(only).map_err(|e| Error::raise(ErrorKind::Config, e))?;
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
-    let mut target = engines::open_row_target(&settings.target.url).await?;
+    let mut target = engines::open_row_target(settings).await?;
     let run = crate::tables::completed_run(settings, target.as_mut(), "reprocessing its rows").await?;
     let mut plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
     // The version running the table now is the one a deployment made live.

@@ -106,7 +106,7 @@ pub async fn validate(
 ) -> anyhow::Result<TablesValidation> {
     let started = Instant::now();
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
-    let mut target = engines::open_row_target(&settings.target.url).await?;
+    let mut target = engines::open_row_target(settings).await?;
     let plan = super::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
     let run = target.latest_run(&settings.pipeline).await?;
     let dead: Vec<crate::control::DeadLetterRecord> = match &run {
@@ -675,7 +675,7 @@ async fn load_version(
     deployments: &[crate::deployments::Deployment],
     what: &str,
 ) -> anyhow::Result<crate::plugin::TablePlugin> {
-    let spec = settings.tables.as_ref().and_then(|s| s.spec(&table.source.name)).and_then(|s| s.plugin.as_ref());
+    let spec = settings.tables.spec(&table.source.name).and_then(|s| s.plugin.as_ref());
     let Some(spec) = spec else { anyhow::bail!("table {} has no plugin settings", table.source.name) };
     let mut options = spec.options.clone();
     options.pinned_sha256 = Some(sha.to_string());
