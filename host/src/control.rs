@@ -105,10 +105,6 @@ pub trait ControlStore: Send {
     async fn set_status(&mut self, run_id: &str, status: RunStatus, message: Option<&str>) -> anyhow::Result<()>;
     /// Dead letters of a run (all when `limit` is None), oldest first.
     async fn dead_letters(&mut self, run_id: &str, limit: Option<usize>) -> anyhow::Result<Vec<DeadLetterRecord>>;
-    /// The source keys of a run's dead letters of one kind (no rows read).
-    async fn dead_letter_keys(&mut self, run_id: &str, kind: &str) -> anyhow::Result<Vec<String>>;
-    /// The plugin hashes that produced a run's batches.
-    async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>>;
 }
 
 /// Reads a `runs` row (same columns in every engine's control tables).

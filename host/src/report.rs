@@ -261,12 +261,22 @@ pub fn tables_validation(r: &crate::tables::validate::TablesValidation) -> Strin
     let differing: Vec<_> = r.tables.iter().flat_map(|l| l.differences.iter().map(move |d| (l, d))).collect();
     if !differing.is_empty() {
         let mut d = table(&["table", "key", "difference", "columns"]);
+        let null = |v: &Option<String>| v.as_deref().map_or_else(|| "NULL".to_string(), |v| format!("{v:?}"));
         for (line, diff) in differing {
+            let columns = match diff.values.is_empty() {
+                true => diff.columns.join(", "),
+                false => diff
+                    .values
+                    .iter()
+                    .map(|v| format!("{}: expected {}, found {}", v.column, null(&v.expected), null(&v.actual)))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            };
             d.add_row(vec![
                 Cell::new(&line.table),
                 Cell::new(truncate(&diff.key, 60)),
                 Cell::new(diff.kind),
-                Cell::new(truncate(&diff.columns.join(", "), 100)),
+                Cell::new(truncate(&columns, 200)),
             ]);
         }
         out.push_str(&format!("\n{d}"));

@@ -2,19 +2,21 @@
 
 use crate::support::*;
 
-fn level<'a>(report: &'a serde_json::Value, name: &str) -> &'a str {
+fn item<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     report["items"]
         .as_array()
         .unwrap()
         .iter()
         .find(|i| i["name"] == name)
-        .unwrap_or_else(|| panic!("no check named {name} in {report}"))["level"]
-        .as_str()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no check named {name} in {report}"))
+}
+
+fn level<'a>(report: &'a serde_json::Value, name: &str) -> &'a str {
+    item(report, name)["level"].as_str().unwrap()
 }
 
 #[tokio::test]
-async fn check_passes_on_a_ready_pipeline_and_warns_about_nulls() {
+async fn check_passes_on_a_ready_pipeline_and_runs_the_plugin_on_a_sample() {
     let (source, target) = (PgDb::new("src").await, PgDb::new("dst").await);
     seed_pg_legacy(&source, 100).await;
     source.exec("UPDATE users SET name = NULL WHERE id = 3").await;
@@ -23,21 +25,19 @@ async fn check_passes_on_a_ready_pipeline_and_warns_about_nulls() {
     let run = p.ferry(&["check", "--json"]);
     assert_eq!(run.code, 0, "{run:?}");
     let r = run.json();
-    for name in [
-        "source connectivity",
-        "source table",
-        "source rows",
-        "source keys",
-        "target connectivity",
-        "target table",
-        "target privileges",
-    ] {
+    for name in ["source connectivity", "target connectivity", "table public.users", "previous run"] {
         assert_eq!(level(&r, name), "ok", "{name}: {r}");
     }
-    assert_eq!(level(&r, "source NULLs"), "warn");
-    assert_eq!(level(&r, "plugin"), "warn", "unpinned plugin");
+    assert_eq!(level(&r, "plugin public.users"), "warn", "unpinned plugin");
+    // The plugin itself says which rows it would refuse: 2 invalid JSON
+    // documents (ids 50, 100) and the NULL name.
+    let sample = item(&r, "sample public.users");
+    assert_eq!(sample["level"], "warn", "{r}");
+    let detail = sample["detail"].as_str().unwrap();
+    assert!(detail.starts_with("3 of the first 100 rows would be dead letters"), "{detail}");
+    assert!(detail.contains("2 × metadata is not valid JSON") && detail.contains("name"), "{detail}");
     let text = p.ferry(&["check"]);
-    assert!(text.stdout.contains("1 NULL name"), "{text:?}");
+    assert!(text.stdout.contains("would be dead letters"), "{text:?}");
 }
 
 #[tokio::test]
@@ -50,8 +50,19 @@ async fn check_fails_with_reasons_and_a_nonzero_exit() {
     assert_eq!(run.code, 3, "{run:?}");
     let r = run.json();
     assert_eq!(r["ok"], false);
-    assert_eq!(level(&r, "plugin"), "fail");
-    assert_eq!(level(&r, "source table"), "fail", "no primary key");
-    assert_eq!(level(&r, "source keys"), "fail", "duplicate ids");
-    assert_eq!(level(&r, "target table"), "fail", "missing target table");
+    let tables = item(&r, "tables");
+    assert_eq!(tables["level"], "fail");
+    let detail = tables["detail"].as_str().unwrap();
+    assert!(detail.contains("has no primary key"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_plugin_of_the_wrong_world_fails_the_check() {
+    let (source, target) = (PgDb::new("src").await, PgDb::new("dst").await);
+    seed_pg_legacy(&source, 10).await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().wrong_world, "");
+    let run = p.ferry(&["check", "--json"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    let detail = item(&run.json(), "tables")["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("transform-row") || detail.contains("world"), "{detail}");
 }

@@ -153,6 +153,6 @@ async fn a_throwaway_cluster_has_logical_wal() {
         &crate::support::plugins().transform_user,
         "",
     );
-    let run = p.ferry(&["migrate", "--create-table"]);
+    let run = p.ferry(&["migrate"]);
     assert_eq!(run.code, 0, "{run:?}");
 }

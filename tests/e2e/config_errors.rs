@@ -66,7 +66,7 @@ async fn unreachable_database_is_clear_and_hides_the_password() {
 async fn missing_source_table_is_named() {
     let (source, target) = (PgDb::new("src").await, SqliteDb::new());
     let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
-    let run = p.ferry(&["migrate", "--create-table"]);
+    let run = p.ferry(&["migrate"]);
     assert_eq!(run.code, 8, "the source does not match the pipeline: {run:?}");
     assert!(run.stderr.contains("source table users does not exist"), "{run:?}");
 }
@@ -76,7 +76,7 @@ async fn source_without_primary_key_is_refused() {
     let (source, target) = (PgDb::new("src").await, SqliteDb::new());
     source.exec("CREATE TABLE users (id bigint, name text, email text, created_at timestamp, metadata text)").await;
     let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
-    let run = p.ferry(&["migrate", "--create-table"]);
+    let run = p.ferry(&["migrate"]);
     assert_eq!(run.code, 8, "{run:?}");
     assert!(run.stderr.contains("no primary key"), "{run:?}");
 }
@@ -120,7 +120,8 @@ async fn plugin_error(plugin: &std::path::Path, extra: &str, code: i32) -> Run {
 #[tokio::test]
 async fn plugin_of_the_wrong_world_is_refused() {
     let run = plugin_error(&plugins().wrong_world, "", 8).await;
-    assert!(run.stderr.contains("does not export `ferry:transform/transform-user@0.1.0`"), "{run:?}");
+    assert!(run.stderr.contains("exports neither `ferry:transform/transform-row@0.2.0`"), "{run:?}");
+    assert!(run.stderr.contains("nor `ferry:transform/transform-user@0.1.0`"), "{run:?}");
     assert!(run.stderr.contains("greet"), "lists what it does export: {run:?}");
 }
 
@@ -156,9 +157,9 @@ async fn the_right_pin_is_accepted() {
     let (source, target) = (SqliteDb::new(), SqliteDb::new());
     seed_sqlite_legacy(&source, 20).await;
     let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, &format!("sha256 = \"{sha}\"\n"));
-    let run = p.ferry(&["migrate", "--create-table", "--json"]);
+    let run = p.ferry(&["migrate", "--json"]);
     assert_eq!(run.code, 0, "20 generated rows are all valid: {run:?}");
-    assert_eq!(run.json()["plugin_sha256"], sha);
+    assert_eq!(run.json()["tables"][0]["plugin_sha256"], sha);
 }
 
 #[test]

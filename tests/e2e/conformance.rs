@@ -54,7 +54,7 @@ fn legacy(case: &Value) -> LegacyUser {
 /// Each row's outcome through `plugin`, as the oracle writes it (a
 /// rejection with its reason).
 fn run(plugin: &Path, cases: &[Value]) -> Vec<Value> {
-    let options = LoadOptions { limits: Default::default(), pinned_sha256: None, cache_dir: None };
+    let options = LoadOptions::default();
     let plugin = Plugin::load(plugin, &options).unwrap_or_else(|e| panic!("load {}: {e}", plugin.display()));
     let mut t = plugin.instantiate().unwrap();
     let rows: Vec<LegacyUser> = cases.iter().map(legacy).collect();
@@ -180,7 +180,7 @@ fn split_orders_in_rust_python_and_javascript_write_the_same_rows() {
             ]
         })
         .collect();
-    let options = LoadOptions { limits: Default::default(), pinned_sha256: None, cache_dir: None };
+    let options = LoadOptions::default();
     let run = |path: &Path| -> Vec<Value_> {
         let plugin = RowPlugin::load(path, &options).unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
         let mut t = plugin.instantiate().unwrap();

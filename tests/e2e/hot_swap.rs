@@ -98,7 +98,7 @@ async fn a_running_sync_switches_plugin_versions_between_transactions_and_refuse
     assert_eq!(wrong.code, 9, "{wrong:?}");
     let wrong = wrong.json();
     assert_eq!(wrong["state"], "refused", "{wrong}");
-    assert!(wrong["reason"].as_str().unwrap().contains("does not export"), "{wrong}");
+    assert!(wrong["reason"].as_str().unwrap().contains("exports neither"), "{wrong}");
     let junk = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(junk.path(), "not a component").unwrap();
     let junk_run = p.ferry(&["plugin", "deploy", junk.path().to_str().unwrap(), "--json"]);

@@ -7,7 +7,7 @@ use ferry::plugin::{LoadOptions, Plugin, Transformer};
 use crate::support::plugins;
 
 fn transformer() -> Transformer {
-    let options = LoadOptions { limits: Default::default(), pinned_sha256: None, cache_dir: None };
+    let options = LoadOptions::default();
     Plugin::load(&plugins().transform_user, &options).expect("load plugin").instantiate().expect("instantiate")
 }
 
@@ -178,7 +178,7 @@ fn key_mapping_matches_the_transform_and_is_optional() {
     let row = ok(&mut t, row(Some("a"), Some("a@b"), None));
     assert_eq!(t.target_key(42).unwrap(), Some(ferry::plugin::KeyOutcome::Key(row.id)));
     // A plugin of the base world (no user-key) still loads; it maps nothing.
-    let options = LoadOptions { limits: Default::default(), pinned_sha256: None, cache_dir: None };
+    let options = LoadOptions::default();
     let mut chaos = Plugin::load(&plugins().chaos, &options).unwrap().instantiate().unwrap();
     assert!(!chaos.plugin().has_key_mapping());
     assert_eq!(chaos.target_key(42).unwrap(), None);
@@ -190,7 +190,7 @@ fn key_mapping_matches_the_transform_and_is_optional() {
 /// same call, so the same row comes out.
 #[test]
 fn a_plugin_drawing_random_numbers_returns_the_same_row_in_every_instance() {
-    let options = LoadOptions { limits: Default::default(), pinned_sha256: None, cache_dir: None };
+    let options = LoadOptions::default();
     let plugin = Plugin::load(&plugins().chaos, &options).unwrap();
     let drawn: Vec<String> = (0..3)
         .map(|_| ok(&mut plugin.instantiate().unwrap(), row(Some("chaos:random"), Some("a@b"), None)).first_name)

@@ -2,17 +2,37 @@
 
 use crate::support::*;
 
+/// The validation line of `users` (the one table of these pipelines).
+fn users(v: &Run) -> serde_json::Value {
+    let j = v.json();
+    let tables = j["tables"].as_array().unwrap_or_else(|| panic!("{v:?}"));
+    assert_eq!(tables.len(), 1, "{v:?}");
+    tables[0].clone()
+}
+
+/// `(kind, key)` of every listed difference.
+fn listed(line: &serde_json::Value) -> Vec<(String, String)> {
+    line["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["kind"].as_str().unwrap().to_string(), d["key"].as_str().unwrap().to_string()))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn validate_names_altered_deleted_and_extra_rows() {
-    // 20k rows in segments of 1000: large enough that segments are cut on a
-    // TABLESAMPLE of the target (the path big tables take).
     let n = 20_000;
     let (source, target) = (PgDb::new("src").await, PgDb::new("dst").await);
     seed_pg_legacy(&source, n).await;
     target.exec(PG_NEW_DDL).await;
-    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "[validate]\nsegment_rows = 1000\n");
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
     assert_eq!(p.ferry(&["migrate"]).code, 4);
-    assert_eq!(p.ferry(&["validate"]).code, 0);
+    let v = p.ferry(&["validate", "--json"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    let line = users(&v);
+    assert_eq!(line["matched"], n - invalid_rows(n), "{v:?}");
+    assert_eq!(line["explained"], invalid_rows(n), "the rejected rows, by their dead letters: {v:?}");
 
     target.exec("UPDATE users SET email = 'tampered@example.com' WHERE id = 'user_1234'").await;
     target
@@ -23,63 +43,62 @@ async fn validate_names_altered_deleted_and_extra_rows() {
 
     let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 3, "{v:?}");
-    let j = v.json();
-    assert_eq!(j["ok"], false);
-    let k = &j["checksum"];
-    assert_eq!(k["missing"], serde_json::json!(["user_77"]), "{v:?}");
-    assert_eq!(k["extra"], serde_json::json!(["user_999999"]), "{v:?}");
-    let different: Vec<(String, String)> = k["different"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| (d["key"].as_str().unwrap().to_string(), d["field"].as_str().unwrap().to_string()))
-        .collect();
+    assert_eq!(v.json()["ok"], false);
+    let line = users(&v);
+    assert_eq!([&line["missing"], &line["extra"], &line["different"]], [1, 1, 2], "{v:?}");
+    let mut found = listed(&line);
+    found.sort();
     assert_eq!(
-        different,
-        vec![("user_1234".to_string(), "email".to_string()), ("user_2001".to_string(), "settings".to_string())]
+        found,
+        [("different", "1234 → users"), ("different", "2001 → users"), ("extra", "user_999999 in users"), ("missing", "77 → users")]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        "source keys for what the source says, the target's key for a row only the target has: {v:?}"
     );
-    let email = k["different"].as_array().unwrap().iter().find(|d| d["field"] == "email").unwrap();
-    assert_eq!(email["expected"], "user.1234@example.com");
-    assert_eq!(email["actual"], "tampered@example.com");
-    assert!(k["mismatched_segments"].as_u64().unwrap() >= 1);
-    assert!(k["segments"].as_u64().unwrap() >= 3, "cut into segments (a page sample: the count varies): {k}");
+    let diff = |key: &str| line["differences"].as_array().unwrap().iter().find(|d| d["key"] == key).cloned().unwrap();
+    let email = diff("1234 → users");
+    assert_eq!(email["columns"], serde_json::json!(["email"]));
+    assert_eq!(email["values"][0]["expected"], "user.1234@example.com");
+    assert_eq!(email["values"][0]["actual"], "tampered@example.com");
+    assert_eq!(diff("2001 → users")["columns"], serde_json::json!(["settings"]));
 
-    // The human report names them too.
+    // The human report names them too, with the values.
     let text = p.ferry(&["validate"]);
-    for needle in ["user_77", "user_999999", "user_1234", "tampered@example.com", "MISMATCH"] {
+    for needle in ["77", "user_999999", "1234", "tampered@example.com", "DIFFERS"] {
         assert!(text.stdout.contains(needle), "{needle} missing from:\n{}", text.stdout);
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sample_deep_diff_reports_fields() {
+async fn fields_of_a_changed_row_are_named_with_both_values() {
     let (source, target) = (SqliteDb::new(), SqliteDb::new());
     seed_sqlite_legacy(&source, 100).await;
     let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
-    assert_eq!(p.ferry(&["migrate", "--create-table"]).code, 4);
+    assert_eq!(p.ferry(&["migrate"]).code, 4);
     target
         .exec("UPDATE users SET first_name = 'Changed', created_at = '2001-01-01 00:00:00.000000' WHERE id = 'user_3'")
         .await;
-    // A sample as large as the table must include the altered row.
-    let v = p.ferry(&["validate", "--json", "--sample", "1000", "--no-checksum"]);
+    let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 3, "{v:?}");
-    let diffs = v.json()["sample"]["differences"].clone();
-    let fields: Vec<&str> = diffs.as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
-    assert_eq!(fields, vec!["first_name", "created_at"], "{diffs}");
-    assert!(v.json()["checksum"].is_null());
+    let line = users(&v);
+    assert_eq!(line["different"], 1, "{v:?}");
+    let d = &line["differences"][0];
+    assert_eq!(d["key"], "3 → users");
+    assert_eq!(d["columns"], serde_json::json!(["first_name", "created_at"]), "{v:?}");
+    assert_eq!(d["values"][0]["actual"], "Changed");
+    assert_eq!(d["values"][0]["expected"], "Prince");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn counts_catch_a_row_lost_from_the_ledger() {
+async fn a_row_added_to_the_source_after_the_run_is_missing() {
     let (source, target) = (SqliteDb::new(), SqliteDb::new());
     seed_sqlite_legacy(&source, 100).await;
     let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
-    assert_eq!(p.ferry(&["migrate", "--create-table"]).code, 4);
+    assert_eq!(p.ferry(&["migrate"]).code, 4);
     // A row added to the source after the migration is not accounted for.
     source.exec("INSERT INTO users VALUES (1000, 'Late Comer', 'late@example.com', '2024-01-01 00:00:00', NULL)").await;
     let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 3, "{v:?}");
-    let j = v.json();
-    assert_eq!(j["counts"]["ok"], false);
-    assert_eq!(j["checksum"]["missing"], serde_json::json!(["user_1000"]));
+    let line = users(&v);
+    assert_eq!([&line["source_rows"], &line["missing"]], [101, 1], "{v:?}");
+    assert_eq!(listed(&line), vec![("missing".to_string(), "1000 → users".to_string())]);
 }

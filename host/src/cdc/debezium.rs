@@ -1,5 +1,6 @@
 //! Debezium change events (PostgreSQL connector, 2.x/3.x, JSON converter with
-//! or without `schemas.enable`), decoded into ferry's change model.
+//! or without `schemas.enable`): envelopes, positions and dedup; their rows
+//! are decoded by [`super::events`].
 //!
 //! Accepted per line: `{"key": …, "value": …}` or a bare value; a value is
 //! `{"schema": …, "payload": envelope}` or the envelope itself; a null value
@@ -10,60 +11,9 @@
 use serde_json::Value;
 
 use super::position::{Position, parse_lsn};
-use crate::model::LegacyUser;
 
 /// Debezium's stand-in for an unchanged TOASTed column it did not read.
 pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
-
-/// What a change does to the source row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChangeOp {
-    /// Insert, update or snapshot read: the row as it now is.
-    Upsert(LegacyUser),
-    /// The row with this key is gone. `before` is the full old row when the
-    /// source sent one (`REPLICA IDENTITY FULL`).
-    Delete { id: i64, before: Option<LegacyUser> },
-    /// The whole table was truncated.
-    Truncate,
-}
-
-/// One change event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangeEvent {
-    /// Where it sits in the stream (`None` for snapshot reads, which all
-    /// share the snapshot's LSN).
-    pub position: Option<Position>,
-    /// Part of the initial snapshot.
-    pub snapshot: bool,
-    pub tx_id: Option<i64>,
-    pub op: ChangeOp,
-}
-
-/// What a line of input is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decoded {
-    Event(ChangeEvent),
-    /// A Kafka tombstone (null value): nothing to apply.
-    Tombstone,
-    /// An upsert whose `after` lacks an unchanged TOASTed value
-    /// (`__debezium_unavailable_value` in `column`): completed from the
-    /// source with `ferry apply --reread`, else dead-lettered.
-    Unavailable {
-        position: Option<Position>,
-        snapshot: bool,
-        tx_id: Option<i64>,
-        key: i64,
-        column: String,
-    },
-    /// An event ferry must not apply: dead-letter it with the reason.
-    Rejected {
-        position: Option<Position>,
-        snapshot: bool,
-        /// The source key, when it could be read.
-        key: Option<i64>,
-        reason: String,
-    },
-}
 
 /// How integer timestamps are read when the event carries no schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -179,63 +129,6 @@ pub fn replayed(position: Option<Position>, stored: Option<Position>, streaming:
     }
 }
 
-/// Decodes one line (the seed's `users` table).
-pub fn decode(line: &str, default_time: IntegerTime) -> Decoded {
-    let Envelope { schema, envelope, position, snapshot, tx_id, op, .. } = match self::envelope(line) {
-        Ok(Some(e)) => e,
-        Ok(None) => return Decoded::Tombstone,
-        Err((position, snapshot, reason)) => return reject(position, snapshot, None, reason),
-    };
-    let op = op.as_str();
-    let time_unit = schema.as_ref().and_then(created_at_unit).unwrap_or(default_time);
-    let row = |field: &str| -> Result<Option<LegacyUser>, String> {
-        match envelope.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(map)) => legacy_user(map, time_unit).map(Some).map_err(|e| format!("`{field}`: {e}")),
-            Some(_) => Err(format!("`{field}` is not an object")),
-        }
-    };
-    let op = match op {
-        "r" | "c" | "u" => match row("after") {
-            Ok(Some(after)) => match unavailable_column(&envelope, "after") {
-                Some(column) => {
-                    return Decoded::Unavailable { position, snapshot, tx_id, key: after.id, column };
-                }
-                None => ChangeOp::Upsert(after),
-            },
-            Ok(None) => return reject(position, snapshot, None, format!("op `{op}` without `after`")),
-            Err(e) => return reject(position, snapshot, key_of(&envelope), e),
-        },
-        "d" => match row("before") {
-            Ok(Some(before)) => {
-                let complete = unavailable_column(&envelope, "before").is_none()
-                    && before.name.is_some()
-                    && before.email.is_some();
-                ChangeOp::Delete { id: before.id, before: complete.then_some(before) }
-            }
-            Ok(None) => match key_of(&envelope) {
-                Some(id) => ChangeOp::Delete { id, before: None },
-                None => return reject(position, snapshot, None, "delete without `before`".into()),
-            },
-            Err(e) => return reject(position, snapshot, key_of(&envelope), e),
-        },
-        "t" => ChangeOp::Truncate,
-        other => {
-            return reject(
-                position,
-                snapshot,
-                key_of(&envelope),
-                format!("unknown op `{other}` (want r, c, u, d or t)"),
-            );
-        }
-    };
-    Decoded::Event(ChangeEvent { position: if snapshot { None } else { position }, snapshot, tx_id, op })
-}
-
-fn reject(position: Option<Position>, snapshot: bool, key: Option<i64>, reason: String) -> Decoded {
-    Decoded::Rejected { position, snapshot, key, reason }
-}
-
 /// `source.sequence` (`["<last commit lsn>","<lsn>"]`, a JSON string) or
 /// `source.lsn`.
 fn position_of(source: &serde_json::Map<String, Value>) -> Option<Position> {
@@ -257,144 +150,58 @@ fn position_of(source: &serde_json::Map<String, Value>) -> Option<Position> {
     source.get("lsn").and_then(lsn_value).map(|lsn| Position::new(lsn, lsn))
 }
 
-/// The `id` of `before` or `after`, for dead letters of bad events.
-fn key_of(envelope: &serde_json::Map<String, Value>) -> Option<i64> {
-    ["before", "after"].iter().find_map(|f| envelope.get(*f)?.get("id")?.as_i64())
-}
-
-fn unavailable_column(envelope: &serde_json::Map<String, Value>, field: &str) -> Option<String> {
-    envelope.get(field)?.as_object()?.iter().find(|(_, v)| v.as_str() == Some(UNAVAILABLE)).map(|(k, _)| k.clone())
-}
-
-/// The semantic type of `after.created_at` in the event's schema.
-fn created_at_unit(schema: &Value) -> Option<IntegerTime> {
-    let fields = schema.get("fields")?.as_array()?;
-    let row = fields.iter().find(|f| f.get("field").and_then(Value::as_str) == Some("after"))?;
-    let column =
-        row.get("fields")?.as_array()?.iter().find(|f| f.get("field").and_then(Value::as_str) == Some("created_at"))?;
-    match column.get("name").and_then(Value::as_str)? {
-        "io.debezium.time.MicroTimestamp" => Some(IntegerTime::Micros),
-        "io.debezium.time.NanoTimestamp" => Some(IntegerTime::Nanos),
-        "io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp" => Some(IntegerTime::Millis),
-        _ => None,
-    }
-}
-
-fn legacy_user(map: &serde_json::Map<String, Value>, unit: IntegerTime) -> Result<LegacyUser, String> {
-    let id = match map.get("id") {
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| format!("id {n} is not a 64-bit integer"))?,
-        Some(other) => return Err(format!("id is {other}, not an integer")),
-        None => return Err("no `id`".into()),
-    };
-    let text = |column: &str| -> Result<Option<String>, String> {
-        match map.get(column) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            // json/jsonb columns may arrive as objects with some converters.
-            Some(v @ (Value::Object(_) | Value::Array(_))) if column == "metadata" => Ok(Some(v.to_string())),
-            Some(other) => Err(format!("{column} is {other}, not a string")),
-        }
-    };
-    let created_at = match map.get("created_at") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s == UNAVAILABLE => None,
-        Some(Value::String(s)) => {
-            Some(crate::time::parse_text(s).ok_or_else(|| format!("created_at {s:?} is not an ISO-8601 timestamp"))?)
-        }
-        Some(Value::Number(n)) => {
-            let v = n.as_i64().ok_or_else(|| format!("created_at {n} is not an integer timestamp"))?;
-            Some(match unit {
-                IntegerTime::Micros => v,
-                IntegerTime::Millis => v.saturating_mul(1000),
-                IntegerTime::Nanos => v.div_euclid(1000),
-            })
-        }
-        Some(other) => return Err(format!("created_at is {other}, not a timestamp")),
-    };
-    Ok(LegacyUser { id, name: text("name")?, email: text("email")?, created_at, metadata: text("metadata")? })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn event(d: Decoded) -> ChangeEvent {
-        match d {
-            Decoded::Event(e) => e,
-            other => panic!("expected an event, got {other:?}"),
-        }
+    const CREATE: &str = r#"{"before":null,"after":{"id":7,"name":"Mary Ann"},"source":{"version":"2.7.0.Final","connector":"postgresql","snapshot":"false","db":"legacy","sequence":"[\"24023128\",\"24023456\"]","schema":"public","table":"users","txId":750,"lsn":24023456},"op":"c","ts_ms":1}"#;
+
+    fn read(line: &str) -> Envelope {
+        envelope(line).unwrap_or_else(|e| panic!("{e:?}")).expect("not a tombstone")
     }
 
-    const CREATE: &str = r#"{"before":null,"after":{"id":7,"name":"Mary Ann","email":"M@X.ORG","created_at":1700000000123456,"metadata":"{\"theme\":\"dark\"}"},"source":{"version":"2.7.0.Final","connector":"postgresql","snapshot":"false","db":"legacy","sequence":"[\"24023128\",\"24023456\"]","schema":"public","table":"users","txId":750,"lsn":24023456},"op":"c","ts_ms":1}"#;
-
     #[test]
-    fn create_without_schema() {
-        let e = event(decode(CREATE, IntegerTime::Micros));
+    fn an_event_gives_its_position_transaction_table_and_op() {
+        let e = read(CREATE);
         assert_eq!(e.position, Some(Position::new(24023128, 24023456)));
         assert_eq!(e.tx_id, Some(750));
         assert!(!e.snapshot);
-        match e.op {
-            ChangeOp::Upsert(u) => {
-                assert_eq!((u.id, u.created_at), (7, Some(1_700_000_000_123_456)));
-                assert_eq!(u.metadata.as_deref(), Some(r#"{"theme":"dark"}"#));
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(e.op, "c");
+        assert_eq!(e.table, Some((Some("public".into()), "users".into())));
+        assert!(e.schema.is_none());
     }
 
     #[test]
-    fn key_value_wrapper_schema_and_zoned_timestamps() {
-        let line = r#"{"key":{"id":7},"value":{"schema":{"type":"struct","fields":[{"field":"after","fields":[{"field":"created_at","name":"io.debezium.time.ZonedTimestamp","type":"string"}]}]},"payload":{"before":null,"after":{"id":7,"name":"a","email":"b","created_at":"2024-01-15T09:30:00.123456Z","metadata":null},"source":{"lsn":100,"snapshot":"false"},"op":"u"}}}"#;
-        let e = event(decode(line, IntegerTime::Millis));
-        match e.op {
-            ChangeOp::Upsert(u) => assert_eq!(u.created_at, crate::time::parse_text("2024-01-15 09:30:00.123456")),
-            other => panic!("{other:?}"),
-        }
+    fn key_value_wrappers_and_schemas_are_unwrapped() {
+        let line = r#"{"key":{"id":7},"value":{"schema":{"type":"struct"},"payload":{"before":null,"after":{"id":7},"source":{"lsn":100,"snapshot":"false"},"op":"u"}}}"#;
+        let e = read(line);
         assert_eq!(e.position, Some(Position::new(100, 100)));
+        assert_eq!(e.op, "u");
+        assert!(e.schema.is_some());
+        assert_eq!(e.envelope["after"]["id"], 7);
     }
 
     #[test]
-    fn schema_decides_integer_units() {
-        let line = r#"{"schema":{"fields":[{"field":"after","fields":[{"field":"created_at","name":"io.debezium.time.Timestamp"}]}]},"payload":{"after":{"id":1,"name":"a","email":"b","created_at":1700000000123},"source":{"lsn":5},"op":"c"}}"#;
-        match event(decode(line, IntegerTime::Micros)).op {
-            ChangeOp::Upsert(u) => assert_eq!(u.created_at, Some(1_700_000_000_123_000)),
-            other => panic!("{other:?}"),
-        }
+    fn tombstones_snapshots_and_unpositioned_events() {
+        assert!(envelope(r#"{"key":{"id":1},"value":null}"#).unwrap().is_none());
+        assert!(envelope("null").unwrap().is_none());
+        let r = read(r#"{"after":{"id":1},"source":{"lsn":4,"snapshot":"true"},"op":"r"}"#);
+        assert!(r.snapshot);
+        let mut positions = Positions::after(Some(Position::new(10, 10)));
+        assert_eq!(positions.effective(r.position, r.snapshot), None, "snapshot reads share one position");
+        let first = positions.effective(None, false).unwrap();
+        let second = positions.effective(None, false).unwrap();
+        assert!(Position::new(10, 10) < first && first < second, "each unpositioned event gets its own");
+        assert!(replayed(Some(Position::new(9, 9)), Some(Position::new(10, 10)), true));
+        assert!(replayed(None, Some(Position::new(10, 10)), true), "snapshot reads once streaming");
+        assert!(!replayed(None, None, false));
     }
 
     #[test]
-    fn tombstones_deletes_truncates_and_snapshots() {
-        assert_eq!(decode(r#"{"key":{"id":1},"value":null}"#, IntegerTime::Micros), Decoded::Tombstone);
-        assert_eq!(decode("null", IntegerTime::Micros), Decoded::Tombstone);
-        let d = event(decode(
-            r#"{"before":{"id":3,"name":null,"email":null,"created_at":null,"metadata":null},"after":null,"source":{"lsn":9},"op":"d"}"#,
-            IntegerTime::Micros,
-        ));
-        assert_eq!(d.op, ChangeOp::Delete { id: 3, before: None });
-        let t = event(decode(r#"{"source":{"lsn":10},"op":"t"}"#, IntegerTime::Micros));
-        assert_eq!(t.op, ChangeOp::Truncate);
-        let r = event(decode(
-            r#"{"after":{"id":1,"name":"a","email":"b"},"source":{"lsn":4,"snapshot":"true"},"op":"r"}"#,
-            IntegerTime::Micros,
-        ));
-        assert!(r.snapshot && r.position.is_none());
-    }
-
-    #[test]
-    fn bad_events_are_rejected_with_reasons() {
-        let reason = |line: &str| match decode(line, IntegerTime::Micros) {
-            Decoded::Rejected { reason, .. } => reason,
-            other => panic!("{other:?}"),
-        };
+    fn bad_events_are_refused_with_reasons() {
+        let reason = |line: &str| envelope(line).err().unwrap_or_else(|| panic!("{line} was accepted")).2;
         assert!(reason("{not json").starts_with("not JSON"));
         assert!(reason(r#"{"after":{"id":1},"source":{"lsn":1}}"#).contains("no `op`"));
-        assert!(reason(r#"{"after":{"id":"x"},"op":"c"}"#).contains("not an integer"));
-        assert!(reason(r#"{"after":{"id":1,"name":5},"op":"c"}"#).contains("not a string"));
-        assert!(reason(r#"{"op":"x","after":{"id":1}}"#).contains("unknown op"));
-        let toast = decode(
-            r#"{"after":{"id":1,"name":"a","email":"b","metadata":"__debezium_unavailable_value"},"source":{"lsn":3},"op":"u"}"#,
-            IntegerTime::Micros,
-        );
-        assert!(matches!(toast, Decoded::Unavailable { key: 1, ref column, .. } if column == "metadata"), "{toast:?}");
+        assert!(reason("[1, 2]").contains("not a JSON object"));
     }
 }

@@ -1,13 +1,11 @@
 //! Decoding PostgreSQL's `pgoutput` logical replication messages (protocol
-//! version 1, text tuple format) into a plain model, and the legacy users'
-//! tuples into [`LegacyUser`] rows.
+//! version 1, text tuple format) into a plain model; [`super::tables`]
+//! decodes the tuples' values by each table's column types.
 //!
 //! The transport (replication connection, keepalives, standby status) is a
 //! separate concern; this module only parses the `XLogData` payloads.
 
 use std::collections::HashMap;
-
-use crate::model::LegacyUser;
 
 /// One column value of a tuple.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,15 +208,6 @@ pub struct Relations {
     by_oid: HashMap<u32, Relation>,
 }
 
-/// A tuple that could not become a [`LegacyUser`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RowProblem {
-    /// A column is an unchanged TOASTed value not in the message.
-    Unchanged(String),
-    /// The tuple does not fit (missing column, unparseable value).
-    Invalid(String),
-}
-
 impl Relations {
     pub fn insert(&mut self, relation: Relation) {
         self.by_oid.insert(relation.oid, relation);
@@ -226,56 +215,6 @@ impl Relations {
 
     pub fn get(&self, oid: u32) -> Option<&Relation> {
         self.by_oid.get(&oid)
-    }
-
-    /// The legacy user in a tuple of relation `oid` (text format).
-    pub fn legacy_user(&self, oid: u32, tuple: &[Datum]) -> Result<LegacyUser, RowProblem> {
-        let relation =
-            self.get(oid).ok_or_else(|| RowProblem::Invalid(format!("relation {oid} was never described")))?;
-        let column = |name: &str| -> Result<Option<&str>, RowProblem> {
-            let index = relation.columns.iter().position(|c| c.name == name).ok_or_else(|| {
-                RowProblem::Invalid(format!("{}.{} has no column {name}", relation.namespace, relation.name))
-            })?;
-            match tuple.get(index) {
-                None | Some(Datum::Null) => Ok(None),
-                Some(Datum::Unchanged) => Err(RowProblem::Unchanged(name.to_string())),
-                Some(Datum::Text(s)) => Ok(Some(s.as_str())),
-                Some(Datum::Binary(_)) => Err(RowProblem::Invalid(format!("{name} arrived in binary format"))),
-            }
-        };
-        let id = column("id")?
-            .ok_or_else(|| RowProblem::Invalid("id is NULL".into()))?
-            .parse::<i64>()
-            .map_err(|e| RowProblem::Invalid(format!("id: {e}")))?;
-        let created_at = match column("created_at")? {
-            None => None,
-            Some(text) => Some(
-                crate::time::parse_text(text)
-                    .ok_or_else(|| RowProblem::Invalid(format!("created_at {text:?} is not a timestamp")))?,
-            ),
-        };
-        Ok(LegacyUser {
-            id,
-            name: column("name")?.map(str::to_string),
-            email: column("email")?.map(str::to_string),
-            created_at,
-            metadata: column("metadata")?.map(str::to_string),
-        })
-    }
-
-    /// The `id` in a key-only tuple (a delete under REPLICA IDENTITY DEFAULT).
-    pub fn key(&self, oid: u32, tuple: &[Datum]) -> Result<i64, RowProblem> {
-        let relation =
-            self.get(oid).ok_or_else(|| RowProblem::Invalid(format!("relation {oid} was never described")))?;
-        let index = relation
-            .columns
-            .iter()
-            .position(|c| c.name == "id")
-            .ok_or_else(|| RowProblem::Invalid("no id column".into()))?;
-        match tuple.get(index) {
-            Some(Datum::Text(s)) => s.parse().map_err(|e| RowProblem::Invalid(format!("id: {e}"))),
-            other => Err(RowProblem::Invalid(format!("id is {other:?}"))),
-        }
     }
 }
 
@@ -339,9 +278,9 @@ mod tests {
         insert.push(b'N');
         tuple(&mut insert, &[Some("5"), Some("Mary Ann"), Some("M@X"), Some("2024-01-15 09:30:00.123456"), None]);
         let Message::Insert { relation, new } = decode(&insert).unwrap() else { panic!() };
-        let user = rels.legacy_user(relation, &new).unwrap();
-        assert_eq!((user.id, user.name.as_deref(), user.metadata), (5, Some("Mary Ann"), None));
-        assert_eq!(user.created_at, crate::time::parse_text("2024-01-15T09:30:00.123456Z"));
+        assert_eq!(rels.get(relation).map(|r| r.name.as_str()), Some("users"));
+        assert_eq!(new[0], Datum::Text("5".into()));
+        assert_eq!(new[4], Datum::Null);
 
         let mut update = vec![b'U'];
         update.extend_from_slice(&16384u32.to_be_bytes());
@@ -351,14 +290,15 @@ mod tests {
             &[Some("5"), Some("Mary"), Some("M@X"), Some("2024-01-15 09:30:00"), Some("\u{0}unchanged")],
         );
         let Message::Update { relation, old: None, new } = decode(&update).unwrap() else { panic!() };
-        assert_eq!(rels.legacy_user(relation, &new), Err(RowProblem::Unchanged("metadata".into())));
+        assert_eq!(relation, 16384);
+        assert_eq!(new[4], Datum::Unchanged);
 
         let mut delete = vec![b'D'];
         delete.extend_from_slice(&16384u32.to_be_bytes());
         delete.push(b'K');
         tuple(&mut delete, &[Some("5"), None, None, None, None]);
         let Message::Delete { relation, key_only: true, old } = decode(&delete).unwrap() else { panic!() };
-        assert_eq!(rels.key(relation, &old), Ok(5));
+        assert_eq!((relation, &old[0]), (16384, &Datum::Text("5".into())));
 
         let mut truncate = vec![b'T'];
         truncate.extend_from_slice(&1i32.to_be_bytes());

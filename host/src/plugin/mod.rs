@@ -53,8 +53,9 @@ pub enum PluginError {
     )]
     WrongWorld { path: PathBuf, exports: String },
     #[error(
-        "plugin {path} does not export `{}` (it exports: {exports}); a table's plugin is built \
-         against wit/row/transform-row.wit, world `row-transform`",
+        "plugin {path} exports neither `{}` nor `{INTERFACE}` (it exports: {exports}); a table's plugin \
+         is built against wit/row/transform-row.wit, world `row-transform` (or the seed's \
+         wit/transform.wit, world `user-transform`)",
         bindings::row::INTERFACE
     )]
     WrongRowWorld { path: PathBuf, exports: String },

@@ -70,17 +70,6 @@ CREATE TABLE IF NOT EXISTS ferry.table_progress (
     updated_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, table_name)
 );
-CREATE TABLE IF NOT EXISTS ferry.batches (
-    run_id        text NOT NULL REFERENCES ferry.runs (run_id),
-    seq           bigint NOT NULL,
-    first_key     bigint NOT NULL,
-    last_key      bigint NOT NULL,
-    loaded        bigint NOT NULL,
-    dead_lettered bigint NOT NULL,
-    plugin_sha256 text NOT NULL,
-    committed_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (run_id, seq)
-);
 CREATE TABLE IF NOT EXISTS ferry.lineage (
     id            bigserial PRIMARY KEY,
     run_id        text NOT NULL REFERENCES ferry.runs (run_id),
@@ -191,21 +180,6 @@ macro_rules! pg_control {
                 .fetch_all($crate::postgres::control::PgConn::conn(self))
                 .await?;
                 Ok(rows.iter().map($crate::control::dead_letter_from_row).collect::<Result<_, _>>()?)
-            }
-
-            async fn dead_letter_keys(&mut self, run_id: &str, kind: &str) -> anyhow::Result<Vec<String>> {
-                Ok(sqlx::query_scalar("SELECT source_key FROM ferry.dead_letters WHERE run_id = $1 AND kind = $2")
-                    .bind(run_id)
-                    .bind(kind)
-                    .fetch_all($crate::postgres::control::PgConn::conn(self))
-                    .await?)
-            }
-
-            async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>> {
-                Ok(sqlx::query_scalar("SELECT DISTINCT plugin_sha256 FROM ferry.batches WHERE run_id = $1 ORDER BY 1")
-                    .bind(run_id)
-                    .fetch_all($crate::postgres::control::PgConn::conn(self))
-                    .await?)
             }
         }
 

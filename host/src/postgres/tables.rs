@@ -1093,7 +1093,11 @@ impl RowSink for PgTables {
                 key: keys[index].clone(),
                 row: crate::keyset::row_json(target, &rows[index]),
                 kind: DeadLetterKind::Load,
-                reason: format!("the target refused the row for {}: {message}", target.name),
+                reason: format!(
+                    "the target refused row {} of {}: {message}",
+                    Key::of(target, &rows[index]).label(),
+                    target.name
+                ),
             }));
         }
         let refused_keys: std::collections::HashSet<&Key> = refused.iter().map(|d| &d.key).collect();

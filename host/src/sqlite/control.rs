@@ -44,17 +44,6 @@ CREATE TABLE IF NOT EXISTS ferry_dead_letters (
     created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
     UNIQUE (run_id, source_table, source_key)
 );
-CREATE TABLE IF NOT EXISTS ferry_batches (
-    run_id        TEXT NOT NULL REFERENCES ferry_runs (run_id),
-    seq           INTEGER NOT NULL,
-    first_key     INTEGER NOT NULL,
-    last_key      INTEGER NOT NULL,
-    loaded        INTEGER NOT NULL,
-    dead_lettered INTEGER NOT NULL,
-    plugin_sha256 TEXT NOT NULL,
-    committed_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
-    PRIMARY KEY (run_id, seq)
-);
 CREATE TABLE IF NOT EXISTS ferry_table_progress (
     run_id        TEXT NOT NULL REFERENCES ferry_runs (run_id),
     table_name    TEXT NOT NULL,
@@ -196,21 +185,6 @@ macro_rules! sqlite_control {
                 .fetch_all($crate::sqlite::control::SqliteConn::conn(self))
                 .await?;
                 Ok(rows.iter().map($crate::control::dead_letter_from_row).collect::<Result<_, _>>()?)
-            }
-
-            async fn dead_letter_keys(&mut self, run_id: &str, kind: &str) -> anyhow::Result<Vec<String>> {
-                Ok(sqlx::query_scalar("SELECT source_key FROM ferry_dead_letters WHERE run_id = ?1 AND kind = ?2")
-                    .bind(run_id)
-                    .bind(kind)
-                    .fetch_all($crate::sqlite::control::SqliteConn::conn(self))
-                    .await?)
-            }
-
-            async fn plugin_versions(&mut self, run_id: &str) -> anyhow::Result<Vec<String>> {
-                Ok(sqlx::query_scalar("SELECT DISTINCT plugin_sha256 FROM ferry_batches WHERE run_id = ?1 ORDER BY 1")
-                    .bind(run_id)
-                    .fetch_all($crate::sqlite::control::SqliteConn::conn(self))
-                    .await?)
             }
         }
 

@@ -739,7 +739,11 @@ impl RowSink for SqliteTables {
                                 key: write.keys[index].clone(),
                                 row: crate::keyset::row_json(target, row),
                                 kind: DeadLetterKind::Load,
-                                reason: format!("the target refused the row for {}: {e}", target.name),
+                                reason: format!(
+                                    "the target refused row {} of {}: {e}",
+                                    crate::keyset::Key::of(target, row).label(),
+                                    target.name
+                                ),
                             }),
                             Err(e) => return Err(self_err(&batch.table, &e)),
                         }

@@ -161,6 +161,7 @@ pub async fn plan(
         }
     }
     let mut problems = Vec::new();
+    let mut kind = crate::error::ErrorKind::Contract;
     let mut tables = Vec::new();
     let mut seen_targets: HashMap<TableName, TableName> = HashMap::new();
     for name in names {
@@ -214,6 +215,11 @@ pub async fn plan(
                 match loaded {
                     Ok(p) => Some(p),
                     Err(e) => {
+                        // A plugin that cannot run at all says so in the exit code.
+                        let e = anyhow::Error::from(e);
+                        if crate::error::ErrorKind::of(&e) == crate::error::ErrorKind::Plugin {
+                            kind = crate::error::ErrorKind::Plugin;
+                        }
                         problems.push(format!("table {}: {e}", def.name));
                         continue;
                     }
@@ -268,18 +274,30 @@ pub async fn plan(
             let existing = target.describe(&target_name).await?;
             let already = tables.iter().flat_map(|t| &t.outputs).any(|o| o.def.name == target_name && o.create);
             if let Some(existing) = &existing {
-                let missing: Vec<&str> = wanted
-                    .columns
-                    .iter()
-                    .filter(|c| existing.column_index(&c.name).is_none())
-                    .map(|c| c.name.as_str())
-                    .collect();
-                if !missing.is_empty() {
+                // A plugin declares its output's types: a target column
+                // that cannot hold them would refuse every row.
+                let mut mismatches: Vec<String> = Vec::new();
+                for c in &wanted.columns {
+                    match existing.column_index(&c.name).map(|i| &existing.columns[i]) {
+                        None => mismatches.push(format!("column `{}` is missing", c.name)),
+                        Some(there)
+                            if plugin.is_some() && target_engine == Engine::Postgres && !holds(&there.kind, &c.kind) =>
+                        {
+                            mismatches.push(format!(
+                                "column `{}` has type {} but the plugin writes {:?} values",
+                                c.name, there.sql_type, c.kind
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if !mismatches.is_empty() {
+                    let what = if plugin.is_some() { "the plugin's output for" } else { "the copy of" };
                     problems.push(format!(
-                        "target table {target_name} exists but lacks column(s) {} that {} writes; add them, or drop the \
-                         target table and ferry creates it",
-                        missing.join(", "),
-                        def.name
+                        "target table {target_name} does not match {what} {}: {}; fix the target table, or drop it \
+                         and ferry creates it",
+                        def.name,
+                        mismatches.join("; ")
                     ));
                     continue;
                 }
@@ -292,10 +310,10 @@ pub async fn plan(
         tables.push(PlannedTable { source: def, outputs, plugin, on_conflict });
     }
     if !problems.is_empty() {
-        return Err(crate::error::Error::contract(format!(
-            "the pipeline's tables cannot be copied:\n  - {}",
-            problems.join("\n  - ")
-        )));
+        return Err(crate::error::Error::raise(
+            kind,
+            format!("the pipeline's tables cannot be copied:\n  - {}", problems.join("\n  - ")),
+        ));
     }
     if tables.is_empty() {
         anyhow::bail!(crate::config::ConfigError::Invalid {
@@ -314,6 +332,23 @@ pub async fn plan(
     let order = dependency_order(&defs);
     let tables = order.into_iter().map(|i| tables[i].clone()).collect();
     Ok(Plan { tables, names: map })
+}
+
+/// Whether a PostgreSQL column of kind `column` holds values of kind
+/// `value` as they are: numbers in number columns, times in time columns,
+/// anything in a text (or unknown) column; never text into a number.
+fn holds(column: &crate::value::Kind, value: &crate::value::Kind) -> bool {
+    use crate::value::Kind::*;
+    let number = |k: &crate::value::Kind| matches!(k, Int16 | Int32 | Int64 | Float32 | Float64 | Numeric);
+    let instant = |k: &crate::value::Kind| matches!(k, Date | Timestamp | TimestampTz);
+    match (column, value) {
+        (Text | Other, _) | (_, Other) => true,
+        (Json, Json | Text) | (Uuid, Uuid | Text) => true,
+        (Array(c), Array(v)) => holds(c, v),
+        (c, v) if number(c) => number(v),
+        (c, v) if instant(c) => instant(v),
+        (c, v) => c == v,
+    }
 }
 
 /// The column indexes of a user-chosen key (columns that exist, are NOT
@@ -405,8 +440,10 @@ pub async fn migrate_in_snapshot(
     let started = Instant::now();
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
     let mut target = engines::open_row_target(settings).await?;
-    target.ensure_control_tables().await?;
+    // Nothing is written to the target before the plan holds (missing
+    // tables, keys, a plugin that cannot run, a target that does not fit).
     let mut plan = plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+    target.ensure_control_tables().await?;
     // A version deployed into this pipeline (`ferry plugin deploy`) is the
     // one its tables run, here as in a stream.
     crate::swap::Swapper::for_migration(settings, &plan).restore(&mut plan, target.as_mut()).await?;
@@ -889,6 +926,11 @@ pub(crate) fn transformed(
             }
         }
     }
+    // Each producing source row made one row, all into one table: a row
+    // left alone under `on_conflict = skip` is its source row, skipped.
+    let filled = batch.writes.iter().filter(|w| !w.rows.is_empty()).count();
+    batch.one_to_one =
+        filled <= 1 && batch.writes.iter().map(|w| w.rows.len() as u64).sum::<u64>() == batch.producing;
     Ok(())
 }
 

@@ -44,6 +44,19 @@ pub struct RowDifference {
     pub kind: &'static str,
     /// The columns whose values differ (for `different`).
     pub columns: Vec<String>,
+    /// Their values on each side, canonical (see the module's doc).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<ColumnDiff>,
+}
+
+/// One column of a differing row: what the source (through its plugin)
+/// says it should hold, and what the target holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ColumnDiff {
+    pub column: String,
+    /// `None`: NULL. Long values are cut at 200 characters.
+    pub expected: Option<String>,
+    pub actual: Option<String>,
 }
 
 /// One table's line.
@@ -90,10 +103,18 @@ impl TableValidation {
         }
     }
 
+    /// Lists a row whose columns differ, with their values.
+    fn note_values(&mut self, key: String, values: Vec<ColumnDiff>) {
+        if self.differences.len() < LISTED {
+            let columns = values.iter().map(|v| v.column.clone()).collect();
+            self.differences.push(RowDifference { key, kind: "different", columns, values });
+        }
+    }
+
     /// Lists a differing row (the first LISTED of them).
     fn note(&mut self, key: String, kind: &'static str, columns: Vec<String>) {
         if self.differences.len() < LISTED {
-            self.differences.push(RowDifference { key, kind, columns });
+            self.differences.push(RowDifference { key, kind, columns, values: Vec::new() });
         }
     }
 }
@@ -269,7 +290,7 @@ async fn validate_table(
                         line.matched += 1;
                     } else {
                         line.different += 1;
-                        line.note(label, "different", columns);
+                        line.note_values(label, columns);
                     }
                 }
             }
@@ -462,12 +483,25 @@ async fn validate_keyless(
 }
 
 /// The columns of `def` whose canonical values differ between two rows.
-fn differing_columns(def: &crate::schema::TableDef, a: &Row, b: &Row) -> Vec<String> {
+/// The columns of `expected` and `actual` (rows of `def`) whose canonical
+/// values differ.
+fn differing_columns(def: &crate::schema::TableDef, expected: &Row, actual: &Row) -> Vec<ColumnDiff> {
+    let shown = |v: Option<String>| {
+        v.map(|mut v| {
+            if let Some((cut, _)) = v.char_indices().nth(200) {
+                v.truncate(cut);
+                v.push('…');
+            }
+            v
+        })
+    };
     def.columns
         .iter()
-        .zip(a.iter().zip(b.iter()))
-        .filter(|(_, (x, y))| canonical(x) != canonical(y))
-        .map(|(c, _)| c.name.clone())
+        .zip(expected.iter().zip(actual.iter()))
+        .filter_map(|(c, (x, y))| {
+            let (x, y) = (canonical(x), canonical(y));
+            (x != y).then(|| ColumnDiff { column: c.name.clone(), expected: shown(x), actual: shown(y) })
+        })
         .collect()
 }
 
@@ -714,7 +748,7 @@ enum Verdict {
     },
     Different {
         label: String,
-        columns: Vec<String>,
+        columns: Vec<ColumnDiff>,
         found: bool,
     },
     Fatal(String),
@@ -735,6 +769,7 @@ async fn compare(
     labels: &[String],
     outcomes: Vec<crate::plugin::RowOutcome>,
     explained: &HashSet<&str>,
+    seen: &mut Found,
 ) -> anyhow::Result<Vec<Vec<Verdict>>> {
     use crate::plugin::RowOutcome;
     let mut verdicts: Vec<Vec<Verdict>> = (0..labels.len()).map(|_| Vec::new()).collect();
@@ -755,7 +790,11 @@ async fn compare(
                         None if explains => verdicts[i].push(Verdict::Explained { found: false }),
                         None => verdicts[i].push(Verdict::Different {
                             label: label.clone(),
-                            columns: vec![format!("undeclared table {out_name}")],
+                            columns: vec![ColumnDiff {
+                                column: format!("undeclared table {out_name}"),
+                                expected: None,
+                                actual: None,
+                            }],
                             found: false,
                         }),
                     }
@@ -777,6 +816,9 @@ async fn compare(
         let keys: Vec<Vec<Value>> = rows.iter().map(|(_, r)| key_of(out, r)).collect();
         let found = target.read_keys(&readings[o], &keys).await?;
         let by_key: HashMap<String, &Row> = found.rows.iter().map(|r| (canonical_key_of(out, r), r)).collect();
+        for key in by_key.keys() {
+            seen.insert(o, key);
+        }
         for (i, row) in rows {
             let label = &labels[i];
             let explains = explained.contains(label.as_str());
@@ -827,6 +869,7 @@ async fn validate_transformed(
     let name = table.source.name.to_string();
     let mut after = None;
     let mut found_total = 0u64;
+    let mut seen = Found::new(table.outputs.len());
     // Source rows dead-lettered and rejected now: the target may keep the
     // rows of their last good version (a change stream's rejected update).
     let mut kept: Vec<Vec<Value>> = Vec::new();
@@ -848,7 +891,7 @@ async fn validate_transformed(
             page.rows.iter().map(|r| crate::keyset::Key::of(&table.source, r)).collect();
         let (rows, outcomes) = versions.transform(&table.source, &name, &keys, page.rows).await?;
         let labels: Vec<String> = keys.iter().map(crate::keyset::Key::label).collect();
-        let mut verdicts = compare(table, target, &readings, &labels, outcomes, explained).await?;
+        let mut verdicts = compare(table, target, &readings, &labels, outcomes, explained, &mut seen).await?;
         // A row a stream changed after a switch was written by the stream's
         // version: a row that differs from its migration range's version
         // is compared with each version that went live in the stream.
@@ -860,7 +903,7 @@ async fn validate_transformed(
             let picked: Vec<Row> = failing.iter().map(|&i| rows[i].clone()).collect();
             let (_, outcomes) = versions.transform_with(&sha, &table.source, &name, picked).await?;
             let picked_labels: Vec<String> = failing.iter().map(|&i| labels[i].clone()).collect();
-            let again = compare(table, target, &readings, &picked_labels, outcomes, explained).await?;
+            let again = compare(table, target, &readings, &picked_labels, outcomes, explained, &mut seen).await?;
             for (i, verdict) in failing.into_iter().zip(again) {
                 if !verdict.iter().any(|v| v.failed()) {
                     verdicts[i] = verdict;
@@ -889,7 +932,7 @@ async fn validate_transformed(
                     Verdict::Different { label, columns, found } => {
                         line.different += 1;
                         found_total += u64::from(found);
-                        line.note(label, "different", columns);
+                        line.note_values(label, columns);
                     }
                     Verdict::Fatal(reason) => anyhow::bail!("plugin fatal on row of {name}: {reason}"),
                 }
@@ -914,14 +957,80 @@ async fn validate_transformed(
                     .position(|o| o.def.name.name == out_name || o.def.name.to_string() == out_name);
                 if let Some(i) = at.filter(|&i| !key.is_empty() && key.len() <= table.outputs[i].def.primary_key.len())
                 {
-                    found_total += target.read_keys(&readings[i], &[key]).await?.len() as u64;
+                    let found = target.read_keys(&readings[i], &[key]).await?;
+                    for row in &found.rows {
+                        seen.insert(i, &canonical_key_of(&table.outputs[i].def, row));
+                    }
+                    found_total += found.rows.len() as u64;
                 }
             }
         }
     }
     line.extra = target_rows.saturating_sub(found_total);
+    if line.extra > 0 && seen.complete() {
+        // Name them: the target rows no source row accounts for.
+        for (o, reading) in readings.iter().enumerate() {
+            let mut after = None;
+            while line.differences.len() < LISTED {
+                let page = target.read_page(reading, after.as_ref(), settings.batch_size).await?;
+                if page.is_empty() {
+                    break;
+                }
+                after = page.last_key.clone();
+                for row in page.rows.iter().filter(|r| !seen.contains(o, &canonical_key_of(reading, r))) {
+                    let key = crate::keyset::Key::of(reading, row).label();
+                    line.note(format!("{key} in {}", table.outputs[o].def.name), "extra", vec![]);
+                }
+            }
+        }
+    }
     line.ok = line.missing == 0 && line.extra == 0 && line.different == 0;
     Ok(line)
+}
+
+/// Hashes of the target keys a validation found for its source rows, per
+/// output table: what lets it name the target rows nothing accounts for.
+/// Given up past [`Found::LIMIT`] keys (memory stays bounded; the extra rows
+/// are then counted, not named).
+struct Found {
+    keys: Vec<HashSet<u64>>,
+    complete: bool,
+}
+
+impl Found {
+    /// 8 bytes a key: about 200 MB at most.
+    const LIMIT: usize = 20_000_000;
+
+    fn new(outputs: usize) -> Found {
+        Found { keys: vec![HashSet::new(); outputs], complete: true }
+    }
+
+    fn hash(key: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    fn insert(&mut self, output: usize, key: &str) {
+        if !self.complete {
+            return;
+        }
+        if self.keys.iter().map(HashSet::len).sum::<usize>() >= Self::LIMIT {
+            self.keys = Vec::new();
+            self.complete = false;
+            return;
+        }
+        self.keys[output].insert(Self::hash(key));
+    }
+
+    fn contains(&self, output: usize, key: &str) -> bool {
+        self.keys[output].contains(&Self::hash(key))
+    }
+
+    fn complete(&self) -> bool {
+        self.complete
+    }
 }
 
 /// A value's canonical text (see the module's doc); `None` for NULL.
