@@ -104,9 +104,9 @@ enum Command {
         /// Publication (default ferry_<pipeline>).
         #[arg(long)]
         publication: Option<String>,
-        /// Rows per initial-load chunk.
-        #[arg(long, default_value_t = 5000)]
-        chunk_rows: usize,
+        /// Rows per page of the initial load (default: migrate.batch_size).
+        #[arg(long)]
+        chunk_rows: Option<usize>,
         /// Exit after this many seconds without a change (default: run until signalled).
         #[arg(long, value_name = "SECONDS")]
         idle_exit: Option<f64>,
@@ -484,7 +484,7 @@ async fn run(cli: Cli) -> i32 {
             let options = crate::cdc::sync::SyncOptions {
                 slot: name(slot),
                 publication: name(publication),
-                chunk_rows: chunk_rows.max(1),
+                chunk_rows: chunk_rows.map(|n| n.max(1)),
                 idle_exit: idle_exit.map(std::time::Duration::from_secs_f64),
             };
             if teardown {

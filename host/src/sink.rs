@@ -287,12 +287,18 @@ pub struct StreamDeadLetter {
 }
 
 impl ChangeOrigin {
-    /// The dead letter of a write the target refused.
-    pub fn refused(&self, target: &str, message: &str) -> StreamDeadLetter {
+    /// The dead letter of `change`, which the target table `target`
+    /// refused with `message`.
+    pub fn refused(&self, target: &crate::schema::TableDef, change: &RowChange, message: &str) -> StreamDeadLetter {
+        let row = match change {
+            RowChange::Upsert(row) => format!("row {}", crate::keyset::Key::of(target, row).label()),
+            RowChange::Delete(key) => format!("the delete of {}", crate::keyset::Key::of_values(key).label()),
+            RowChange::Truncate => "the truncate".to_string(),
+        };
         StreamDeadLetter {
             origin: self.clone(),
             kind: DeadLetterKind::Load,
-            reason: format!("the target refused the change for {target}: {message}"),
+            reason: format!("the target refused {row} of {}: {message}", target.name),
         }
     }
 }

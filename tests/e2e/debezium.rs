@@ -148,16 +148,21 @@ async fn assert_final_state(db: &PgDb) {
     assert_eq!(db.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 3);
 }
 
-fn pipeline(target: &PgDb, plugin: &std::path::Path) -> Pipeline {
-    // The source is not read by `apply`; any URL of the right shape does.
-    Pipeline::new("postgres://postgres@127.0.0.1:5432/unused", &target.url(), plugin, "")
+/// A pipeline applying events of the legacy `users` table into `target`.
+/// `apply` reads the source's catalog (the tables' definitions), not its
+/// rows: the source here is an empty legacy table.
+async fn pipeline(target: &PgDb, plugin: &std::path::Path) -> (PgDb, Pipeline) {
+    let source = PgDb::new("dbzsrc").await;
+    source.exec(PG_LEGACY_DDL).await;
+    let p = Pipeline::new(&source.url(), &target.url(), plugin, "");
+    (source, p)
 }
 
 #[tokio::test]
 async fn applies_every_shape_and_dead_letters_bad_events() {
     let target = PgDb::new("dbz").await;
     target.exec(PG_NEW_DDL).await;
-    let p = pipeline(&target, &plugins().transform_user);
+    let (_p_source, p) = pipeline(&target, &plugins().transform_user).await;
     let file = write_lines(p.config.parent().unwrap(), "events.jsonl", &stream());
     let run = p.ferry(&["apply", "--input", &file, "--json"]);
     assert_eq!(run.code, 4, "dead letters present: {run:?}");
@@ -181,7 +186,7 @@ async fn applies_every_shape_and_dead_letters_bad_events() {
 async fn replays_apply_nothing_twice() {
     let target = PgDb::new("dbz").await;
     target.exec(PG_NEW_DDL).await;
-    let p = pipeline(&target, &plugins().transform_user);
+    let (_p_source, p) = pipeline(&target, &plugins().transform_user).await;
     let lines = stream();
     let dir = p.config.parent().unwrap().to_path_buf();
     // A consumer that stops part-way and restarts from an earlier offset,
@@ -205,7 +210,7 @@ async fn replays_apply_nothing_twice() {
 async fn truncate_empties_the_target() {
     let target = PgDb::new("dbz").await;
     target.exec(PG_NEW_DDL).await;
-    let p = pipeline(&target, &plugins().transform_user);
+    let (_p_source, p) = pipeline(&target, &plugins().transform_user).await;
     let mut lines = stream();
     lines.push(
         json!({"source": {"lsn": 900, "sequence": "[\"800\",\"900\"]", "txId": 16, "snapshot": "false"}, "op": "t"})
@@ -222,7 +227,7 @@ async fn key_only_deletes_need_the_key_mapping() {
     let target = PgDb::new("dbz").await;
     target.exec(PG_NEW_DDL).await;
     // The chaos plugin exports only transform-user: no user-key.
-    let p = pipeline(&target, &plugins().chaos);
+    let (_p_source, p) = pipeline(&target, &plugins().chaos).await;
     let t = 1_700_000_000_000_000i64;
     let lines = vec![
         envelope("c", Value::Null, user(1, "A B", "a@x", t, None), 1, 0, 10, "false").to_string(),
@@ -293,11 +298,11 @@ async fn kill_during_apply_converges_to_the_uninterrupted_result() {
     killed.exec(PG_NEW_DDL).await;
     reference.exec(PG_NEW_DDL).await;
     let lines = busy_stream(40_000);
-    let p_ref = pipeline(&reference, &plugins().transform_user);
+    let (_p_ref_source, p_ref) = pipeline(&reference, &plugins().transform_user).await;
     let file = write_lines(p_ref.config.parent().unwrap(), "events.jsonl", &lines);
     assert_eq!(p_ref.ferry(&["apply", "--input", &file]).code, 4);
 
-    let p = pipeline(&killed, &plugins().transform_user);
+    let (_p_source, p) = pipeline(&killed, &plugins().transform_user).await;
     let kills = kill_until_done(|| p.command(&["apply", "--input", &file, "--group-size", "100"]), &[0, 4]);
     assert!(kills >= 2, "only {kills} kills landed");
     assert_eq!(target_rows(&killed).await, target_rows(&reference).await, "same rows as one uninterrupted apply");
@@ -375,7 +380,7 @@ async fn consumes_jetstream_acks_after_commit_and_ignores_redeliveries() {
     target.exec(PG_NEW_DDL).await;
     let s = TestStream::new().await;
     s.publish(&stream()).await;
-    let p = pipeline(&target, &plugins().transform_user);
+    let (_p_source, p) = pipeline(&target, &plugins().transform_user).await;
     let url = format!("nats://{}", nats_server());
     let args = ["apply", "--nats", &url, "--stream", &s.name, "--subject", &s.subject, "--idle-exit", "1", "--json"];
     let run = p.ferry(&args);
@@ -462,7 +467,7 @@ async fn consumes_jetstream_over_verified_tls() {
     s.publish(&stream()).await;
     let target = PgDb::new("dbzt").await;
     target.exec(PG_NEW_DDL).await;
-    let p = pipeline(&target, &plugins().transform_user);
+    let (_p_source, p) = pipeline(&target, &plugins().transform_user).await;
     let url = nats.url();
     let args = ["apply", "--nats", &url, "--stream", &s.name, "--subject", &s.subject, "--idle-exit", "1", "--json"];
 
@@ -485,7 +490,7 @@ async fn an_event_the_target_refuses_is_dead_lettered_and_the_stream_goes_on() {
     let target = PgDb::new("dbzr").await;
     target.exec(PG_NEW_DDL).await;
     target.exec("ALTER TABLE users ADD CHECK (first_name <> 'Refused')").await;
-    let p = pipeline(&target, &plugins().transform_user);
+    let (_p_source, p) = pipeline(&target, &plugins().transform_user).await;
     let t = 1_700_000_000_123_456i64;
     let lines: Vec<String> = [
         envelope("c", Value::Null, user(1, "Ada Lovelace", "ada@x.org", t, None), 10, 100, 110, "false"),

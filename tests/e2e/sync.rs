@@ -168,10 +168,10 @@ async fn concurrent_changes_converge(full: bool, tag: &str) {
         assert!(rereads >= 6, "the updates that left documents alone were read back: {report}");
     }
     assert_target_matches_source(&cluster, &target).await;
-    // ferry validate agrees: counts, sample and checksums of the stream.
+    // ferry validate agrees, row by row.
     let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 0, "{v:?}");
-    assert_eq!(v.json()["counts"]["run_id"], "change stream");
+    assert_eq!(v.json()["tables"][0]["different"], 0, "{v:?}");
 
     // Teardown drops the slot: the source no longer retains WAL for ferry.
     assert_eq!(p.ferry(&["sync", "--teardown"]).code, 0);
@@ -182,18 +182,21 @@ async fn concurrent_changes_converge(full: bool, tag: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_survives_kill_during_load_and_stream() {
     let (cluster, target, p) = synced_pipeline(40_000, "synck", &plugins().transform_user).await;
-    // Killed during the initial load, once `ferry status` shows it under way.
+    // Killed during the initial load, once its first pages are in and
+    // before its last (the target's own count is the observer).
     let mut child = p.spawn(&["sync", "--idle-exit", "1", "--chunk-rows", "200"]);
     let started = std::time::Instant::now();
     loop {
-        let st = p.ferry(&["status", "--json"]);
-        if st.code == 0 && st.json()["phase"].as_str().unwrap_or_default().starts_with("snapshot: chunk") {
+        let loaded = target.scalar_i64("SELECT count(*) FROM users").await;
+        if loaded > 0 {
+            child.kill().unwrap();
+            let loaded = target.scalar_i64("SELECT count(*) FROM users").await;
+            assert!(loaded < 40_000 - invalid_rows(40_000), "the load finished before the kill landed");
             break;
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "status never showed the load: {st:?}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the load never started");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    child.kill().unwrap();
     child.wait().unwrap();
     // More kills at random moments until a run completes.
     kill_until_done(|| p.command(&["sync", "--idle-exit", "1", "--chunk-rows", "200"]), &[0, 4]);
@@ -214,11 +217,11 @@ async fn sync_survives_kill_during_load_and_stream() {
     let mid: i64 =
         sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8").fetch_one(&mut c).await.unwrap();
     write_changes(&cluster, 1).await;
-    let loaded_to = target.scalar_i64("SELECT coalesce(commit_lsn, 0) FROM ferry.change_checkpoints").await;
+    let loaded_to = target.scalar_i64("SELECT coalesce(max(commit_lsn), 0) FROM ferry.change_checkpoints").await;
     let mut child = p.spawn(&["sync", "--idle-exit", "1"]);
     let started = std::time::Instant::now();
     loop {
-        let applied = target.scalar_i64("SELECT coalesce(commit_lsn, 0) FROM ferry.change_checkpoints").await;
+        let applied = target.scalar_i64("SELECT coalesce(max(commit_lsn), 0) FROM ferry.change_checkpoints").await;
         if applied > loaded_to {
             assert!(applied < mid, "the backlog drained before a kill could land; make it bigger");
             break;
@@ -283,7 +286,8 @@ async fn the_sync_daemon_serves_metrics_and_health_reports_status_and_stops_on_s
         body.contains("ferry_changes_applied_total") && body.contains("ferry_commit_lag_seconds")
     })
     .await;
-    assert!(http_get(&addr, "/metrics").await.1.contains("ferry_plugin_info{sha256="));
+    let metrics = http_get(&addr, "/metrics").await.1;
+    assert!(metrics.contains("ferry_plugin_info{table=\"public.users\",sha256=\""), "{metrics}");
     let (status, body) = http_get(&addr, "/health").await;
     assert!(status.contains("200"), "{status} {body}");
     assert!(body.contains("\"status\":\"ok\""), "{body}");
@@ -358,13 +362,13 @@ async fn unchanged_toasted_values_are_never_written_as_placeholders() {
             .await
             .unwrap();
     assert_eq!((name4.as_str(), theme4.as_str()), ("Renamed Four", "big"));
-    // validate's accounting counts the stream's dead letters (the target's
-    // own table is the observer).
+    // validate explains the row the rejected change left as it was by that
+    // change's dead letter (the target's own table is the observer).
+    let recorded = target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters WHERE source_key = '2'").await;
+    assert_eq!(recorded, 1);
     let v = p.ferry(&["validate", "--json"]);
-    let recorded = target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await;
-    assert!(recorded >= 1);
-    assert_eq!(v.json()["counts"]["change_dead_letters"].as_i64(), Some(recorded), "{v:?}");
-    assert!(p.ferry(&["validate"]).stdout.contains(&format!("{recorded} changes dead-lettered")));
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["tables"][0]["explained"], invalid_rows(200) + 1, "{v:?}");
 
     // TRUNCATE on the source truncates the target.
     sqlx::query("TRUNCATE users").execute(&mut c).await.unwrap();
@@ -514,14 +518,12 @@ async fn a_change_the_target_refuses_is_dead_lettered_and_the_stream_goes_on() {
     let (cluster, target, p) = synced_pipeline(200, "syncf", &plugins().transform_user).await;
     target.exec("ALTER TABLE users ADD CHECK (first_name <> 'Refused')").await;
     let mut c = source_conn(&cluster).await;
-    // Refused during the initial load too.
+    // Refused during the initial load too: a dead letter of the load's run.
     sqlx::raw_sql("UPDATE users SET name = 'Refused Nine' WHERE id = 9").execute(&mut c).await.unwrap();
     let run = p.ferry(&["sync", "--idle-exit", "1"]);
     assert_eq!(run.code, 4, "{run:?}");
     assert_eq!(
-        target
-            .scalar_i64("SELECT count(*) FROM ferry.change_dead_letters WHERE source_key = '9' AND kind = 'load'")
-            .await,
+        target.scalar_i64("SELECT count(*) FROM ferry.dead_letters WHERE source_key = '9' AND kind = 'load'").await,
         1
     );
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 200 - invalid_rows(200) - 1);
@@ -578,54 +580,48 @@ async fn rejected_update(policy: &str, tag: &str) -> (Cluster, PgDb, Pipeline) {
     (cluster, target, p)
 }
 
-/// The stale mark of user 8, joined to its dead letter (the target's own
-/// tables as the observer).
-async fn stale_mark_of_user_8(target: &PgDb) -> Option<(String, String)> {
-    sqlx::query_as(
-        "SELECT s.action, d.reason FROM ferry.stale_rows s \
-         JOIN ferry.change_dead_letters d ON d.pipeline = s.pipeline AND d.dedup_key = s.dead_letter \
-         WHERE s.source_key = '8' AND s.target_key = 'user_8'",
-    )
-    .fetch_optional(&mut target.conn().await)
-    .await
-    .unwrap()
+/// The reason of user 8's rejected change (the target's own dead-letter
+/// table as the observer).
+async fn rejection_of_user_8(target: &PgDb) -> Option<String> {
+    sqlx::query_scalar("SELECT reason FROM ferry.change_dead_letters WHERE source_key = '8' AND kind = 'reject'")
+        .fetch_optional(&mut target.conn().await)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rejected_update_keeps_a_stale_row_that_validate_explains_until_a_good_version_arrives() {
     let (cluster, target, p) = rejected_update("keep", "stalek").await;
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_8'").await, 1, "the last good version");
-    let (action, reason) = stale_mark_of_user_8(&target).await.expect("user_8 is marked stale");
-    assert_eq!(action, "kept");
+    let reason = rejection_of_user_8(&target).await.expect("user 8's change is a dead letter");
     assert!(reason.contains("not valid JSON"), "{reason}");
     let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 0, "every difference is explained: {v:?}");
-    let j = v.json();
-    assert_eq!(j["checksum"]["explained"], serde_json::json!(["user_8"]), "{v:?}");
-    assert_eq!(j["counts"]["stale_rows"], 1, "{v:?}");
+    let line = &v.json()["tables"][0];
+    let explained = invalid_rows(200) + 1;
+    assert_eq!([&line["explained"], &line["different"], &line["extra"]], [explained, 0, 0], "{v:?}");
 
-    // A later version the plugin accepts clears the mark.
+    // A later version the plugin accepts replaces the kept one.
     let mut c = source_conn(&cluster).await;
     sqlx::raw_sql("UPDATE users SET metadata = '{\"theme\": \"fixed\"}' WHERE id = 8").execute(&mut c).await.unwrap();
     assert_eq!(p.ferry(&["sync", "--idle-exit", "1"]).code, 0);
-    assert_eq!(stale_mark_of_user_8(&target).await, None);
     assert_eq!(
         target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_8' AND settings->>'theme' = 'fixed'").await,
         1
     );
     let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 0, "{v:?}");
-    assert_eq!(v.json()["counts"]["stale_rows"], 0, "{v:?}");
+    assert_eq!(v.json()["tables"][0]["explained"], invalid_rows(200), "only the load's dead letters: {v:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rejected_update_under_on_reject_delete_removes_the_row() {
     let (_cluster, target, p) = rejected_update("delete", "staled").await;
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_8'").await, 0);
-    let (action, _) = stale_mark_of_user_8(&target).await.expect("user_8 is marked");
-    assert_eq!(action, "deleted");
-    let v = p.ferry(&["validate"]);
+    assert!(rejection_of_user_8(&target).await.is_some(), "the removal is explained by the rejected change");
+    let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(v.json()["tables"][0]["explained"], invalid_rows(200) + 1, "{v:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -667,18 +663,16 @@ async fn a_realistic_workload_converges_through_kills_and_a_source_restart() {
     // The target equals a fresh migration of the source but for the two
     // rows kept stale, and validate explains exactly those.
     assert_target_matches_source_but(&cluster, &target, &["user_2001", "user_2002", "user_2101"]).await;
-    let stale: Vec<String> = sqlx::query_scalar("SELECT target_key FROM ferry.stale_rows ORDER BY 1")
-        .fetch_all(&mut target.conn().await)
-        .await
-        .unwrap();
-    assert_eq!(stale, vec!["user_2001", "user_2002", "user_2101"]);
+    let kept = "SELECT count(*) FROM users WHERE id IN ('user_2001', 'user_2002', 'user_2101')";
+    assert_eq!(target.scalar_i64(kept).await, 3, "their last good versions stay");
+    let explained = "SELECT count(DISTINCT source_key) FROM ferry.change_dead_letters \
+                     WHERE source_key IN ('2001', '2002', '2101')";
+    assert_eq!(target.scalar_i64(explained).await, 3, "each by its rejected change");
     let refused = "SELECT count(*) FROM ferry.change_dead_letters WHERE source_key = '2101' AND kind = 'load'";
     assert_eq!(target.scalar_i64(refused).await, 1, "refused once, whatever the kills");
     let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 0, "{v:?}");
-    let j = v.json();
-    assert_eq!(j["checksum"]["explained"], serde_json::json!(["user_2001", "user_2002", "user_2101"]), "{v:?}");
-    let recorded = target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await;
-    assert_eq!(j["counts"]["change_dead_letters"].as_i64(), Some(recorded), "{v:?}");
+    let line = &v.json()["tables"][0];
+    assert_eq!([&line["missing"], &line["different"], &line["extra"]], [0, 0, 0], "{v:?}");
     assert_slot_acknowledged(&cluster, &target, "after the workload").await;
 }

@@ -39,8 +39,9 @@ use crate::settings::Settings;
 pub struct SyncOptions {
     pub slot: String,
     pub publication: String,
-    /// Rows per initial-load chunk (one target transaction each).
-    pub chunk_rows: usize,
+    /// Rows per page of the initial load (one target transaction each;
+    /// `None`: `migrate.batch_size`).
+    pub chunk_rows: Option<usize>,
     /// Stop after this long without a change (`None`: until signalled).
     pub idle_exit: Option<Duration>,
 }

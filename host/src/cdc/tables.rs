@@ -49,6 +49,12 @@ pub async fn sync(
 ) -> anyhow::Result<SyncReport> {
     crate::daemon::health().beat("starting");
     let (plan, mut target, position, mut report, swapper) = open_stream(settings, selection).await?;
+    for table in &plan.tables {
+        if let Some(plugin) = &table.plugin {
+            let (table, sha256) = (table.source.name.to_string(), plugin.sha256().to_string());
+            metrics::gauge!(crate::daemon::names::PLUGIN_INFO, "table" => table, "sha256" => sha256).set(1.0);
+        }
+    }
 
     let names: Vec<crate::db::TableName> = plan.tables.iter().map(|t| t.source.name.clone()).collect();
     let (mut replication, has_slot) = super::sync::prepare_source(settings, options, &names).await?;
@@ -57,16 +63,17 @@ pub async fn sync(
     let mut client = super::sync::open_gated(settings, options, position).await?;
     let latest = target.latest_run(&settings.pipeline).await?;
     let loaded = latest.as_ref().is_some_and(|r| r.status == crate::control::RunStatus::Completed);
+    let paged = Settings { batch_size: options.chunk_rows.unwrap_or(settings.batch_size), ..settings.clone() };
     let load = if !has_slot {
         let snapshot = super::sync::create_slot(&mut client, options).await?;
         // A new slot means a new initial load, whatever an earlier one did.
         let fresh = MigrateOptions { restart: true, resume_only: false, progress: false };
-        Some(crate::tables::migrate_in_snapshot(settings, selection, fresh, Some(&snapshot), Arc::clone(&stop)).await?)
+        Some(crate::tables::migrate_in_snapshot(&paged, selection, fresh, Some(&snapshot), Arc::clone(&stop)).await?)
     } else if !loaded {
         // The snapshot died with the process that loaded: the rest in a
         // fresh one, and the stream (from the slot's start) converges.
         let resume = MigrateOptions { restart: false, resume_only: false, progress: false };
-        Some(crate::tables::migrate_in_snapshot(settings, selection, resume, None, Arc::clone(&stop)).await?)
+        Some(crate::tables::migrate_in_snapshot(&paged, selection, resume, None, Arc::clone(&stop)).await?)
     } else {
         None
     };
@@ -186,6 +193,7 @@ enum Op {
     /// FULL, the whole old row.
     Delete {
         key: Row,
+        old: Option<Row>,
     },
     Truncate,
     /// Not applicable: a dead letter.
@@ -368,13 +376,17 @@ impl<'a> TablesApplier<'a> {
         let source = self.reread.as_mut().expect("connected above");
         source.wait_visible(xid).await?;
         let page = source.read_keys(&self.plan.tables[t].source, std::slice::from_ref(key)).await?;
-        metrics::counter!(crate::daemon::names::TOAST_REREADS).increment(1);
-        self.report.toast_rereads += 1;
-        Ok(match (page.rows.into_iter().next(), page.unreadable.into_iter().next()) {
+        let (row, unreadable) = (page.rows.into_iter().next(), page.unreadable.into_iter().next());
+        if row.is_some() {
+            // Counted when the read completed the change.
+            metrics::counter!(crate::daemon::names::TOAST_REREADS).increment(1);
+            self.report.toast_rereads += 1;
+        }
+        Ok(match (row, unreadable) {
             (Some(row), _) => Op::Upsert { row, update: true },
             (None, Some(dead)) => Op::Dead { kind: DeadLetterKind::Extract, reason: dead.reason },
             // Deleted since: its delete follows in the stream.
-            (None, None) => Op::Delete { key: key.clone() },
+            (None, None) => Op::Delete { key: key.clone(), old: None },
         })
     }
 
@@ -412,7 +424,9 @@ impl Applier for TablesApplier<'_> {
         seq: &mut u32,
         out: &mut Vec<Change>,
     ) -> anyhow::Result<()> {
-        // (relation, what, old tuple, new tuple)
+        // (relation, what, old tuple, new tuple); whether the old tuple is
+        // the whole row (REPLICA IDENTITY FULL) or its key only.
+        let mut whole_old = false;
         let (oids, what, old, new): (Vec<u32>, &'static str, Option<Vec<Datum>>, Option<Vec<Datum>>) = match message {
             Message::Insert { relation, new } => (vec![relation], "insert", None, Some(new)),
             Message::Update { relation, old, new } => {
@@ -427,7 +441,10 @@ impl Applier for TablesApplier<'_> {
                 }
                 (vec![relation], "update", old.map(|(_, o)| o), Some(new))
             }
-            Message::Delete { relation, old, .. } => (vec![relation], "delete", Some(old), None),
+            Message::Delete { relation, old, key_only } => {
+                whole_old = !key_only;
+                (vec![relation], "delete", Some(old), None)
+            }
             Message::Truncate { relations, .. } => (relations, "truncate", None, None),
             _ => return Ok(()),
         };
@@ -486,7 +503,8 @@ impl Applier for TablesApplier<'_> {
                     && let Ok(old_key) = self.key(t, &columns, old)
                     && old_key != key
                 {
-                    out.push(change(Some(&old_key), "update (old key)", Op::Delete { key: old_key.clone() }));
+                    let op = Op::Delete { key: old_key.clone(), old: None };
+                    out.push(change(Some(&old_key), "update (old key)", op));
                 }
                 let op = match self.row(t, &columns, new) {
                     Ok(Some(row)) => Op::Upsert { row, update: what == "update" },
@@ -496,7 +514,10 @@ impl Applier for TablesApplier<'_> {
                 out.push(change(Some(&key), what, op));
             } else if let Some(old) = &old {
                 match self.key(t, &columns, old) {
-                    Ok(key) => out.push(change(Some(&key), what, Op::Delete { key: key.clone() })),
+                    Ok(key) => {
+                        let old = if whole_old { self.row(t, &columns, old).ok().flatten() } else { None };
+                        out.push(change(Some(&key), what, Op::Delete { key: key.clone(), old }))
+                    }
                     Err(reason) => out.push(change(None, what, dead(reason))),
                 }
             }
@@ -581,7 +602,7 @@ impl Applier for TablesApplier<'_> {
                     }
                 }
                 Op::Upsert { row, .. } if copy => write(self.outputs[t][0], RowChange::Upsert(row)),
-                Op::Delete { key } if copy => write(self.outputs[t][0], RowChange::Delete(key)),
+                Op::Delete { key, .. } if copy => write(self.outputs[t][0], RowChange::Delete(key)),
                 Op::Upsert { update, .. } => {
                     let outcome = outcomes.get_mut(&t).and_then(Iterator::next).expect("one outcome per upsert");
                     let (refused, rows) = match outcome {
@@ -719,13 +740,28 @@ impl TablesApplier<'_> {
         dead: &mut Vec<StreamDeadLetter>,
     ) -> anyhow::Result<Option<Vec<(usize, Row)>>> {
         let key: Row = match &item.op {
-            Op::Delete { key } => key.clone(),
+            Op::Delete { key, .. } => key.clone(),
             Op::Upsert { row, .. } => self.plan.tables[t].source.primary_key.iter().map(|&i| row[i].clone()).collect(),
             _ => return Ok(None),
         };
         let name = self.plan.tables[t].source.name.to_string();
         let transformer = self.transformer(t)?;
-        let outcome = tokio::task::block_in_place(|| transformer.target_keys(&name, &key))?;
+        let mut outcome = tokio::task::block_in_place(|| transformer.target_keys(&name, &key))?;
+        // A plugin that cannot map keys (a transform-user plugin without
+        // `user-key`) still names the rows an old row made: transform it.
+        if let (RowOutcome::Rejected(_), Op::Delete { old: Some(old), .. }) = (&outcome, &item.op) {
+            let made = tokio::task::block_in_place(|| transformer.transform_batch(&name, std::slice::from_ref(old)))?;
+            if let Some(RowOutcome::Rows(rows)) = made.into_iter().next() {
+                let keys = rows
+                    .into_iter()
+                    .filter_map(|(table, values)| {
+                        let o = self.output(t, &table)?;
+                        Some((table, self.targets[o].primary_key.iter().map(|&i| values[i].clone()).collect()))
+                    })
+                    .collect();
+                outcome = RowOutcome::Rows(keys);
+            }
+        }
         let refuse = |kind, reason: String| StreamDeadLetter { origin: item.origin(), kind, reason };
         match outcome {
             RowOutcome::Rows(keys) => {
@@ -888,7 +924,12 @@ impl TablesApplier<'_> {
             Some(s) => format!("{s}.{name}"),
             None => name.clone(),
         };
-        let table = self.plan.tables.iter().position(|t| names_table(&t.source, schema_name.as_deref(), &name));
+        // An event that names no table (a bare envelope without `source`) is
+        // the table's when the pipeline has one.
+        let table = match (&event.table, self.plan.tables.len()) {
+            (None, 1) => Some(0),
+            _ => self.plan.tables.iter().position(|t| names_table(&t.source, schema_name.as_deref(), &name)),
+        };
         let what: &'static str = match event.op.as_str() {
             "r" => "read",
             "c" => "create",
@@ -946,7 +987,13 @@ impl TablesApplier<'_> {
                 match side("before").map(|before| super::events::key_of(&def, before, &fields, unit)) {
                     Some(Ok(key)) => {
                         change.key = Some(Key::of_values(&key));
-                        change.op = Op::Delete { key };
+                        // A before-image with more than the key (REPLICA
+                        // IDENTITY FULL) is the whole old row.
+                        let before = side("before").expect("matched above");
+                        let key_columns: Vec<&str> = def.key_columns().map(|c| c.name.as_str()).collect();
+                        let whole = before.iter().any(|(k, v)| !v.is_null() && !key_columns.contains(&k.as_str()));
+                        let old = whole.then(|| super::events::row_of(&def, before, &fields, unit).ok()).flatten();
+                        change.op = Op::Delete { key, old };
                     }
                     Some(Err(reason)) => change.op = dead(reason),
                     None => change.op = dead("delete without `before`".into()),

@@ -215,7 +215,7 @@ async fn apply_writes(
                 .collect();
             for (at, message) in run(tx, &rows, careful, sql, def).await? {
                 let write = &batch.writes[indexes[at]];
-                refused.push(batch.origins[write.origin].refused(&def.name.to_string(), &message));
+                refused.push(batch.origins[write.origin].refused(def, &write.change, &message));
             }
         }
     }

@@ -60,7 +60,14 @@ fn sequence_next(table: &str, column: &str) -> String {
 }
 
 /// A SQL literal of `text` cast to `sql_type` (COPY takes no parameters).
+/// A text holding a NUL character (which no PostgreSQL text can, and no
+/// query string may carry) is written as its UTF-8 bytes converted back:
+/// the server refuses that value as COPY would ("invalid byte sequence
+/// … 0x00"), so the row is isolated and dead-lettered like any refused row.
 pub(super) fn literal(text: &str, sql_type: &str) -> String {
+    if text.contains('\0') {
+        return format!("convert_from('\\x{}'::bytea, 'UTF8')::{sql_type}", hex::encode(text.as_bytes()));
+    }
     format!("{}::{sql_type}", crate::db::quote_literal(text))
 }
 

@@ -218,8 +218,8 @@ impl RowChangeSink for SqliteTables {
                     continue;
                 }
                 for (at, message) in write(&mut tx, def, &rows, upsert).await.map_err(fail)? {
-                    let origin = &batch.origins[batch.writes[indexes[at]].origin];
-                    refused.push(origin.refused(&def.name.to_string(), &message));
+                    let write = &batch.writes[indexes[at]];
+                    refused.push(batch.origins[write.origin].refused(def, &write.change, &message));
                 }
             }
         }

@@ -1093,6 +1093,8 @@ async fn copy_table(
         }
         target.commit_rows(&batch, policy).await?;
         rows += batch.extracted;
+        // `ferry sync --listen` shows its initial load (no recorder: no-op).
+        metrics::counter!(crate::daemon::names::SNAPSHOT_ROWS).increment(batch.extracted);
         if let Some(bar) = bar {
             bar.inc(batch.extracted);
         }

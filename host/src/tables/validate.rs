@@ -288,6 +288,9 @@ async fn validate_table(
                     let columns = differing_columns(&table.source, row, other);
                     if columns.is_empty() {
                         line.matched += 1;
+                    } else if explained.contains(label.as_str()) {
+                        // A newer version was dead-lettered: the last good one stays.
+                        line.explained += 1;
                     } else {
                         line.different += 1;
                         line.note_values(label, columns);
@@ -827,9 +830,12 @@ async fn compare(
                 None => Verdict::Missing { label: format!("{label} → {}", out.name), note: vec![] },
                 Some(other) => {
                     let columns = differing_columns(out, &row, other);
-                    match columns.is_empty() {
-                        true => Verdict::Matched,
-                        false => {
+                    match (columns.is_empty(), explains) {
+                        (true, _) => Verdict::Matched,
+                        // A newer version was dead-lettered: the target keeps
+                        // the last good one.
+                        (false, true) => Verdict::Explained { found: true },
+                        (false, false) => {
                             Verdict::Different { label: format!("{label} → {}", out.name), columns, found: true }
                         }
                     }
