@@ -9,8 +9,7 @@
 #   2. SQL baseline      psql \copy (SELECT <transform in SQL>) | psql \copy users
 #                        into a fresh ferry_bench_sql (bench/baseline.sql)
 #   3. ferry migrate     into a fresh ferry_bench_ferry, under /usr/bin/time -v
-#   3b. the same         as a pipeline of tables ([[tables]] name = "public.users",
-#                        same plugin) into a fresh ferry_bench_tables
+#                        (`[source] table` + `[plugin]`: one [[tables]] entry)
 #   4. ferry validate    against the same databases, under /usr/bin/time -v
 #   5. cross-check       the two target tables must hold the same rows
 # then prints one markdown table and writes bench/out/results-<N>.json (JSON lines).
@@ -22,7 +21,6 @@
 #   BATCH_SIZE    [migrate] batch_size in the generated ferry.toml (default 5000, ferry's own)
 #   SKIP_FERRY=1  run only the data generation and the SQL baseline
 #   KEEP=1        keep the bench databases at the end (default: dropped)
-#   TABLES=0      skip step 3b, the same migration as a pipeline of tables
 #   PGHOST / PGPORT / PGUSER   default 127.0.0.1 / 5432 / postgres (trust auth)
 #
 # rows/s is always SOURCE rows (N) / wall-clock seconds, for every pipeline:
@@ -60,12 +58,10 @@ case $FERRY_PLUGIN in /*) ;; *) FERRY_PLUGIN=$ROOT/$FERRY_PLUGIN ;; esac
 BATCH_SIZE=${BATCH_SIZE:-5000}  # ferry's default (settings::DEFAULT_BATCH_SIZE)
 SKIP_FERRY=${SKIP_FERRY:-0}
 KEEP=${KEEP:-0}
-TABLES=${TABLES:-1}
 
 DB_SRC=ferry_bench_src
 DB_SQL=ferry_bench_sql
 DB_FERRY=ferry_bench_ferry
-DB_TABLES=ferry_bench_tables
 
 # --- helpers -------------------------------------------------------------------
 
@@ -202,9 +198,9 @@ cleanup() {
     if [[ $CONNECTED != 1 ]]; then
         :   # never reached the server: nothing to drop
     elif [[ $KEEP == 1 ]]; then
-        log "KEEP=1: leaving databases $DB_SRC, $DB_SQL, $DB_FERRY, $DB_TABLES"
+        log "KEEP=1: leaving databases $DB_SRC, $DB_SQL, $DB_FERRY"
     else
-        for db in "$DB_SRC" "$DB_SQL" "$DB_FERRY" "$DB_TABLES"; do
+        for db in "$DB_SRC" "$DB_SQL" "$DB_FERRY"; do
             psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 \
                 || log "warning: could not drop $db"
         done
@@ -330,32 +326,7 @@ path = "$FERRY_PLUGIN"
 batch_size = $BATCH_SIZE
 EOF
     cp "$CONFIG" "$LOGS/ferry.toml"
-    # The same table as a pipeline of tables (one [[tables]] entry with the
-    # same plugin, through the transform-user adapter), into the same kind
-    # of pre-made target table: the one-table pipeline's successor.
-    TABLES_CONFIG=$TMP/ferry-tables.toml
-    cat >"$TABLES_CONFIG" <<EOF
-name = "bench"
-
-[source]
-url = "postgres://$PGUSER@$PGHOST:$PGPORT/$DB_SRC"
-
-[target]
-url = "postgres://$PGUSER@$PGHOST:$PGPORT/$DB_TABLES"
-
-[migrate]
-batch_size = $BATCH_SIZE
-
-[[tables]]
-name = "public.users"
-plugin = "$FERRY_PLUGIN"
-EOF
-    cp "$TABLES_CONFIG" "$LOGS/ferry-tables.toml"
-
     run_migrate "$N" ferry-migrate "$CONFIG" "$DB_FERRY" migrate "$secs_sql"
-    if [[ $TABLES == 1 ]]; then
-        run_migrate "$N" ferry-migrate-tables "$TABLES_CONFIG" "$DB_TABLES" migrate-tables "$secs_sql"
-    fi
 
     # 4. ferry validate -----------------------------------------------------------
     log "N=$N: ferry validate"
@@ -380,9 +351,7 @@ EOF
     #    should have written the same rows. Informational: a difference is
     #    reported with a sample, it does not fail the run.
     fp_sql=$(fingerprint "$DB_SQL") || die "cannot fingerprint $DB_SQL"
-    targets=("$DB_FERRY")
-    [[ $TABLES == 1 ]] && targets+=("$DB_TABLES")
-    for db in "${targets[@]}"; do
+    for db in "$DB_FERRY"; do
         fp_ferry=$(fingerprint "$db") || die "cannot fingerprint $db"
         if [[ $fp_sql == "$fp_ferry" ]]; then
             SUMMARY+=("N=$N: $db and the SQL target hold identical rows (${fp_sql%% *})")

@@ -106,18 +106,19 @@ pub struct TargetConfig {
     pub on_reject: Option<OnReject>,
 }
 
-/// What a change stream does with the target row when the plugin rejects
-/// (or the target refuses) a newer version of it. The change is
-/// dead-lettered either way.
+/// What a change stream does with the target rows of a source row when the
+/// plugin rejects a newer version of it. The change is dead-lettered either
+/// way (and a version the target refuses always leaves the last good one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnReject {
-    /// Keep the last good version, marked stale in `ferry.stale_rows` with a
-    /// link to its dead letter (default: a transform failing on a new
-    /// version never deletes data the application may be reading).
+    /// Keep the last good version, explained by the change's dead letter
+    /// (default: a transform failing on a new version never deletes data
+    /// the application may be reading).
     #[default]
     Keep,
-    /// Remove the target row, as a migration would never have loaded it.
+    /// Remove the rows the plugin made of it (its `target-keys`), as a
+    /// migration would never have loaded them.
     Delete,
 }
 

@@ -69,7 +69,8 @@ pub struct RunRecord {
     pub target_table: String,
     pub plugin_sha256: String,
     pub status: RunStatus,
-    /// The checkpoint: highest source key committed.
+    /// The one integer key checkpoint of runs that earlier versions' one-table
+    /// path started (`None` for every run since: each table has its own).
     pub last_key: Option<i64>,
     pub batches: u64,
     pub stats: Stats,

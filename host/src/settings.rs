@@ -36,7 +36,7 @@ pub struct Overrides {
     /// Policy for rows whose key already exists in the target.
     #[arg(long, global = true, value_enum)]
     pub on_conflict: Option<OnConflict>,
-    /// Plugin component (.wasm).
+    /// Plugin component (.wasm) of a one-table pipeline (`[plugin] path`).
     #[arg(long, global = true, value_name = "PATH")]
     pub plugin: Option<PathBuf>,
     /// Expected SHA-256 of the plugin.
@@ -131,7 +131,7 @@ pub struct Settings {
     pub source: Endpoint,
     pub target: Endpoint,
     pub on_conflict: OnConflict,
-    /// Change streams: keep (marked stale) or delete a row whose newer
+    /// Change streams: keep or delete the rows of a source row whose newer
     /// version is dead-lettered.
     pub on_reject: OnReject,
     pub load_method: LoadMethod,
@@ -286,7 +286,9 @@ impl Settings {
                     .into(),
             ));
         }
-        if plugin_path.is_some() {
+        // (`--plugin` on the command line is the one of `dlq replay` and
+        // `reprocess` here: clap hands it to both.)
+        if file.plugin.path.is_some() {
             return Err(invalid(
                 "plugin.path names the plugin of a one-table pipeline; with [[tables]] or source.include, give each \
                  table its plugin in [[tables]] (plugin = \"…\"); [plugin] keeps the limits and grants of them all"

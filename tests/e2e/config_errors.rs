@@ -203,4 +203,19 @@ fn many_table_pipelines_say_what_they_cannot_do() {
     let run = ferry(&["--config", &path, "migrate"]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("source.exclude needs source.include"), "{run:?}");
+
+    // One pipeline's plugin and another's tables: which table would it be?
+    let (_d, path) = write_config(
+        "[source]\nurl = \"sqlite://a.db\"\ninclude = [\"*\"]\n[target]\nurl = \"sqlite://b.db\"\n[plugin]\npath = \"p.wasm\"\n",
+    );
+    let run = ferry(&["--config", &path, "migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("give each table its plugin in [[tables]]"), "{run:?}");
+    let (_d, path) = write_config(&format!(
+        "[source]\nurl = \"sqlite://a.db\"\ninclude = [\"*\"]\n[target]\nurl = \"sqlite://b.db\"\n[plugin]\nsha256 = \"{}\"\n",
+        "ab".repeat(32)
+    ));
+    let run = ferry(&["--config", &path, "migrate"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("plugin_sha256"), "{run:?}");
 }

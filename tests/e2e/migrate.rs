@@ -328,3 +328,33 @@ async fn rows_a_sqlite_target_refuses_are_dead_lettered_and_the_rest_loads() {
     let v = p.ferry(&["validate"]);
     assert_eq!(v.code, 0, "{v:?}");
 }
+
+/// A run the one-table path of an earlier version left unfinished (one
+/// integer checkpoint, no per-table progress) is not resumed as if it were
+/// this pipeline's: the error says how to go on, and nothing is written.
+#[tokio::test]
+async fn a_run_left_by_the_old_one_table_path_is_not_resumed_blindly() {
+    let (source, target) = (PgDb::new("oldsrc").await, PgDb::new("olddst").await);
+    seed_pg_legacy(&source, 100).await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    // The control schema as this version makes it, then a run as the old
+    // path recorded it.
+    assert_eq!(p.ferry(&["status"]).code, 0);
+    assert_eq!(p.ferry(&["migrate"]).code, 4);
+    target
+        .exec(
+            "DELETE FROM ferry.lineage; DELETE FROM ferry.dead_letters; DELETE FROM ferry.table_progress; \
+             DELETE FROM ferry.runs; DELETE FROM users; \
+             INSERT INTO ferry.runs (run_id, pipeline, source, target_table, plugin_sha256, status, last_key) \
+             VALUES ('old-run', 'test', 'legacy', 'users', 'abc', 'interrupted', 42)",
+        )
+        .await;
+    let run = p.ferry(&["migrate"]);
+    assert_eq!(run.code, 8, "{run:?}");
+    assert!(run.stderr.contains("run old-run") && run.stderr.contains("--restart"), "{run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 0, "nothing written");
+    let run = p.ferry(&["migrate", "--restart"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 100 - invalid_rows(100));
+}

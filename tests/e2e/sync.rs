@@ -300,7 +300,8 @@ async fn the_sync_daemon_serves_metrics_and_health_reports_status_and_stops_on_s
     assert_eq!(st.code, 0, "{st:?}");
     let j = st.json();
     assert_eq!(j["phase"], "streaming", "{j}");
-    assert!(j["stream"]["applied"].as_u64().unwrap() > 500, "{j}");
+    assert_eq!(j["migrate"]["stats"]["extracted"], 500, "the initial load: {j}");
+    assert!(j["stream"]["applied"].as_u64().unwrap() > 100, "the changes after it: {j}");
     assert_eq!(j["slots"][0]["name"], "ferry_test", "{j}");
     assert!(j["stream"]["changes_per_second"].as_f64().unwrap() > 0.0, "{j}");
     assert!(j["lag_seconds"].is_number(), "{j}");
@@ -368,7 +369,7 @@ async fn unchanged_toasted_values_are_never_written_as_placeholders() {
     assert_eq!(recorded, 1);
     let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 0, "{v:?}");
-    assert_eq!(v.json()["tables"][0]["explained"], invalid_rows(200) + 1, "{v:?}");
+    assert_eq!(v.json()["tables"][0]["explained"], 1, "user 2, kept: {v:?}");
 
     // TRUNCATE on the source truncates the target.
     sqlx::query("TRUNCATE users").execute(&mut c).await.unwrap();

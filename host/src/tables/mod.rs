@@ -451,6 +451,17 @@ pub async fn migrate_in_snapshot(
 
     let latest = target.latest_run(&settings.pipeline).await?;
     let (run, resumed) = match latest {
+        // Its checkpoint is one integer key: the one-table path of earlier
+        // versions started it, and its pages are not this pipeline's.
+        Some(run) if run.status.resumable() && !options.restart && run.last_key.is_some() => {
+            return Err(crate::error::Error::contract(format!(
+                "run {} of pipeline {} was started by an earlier ferry's one-table path (checkpoint: key {}); \
+                 finish it with that version, or start over with `ferry migrate --restart`",
+                run.run_id,
+                settings.pipeline,
+                run.last_key.unwrap_or_default()
+            )));
+        }
         Some(run) if run.status.resumable() && !options.restart => (run, true),
         Some(run) if run.status == RunStatus::Completed && !options.restart && !options.resume_only => {
             let progress = target.table_progress(&run.run_id).await?;
