@@ -192,7 +192,8 @@ async fn plugin_items(
     items: &mut Items,
 ) {
     let name = &table.source.name;
-    let pinned = selection.spec(name).and_then(|s| s.plugin.as_ref()).is_some_and(|p| p.options.pinned_sha256.is_some());
+    let pinned =
+        selection.spec(name).and_then(|s| s.plugin.as_ref()).is_some_and(|p| p.options.pinned_sha256.is_some());
     items.push(
         format!("plugin {name}"),
         if pinned { Level::Ok } else { Level::Warn },
@@ -242,11 +243,7 @@ async fn plugin_items(
         );
     }
     if reasons.is_empty() {
-        return items.push(
-            format!("sample {name}"),
-            Level::Ok,
-            format!("the first {total} rows all pass the plugin"),
-        );
+        return items.push(format!("sample {name}"), Level::Ok, format!("the first {total} rows all pass the plugin"));
     }
     let mut counted: Vec<(String, usize)> = Vec::new();
     for r in &reasons {

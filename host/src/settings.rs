@@ -243,12 +243,13 @@ impl Settings {
         };
         let include = patterns(&file.source.include, "source.include")?;
         let exclude = patterns(&file.source.exclude, "source.exclude")?;
-        let table = |flag: &Option<String>, value: &Option<String>, key: &str| -> Result<Option<TableName>, ConfigError> {
-            flag.as_deref()
-                .or(value.as_deref())
-                .map(|raw| TableName::parse(raw).map_err(|e| invalid(format!("{key}: {e}"))))
-                .transpose()
-        };
+        let table =
+            |flag: &Option<String>, value: &Option<String>, key: &str| -> Result<Option<TableName>, ConfigError> {
+                flag.as_deref()
+                    .or(value.as_deref())
+                    .map(|raw| TableName::parse(raw).map_err(|e| invalid(format!("{key}: {e}"))))
+                    .transpose()
+            };
         let plugin_path = o.plugin.clone().or_else(|| file.plugin.path.as_ref().map(|p| relative_to(base, p)));
         if file.tables.is_empty() && include.is_empty() {
             if !exclude.is_empty() {

@@ -247,11 +247,12 @@ async fn a_row_postgresql_cannot_hold_is_dead_lettered_and_the_rest_loads() {
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 1000 - invalid - 1);
     assert_eq!(target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_501'").await, 0);
     let mut c = target.conn().await;
-    let (kind, reason, row): (String, String, String) =
-        sqlx::query_as("SELECT kind, reason, source_row->>'first_name' FROM ferry.dead_letters WHERE source_key = '501'")
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
+    let (kind, reason, row): (String, String, String) = sqlx::query_as(
+        "SELECT kind, reason, source_row->>'first_name' FROM ferry.dead_letters WHERE source_key = '501'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
     assert_eq!(kind, "load");
     assert!(reason.contains("user_501") && reason.contains("0x00"), "the database's message: {reason}");
     assert_eq!(row, "Nul\\u0000Byte", "the refused row is kept, its NUL spelled out");

@@ -183,6 +183,24 @@ async fn migrate_validate_and_sync_over_verify_full() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     assert!(seen.iter().all(|(_, ssl, version)| *ssl && version.as_deref() == Some("TLSv1.3")), "{seen:?}");
+    // The changes come once the initial load is in (its run completed, as
+    // the target records it), so they reach the target through the stream.
+    let mut t = observer(&cluster, "synced").await;
+    loop {
+        let made: bool =
+            sqlx::query_scalar("SELECT to_regclass('ferry.runs') IS NOT NULL").fetch_one(&mut t).await.unwrap();
+        if made {
+            let completed: i64 = sqlx::query_scalar("SELECT count(*) FROM ferry.runs WHERE status = 'completed'")
+                .fetch_one(&mut t)
+                .await
+                .unwrap();
+            if completed == 1 {
+                break;
+            }
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "the initial load never completed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     sqlx::raw_sql(sqlx::AssertSqlSafe(&*pg_legacy_rows(5001, 5100))).execute(&mut obs).await.unwrap();
     sqlx::raw_sql("UPDATE users SET name = 'Over Tls' WHERE id <= 10; DELETE FROM users WHERE id BETWEEN 11 AND 20")
         .execute(&mut obs)

@@ -50,8 +50,13 @@ async fn validate_names_altered_deleted_and_extra_rows() {
     found.sort();
     assert_eq!(
         found,
-        [("different", "1234 → users"), ("different", "2001 → users"), ("extra", "user_999999 in users"), ("missing", "77 → users")]
-            .map(|(k, v)| (k.to_string(), v.to_string())),
+        [
+            ("different", "1234 → users"),
+            ("different", "2001 → users"),
+            ("extra", "user_999999 in users"),
+            ("missing", "77 → users")
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
         "source keys for what the source says, the target's key for a row only the target has: {v:?}"
     );
     let diff = |key: &str| line["differences"].as_array().unwrap().iter().find(|d| d["key"] == key).cloned().unwrap();

@@ -23,11 +23,11 @@ use std::sync::atomic::AtomicBool;
 use super::apply::ApplyReport;
 use super::pgoutput::{Datum, Message, Relation, Relations};
 use super::sync::{Applier, SyncOptions, SyncReport};
+use crate::config::OnReject;
 use crate::db::Engine;
 use crate::engines::{self, RowTarget};
 use crate::keyset::{Key, Row};
 use crate::migrate::{Ending, MigrateOptions};
-use crate::config::OnReject;
 use crate::model::DeadLetterKind;
 use crate::plugin::{RowOutcome, TableTransformer};
 use crate::position::Position;
@@ -629,7 +629,9 @@ impl Applier for TablesApplier<'_> {
                             // dead letter) or goes, as `target.on_reject` says.
                             if update && self.settings.on_reject == OnReject::Delete {
                                 match self.plugin_keys(t, &item, &mut batch.dead)? {
-                                    Some(keys) => keys.into_iter().for_each(|(o, key)| write(o, RowChange::Delete(key))),
+                                    Some(keys) => {
+                                        keys.into_iter().for_each(|(o, key)| write(o, RowChange::Delete(key)))
+                                    }
                                     None if self.report.stream.fatal.is_some() => return Ok(false),
                                     None => {}
                                 }

@@ -189,7 +189,6 @@ pub fn describe_error(e: &sqlx::Error) -> String {
     }
 }
 
-
 /// Waits (up to a few seconds) until transaction `xid` is visible to new
 /// snapshots on `conn`. Logical decoding sends a transaction once its
 /// commit record is in the WAL, which is a moment before other sessions
@@ -223,5 +222,6 @@ pub(crate) async fn wait_visible(conn: &mut PgConnection, xid: u32) -> anyhow::R
 /// `on_conflict = error` is not: that policy stops the run.
 pub(crate) fn refuses_rows(e: &sqlx::Error, policy: crate::config::OnConflict) -> bool {
     let Some(code) = e.as_database_error().and_then(|db| db.code()) else { return false };
-    code.starts_with("22") || (code.starts_with("23") && !(code == "23505" && policy == crate::config::OnConflict::Error))
+    code.starts_with("22")
+        || (code.starts_with("23") && !(code == "23505" && policy == crate::config::OnConflict::Error))
 }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
-use super::tables::{PgTables, literal};
 use super::refuses_rows;
+use super::tables::{PgTables, literal};
 use crate::config::OnConflict;
 use crate::db::quote_ident;
 use crate::error::Error;

@@ -11,8 +11,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::ConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 
 use crate::db::DbUrl;
 
@@ -44,8 +44,6 @@ pub async fn connect(url: &DbUrl, role: &str, writable: bool) -> anyhow::Result<
         )
     })
 }
-
-
 
 /// Whether SQLite refused rows for what they hold (so the other rows of the
 /// batch may load): NOT NULL, CHECK, a foreign key, a STRICT column's type,

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use sqlx::sqlite::{Sqlite, SqliteConnection};
 use sqlx::{Connection, QueryBuilder};
 
-use super::tables::{MAX_PARAMS, SqliteTables, push_stored, to_sqlite};
 use super::refuses_rows;
+use super::tables::{MAX_PARAMS, SqliteTables, push_stored, to_sqlite};
 use crate::config::OnConflict;
 use crate::keyset::Row;
 use crate::position::Position;

@@ -281,7 +281,9 @@ pub async fn plan(
                     match existing.column_index(&c.name).map(|i| &existing.columns[i]) {
                         None => mismatches.push(format!("column `{}` is missing", c.name)),
                         Some(there)
-                            if plugin.is_some() && target_engine == Engine::Postgres && !holds(&there.kind, &c.kind) =>
+                            if plugin.is_some()
+                                && target_engine == Engine::Postgres
+                                && !holds(&there.kind, &c.kind) =>
                         {
                             mismatches.push(format!(
                                 "column `{}` has type {} but the plugin writes {:?} values",
@@ -940,8 +942,7 @@ pub(crate) fn transformed(
     // Each producing source row made one row, all into one table: a row
     // left alone under `on_conflict = skip` is its source row, skipped.
     let filled = batch.writes.iter().filter(|w| !w.rows.is_empty()).count();
-    batch.one_to_one =
-        filled <= 1 && batch.writes.iter().map(|w| w.rows.len() as u64).sum::<u64>() == batch.producing;
+    batch.one_to_one = filled <= 1 && batch.writes.iter().map(|w| w.rows.len() as u64).sum::<u64>() == batch.producing;
     Ok(())
 }
 
