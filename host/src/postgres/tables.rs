@@ -133,6 +133,13 @@ impl PgTables {
         Ok(PgTables { conn, url: url.clone(), buf: String::new(), base_types: Default::default(), text_only: false })
     }
 
+    /// `enable_seqscan` for this session's next statements.
+    async fn set_seqscan(&mut self, on: bool) -> anyhow::Result<()> {
+        let sql = if on { "RESET enable_seqscan" } else { "SET enable_seqscan = off" };
+        sqlx::query(sql).execute(&mut self.conn).await.map_err(|e| self.err("setting enable_seqscan".into(), &e))?;
+        Ok(())
+    }
+
     fn err(&self, what: String, e: &sqlx::Error) -> anyhow::Error {
         Error::driver(format!("{what} in {}", self.url), e)
     }
@@ -871,7 +878,14 @@ impl RowSource for PgTables {
             table.key_prefix_list(keys[0].len()),
             key_tuples(table, keys)
         );
-        self.copy_out(table, &query).await
+        // Thousands of keys make the planner guess a scan of the whole
+        // table (in parallel) cheaper than as many index probes: 95 ms a
+        // page of 5,000 keys on 1M rows, and a validation quadratic in the
+        // table's size. The probes take 10–30 ms.
+        self.set_seqscan(false).await?;
+        let page = self.copy_out(table, &query).await;
+        self.set_seqscan(true).await?;
+        page
     }
 }
 
