@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use crate::error::ErrorKind;
 use crate::migrate::{Ending, MigrateOptions};
+use crate::notify::Event;
 use crate::settings::{Overrides, Settings};
 use crate::{exit, report};
 
@@ -322,6 +323,29 @@ fn show<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce() -> Strin
 }
 
 /// The exit code of a change-stream run (`apply`, `sync`).
+/// `run_ended`, and `dead_letters` past the pipeline's threshold.
+async fn notify_run<T: serde::Serialize>(settings: &Settings, summary: String, dead_letters: u64, report: &T) {
+    let details = serde_json::to_value(report).unwrap_or_default();
+    if settings.notify.dead_letters_above.is_some_and(|limit| dead_letters > limit) {
+        let limit = settings.notify.dead_letters_above.unwrap_or_default();
+        let said = format!("{dead_letters} dead letters (more than {limit}): `ferry dlq list`; {summary}");
+        crate::notify::send(&settings.notify, &settings.pipeline, Event::DeadLetters, said, details.clone()).await;
+    }
+    crate::notify::send(&settings.notify, &settings.pipeline, Event::RunEnded, summary, details).await;
+}
+
+/// One line on a stream that stopped.
+fn stream_summary(command: &str, r: &crate::cdc::apply::ApplyReport) -> String {
+    let why = match &r.fatal {
+        Some(fatal) => format!("stopped by the plugin: {fatal}"),
+        None => "stopped".to_string(),
+    };
+    format!(
+        "{command} {why}: {} upserts, {} deletes, {} truncates in {} transactions, {} dead letters",
+        r.upserts, r.deletes, r.truncates, r.transactions, r.dead_lettered
+    )
+}
+
 fn stream_exit(r: &crate::cdc::apply::ApplyReport, signalled: bool) -> i32 {
     if r.fatal.is_some() {
         exit::FATAL
@@ -383,6 +407,21 @@ async fn run(cli: Cli) -> i32 {
                 Ok(r) => {
                     let dead = recent_dead_letters(&settings, &r.run_id).await;
                     show(cli.json, &r, || report::tables(&r, &dead));
+                    let summary = format!(
+                        "migrate run {} {}: {} source rows, {} loaded, {} skipped, {} filtered, {} dead letters, {:.1} s",
+                        r.run_id,
+                        serde_json::to_value(r.ending)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        r.source_rows,
+                        r.stats.loaded,
+                        r.stats.skipped,
+                        r.filtered,
+                        r.stats.dead_lettered,
+                        r.elapsed_seconds
+                    );
+                    notify_run(&settings, summary, r.stats.dead_lettered, &r).await;
                     match r.ending {
                         Ending::Fatal => exit::FATAL,
                         Ending::Interrupted => exit::INTERRUPTED,
@@ -397,6 +436,29 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(&e),
                 Ok(r) => {
                     show(cli.json, &r, || report::tables_validation(&r));
+                    if !r.ok {
+                        let differing: Vec<String> = r
+                            .tables
+                            .iter()
+                            .filter(|t| !t.ok)
+                            .map(|t| {
+                                format!(
+                                    "{} ({} missing, {} extra, {} different)",
+                                    t.table, t.missing, t.extra, t.different
+                                )
+                            })
+                            .collect();
+                        let summary = format!("validate found differences: {}", differing.join("; "));
+                        let details = serde_json::to_value(&r).unwrap_or_default();
+                        crate::notify::send(
+                            &settings.notify,
+                            &settings.pipeline,
+                            Event::ValidationFailed,
+                            summary,
+                            details,
+                        )
+                        .await;
+                    }
                     if r.ok { exit::OK } else { exit::VERIFY_FAILED }
                 }
             }
@@ -472,6 +534,7 @@ async fn run(cli: Cli) -> i32 {
                 Err(e) => fail(&e),
                 Ok(r) => {
                     show(cli.json, &r, || report::apply(&r));
+                    notify_run(&settings, stream_summary("apply", &r), r.dead_lettered, &r).await;
                     stream_exit(&r, false)
                 }
             }
@@ -510,6 +573,7 @@ async fn run(cli: Cli) -> i32 {
                             report::apply(&r.stream)
                         )
                     });
+                    notify_run(&settings, stream_summary("sync", &r.stream), r.stream.dead_lettered, &r).await;
                     stream_exit(&r.stream, signalled.load(Ordering::Relaxed))
                 }
             }

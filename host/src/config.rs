@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub plugin: PluginConfig,
     #[serde(default)]
     pub migrate: MigrateConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
     /// `[[tables]]`: the source tables to move, by name, each with its own
     /// settings. With `source.include`, a pipeline of many tables.
     #[serde(default)]
@@ -162,6 +164,21 @@ pub struct PluginConfig {
     pub cache_dir: Option<PathBuf>,
     /// Capabilities beyond deny-all: `"clocks"`, `"random"`. Default none.
     pub grants: Option<Vec<String>>,
+}
+
+/// `[notify]`: where notifications go (nowhere unless set).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// `http://` or `https://` URL that receives each notification as a
+    /// JSON POST (public CAs are trusted).
+    pub webhook: Option<String>,
+    /// Shell command run with each notification on stdin (`sh -c`, with
+    /// `FERRY_EVENT` and `FERRY_PIPELINE` set).
+    pub command: Option<String>,
+    /// Notify `dead_letters` when a run or stream dead-letters more rows
+    /// than this (unset: never).
+    pub dead_letters_above: Option<u64>,
 }
 
 /// `[migrate]`.

@@ -19,6 +19,7 @@ pub mod exit;
 pub mod keyset;
 pub mod migrate;
 pub mod model;
+pub mod notify;
 pub mod plugin;
 pub mod position;
 pub mod postgres;

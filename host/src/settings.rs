@@ -117,6 +117,14 @@ impl TableSelection {
     }
 }
 
+/// Where notifications go (`[notify]`).
+#[derive(Debug, Clone, Default)]
+pub struct NotifySettings {
+    pub webhook: Option<String>,
+    pub command: Option<String>,
+    pub dead_letters_above: Option<u64>,
+}
+
 /// Plugin settings.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
@@ -141,6 +149,7 @@ pub struct Settings {
     pub tables: TableSelection,
     pub batch_size: usize,
     pub workers: usize,
+    pub notify: NotifySettings,
 }
 
 impl Settings {
@@ -182,6 +191,19 @@ impl Settings {
             return Err(invalid(format!("plugin.sha256 `{sha}` is not a SHA-256 (64 hex digits)")));
         }
         let tables = Self::tables(&file, base, o, sha, &invalid)?;
+        if let Some(hook) = &file.notify.webhook {
+            match url::Url::parse(hook) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                _ => {
+                    return Err(invalid(format!("notify.webhook `{}` is not an http(s) URL", crate::db::redact(hook))));
+                }
+            }
+        }
+        let notify = NotifySettings {
+            webhook: file.notify.webhook.clone(),
+            command: file.notify.command.clone().filter(|c| !c.trim().is_empty()),
+            dead_letters_above: file.notify.dead_letters_above,
+        };
         let batch_size = o.batch_size.or(file.migrate.batch_size).unwrap_or(DEFAULT_BATCH_SIZE);
         if !(1..=100_000).contains(&batch_size) {
             return Err(invalid(format!("migrate.batch_size = {batch_size}: must be between 1 and 100000")));
@@ -200,6 +222,7 @@ impl Settings {
             tables,
             batch_size,
             workers,
+            notify,
         })
     }
 }

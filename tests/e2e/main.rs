@@ -12,6 +12,7 @@ mod containment;
 mod debezium;
 mod hot_swap;
 mod migrate;
+mod notify;
 mod plugin_tools;
 mod replay;
 mod resume;
