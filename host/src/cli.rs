@@ -410,10 +410,7 @@ async fn run(cli: Cli) -> i32 {
                     let summary = format!(
                         "migrate run {} {}: {} source rows, {} loaded, {} skipped, {} filtered, {} dead letters, {:.1} s",
                         r.run_id,
-                        serde_json::to_value(r.ending)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default(),
+                        r.ending.describe(),
                         r.source_rows,
                         r.stats.loaded,
                         r.stats.skipped,

@@ -33,6 +33,18 @@ pub enum Ending {
     Interrupted,
 }
 
+impl Ending {
+    /// As reports and notifications say it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Ending::Completed => "completed",
+            Ending::AlreadyCompleted => "already completed (nothing to do)",
+            Ending::Fatal => "stopped: plugin fatal",
+            Ending::Interrupted => "interrupted (resumable)",
+        }
+    }
+}
+
 /// Runs `attempt` (a migration of either kind) and, when it fails on a
 /// transient error after its run started ([`RunStopped`]), runs it again
 /// with backoff to resume that same run, until failures have gone on for

@@ -163,12 +163,7 @@ pub fn dead_letters(records: &[DeadLetterRecord]) -> String {
 
 /// A many-table migration: one line per table and a total.
 pub fn tables(r: &crate::tables::TablesReport, dead_letters: &[DeadLetterRecord]) -> String {
-    let ending = match r.ending {
-        Ending::Completed => "completed",
-        Ending::AlreadyCompleted => "already completed (nothing to do)",
-        Ending::Fatal => "stopped: plugin fatal",
-        Ending::Interrupted => "interrupted (resumable)",
-    };
+    let ending = r.ending.describe();
     let mut t =
         table(&["table", "→ target", "source rows", "loaded", "skipped", "filtered", "dead letters", "accounted"]);
     let ok = |accounted: bool| {

@@ -883,79 +883,71 @@ async fn validate_transformed(
     // Source rows dead-lettered and rejected now: the target may keep the
     // rows of their last good version (a change stream's rejected update).
     let mut kept: Vec<Vec<Value>> = Vec::new();
-    // The next source page is read while this one is transformed and
-    // looked up in the target (two connections): validation waits on one
-    // database at a time otherwise.
-    let mut page = source.read_page(&table.source, after.as_ref(), settings.batch_size).await?;
-    while !page.is_empty() {
+    loop {
+        let page = source.read_page(&table.source, after.as_ref(), settings.batch_size).await?;
+        if page.is_empty() {
+            break;
+        }
         after = page.last_key.clone();
-        let page_now = std::mem::take(&mut page);
-        let work = async {
-            let page = page_now;
-            for u in &page.unreadable {
-                if explained.contains(u.key.label().as_str()) {
-                    line.explained += 1;
-                } else {
-                    line.missing += 1;
-                    line.note(u.key.label(), "missing", vec![]);
+        for u in &page.unreadable {
+            if explained.contains(u.key.label().as_str()) {
+                line.explained += 1;
+            } else {
+                line.missing += 1;
+                line.note(u.key.label(), "missing", vec![]);
+            }
+        }
+        let keys: Vec<crate::keyset::Key> =
+            page.rows.iter().map(|r| crate::keyset::Key::of(&table.source, r)).collect();
+        let (rows, outcomes) = versions.transform(&table.source, &name, &keys, page.rows).await?;
+        let labels: Vec<String> = keys.iter().map(crate::keyset::Key::label).collect();
+        let mut verdicts = compare(table, target, &readings, &labels, outcomes, explained, &mut seen).await?;
+        // A row a stream changed after a switch was written by the stream's
+        // version: a row that differs from its migration range's version
+        // is compared with each version that went live in the stream.
+        for sha in versions.stream.clone() {
+            let failing: Vec<usize> = (0..rows.len()).filter(|&i| verdicts[i].iter().any(|v| v.failed())).collect();
+            if failing.is_empty() {
+                break;
+            }
+            let picked: Vec<Row> = failing.iter().map(|&i| rows[i].clone()).collect();
+            let (_, outcomes) = versions.transform_with(&sha, &table.source, &name, picked).await?;
+            let picked_labels: Vec<String> = failing.iter().map(|&i| labels[i].clone()).collect();
+            let again = compare(table, target, &readings, &picked_labels, outcomes, explained, &mut seen).await?;
+            for (i, verdict) in failing.into_iter().zip(again) {
+                if !verdict.iter().any(|v| v.failed()) {
+                    verdicts[i] = verdict;
                 }
             }
-            let keys: Vec<crate::keyset::Key> =
-                page.rows.iter().map(|r| crate::keyset::Key::of(&table.source, r)).collect();
-            let (rows, outcomes) = versions.transform(&table.source, &name, &keys, page.rows).await?;
-            let labels: Vec<String> = keys.iter().map(crate::keyset::Key::label).collect();
-            let mut verdicts = compare(table, target, &readings, &labels, outcomes, explained, &mut seen).await?;
-            // A row a stream changed after a switch was written by the stream's
-            // version: a row that differs from its migration range's version
-            // is compared with each version that went live in the stream.
-            for sha in versions.stream.clone() {
-                let failing: Vec<usize> = (0..rows.len()).filter(|&i| verdicts[i].iter().any(|v| v.failed())).collect();
-                if failing.is_empty() {
-                    break;
-                }
-                let picked: Vec<Row> = failing.iter().map(|&i| rows[i].clone()).collect();
-                let (_, outcomes) = versions.transform_with(&sha, &table.source, &name, picked).await?;
-                let picked_labels: Vec<String> = failing.iter().map(|&i| labels[i].clone()).collect();
-                let again = compare(table, target, &readings, &picked_labels, outcomes, explained, &mut seen).await?;
-                for (i, verdict) in failing.into_iter().zip(again) {
-                    if !verdict.iter().any(|v| v.failed()) {
-                        verdicts[i] = verdict;
+        }
+        for (row, verdict) in rows.iter().zip(verdicts) {
+            for v in verdict {
+                match v {
+                    Verdict::Matched => {
+                        line.matched += 1;
+                        found_total += 1;
                     }
-                }
-            }
-            for (row, verdict) in rows.iter().zip(verdicts) {
-                for v in verdict {
-                    match v {
-                        Verdict::Matched => {
-                            line.matched += 1;
-                            found_total += 1;
-                        }
-                        Verdict::Explained { found } => {
-                            line.explained += 1;
-                            found_total += u64::from(found);
-                        }
-                        Verdict::Kept => {
-                            line.explained += 1;
-                            kept.push(key_values(table, row));
-                        }
-                        Verdict::Missing { label, note } => {
-                            line.missing += 1;
-                            line.note(label, "missing", note);
-                        }
-                        Verdict::Different { label, columns, found } => {
-                            line.different += 1;
-                            found_total += u64::from(found);
-                            line.note_values(label, columns);
-                        }
-                        Verdict::Fatal(reason) => anyhow::bail!("plugin fatal on row of {name}: {reason}"),
+                    Verdict::Explained { found } => {
+                        line.explained += 1;
+                        found_total += u64::from(found);
                     }
+                    Verdict::Kept => {
+                        line.explained += 1;
+                        kept.push(key_values(table, row));
+                    }
+                    Verdict::Missing { label, note } => {
+                        line.missing += 1;
+                        line.note(label, "missing", note);
+                    }
+                    Verdict::Different { label, columns, found } => {
+                        line.different += 1;
+                        found_total += u64::from(found);
+                        line.note_values(label, columns);
+                    }
+                    Verdict::Fatal(reason) => anyhow::bail!("plugin fatal on row of {name}: {reason}"),
                 }
             }
-            anyhow::Ok(())
-        };
-        let (next, done) = tokio::join!(source.read_page(&table.source, after.as_ref(), settings.batch_size), work);
-        done?;
-        page = next?;
+        }
     }
     // Those rows are explained, not extra: found by the plugin's target keys.
     let mut transformer = versions.take(&current, &table.source).await?;
@@ -1012,6 +1004,7 @@ async fn validate_transformed(
 /// are then counted, not named).
 struct Found {
     keys: Vec<HashSet<u64>>,
+    stored: usize,
     complete: bool,
 }
 
@@ -1020,7 +1013,7 @@ impl Found {
     const LIMIT: usize = 20_000_000;
 
     fn new(outputs: usize) -> Found {
-        Found { keys: vec![HashSet::new(); outputs], complete: true }
+        Found { keys: vec![HashSet::new(); outputs], stored: 0, complete: true }
     }
 
     fn hash(key: &str) -> u64 {
@@ -1034,12 +1027,12 @@ impl Found {
         if !self.complete {
             return;
         }
-        if self.keys.iter().map(HashSet::len).sum::<usize>() >= Self::LIMIT {
+        if self.stored >= Self::LIMIT {
             self.keys = Vec::new();
             self.complete = false;
             return;
         }
-        self.keys[output].insert(Self::hash(key));
+        self.stored += usize::from(self.keys[output].insert(Self::hash(key)));
     }
 
     fn contains(&self, output: usize, key: &str) -> bool {
