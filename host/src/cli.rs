@@ -114,6 +114,11 @@ enum Command {
         /// Drop the slot and the publication (teardown) instead of syncing.
         #[arg(long)]
         teardown: bool,
+        /// The parallel run's other direction (needs `[reverse]`): stream
+        /// the new database's changes back into the old one through each
+        /// plugin's inverse, never sending back what `ferry sync` applied.
+        #[arg(long)]
+        reverse: bool,
         /// Serve /metrics and /health here (HOST:PORT, or :PORT for 127.0.0.1).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
@@ -536,16 +541,35 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Sync { slot, publication, chunk_rows, idle_exit, teardown, listen } => {
+        Command::Sync { slot, publication, chunk_rows, idle_exit, teardown, reverse, listen } => {
             if let Err(e) = serve_metrics(listen.as_deref()).await {
                 return fail(&e);
             }
-            let name = |given: Option<String>| given.unwrap_or_else(|| default_slot_name(&settings.pipeline));
-            let options = crate::cdc::sync::SyncOptions {
-                slot: name(slot),
-                publication: name(publication),
-                chunk_rows: chunk_rows.map(|n| n.max(1)),
-                idle_exit: idle_exit.map(std::time::Duration::from_secs_f64),
+            let idle_exit = idle_exit.map(std::time::Duration::from_secs_f64);
+            let forward = settings;
+            let (settings, options) = if reverse {
+                if slot.is_some() || publication.is_some() || chunk_rows.is_some() {
+                    return fail(&crate::error::Error::raise(
+                        ErrorKind::Config,
+                        "--slot/--publication/--chunk-rows are the forward stream's; the reverse stream's slot and \
+                         publication are set in [reverse] (slot = \"…\", publication = \"…\") and it loads nothing",
+                    ));
+                }
+                match crate::cdc::reverse::endpoints(&forward, default_slot_name, idle_exit) {
+                    Ok(reversed) => reversed,
+                    Err(e) => return fail(&e),
+                }
+            } else {
+                let name = |given: Option<String>| given.unwrap_or_else(|| default_slot_name(&forward.pipeline));
+                let options = crate::cdc::sync::SyncOptions {
+                    slot: name(slot),
+                    publication: name(publication),
+                    chunk_rows: chunk_rows.map(|n| n.max(1)),
+                    idle_exit,
+                    initial_load: true,
+                    origins: crate::cdc::reverse::forward_origins(&forward),
+                };
+                (forward.clone(), options)
             };
             if teardown {
                 return match crate::cdc::sync::teardown(&settings, &options).await {
@@ -556,6 +580,14 @@ async fn run(cli: Cli) -> i32 {
                     Err(e) => fail(&e),
                 };
             }
+            let settings = if reverse {
+                match crate::cdc::reverse::tables(&forward).await {
+                    Ok(tables) => Settings { tables, ..settings },
+                    Err(e) => return fail(&e),
+                }
+            } else {
+                settings
+            };
             let stop = Arc::new(AtomicBool::new(false));
             spawn_signal_handler(Arc::clone(&stop));
             let signalled = Arc::clone(&stop);

@@ -27,6 +27,10 @@ pub struct FileConfig {
     pub migrate: MigrateConfig,
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// `[reverse]`: the pipeline runs in parallel — `ferry sync --reverse`
+    /// streams the new database's changes back into the old one, and both
+    /// directions mark what they apply so neither sends it back.
+    pub reverse: Option<ReverseConfig>,
     /// `[[tables]]`: the source tables to move, by name, each with its own
     /// settings. With `source.include`, a pipeline of many tables.
     #[serde(default)]
@@ -57,6 +61,23 @@ pub struct TableConfig {
     pub plugin: Option<PathBuf>,
     /// Pinned SHA-256 of this table's plugin.
     pub plugin_sha256: Option<String>,
+    /// The plugin's inverse for the reverse stream of a parallel run: a
+    /// `transform-row` component from the plugin's output table back to
+    /// this table. A table without a plugin goes back as it is.
+    pub inverse: Option<PathBuf>,
+    /// Pinned SHA-256 of the inverse.
+    pub inverse_sha256: Option<String>,
+}
+
+/// `[reverse]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseConfig {
+    /// Replication slot of the reverse stream, in the new database
+    /// (default `ferry_<name>_reverse`).
+    pub slot: Option<String>,
+    /// Its publication (default `ferry_<name>_reverse`).
+    pub publication: Option<String>,
 }
 
 /// `[source]`.
@@ -156,6 +177,11 @@ pub struct PluginConfig {
     pub path: Option<PathBuf>,
     /// Pinned SHA-256 of the `.wasm` (hex).
     pub sha256: Option<String>,
+    /// The inverse of a one-table pipeline's plugin, for `ferry sync
+    /// --reverse` (see `[[tables]] inverse`).
+    pub inverse: Option<PathBuf>,
+    /// Pinned SHA-256 of the inverse.
+    pub inverse_sha256: Option<String>,
     /// Memory cap per instance, MiB. Default 64.
     pub memory_limit_mb: Option<u64>,
     /// CPU deadline per call, milliseconds. Default 2000.

@@ -43,6 +43,9 @@ pub mod names {
     pub const SHADOW_ROWS: &str = "ferry_shadow_rows_total";
     /// Times the stream was re-established after a failure.
     pub const RECONNECTS: &str = "ferry_reconnects_total";
+    /// Changes read that the opposite stream of a parallel run applied
+    /// (dropped: loop prevention).
+    pub const ECHOES_SKIPPED: &str = "ferry_echo_changes_skipped_total";
     /// Rows read back from the source to complete an update that did not
     /// carry an unchanged TOASTed value.
     pub const TOAST_REREADS: &str = "ferry_toast_rereads_total";

@@ -68,6 +68,8 @@ pub struct TableSpec {
     pub on_conflict: Option<OnConflict>,
     /// The table's plugin and how to load it (limits and cache from `[plugin]`).
     pub plugin: Option<PluginSettings>,
+    /// The plugin's inverse (the reverse stream of a parallel run).
+    pub inverse: Option<PluginSettings>,
 }
 
 /// Which source tables a many-table pipeline moves: the `[[tables]]`
@@ -150,6 +152,15 @@ pub struct Settings {
     pub batch_size: usize,
     pub workers: usize,
     pub notify: NotifySettings,
+    /// `[reverse]`: a parallel run (`None`: one direction only).
+    pub reverse: Option<ReverseSettings>,
+}
+
+/// `[reverse]`: the reverse stream's slot and publication in the new database.
+#[derive(Debug, Clone, Default)]
+pub struct ReverseSettings {
+    pub slot: Option<String>,
+    pub publication: Option<String>,
 }
 
 impl Settings {
@@ -223,6 +234,7 @@ impl Settings {
             batch_size,
             workers,
             notify,
+            reverse: file.reverse.map(|r| ReverseSettings { slot: r.slot, publication: r.publication }),
         })
     }
 }
@@ -293,6 +305,15 @@ impl Settings {
                 output_table: target.as_ref().map(|t| t.name.clone()),
                 ..Self::load_options(file, base)
             };
+            let inverse = Self::inverse(
+                file.plugin.inverse.as_deref(),
+                file.plugin.inverse_sha256.as_ref(),
+                Some(&source),
+                "plugin",
+                file,
+                base,
+                invalid,
+            )?;
             let spec = TableSpec {
                 source,
                 target,
@@ -300,6 +321,7 @@ impl Settings {
                 keyless: Keyless::Refuse,
                 on_conflict: None,
                 plugin: Some(PluginSettings { path, options }),
+                inverse,
             };
             return Ok(TableSelection { tables: vec![spec], include, exclude, keyless: Keyless::Refuse });
         }
@@ -312,7 +334,7 @@ impl Settings {
         }
         // (`--plugin` on the command line is the one of `dlq replay` and
         // `reprocess` here: clap hands it to both.)
-        if file.plugin.path.is_some() {
+        if file.plugin.path.is_some() || file.plugin.inverse.is_some() {
             return Err(invalid(
                 "plugin.path names the plugin of a one-table pipeline; with [[tables]] or source.include, give each \
                  table its plugin in [[tables]] (plugin = \"…\"); [plugin] keeps the limits and grants of them all"
@@ -362,11 +384,66 @@ impl Settings {
                     ..Self::load_options(file, base)
                 },
             });
+            let inverse = Self::inverse(
+                t.inverse.as_deref(),
+                t.inverse_sha256.as_ref(),
+                Some(&source),
+                &at,
+                file,
+                base,
+                invalid,
+            )?;
+            if inverse.is_some() && plugin.is_none() {
+                return Err(invalid(format!(
+                    "{at}.inverse: table {source} has no plugin, so nothing to invert (a copied table goes back as \
+                     it is); remove inverse or give the table its plugin"
+                )));
+            }
             let keyless = t.keyless.or(file.source.keyless).unwrap_or_default();
-            tables.push(TableSpec { source, target, key: t.key.clone(), keyless, on_conflict: t.on_conflict, plugin });
+            tables.push(TableSpec {
+                source,
+                target,
+                key: t.key.clone(),
+                keyless,
+                on_conflict: t.on_conflict,
+                plugin,
+                inverse,
+            });
         }
         let keyless = file.source.keyless.unwrap_or_default();
         Ok(TableSelection { tables, include, exclude, keyless })
+    }
+}
+
+impl Settings {
+    /// An inverse plugin's settings (`at`: where it is configured), its
+    /// output going into the source table `into`.
+    fn inverse(
+        path: Option<&Path>,
+        sha: Option<&String>,
+        into: Option<&TableName>,
+        at: &str,
+        file: &FileConfig,
+        base: Option<&Path>,
+        invalid: &dyn Fn(String) -> ConfigError,
+    ) -> Result<Option<PluginSettings>, ConfigError> {
+        if let Some(sha) = sha.filter(|s| s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit())) {
+            return Err(invalid(format!("{at}.inverse_sha256 `{sha}` is not a SHA-256 (64 hex digits)")));
+        }
+        let Some(path) = path else {
+            if sha.is_some() {
+                return Err(invalid(format!("{at}.inverse_sha256 pins an inverse; set {at}.inverse too")));
+            }
+            return Ok(None);
+        };
+        Ok(Some(PluginSettings {
+            path: relative_to(base, path),
+            options: plugin::LoadOptions {
+                pinned_sha256: sha.cloned(),
+                output_table: into.map(|t| t.name.clone()),
+                ..Self::load_options(file, base)
+            },
+        }))
     }
 }
 

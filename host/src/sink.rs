@@ -362,6 +362,19 @@ pub trait RowChangeSink: Send {
     /// The (source table, source key) of every change of the pipeline that
     /// was dead-lettered (none if it never streamed).
     async fn stream_dead_keys(&mut self, pipeline: &str) -> anyhow::Result<Vec<(String, String)>>;
+    /// Marks every later transaction of this connection as written by the
+    /// replication origin `name` (created if missing), so that a logical
+    /// replication reader of this database can tell ferry's writes from the
+    /// application's (a parallel run's loop prevention); each
+    /// `apply_row_changes` then also records with its commit the source
+    /// position it came from. An origin is active in one session at a time:
+    /// while another session holds it, this is a transient error (that
+    /// session may be a dying one of an earlier run). An engine that is
+    /// never a logical replication source need do nothing.
+    async fn mark_origin(&mut self, name: &str) -> anyhow::Result<()> {
+        let _ = name;
+        Ok(())
+    }
 }
 
 /// A stretch of a [`RowChangeBatch`]: consecutive writes to one table,

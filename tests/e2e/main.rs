@@ -13,6 +13,7 @@ mod debezium;
 mod hot_swap;
 mod migrate;
 mod notify;
+mod parallel;
 mod plugin_tools;
 mod replay;
 mod resume;

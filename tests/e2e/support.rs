@@ -19,6 +19,8 @@ pub fn root() -> PathBuf {
 /// later calls are no-ops.
 pub struct Plugins {
     pub transform_user: PathBuf,
+    /// Its inverse (new users back into legacy users): a parallel run's reverse stream.
+    pub user_inverse: PathBuf,
     /// The `transform-row` example: legacy orders split into orders + order_items.
     pub split_orders: PathBuf,
     pub split_orders_v2: PathBuf,
@@ -46,6 +48,7 @@ pub fn plugins() -> &'static Plugins {
         let out = dir.join("target/wasm32-wasip2/release");
         Plugins {
             transform_user: out.join("transform_user.wasm"),
+            user_inverse: out.join("user_inverse.wasm"),
             split_orders: out.join("split_orders.wasm"),
             split_orders_v2: out.join("split_orders_v2.wasm"),
             chaos: out.join("chaos.wasm"),

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod debezium;
 pub mod input;
 pub mod pgoutput;
+pub mod reverse;
 pub use crate::position;
 pub mod events;
 pub mod sync;

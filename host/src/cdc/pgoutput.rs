@@ -72,7 +72,15 @@ pub enum Message {
         cascade: bool,
         restart_identity: bool,
     },
-    /// Origin, Type, logical Message…: not needed to apply rows.
+    /// The transaction was replayed here from elsewhere: the replication
+    /// origin its writer set (`pg_replication_origin_session_setup`) and the
+    /// commit position it gave (`pg_replication_origin_xact_setup`). Sent
+    /// after `Begin`, before the transaction's changes.
+    Origin {
+        lsn: u64,
+        name: String,
+    },
+    /// Type, logical Message…: not needed to apply rows.
     Other(u8),
 }
 
@@ -197,6 +205,7 @@ pub fn decode(data: &[u8]) -> Result<Message, DecodeError> {
             let relations = (0..n).map(|_| r.u32()).collect::<Result<_, _>>()?;
             Message::Truncate { relations, cascade: options & 1 == 1, restart_identity: options & 2 == 2 }
         }
+        b'O' => Message::Origin { lsn: r.i64()? as u64, name: r.string()? },
         other => Message::Other(other),
     })
 }
@@ -272,6 +281,11 @@ mod tests {
         begin.extend_from_slice(&42i64.to_be_bytes());
         begin.extend_from_slice(&7u32.to_be_bytes());
         assert_eq!(decode(&begin).unwrap(), Message::Begin { final_lsn: 0x16_0000_0100, commit_time: 42, xid: 7 });
+
+        let mut origin = vec![b'O'];
+        origin.extend_from_slice(&0x2_0000_0040u64.to_be_bytes());
+        cstr(&mut origin, "ferry:shop.reverse");
+        assert_eq!(decode(&origin).unwrap(), Message::Origin { lsn: 0x2_0000_0040, name: "ferry:shop.reverse".into() });
 
         let mut insert = vec![b'I'];
         insert.extend_from_slice(&16384u32.to_be_bytes());

@@ -44,6 +44,32 @@ pub struct SyncOptions {
     pub chunk_rows: Option<usize>,
     /// Stop after this long without a change (`None`: until signalled).
     pub idle_exit: Option<Duration>,
+    /// Load the tables before streaming. The reverse stream of a parallel
+    /// run does not: the old database already holds every row, and its
+    /// stream starts where its slot is created.
+    pub initial_load: bool,
+    /// A parallel run's loop prevention (`None` outside one).
+    pub origins: Option<Origins>,
+}
+
+/// The replication origins of a parallel run (`[reverse]`): each direction
+/// marks the transactions it applies with its own origin, and drops the
+/// transactions the other direction applied from what it reads, so no
+/// change is sent back where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origins {
+    /// The origin this stream's apply connection sets
+    /// (`pg_replication_origin_session_setup`).
+    pub own: String,
+    /// The other direction's origin: its transactions are echoes here.
+    pub skip: String,
+}
+
+impl Origins {
+    /// The origin of the stream of `pipeline`: `ferry:<pipeline>`.
+    pub fn of(pipeline: &str) -> String {
+        format!("ferry:{pipeline}")
+    }
 }
 
 /// What `ferry sync` reports.
@@ -56,6 +82,11 @@ pub struct SyncReport {
     /// Updates completed by reading the row from the source (an unchanged
     /// TOASTed value the change did not carry).
     pub toast_rereads: u64,
+    /// Transactions read from the source that the opposite stream of the
+    /// parallel run applied there (their origin is its own), and their
+    /// changes: dropped, never sent back.
+    pub echo_transactions: u64,
+    pub echo_changes: u64,
     pub stream: ApplyReport,
 }
 
@@ -322,6 +353,9 @@ async fn stream<A: Applier>(
     let mut tx_xid: u32 = 0;
     let mut seq: u32 = 0;
     let mut in_transaction = false;
+    // The transaction arriving is one the opposite stream applied here.
+    let mut echo = false;
+    let skip = options.origins.as_ref().map(|o| o.skip.as_str());
     let mut idle = Duration::ZERO;
     let tick = Duration::from_millis(200);
     while !stop.load(Ordering::Relaxed) {
@@ -356,13 +390,32 @@ async fn stream<A: Applier>(
                 tx_xid = xid;
                 seq = 0;
                 in_transaction = true;
+                echo = false;
             }
             ReplicationEvent::XLogData { data, .. } => {
                 idle = Duration::ZERO;
                 let message = pgoutput::decode(&data)?;
-                if let Message::Relation(relation) = message {
-                    relations.insert(relation);
-                    continue;
+                match message {
+                    Message::Relation(relation) => {
+                        relations.insert(relation);
+                        continue;
+                    }
+                    Message::Origin { name, .. } if Some(name.as_str()) == skip => {
+                        echo = true;
+                        applier.report().echo_transactions += 1;
+                        continue;
+                    }
+                    Message::Insert { .. }
+                    | Message::Update { .. }
+                    | Message::Delete { .. }
+                    | Message::Truncate { .. }
+                        if echo =>
+                    {
+                        applier.report().echo_changes += 1;
+                        metrics::counter!(crate::daemon::names::ECHOES_SKIPPED).increment(1);
+                        continue;
+                    }
+                    _ => {}
                 }
                 applier.receive(&relations, message, tx_commit, tx_xid, &mut seq, &mut group.pending).await?;
             }

@@ -56,6 +56,16 @@ pub async fn sync(
         }
     }
 
+    if !options.initial_load
+        && let Some(table) = plan.tables.iter().find(|t| t.creates())
+    {
+        return Err(crate::error::Error::contract(format!(
+            "{} has no table {}: a stream that does not load (the reverse stream of a parallel run) writes into \
+             existing tables only",
+            settings.target.url,
+            table.target_names()
+        )));
+    }
     let names: Vec<crate::db::TableName> = plan.tables.iter().map(|t| t.source.name.clone()).collect();
     let (mut replication, has_slot) = super::sync::prepare_source(settings, options, &names).await?;
     check_publication(replication.as_mut(), options, &plan).await?;
@@ -64,7 +74,14 @@ pub async fn sync(
     let latest = target.latest_run(&settings.pipeline).await?;
     let loaded = latest.as_ref().is_some_and(|r| r.status == crate::control::RunStatus::Completed);
     let paged = Settings { batch_size: options.chunk_rows.unwrap_or(settings.batch_size), ..settings.clone() };
-    let load = if !has_slot {
+    let load = if !options.initial_load {
+        if !has_slot {
+            // The stream starts at the slot's consistent point; its
+            // snapshot is not needed.
+            super::sync::create_slot(&mut client, options).await?;
+        }
+        None
+    } else if !has_slot {
         let snapshot = super::sync::create_slot(&mut client, options).await?;
         // A new slot means a new initial load, whatever an earlier one did.
         let fresh = MigrateOptions { restart: true, resume_only: false, progress: false };
@@ -92,6 +109,8 @@ pub async fn sync(
         }
     }
     let mut applier = TablesApplier::new(settings, plan, target, position, report, swapper);
+    applier.origin = options.origins.as_ref().map(|o| o.own.clone());
+    applier.mark_origin().await?;
     super::sync::follow(settings, options, client, &mut applier, &stop).await?;
     applier.swapper.flush(applier.target.as_mut()).await?;
     // Logical replication carries no sequence values: where the stream
@@ -248,6 +267,9 @@ struct TablesApplier<'a> {
     producers: String,
     /// Takes deployed plugin versions between two target transactions.
     swapper: Swapper,
+    /// The replication origin the target connection marks its
+    /// transactions with (a parallel run).
+    origin: Option<String>,
 }
 
 impl<'a> TablesApplier<'a> {
@@ -283,6 +305,16 @@ impl<'a> TablesApplier<'a> {
             reread: None,
             producers,
             swapper,
+            origin: None,
+        }
+    }
+
+    /// Marks the target connection's transactions with the pipeline's
+    /// origin, if it has one.
+    async fn mark_origin(&mut self) -> anyhow::Result<()> {
+        match &self.origin {
+            Some(origin) => self.target.mark_origin(origin).await,
+            None => Ok(()),
         }
     }
 
@@ -716,6 +748,7 @@ impl Applier for TablesApplier<'_> {
 
     async fn reconnect(&mut self) -> anyhow::Result<Option<Position>> {
         self.target = engines::open_row_target(self.settings).await?;
+        self.mark_origin().await?;
         // Its source connection may be gone with the stream's.
         self.reread = None;
         self.position = self.target.stream_position(&self.settings.pipeline).await?;

@@ -282,12 +282,62 @@ impl RowChangeSink for PgTables {
         .await?)
     }
 
+    async fn mark_origin(&mut self, name: &str) -> anyhow::Result<()> {
+        let fix = "a parallel run marks ferry's writes with a replication origin, which needs a superuser or \
+                   GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), \
+                   pg_replication_origin_session_setup(text), pg_replication_origin_xact_setup(pg_lsn, timestamptz) \
+                   TO the user ferry connects as";
+        let created = sqlx::query(
+            "SELECT pg_replication_origin_create($1) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
+        )
+        .bind(name)
+        .execute(&mut self.conn)
+        .await;
+        match created {
+            Ok(_) => {}
+            // Created meanwhile by another session.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {}
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
+                return Err(Error::contract(format!("creating replication origin {name} in {}: {e}; {fix}", self.url)));
+            }
+            Err(e) => return Err(Error::driver(format!("creating replication origin {name} in {}", self.url), &e)),
+        }
+        match sqlx::query("SELECT pg_replication_origin_session_setup($1)").bind(name).execute(&mut self.conn).await {
+            Ok(_) => {
+                self.origin_marked = true;
+                Ok(())
+            }
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => Err(Error::transient(format!(
+                "replication origin {name} is in use by another session of {} ({e}): another ferry of this \
+                 pipeline is running, or the session of one that stopped has not ended yet",
+                self.url
+            ))),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
+                Err(Error::contract(format!("using replication origin {name} in {}: {e}; {fix}", self.url)))
+            }
+            Err(e) => Err(Error::driver(format!("using replication origin {name} in {}", self.url), &e)),
+        }
+    }
+
     async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<u64> {
         let mut careful = false;
         loop {
             let mut tx = self.conn.begin().await?;
             // The slot is told this commit is applied: it must be durable.
             sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
+            if let (true, Some(next)) = (self.origin_marked, batch.next) {
+                // The origin's progress (`pg_replication_origin_status`) is
+                // the source commit this transaction brings.
+                sqlx::query(
+                    "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, \
+                     coalesce(to_timestamp($2::float8 / 1e6), now()))",
+                )
+                .bind(crate::position::format_lsn(next.commit))
+                .bind(batch.source_commit_micros.map(|m| m as f64))
+                .execute(&mut *tx)
+                .await?;
+            }
             sqlx::query("INSERT INTO ferry.change_checkpoints (pipeline) VALUES ($1) ON CONFLICT DO NOTHING")
                 .bind(&batch.pipeline)
                 .execute(&mut *tx)

@@ -34,6 +34,9 @@ pub struct PgTables {
     /// COPY in text format only (`target.load_method = "copy-text"`: a
     /// PostgreSQL-compatible server without binary COPY).
     pub text_only: bool,
+    /// This session's transactions carry a replication origin
+    /// ([`crate::sink::RowChangeSink::mark_origin`]).
+    pub(super) origin_marked: bool,
 }
 
 impl super::control::PgConn for PgTables {
@@ -130,7 +133,14 @@ impl PgTables {
             settings.push(("synchronous_commit", "off"));
         }
         let conn = super::connect_with(url, role, &settings).await?;
-        Ok(PgTables { conn, url: url.clone(), buf: String::new(), base_types: Default::default(), text_only: false })
+        Ok(PgTables {
+            conn,
+            url: url.clone(),
+            buf: String::new(),
+            base_types: Default::default(),
+            text_only: false,
+            origin_marked: false,
+        })
     }
 
     /// `enable_seqscan` for this session's next statements.

@@ -379,6 +379,72 @@ fn js_falsy(v: &Value) -> bool {
     }
 }
 
+/// A legacy row the inverse writes (owned).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LegacyRow {
+    pub id: i64,
+    pub name: String,
+    pub email: String,
+    pub created_at: i64,
+    pub metadata: String,
+}
+
+/// The legacy id of a new key (`user_42` → 42), the inverse of [`target_key`].
+pub fn legacy_key(id: &str) -> Result<i64, String> {
+    id.strip_prefix("user_")
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|n| target_key(*n) == id)
+        .ok_or_else(|| format!("id {id:?} is not user_<integer>, so it has no legacy id"))
+}
+
+/// The inverse of [`transform`] (the parallel run's reverse stream): a new
+/// row back into a legacy one — `user_N` → `N`, `first_name + ' ' +
+/// last_name` → `name` (just `first_name` when `last_name` is empty),
+/// `email` as it is, `settings` → `metadata`.
+///
+/// What the new schema dropped cannot come back: legacy `metadata` keys
+/// other than `theme` and `notifications` are gone, so `metadata` becomes
+/// the settings object. Every other difference is refused: the result must
+/// transform back into exactly `row` (else the two databases would
+/// disagree), and `Err` says which column would not survive the round trip
+/// and why — a `first_name` with a space (the legacy name splits at the
+/// first space), an email with capitals (the forward rules lowercase it), a
+/// falsy theme (it becomes `light`), settings that are not an object.
+pub fn invert(row: &NewUser) -> Result<LegacyRow, String> {
+    let id = legacy_key(&row.id)?;
+    let name =
+        if row.last_name.is_empty() { row.first_name.clone() } else { format!("{} {}", row.first_name, row.last_name) };
+    let legacy =
+        Legacy { id, name: Some(&name), email: Some(&row.email), created_at: Some(row.created_at), metadata: None };
+    let settings: Value = serde_json::from_str(&row.settings).map_err(|e| format!("settings is not JSON: {e}"))?;
+    if !settings.is_object() {
+        return Err(format!("settings {} is not a JSON object, which the legacy metadata cannot carry", row.settings));
+    }
+    let metadata = row.settings.clone();
+    let back = transform(&Legacy { metadata: Some(&metadata), ..legacy })
+        .map_err(|e| format!("the legacy row would be rejected going forward again: {e}"))?;
+    let same_settings = serde_json::from_str::<Value>(&back.settings).is_ok_and(|b| b == settings);
+    let differs = [
+        ("first_name", &back.first_name, &row.first_name, "the legacy name splits at its first space"),
+        ("last_name", &back.last_name, &row.last_name, "the legacy name splits at its first space"),
+        ("email", &back.email, &row.email, "the forward rules lowercase emails"),
+    ]
+    .into_iter()
+    .find(|(_, back, now, _)| back != now);
+    if let Some((column, back, now, why)) = differs {
+        return Err(format!("{column} {now:?} would come back as {back:?} ({why}): not invertible exactly"));
+    }
+    if !same_settings {
+        return Err(format!(
+            "settings {} would come back as {} (a falsy theme becomes \"light\", a missing or null \
+             notifications true): not invertible exactly",
+            row.settings, back.settings
+        ));
+    }
+    // Written as the forward rules write settings: compact, theme first.
+    Ok(LegacyRow { id, name, email: row.email.clone(), created_at: row.created_at, metadata: back.settings })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,5 +535,60 @@ mod tests {
     fn falsy_theme_and_nullish_notifications() {
         let out = transform(&row("a", Some(r#"{"theme":0,"notifications":false}"#))).unwrap();
         assert_eq!(out.settings, r#"{"theme":"light","notifications":false}"#);
+    }
+
+    fn new_user(first: &str, last: &str, email: &str, settings: &str) -> NewUser {
+        NewUser {
+            id: "user_7".into(),
+            first_name: first.into(),
+            last_name: last.into(),
+            email: email.into(),
+            created_at: 1_700_000_000_123_456,
+            settings: settings.into(),
+        }
+    }
+
+    #[test]
+    fn inverse_round_trips_what_it_accepts() {
+        for (first, last, settings) in [
+            ("Mary", "Ann de la Cruz", r#"{"theme": "dark", "notifications": false}"#),
+            ("Prince", "", r#"{"notifications":true,"theme":"light"}"#),
+            ("", "Leading", r#"{"theme":{"a":1},"notifications":0}"#),
+            ("Zoë", "Ångström", r#"{"theme":"dark","notifications":"yes"}"#),
+        ] {
+            let new = new_user(first, last, "zoë@example.com", settings);
+            let legacy = invert(&new).unwrap_or_else(|e| panic!("{first} {last}: {e}"));
+            assert_eq!(legacy.id, 7);
+            let back = transform(&Legacy {
+                id: legacy.id,
+                name: Some(&legacy.name),
+                email: Some(&legacy.email),
+                created_at: Some(legacy.created_at),
+                metadata: Some(&legacy.metadata),
+            });
+            let back = back.unwrap();
+            assert_eq!((&back.id, &back.first_name, &back.last_name), (&new.id, &new.first_name, &new.last_name));
+            assert_eq!((&back.email, back.created_at), (&new.email, new.created_at));
+            let (a, b): (Value, Value) =
+                (serde_json::from_str(&back.settings).unwrap(), serde_json::from_str(&new.settings).unwrap());
+            assert_eq!(a, b, "{settings}");
+        }
+    }
+
+    #[test]
+    fn inverse_refuses_what_would_not_come_back() {
+        let cases = [
+            (new_user("Mary Ann", "Cruz", "m@x", r#"{"theme":"dark","notifications":true}"#), "first_name"),
+            (new_user("Mary", "", "M@X", r#"{"theme":"dark","notifications":true}"#), "email"),
+            (new_user("Mary", "", "m@x", r#"{"theme":"","notifications":true}"#), "settings"),
+            (new_user("Mary", "", "m@x", r#"{"theme":"dark"}"#), "settings"),
+            (new_user("Mary", "", "m@x", r#"[1]"#), "not a JSON object"),
+            (NewUser { id: "admin".into(), ..new_user("M", "", "m@x", "{}") }, "user_<integer>"),
+            (NewUser { id: "user_007".into(), ..new_user("M", "", "m@x", "{}") }, "user_<integer>"),
+        ];
+        for (row, says) in cases {
+            let err = invert(&row).expect_err(&format!("{row:?}"));
+            assert!(err.contains(says), "{row:?}: {err}");
+        }
     }
 }

@@ -1,0 +1,363 @@
+//! The parallel run: `ferry sync` (old → new through the seed's transform)
+//! and `ferry sync --reverse` (new → old through its inverse) at the same
+//! time, with the application writing on both sides. Judged by observers
+//! ferry did not write: a trigger on every table of both databases records
+//! each row write and whether the writing session carried a replication
+//! origin; a fresh `ferry migrate` of the final old database (the oracle
+//! for the new one); the servers' `pg_replication_origin_status`.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{Connection, PgConnection};
+
+use crate::cluster::Cluster;
+use crate::support::*;
+
+async fn conn(cluster: &Cluster) -> PgConnection {
+    PgConnection::connect(&format!("{}/postgres", cluster.url())).await.unwrap()
+}
+
+/// A row-level trigger on `users` and `notes` recording every write, and
+/// whether a replication origin was set in the writing session (ferry's
+/// apply connections of a parallel run set one; the application's do not).
+const AUDIT: &str = r#"
+CREATE TABLE audit (tbl text NOT NULL, key text NOT NULL, op text NOT NULL, by_origin boolean NOT NULL);
+CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO audit VALUES (TG_TABLE_NAME, CASE WHEN TG_OP = 'DELETE' THEN OLD.id::text ELSE NEW.id::text END,
+                              TG_OP, pg_replication_origin_session_is_setup());
+    RETURN NULL;
+END $$;
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON users FOR EACH ROW EXECUTE FUNCTION audit();
+CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON notes FOR EACH ROW EXECUTE FUNCTION audit();
+"#;
+
+const NOTES_DDL: &str = "CREATE TABLE notes (id bigint PRIMARY KEY, body text NOT NULL)";
+
+/// Several KB of incompressible text: stored out of line (TOAST).
+fn big_text(seed: &str) -> String {
+    format!("(SELECT string_agg(md5({seed}::text || g::text), '') FROM generate_series(1, 200) g)")
+}
+
+/// What one side's application wrote: operations per (table, key as the
+/// audit prints it).
+type Ops = HashMap<(String, String), u32>;
+
+async fn exec(c: &mut PgConnection, ops: &mut Ops, sql: &str, touched: &[(&str, String)]) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *c).await.unwrap_or_else(|e| panic!("{e}: {sql}"));
+    for (table, key) in touched {
+        *ops.entry((table.to_string(), key.clone())).or_default() += 1;
+    }
+}
+
+/// The old application: new users, renamed users, users whose TOASTed
+/// metadata an update leaves alone, deleted users, notes of every kind,
+/// some transactions spanning both tables.
+async fn old_writer(cluster: &Cluster) -> Ops {
+    let mut c = conn(cluster).await;
+    let mut ops = Ops::new();
+    let u = |id: i64| ("users", id.to_string());
+    let n = |id: i64| ("notes", id.to_string());
+    for i in 0..150i64 {
+        let id = 100_001 + i;
+        if id % 50 == 0 {
+            continue;
+        }
+        let sql = format!(
+            "BEGIN; {}; INSERT INTO notes VALUES ({}, 'old note {i}'); COMMIT",
+            pg_legacy_rows(id, id),
+            10_000 + i
+        );
+        exec(&mut c, &mut ops, &sql, &[u(id), n(10_000 + i)]).await;
+    }
+    for id in (2..=600i64).step_by(2).filter(|id| id % 50 != 0) {
+        let sql = format!(
+            "UPDATE users SET name = 'Old Side ' || id, email = 'old.' || id || '@example.com' WHERE id = {id}"
+        );
+        exec(&mut c, &mut ops, &sql, &[u(id)]).await;
+    }
+    for id in (1..1000i64).step_by(100) {
+        // The TOASTed metadata is not in the change: ferry reads it back.
+        let sql = format!("UPDATE users SET name = 'Toast Kept ' || id WHERE id = {id}");
+        exec(&mut c, &mut ops, &sql, &[u(id)]).await;
+    }
+    for id in (601..=700i64).filter(|id| id % 50 != 0) {
+        exec(&mut c, &mut ops, &format!("DELETE FROM users WHERE id = {id}"), &[u(id)]).await;
+    }
+    for id in 1..=100i64 {
+        exec(&mut c, &mut ops, &format!("UPDATE notes SET body = body || ' (old)' WHERE id = {id}"), &[n(id)]).await;
+    }
+    for id in 101..=150i64 {
+        exec(&mut c, &mut ops, &format!("DELETE FROM notes WHERE id = {id}"), &[n(id)]).await;
+    }
+    ops
+}
+
+/// The new application, on other keys: new users, renamed users, users
+/// given a TOASTed theme, deleted users, notes; and one change the inverse
+/// refuses (an email with capitals cannot survive the round trip).
+async fn new_writer(cluster: &Cluster) -> Ops {
+    let mut c = conn(cluster).await;
+    let mut ops = Ops::new();
+    let u = |id: String| ("users", id);
+    let n = |id: i64| ("notes", id.to_string());
+    for i in 0..150i64 {
+        let id = format!("user_{}", 200_000 + i);
+        let sql = format!(
+            "BEGIN; INSERT INTO users VALUES ('{id}', 'New', 'Side {i}', 'new.{i}@example.com', \
+             '2025-03-01 12:00:00.000001+00'::timestamptz + {i} * interval '1 second', \
+             '{{\"theme\": \"dark\", \"notifications\": true}}'); INSERT INTO notes VALUES ({}, 'new note {i}'); COMMIT",
+            20_000 + i
+        );
+        exec(&mut c, &mut ops, &sql, &[u(id), n(20_000 + i)]).await;
+    }
+    for k in (1001..=1300i64).filter(|k| k % 50 != 0) {
+        let sql = format!("UPDATE users SET last_name = last_name || ' (new)' WHERE id = 'user_{k}'");
+        exec(&mut c, &mut ops, &sql, &[u(format!("user_{k}"))]).await;
+    }
+    for k in (1301..=1320i64).filter(|k| k % 50 != 0) {
+        let sql = format!(
+            "UPDATE users SET settings = jsonb_build_object('theme', {}, 'notifications', false) WHERE id = 'user_{k}'",
+            big_text(&k.to_string())
+        );
+        exec(&mut c, &mut ops, &sql, &[u(format!("user_{k}"))]).await;
+    }
+    for k in (1401..=1500i64).filter(|k| k % 50 != 0) {
+        exec(&mut c, &mut ops, &format!("DELETE FROM users WHERE id = 'user_{k}'"), &[u(format!("user_{k}"))]).await;
+    }
+    for id in 201..=300i64 {
+        exec(&mut c, &mut ops, &format!("UPDATE notes SET body = body || ' (new)' WHERE id = {id}"), &[n(id)]).await;
+    }
+    for id in 301..=350i64 {
+        exec(&mut c, &mut ops, &format!("DELETE FROM notes WHERE id = {id}"), &[n(id)]).await;
+    }
+    let refused = "UPDATE users SET email = 'Upper.1601@Example.COM' WHERE id = 'user_1601'";
+    exec(&mut c, &mut ops, refused, &[u("user_1601".into())]).await;
+    ops
+}
+
+/// The audit trigger's rows: (table, key) → (writes without origin, with).
+async fn audited(cluster: &Cluster) -> HashMap<(String, String), (u32, u32)> {
+    let mut c = conn(cluster).await;
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT tbl, key, count(*) FILTER (WHERE NOT by_origin), count(*) FILTER (WHERE by_origin) \
+         FROM audit GROUP BY tbl, key",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(t, k, own, ferry)| ((t, k), (own as u32, ferry as u32))).collect()
+}
+
+/// Equal maps, or the keys where they differ.
+fn assert_same(got: &Ops, want: &Ops, what: &str) {
+    let mut differ: Vec<_> = got
+        .keys()
+        .chain(want.keys())
+        .filter(|k| got.get(*k) != want.get(*k))
+        .map(|k| (k, got.get(k), want.get(k)))
+        .collect();
+    differ.sort();
+    differ.dedup();
+    assert!(differ.is_empty(), "{what}: (key, seen, written) differ: {differ:?}");
+}
+
+/// `user_N` → `N`: a new-side user key as the old side's audit prints it.
+fn legacy_key((table, key): &(String, String)) -> (String, String) {
+    (table.clone(), key.strip_prefix("user_").unwrap_or(key).to_string())
+}
+
+async fn new_users(url: &str) -> Vec<(String, String, String, String, serde_json::Value, i64)> {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    sqlx::query_as(
+        "SELECT id, first_name, last_name, email, settings::jsonb::json, \
+         (extract(epoch FROM created_at) * 1000000)::int8 FROM users ORDER BY id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap()
+}
+
+async fn notes(cluster: &Cluster) -> Vec<(i64, String)> {
+    sqlx::query_as("SELECT id, body FROM notes ORDER BY id").fetch_all(&mut conn(cluster).await).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parallel_run_applies_each_change_once_in_each_direction_and_never_echoes() {
+    let (old, new) = (Cluster::start(), Cluster::start());
+    let mut o = conn(&old).await;
+    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut o).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_legacy_rows(1, 2000))).execute(&mut o).await.unwrap();
+    // Rows the forward rules reject (invalid JSON) are not part of this test.
+    sqlx::raw_sql("DELETE FROM users WHERE id % 50 = 0").execute(&mut o).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE users SET metadata = json_build_object('theme', {}, 'notifications', false)::text WHERE id % 100 = 1",
+        big_text("id")
+    )))
+    .execute(&mut o)
+    .await
+    .unwrap();
+    sqlx::raw_sql(NOTES_DDL).execute(&mut o).await.unwrap();
+    sqlx::raw_sql("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 500) g")
+        .execute(&mut o)
+        .await
+        .unwrap();
+    sqlx::raw_sql(AUDIT).execute(&mut o).await.unwrap();
+    let mut n = conn(&new).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{PG_NEW_DDL}; {NOTES_DDL}"))).execute(&mut n).await.unwrap();
+
+    let p = plugins();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"par\"\n[source]\nurl = \"{}/postgres\"\n[target]\nurl = \"{}/postgres\"\n\n\
+             [[tables]]\nname = \"users\"\ntarget = \"users\"\nplugin = \"{}\"\ninverse = \"{}\"\n\n\
+             [[tables]]\nname = \"notes\"\n\n[reverse]\n",
+            old.url(),
+            new.url(),
+            p.transform_user.display(),
+            p.user_inverse.display()
+        ),
+    )
+    .unwrap();
+    let ferry = |args: &[&str]| {
+        let mut cmd = ferry_command();
+        cmd.arg("--config").arg(&config).args(args);
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd
+    };
+
+    // The reverse stream refuses to start before the forward load is done.
+    let early = run(&mut ferry(&["sync", "--reverse"]));
+    assert_eq!(early.code, 8, "{early:?}");
+    assert!(early.stderr.contains("initial load"), "{early:?}");
+
+    let forward = ferry(&["sync", "--json"]).spawn().unwrap();
+    let new_url = format!("{}/postgres", new.url());
+    eventually("the forward initial load completes", || async {
+        let mut c = PgConnection::connect(&new_url).await.unwrap();
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_tables t WHERE schemaname = 'ferry' AND tablename = 'runs' \
+             AND EXISTS (SELECT 1 FROM ferry.runs WHERE pipeline = 'par' AND status = 'completed')",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap_or(0)
+            == 1
+    })
+    .await;
+    sqlx::raw_sql(AUDIT).execute(&mut n).await.unwrap();
+    let reverse = ferry(&["sync", "--reverse", "--json"]).spawn().unwrap();
+    eventually("the reverse slot is consistent", || async {
+        let mut c = PgConnection::connect(&new_url).await.unwrap();
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry_par_reverse' \
+             AND confirmed_flush_lsn IS NOT NULL AND active",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+
+    // Both applications write at once.
+    let (old_ops, new_ops) = tokio::join!(old_writer(&old), new_writer(&new));
+    // A last write on each side: once each has crossed, everything written
+    // before it has (each stream applies in commit order).
+    sqlx::raw_sql("INSERT INTO notes VALUES (-1, 'old side done')").execute(&mut o).await.unwrap();
+    sqlx::raw_sql("INSERT INTO notes VALUES (-2, 'new side done')").execute(&mut n).await.unwrap();
+    let old_url = format!("{}/postgres", old.url());
+    eventually("both last writes cross", || async {
+        let count = |url: String, id: i64| async move {
+            let mut c = PgConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notes WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+        };
+        count(new_url.clone(), -1).await == 1 && count(old_url.clone(), -2).await == 1
+    })
+    .await;
+    for child in [&forward, &reverse] {
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    let (forward, reverse) = (json_report(forward), json_report(reverse));
+    let mut old_ops = old_ops;
+    old_ops.insert(("notes".into(), "-1".into()), 1);
+    let mut new_ops = new_ops;
+    new_ops.insert(("notes".into(), "-2".into()), 1);
+
+    // Each side's trigger saw its own application's writes exactly, and
+    // ferry's writes only for the other side's keys: nothing came back.
+    let (old_audit, new_audit) = (audited(&old).await, audited(&new).await);
+    let to_new = |(t, k): &(String, String)| (t.clone(), if t == "users" { format!("user_{k}") } else { k.clone() });
+    let old_view = |k: &(String, String)| legacy_key(k);
+    for (side, audit, own, crossed_keys) in [
+        ("old", &old_audit, &old_ops, new_ops.keys().filter(|k| k.1 != "user_1601").map(old_view).collect::<Vec<_>>()),
+        ("new", &new_audit, &new_ops, old_ops.keys().map(to_new).collect::<Vec<_>>()),
+    ] {
+        let own_writes: Ops =
+            audit.iter().filter(|(_, (mine, _))| *mine > 0).map(|(k, (mine, _))| (k.clone(), *mine)).collect();
+        assert_same(&own_writes, own, &format!("{side}: the application's own writes, each seen once"));
+        let by_ferry: HashSet<(String, String)> =
+            audit.iter().filter(|(_, (_, f))| *f > 0).map(|(k, _)| k.clone()).collect();
+        let echoed: Vec<_> = by_ferry.iter().filter(|k| own.contains_key(*k)).collect();
+        assert!(echoed.is_empty(), "{side}: ferry wrote back keys this side's application wrote: {echoed:?}");
+        let expected: HashSet<(String, String)> = crossed_keys.into_iter().collect();
+        let (missing, extra): (Vec<_>, Vec<_>) =
+            (expected.difference(&by_ferry).collect(), by_ferry.difference(&expected).collect());
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{side}: every key the other side wrote crossed, and only those; missing {missing:?}, extra {extra:?}"
+        );
+    }
+
+    // ferry's counts agree with the triggers: each stream dropped exactly
+    // the other one's writes.
+    let ferry_writes = |a: &HashMap<(String, String), (u32, u32)>| a.values().map(|(_, f)| u64::from(*f)).sum::<u64>();
+    assert_eq!(forward["echo_changes"].as_u64(), Some(ferry_writes(&old_audit)), "{forward}");
+    assert_eq!(reverse["echo_changes"].as_u64(), Some(ferry_writes(&new_audit)), "{reverse}");
+    assert!(forward["echo_changes"].as_u64().unwrap() > 500, "{forward}");
+    assert_eq!(reverse["stream"]["dead_lettered"], 1, "{reverse}");
+
+    // The refused change is a dead letter in the old database, with why.
+    let (key, reason): (String, String) =
+        sqlx::query_as("SELECT source_key, reason FROM ferry.change_dead_letters WHERE pipeline = 'par.reverse'")
+            .fetch_one(&mut o)
+            .await
+            .unwrap();
+    assert!(key.contains("user_1601") && reason.contains("lowercase"), "{key}: {reason}");
+
+    // Both databases hold the same data: the copied table as it is, the new
+    // users as a fresh migration of the old ones makes them (but the one
+    // whose change could not go back).
+    assert_eq!(notes(&old).await, notes(&new).await);
+    let oracle = PgDb::new("paroracle").await;
+    oracle.exec(PG_NEW_DDL).await;
+    let migrate = Pipeline::new(&old_url, &oracle.url(), &p.transform_user, "").ferry(&["migrate"]);
+    assert_eq!(migrate.code, 0, "{migrate:?}");
+    let (mut got, mut want) = (new_users(&new_url).await, new_users(&oracle.url()).await);
+    let refused_new = got.iter().position(|r| r.0 == "user_1601").unwrap();
+    let refused_old = want.iter().position(|r| r.0 == "user_1601").unwrap();
+    assert_eq!(got.remove(refused_new).3, "Upper.1601@Example.COM");
+    assert_ne!(want.remove(refused_old).3, "Upper.1601@Example.COM");
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the new users differ from the transform of the old ones");
+
+    // The servers' own record: each side's origin progressed.
+    for (c, origin) in [(&mut n, "ferry:par"), (&mut o, "ferry:par.reverse")] {
+        let progressed: bool = sqlx::query_scalar(
+            "SELECT s.remote_lsn > '0/0' FROM pg_replication_origin_status s \
+             JOIN pg_replication_origin r ON r.roident = s.local_id WHERE r.roname = $1",
+        )
+        .bind(origin)
+        .fetch_one(&mut *c)
+        .await
+        .unwrap();
+        assert!(progressed, "{origin}");
+    }
+}
