@@ -568,6 +568,7 @@ async fn run(cli: Cli) -> i32 {
                     idle_exit,
                     initial_load: true,
                     origins: crate::cdc::reverse::forward_origins(&forward),
+                    watch: None,
                 };
                 (forward.clone(), options)
             };
@@ -580,13 +581,15 @@ async fn run(cli: Cli) -> i32 {
                     Err(e) => fail(&e),
                 };
             }
-            let settings = if reverse {
+            let (settings, options) = if reverse {
                 match crate::cdc::reverse::tables(&forward).await {
-                    Ok(tables) => Settings { tables, ..settings },
+                    Ok((tables, watch)) => {
+                        (Settings { tables, ..settings }, crate::cdc::sync::SyncOptions { watch, ..options })
+                    }
                     Err(e) => return fail(&e),
                 }
             } else {
-                settings
+                (settings, options)
             };
             let stop = Arc::new(AtomicBool::new(false));
             spawn_signal_handler(Arc::clone(&stop));

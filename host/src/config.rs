@@ -78,6 +78,9 @@ pub struct ReverseConfig {
     pub slot: Option<String>,
     /// Its publication (default `ferry_<name>_reverse`).
     pub publication: Option<String>,
+    /// Detect rows written on both sides at once (default true; needs
+    /// `track_commit_timestamp = on`). Off, the version applied last wins.
+    pub detect_conflicts: Option<bool>,
 }
 
 /// `[source]`.

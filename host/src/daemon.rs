@@ -43,6 +43,8 @@ pub mod names {
     pub const SHADOW_ROWS: &str = "ferry_shadow_rows_total";
     /// Times the stream was re-established after a failure.
     pub const RECONNECTS: &str = "ferry_reconnects_total";
+    /// Changes not applied because both sides wrote the row (parallel run).
+    pub const CONFLICTS: &str = "ferry_conflicts_total";
     /// Changes read that the opposite stream of a parallel run applied
     /// (dropped: loop prevention).
     pub const ECHOES_SKIPPED: &str = "ferry_echo_changes_skipped_total";

@@ -40,4 +40,7 @@ pub trait ReplicationSource: Send {
     /// The source's logical slots (`only` one when given).
     async fn slots(&mut self, only: Option<&str>) -> anyhow::Result<Vec<SlotStatus>>;
     async fn drop_stream(&mut self, slot: &str, publication: &str) -> anyhow::Result<()>;
+    /// Whether the database records each transaction's commit time and
+    /// origin (`track_commit_timestamp`): what conflict detection reads.
+    async fn tracks_commit_timestamps(&mut self) -> anyhow::Result<bool>;
 }

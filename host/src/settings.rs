@@ -161,6 +161,7 @@ pub struct Settings {
 pub struct ReverseSettings {
     pub slot: Option<String>,
     pub publication: Option<String>,
+    pub detect_conflicts: bool,
 }
 
 impl Settings {
@@ -234,7 +235,11 @@ impl Settings {
             batch_size,
             workers,
             notify,
-            reverse: file.reverse.map(|r| ReverseSettings { slot: r.slot, publication: r.publication }),
+            reverse: file.reverse.map(|r| ReverseSettings {
+                slot: r.slot,
+                publication: r.publication,
+                detect_conflicts: r.detect_conflicts.unwrap_or(true),
+            }),
         })
     }
 }

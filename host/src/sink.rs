@@ -263,6 +263,12 @@ pub struct ChangeWrite {
     /// Index into [`RowChangeBatch::origins`]: what its dead letter says if
     /// the target refuses it.
     pub origin: usize,
+    /// Conflict detection (the parallel run's direction that yields): the
+    /// change's source had seen this database's commits up to this time
+    /// (Unix µs). A target row last written by this database's own
+    /// application after it is a concurrent write: the change is not
+    /// applied but recorded as a conflict with both versions.
+    pub seen_until: Option<i64>,
 }
 
 /// The source change a write came from.
@@ -321,6 +327,9 @@ pub struct RowChangeBatch {
     pub plugin_sha256: String,
     /// When the newest source transaction in it committed (Unix µs).
     pub source_commit_micros: Option<i64>,
+    /// Conflict detection: how much of this target the source had seen at
+    /// `next` (Unix µs), stored with it so a restart knows it again.
+    pub seen_until: Option<i64>,
 }
 
 /// What `ferry status` shows of a many-table stream.
@@ -335,8 +344,24 @@ pub struct StreamStatus {
     pub seconds_since_update: f64,
     /// Seconds since the newest applied source transaction committed.
     pub source_commit_age_seconds: Option<f64>,
+    /// When it committed (Unix µs).
+    pub source_commit_micros: Option<i64>,
+    /// Conflict detection: how much of this target the stream's source had
+    /// seen at the stored position ([`RowChangeBatch::seen_until`]).
+    pub peer_seen_micros: Option<i64>,
     /// Seconds between the first and the last commit of the stream.
     pub active_seconds: Option<f64>,
+}
+
+/// What [`RowChangeSink::apply_row_changes`] did beyond the writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangesApplied {
+    /// Writes the target refused (dead-lettered).
+    pub refused: u64,
+    /// Writes not applied because the target row was written concurrently
+    /// ([`ChangeWrite::seen_until`]), recorded as conflicts; of them, deletes.
+    pub conflicts: u64,
+    pub conflicting_deletes: u64,
 }
 
 /// Where a change stream of many tables is applied.
@@ -348,15 +373,18 @@ pub struct StreamStatus {
 /// transaction, and only if the stored position equals `previous` (else
 /// [`FencedError`]). A write the target refuses for what its row holds (a
 /// data exception, a constraint) is isolated inside that transaction and
-/// dead-lettered with kind `load`; the rest applies. Returns how many
-/// writes were refused.
+/// dead-lettered with kind `load`; the rest applies. A write with
+/// [`ChangeWrite::seen_until`] whose target row this database's own
+/// application (a transaction without replication origin) committed after
+/// that time is not applied: it is recorded in the conflicts table with the
+/// row it would have replaced, in the same transaction.
 #[async_trait]
 pub trait RowChangeSink: Send {
     /// Creates the change-stream control tables if missing.
     async fn ensure_stream_tables(&mut self) -> anyhow::Result<()>;
     /// The pipeline's stored stream position (`None`: nothing streamed).
     async fn stream_position(&mut self, pipeline: &str) -> anyhow::Result<Option<crate::position::Position>>;
-    async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<u64>;
+    async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<ChangesApplied>;
     /// Where the pipeline's stream stands (`None`: it never applied anything).
     async fn stream_status(&mut self, pipeline: &str) -> anyhow::Result<Option<StreamStatus>>;
     /// The (source table, source key) of every change of the pipeline that

@@ -32,6 +32,9 @@ CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON users FOR EACH ROW EXEC
 CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON notes FOR EACH ROW EXECUTE FUNCTION audit();
 "#;
 
+/// What conflict detection reads: each row's last commit time and origin.
+const COMMIT_TIMES: &str = "track_commit_timestamp = on";
+
 const NOTES_DDL: &str = "CREATE TABLE notes (id bigint PRIMARY KEY, body text NOT NULL)";
 
 /// Several KB of incompressible text: stored out of line (TOAST).
@@ -182,9 +185,54 @@ async fn notes(cluster: &Cluster) -> Vec<(i64, String)> {
     sqlx::query_as("SELECT id, body FROM notes ORDER BY id").fetch_all(&mut conn(cluster).await).await.unwrap()
 }
 
+/// The parallel run's configuration (users through the seed's transform
+/// and its inverse, notes copied): the command of `ferry args` on it.
+fn parallel_run(old: &Cluster, new: &Cluster) -> (tempfile::TempDir, impl Fn(&[&str]) -> std::process::Command) {
+    let p = plugins();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"par\"\n[source]\nurl = \"{}/postgres\"\n[target]\nurl = \"{}/postgres\"\n\n\
+             [[tables]]\nname = \"users\"\ntarget = \"users\"\nplugin = \"{}\"\ninverse = \"{}\"\n\n\
+             [[tables]]\nname = \"notes\"\n\n[reverse]\n",
+            old.url(),
+            new.url(),
+            p.transform_user.display(),
+            p.user_inverse.display()
+        ),
+    )
+    .unwrap();
+    let ferry = move |args: &[&str]| {
+        let mut cmd = ferry_command();
+        cmd.arg("--config").arg(&config).args(args);
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd
+    };
+    (dir, ferry)
+}
+
+/// Waits until the forward stream of `par` has completed its initial load.
+async fn forward_loaded(new: &Cluster) {
+    let url = format!("{}/postgres", new.url());
+    eventually("the forward initial load completes", || async {
+        let mut c = PgConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_tables t WHERE schemaname = 'ferry' AND tablename = 'runs' \
+             AND EXISTS (SELECT 1 FROM ferry.runs WHERE pipeline = 'par' AND status = 'completed')",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap_or(0)
+            == 1
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_parallel_run_applies_each_change_once_in_each_direction_and_never_echoes() {
-    let (old, new) = (Cluster::start(), Cluster::start());
+    let (old, new) = (Cluster::start_with(COMMIT_TIMES, &[], ""), Cluster::start_with(COMMIT_TIMES, &[], ""));
     let mut o = conn(&old).await;
     sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut o).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(pg_legacy_rows(1, 2000))).execute(&mut o).await.unwrap();
@@ -207,27 +255,7 @@ async fn a_parallel_run_applies_each_change_once_in_each_direction_and_never_ech
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{PG_NEW_DDL}; {NOTES_DDL}"))).execute(&mut n).await.unwrap();
 
     let p = plugins();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "name = \"par\"\n[source]\nurl = \"{}/postgres\"\n[target]\nurl = \"{}/postgres\"\n\n\
-             [[tables]]\nname = \"users\"\ntarget = \"users\"\nplugin = \"{}\"\ninverse = \"{}\"\n\n\
-             [[tables]]\nname = \"notes\"\n\n[reverse]\n",
-            old.url(),
-            new.url(),
-            p.transform_user.display(),
-            p.user_inverse.display()
-        ),
-    )
-    .unwrap();
-    let ferry = |args: &[&str]| {
-        let mut cmd = ferry_command();
-        cmd.arg("--config").arg(&config).args(args);
-        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-        cmd
-    };
+    let (_dir, ferry) = parallel_run(&old, &new);
 
     // The reverse stream refuses to start before the forward load is done.
     let early = run(&mut ferry(&["sync", "--reverse"]));
@@ -236,18 +264,7 @@ async fn a_parallel_run_applies_each_change_once_in_each_direction_and_never_ech
 
     let forward = ferry(&["sync", "--json"]).spawn().unwrap();
     let new_url = format!("{}/postgres", new.url());
-    eventually("the forward initial load completes", || async {
-        let mut c = PgConnection::connect(&new_url).await.unwrap();
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_tables t WHERE schemaname = 'ferry' AND tablename = 'runs' \
-             AND EXISTS (SELECT 1 FROM ferry.runs WHERE pipeline = 'par' AND status = 'completed')",
-        )
-        .fetch_one(&mut c)
-        .await
-        .unwrap_or(0)
-            == 1
-    })
-    .await;
+    forward_loaded(&new).await;
     sqlx::raw_sql(AUDIT).execute(&mut n).await.unwrap();
     let reverse = ferry(&["sync", "--reverse", "--json"]).spawn().unwrap();
     eventually("the reverse slot is consistent", || async {
@@ -323,6 +340,9 @@ async fn a_parallel_run_applies_each_change_once_in_each_direction_and_never_ech
     assert_eq!(reverse["echo_changes"].as_u64(), Some(ferry_writes(&new_audit)), "{reverse}");
     assert!(forward["echo_changes"].as_u64().unwrap() > 500, "{forward}");
     assert_eq!(reverse["stream"]["dead_lettered"], 1, "{reverse}");
+    // The two applications never wrote the same key: no conflict, though
+    // every change the reverse applied met rows the old side had written.
+    assert_eq!(reverse["stream"]["conflicts"], 0, "{reverse}");
 
     // The refused change is a dead letter in the old database, with why.
     let (key, reason): (String, String) =
@@ -360,4 +380,104 @@ async fn a_parallel_run_applies_each_change_once_in_each_direction_and_never_ech
         .unwrap();
         assert!(progressed, "{origin}");
     }
+}
+
+/// One user's row on the old side: (name, email).
+async fn old_user(c: &mut PgConnection, id: i64) -> Option<(String, String)> {
+    sqlx::query_as("SELECT name, email FROM users WHERE id = $1").bind(id).fetch_optional(c).await.unwrap()
+}
+
+/// A row written on both sides before either side saw the other's write is
+/// a conflict: the old side owns the writes until the cutover, so its
+/// version stays on both sides and the new side's change is recorded with
+/// the row it would have replaced. A write on the new side made after it
+/// saw the old side's is not one. Without commit timestamps on the old
+/// side, the reverse stream refuses to start.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_written_on_both_sides_at_once_are_conflicts_the_owner_keeps() {
+    let (old, new) = (Cluster::start(), Cluster::start_with(COMMIT_TIMES, &[], ""));
+    let mut o = conn(&old).await;
+    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut o).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_legacy_rows(1, 200))).execute(&mut o).await.unwrap();
+    sqlx::raw_sql("DELETE FROM users WHERE id % 50 = 0").execute(&mut o).await.unwrap();
+    sqlx::raw_sql(NOTES_DDL).execute(&mut o).await.unwrap();
+    let mut n = conn(&new).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{PG_NEW_DDL}; {NOTES_DDL}"))).execute(&mut n).await.unwrap();
+    let (_dir, ferry) = parallel_run(&old, &new);
+    let forward = ferry(&["sync", "--json"]).spawn().unwrap();
+    forward_loaded(&new).await;
+
+    let refused = run(&mut ferry(&["sync", "--reverse"]));
+    assert_eq!(refused.code, 8, "{refused:?}");
+    assert!(refused.stderr.contains("track_commit_timestamp"), "{refused:?}");
+    sqlx::raw_sql("ALTER SYSTEM SET track_commit_timestamp = on").execute(&mut o).await.unwrap();
+    drop(o);
+    // The forward stream rides out the restart (it reconnects).
+    old.restart();
+    let mut o = conn(&old).await;
+
+    // The reverse slot exists; the reverse stream is stopped meanwhile.
+    let first = run(&mut ferry(&["sync", "--reverse", "--idle-exit", "1"]));
+    assert_eq!(first.code, 0, "{first:?}");
+    // Concurrent: the new side writes users 10 and 11 before the old
+    // side's writes of them reach it.
+    sqlx::raw_sql(
+        "UPDATE users SET last_name = 'New Side' WHERE id = 'user_10'; DELETE FROM users WHERE id = 'user_11'",
+    )
+    .execute(&mut n)
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "UPDATE users SET name = 'Old Ten' WHERE id = 10; UPDATE users SET name = 'Old Eleven' WHERE id = 11",
+    )
+    .execute(&mut o)
+    .await
+    .unwrap();
+    // Not concurrent: the new side changes user 12 after the old side's
+    // change of it arrived.
+    sqlx::raw_sql("UPDATE users SET name = 'Old Twelve' WHERE id = 12").execute(&mut o).await.unwrap();
+    let new_url = format!("{}/postgres", new.url());
+    eventually("the old side's writes reach the new side", || async {
+        let mut c = PgConnection::connect(&new_url).await.unwrap();
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM users WHERE (id, first_name) IN (('user_10', 'Old'), ('user_11', 'Old'), ('user_12', 'Old'))",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+            == 3
+    })
+    .await;
+    sqlx::raw_sql("UPDATE users SET last_name = 'Twelve Seen' WHERE id = 'user_12'").execute(&mut n).await.unwrap();
+
+    let reverse = run(&mut ferry(&["sync", "--reverse", "--idle-exit", "2", "--json"]));
+    assert_eq!(reverse.code, 0, "{reverse:?}");
+    let report = reverse.json();
+    assert_eq!(report["stream"]["conflicts"], 2, "{report}");
+
+    // The old side kept its versions of 10 and 11 and took the new side's 12.
+    assert_eq!(old_user(&mut o, 10).await.unwrap().0, "Old Ten");
+    assert_eq!(old_user(&mut o, 11).await.unwrap().0, "Old Eleven");
+    assert_eq!(old_user(&mut o, 12).await.unwrap().0, "Old Twelve Seen");
+    let conflicts: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT target_key, incoming, kept, rule FROM ferry.conflicts WHERE pipeline = 'par.reverse' ORDER BY target_key",
+    )
+    .fetch_all(&mut o)
+    .await
+    .unwrap();
+    assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+    assert!(conflicts[0].0.contains("10") && conflicts[0].1.contains("New Side"), "{conflicts:?}");
+    assert!(conflicts[0].2.contains("Old Ten"), "both versions: {conflicts:?}");
+    assert!(conflicts[1].0.contains("11") && conflicts[1].1.contains("delete"), "{conflicts:?}");
+    assert!(conflicts[1].2.contains("Old Eleven") && conflicts[1].3.contains("owns"), "{conflicts:?}");
+
+    // Both sides end equal: the new side holds the transform of the old.
+    unsafe { libc::kill(forward.id() as i32, libc::SIGTERM) };
+    json_report(forward);
+    let oracle = PgDb::new("parconflict").await;
+    oracle.exec(PG_NEW_DDL).await;
+    let old_url = format!("{}/postgres", old.url());
+    let migrate = Pipeline::new(&old_url, &oracle.url(), &plugins().transform_user, "").ferry(&["migrate"]);
+    assert_eq!(migrate.code, 0, "{migrate:?}");
+    assert!(new_users(&new_url).await == new_users(&oracle.url()).await, "the two sides differ");
 }

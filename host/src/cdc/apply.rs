@@ -28,6 +28,10 @@ pub struct ApplyReport {
     pub deletes: u64,
     pub truncates: u64,
     pub dead_lettered: u64,
+    /// Changes not applied because the target row was written
+    /// concurrently by its own application (a parallel run's yielding
+    /// direction): recorded in `ferry.conflicts` with both versions.
+    pub conflicts: u64,
     pub transactions: u64,
     /// Upserts completed by reading the row from the source (`--reread`).
     pub toast_rereads: u64,

@@ -26,7 +26,7 @@
 //! direction's origin (pgoutput sends the origin after `Begin`). A change
 //! therefore crosses once in each direction and is never echoed.
 
-use super::sync::{Origins, SyncOptions};
+use super::sync::{Origins, SyncOptions, Watch};
 use crate::control::RunStatus;
 use crate::db::Engine;
 use crate::engines;
@@ -86,14 +86,37 @@ pub fn endpoints(
         idle_exit,
         initial_load: false,
         origins: Some(Origins { own: Origins::of(&name), skip: Origins::of(&settings.pipeline) }),
+        // Set once the forward stream's progress is known (`tables`).
+        watch: None,
     };
     Ok((back, options))
 }
 
 /// The reverse pipeline's tables, from the forward plan: each forward
-/// target table back into its source table. Refused while the forward
-/// initial load has not completed, or if a table cannot go back.
-pub async fn tables(forward: &Settings) -> anyhow::Result<TableSelection> {
+/// target table back into its source table; and, unless turned off, its
+/// conflict detection (the old database owns the writes until cutover, so
+/// the reverse stream's changes yield to the old application's concurrent
+/// ones). Refused while the forward initial load has not completed, if a
+/// table cannot go back, or if the old database cannot tell when its rows
+/// were written (`track_commit_timestamp`).
+pub async fn tables(forward: &Settings) -> anyhow::Result<(TableSelection, Option<Watch>)> {
+    let detect = forward.reverse.as_ref().is_none_or(|r| r.detect_conflicts);
+    if detect {
+        let mut old = engines::open_replication_source(&forward.source.url).await?;
+        if !old.tracks_commit_timestamps().await? {
+            return Err(Error::contract(format!(
+                "{} does not record when its rows were written (track_commit_timestamp = off), so the reverse \
+                 stream cannot tell a concurrent write from an old one: ALTER SYSTEM SET track_commit_timestamp = on \
+                 and restart it (on both databases, for after the cutover), or set [reverse] detect_conflicts = false \
+                 to let the new side's changes overwrite concurrent ones on the old side",
+                forward.source.url
+            )));
+        }
+    } else {
+        tracing::warn!(
+            "[reverse] detect_conflicts = false: a row written on both sides at once takes the version applied last"
+        );
+    }
     let mut source = engines::open_row_source(&forward.source.url, "source").await?;
     let mut target = engines::open_row_target(forward).await?;
     let loaded = target.latest_run(&forward.pipeline).await?.is_some_and(|r| r.status == RunStatus::Completed);
@@ -149,5 +172,17 @@ pub async fn tables(forward: &Settings) -> anyhow::Result<TableSelection> {
             problems.join("\n  - ")
         )));
     }
-    Ok(TableSelection { tables: specs, ..Default::default() })
+    // What the forward stream had applied of the old database: changes
+    // made on the new side from here on had seen that much. Before its
+    // first change, everything the old side holds is in its initial load.
+    let watch = match detect {
+        false => None,
+        true => {
+            let status = target.stream_status(&forward.pipeline).await?;
+            let seen_until =
+                status.and_then(|s| s.source_commit_micros).unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+            Some(Watch { pipeline: forward.pipeline.clone(), seen_until })
+        }
+    };
+    Ok((TableSelection { tables: specs, ..Default::default() }, watch))
 }

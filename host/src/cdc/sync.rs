@@ -50,6 +50,49 @@ pub struct SyncOptions {
     pub initial_load: bool,
     /// A parallel run's loop prevention (`None` outside one).
     pub origins: Option<Origins>,
+    /// Conflict detection, on the parallel run's direction that yields
+    /// (`None`: this direction's changes always apply).
+    pub watch: Option<Watch>,
+}
+
+/// Conflict detection for the direction of a parallel run whose changes
+/// yield to the target's own application.
+///
+/// The opposite stream stores, with every transaction it applies in this
+/// stream's source, the newest target commit it has applied so far
+/// (`ferry.change_checkpoints.source_commit_at`); published with the
+/// pipeline's tables, those updates arrive here in commit order, so each
+/// change read carries how much of the target its writer had seen. A
+/// target row its own application (no replication origin) committed after
+/// that was written concurrently: a conflict (`track_commit_timestamp`
+/// gives each row's last commit time and origin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch {
+    /// The opposite stream's pipeline (its checkpoint row).
+    pub pipeline: String,
+    /// The newest target commit (Unix µs) the source had seen.
+    pub seen_until: i64,
+}
+
+impl Watch {
+    /// The checkpoints table (published for conflict detection only).
+    pub fn is_checkpoints(relation: &pgoutput::Relation) -> bool {
+        relation.namespace == "ferry" && relation.name == "change_checkpoints"
+    }
+
+    /// A new version of a checkpoint row: the watched stream's moves
+    /// `seen_until` forward.
+    pub fn observe(&mut self, relation: &pgoutput::Relation, tuple: &[pgoutput::Datum]) {
+        use crate::value::{Kind, Value};
+        let column = |name: &str| relation.columns.iter().position(|c| c.name == name).and_then(|i| tuple.get(i));
+        if let (Some(pgoutput::Datum::Text(pipeline)), Some(pgoutput::Datum::Text(at))) =
+            (column("pipeline"), column("source_commit_at"))
+            && *pipeline == self.pipeline
+            && let Ok(Value::TimestampTz(micros)) = crate::value::decode_pg_text(&Kind::TimestampTz, "timestamptz", at)
+        {
+            self.seen_until = self.seen_until.max(micros);
+        }
+    }
 }
 
 /// The replication origins of a parallel run (`[reverse]`): each direction
@@ -168,6 +211,13 @@ pub(crate) trait Applier: Send {
     /// Applies `items` (whole transactions) in one target transaction and
     /// empties it; `false`: the plugin said `fatal` (nothing applied).
     async fn apply(&mut self, items: &mut Vec<Self::Item>, source_commit_micros: Option<i64>) -> anyhow::Result<bool>;
+    /// A message of a transaction the opposite stream applied (an echo,
+    /// not applied here): conflict detection may learn from it. `true`: it
+    /// was that stream's bookkeeping (its checkpoint), not a change.
+    fn observe(&mut self, relations: &Relations, message: &Message) -> bool {
+        let _ = (relations, message);
+        false
+    }
     /// After a lost connection: the target reopened, its stored position.
     async fn reconnect(&mut self) -> anyhow::Result<Option<Position>>;
     /// Nothing arrived for a while (no group is waiting): a point between
@@ -411,6 +461,10 @@ async fn stream<A: Applier>(
                     | Message::Truncate { .. }
                         if echo =>
                     {
+                        // The other stream's own bookkeeping is not an echo.
+                        if applier.observe(&relations, &message) {
+                            continue;
+                        }
                         applier.report().echo_changes += 1;
                         metrics::counter!(crate::daemon::names::ECHOES_SKIPPED).increment(1);
                         continue;

@@ -66,7 +66,10 @@ pub async fn sync(
             table.target_names()
         )));
     }
-    let names: Vec<crate::db::TableName> = plan.tables.iter().map(|t| t.source.name.clone()).collect();
+    let mut names: Vec<crate::db::TableName> = plan.tables.iter().map(|t| t.source.name.clone()).collect();
+    if options.watch.is_some() {
+        names.push(crate::db::TableName { schema: Some("ferry".into()), name: "change_checkpoints".into() });
+    }
     let (mut replication, has_slot) = super::sync::prepare_source(settings, options, &names).await?;
     check_publication(replication.as_mut(), options, &plan).await?;
     drop(replication);
@@ -111,6 +114,17 @@ pub async fn sync(
     let mut applier = TablesApplier::new(settings, plan, target, position, report, swapper);
     applier.origin = options.origins.as_ref().map(|o| o.own.clone());
     applier.mark_origin().await?;
+    if let Some(mut watch) = options.watch.clone() {
+        // Where the stream resumes, its source had seen what was stored
+        // with that position; a new slot starts from the value given.
+        let stored = applier.target.stream_status(&settings.pipeline).await?.and_then(|s| s.peer_seen_micros);
+        if let (true, Some(stored)) = (has_slot, stored) {
+            watch.seen_until = stored;
+        }
+        applier.stored_seen = if has_slot { stored } else { None };
+        applier.watch = Some(watch);
+        applier.store_seen().await?;
+    }
     super::sync::follow(settings, options, client, &mut applier, &stop).await?;
     applier.swapper.flush(applier.target.as_mut()).await?;
     // Logical replication carries no sequence values: where the stream
@@ -164,6 +178,15 @@ async fn check_publication(
         .map(|t| (t.schema.unwrap_or_default(), t.name))
         .collect();
     let is_published = |def: &TableDef| published.iter().any(|(s, t)| names_table(def, Some(s), t));
+    let checkpoints = |schema: &str, table: &str| schema == "ferry" && table == "change_checkpoints";
+    if options.watch.is_some() && !published.iter().any(|(s, t)| checkpoints(s, t)) {
+        return Err(crate::error::Error::contract(format!(
+            "publication {} does not publish ferry.change_checkpoints, which conflict detection reads; add it \
+             (ALTER PUBLICATION {} ADD TABLE ferry.change_checkpoints)",
+            options.publication,
+            crate::db::quote_ident(&options.publication)
+        )));
+    }
     let missing: Vec<String> =
         plan.tables.iter().filter(|t| !is_published(&t.source)).map(|t| t.source.name.to_string()).collect();
     if !missing.is_empty() {
@@ -177,7 +200,7 @@ async fn check_publication(
     }
     for (schema, table) in &published {
         let known = plan.tables.iter().any(|t| names_table(&t.source, Some(schema), table));
-        if !known {
+        if !known && !checkpoints(schema, table) {
             tracing::warn!(
                 "publication {} also publishes {schema}.{table}, which the pipeline does not name: its changes \
                  will be dead-lettered (add it to [[tables]] or source.include, or drop it from the publication)",
@@ -232,6 +255,9 @@ pub(crate) struct Change {
     key: Option<Key>,
     what: &'static str,
     op: Op,
+    /// Conflict detection: the target's commits its source had seen
+    /// ([`crate::sink::ChangeWrite::seen_until`]).
+    seen: Option<i64>,
 }
 
 impl Change {
@@ -270,6 +296,11 @@ struct TablesApplier<'a> {
     /// The replication origin the target connection marks its
     /// transactions with (a parallel run).
     origin: Option<String>,
+    /// Conflict detection: how far the opposite stream had applied this
+    /// stream's target when the changes now arriving were made.
+    watch: Option<super::sync::Watch>,
+    /// The `watch.seen_until` stored with the position.
+    stored_seen: Option<i64>,
 }
 
 impl<'a> TablesApplier<'a> {
@@ -306,7 +337,30 @@ impl<'a> TablesApplier<'a> {
             producers,
             swapper,
             origin: None,
+            watch: None,
+            stored_seen: None,
         }
+    }
+
+    /// Stores what the stream's source had seen with the position, when it
+    /// moved without a change to apply (the other stream's bookkeeping).
+    async fn store_seen(&mut self) -> anyhow::Result<()> {
+        let seen = self.watch.as_ref().map(|w| w.seen_until);
+        if seen.is_none() || seen == self.stored_seen {
+            return Ok(());
+        }
+        let batch = RowChangeBatch {
+            pipeline: self.settings.pipeline.clone(),
+            tables: Arc::clone(&self.targets),
+            previous: self.position,
+            next: self.position,
+            plugin_sha256: self.producers.clone(),
+            seen_until: seen,
+            ..Default::default()
+        };
+        self.target.apply_row_changes(&batch).await?;
+        self.stored_seen = seen;
+        Ok(())
     }
 
     /// Marks the target connection's transactions with the pipeline's
@@ -490,6 +544,14 @@ impl Applier for TablesApplier<'_> {
             let Some(relation) = relations.get(oid) else {
                 anyhow::bail!("the stream used relation {oid} before describing it");
             };
+            if super::sync::Watch::is_checkpoints(relation) {
+                // Published for conflict detection only (see `observe`).
+                *seq -= 1;
+                if let (Some(watch), Some(new)) = (self.watch.as_mut(), &new) {
+                    watch.observe(relation, new);
+                }
+                continue;
+            }
             let mapped = self.mapping(relation);
             let (table, columns, label) = (mapped.table, Arc::clone(&mapped.columns), mapped.label.clone());
             let Some(t) = table else {
@@ -506,10 +568,12 @@ impl Applier for TablesApplier<'_> {
                              source.include (and load it), or drop it from the publication"
                         ),
                     },
+                    seen: None,
                 });
                 continue;
             };
             let dead = |reason: String| Op::Dead { kind: DeadLetterKind::Extract, reason };
+            let seen = self.watch.as_ref().map(|w| w.seen_until);
             let change = |key: Option<&Row>, what: &'static str, op: Op| Change {
                 position: Some(position),
                 table: Some(t),
@@ -517,6 +581,7 @@ impl Applier for TablesApplier<'_> {
                 key: key.map(|k| Key::of_values(k)),
                 what,
                 op,
+                seen,
             };
             if what == "truncate" {
                 out.push(change(None, what, Op::Truncate));
@@ -560,6 +625,7 @@ impl Applier for TablesApplier<'_> {
     async fn apply(&mut self, items: &mut Vec<Change>, source_commit_micros: Option<i64>) -> anyhow::Result<bool> {
         self.between().await?;
         if items.is_empty() {
+            self.store_seen().await?;
             return Ok(true);
         }
         let items = std::mem::take(items);
@@ -600,6 +666,7 @@ impl Applier for TablesApplier<'_> {
             next: self.position,
             plugin_sha256: self.producers.clone(),
             source_commit_micros,
+            seen_until: self.watch.as_ref().map(|w| w.seen_until),
             ..Default::default()
         };
         let (mut upserts, mut deletes, mut truncates) = (0u64, 0u64, 0u64);
@@ -617,13 +684,14 @@ impl Applier for TablesApplier<'_> {
                 }
                 continue;
             };
+            let seen_until = item.seen;
             let mut write = |table: usize, change: RowChange| {
                 match &change {
                     RowChange::Upsert(_) => upserts += 1,
                     RowChange::Delete(_) => deletes += 1,
                     RowChange::Truncate => truncates += 1,
                 }
-                batch.writes.push(ChangeWrite { table, change, origin });
+                batch.writes.push(ChangeWrite { table, change, origin, seen_until });
             };
             let copy = self.plan.tables[t].plugin.is_none();
             match item.op {
@@ -724,7 +792,9 @@ impl Applier for TablesApplier<'_> {
                 },
             }
         }
-        let refused = self.target.apply_row_changes(&batch).await?;
+        let done = self.target.apply_row_changes(&batch).await?;
+        self.stored_seen = batch.seen_until;
+        let (refused, conflicts) = (done.refused, done.conflicts);
         self.position = batch.next;
         use crate::daemon::names;
         metrics::counter!(names::CHANGES_APPLIED, "op" => "upsert").increment(upserts);
@@ -740,6 +810,14 @@ impl Applier for TablesApplier<'_> {
         stream.truncates += truncates;
         stream.dead_lettered += batch.dead.len() as u64 + refused;
         stream.upserts = stream.upserts.saturating_sub(refused);
+        // Conflicting writes are recorded, not applied.
+        stream.conflicts += conflicts;
+        stream.upserts = stream.upserts.saturating_sub(conflicts - done.conflicting_deletes);
+        stream.deletes = stream.deletes.saturating_sub(done.conflicting_deletes);
+        if conflicts > 0 {
+            metrics::counter!(names::CONFLICTS).increment(conflicts);
+            tracing::warn!(conflicts, "changes written concurrently on both sides: recorded in ferry.conflicts");
+        }
         stream.transactions += 1;
         stream.checkpoint.position = self.position;
         stream.checkpoint.streaming = self.position.is_some();
@@ -757,6 +835,19 @@ impl Applier for TablesApplier<'_> {
 
     async fn idle(&mut self) -> anyhow::Result<()> {
         self.between().await
+    }
+
+    fn observe(&mut self, relations: &Relations, message: &Message) -> bool {
+        let (Message::Insert { relation, new } | Message::Update { relation, new, .. }) = message else {
+            return false;
+        };
+        let Some(relation) = relations.get(*relation).filter(|r| super::sync::Watch::is_checkpoints(r)) else {
+            return false;
+        };
+        if let Some(watch) = self.watch.as_mut() {
+            watch.observe(relation, new);
+        }
+        true
     }
 
     fn report(&mut self) -> &mut SyncReport {
@@ -912,6 +1003,7 @@ pub async fn apply(
                     key: None,
                     what: "event",
                     op: Op::Dead { kind: DeadLetterKind::Extract, reason },
+                    seen: None,
                 });
                 group_last = Some(token);
                 continue;
@@ -973,7 +1065,8 @@ impl TablesApplier<'_> {
             "t" => "truncate",
             _ => "event",
         };
-        let mut change = Change { position, table, label: label.clone(), key: None, what, op: Op::Truncate };
+        let mut change =
+            Change { position, table, label: label.clone(), key: None, what, op: Op::Truncate, seen: None };
         let dead = |reason: String| Op::Dead { kind: DeadLetterKind::Extract, reason };
         let Some(t) = table else {
             change.op = dead(format!(

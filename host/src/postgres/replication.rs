@@ -33,6 +33,14 @@ impl PgReplication {
 
 #[async_trait]
 impl ReplicationSource for PgReplication {
+    async fn tracks_commit_timestamps(&mut self) -> anyhow::Result<bool> {
+        let on: String = sqlx::query_scalar("SHOW track_commit_timestamp")
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err("reading track_commit_timestamp".into(), &e))?;
+        Ok(on == "on")
+    }
+
     async fn check_logical(&mut self) -> anyhow::Result<()> {
         let wal_level: String = sqlx::query_scalar("SHOW wal_level")
             .fetch_one(&mut self.conn)

@@ -18,7 +18,9 @@ use crate::error::Error;
 use crate::keyset::Row;
 use crate::position::Position;
 use crate::schema::TableDef;
-use crate::sink::{FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter, StreamStatus};
+use crate::sink::{
+    ChangesApplied, FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter, StreamStatus,
+};
 use crate::value::write_pg_text;
 
 /// Rows per INSERT or DELETE statement.
@@ -43,6 +45,7 @@ ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS source_commit_at t
 ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS first_applied_at timestamptz;
 ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_chunk bigint;
 ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_chunks bigint;
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS peer_seen_until timestamptz;
 CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
     id            bigserial PRIMARY KEY,
     pipeline      text NOT NULL,
@@ -56,6 +59,21 @@ CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
 );
 ALTER TABLE ferry.change_dead_letters ADD COLUMN IF NOT EXISTS kind text;
 ALTER TABLE ferry.change_dead_letters ADD COLUMN IF NOT EXISTS source_table text;
+CREATE TABLE IF NOT EXISTS ferry.conflicts (
+    id                bigserial PRIMARY KEY,
+    pipeline          text NOT NULL,
+    target_table      text NOT NULL,
+    target_key        text NOT NULL,
+    source_table      text,
+    source_key        text,
+    incoming          text NOT NULL,
+    kept              text NOT NULL,
+    kept_committed_at timestamptz NOT NULL,
+    source_seen_until timestamptz NOT NULL,
+    rule              text NOT NULL,
+    detected_at       timestamptz NOT NULL DEFAULT now(),
+    resolved_at       timestamptz
+);
 "#;
 
 /// Advisory lock serialising this DDL across processes.
@@ -130,9 +148,14 @@ fn upsert_sql(def: &TableDef, rows: &[&Row]) -> String {
 /// `DELETE … WHERE (key) IN (…)` of `keys` (values in key order; keys of
 /// one length, shorter than the table's key for a prefix).
 fn delete_sql(def: &TableDef, keys: &[&Row]) -> String {
+    format!("DELETE FROM {} WHERE {}", def.quoted(), key_in(def, keys, ""))
+}
+
+/// `(key columns) IN ((…), …)` of `keys`, the columns prefixed by `alias`.
+fn key_in(def: &TableDef, keys: &[&Row], alias: &str) -> String {
     let n = keys.first().map_or(0, |k| k.len());
-    let columns: Vec<String> = def.key_columns().take(n).map(|c| quote_ident(&c.name)).collect();
-    let mut sql = format!("DELETE FROM {} WHERE ({}) IN (", def.quoted(), columns.join(", "));
+    let columns: Vec<String> = def.key_columns().take(n).map(|c| format!("{alias}{}", quote_ident(&c.name))).collect();
+    let mut sql = format!("({}) IN (", columns.join(", "));
     let mut scratch = String::new();
     for (n, key) in keys.iter().enumerate() {
         sql.push_str(if n == 0 { "(" } else { ", (" });
@@ -188,14 +211,87 @@ async fn run<'r>(
     Ok(refused)
 }
 
+/// A change not applied because the target row was written concurrently.
+struct Conflict {
+    write: usize,
+    kept: String,
+    kept_micros: i64,
+}
+
+/// The writes among `indexes` (of one table) whose target row this
+/// database's application wrote after the write's source had seen it
+/// (`ChangeWrite::seen_until`): the row's last writing transaction has no
+/// replication origin and committed later (`track_commit_timestamp`).
+async fn conflicts(
+    tx: &mut PgConnection,
+    batch: &RowChangeBatch,
+    def: &TableDef,
+    indexes: &[usize],
+) -> Result<Vec<Conflict>, sqlx::Error> {
+    let watched: Vec<usize> = indexes.iter().copied().filter(|&i| batch.writes[i].seen_until.is_some()).collect();
+    if watched.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = def.primary_key.len();
+    let key_of = |i: usize| -> Vec<Option<String>> {
+        let values: Vec<&crate::value::Value> = match &batch.writes[i].change {
+            RowChange::Upsert(row) => def.primary_key.iter().map(|&k| &row[k]).collect(),
+            RowChange::Delete(key) => key.iter().collect(),
+            RowChange::Truncate => Vec::new(),
+        };
+        values
+            .into_iter()
+            .map(|v| {
+                let mut text = String::new();
+                write_pg_text(v, &mut text).then_some(text)
+            })
+            .collect()
+    };
+    let keys: Vec<Row> = watched
+        .iter()
+        .map(|&i| match &batch.writes[i].change {
+            RowChange::Upsert(row) => def.primary_key.iter().map(|&k| row[k].clone()).collect(),
+            RowChange::Delete(key) => key.clone(),
+            RowChange::Truncate => Vec::new(),
+        })
+        .filter(|k: &Row| k.len() == n)
+        .collect();
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let refs: Vec<&Row> = keys.iter().collect();
+    let columns: Vec<String> = def.key_columns().map(|c| format!("t.{}::text", quote_ident(&c.name))).collect();
+    let sql = format!(
+        "SELECT ARRAY[{}], row_to_json(t)::text, (extract(epoch FROM c.timestamp) * 1000000)::int8 \
+         FROM {} t CROSS JOIN LATERAL pg_xact_commit_timestamp_origin(t.xmin) c WHERE {} AND c.roident = 0",
+        columns.join(", "),
+        def.quoted(),
+        key_in(def, &refs, "t.")
+    );
+    let found: Vec<(Vec<Option<String>>, String, i64)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
+    let mut out = Vec::new();
+    for (key, kept, kept_micros) in found {
+        for &i in &watched {
+            let seen = batch.writes[i].seen_until.expect("watched");
+            if kept_micros > seen && key_of(i) == key {
+                out.push(Conflict { write: i, kept: kept.clone(), kept_micros });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Applies the batch's writes in `tx`; the dead letters of refused writes
-/// (none unless `careful`: then a refusal is the error).
+/// (none unless `careful`: then a refusal is the error) and the writes not
+/// applied for a conflict.
 async fn apply_writes(
     tx: &mut PgConnection,
     batch: &RowChangeBatch,
     careful: bool,
-) -> Result<Vec<StreamDeadLetter>, sqlx::Error> {
+) -> Result<(Vec<StreamDeadLetter>, Vec<Conflict>), sqlx::Error> {
     let mut refused = Vec::new();
+    let mut conflicted = Vec::new();
     for stretch in batch.stretches() {
         if !stretch.truncate.is_empty() {
             let names: Vec<String> = stretch.truncate.iter().map(|&t| batch.tables[t].quoted()).collect();
@@ -203,9 +299,13 @@ async fn apply_writes(
             continue;
         }
         let def = &batch.tables[stretch.table];
-        for (indexes, sql) in
-            [(&stretch.deletes, delete_sql as fn(&TableDef, &[&Row]) -> String), (&stretch.upserts, upsert_sql)]
-        {
+        let mut lost = conflicts(tx, batch, def, &stretch.deletes).await?;
+        lost.extend(conflicts(tx, batch, def, &stretch.upserts).await?);
+        let applies = |i: &usize| !lost.iter().any(|c| c.write == *i);
+        let deletes: Vec<usize> = stretch.deletes.iter().copied().filter(applies).collect();
+        let upserts: Vec<usize> = stretch.upserts.iter().copied().filter(applies).collect();
+        conflicted.extend(lost);
+        for (indexes, sql) in [(&deletes, delete_sql as fn(&TableDef, &[&Row]) -> String), (&upserts, upsert_sql)] {
             let rows: Vec<&Row> = indexes
                 .iter()
                 .map(|&i| match &batch.writes[i].change {
@@ -219,7 +319,48 @@ async fn apply_writes(
             }
         }
     }
-    Ok(refused)
+    Ok((refused, conflicted))
+}
+
+/// Records `conflicts` of `batch` in `tx` (the rule: the side that owns the
+/// writes in this phase keeps its version).
+async fn record_conflicts(
+    tx: &mut PgConnection,
+    batch: &RowChangeBatch,
+    conflicts: &[Conflict],
+) -> Result<(), sqlx::Error> {
+    for c in conflicts {
+        let write = &batch.writes[c.write];
+        let (def, origin) = (&batch.tables[write.table], &batch.origins[write.origin]);
+        let (key, incoming) = match &write.change {
+            RowChange::Upsert(row) => {
+                (crate::keyset::Key::of(def, row).label(), crate::keyset::row_json(def, row).to_string())
+            }
+            RowChange::Delete(key) => {
+                let label = crate::keyset::Key::of_values(key).label();
+                (label.clone(), serde_json::json!({ "delete": label }).to_string())
+            }
+            RowChange::Truncate => continue,
+        };
+        sqlx::query(
+            "INSERT INTO ferry.conflicts (pipeline, target_table, target_key, source_table, source_key, incoming, \
+             kept, kept_committed_at, source_seen_until, rule) VALUES ($1, $2, $3, $4, $5, $6, $7, \
+             'epoch'::timestamptz + $8 * interval '1 microsecond', 'epoch'::timestamptz + $9 * interval '1 microsecond', $10)",
+        )
+        .bind(&batch.pipeline)
+        .bind(def.name.to_string())
+        .bind(key)
+        .bind(&origin.source_table)
+        .bind(&origin.source_key)
+        .bind(incoming.replace('\0', "\\u0000"))
+        .bind(&c.kept)
+        .bind(c.kept_micros)
+        .bind(write.seen_until.unwrap_or_default())
+        .bind("this database owns the writes in this phase: its version is kept, the incoming change is not applied")
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -244,25 +385,43 @@ impl RowChangeSink for PgTables {
         if exists.is_none() {
             return Ok(None);
         }
-        type Status = (Option<i64>, Option<i64>, Option<i32>, i64, i64, Option<String>, f64, Option<f64>, Option<f64>);
+        type Status = (
+            Option<i64>,
+            Option<i64>,
+            Option<i32>,
+            i64,
+            i64,
+            Option<String>,
+            f64,
+            Option<f64>,
+            Option<f64>,
+            Option<i64>,
+            Option<i64>,
+        );
         let row: Option<Status> = sqlx::query_as(
             "SELECT commit_lsn, lsn, seq, applied, \
              (SELECT count(*) FROM ferry.change_dead_letters d WHERE d.pipeline = c.pipeline), plugin_sha256, \
              extract(epoch FROM now() - updated_at)::float8, extract(epoch FROM now() - source_commit_at)::float8, \
-             extract(epoch FROM updated_at - first_applied_at)::float8 \
+             extract(epoch FROM updated_at - first_applied_at)::float8, \
+             (extract(epoch FROM source_commit_at) * 1000000)::int8, \
+             (extract(epoch FROM peer_seen_until) * 1000000)::int8 \
              FROM ferry.change_checkpoints c WHERE pipeline = $1",
         )
         .bind(pipeline)
         .fetch_optional(&mut self.conn)
         .await?;
-        Ok(row.map(|(commit, lsn, seq, applied, dead, plugin_sha256, age, commit_age, active)| StreamStatus {
-            position: position_of(Some((commit, lsn, seq))),
-            applied: applied as u64,
-            dead_lettered: dead as u64,
-            plugin_sha256,
-            seconds_since_update: age,
-            source_commit_age_seconds: commit_age,
-            active_seconds: active,
+        Ok(row.map(|(commit, lsn, seq, applied, dead, plugin_sha256, age, commit_age, active, commit_at, seen)| {
+            StreamStatus {
+                position: position_of(Some((commit, lsn, seq))),
+                applied: applied as u64,
+                dead_lettered: dead as u64,
+                plugin_sha256,
+                seconds_since_update: age,
+                source_commit_age_seconds: commit_age,
+                source_commit_micros: commit_at,
+                peer_seen_micros: seen,
+                active_seconds: active,
+            }
         }))
     }
 
@@ -320,7 +479,7 @@ impl RowChangeSink for PgTables {
         }
     }
 
-    async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<u64> {
+    async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<ChangesApplied> {
         let mut careful = false;
         loop {
             let mut tx = self.conn.begin().await?;
@@ -331,10 +490,10 @@ impl RowChangeSink for PgTables {
                 // the source commit this transaction brings.
                 sqlx::query(
                     "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, \
-                     coalesce(to_timestamp($2::float8 / 1e6), now()))",
+                     coalesce('epoch'::timestamptz + $2 * interval '1 microsecond', now()))",
                 )
                 .bind(crate::position::format_lsn(next.commit))
-                .bind(batch.source_commit_micros.map(|m| m as f64))
+                .bind(batch.source_commit_micros)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -351,8 +510,8 @@ impl RowChangeSink for PgTables {
             if position_of(stored) != batch.previous {
                 return Err(FencedError { run_id: format!("change stream {}", batch.pipeline) }.into());
             }
-            let refused = match apply_writes(&mut tx, batch, careful).await {
-                Ok(refused) => refused,
+            let (refused, conflicted) = match apply_writes(&mut tx, batch, careful).await {
+                Ok(done) => done,
                 Err(e) if !careful && refuses_rows(&e, OnConflict::Overwrite) => {
                     // Some row is refused: again, isolating it.
                     tx.rollback().await?;
@@ -361,6 +520,7 @@ impl RowChangeSink for PgTables {
                 }
                 Err(e) => return Err(Error::driver(format!("applying changes in {}", self.url), &e)),
             };
+            record_conflicts(&mut tx, batch, &conflicted).await?;
             for d in batch.dead.iter().chain(&refused) {
                 sqlx::query(
                     "INSERT INTO ferry.change_dead_letters \
@@ -382,7 +542,8 @@ impl RowChangeSink for PgTables {
             sqlx::query(
                 "UPDATE ferry.change_checkpoints SET commit_lsn = $2, lsn = $3, seq = $4, streaming = $5, \
                  applied = applied + $6, dead_lettered = dead_lettered + $7, plugin_sha256 = $8, updated_at = now(), \
-                 source_commit_at = coalesce(to_timestamp($9::float8 / 1e6), source_commit_at), \
+                 source_commit_at = coalesce('epoch'::timestamptz + $9 * interval '1 microsecond', source_commit_at), \
+                 peer_seen_until = coalesce('epoch'::timestamptz + $10 * interval '1 microsecond', peer_seen_until), \
                  first_applied_at = coalesce(first_applied_at, now()) WHERE pipeline = $1",
             )
             .bind(&batch.pipeline)
@@ -390,14 +551,23 @@ impl RowChangeSink for PgTables {
             .bind(p.map(|p| p.lsn as i64))
             .bind(p.map(|p| p.seq as i32))
             .bind(p.is_some())
-            .bind(batch.writes.len() as i64 - refused.len() as i64)
+            .bind(batch.writes.len() as i64 - refused.len() as i64 - conflicted.len() as i64)
             .bind((batch.dead.len() + refused.len()) as i64)
             .bind(&batch.plugin_sha256)
-            .bind(batch.source_commit_micros.map(|m| m as f64))
+            // Exact to the microsecond: conflict detection compares it with
+            // commit timestamps.
+            .bind(batch.source_commit_micros)
+            .bind(batch.seen_until)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            return Ok(refused.len() as u64);
+            let conflicting_deletes =
+                conflicted.iter().filter(|c| matches!(batch.writes[c.write].change, RowChange::Delete(_))).count();
+            return Ok(ChangesApplied {
+                refused: refused.len() as u64,
+                conflicts: conflicted.len() as u64,
+                conflicting_deletes: conflicting_deletes as u64,
+            });
         }
     }
 }

@@ -13,7 +13,9 @@ use crate::config::OnConflict;
 use crate::keyset::Row;
 use crate::position::Position;
 use crate::schema::TableDef;
-use crate::sink::{FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter, StreamStatus};
+use crate::sink::{
+    ChangesApplied, FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter, StreamStatus,
+};
 
 const STREAM_DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS ferry_change_checkpoints (
@@ -160,6 +162,8 @@ impl RowChangeSink for SqliteTables {
             plugin_sha256,
             seconds_since_update: age,
             source_commit_age_seconds: commit_age,
+            source_commit_micros: None,
+            peer_seen_micros: None,
             active_seconds: active,
         }))
     }
@@ -182,7 +186,8 @@ impl RowChangeSink for SqliteTables {
         .await?)
     }
 
-    async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<u64> {
+    async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<ChangesApplied> {
+        // SQLite is never the old side of a parallel run: no conflicts to detect.
         let fail = |e: sqlx::Error| anyhow::anyhow!("applying changes in {}: {e}", self.url);
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("INSERT INTO ferry_change_checkpoints (pipeline) VALUES (?1) ON CONFLICT DO NOTHING")
@@ -260,6 +265,6 @@ impl RowChangeSink for SqliteTables {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(refused.len() as u64)
+        Ok(ChangesApplied { refused: refused.len() as u64, ..Default::default() })
     }
 }
