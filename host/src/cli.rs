@@ -123,6 +123,29 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
     },
+    /// Parallel run: move the application to the new database, once the
+    /// gates hold (forward lag, a clean validate, no open conflict); runs
+    /// the switch hook, drains the old side, gives the new side the writes.
+    Cutover {
+        /// Check the gates only; switch nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Parallel run: the same back to the old database.
+    Cutback {
+        /// Check the gates only; switch nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Parallel run: rows written on both sides at once (both versions).
+    Conflicts {
+        /// Mark every open conflict resolved (once handled).
+        #[arg(long)]
+        resolve: bool,
+        /// Resolved ones too.
+        #[arg(long)]
+        all: bool,
+    },
     /// Where the pipeline stands: migration run, stream phase and position, slot lag.
     Status {
         /// Replication slot to report on (default ferry_<pipeline>).
@@ -610,6 +633,45 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Cutover { dry_run } | Command::Cutback { dry_run } => {
+            let to = if matches!(cli.command, Command::Cutover { .. }) {
+                crate::cutover::Side::New
+            } else {
+                crate::cutover::Side::Old
+            };
+            let reverse_name = crate::cdc::reverse::pipeline(&settings.pipeline);
+            let reverse = settings.reverse.clone().unwrap_or_default();
+            let options = crate::cutover::SwitchOptions {
+                to,
+                forward_slot: default_slot_name(&settings.pipeline),
+                forward_publication: default_slot_name(&settings.pipeline),
+                reverse_slot: reverse.slot.unwrap_or_else(|| default_slot_name(&reverse_name)),
+                dry_run,
+            };
+            match crate::cutover::switch(&settings, &options).await {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    show(cli.json, &r, || report::switch(&r));
+                    if r.switched {
+                        let (event, what) = match to {
+                            crate::cutover::Side::New => (Event::Cutover, "cutover"),
+                            crate::cutover::Side::Old => (Event::Cutback, "cutback"),
+                        };
+                        let summary = format!("{what}: the application uses the {} database", to.as_str());
+                        let details = serde_json::to_value(&r).unwrap_or_default();
+                        crate::notify::send(&settings.notify, &settings.pipeline, event, summary, details).await;
+                    }
+                    if r.gates.iter().all(|g| g.ok) { exit::OK } else { exit::VERIFY_FAILED }
+                }
+            }
+        }
+        Command::Conflicts { resolve, all } => match crate::cutover::conflicts(&settings, resolve, all).await {
+            Err(e) => fail(&e),
+            Ok(r) => {
+                show(cli.json, &r, || report::conflicts(&r));
+                exit::OK
+            }
+        },
         Command::Status { slot } => {
             let slot = slot.unwrap_or_else(|| default_slot_name(&settings.pipeline));
             match crate::status::status(&settings, &slot).await {

@@ -81,6 +81,16 @@ pub struct ReverseConfig {
     /// Detect rows written on both sides at once (default true; needs
     /// `track_commit_timestamp = on`). Off, the version applied last wins.
     pub detect_conflicts: Option<bool>,
+    /// `ferry cutover`/`cutback`'s switch hook: a shell command run with
+    /// `FERRY_SWITCH_TO` = `new` or `old` (and a JSON document on stdin).
+    pub switch_command: Option<String>,
+    /// The same as a JSON POST (`{"event": "switch", "to": …}`).
+    pub switch_webhook: Option<String>,
+    /// The lag gate: how far behind (seconds) the stream into the side
+    /// switched to may be. Default 1.
+    pub max_lag_seconds: Option<f64>,
+    /// How long a switch waits for the side left to drain. Default 60.
+    pub drain_timeout_seconds: Option<f64>,
 }
 
 /// `[source]`.

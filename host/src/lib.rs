@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod cutover;
 pub mod daemon;
 pub mod db;
 pub mod deployments;

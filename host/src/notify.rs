@@ -30,6 +30,13 @@ pub enum Event {
     ValidationFailed,
     /// A run or stream dead-lettered more rows than `notify.dead_letters_above`.
     DeadLetters,
+    /// `ferry cutover` moved the application to the new database.
+    Cutover,
+    /// `ferry cutback` moved it back to the old one.
+    Cutback,
+    /// The switch hook of a cutover or cutback (`[cutover]`), not a
+    /// notification: the application is told which database to use.
+    Switch,
 }
 
 impl Event {
@@ -38,6 +45,9 @@ impl Event {
             Event::RunEnded => "run_ended",
             Event::ValidationFailed => "validation_failed",
             Event::DeadLetters => "dead_letters",
+            Event::Cutover => "cutover",
+            Event::Cutback => "cutback",
+            Event::Switch => "switch",
         }
     }
 }
@@ -78,18 +88,26 @@ pub async fn send(
         Err(e) => return tracing::warn!("notification {}: cannot encode it: {e}", event.as_str()),
     };
     if let Some(url) = &settings.webhook {
-        let (url, body) = (url.clone(), body.clone());
-        let sent = tokio::task::spawn_blocking(move || post(&url, &body)).await;
-        match sent {
-            Ok(Ok(())) => tracing::info!("notification {} sent to {}", event.as_str(), shown(&settings.webhook)),
-            Ok(Err(e)) => tracing::warn!("notification {} to {}: {e}", event.as_str(), shown(&settings.webhook)),
-            Err(e) => tracing::warn!("notification {}: {e}", event.as_str()),
+        match webhook(url, &body).await {
+            Ok(()) => tracing::info!("notification {} sent to {}", event.as_str(), shown(&settings.webhook)),
+            Err(e) => tracing::warn!("notification {} to {}: {e}", event.as_str(), shown(&settings.webhook)),
         }
     }
     if let Some(command) = &settings.command
-        && let Err(e) = hook(command, event, pipeline, &body).await
+        && let Err(e) = hook(command, event, pipeline, &[], &body).await
     {
         tracing::warn!("notification {} through notify.command: {e}", event.as_str());
+    }
+}
+
+/// POSTs `body` to `url` (three tries); the error says why it failed, with
+/// the URL as logs may show it.
+pub async fn webhook(url: &str, body: &[u8]) -> Result<(), String> {
+    let (owned, body) = (url.to_string(), body.to_vec());
+    match tokio::task::spawn_blocking(move || post(&owned, &body)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{}: {e}", shown(&Some(url.to_string())))),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -112,14 +130,21 @@ fn post(url: &str, body: &[u8]) -> Result<(), String> {
 }
 
 /// Runs `command` with `sh -c`, the document on stdin and the event in
-/// `FERRY_EVENT`, `FERRY_PIPELINE`.
-async fn hook(command: &str, event: Event, pipeline: &str, body: &[u8]) -> Result<(), String> {
+/// `FERRY_EVENT`, `FERRY_PIPELINE` (and `env`); the error says why it failed.
+pub async fn hook(
+    command: &str,
+    event: Event,
+    pipeline: &str,
+    env: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(), String> {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
         .env("FERRY_EVENT", event.as_str())
         .env("FERRY_PIPELINE", pipeline)
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

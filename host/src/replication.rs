@@ -18,6 +18,8 @@ pub struct SlotStatus {
     pub active: bool,
     /// WAL the source keeps for this slot that the target has not confirmed.
     pub lag_bytes: i64,
+    /// Where the target confirmed it (an LSN; `None`: never).
+    pub confirmed: Option<u64>,
 }
 
 /// The catalog side of a logical-replication source.
@@ -43,4 +45,9 @@ pub trait ReplicationSource: Send {
     /// Whether the database records each transaction's commit time and
     /// origin (`track_commit_timestamp`): what conflict detection reads.
     async fn tracks_commit_timestamps(&mut self) -> anyhow::Result<bool>;
+    /// The end of the source's WAL now (an LSN): a slot confirmed past it
+    /// has everything written before this call.
+    async fn wal_position(&mut self) -> anyhow::Result<u64>;
+    /// Adds `table` to `publication` unless it is there.
+    async fn publish(&mut self, publication: &str, table: &TableName) -> anyhow::Result<()>;
 }

@@ -417,3 +417,50 @@ pub fn plugin_test(r: &crate::scaffold::TestReport) -> String {
     out.push_str(&format!("\n{} passed, {} failed", r.passed, r.failed));
     out
 }
+
+/// `ferry cutover`/`ferry cutback`.
+pub fn switch(r: &crate::cutover::SwitchReport) -> String {
+    let mut out = String::new();
+    for g in &r.gates {
+        out.push_str(&format!("[{}] {:<18} {}\n", if g.ok { " ok " } else { "FAIL" }, g.name, g.detail));
+    }
+    let to = r.to.as_str();
+    out.push_str(&match (r.switched, r.dry_run, r.gates.iter().all(|g| g.ok)) {
+        (true, _, _) => format!(
+            "switched: the application uses the {to} database{}",
+            r.drained_seconds.map(|s| format!(" (the other side drained in {s:.2} s)")).unwrap_or_default()
+        ),
+        (false, true, true) => format!("dry run: every gate holds; the switch to the {to} database would happen"),
+        _ => "not switched: the application stays where it is (gates above)".to_string(),
+    });
+    if let Some(warning) = &r.drain_warning {
+        out.push_str(&format!("\nwarning: {warning}"));
+    }
+    out
+}
+
+/// `ferry conflicts`.
+pub fn conflicts(r: &crate::cutover::ConflictsReport) -> String {
+    let mut out = String::new();
+    if r.resolved > 0 {
+        out.push_str(&format!("{} conflicts marked resolved\n", r.resolved));
+    }
+    if r.conflicts.is_empty() {
+        out.push_str("no open conflict");
+        return out;
+    }
+    for c in &r.conflicts {
+        out.push_str(&format!(
+            "#{} {} {} {} (detected {}{})\n  kept:     {}\n  not applied: {}\n",
+            c.id,
+            c.pipeline,
+            c.target_table,
+            c.target_key,
+            c.detected_at,
+            c.resolved_at.as_ref().map(|r| format!(", resolved {r}")).unwrap_or_default(),
+            c.kept,
+            c.incoming
+        ));
+    }
+    out.trim_end().to_string()
+}

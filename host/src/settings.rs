@@ -162,6 +162,10 @@ pub struct ReverseSettings {
     pub slot: Option<String>,
     pub publication: Option<String>,
     pub detect_conflicts: bool,
+    pub switch_command: Option<String>,
+    pub switch_webhook: Option<String>,
+    pub max_lag: Duration,
+    pub drain_timeout: Duration,
 }
 
 impl Settings {
@@ -216,6 +220,32 @@ impl Settings {
             command: file.notify.command.clone().filter(|c| !c.trim().is_empty()),
             dead_letters_above: file.notify.dead_letters_above,
         };
+        let reverse = match file.reverse {
+            None => None,
+            Some(r) => {
+                let seconds = |value: Option<f64>, default: f64, key: &str| match value.unwrap_or(default) {
+                    s if s.is_finite() && s > 0.0 && s < 86_400.0 => Ok(Duration::from_secs_f64(s)),
+                    s => Err(invalid(format!("reverse.{key} = {s}: must be a number of seconds above 0"))),
+                };
+                if let Some(hook) =
+                    r.switch_webhook.as_deref().filter(|h| !h.starts_with("http://") && !h.starts_with("https://"))
+                {
+                    return Err(invalid(format!(
+                        "reverse.switch_webhook `{}` is not an http(s) URL",
+                        crate::db::redact(hook)
+                    )));
+                }
+                Some(ReverseSettings {
+                    slot: r.slot,
+                    publication: r.publication,
+                    detect_conflicts: r.detect_conflicts.unwrap_or(true),
+                    switch_command: r.switch_command.filter(|c| !c.trim().is_empty()),
+                    switch_webhook: r.switch_webhook,
+                    max_lag: seconds(r.max_lag_seconds, 1.0, "max_lag_seconds")?,
+                    drain_timeout: seconds(r.drain_timeout_seconds, 60.0, "drain_timeout_seconds")?,
+                })
+            }
+        };
         let batch_size = o.batch_size.or(file.migrate.batch_size).unwrap_or(DEFAULT_BATCH_SIZE);
         if !(1..=100_000).contains(&batch_size) {
             return Err(invalid(format!("migrate.batch_size = {batch_size}: must be between 1 and 100000")));
@@ -235,11 +265,7 @@ impl Settings {
             batch_size,
             workers,
             notify,
-            reverse: file.reverse.map(|r| ReverseSettings {
-                slot: r.slot,
-                publication: r.publication,
-                detect_conflicts: r.detect_conflicts.unwrap_or(true),
-            }),
+            reverse,
         })
     }
 }

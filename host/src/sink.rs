@@ -403,6 +403,47 @@ pub trait RowChangeSink: Send {
         let _ = name;
         Ok(())
     }
+    /// A parallel run: which side owns the writes (`"old"` or `"new"`), as
+    /// this target's record for `pipeline` says, and how much of this
+    /// target the stream's source had seen when it changed (Unix µs).
+    /// `None`: never recorded (the old side owns them).
+    async fn parallel_owner(&mut self, pipeline: &str) -> anyhow::Result<Option<(String, Option<i64>)>> {
+        let _ = pipeline;
+        Ok(None)
+    }
+    /// Records the owner of a parallel run's writes for `pipeline`.
+    async fn set_parallel_owner(&mut self, pipeline: &str, owner: &str, seen: Option<i64>) -> anyhow::Result<()> {
+        let _ = (pipeline, owner, seen);
+        Err(crate::error::Error::contract("this target cannot take part in a parallel run (PostgreSQL only)"))
+    }
+    /// The conflicts of `pipeline` recorded in this target (`open` only:
+    /// not yet resolved), oldest first.
+    async fn conflicts(&mut self, pipeline: &str, open: bool) -> anyhow::Result<Vec<ConflictRecord>> {
+        let _ = (pipeline, open);
+        Ok(Vec::new())
+    }
+    /// Marks every open conflict of `pipeline` resolved; how many.
+    async fn resolve_conflicts(&mut self, pipeline: &str) -> anyhow::Result<u64> {
+        let _ = pipeline;
+        Ok(0)
+    }
+}
+
+/// A recorded conflict (`ferry conflicts`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConflictRecord {
+    pub id: i64,
+    pub pipeline: String,
+    pub target_table: String,
+    pub target_key: String,
+    /// The change that was not applied (JSON).
+    pub incoming: String,
+    /// The row kept (JSON).
+    pub kept: String,
+    pub kept_committed_at: String,
+    pub detected_at: String,
+    pub resolved_at: Option<String>,
+    pub rule: String,
 }
 
 /// A stretch of a [`RowChangeBatch`]: consecutive writes to one table,

@@ -188,6 +188,15 @@ async fn notes(cluster: &Cluster) -> Vec<(i64, String)> {
 /// The parallel run's configuration (users through the seed's transform
 /// and its inverse, notes copied): the command of `ferry args` on it.
 fn parallel_run(old: &Cluster, new: &Cluster) -> (tempfile::TempDir, impl Fn(&[&str]) -> std::process::Command) {
+    parallel_run_with(old, new, "")
+}
+
+/// [`parallel_run`] with more `[reverse]` keys.
+fn parallel_run_with(
+    old: &Cluster,
+    new: &Cluster,
+    reverse: &str,
+) -> (tempfile::TempDir, impl Fn(&[&str]) -> std::process::Command) {
     let p = plugins();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ferry.toml");
@@ -196,11 +205,12 @@ fn parallel_run(old: &Cluster, new: &Cluster) -> (tempfile::TempDir, impl Fn(&[&
         format!(
             "name = \"par\"\n[source]\nurl = \"{}/postgres\"\n[target]\nurl = \"{}/postgres\"\n\n\
              [[tables]]\nname = \"users\"\ntarget = \"users\"\nplugin = \"{}\"\ninverse = \"{}\"\n\n\
-             [[tables]]\nname = \"notes\"\n\n[reverse]\n",
+             [[tables]]\nname = \"notes\"\n\n[reverse]\n{}\n",
             old.url(),
             new.url(),
             p.transform_user.display(),
-            p.user_inverse.display()
+            p.user_inverse.display(),
+            reverse.replace("{dir}", &dir.path().display().to_string())
         ),
     )
     .unwrap();
@@ -480,4 +490,190 @@ async fn rows_written_on_both_sides_at_once_are_conflicts_the_owner_keeps() {
     let migrate = Pipeline::new(&old_url, &oracle.url(), &plugins().transform_user, "").ferry(&["migrate"]);
     assert_eq!(migrate.code, 0, "{migrate:?}");
     assert!(new_users(&new_url).await == new_users(&oracle.url()).await, "the two sides differ");
+}
+
+async fn scalar(cluster: &Cluster, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&mut conn(cluster).await)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {sql}"))
+}
+
+fn gate<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["gates"].as_array().unwrap().iter().find(|g| g["name"] == name).unwrap_or_else(|| panic!("{report}"))
+}
+
+/// Stops a running `ferry sync` and waits for its end.
+fn stop(child: std::process::Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    json_report(child);
+}
+
+/// The cutover holds until the forward stream is running and caught up,
+/// the databases validate clean and no conflict is open; then the switch
+/// hook runs, the new side owns the writes (the forward stream's changes
+/// now yield to it), and the cutback brings the old side up to date with
+/// what was written on the new side meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn cutover_is_gated_then_switches_and_cutback_brings_the_old_side_up_to_date() {
+    let (old, new) = (Cluster::start_with(COMMIT_TIMES, &[], ""), Cluster::start_with(COMMIT_TIMES, &[], ""));
+    let mut o = conn(&old).await;
+    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut o).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_legacy_rows(1, 300))).execute(&mut o).await.unwrap();
+    sqlx::raw_sql("DELETE FROM users WHERE id % 50 = 0").execute(&mut o).await.unwrap();
+    sqlx::raw_sql(NOTES_DDL).execute(&mut o).await.unwrap();
+    let mut n = conn(&new).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{PG_NEW_DDL}; {NOTES_DDL}"))).execute(&mut n).await.unwrap();
+    let hook = "switch_command = \"echo $FERRY_SWITCH_TO >> {dir}/switched; cat > {dir}/switch-$FERRY_SWITCH_TO.json\"";
+    let (dir, ferry) = parallel_run_with(&old, &new, hook);
+    let switched = || std::fs::read_to_string(dir.path().join("switched")).unwrap_or_default();
+    let spawn = |args: &[&str]| ferry(args).spawn().unwrap();
+    let forward = spawn(&["sync", "--json"]);
+    forward_loaded(&new).await;
+    let reverse = spawn(&["sync", "--reverse", "--json"]);
+    eventually("the reverse slot is active", || async {
+        scalar(&new, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry_par_reverse' AND active").await
+            == 1
+    })
+    .await;
+
+    // Lag: the forward stream stopped, with a change waiting.
+    stop(forward);
+    sqlx::raw_sql("UPDATE users SET name = 'Waiting Five' WHERE id = 5").execute(&mut o).await.unwrap();
+    let refused = run(&mut ferry(&["cutover", "--json"]));
+    assert_eq!(refused.code, 3, "{refused:?}");
+    let r = refused.json();
+    assert_eq!(r["switched"], false, "{r}");
+    assert_eq!(gate(&r, "lag")["ok"], false, "{r}");
+    assert!(gate(&r, "lag")["detail"].as_str().unwrap().contains("not running"), "{r}");
+    assert_eq!(switched(), "", "no switch hook ran");
+
+    let forward = spawn(&["sync", "--json"]);
+    eventually("the waiting change arrives", || async {
+        scalar(&new, "SELECT count(*) FROM users WHERE id = 'user_5' AND last_name = 'Five'").await == 1
+    })
+    .await;
+
+    // A seeded difference: a change of the old side that the forward
+    // stream never sees (it carries the reverse stream's origin).
+    stop(reverse);
+    // (The stopped stream's session may hold the origin a moment longer.
+    // One statement per transaction: the origin marks what commits while set.)
+    let setup = "SELECT pg_replication_origin_session_setup('ferry:par.reverse')";
+    let mut marked = conn(&old).await;
+    let started = std::time::Instant::now();
+    while let Err(e) = sqlx::query(setup).execute(&mut marked).await {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{e}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    sqlx::query("UPDATE users SET name = 'Unseen Seven' WHERE id = 7").execute(&mut marked).await.unwrap();
+    sqlx::query("SELECT pg_replication_origin_session_reset()").execute(&mut marked).await.unwrap();
+    drop(marked);
+    let reverse = spawn(&["sync", "--reverse", "--json"]);
+    let refused = run(&mut ferry(&["cutover", "--json"]));
+    assert_eq!(refused.code, 3, "{refused:?}");
+    let r = refused.json();
+    assert_eq!(gate(&r, "lag")["ok"], true, "{r}");
+    assert_eq!(gate(&r, "validate")["ok"], false, "{r}");
+    assert!(gate(&r, "validate")["detail"].as_str().unwrap().contains("1 different"), "{r}");
+    assert_eq!(switched(), "");
+
+    // Mended (written again, seen this time): the cutover happens.
+    sqlx::raw_sql("UPDATE users SET name = 'Seen Seven' WHERE id = 7").execute(&mut o).await.unwrap();
+    eventually("the mended row arrives", || async {
+        scalar(&new, "SELECT count(*) FROM users WHERE id = 'user_7' AND first_name = 'Seen'").await == 1
+    })
+    .await;
+    let dry = run(&mut ferry(&["cutover", "--dry-run", "--json"]));
+    assert_eq!((dry.code, dry.json()["switched"].clone()), (0, serde_json::json!(false)), "{dry:?}");
+    assert_eq!(switched(), "", "a dry run switches nothing");
+    let done = run(&mut ferry(&["cutover", "--json"]));
+    assert_eq!(done.code, 0, "{done:?}");
+    let r = done.json();
+    assert_eq!(r["switched"], true, "{r}");
+    assert!(r["gates"].as_array().unwrap().iter().all(|g| g["ok"] == true), "{r}");
+    assert_eq!(switched(), "new\n");
+    let said: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("switch-new.json")).unwrap()).unwrap();
+    assert_eq!((said["event"].as_str(), said["to"].as_str()), (Some("switch"), Some("new")), "{said}");
+    assert_eq!(
+        scalar(&new, "SELECT count(*) FROM ferry.parallel_runs WHERE pipeline = 'par' AND owner = 'new'").await,
+        1
+    );
+    assert_eq!(
+        scalar(&old, "SELECT count(*) FROM ferry.parallel_runs WHERE pipeline = 'par.reverse' AND owner = 'new'").await,
+        1
+    );
+
+    // The running forward stream takes the new owner: its changes now yield.
+    eventually("the forward stream yields", || async {
+        scalar(
+            &new,
+            "SELECT count(*) FROM ferry.change_checkpoints WHERE pipeline = 'par' AND peer_seen_until IS NOT NULL",
+        )
+        .await
+            == 1
+    })
+    .await;
+    // The new application writes; one row is also written late on the old
+    // side before the new side's version reached it: a conflict the new
+    // side wins now.
+    stop(reverse);
+    sqlx::raw_sql(
+        "UPDATE users SET last_name = 'New Twenty' WHERE id = 'user_20'; \
+         UPDATE users SET last_name = 'New Thirty' WHERE id = 'user_30'; \
+         INSERT INTO users VALUES ('user_900000', 'Brand', 'New', 'brand@example.com', '2025-01-01 00:00:00+00', \
+         '{\"theme\": \"dark\", \"notifications\": true}')",
+    )
+    .execute(&mut n)
+    .await
+    .unwrap();
+    sqlx::raw_sql("UPDATE users SET name = 'Late Thirty' WHERE id = 30").execute(&mut o).await.unwrap();
+    eventually("the forward stream records the conflict", || async {
+        scalar(&new, "SELECT count(*) FROM ferry.conflicts WHERE pipeline = 'par' AND target_key LIKE '%30%'").await
+            == 1
+    })
+    .await;
+    assert_eq!(scalar(&new, "SELECT count(*) FROM users WHERE id = 'user_30' AND last_name = 'New Thirty'").await, 1);
+    let reverse = spawn(&["sync", "--reverse", "--json"]);
+    eventually("the new side's writes reach the old side", || async {
+        scalar(
+            &old,
+            "SELECT count(*) FROM users WHERE (id, name) IN ((20, 'Jean-Luc New Twenty'), (900000, 'Brand New'))",
+        )
+        .await
+            == 2
+            && scalar(&old, "SELECT count(*) FROM users WHERE id = 30 AND name LIKE '% New Thirty'").await == 1
+    })
+    .await;
+
+    // The cutback waits for that conflict to be handled.
+    let refused = run(&mut ferry(&["cutback", "--json"]));
+    assert_eq!(refused.code, 3, "{refused:?}");
+    let r = refused.json();
+    assert_eq!(gate(&r, "conflicts")["ok"], false, "{r}");
+    assert_eq!(switched(), "new\n");
+    let listed = run(&mut ferry(&["conflicts", "--json"]));
+    assert_eq!(listed.json()["conflicts"].as_array().unwrap().len(), 1, "{listed:?}");
+    let resolved = run(&mut ferry(&["conflicts", "--resolve", "--json"]));
+    assert_eq!(resolved.json()["resolved"], 1, "{resolved:?}");
+    let back = run(&mut ferry(&["cutback", "--json"]));
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(back.json()["switched"], true);
+    assert_eq!(switched(), "new\nold\n");
+    assert_eq!(
+        scalar(&old, "SELECT count(*) FROM ferry.parallel_runs WHERE pipeline = 'par.reverse' AND owner = 'old'").await,
+        1
+    );
+
+    // Both sides hold the same data: the new side is the transform of the old.
+    stop(forward);
+    stop(reverse);
+    let oracle = PgDb::new("parcutover").await;
+    oracle.exec(PG_NEW_DDL).await;
+    let old_url = format!("{}/postgres", old.url());
+    let migrate = Pipeline::new(&old_url, &oracle.url(), &plugins().transform_user, "").ferry(&["migrate"]);
+    assert_eq!(migrate.code, 0, "{migrate:?}");
+    let new_url = format!("{}/postgres", new.url());
+    assert!(new_users(&new_url).await == new_users(&oracle.url()).await, "the two sides differ after the cutback");
 }

@@ -40,10 +40,13 @@ pub fn pipeline(forward: &str) -> String {
 
 /// The forward stream's replication origins: none outside a parallel run.
 pub fn forward_origins(settings: &Settings) -> Option<Origins> {
-    settings
-        .reverse
-        .as_ref()
-        .map(|_| Origins { own: Origins::of(&settings.pipeline), skip: Origins::of(&pipeline(&settings.pipeline)) })
+    settings.reverse.as_ref().map(|r| Origins {
+        own: Origins::of(&settings.pipeline),
+        skip: Origins::of(&pipeline(&settings.pipeline)),
+        opposite: pipeline(&settings.pipeline),
+        side: "new",
+        detect: r.detect_conflicts,
+    })
 }
 
 /// The reverse stream's endpoints and options (tables not resolved yet:
@@ -85,7 +88,13 @@ pub fn endpoints(
         chunk_rows: None,
         idle_exit,
         initial_load: false,
-        origins: Some(Origins { own: Origins::of(&name), skip: Origins::of(&settings.pipeline) }),
+        origins: Some(Origins {
+            own: Origins::of(&name),
+            skip: Origins::of(&settings.pipeline),
+            opposite: settings.pipeline.clone(),
+            side: "old",
+            detect: reverse.detect_conflicts,
+        }),
         // Set once the forward stream's progress is known (`tables`).
         watch: None,
     };

@@ -106,6 +106,14 @@ pub struct Origins {
     pub own: String,
     /// The other direction's origin: its transactions are echoes here.
     pub skip: String,
+    /// The other direction's pipeline.
+    pub opposite: String,
+    /// This stream's target: `"new"` (forward) or `"old"` (reverse). Its
+    /// changes yield to the target's own application while that side owns
+    /// the writes (the old side until `ferry cutover`).
+    pub side: &'static str,
+    /// Detect conflicts (`[reverse] detect_conflicts`).
+    pub detect: bool,
 }
 
 impl Origins {

@@ -67,8 +67,10 @@ pub async fn sync(
         )));
     }
     let mut names: Vec<crate::db::TableName> = plan.tables.iter().map(|t| t.source.name.clone()).collect();
-    if options.watch.is_some() {
-        names.push(crate::db::TableName { schema: Some("ferry".into()), name: "change_checkpoints".into() });
+    // The reverse stream yields from the start: it reads the forward
+    // stream's checkpoints (the forward one is given them at the cutover).
+    if options.origins.as_ref().is_some_and(|o| o.detect && o.side == "old") {
+        names.push(checkpoints_table());
     }
     let (mut replication, has_slot) = super::sync::prepare_source(settings, options, &names).await?;
     check_publication(replication.as_mut(), options, &plan).await?;
@@ -114,16 +116,16 @@ pub async fn sync(
     let mut applier = TablesApplier::new(settings, plan, target, position, report, swapper);
     applier.origin = options.origins.as_ref().map(|o| o.own.clone());
     applier.mark_origin().await?;
-    if let Some(mut watch) = options.watch.clone() {
+    if let Some(parallel) = options.origins.clone().filter(|o| o.detect) {
         // Where the stream resumes, its source had seen what was stored
         // with that position; a new slot starts from the value given.
         let stored = applier.target.stream_status(&settings.pipeline).await?.and_then(|s| s.peer_seen_micros);
-        if let (true, Some(stored)) = (has_slot, stored) {
-            watch.seen_until = stored;
-        }
         applier.stored_seen = if has_slot { stored } else { None };
-        applier.watch = Some(watch);
-        applier.store_seen().await?;
+        applier.parallel = Some(parallel);
+        applier.poll_owner(true, options.watch.as_ref().map(|w| w.seen_until)).await?;
+        if applier.watch.is_some() {
+            require_checkpoints_published(settings, options).await?;
+        }
     }
     super::sync::follow(settings, options, client, &mut applier, &stop).await?;
     applier.swapper.flush(applier.target.as_mut()).await?;
@@ -179,14 +181,6 @@ async fn check_publication(
         .collect();
     let is_published = |def: &TableDef| published.iter().any(|(s, t)| names_table(def, Some(s), t));
     let checkpoints = |schema: &str, table: &str| schema == "ferry" && table == "change_checkpoints";
-    if options.watch.is_some() && !published.iter().any(|(s, t)| checkpoints(s, t)) {
-        return Err(crate::error::Error::contract(format!(
-            "publication {} does not publish ferry.change_checkpoints, which conflict detection reads; add it \
-             (ALTER PUBLICATION {} ADD TABLE ferry.change_checkpoints)",
-            options.publication,
-            crate::db::quote_ident(&options.publication)
-        )));
-    }
     let missing: Vec<String> =
         plan.tables.iter().filter(|t| !is_published(&t.source)).map(|t| t.source.name.to_string()).collect();
     if !missing.is_empty() {
@@ -207,6 +201,27 @@ async fn check_publication(
                 options.publication
             );
         }
+    }
+    Ok(())
+}
+
+/// The stream checkpoints' table, which conflict detection reads.
+pub(crate) fn checkpoints_table() -> crate::db::TableName {
+    crate::db::TableName { schema: Some("ferry".into()), name: "change_checkpoints".into() }
+}
+
+/// A stream that yields to its target's writes reads the other stream's
+/// checkpoints: its publication must carry them.
+async fn require_checkpoints_published(settings: &Settings, options: &SyncOptions) -> anyhow::Result<()> {
+    let mut source = engines::open_replication_source(&settings.source.url).await?;
+    let published = source.publication_tables(&options.publication).await?;
+    if !published.iter().any(|t| t.schema.as_deref() == Some("ferry") && t.name == "change_checkpoints") {
+        return Err(crate::error::Error::contract(format!(
+            "publication {} does not publish ferry.change_checkpoints, which conflict detection reads; add it \
+             (ALTER PUBLICATION {} ADD TABLE ferry.change_checkpoints)",
+            options.publication,
+            crate::db::quote_ident(&options.publication)
+        )));
     }
     Ok(())
 }
@@ -301,6 +316,10 @@ struct TablesApplier<'a> {
     watch: Option<super::sync::Watch>,
     /// The `watch.seen_until` stored with the position.
     stored_seen: Option<i64>,
+    /// A parallel run with conflict detection: this stream's part in it.
+    parallel: Option<super::sync::Origins>,
+    /// When the owner of the writes was last read.
+    owner_read: Option<std::time::Instant>,
 }
 
 impl<'a> TablesApplier<'a> {
@@ -339,7 +358,39 @@ impl<'a> TablesApplier<'a> {
             origin: None,
             watch: None,
             stored_seen: None,
+            parallel: None,
+            owner_read: None,
         }
+    }
+
+    /// A parallel run: reads (at most once a second, or `now`) which side
+    /// owns the writes; while it is this stream's target, its changes yield
+    /// to the target's own concurrent writes (conflict detection on), else
+    /// they apply as they come. `initial`: what the source had seen, for a
+    /// stream that starts yielding with nothing stored.
+    async fn poll_owner(&mut self, now: bool, initial: Option<i64>) -> anyhow::Result<()> {
+        let Some(parallel) = &self.parallel else { return Ok(()) };
+        if !now && self.owner_read.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+            return Ok(());
+        }
+        self.owner_read = Some(std::time::Instant::now());
+        let (owner, seen) = self.target.parallel_owner(&self.settings.pipeline).await?.unwrap_or(("old".into(), None));
+        let yields = owner == parallel.side;
+        match (&self.watch, yields) {
+            (None, true) => {
+                let seen_until =
+                    self.stored_seen.or(seen).or(initial).unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+                tracing::info!(owner, "the {owner} side owns the writes: this stream's changes yield to its own");
+                self.watch = Some(super::sync::Watch { pipeline: parallel.opposite.clone(), seen_until });
+            }
+            (Some(_), false) => {
+                tracing::info!(owner, "the {owner} side owns the writes: this stream's changes apply as they come");
+                self.watch = None;
+                self.stored_seen = None;
+            }
+            _ => {}
+        }
+        self.store_seen().await
     }
 
     /// Stores what the stream's source had seen with the position, when it
@@ -375,6 +426,7 @@ impl<'a> TablesApplier<'a> {
     /// Between two target transactions: a deployed plugin version is
     /// checked off the hot path, then switched to here.
     async fn between(&mut self) -> anyhow::Result<()> {
+        self.poll_owner(false, None).await?;
         let position = self.position.map(|p| p.to_string());
         let switched =
             self.swapper.between(&mut self.plan, &mut self.transformers, self.target.as_mut(), position).await?;

@@ -33,6 +33,37 @@ impl PgReplication {
 
 #[async_trait]
 impl ReplicationSource for PgReplication {
+    async fn wal_position(&mut self) -> anyhow::Result<u64> {
+        let at: i64 = sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8")
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err("reading the WAL position".into(), &e))?;
+        Ok(at as u64)
+    }
+
+    async fn publish(&mut self, publication: &str, table: &TableName) -> anyhow::Result<()> {
+        let there: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
+        )
+        .bind(publication)
+        .bind(table.schema.as_deref().unwrap_or("public"))
+        .bind(&table.name)
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(|e| self.err(format!("reading publication {publication}"), &e))?;
+        if !there {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER PUBLICATION {} ADD TABLE {}",
+                quote_ident(publication),
+                table.quoted()
+            )))
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("adding {table} to publication {publication}"), &e))?;
+        }
+        Ok(())
+    }
+
     async fn tracks_commit_timestamps(&mut self) -> anyhow::Result<bool> {
         let on: String = sqlx::query_scalar("SHOW track_commit_timestamp")
             .fetch_one(&mut self.conn)
@@ -94,8 +125,9 @@ impl ReplicationSource for PgReplication {
     }
 
     async fn slots(&mut self, only: Option<&str>) -> anyhow::Result<Vec<SlotStatus>> {
-        let rows: Vec<(String, bool, Option<i64>)> = sqlx::query_as(
-            "SELECT slot_name::text, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8 \
+        let rows: Vec<(String, bool, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT slot_name::text, active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8, \
+             pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8 \
              FROM pg_replication_slots WHERE slot_type = 'logical' AND ($1::text IS NULL OR slot_name = $1) ORDER BY 1",
         )
         .bind(only)
@@ -104,7 +136,12 @@ impl ReplicationSource for PgReplication {
         .map_err(|e| self.err("reading replication slots".into(), &e))?;
         Ok(rows
             .into_iter()
-            .map(|(name, active, lag)| SlotStatus { name, active, lag_bytes: lag.unwrap_or(0) })
+            .map(|(name, active, lag, confirmed)| SlotStatus {
+                name,
+                active,
+                lag_bytes: lag.unwrap_or(0),
+                confirmed: confirmed.map(|c| c as u64),
+            })
             .collect())
     }
 

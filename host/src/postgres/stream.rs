@@ -59,6 +59,12 @@ CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
 );
 ALTER TABLE ferry.change_dead_letters ADD COLUMN IF NOT EXISTS kind text;
 ALTER TABLE ferry.change_dead_letters ADD COLUMN IF NOT EXISTS source_table text;
+CREATE TABLE IF NOT EXISTS ferry.parallel_runs (
+    pipeline   text PRIMARY KEY,
+    owner      text NOT NULL,
+    seen_until timestamptz,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE TABLE IF NOT EXISTS ferry.conflicts (
     id                bigserial PRIMARY KEY,
     pipeline          text NOT NULL,
@@ -439,6 +445,87 @@ impl RowChangeSink for PgTables {
         .bind(pipeline)
         .fetch_all(&mut self.conn)
         .await?)
+    }
+
+    async fn parallel_owner(&mut self, pipeline: &str) -> anyhow::Result<Option<(String, Option<i64>)>> {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT to_regclass('ferry.parallel_runs')::oid::int8")
+            .fetch_one(&mut self.conn)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        Ok(sqlx::query_as(
+            "SELECT owner, (extract(epoch FROM seen_until) * 1000000)::int8 FROM ferry.parallel_runs WHERE pipeline = $1",
+        )
+        .bind(pipeline)
+        .fetch_optional(&mut self.conn)
+        .await?)
+    }
+
+    async fn set_parallel_owner(&mut self, pipeline: &str, owner: &str, seen: Option<i64>) -> anyhow::Result<()> {
+        ensure_change_tables(&mut self.conn).await?;
+        sqlx::query(
+            "INSERT INTO ferry.parallel_runs (pipeline, owner, seen_until) \
+             VALUES ($1, $2, 'epoch'::timestamptz + $3 * interval '1 microsecond') \
+             ON CONFLICT (pipeline) DO UPDATE SET owner = EXCLUDED.owner, seen_until = EXCLUDED.seen_until, \
+             changed_at = now()",
+        )
+        .bind(pipeline)
+        .bind(owner)
+        .bind(seen)
+        .execute(&mut self.conn)
+        .await
+        .map_err(|e| Error::driver(format!("recording the parallel run's owner in {}", self.url), &e))?;
+        Ok(())
+    }
+
+    async fn conflicts(&mut self, pipeline: &str, open: bool) -> anyhow::Result<Vec<crate::sink::ConflictRecord>> {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT to_regclass('ferry.conflicts')::oid::int8").fetch_one(&mut self.conn).await?;
+        if exists.is_none() {
+            return Ok(Vec::new());
+        }
+        type Row = (i64, String, String, String, String, String, String, String, Option<String>, String);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, pipeline, target_table, target_key, incoming, kept, kept_committed_at::text, \
+             detected_at::text, resolved_at::text, rule FROM ferry.conflicts \
+             WHERE pipeline = $1 AND (NOT $2 OR resolved_at IS NULL) ORDER BY id",
+        )
+        .bind(pipeline)
+        .bind(open)
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, pipeline, target_table, target_key, incoming, kept, kept_at, detected_at, resolved_at, rule)| {
+                crate::sink::ConflictRecord {
+                    id,
+                    pipeline,
+                    target_table,
+                    target_key,
+                    incoming,
+                    kept,
+                    kept_committed_at: kept_at,
+                    detected_at,
+                    resolved_at,
+                    rule,
+                }
+            })
+            .collect())
+    }
+
+    async fn resolve_conflicts(&mut self, pipeline: &str) -> anyhow::Result<u64> {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT to_regclass('ferry.conflicts')::oid::int8").fetch_one(&mut self.conn).await?;
+        if exists.is_none() {
+            return Ok(0);
+        }
+        let done =
+            sqlx::query("UPDATE ferry.conflicts SET resolved_at = now() WHERE pipeline = $1 AND resolved_at IS NULL")
+                .bind(pipeline)
+                .execute(&mut self.conn)
+                .await?;
+        Ok(done.rows_affected())
     }
 
     async fn mark_origin(&mut self, name: &str) -> anyhow::Result<()> {
