@@ -157,6 +157,9 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
                         plugin_items(selection, table, plugin, source.as_mut(), &mut items).await;
                     }
                 }
+                if settings.reverse.is_some() {
+                    parallel_items(settings, selection, &plan, &mut items).await;
+                }
             }
         }
         previous_run(settings, target.as_mut(), &mut items).await;
@@ -177,6 +180,60 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
     }
     let ok = items.0.iter().all(|i| i.level != Level::Fail);
     CheckReport { ok, items: items.0 }
+}
+
+/// A parallel run (`[reverse]`): what the reverse stream and the cutover
+/// will need, before either is started.
+async fn parallel_items(
+    settings: &Settings,
+    selection: &crate::settings::TableSelection,
+    plan: &crate::tables::Plan,
+    items: &mut Items,
+) {
+    let mut cannot = Vec::new();
+    for table in &plan.tables {
+        let inverse = selection.spec(&table.source.name).is_some_and(|s| s.inverse.is_some());
+        match (&table.plugin, table.outputs.len()) {
+            (Some(_), 1) if !inverse => cannot.push(format!("{} has a plugin and no inverse", table.source.name)),
+            (Some(_), n) if n > 1 => cannot.push(format!("{} becomes {n} tables", table.source.name)),
+            _ => {}
+        }
+    }
+    match cannot.is_empty() {
+        true => items.push(
+            "reverse tables",
+            Level::Ok,
+            "every table can stream back (copies as they are, plugins through their inverse)",
+        ),
+        false => items.push(
+            "reverse tables",
+            Level::Fail,
+            format!("{}: give each plugin an inverse, or leave those tables out", cannot.join("; ")),
+        ),
+    }
+    let detect = settings.reverse.as_ref().is_some_and(|r| r.detect_conflicts);
+    for (name, url, needed) in
+        [("old database", &settings.source.url, Level::Fail), ("new database", &settings.target.url, Level::Warn)]
+    {
+        let facts = async {
+            let mut db = crate::engines::open_replication_source(url).await?;
+            db.check_logical().await?;
+            db.tracks_commit_timestamps().await
+        };
+        match facts.await {
+            Err(e) => items.push(format!("parallel run: {name}"), Level::Fail, format!("{e:#}")),
+            Ok(false) if detect => items.push(
+                format!("parallel run: {name}"),
+                needed,
+                format!(
+                    "{url} has track_commit_timestamp = off: conflicts cannot be detected {} (ALTER SYSTEM SET \
+                     track_commit_timestamp = on, then restart)",
+                    if needed == Level::Fail { "by the reverse stream" } else { "after the cutover" }
+                ),
+            ),
+            Ok(_) => items.push(format!("parallel run: {name}"), Level::Ok, format!("{url} streams logical changes")),
+        }
+    }
 }
 
 /// Rows of each plugin table run through the plugin before anything is

@@ -99,6 +99,21 @@ pub fn status(r: &crate::status::StatusReport) -> String {
             )),
         ]);
     }
+    if let Some(p) = &r.parallel {
+        t.add_row(vec![Cell::new("parallel run"), Cell::new(format!("the {} database owns the writes", p.owner))]);
+        let reverse = match &p.reverse {
+            Some(s) => format!(
+                "position {}, {} changes applied, {} dead letters, last commit {:.1} s ago",
+                s.checkpoint.position.map_or("none".to_string(), |p| p.to_string()),
+                s.applied,
+                s.dead_lettered,
+                s.seconds_since_update
+            ),
+            None => "not started (ferry sync --reverse)".to_string(),
+        };
+        t.add_row(vec![Cell::new("reverse stream"), Cell::new(reverse)]);
+        t.add_row(vec![Cell::new("open conflicts"), Cell::new(p.open_conflicts.to_string())]);
+    }
     if let Some(s) = &r.stream {
         let position = s.checkpoint.position.map_or("none".to_string(), |p| p.to_string());
         t.add_row(vec![Cell::new("stream position"), Cell::new(position)]);

@@ -31,6 +31,20 @@ pub struct StatusReport {
     /// Which plugin version produced which rows of
     /// the last run, per table, in commit order (its lineage, summarised).
     pub versions: Vec<VersionSpan>,
+    /// A parallel run (`[reverse]`): who owns the writes, the reverse
+    /// stream, open conflicts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<ParallelState>,
+}
+
+/// What `ferry status` shows of a parallel run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParallelState {
+    /// `old` until `ferry cutover`, `new` after it.
+    pub owner: String,
+    /// The reverse stream, as the old database records it.
+    pub reverse: Option<StreamState>,
+    pub open_conflicts: u64,
 }
 
 /// What `ferry status` shows of a change stream.
@@ -47,6 +61,31 @@ pub struct StreamState {
     pub plugin_sha256: Option<String>,
     /// Seconds since the last commit of the stream into the target.
     pub seconds_since_update: f64,
+}
+
+fn stream_state(s: crate::sink::StreamStatus) -> StreamState {
+    StreamState {
+        checkpoint: StreamCheckpoint { position: s.position, streaming: s.position.is_some() },
+        source_commit_age_seconds: s.source_commit_age_seconds,
+        changes_per_second: s.active_seconds.filter(|a| *a > 0.0).map_or(0.0, |a| s.applied as f64 / a),
+        applied: s.applied,
+        dead_lettered: s.dead_lettered,
+        plugin_sha256: s.plugin_sha256,
+        seconds_since_update: s.seconds_since_update,
+    }
+}
+
+/// The parallel run as both databases record it.
+async fn parallel(settings: &Settings, new: &mut dyn crate::engines::RowTarget) -> anyhow::Result<ParallelState> {
+    let (back, _) = crate::cdc::reverse::endpoints(settings, |n| n.to_string(), None)?;
+    let mut old = crate::engines::open_row_target(&back).await?;
+    let owner = new.parallel_owner(&settings.pipeline).await?.map_or_else(|| "old".to_string(), |(o, _)| o);
+    let open = new.conflicts(&settings.pipeline, true).await?.len() + old.conflicts(&back.pipeline, true).await?.len();
+    Ok(ParallelState {
+        owner,
+        reverse: old.stream_status(&back.pipeline).await?.map(stream_state),
+        open_conflicts: open as u64,
+    })
 }
 
 /// Consecutive batches of one table committed by one plugin version.
@@ -116,15 +155,7 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
         Some(run) => (target.table_progress(&run.run_id).await?, target.lineage(&run.run_id).await?),
         None => (Vec::new(), Vec::new()),
     };
-    let stream = target.stream_status(&settings.pipeline).await?.map(|s| StreamState {
-        checkpoint: StreamCheckpoint { position: s.position, streaming: s.position.is_some() },
-        source_commit_age_seconds: s.source_commit_age_seconds,
-        changes_per_second: s.active_seconds.filter(|a| *a > 0.0).map_or(0.0, |a| s.applied as f64 / a),
-        applied: s.applied,
-        dead_lettered: s.dead_lettered,
-        plugin_sha256: s.plugin_sha256,
-        seconds_since_update: s.seconds_since_update,
-    });
+    let stream = target.stream_status(&settings.pipeline).await?.map(stream_state);
     let deployments = target.deployments(&settings.pipeline).await?;
     let slots = source_slots(settings, Some(slot)).await.unwrap_or_default();
     let phase = match (&stream, &migrate) {
@@ -137,7 +168,12 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
         (Some(_), Some(s)) => s.source_commit_age_seconds,
         _ => None,
     };
+    let parallel = match &settings.reverse {
+        None => None,
+        Some(_) => Some(parallel(settings, target.as_mut()).await?),
+    };
     Ok(StatusReport {
+        parallel,
         pipeline: settings.pipeline.clone(),
         phase,
         migrate,

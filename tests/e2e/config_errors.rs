@@ -219,3 +219,29 @@ fn many_table_pipelines_say_what_they_cannot_do() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("plugin_sha256"), "{run:?}");
 }
+
+#[test]
+fn parallel_run_settings_are_checked_before_anything_connects() {
+    let base = "[source]\nurl = \"postgres://u@127.0.0.1:1/a\"\n[target]\nurl = \"postgres://u@127.0.0.1:1/b\"\n";
+    for (extra, says) in [
+        // An inverse of nothing.
+        ("[[tables]]\nname = \"notes\"\ninverse = \"inv.wasm\"\n", "has no plugin, so nothing to invert"),
+        ("[[tables]]\nname = \"u\"\nplugin = \"p.wasm\"\ninverse_sha256 = \"abc\"\n", "is not a SHA-256"),
+        ("[[tables]]\nname = \"u\"\n[reverse]\nmax_lag_seconds = 0\n", "reverse.max_lag_seconds = 0"),
+        ("[[tables]]\nname = \"u\"\n[reverse]\nswitch_webhook = \"ftp://x\"\n", "is not an http(s) URL"),
+    ] {
+        let (_d, path) = write_config(&format!("{base}{extra}"));
+        let run = ferry(&["--config", &path, "check"]);
+        assert_eq!(run.code, 2, "{extra}: {run:?}");
+        assert!(run.stderr.contains(says), "{extra}: {run:?}");
+    }
+    // Without [reverse], the reverse stream and the switches say what to add.
+    let (_d, path) = write_config(&format!("{base}[[tables]]\nname = \"u\"\n"));
+    for command in [&["sync", "--reverse"][..], &["cutover"], &["conflicts"]] {
+        let mut args = vec!["--config", path.as_str()];
+        args.extend_from_slice(command);
+        let run = ferry(&args);
+        assert_eq!(run.code, 2, "{command:?}: {run:?}");
+        assert!(run.stderr.contains("[reverse]"), "{command:?}: {run:?}");
+    }
+}

@@ -240,14 +240,43 @@ async fn forward_loaded(new: &Cluster) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_parallel_run_applies_each_change_once_in_each_direction_and_never_echoes() {
-    let (old, new) = (Cluster::start_with(COMMIT_TIMES, &[], ""), Cluster::start_with(COMMIT_TIMES, &[], ""));
+/// Two throwaway clusters (the old one with commit timestamps unless
+/// `old_commit_times` is false): `rows` legacy users on the old side (none
+/// the forward rules reject), a notes table on both, the new users table.
+async fn two_sides(rows: i64, old_commit_times: bool) -> (Cluster, Cluster, PgConnection, PgConnection) {
+    let old = Cluster::start_with(if old_commit_times { COMMIT_TIMES } else { "" }, &[], "");
+    let new = Cluster::start_with(COMMIT_TIMES, &[], "");
     let mut o = conn(&old).await;
     sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut o).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_legacy_rows(1, 2000))).execute(&mut o).await.unwrap();
-    // Rows the forward rules reject (invalid JSON) are not part of this test.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_legacy_rows(1, rows))).execute(&mut o).await.unwrap();
+    // Rows the forward rules reject (invalid JSON) are not part of these tests.
     sqlx::raw_sql("DELETE FROM users WHERE id % 50 = 0").execute(&mut o).await.unwrap();
+    sqlx::raw_sql(NOTES_DDL).execute(&mut o).await.unwrap();
+    let mut n = conn(&new).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{PG_NEW_DDL}; {NOTES_DDL}"))).execute(&mut n).await.unwrap();
+    (old, new, o, n)
+}
+
+/// The new side's users equal a fresh migration of the old side's (the
+/// oracle), but the `except` key.
+async fn assert_new_is_the_transform_of_old(old: &Cluster, new: &Cluster, tag: &str, except: Option<&str>) {
+    let oracle = PgDb::new(tag).await;
+    oracle.exec(PG_NEW_DDL).await;
+    let old_url = format!("{}/postgres", old.url());
+    let migrate = Pipeline::new(&old_url, &oracle.url(), &plugins().transform_user, "").ferry(&["migrate"]);
+    assert_eq!(migrate.code, 0, "{migrate:?}");
+    let (mut got, mut want) = (new_users(&format!("{}/postgres", new.url())).await, new_users(&oracle.url()).await);
+    if let Some(key) = except {
+        got.retain(|r| r.0 != key);
+        want.retain(|r| r.0 != key);
+    }
+    assert_eq!(got.len(), want.len(), "row counts");
+    assert!(got == want, "the new users differ from the transform of the old ones");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parallel_run_applies_each_change_once_in_each_direction_and_never_echoes() {
+    let (old, new, mut o, mut n) = two_sides(2000, true).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "UPDATE users SET metadata = json_build_object('theme', {}, 'notifications', false)::text WHERE id % 100 = 1",
         big_text("id")
@@ -255,16 +284,12 @@ async fn a_parallel_run_applies_each_change_once_in_each_direction_and_never_ech
     .execute(&mut o)
     .await
     .unwrap();
-    sqlx::raw_sql(NOTES_DDL).execute(&mut o).await.unwrap();
     sqlx::raw_sql("INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 500) g")
         .execute(&mut o)
         .await
         .unwrap();
     sqlx::raw_sql(AUDIT).execute(&mut o).await.unwrap();
-    let mut n = conn(&new).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{PG_NEW_DDL}; {NOTES_DDL}"))).execute(&mut n).await.unwrap();
 
-    let p = plugins();
     let (_dir, ferry) = parallel_run(&old, &new);
 
     // The reverse stream refuses to start before the forward load is done.
@@ -366,17 +391,11 @@ async fn a_parallel_run_applies_each_change_once_in_each_direction_and_never_ech
     // users as a fresh migration of the old ones makes them (but the one
     // whose change could not go back).
     assert_eq!(notes(&old).await, notes(&new).await);
-    let oracle = PgDb::new("paroracle").await;
-    oracle.exec(PG_NEW_DDL).await;
-    let migrate = Pipeline::new(&old_url, &oracle.url(), &p.transform_user, "").ferry(&["migrate"]);
-    assert_eq!(migrate.code, 0, "{migrate:?}");
-    let (mut got, mut want) = (new_users(&new_url).await, new_users(&oracle.url()).await);
-    let refused_new = got.iter().position(|r| r.0 == "user_1601").unwrap();
-    let refused_old = want.iter().position(|r| r.0 == "user_1601").unwrap();
-    assert_eq!(got.remove(refused_new).3, "Upper.1601@Example.COM");
-    assert_ne!(want.remove(refused_old).3, "Upper.1601@Example.COM");
-    assert_eq!(got.len(), want.len());
-    assert!(got == want, "the new users differ from the transform of the old ones");
+    let refused: String =
+        sqlx::query_scalar("SELECT email FROM users WHERE id = 'user_1601'").fetch_one(&mut n).await.unwrap();
+    assert_eq!(refused, "Upper.1601@Example.COM");
+    assert_ne!(old_user(&mut o, 1601).await.unwrap().1, refused, "the refused change stayed on the new side");
+    assert_new_is_the_transform_of_old(&old, &new, "paroracle", Some("user_1601")).await;
 
     // The servers' own record: each side's origin progressed.
     for (c, origin) in [(&mut n, "ferry:par"), (&mut o, "ferry:par.reverse")] {
@@ -405,18 +424,19 @@ async fn old_user(c: &mut PgConnection, id: i64) -> Option<(String, String)> {
 /// side, the reverse stream refuses to start.
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_written_on_both_sides_at_once_are_conflicts_the_owner_keeps() {
-    let (old, new) = (Cluster::start(), Cluster::start_with(COMMIT_TIMES, &[], ""));
-    let mut o = conn(&old).await;
-    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut o).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_legacy_rows(1, 200))).execute(&mut o).await.unwrap();
-    sqlx::raw_sql("DELETE FROM users WHERE id % 50 = 0").execute(&mut o).await.unwrap();
-    sqlx::raw_sql(NOTES_DDL).execute(&mut o).await.unwrap();
-    let mut n = conn(&new).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{PG_NEW_DDL}; {NOTES_DDL}"))).execute(&mut n).await.unwrap();
+    let (old, new, mut o, mut n) = two_sides(200, false).await;
     let (_dir, ferry) = parallel_run(&old, &new);
     let forward = ferry(&["sync", "--json"]).spawn().unwrap();
     forward_loaded(&new).await;
 
+    // `ferry check` says it first.
+    let check = run(&mut ferry(&["check", "--json"]));
+    let items = check.json()["items"].as_array().unwrap().clone();
+    let item = |name: &str| items.iter().find(|i| i["name"] == name).unwrap_or_else(|| panic!("{check:?}")).clone();
+    assert_eq!(item("reverse tables")["level"], "ok", "{check:?}");
+    let old_item = item("parallel run: old database");
+    assert!(old_item["level"] == "fail" && old_item["detail"].as_str().unwrap().contains("track_commit_timestamp"));
+    assert_eq!(item("parallel run: new database")["level"], "ok", "{check:?}");
     let refused = run(&mut ferry(&["sync", "--reverse"]));
     assert_eq!(refused.code, 8, "{refused:?}");
     assert!(refused.stderr.contains("track_commit_timestamp"), "{refused:?}");
@@ -482,14 +502,8 @@ async fn rows_written_on_both_sides_at_once_are_conflicts_the_owner_keeps() {
     assert!(conflicts[1].2.contains("Old Eleven") && conflicts[1].3.contains("owns"), "{conflicts:?}");
 
     // Both sides end equal: the new side holds the transform of the old.
-    unsafe { libc::kill(forward.id() as i32, libc::SIGTERM) };
-    json_report(forward);
-    let oracle = PgDb::new("parconflict").await;
-    oracle.exec(PG_NEW_DDL).await;
-    let old_url = format!("{}/postgres", old.url());
-    let migrate = Pipeline::new(&old_url, &oracle.url(), &plugins().transform_user, "").ferry(&["migrate"]);
-    assert_eq!(migrate.code, 0, "{migrate:?}");
-    assert!(new_users(&new_url).await == new_users(&oracle.url()).await, "the two sides differ");
+    stop(forward);
+    assert_new_is_the_transform_of_old(&old, &new, "parconflict", None).await;
 }
 
 async fn scalar(cluster: &Cluster, sql: &str) -> i64 {
@@ -516,14 +530,7 @@ fn stop(child: std::process::Child) {
 /// what was written on the new side meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn cutover_is_gated_then_switches_and_cutback_brings_the_old_side_up_to_date() {
-    let (old, new) = (Cluster::start_with(COMMIT_TIMES, &[], ""), Cluster::start_with(COMMIT_TIMES, &[], ""));
-    let mut o = conn(&old).await;
-    sqlx::raw_sql(PG_LEGACY_DDL).execute(&mut o).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(pg_legacy_rows(1, 300))).execute(&mut o).await.unwrap();
-    sqlx::raw_sql("DELETE FROM users WHERE id % 50 = 0").execute(&mut o).await.unwrap();
-    sqlx::raw_sql(NOTES_DDL).execute(&mut o).await.unwrap();
-    let mut n = conn(&new).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{PG_NEW_DDL}; {NOTES_DDL}"))).execute(&mut n).await.unwrap();
+    let (old, new, mut o, mut n) = two_sides(300, true).await;
     let hook = "switch_command = \"echo $FERRY_SWITCH_TO >> {dir}/switched; cat > {dir}/switch-$FERRY_SWITCH_TO.json\"";
     let (dir, ferry) = parallel_run_with(&old, &new, hook);
     let switched = || std::fs::read_to_string(dir.path().join("switched")).unwrap_or_default();
@@ -600,6 +607,12 @@ async fn cutover_is_gated_then_switches_and_cutback_brings_the_old_side_up_to_da
         scalar(&new, "SELECT count(*) FROM ferry.parallel_runs WHERE pipeline = 'par' AND owner = 'new'").await,
         1
     );
+    let st = run(&mut ferry(&["status", "--json"]));
+    assert_eq!(st.code, 0, "{st:?}");
+    let st = st.json();
+    assert_eq!(st["parallel"]["owner"], "new", "{st}");
+    assert_eq!(st["parallel"]["open_conflicts"], 0, "{st}");
+    assert!(st["parallel"]["reverse"]["applied"].is_number(), "the reverse stream as the old side records it: {st}");
     assert_eq!(
         scalar(&old, "SELECT count(*) FROM ferry.parallel_runs WHERE pipeline = 'par.reverse' AND owner = 'new'").await,
         1
@@ -669,11 +682,58 @@ async fn cutover_is_gated_then_switches_and_cutback_brings_the_old_side_up_to_da
     // Both sides hold the same data: the new side is the transform of the old.
     stop(forward);
     stop(reverse);
-    let oracle = PgDb::new("parcutover").await;
-    oracle.exec(PG_NEW_DDL).await;
-    let old_url = format!("{}/postgres", old.url());
-    let migrate = Pipeline::new(&old_url, &oracle.url(), &plugins().transform_user, "").ferry(&["migrate"]);
-    assert_eq!(migrate.code, 0, "{migrate:?}");
-    let new_url = format!("{}/postgres", new.url());
-    assert!(new_users(&new_url).await == new_users(&oracle.url()).await, "the two sides differ after the cutback");
+    assert_new_is_the_transform_of_old(&old, &new, "parcutover", None).await;
+}
+
+/// The reverse stream killed with SIGKILL again and again while it drains
+/// a backlog of the new side's writes: every write reaches the old side
+/// exactly once (the old side's trigger sees each key written once by
+/// ferry), and both sides end equal.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reverse_stream_applies_each_change_once_across_kill_9() {
+    let (old, new, mut o, mut n) = two_sides(3000, true).await;
+    sqlx::raw_sql(AUDIT).execute(&mut o).await.unwrap();
+    let (_dir, ferry) = parallel_run(&old, &new);
+    let forward = run(&mut ferry(&["sync", "--idle-exit", "1"]));
+    assert_eq!(forward.code, 0, "{forward:?}");
+    let first = run(&mut ferry(&["sync", "--reverse", "--idle-exit", "1"]));
+    assert_eq!(first.code, 0, "{first:?}");
+
+    // A backlog on the new side, each key written once, in many small
+    // transactions (and one TOASTed theme).
+    sqlx::raw_sql(
+        "DO $$ BEGIN FOR i IN 1..2000 LOOP \
+           UPDATE users SET last_name = 'Killed ' || i WHERE id = 'user_' || i; COMMIT; \
+         END LOOP; END $$",
+    )
+    .execute(&mut n)
+    .await
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE users SET settings = jsonb_build_object('theme', {}, 'notifications', true) WHERE id = 'user_2001'; \
+         DELETE FROM users WHERE substr(id, 6)::int BETWEEN 2500 AND 2599; \
+         INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 500) g",
+        big_text("7")
+    )))
+    .execute(&mut n)
+    .await
+    .unwrap();
+    let changed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE last_name LIKE 'Killed %' OR id = 'user_2001'")
+            .fetch_one(&mut n)
+            .await
+            .unwrap();
+
+    let kills = kill_until_done(|| ferry(&["sync", "--reverse", "--idle-exit", "2"]), &[0]);
+    assert!(kills >= 3, "the stream was interrupted ({kills} kills)");
+
+    let audit = audited(&old).await;
+    let twice: Vec<_> = audit.iter().filter(|(_, (_, by_ferry))| *by_ferry > 1).collect();
+    assert!(twice.is_empty(), "written twice by ferry: {twice:?}");
+    let users_written = audit.iter().filter(|((t, _), (_, f))| t == "users" && *f == 1).count() as i64;
+    let deleted: i64 = 100 - (2500..2600).filter(|k| k % 50 == 0).count() as i64;
+    assert_eq!(users_written, changed + deleted, "every change of the backlog applied once");
+    assert_eq!(audit.iter().filter(|((t, _), _)| t == "notes").count(), 500);
+
+    assert_new_is_the_transform_of_old(&old, &new, "parkill", None).await;
 }

@@ -417,9 +417,21 @@ impl<'a> TablesApplier<'a> {
     /// Marks the target connection's transactions with the pipeline's
     /// origin, if it has one.
     async fn mark_origin(&mut self) -> anyhow::Result<()> {
-        match &self.origin {
-            Some(origin) => self.target.mark_origin(origin).await,
-            None => Ok(()),
+        let Some(origin) = &self.origin else { return Ok(()) };
+        // The session of a process that just died may hold the origin a
+        // moment longer (until its server notices the connection is gone).
+        let mut backoff = crate::retry::Backoff::default();
+        loop {
+            match self.target.mark_origin(origin).await {
+                Err(e) if crate::retry::is_transient(&e) => match backoff.failed() {
+                    Some(wait) => {
+                        tracing::warn!("{e:#}; retrying in {wait:?}");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(e),
+                },
+                done => return done,
+            }
         }
     }
 
