@@ -149,8 +149,11 @@ rev_echoes=$(jq '.echo_changes' "$WORK/drain-reverse.json")
 # --- 2. lag both ways at once --------------------------------------------------
 old -c "TRUNCATE probe_o2n, probe_n2o"
 new -c "TRUNCATE probe_o2n, probe_n2o"
-ferry sync --json >"$WORK/steady-forward.json" 2>"$WORK/steady-forward.err" & PIDS+=($!); FWD=$!
-ferry sync --reverse --json >"$WORK/steady-reverse.json" 2>"$WORK/steady-reverse.err" & PIDS+=($!); REV=$!
+# (The binary itself in the background, not the shell function: SIGTERM
+# must reach ferry, which then reports.)
+"$FERRY_BIN" --config "$CONFIG" sync --json >"$WORK/steady-forward.json" 2>"$WORK/steady-forward.err" & PIDS+=($!); FWD=$!
+"$FERRY_BIN" --config "$CONFIG" sync --reverse --json >"$WORK/steady-reverse.json" 2>"$WORK/steady-reverse.err" &
+PIDS+=($!); REV=$!
 sleep 3
 cat >"$WORK/probe-o2n.sql" <<'SQL'
 INSERT INTO probe_o2n VALUES (nextval('probe_ids'), clock_timestamp());
