@@ -403,6 +403,12 @@ pub trait RowChangeSink: Send {
         let _ = name;
         Ok(())
     }
+    /// Removes the replication origin `name` ([`Self::mark_origin`]) if it
+    /// exists; refused while a session uses it.
+    async fn drop_origin(&mut self, name: &str) -> anyhow::Result<()> {
+        let _ = name;
+        Ok(())
+    }
     /// A parallel run: which side owns the writes (`"old"` or `"new"`), as
     /// this target's record for `pipeline` says, and how much of this
     /// target the stream's source had seen when it changed (Unix µs).

@@ -683,6 +683,26 @@ async fn cutover_is_gated_then_switches_and_cutback_brings_the_old_side_up_to_da
     stop(forward);
     stop(reverse);
     assert_new_is_the_transform_of_old(&old, &new, "parcutover", None).await;
+
+    // Teardown leaves nothing behind on either side: slots, publications,
+    // replication origins. (The sessions of the stopped streams may hold
+    // their origin a moment longer.)
+    for args in [&["sync", "--teardown"][..], &["sync", "--reverse", "--teardown"]] {
+        let started = std::time::Instant::now();
+        loop {
+            let down = run(&mut ferry(args));
+            if down.code == 0 {
+                break;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "{args:?}: {down:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    for side in [&old, &new] {
+        let left = "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication) \
+                    + (SELECT count(*) FROM pg_replication_origin)";
+        assert_eq!(scalar(side, left).await, 0, "slots, publications and origins left behind");
+    }
 }
 
 /// The reverse stream killed with SIGKILL again and again while it drains

@@ -520,10 +520,15 @@ async fn stream<A: Applier>(
 }
 
 /// Drops the slot (so the source stops retaining WAL for it) and the
-/// publication.
+/// publication, and a parallel run's replication origin.
 pub async fn teardown(settings: &Settings, options: &SyncOptions) -> anyhow::Result<()> {
     let mut source = engines::open_replication_source(&settings.source.url).await?;
-    source.drop_stream(&options.slot, &options.publication).await
+    source.drop_stream(&options.slot, &options.publication).await?;
+    // A parallel run's stream also leaves its replication origin in its target.
+    if let Some(origins) = &options.origins {
+        engines::open_row_target(settings).await?.drop_origin(&origins.own).await?;
+    }
+    Ok(())
 }
 
 /// How long a stopping `sync` waits for its last acknowledgement to be

@@ -447,6 +447,22 @@ impl RowChangeSink for PgTables {
         .await?)
     }
 
+    async fn drop_origin(&mut self, name: &str) -> anyhow::Result<()> {
+        let dropped =
+            sqlx::query("SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = $1")
+                .bind(name)
+                .execute(&mut self.conn)
+                .await;
+        match dropped {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => Err(Error::contract(format!(
+                "replication origin {name} in {} is in use: stop the `ferry sync` that applies with it first ({e})",
+                self.url
+            ))),
+            Err(e) => Err(Error::driver(format!("dropping replication origin {name} in {}", self.url), &e)),
+        }
+    }
+
     async fn parallel_owner(&mut self, pipeline: &str) -> anyhow::Result<Option<(String, Option<i64>)>> {
         let exists: Option<i64> = sqlx::query_scalar("SELECT to_regclass('ferry.parallel_runs')::oid::int8")
             .fetch_one(&mut self.conn)
