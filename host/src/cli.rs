@@ -137,6 +137,10 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The migration runbook: the seed's checklist, each item ferry can
+    /// verify ticked from evidence found now, the rest left for people
+    /// (Markdown, or --json).
+    Plan,
     /// Parallel run: rows written on both sides at once (both versions).
     Conflicts {
         /// Mark every open conflict resolved (once handled).
@@ -408,6 +412,7 @@ async fn run(cli: Cli) -> i32 {
     let read_only = matches!(
         cli.command,
         Command::Check
+            | Command::Plan
             | Command::Validate { .. }
             | Command::Status { .. }
             | Command::Dlq { action: DlqAction::List { .. } }
@@ -665,6 +670,13 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Plan => match crate::runbook::plan(&settings).await {
+            Err(e) => fail(&e),
+            Ok(r) => {
+                show(cli.json, &r, || r.markdown());
+                exit::OK
+            }
+        },
         Command::Conflicts { resolve, all } => match crate::cutover::conflicts(&settings, resolve, all).await {
             Err(e) => fail(&e),
             Ok(r) => {

@@ -31,6 +31,9 @@ pub struct FileConfig {
     /// streams the new database's changes back into the old one, and both
     /// directions mark what they apply so neither sends it back.
     pub reverse: Option<ReverseConfig>,
+    /// `[plan]`: evidence `ferry plan` looks for beyond the databases.
+    #[serde(default)]
+    pub plan: PlanConfig,
     /// `[[tables]]`: the source tables to move, by name, each with its own
     /// settings. With `source.include`, a pipeline of many tables.
     #[serde(default)]
@@ -67,6 +70,17 @@ pub struct TableConfig {
     pub inverse: Option<PathBuf>,
     /// Pinned SHA-256 of the inverse.
     pub inverse_sha256: Option<String>,
+}
+
+/// `[plan]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Where the source's backup is (a `pg_dump` file, a copy of the SQLite
+    /// file…), relative to this file: ticked when it exists.
+    pub source_backup: Option<PathBuf>,
+    /// The same for the target's backup (when it held data before).
+    pub target_backup: Option<PathBuf>,
 }
 
 /// `[reverse]`.

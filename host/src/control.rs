@@ -106,6 +106,21 @@ pub trait ControlStore: Send {
     async fn set_status(&mut self, run_id: &str, status: RunStatus, message: Option<&str>) -> anyhow::Result<()>;
     /// Dead letters of a run (all when `limit` is None), oldest first.
     async fn dead_letters(&mut self, run_id: &str, limit: Option<usize>) -> anyhow::Result<Vec<DeadLetterRecord>>;
+    /// Records the outcome of a `ferry validate` of `pipeline` (whole
+    /// pipeline only; creates its table if missing): the evidence `ferry
+    /// plan` ticks "every row validated" from.
+    async fn record_validation(&mut self, pipeline: &str, ok: bool, summary: &str) -> anyhow::Result<()>;
+    /// The latest recorded validation of `pipeline`.
+    async fn latest_validation(&mut self, pipeline: &str) -> anyhow::Result<Option<Validation>>;
+}
+
+/// A recorded `ferry validate`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Validation {
+    /// When (UTC, as the target prints it).
+    pub at: String,
+    pub ok: bool,
+    pub summary: String,
 }
 
 /// Reads a `runs` row (same columns in every engine's control tables).

@@ -27,6 +27,7 @@ pub mod postgres;
 pub mod replication;
 pub mod report;
 pub mod retry;
+pub mod runbook;
 pub mod scaffold;
 pub mod schema;
 pub mod settings;

@@ -154,6 +154,9 @@ pub struct Settings {
     pub notify: NotifySettings,
     /// `[reverse]`: a parallel run (`None`: one direction only).
     pub reverse: Option<ReverseSettings>,
+    /// `[plan]`'s backup paths (resolved against the file's directory).
+    pub source_backup: Option<PathBuf>,
+    pub target_backup: Option<PathBuf>,
 }
 
 /// `[reverse]`: the reverse stream's slot and publication in the new database.
@@ -266,6 +269,8 @@ impl Settings {
             workers,
             notify,
             reverse,
+            source_backup: file.plan.source_backup.as_deref().map(|p| relative_to(base, p)),
+            target_backup: file.plan.target_backup.as_deref().map(|p| relative_to(base, p)),
         })
     }
 }

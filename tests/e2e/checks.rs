@@ -66,3 +66,55 @@ async fn a_plugin_of_the_wrong_world_fails_the_check() {
     let detail = item(&run.json(), "tables")["detail"].as_str().unwrap().to_string();
     assert!(detail.contains("transform-row") || detail.contains("world"), "{detail}");
 }
+
+/// `ferry plan` ticks exactly the items whose evidence exists, and moves
+/// an item to done when its evidence appears: the backup file, the
+/// completed run whose counts add up, a recorded clean `ferry validate`,
+/// the dead letters replayed away.
+#[tokio::test]
+async fn plan_ticks_exactly_the_items_whose_evidence_exists() {
+    let (source, target) = (PgDb::new("src").await, PgDb::new("dst").await);
+    seed_pg_legacy(&source, 200).await;
+    target.exec(PG_NEW_DDL).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("source.dump");
+    std::fs::write(&dump, "a pg_dump of the source").unwrap();
+    let extra = format!(
+        "\n[plan]\nsource_backup = \"{}\"\ntarget_backup = \"{}\"\n",
+        dump.display(),
+        dir.path().join("missing.dump").display()
+    );
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, &extra);
+    let done = |p: &Pipeline| -> Vec<String> {
+        let run = p.ferry(&["plan", "--json"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let r = run.json();
+        let steps = r["steps"].as_array().unwrap().clone();
+        assert!(steps.iter().any(|s| s["state"] == "people"), "some items are for people: {r}");
+        steps.iter().filter(|s| s["state"] == "done").map(|s| s["item"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(done(&p), ["Pre-flight check passes", "Back up the source"]);
+
+    let migrate = p.ferry(&["migrate"]);
+    assert_eq!(migrate.code, 4, "dead letters: {migrate:?}");
+    assert_eq!(
+        done(&p),
+        ["Pre-flight check passes", "Back up the source", "Run the migration", "Counts add up", "Monitor errors"]
+    );
+    let plan = p.ferry(&["plan"]);
+    assert!(plan.stdout.contains("- [ ] **Dead letters reviewed** — 4 dead letters"), "{plan:?}");
+    assert!(plan.stdout.contains("- [ ] **Back up the target** —") && plan.stdout.contains("missing.dump"), "{plan:?}");
+
+    // A validation is recorded, clean (the differences are explained).
+    assert_eq!(p.ferry(&["validate"]).code, 0);
+    assert!(done(&p).contains(&"Every row validated (samples and checksums)".to_string()));
+    // The dead letters' cause is fixed at the source and they are replayed.
+    source.exec("UPDATE users SET metadata = '{}' WHERE id % 50 = 0").await;
+    let replay = p.ferry(&["dlq", "replay"]);
+    assert_eq!(replay.code, 0, "{replay:?}");
+    assert!(done(&p).contains(&"Dead letters reviewed".to_string()));
+    // A validation that finds a difference is recorded too: the item opens.
+    target.exec("UPDATE users SET first_name = 'Tampered' WHERE id = 'user_7'").await;
+    assert_eq!(p.ferry(&["validate"]).code, 3);
+    assert!(!done(&p).contains(&"Every row validated (samples and checksums)".to_string()));
+}

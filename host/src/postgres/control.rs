@@ -170,6 +170,41 @@ macro_rules! pg_control {
                 Ok(())
             }
 
+            async fn record_validation(&mut self, pipeline: &str, ok: bool, summary: &str) -> anyhow::Result<()> {
+                let conn = $crate::postgres::control::PgConn::conn(self);
+                sqlx::raw_sql(
+                    "CREATE SCHEMA IF NOT EXISTS ferry; CREATE TABLE IF NOT EXISTS ferry.validations (\
+                     id bigserial PRIMARY KEY, pipeline text NOT NULL, at timestamptz NOT NULL DEFAULT now(), \
+                     ok boolean NOT NULL, summary text NOT NULL)",
+                )
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query("INSERT INTO ferry.validations (pipeline, ok, summary) VALUES ($1, $2, $3)")
+                    .bind(pipeline)
+                    .bind(ok)
+                    .bind(summary)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn latest_validation(&mut self, pipeline: &str) -> anyhow::Result<Option<$crate::control::Validation>> {
+                let conn = $crate::postgres::control::PgConn::conn(self);
+                let exists: Option<i64> =
+                    sqlx::query_scalar("SELECT to_regclass('ferry.validations')::oid::int8").fetch_one(&mut *conn).await?;
+                if exists.is_none() {
+                    return Ok(None);
+                }
+                let row: Option<(String, bool, String)> = sqlx::query_as(
+                    "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), ok, summary \
+                     FROM ferry.validations WHERE pipeline = $1 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(pipeline)
+                .fetch_optional(&mut *conn)
+                .await?;
+                Ok(row.map(|(at, ok, summary)| $crate::control::Validation { at, ok, summary }))
+            }
+
             async fn dead_letters(&mut self, run_id: &str, limit: Option<usize>) -> anyhow::Result<Vec<$crate::control::DeadLetterRecord>> {
                 let rows = sqlx::query(
                     "SELECT run_id, source_table, source_key, source_row::text AS source_row, kind, reason, plugin_sha256 \

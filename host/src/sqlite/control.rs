@@ -175,6 +175,42 @@ macro_rules! sqlite_control {
                 Ok(())
             }
 
+            async fn record_validation(&mut self, pipeline: &str, ok: bool, summary: &str) -> anyhow::Result<()> {
+                let conn = $crate::sqlite::control::SqliteConn::conn(self);
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS ferry_validations (id INTEGER PRIMARY KEY, pipeline TEXT NOT NULL, \
+                     at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')), ok INTEGER NOT NULL, \
+                     summary TEXT NOT NULL)",
+                )
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query("INSERT INTO ferry_validations (pipeline, ok, summary) VALUES (?1, ?2, ?3)")
+                    .bind(pipeline)
+                    .bind(ok)
+                    .bind(summary)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn latest_validation(&mut self, pipeline: &str) -> anyhow::Result<Option<$crate::control::Validation>> {
+                let conn = $crate::sqlite::control::SqliteConn::conn(self);
+                let exists: Option<String> =
+                    sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'ferry_validations'")
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                if exists.is_none() {
+                    return Ok(None);
+                }
+                let row: Option<(String, bool, String)> = sqlx::query_as(
+                    "SELECT at, ok, summary FROM ferry_validations WHERE pipeline = ?1 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(pipeline)
+                .fetch_optional(&mut *conn)
+                .await?;
+                Ok(row.map(|(at, ok, summary)| $crate::control::Validation { at, ok, summary }))
+            }
+
             async fn dead_letters(&mut self, run_id: &str, limit: Option<usize>) -> anyhow::Result<Vec<$crate::control::DeadLetterRecord>> {
                 let rows = sqlx::query(
                     "SELECT run_id, source_table, source_key, source_row, kind, reason, plugin_sha256 FROM ferry_dead_letters \

@@ -187,8 +187,24 @@ pub async fn validate(
             message: format!("no table {only} in the pipeline"),
         });
     }
+    let ok = tables.iter().all(|t| t.ok);
+    if only.is_none() {
+        // The evidence `ferry plan` reads; its loss is not the outcome.
+        let summary: Vec<String> = tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}: {} matched, {} explained, {} missing, {} extra, {} different",
+                    t.table, t.matched, t.explained, t.missing, t.extra, t.different
+                )
+            })
+            .collect();
+        if let Err(e) = target.record_validation(&settings.pipeline, ok, &summary.join("; ")).await {
+            tracing::warn!("could not record this validation in the target: {e:#}");
+        }
+    }
     Ok(TablesValidation {
-        ok: tables.iter().all(|t| t.ok),
+        ok,
         pipeline: settings.pipeline.clone(),
         run_id: run.map(|r| r.run_id),
         tables,
