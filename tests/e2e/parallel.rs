@@ -334,6 +334,18 @@ async fn a_parallel_run_applies_each_change_once_in_each_direction_and_never_ech
         count(new_url.clone(), -1).await == 1 && count(old_url.clone(), -2).await == 1
     })
     .await;
+    // And each stream has read its source's WAL as it stands now (the
+    // server's view: the slot confirms it), so it has seen, and dropped,
+    // every write the other stream made on its side.
+    for (side, slot) in [(&old, "ferry_par"), (&new, "ferry_par_reverse")] {
+        let wal = scalar(side, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8").await;
+        let confirmed = format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' \
+             AND pg_wal_lsn_diff(confirmed_flush_lsn, '0/0') >= {wal}"
+        );
+        eventually("the stream reads everything its source holds", || async { scalar(side, &confirmed).await == 1 })
+            .await;
+    }
     for child in [&forward, &reverse] {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     }
