@@ -286,6 +286,12 @@ async fn the_sync_daemon_serves_metrics_and_health_reports_status_and_stops_on_s
         body.contains("ferry_changes_applied_total") && body.contains("ferry_commit_lag_seconds")
     })
     .await;
+    // Everything written has been applied (the last row written arrived:
+    // the stream applies in commit order) before ferry is stopped.
+    eventually("the last change arrives", || async {
+        target.scalar_i64("SELECT count(*) FROM users WHERE id = 'user_100059'").await == 1
+    })
+    .await;
     let metrics = http_get(&addr, "/metrics").await.1;
     assert!(metrics.contains("ferry_plugin_info{table=\"public.users\",sha256=\""), "{metrics}");
     let (status, body) = http_get(&addr, "/health").await;
