@@ -141,6 +141,23 @@ enum Command {
     /// verify ticked from evidence found now, the rest left for people
     /// (Markdown, or --json).
     Plan,
+    /// Take a run back: the target tables as they were before it (rows it
+    /// inserted deleted, rows it changed or deleted restored from the undo
+    /// journal), verified by checksum; rows someone else changed since are
+    /// reported and kept unless --force.
+    Rollback {
+        /// The run (`ferry status` shows it; a stream's is its load's).
+        run: String,
+        /// A run of the reverse stream (rolls back the old database).
+        #[arg(long)]
+        reverse: bool,
+        /// Also overwrite rows changed by someone else since the run.
+        #[arg(long)]
+        force: bool,
+        /// Report what would happen; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Parallel run: rows written on both sides at once (both versions).
     Conflicts {
         /// Mark every open conflict resolved (once handled).
@@ -677,6 +694,16 @@ async fn run(cli: Cli) -> i32 {
                 exit::OK
             }
         },
+        Command::Rollback { ref run, reverse, force, dry_run } => {
+            let options = crate::undo::RollbackOptions { force, dry_run };
+            match crate::undo::rollback(&settings, run, reverse, options).await {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    show(cli.json, &r, || report::rollback(&r));
+                    if r.exact { exit::OK } else { exit::VERIFY_FAILED }
+                }
+            }
+        }
         Command::Conflicts { resolve, all } => match crate::cutover::conflicts(&settings, resolve, all).await {
             Err(e) => fail(&e),
             Ok(r) => {

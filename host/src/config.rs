@@ -154,6 +154,9 @@ pub struct TargetConfig {
     /// Change streams: what becomes of the target row when the plugin
     /// rejects a newer version of it.
     pub on_reject: Option<OnReject>,
+    /// Journal what each run changes so `ferry rollback` can undo it
+    /// (default true).
+    pub undo_journal: Option<bool>,
 }
 
 /// What a change stream does with the target rows of a source row when the

@@ -20,6 +20,8 @@ pub enum RunStatus {
     Interrupted,
     /// Replaced by a new run (`--restart`).
     Abandoned,
+    /// Taken back by `ferry rollback`: never resumed or continued.
+    RolledBack,
 }
 
 impl RunStatus {
@@ -30,6 +32,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Interrupted => "interrupted",
             RunStatus::Abandoned => "abandoned",
+            RunStatus::RolledBack => "rolled_back",
         }
     }
 
@@ -39,6 +42,7 @@ impl RunStatus {
             "failed" => RunStatus::Failed,
             "interrupted" => RunStatus::Interrupted,
             "abandoned" => RunStatus::Abandoned,
+            "rolled_back" => RunStatus::RolledBack,
             _ => RunStatus::Running,
         }
     }

@@ -26,6 +26,7 @@ pub trait RowTarget:
     + ControlStore
     + crate::control::TableControl
     + crate::deployments::DeploymentStore
+    + crate::undo::UndoJournal
 {
 }
 impl<
@@ -34,7 +35,8 @@ impl<
         + crate::source::RowSource
         + ControlStore
         + crate::control::TableControl
-        + crate::deployments::DeploymentStore,
+        + crate::deployments::DeploymentStore
+        + crate::undo::UndoJournal,
 > RowTarget for T
 {
 }

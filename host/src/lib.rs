@@ -39,4 +39,5 @@ pub mod swap;
 pub mod tables;
 pub mod time;
 pub mod tls;
+pub mod undo;
 pub mod value;

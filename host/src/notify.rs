@@ -34,6 +34,8 @@ pub enum Event {
     Cutover,
     /// `ferry cutback` moved it back to the old one.
     Cutback,
+    /// `ferry rollback` took a run back.
+    Rollback,
     /// The switch hook of a cutover or cutback (`[cutover]`), not a
     /// notification: the application is told which database to use.
     Switch,
@@ -47,6 +49,7 @@ impl Event {
             Event::DeadLetters => "dead_letters",
             Event::Cutover => "cutover",
             Event::Cutback => "cutback",
+            Event::Rollback => "rollback",
             Event::Switch => "switch",
         }
     }

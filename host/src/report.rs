@@ -479,3 +479,43 @@ pub fn conflicts(r: &crate::cutover::ConflictsReport) -> String {
     }
     out.trim_end().to_string()
 }
+
+pub fn rollback(r: &crate::undo::RollbackReport) -> String {
+    let mut out = format!(
+        "{} run {} of {} in {}{}\n",
+        if r.dry_run { "would roll back" } else { "rolled back" },
+        r.run_id,
+        r.pipeline,
+        r.database,
+        if r.forced { " (--force)" } else { "" }
+    );
+    for t in &r.tables {
+        let mode = match t.mode {
+            crate::undo::UndoMode::EmptyAtStart => "empty before the run",
+            crate::undo::UndoMode::BeforeImages => "held rows before the run",
+        };
+        out.push_str(&format!(
+            "  {} ({mode}): {} rows deleted, {} restored, checksum {} ({} before)\n",
+            t.table,
+            t.deleted,
+            t.restored,
+            if t.exact { "as before the run" } else { "DIFFERS" },
+            t.checksum_before
+        ));
+        if t.changed_by_others > 0 {
+            out.push_str(&format!(
+                "    {} rows changed by someone else since the run wrote them {}: {}{}\n",
+                t.changed_by_others,
+                if r.forced { "(overwritten)" } else { "(kept; --force overwrites them)" },
+                t.changed_keys.join(" "),
+                if t.changed_by_others > t.changed_keys.len() as u64 { " …" } else { "" }
+            ));
+        }
+    }
+    out.push_str(if r.exact {
+        "every table is exactly as it was before the run"
+    } else {
+        "some table is not as it was before the run (see above)"
+    });
+    out
+}

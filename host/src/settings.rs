@@ -144,6 +144,8 @@ pub struct Settings {
     /// Change streams: keep or delete the rows of a source row whose newer
     /// version is dead-lettered.
     pub on_reject: OnReject,
+    /// `[target] undo_journal`: runs journal what they change (rollback).
+    pub undo_journal: bool,
     pub load_method: LoadMethod,
     /// The pipeline's tables: `[[tables]]` and `source.include`, or the
     /// one table `[source] table` + `[plugin]` name (one `[[tables]]` entry
@@ -263,6 +265,7 @@ impl Settings {
             target,
             on_conflict: o.on_conflict.or(file.target.on_conflict).unwrap_or_default(),
             on_reject: file.target.on_reject.unwrap_or_default(),
+            undo_journal: file.target.undo_journal.unwrap_or(true),
             load_method: file.target.load_method.unwrap_or_default(),
             tables,
             batch_size,

@@ -314,6 +314,9 @@ impl ChangeOrigin {
 #[derive(Debug, Default)]
 pub struct RowChangeBatch {
     pub pipeline: String,
+    /// The run whose undo journal the writes go into (`crate::undo`), if
+    /// the target journals them.
+    pub run_id: Option<String>,
     /// The target tables the writes name.
     pub tables: std::sync::Arc<Vec<crate::schema::TableDef>>,
     pub writes: Vec<ChangeWrite>,

@@ -17,6 +17,7 @@ mod parallel;
 mod plugin_tools;
 mod replay;
 mod resume;
+mod rollback;
 mod sync;
 mod tables;
 mod tables_sync;

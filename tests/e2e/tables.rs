@@ -19,7 +19,7 @@ pub fn tables_pipeline(source: &str, target: &str, source_keys: &str, extra: &st
 
 /// Every row of `table` as PostgreSQL prints it, in key order: the output
 /// functions of each type, so equal text means equal values.
-async fn rows_text(db: &PgDb, table: &str, order: &str) -> Vec<String> {
+pub(crate) async fn rows_text(db: &PgDb, table: &str, order: &str) -> Vec<String> {
     let mut c = db.conn().await;
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT whole_row::text FROM {table} whole_row ORDER BY {order}")))
         .fetch_all(&mut c)
@@ -40,12 +40,12 @@ async fn column_types(db: &PgDb, table: &str) -> Vec<(String, String)> {
     .unwrap()
 }
 
-const TYPES_DDL: &str = r#"
+pub(crate) const TYPES_DDL: &str = r#"
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN positive_int AS integer CHECK (VALUE > 0);
 "#;
 
-const EVERYTHING_DDL: &str = r#"
+pub(crate) const EVERYTHING_DDL: &str = r#"
 CREATE TABLE everything (
     id int PRIMARY KEY,
     b boolean, i2 smallint, i4 integer, i8 bigint, f4 real, f8 double precision,
@@ -57,7 +57,7 @@ CREATE TABLE everything (
 );
 "#;
 
-const EVERYTHING_ROWS: &str = r#"
+pub(crate) const EVERYTHING_ROWS: &str = r#"
 INSERT INTO everything VALUES
  (1, true, 32767, 2147483647, 9223372036854775807, 3.4028235e38, 1.7976931348623157e308,
   123456789012345678901234567890.123456789012345678901234567890, 1234567890.12, 'Zoë 🚀 "quoted" \back\slash', 'ten chars!', 'ab',

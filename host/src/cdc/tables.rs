@@ -77,6 +77,16 @@ pub async fn sync(
     drop(replication);
     let mut client = super::sync::open_gated(settings, options, position).await?;
     let latest = target.latest_run(&settings.pipeline).await?;
+    if let Some(run) = latest.as_ref().filter(|r| has_slot && r.status == crate::control::RunStatus::RolledBack) {
+        return Err(crate::error::Error::contract(format!(
+            "run {} of pipeline {} was rolled back, but slot {} still holds the stream's place after it: \
+             tear the stream down (`ferry sync{} --teardown`) and start it again",
+            run.run_id,
+            settings.pipeline,
+            options.slot,
+            if options.initial_load { "" } else { " --reverse" }
+        )));
+    }
     let loaded = latest.as_ref().is_some_and(|r| r.status == crate::control::RunStatus::Completed);
     let paged = Settings { batch_size: options.chunk_rows.unwrap_or(settings.batch_size), ..settings.clone() };
     let load = if !options.initial_load {
@@ -114,6 +124,7 @@ pub async fn sync(
         }
     }
     let mut applier = TablesApplier::new(settings, plan, target, position, report, swapper);
+    applier.start_journal().await?;
     applier.origin = options.origins.as_ref().map(|o| o.own.clone());
     applier.mark_origin().await?;
     if let Some(parallel) = options.origins.clone().filter(|o| o.detect) {
@@ -320,6 +331,8 @@ struct TablesApplier<'a> {
     parallel: Option<super::sync::Origins>,
     /// When the owner of the writes was last read.
     owner_read: Option<std::time::Instant>,
+    /// The run whose undo journal the writes go into.
+    undo_run: Option<String>,
 }
 
 impl<'a> TablesApplier<'a> {
@@ -358,6 +371,7 @@ impl<'a> TablesApplier<'a> {
             origin: None,
             watch: None,
             stored_seen: None,
+            undo_run: None,
             parallel: None,
             owner_read: None,
         }
@@ -407,10 +421,28 @@ impl<'a> TablesApplier<'a> {
             next: self.position,
             plugin_sha256: self.producers.clone(),
             seen_until: seen,
+            run_id: self.undo_run.clone(),
             ..Default::default()
         };
         self.target.apply_row_changes(&batch).await?;
         self.stored_seen = seen;
+        Ok(())
+    }
+
+    /// Journals the stream's writes for `ferry rollback` (unless the
+    /// pipeline turned the journal off), under the run [`crate::undo::stream_run`] picks.
+    async fn start_journal(&mut self) -> anyhow::Result<()> {
+        if self.settings.undo_journal {
+            let run = crate::undo::stream_run(self.settings, self.target.as_mut(), &self.targets).await?;
+            tracing::info!(run = %run, "journaling the stream's writes for rollback");
+            self.undo_run = Some(run);
+        } else {
+            tracing::warn!(
+                "the undo journal is off for pipeline {} ([target] undo_journal = false): this stream's writes \
+                 cannot be rolled back",
+                self.settings.pipeline
+            );
+        }
         Ok(())
     }
 
@@ -731,6 +763,7 @@ impl Applier for TablesApplier<'_> {
             plugin_sha256: self.producers.clone(),
             source_commit_micros,
             seen_until: self.watch.as_ref().map(|w| w.seen_until),
+            run_id: self.undo_run.clone(),
             ..Default::default()
         };
         let (mut upserts, mut deletes, mut truncates) = (0u64, 0u64, 0u64);
@@ -1020,6 +1053,7 @@ pub async fn apply(
         )));
     }
     let mut applier = TablesApplier::new(settings, plan, target, position, report, swapper);
+    applier.start_journal().await?;
     let mut pending: Vec<Change> = Vec::new();
     let (mut current_tx, mut group_last, mut last_seen) = (None, None, None);
     let mut positions = super::debezium::Positions::after(position);

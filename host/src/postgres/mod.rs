@@ -6,6 +6,7 @@ mod deployments;
 pub mod replication;
 mod stream;
 mod tables;
+mod undo;
 
 pub use tables::PgTables;
 

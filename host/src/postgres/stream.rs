@@ -21,6 +21,7 @@ use crate::schema::TableDef;
 use crate::sink::{
     ChangesApplied, FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter, StreamStatus,
 };
+use crate::undo::UndoMode;
 use crate::value::write_pg_text;
 
 /// Rows per INSERT or DELETE statement.
@@ -186,6 +187,7 @@ async fn run<'r>(
     careful: bool,
     sql: fn(&TableDef, &[&Row]) -> String,
     def: &TableDef,
+    journal_run: Option<&str>,
 ) -> Result<Vec<(usize, String)>, sqlx::Error> {
     let mut refused = Vec::new();
     let mut todo: Vec<(usize, usize)> =
@@ -200,6 +202,10 @@ async fn run<'r>(
         sqlx::query("SAVEPOINT ferry_changes").execute(&mut *tx).await?;
         match sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await {
             Ok(_) => {
+                // Rows written under a savepoint carry its own transaction id.
+                if let Some(run_id) = journal_run {
+                    super::undo::mark(tx, run_id).await?;
+                }
                 sqlx::query("RELEASE SAVEPOINT ferry_changes").execute(&mut *tx).await?;
             }
             Err(e) if refuses_rows(&e, OnConflict::Overwrite) => {
@@ -295,10 +301,18 @@ async fn apply_writes(
     tx: &mut PgConnection,
     batch: &RowChangeBatch,
     careful: bool,
+    journals: &[Option<UndoMode>],
 ) -> Result<(Vec<StreamDeadLetter>, Vec<Conflict>), sqlx::Error> {
     let mut refused = Vec::new();
     let mut conflicted = Vec::new();
+    let run_id = batch.run_id.as_deref().unwrap_or_default();
+    let journal_run = journals.iter().any(Option::is_some).then_some(run_id);
     for stretch in batch.stretches() {
+        for &t in &stretch.truncate {
+            if journals[t] == Some(UndoMode::BeforeImages) {
+                super::undo::journal_existing(tx, run_id, &batch.tables[t], None).await?;
+            }
+        }
         if !stretch.truncate.is_empty() {
             let names: Vec<String> = stretch.truncate.iter().map(|&t| batch.tables[t].quoted()).collect();
             sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {}", names.join(", ")))).execute(&mut *tx).await?;
@@ -311,6 +325,9 @@ async fn apply_writes(
         let deletes: Vec<usize> = stretch.deletes.iter().copied().filter(applies).collect();
         let upserts: Vec<usize> = stretch.upserts.iter().copied().filter(applies).collect();
         conflicted.extend(lost);
+        if journals[stretch.table] == Some(UndoMode::BeforeImages) {
+            journal_first_touch(tx, run_id, batch, def, deletes.iter().chain(&upserts)).await?;
+        }
         for (indexes, sql) in [(&deletes, delete_sql as fn(&TableDef, &[&Row]) -> String), (&upserts, upsert_sql)] {
             let rows: Vec<&Row> = indexes
                 .iter()
@@ -319,13 +336,55 @@ async fn apply_writes(
                     RowChange::Truncate => unreachable!("stretches hold no truncate here"),
                 })
                 .collect();
-            for (at, message) in run(tx, &rows, careful, sql, def).await? {
+            for (at, message) in run(tx, &rows, careful, sql, def, journal_run).await? {
                 let write = &batch.writes[indexes[at]];
                 refused.push(batch.origins[write.origin].refused(def, &write.change, &message));
             }
         }
     }
     Ok((refused, conflicted))
+}
+
+/// Journals the first touch of the keys `writes` (of one table) change:
+/// whole keys with the row each holds now or NULL, key prefixes with the
+/// rows they match.
+async fn journal_first_touch(
+    tx: &mut PgConnection,
+    run_id: &str,
+    batch: &RowChangeBatch,
+    def: &TableDef,
+    writes: impl Iterator<Item = &usize>,
+) -> Result<(), sqlx::Error> {
+    let keys: Vec<Row> = writes
+        .map(|&i| match &batch.writes[i].change {
+            RowChange::Upsert(row) => def.primary_key.iter().map(|&k| row[k].clone()).collect(),
+            RowChange::Delete(key) => key.clone(),
+            RowChange::Truncate => Vec::new(),
+        })
+        .collect();
+    let (whole, prefixes): (Vec<&Row>, Vec<&Row>) =
+        keys.iter().filter(|k| !k.is_empty()).partition(|k| k.len() == def.primary_key.len());
+    for prefix in prefixes {
+        super::undo::journal_existing(tx, run_id, def, Some(&key_in(def, &[prefix], "ferry_row."))).await?;
+    }
+    for chunk in whole.chunks(STATEMENT_ROWS) {
+        let names: Vec<String> = def.key_columns().map(|c| quote_ident(&c.name)).collect();
+        let mut values = String::from("(VALUES ");
+        let mut scratch = String::new();
+        for (n, key) in chunk.iter().enumerate() {
+            values.push_str(if n == 0 { "(" } else { ", (" });
+            for (i, (value, column)) in key.iter().zip(def.key_columns()).enumerate() {
+                if i > 0 {
+                    values.push_str(", ");
+                }
+                push_value(value, &column.sql_type, &mut scratch, &mut values);
+            }
+            values.push(')');
+        }
+        values.push_str(&format!(") AS ferry_new({})", names.join(", ")));
+        super::undo::journal_from(tx, run_id, def, &values).await?;
+    }
+    Ok(())
 }
 
 /// Records `conflicts` of `batch` in `tx` (the rule: the side that owns the
@@ -583,6 +642,12 @@ impl RowChangeSink for PgTables {
     }
 
     async fn apply_row_changes(&mut self, batch: &RowChangeBatch) -> anyhow::Result<ChangesApplied> {
+        let mut journals = vec![None; batch.tables.len()];
+        if let Some(run_id) = &batch.run_id {
+            for (def, journal) in batch.tables.iter().zip(journals.iter_mut()) {
+                *journal = super::undo::mode(&mut self.conn, &mut self.undo, run_id, def).await?;
+            }
+        }
         let mut careful = false;
         loop {
             let mut tx = self.conn.begin().await?;
@@ -613,7 +678,7 @@ impl RowChangeSink for PgTables {
             if position_of(stored) != batch.previous {
                 return Err(FencedError { run_id: format!("change stream {}", batch.pipeline) }.into());
             }
-            let (refused, conflicted) = match apply_writes(&mut tx, batch, careful).await {
+            let (refused, conflicted) = match apply_writes(&mut tx, batch, careful, &journals).await {
                 Ok(done) => done,
                 Err(e) if !careful && refuses_rows(&e, OnConflict::Overwrite) => {
                     // Some row is refused: again, isolating it.
@@ -624,6 +689,10 @@ impl RowChangeSink for PgTables {
                 Err(e) => return Err(Error::driver(format!("applying changes in {}", self.url), &e)),
             };
             record_conflicts(&mut tx, batch, &conflicted).await?;
+            if let (Some(run_id), true) = (&batch.run_id, journals.iter().any(Option::is_some)) {
+                // The rows this transaction wrote outside savepoints.
+                super::undo::mark(&mut tx, run_id).await?;
+            }
             for d in batch.dead.iter().chain(&refused) {
                 sqlx::query(
                     "INSERT INTO ferry.change_dead_letters \

@@ -12,6 +12,7 @@ use sqlx::{Connection, Row};
 
 use super::binary::{self, Wire};
 use super::refuses_rows;
+use super::undo::Journal;
 use crate::config::OnConflict;
 use crate::db::{DbUrl, Engine, TableName, quote_ident};
 use crate::error::Error;
@@ -20,6 +21,7 @@ use crate::model::DeadLetterKind;
 use crate::schema::{ColumnDef, ColumnDefault, ForeignKeyDef, IndexDef, TableDef};
 use crate::sink::{Applied, ConflictError, FencedError, RowBatch, RowSink};
 use crate::source::RowSource;
+use crate::undo::UndoMode;
 use crate::value::{Kind, Value, copy_escape, copy_unescape, decode_pg_text, write_pg_text};
 
 /// A PostgreSQL database read or written table by table.
@@ -37,6 +39,9 @@ pub struct PgTables {
     /// This session's transactions carry a replication origin
     /// ([`crate::sink::RowChangeSink::mark_origin`]).
     pub(super) origin_marked: bool,
+    /// The undo journal's mode of each (run, target table) this session
+    /// wrote ([`super::undo::mode`]).
+    pub(super) undo: std::collections::HashMap<(String, String), Option<crate::undo::UndoMode>>,
 }
 
 impl super::control::PgConn for PgTables {
@@ -140,6 +145,7 @@ impl PgTables {
             base_types: Default::default(),
             text_only: false,
             origin_marked: false,
+            undo: Default::default(),
         })
     }
 
@@ -281,6 +287,7 @@ impl PgTables {
         rows: &[ValueRow],
         policy: OnConflict,
         wires: Option<&[Wire]>,
+        journal: Option<Journal<'_>>,
     ) -> Result<Applied, sqlx::Error> {
         if rows.is_empty() {
             return Ok(Applied::default());
@@ -288,14 +295,17 @@ impl PgTables {
         if let Some(wires) = wires {
             let mut data = Vec::with_capacity(buf.capacity());
             if binary::encode_rows(wires, rows, &mut data).is_some() {
-                return Self::apply_data(tx, data, rows.len() as u64, table, policy, true).await;
+                return Self::apply_data(tx, data, rows.len() as u64, table, policy, true, journal).await;
             }
         }
         encode_rows(rows, buf);
-        Self::apply_data(tx, std::mem::take(buf).into_bytes(), rows.len() as u64, table, policy, false).await
+        Self::apply_data(tx, std::mem::take(buf).into_bytes(), rows.len() as u64, table, policy, false, journal).await
     }
 
-    /// Writes COPY `data` (text, or binary) holding `total` rows under `policy`.
+    /// Writes COPY `data` (text, or binary) holding `total` rows under
+    /// `policy`, journaling them for the run's undo (`journal`) in the same
+    /// (sub)transaction.
+    #[allow(clippy::too_many_arguments)]
     async fn apply_data(
         tx: &mut PgConnection,
         data: Vec<u8>,
@@ -303,18 +313,40 @@ impl PgTables {
         table: &TableDef,
         policy: OnConflict,
         binary: bool,
+        journal: Option<Journal<'_>>,
+    ) -> Result<Applied, sqlx::Error> {
+        let applied = Self::write_data(tx, data, total, table, policy, binary, journal).await?;
+        if let Some(journal) = journal {
+            super::undo::mark(tx, journal.run_id).await?;
+        }
+        Ok(applied)
+    }
+
+    /// [`Self::apply_data`]'s write: straight in with COPY, or through a
+    /// staging table (skip and overwrite, and every write whose
+    /// before-images are journaled: read from the stage's keys).
+    #[allow(clippy::too_many_arguments)]
+    async fn write_data(
+        tx: &mut PgConnection,
+        data: Vec<u8>,
+        total: u64,
+        table: &TableDef,
+        policy: OnConflict,
+        binary: bool,
+        journal: Option<Journal<'_>>,
     ) -> Result<Applied, sqlx::Error> {
         let columns = table.column_list();
         let format = if binary { " (FORMAT binary)" } else { "" };
         let copy_into = |name: &str| format!("COPY {name} ({columns}) FROM STDIN{format}");
+        let before_images = journal.filter(|j| j.mode == UndoMode::BeforeImages);
         match policy {
-            OnConflict::Error => {
+            OnConflict::Error if before_images.is_none() => {
                 let mut copy = tx.copy_in_raw(&copy_into(&table.quoted())).await?;
                 copy.send(data).await?;
                 let loaded = copy.finish().await?;
                 Ok(Applied { loaded, skipped: 0 })
             }
-            OnConflict::Skip | OnConflict::Overwrite => {
+            _ => {
                 sqlx::query("DROP TABLE IF EXISTS pg_temp.ferry_rows_stage").execute(&mut *tx).await?;
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "CREATE TEMP TABLE ferry_rows_stage ON COMMIT DROP AS SELECT {columns} FROM {} WITH NO DATA",
@@ -325,6 +357,9 @@ impl PgTables {
                 let mut copy = tx.copy_in_raw(&copy_into("ferry_rows_stage")).await?;
                 copy.send(data).await?;
                 copy.finish().await?;
+                if let Some(journal) = before_images {
+                    super::undo::journal_from(tx, journal.run_id, table, "ferry_rows_stage ferry_new").await?;
+                }
                 let key: Vec<usize> = table.primary_key.clone();
                 let non_key: Vec<String> = (0..table.columns.len())
                     .filter(|i| !key.contains(i))
@@ -333,16 +368,16 @@ impl PgTables {
                         format!("{c} = EXCLUDED.{c}")
                     })
                     .collect();
-                let action = if policy == OnConflict::Skip || non_key.is_empty() {
-                    "DO NOTHING".to_string()
+                let action = if policy == OnConflict::Error {
+                    String::new()
+                } else if policy == OnConflict::Skip || non_key.is_empty() {
+                    format!(" ON CONFLICT ({}) DO NOTHING", table.key_list())
                 } else {
-                    format!("DO UPDATE SET {}", non_key.join(", "))
+                    format!(" ON CONFLICT ({}) DO UPDATE SET {}", table.key_list(), non_key.join(", "))
                 };
                 let sql = format!(
-                    "INSERT INTO {} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM ferry_rows_stage \
-                     ON CONFLICT ({}) {action}",
+                    "INSERT INTO {} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM ferry_rows_stage{action}",
                     table.quoted(),
-                    table.key_list()
                 );
                 let written = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?.rows_affected();
                 sqlx::query("DROP TABLE pg_temp.ferry_rows_stage").execute(&mut *tx).await?;
@@ -360,13 +395,14 @@ impl PgTables {
         rows: &[ValueRow],
         policy: OnConflict,
         wires: Option<&[Wire]>,
+        journal: Option<Journal<'_>>,
     ) -> Result<(Applied, Vec<(usize, String)>), sqlx::Error> {
         let mut applied = Applied::default();
         let mut refused = Vec::new();
         let mut todo = vec![(0, rows.len())];
         while let Some((from, to)) = todo.pop() {
             sqlx::query("SAVEPOINT ferry_rows").execute(&mut *tx).await?;
-            match Self::apply(tx, buf, table, &rows[from..to], policy, wires).await {
+            match Self::apply(tx, buf, table, &rows[from..to], policy, wires, journal).await {
                 Ok(a) => {
                     sqlx::query("RELEASE SAVEPOINT ferry_rows").execute(&mut *tx).await?;
                     applied.loaded += a.loaded;
@@ -1040,6 +1076,11 @@ impl RowSink for PgTables {
                 None => self.wires(&write.target).await?,
             });
         }
+        let mut journals = Vec::with_capacity(batch.writes.len());
+        for write in &batch.writes {
+            let mode = super::undo::mode(&mut self.conn, &mut self.undo, &batch.run_id, &write.target).await?;
+            journals.push(mode.map(|mode| Journal { run_id: &batch.run_id, mode }));
+        }
         let buf = &mut self.buf;
         let mut tx = self.conn.begin().await?;
         let stored: Option<Option<String>> = sqlx::query_scalar(
@@ -1083,7 +1124,7 @@ impl RowSink for PgTables {
         }
         let mut written = Applied::default();
         let mut refused: Vec<RowDeadLetter> = Vec::new();
-        for (write, wires) in batch.writes.iter().zip(&wires) {
+        for ((write, wires), &journal) in batch.writes.iter().zip(&wires).zip(&journals) {
             let target = &write.target;
             // Undecoded rows go straight in; only if the target refuses some
             // are they decoded, to isolate those.
@@ -1092,7 +1133,9 @@ impl RowSink for PgTables {
                 None => (&write.rows, &write.keys),
                 Some(raw) => {
                     sqlx::query("SAVEPOINT ferry_raw").execute(&mut *tx).await?;
-                    match Self::apply_data(&mut tx, raw.data.clone(), raw.rows as u64, target, policy, false).await {
+                    match Self::apply_data(&mut tx, raw.data.clone(), raw.rows as u64, target, policy, false, journal)
+                        .await
+                    {
                         Ok(applied) => {
                             sqlx::query("RELEASE SAVEPOINT ferry_raw").execute(&mut *tx).await?;
                             written.loaded += applied.loaded;
@@ -1113,7 +1156,7 @@ impl RowSink for PgTables {
                 }
             };
             let (applied, refused_rows) =
-                match Self::apply_isolating(&mut tx, buf, target, rows, policy, wires.as_deref()).await {
+                match Self::apply_isolating(&mut tx, buf, target, rows, policy, wires.as_deref(), journal).await {
                     Ok(a) => a,
                     Err(e) => return Err(load_error(e, batch, target, &url)),
                 };

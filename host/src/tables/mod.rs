@@ -510,6 +510,9 @@ pub async fn migrate_in_snapshot(
             target.create_table(&built_later(table, &output.def, target_engine), &plan.names).await?;
         }
     }
+    // The journal starts before the run writes anything into a table.
+    let outputs: Vec<&TableDef> = plan.tables.iter().flat_map(|t| t.outputs.iter().map(|o| &o.def)).collect();
+    crate::undo::begin(settings, target.as_mut(), &run.run_id, &outputs).await?;
     let counts = count_all(source.as_mut(), &plan).await?;
     drop(source);
 

@@ -1,0 +1,408 @@
+//! The undo journal in PostgreSQL (`crate::undo` says what and why):
+//! `ferry.undo_tables` (each table's state at a run's start),
+//! `ferry.undo_xacts` (a marker row per (sub)transaction that wrote the
+//! run's rows: its `xmin` is that transaction's id) and `ferry.undo`
+//! (first-touch before-images, keyed by the row's key as
+//! `ROW(key columns)::text`, the row as its own text form `row::text`, which
+//! every type reads back exactly).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row as _};
+
+use super::tables::PgTables;
+use crate::db::{TableName, quote_ident};
+use crate::error::Error;
+use crate::schema::TableDef;
+use crate::undo::{RollbackOptions, TableRollback, UndoJournal, UndoMode};
+
+const DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
+CREATE TABLE IF NOT EXISTS ferry.undo_tables (
+    run_id          text NOT NULL,
+    target_table    text NOT NULL,
+    empty_at_start  boolean NOT NULL,
+    rows_before     bigint NOT NULL,
+    checksum_before text NOT NULL,
+    begun_at        timestamptz NOT NULL DEFAULT now(),
+    rolled_back_at  timestamptz,
+    PRIMARY KEY (run_id, target_table)
+);
+CREATE TABLE IF NOT EXISTS ferry.undo (
+    run_id       text NOT NULL,
+    target_table text NOT NULL,
+    key          text NOT NULL,
+    before       text,
+    PRIMARY KEY (run_id, target_table, key)
+);
+CREATE TABLE IF NOT EXISTS ferry.undo_xacts (
+    run_id text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS undo_xacts_run ON ferry.undo_xacts (run_id);";
+
+/// How many changed keys a rollback names per table.
+const NAMED_KEYS: i64 = 20;
+
+/// The journal of one table of one run, as a write needs it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Journal<'a> {
+    pub run_id: &'a str,
+    pub mode: UndoMode,
+}
+
+/// `ROW(alias.k1, …)::text`: a row's key as the journal stores it.
+fn key_text(def: &TableDef, alias: &str) -> String {
+    if def.primary_key.is_empty() {
+        // Keyless (always empty at a run's start): named by place only.
+        return format!("{alias}.ctid::text");
+    }
+    let columns: Vec<String> = def.key_columns().map(|c| format!("{alias}.{}", quote_ident(&c.name))).collect();
+    format!("ROW({})::text", columns.join(", "))
+}
+
+/// `count:sum` of a 60-bit hash of every row's text: the same multiset of
+/// rows gives the same value, in any order.
+fn checksum_sql(def: &TableDef) -> String {
+    format!(
+        "SELECT count(*)::int8::text || ':' || coalesce(sum(('x' || substr(md5(ferry_row::text), 1, 15))::bit(60)::int8), 0)::text \
+         FROM {} ferry_row",
+        def.quoted()
+    )
+}
+
+/// The journal mode of `def` in run `run_id` (`None`: not journaled),
+/// remembered per connection in `cache`.
+pub(super) async fn mode(
+    conn: &mut PgConnection,
+    cache: &mut HashMap<(String, String), Option<UndoMode>>,
+    run_id: &str,
+    def: &TableDef,
+) -> anyhow::Result<Option<UndoMode>> {
+    let key = (run_id.to_string(), def.name.to_string());
+    if let Some(mode) = cache.get(&key) {
+        return Ok(*mode);
+    }
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT to_regclass('ferry.undo_tables')::oid::int8").fetch_one(&mut *conn).await?;
+    let empty: Option<bool> = match exists {
+        None => None,
+        Some(_) => {
+            sqlx::query_scalar(
+                "SELECT empty_at_start FROM ferry.undo_tables WHERE run_id = $1 AND target_table = $2 \
+                 AND rolled_back_at IS NULL",
+            )
+            .bind(run_id)
+            .bind(def.name.to_string())
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+    };
+    let mode = empty.map(|e| if e { UndoMode::EmptyAtStart } else { UndoMode::BeforeImages });
+    cache.insert(key, mode);
+    Ok(mode)
+}
+
+/// Records that the current (sub)transaction writes rows of `run_id`.
+pub(super) async fn mark(tx: &mut PgConnection, run_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO ferry.undo_xacts (run_id) VALUES ($1)").bind(run_id).execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Journals the first touch of every key in `from` (a relation with the
+/// key columns of `def` under their names, aliased `ferry_new`): the target row it
+/// holds now, or NULL.
+pub(super) async fn journal_from(
+    tx: &mut PgConnection,
+    run_id: &str,
+    def: &TableDef,
+    from: &str,
+) -> Result<(), sqlx::Error> {
+    let on: Vec<String> = def
+        .key_columns()
+        .map(|c| {
+            let c = quote_ident(&c.name);
+            format!("ferry_row.{c} = ferry_new.{c}")
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO ferry.undo (run_id, target_table, key, before) \
+         SELECT $1, $2, {}, ferry_row::text FROM {from} LEFT JOIN {} ferry_row ON {} ON CONFLICT DO NOTHING",
+        key_text(def, "ferry_new"),
+        def.quoted(),
+        on.join(" AND ")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(def.name.to_string()).execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Journals the first touch of the rows of `def` matching `filter` (an SQL
+/// condition on `t`; `None`: every row, before a truncate).
+pub(super) async fn journal_existing(
+    tx: &mut PgConnection,
+    run_id: &str,
+    def: &TableDef,
+    filter: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO ferry.undo (run_id, target_table, key, before) \
+         SELECT $1, $2, {}, ferry_row::text FROM {} ferry_row{} ON CONFLICT DO NOTHING",
+        key_text(def, "ferry_row"),
+        def.quoted(),
+        filter.map(|f| format!(" WHERE {f}")).unwrap_or_default()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(def.name.to_string()).execute(&mut *tx).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl UndoJournal for PgTables {
+    async fn begin_undo(&mut self, run_id: &str, table: &TableDef) -> anyhow::Result<Option<UndoMode>> {
+        let what = |e: sqlx::Error| Error::driver(format!("starting the undo journal of {}", table.name), &e);
+        sqlx::raw_sql(DDL).execute(&mut self.conn).await.map_err(what)?;
+        if table.primary_key.is_empty() {
+            // Without a key there is nothing to journal a row by; a keyless
+            // table is always copied into a table empty at its start.
+            let empty: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT NOT EXISTS (SELECT 1 FROM {})",
+                table.quoted()
+            )))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(what)?;
+            if !empty {
+                return Err(Error::contract(format!(
+                    "table {} has no primary key and already holds rows: ferry cannot journal its rows for \
+                     `ferry rollback`; empty it, give it a key, or set [target] undo_journal = false",
+                    table.name
+                )));
+            }
+        }
+        let sql = format!(
+            "INSERT INTO ferry.undo_tables (run_id, target_table, empty_at_start, rows_before, checksum_before) \
+             SELECT $1, $2, split_part(c, ':', 1) = '0', split_part(c, ':', 1)::int8, c FROM ({}) x(c) \
+             ON CONFLICT (run_id, target_table) DO NOTHING",
+            checksum_sql(table)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(run_id)
+            .bind(table.name.to_string())
+            .execute(&mut self.conn)
+            .await
+            .map_err(what)?;
+        self.undo.remove(&(run_id.to_string(), table.name.to_string()));
+        let mode = mode(&mut self.conn, &mut self.undo, run_id, table).await?;
+        Ok(Some(mode.ok_or_else(|| {
+            Error::contract(format!("run {run_id} was rolled back: it writes nothing into {} any more", table.name))
+        })?))
+    }
+
+    async fn journaled_tables(&mut self, run_id: &str) -> anyhow::Result<Vec<TableName>> {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT to_regclass('ferry.undo_tables')::oid::int8").fetch_one(&mut self.conn).await?;
+        if exists.is_none() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT target_table, rolled_back_at::text FROM ferry.undo_tables WHERE run_id = $1 ORDER BY target_table",
+        )
+        .bind(run_id)
+        .fetch_all(&mut self.conn)
+        .await?;
+        if let (Some((_, Some(at))), true) = (rows.first(), rows.iter().all(|(_, at)| at.is_some())) {
+            return Err(Error::contract(format!("run {run_id} was already rolled back (at {at})")));
+        }
+        rows.into_iter()
+            .filter(|(_, at)| at.is_none())
+            .map(|(name, _)| TableName::parse(&name).map_err(|e| Error::contract(format!("journal of {name}: {e}"))))
+            .collect()
+    }
+
+    async fn rollback(
+        &mut self,
+        run_id: &str,
+        pipeline: &str,
+        tables: &[TableDef],
+        options: RollbackOptions,
+    ) -> anyhow::Result<Vec<TableRollback>> {
+        let url = self.url.to_string();
+        let fail = |what: String| {
+            let url = url.clone();
+            move |e: sqlx::Error| Error::driver(format!("{what} in {url}"), &e)
+        };
+        let mut tx = self.conn.begin().await.map_err(fail("starting the rollback".into()))?;
+        sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
+        // Nobody writes the tables while they are put back and verified.
+        let names: Vec<String> = tables.iter().map(TableDef::quoted).collect();
+        sqlx::query(sqlx::AssertSqlSafe(format!("LOCK TABLE {} IN EXCLUSIVE MODE", names.join(", "))))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail("locking the tables".into()))?;
+        sqlx::query(
+            "CREATE TEMP TABLE ferry_undo_xids ON COMMIT DROP AS \
+             SELECT DISTINCT xmin::text::int8 AS xid FROM ferry.undo_xacts WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("ANALYZE ferry_undo_xids").execute(&mut *tx).await?;
+        let by_run = "ferry_row.xmin::text::int8 IN (SELECT xid FROM ferry_undo_xids)";
+        let mut out = Vec::with_capacity(tables.len());
+        for def in tables {
+            let (empty, before): (bool, String) = sqlx::query_as(
+                "SELECT empty_at_start, checksum_before FROM ferry.undo_tables WHERE run_id = $1 AND target_table = $2",
+            )
+            .bind(run_id)
+            .bind(def.name.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+            let mode = if empty { UndoMode::EmptyAtStart } else { UndoMode::BeforeImages };
+            out.push(TableRollback {
+                table: def.name.to_string(),
+                mode,
+                deleted: 0,
+                restored: 0,
+                changed_by_others: 0,
+                changed_keys: Vec::new(),
+                checksum_before: before,
+                checksum_after: String::new(),
+                exact: false,
+            });
+        }
+        // Children before parents: the run's rows go (and, for tables that
+        // held rows, the current version of every key it touched).
+        for (def, report) in tables.iter().zip(out.iter_mut()).rev() {
+            let key = key_text(def, "ferry_row");
+            let (changed, delete) = match report.mode {
+                UndoMode::EmptyAtStart => (
+                    format!("SELECT {key} AS k FROM {} ferry_row WHERE NOT ({by_run})", def.quoted()),
+                    format!(
+                        "DELETE FROM {} ferry_row{}",
+                        def.quoted(),
+                        if options.force { String::new() } else { format!(" WHERE {by_run}") }
+                    ),
+                ),
+                UndoMode::BeforeImages => (
+                    format!(
+                        "SELECT u.key AS k FROM ferry.undo u JOIN {} ferry_row ON {key} = u.key \
+                         WHERE u.run_id = $1 AND u.target_table = $2 AND NOT ({by_run}) \
+                         AND ferry_row::text IS DISTINCT FROM u.before",
+                        def.quoted()
+                    ),
+                    format!(
+                        "DELETE FROM {} ferry_row USING ferry.undo u WHERE u.run_id = $1 AND u.target_table = $2 \
+                         AND {key} = u.key{}",
+                        def.quoted(),
+                        if options.force {
+                            " AND ferry_row::text IS DISTINCT FROM u.before".to_string()
+                        } else {
+                            format!(" AND {by_run}")
+                        }
+                    ),
+                ),
+            };
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*)::int8, (array_agg(k ORDER BY k))[1:{NAMED_KEYS}] FROM ({changed}) c"
+            )))
+            .bind(run_id)
+            .bind(def.name.to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(fail(format!("finding rows of {} changed since the run", def.name)))?;
+            report.changed_by_others = row.get::<i64, _>(0) as u64;
+            report.changed_keys = row.get::<Option<Vec<String>>, _>(1).unwrap_or_default();
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(delete));
+            if report.mode == UndoMode::BeforeImages {
+                query = query.bind(run_id).bind(def.name.to_string());
+            }
+            report.deleted = query
+                .execute(&mut *tx)
+                .await
+                .map_err(fail(format!(
+                    "deleting the rows run {run_id} wrote into {} (a row kept because someone else changed it may \
+                 still reference one: see the changed keys, or pass --force)",
+                    def.name
+                )))?
+                .rows_affected();
+        }
+        // Parents before children: the before-images of keys now free.
+        for (def, report) in tables.iter().zip(out.iter_mut()) {
+            if report.mode != UndoMode::BeforeImages {
+                continue;
+            }
+            let columns: Vec<String> = def.columns.iter().map(|c| quote_ident(&c.name)).collect();
+            let from_record: Vec<String> = columns.iter().map(|c| format!("(ferry_old.r).{c}")).collect();
+            let sql = format!(
+                "INSERT INTO {table} ({columns}) OVERRIDING SYSTEM VALUE \
+                 SELECT {from_record} FROM (SELECT u.before::{table} AS r FROM ferry.undo u \
+                 WHERE u.run_id = $1 AND u.target_table = $2 AND u.before IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM {table} ferry_row WHERE {key} = u.key)) ferry_old",
+                table = def.quoted(),
+                columns = columns.join(", "),
+                from_record = from_record.join(", "),
+                key = key_text(def, "ferry_row"),
+            );
+            report.restored = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(run_id)
+                .bind(def.name.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(fail(format!("writing back the rows run {run_id} changed in {}", def.name)))?
+                .rows_affected();
+        }
+        for (def, report) in tables.iter().zip(out.iter_mut()) {
+            report.checksum_after = sqlx::query_scalar(sqlx::AssertSqlSafe(checksum_sql(def)))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(fail(format!("verifying {}", def.name)))?;
+            report.exact = report.checksum_after == report.checksum_before;
+        }
+        // The run is over: whatever still runs under it is fenced out (its
+        // checkpoints are gone), and it is never resumed.
+        // A table now as it was is done with; one that is not (rows others
+        // changed, kept) keeps its journal for a rollback with --force.
+        let exact: Vec<String> = out.iter().filter(|t| t.exact).map(|t| t.table.clone()).collect();
+        for sql in [
+            "UPDATE ferry.undo_tables SET rolled_back_at = now() WHERE run_id = $1 AND target_table = ANY($2)",
+            "DELETE FROM ferry.undo WHERE run_id = $1 AND target_table = ANY($2)",
+        ] {
+            sqlx::query(sql).bind(run_id).bind(&exact).execute(&mut *tx).await?;
+        }
+        if exact.len() == out.len() {
+            sqlx::query("DELETE FROM ferry.undo_xacts WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "UPDATE ferry.runs SET status = 'rolled_back', message = 'rolled back by ferry rollback', \
+             updated_at = now() WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        let has = |name: &'static str| format!("SELECT to_regclass('{name}')::oid::int8");
+        let progress: Option<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(has("ferry.table_progress"))).fetch_one(&mut *tx).await?;
+        if progress.is_some() {
+            sqlx::query(
+                "UPDATE ferry.table_progress SET last_key = 'rolled back', updated_at = now() WHERE run_id = $1",
+            )
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let checkpoints: Option<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(has("ferry.change_checkpoints"))).fetch_one(&mut *tx).await?;
+        if checkpoints.is_some() {
+            sqlx::query("DELETE FROM ferry.change_checkpoints WHERE pipeline = $1")
+                .bind(pipeline)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if options.dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await.map_err(fail("committing the rollback".into()))?;
+        }
+        self.undo.clear();
+        Ok(out)
+    }
+}

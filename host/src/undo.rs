@@ -1,0 +1,254 @@
+//! The undo journal and `ferry rollback RUN`: every run into a target can
+//! be taken back to the target's state before it.
+//!
+//! What is journaled, per target table, from the run's start:
+//!
+//! - the table's state at the start ([`UndoJournal::begin_undo`], once per
+//!   run and table, before the run writes into it): its row count and an
+//!   order-independent checksum of its rows, and whether it was empty;
+//! - the transactions that wrote the run's rows: a marker row written in
+//!   each (sub)transaction that writes target rows, whose `xmin` is that
+//!   transaction's id. A target row whose `xmin` is one of them is the
+//!   run's; any other row was written by someone else (or before the run).
+//!   This costs one row per batch, not per row;
+//! - for a table that held rows at the start only: the first-touch
+//!   before-image of every key the run writes (`NULL`: the key did not
+//!   exist), in the same transaction as the write and before it; a key
+//!   written many times (a stream) is journaled once. Into a table empty at
+//!   the start (a fresh migration) nothing per row is needed: the run's
+//!   rows are exactly those its transactions wrote.
+//!
+//! A rollback (one target transaction, the tables locked against writes)
+//! deletes what the run wrote and puts the before-images back, children
+//! before parents, parents before children, then verifies each table
+//! against the checksum taken at the start. A row someone else changed
+//! since the run wrote it (its `xmin` is not the run's and it differs from
+//! the before-image) is reported and kept, unless `--force`. The rollback
+//! also fences the run out: its checkpoints are taken away in the same
+//! transaction, so a migration or stream still running stops at its next
+//! commit, and the run is marked `rolled_back`.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::schema::TableDef;
+use crate::settings::Settings;
+
+/// How a table of a run is journaled (decided at the run's start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UndoMode {
+    /// Empty at the start: the run's rows are found by their transactions.
+    EmptyAtStart,
+    /// Held rows at the start: first-touch before-images of every key.
+    BeforeImages,
+}
+
+/// What a rollback did (or would do, `--dry-run`) to one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableRollback {
+    pub table: String,
+    pub mode: UndoMode,
+    /// Rows the run wrote, deleted.
+    pub deleted: u64,
+    /// Before-images written back.
+    pub restored: u64,
+    /// Rows changed by someone else since the run wrote them, kept (or
+    /// overwritten with `--force`), and the first of their keys.
+    pub changed_by_others: u64,
+    pub changed_keys: Vec<String>,
+    /// The table at the run's start and after the rollback: `rows:checksum`.
+    pub checksum_before: String,
+    pub checksum_after: String,
+    /// The table is exactly as it was at the run's start.
+    pub exact: bool,
+}
+
+/// `ferry rollback`'s report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackReport {
+    pub run_id: String,
+    pub pipeline: String,
+    /// The database rolled back (password redacted).
+    pub database: String,
+    pub dry_run: bool,
+    pub forced: bool,
+    pub tables: Vec<TableRollback>,
+    /// Every table is exactly as it was at the run's start.
+    pub exact: bool,
+    pub seconds: f64,
+}
+
+/// How a rollback runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RollbackOptions {
+    /// Overwrite rows changed by someone else since the run wrote them.
+    pub force: bool,
+    /// Do everything in a transaction that is rolled back: report only.
+    pub dry_run: bool,
+}
+
+/// The undo-journal role of a target.
+///
+/// Contract: `begin_undo` records `table`'s state (row count, checksum,
+/// empty or not) for `run_id` once — a later call (a resumed run, another
+/// connection) returns what the first recorded — and must run before the
+/// run writes into the table; from then on every write of the run into
+/// it (`RowSink::commit_rows` of a batch of that run,
+/// `RowChangeSink::apply_row_changes` of a batch naming the run) journals
+/// as described in the module documentation, in the write's transaction.
+/// `None`: this engine keeps no journal (rollback unavailable).
+/// `rollback` restores `tables` (each table after the tables it references)
+/// in one transaction, as described above; it refuses a run without a
+/// journal or already rolled back.
+#[async_trait]
+pub trait UndoJournal: Send {
+    async fn begin_undo(&mut self, run_id: &str, table: &TableDef) -> anyhow::Result<Option<UndoMode>> {
+        let _ = (run_id, table);
+        Ok(None)
+    }
+    /// The target tables journaled for `run_id` (none: no journal).
+    async fn journaled_tables(&mut self, run_id: &str) -> anyhow::Result<Vec<crate::db::TableName>> {
+        let _ = run_id;
+        Ok(Vec::new())
+    }
+    async fn rollback(
+        &mut self,
+        run_id: &str,
+        pipeline: &str,
+        tables: &[TableDef],
+        options: RollbackOptions,
+    ) -> anyhow::Result<Vec<TableRollback>> {
+        let _ = (run_id, pipeline, tables, options);
+        Err(crate::error::Error::contract(
+            "this target keeps no undo journal: `ferry rollback` needs a PostgreSQL target",
+        ))
+    }
+}
+
+/// Starts the journal of `tables` for `run_id` unless the pipeline turned
+/// it off, warning once either way when rollback will be unavailable.
+pub async fn begin(
+    settings: &Settings,
+    target: &mut dyn crate::engines::RowTarget,
+    run_id: &str,
+    tables: &[&TableDef],
+) -> anyhow::Result<()> {
+    if !settings.undo_journal {
+        tracing::warn!(
+            "the undo journal is off for pipeline {} ([target] undo_journal = false): `ferry rollback {run_id}` \
+             will not be possible",
+            settings.pipeline
+        );
+        return Ok(());
+    }
+    for table in tables {
+        if target.begin_undo(run_id, table).await?.is_none() {
+            tracing::warn!(
+                "{} keeps no undo journal (PostgreSQL targets only): `ferry rollback {run_id}` will not be possible",
+                settings.target.url
+            );
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The run a change stream journals its writes under: the pipeline's
+/// latest run (the initial load of `ferry sync`, or a migration the
+/// stream continues) or, for a stream that loads nothing into this target
+/// and has no run yet (`ferry sync --reverse`, `ferry apply`), a run of
+/// its own. A rolled-back run is never continued.
+pub async fn stream_run(
+    settings: &Settings,
+    target: &mut dyn crate::engines::RowTarget,
+    tables: &[TableDef],
+) -> anyhow::Result<String> {
+    use crate::control::RunStatus;
+    target.ensure_control_tables().await?;
+    let latest = target.latest_run(&settings.pipeline).await?;
+    let run_id = match latest {
+        Some(run) if !matches!(run.status, RunStatus::RolledBack | RunStatus::Abandoned) => run.run_id,
+        _ => {
+            crate::control::start_run(
+                target,
+                &settings.pipeline,
+                None,
+                false,
+                settings.source.url.to_string(),
+                "change stream".to_string(),
+                crate::sink::IDENTITY.to_string(),
+            )
+            .await?
+            .run_id
+        }
+    };
+    let refs: Vec<&TableDef> = tables.iter().collect();
+    begin(settings, target, &run_id, &refs).await?;
+    Ok(run_id)
+}
+
+/// `ferry rollback RUN`: the run's target (the old database for a run of
+/// the reverse stream, `reverse`) back to its state before the run.
+pub async fn rollback(
+    settings: &Settings,
+    run_id: &str,
+    reverse: bool,
+    options: RollbackOptions,
+) -> anyhow::Result<RollbackReport> {
+    let started = std::time::Instant::now();
+    let settings = match reverse {
+        true => crate::cdc::reverse::endpoints(settings, |n| n.to_string(), None)?.0,
+        false => settings.clone(),
+    };
+    let mut target = crate::engines::open_row_target(&settings).await?;
+    let names = target.journaled_tables(run_id).await?;
+    if names.is_empty() {
+        return Err(crate::error::Error::contract(format!(
+            "run {run_id} has no undo journal in {}: it is not a run of this database{}, it ran with \
+             [target] undo_journal = false, or it ran before ferry kept one; `ferry status` lists the runs",
+            settings.target.url,
+            if reverse { "" } else { " (a run of the reverse stream: add --reverse)" }
+        )));
+    }
+    let mut defs = Vec::with_capacity(names.len());
+    for name in &names {
+        match target.describe(name).await? {
+            Some(def) => defs.push(def),
+            None => {
+                return Err(crate::error::Error::contract(format!(
+                    "table {name}, which run {run_id} wrote into, no longer exists in {}: nothing was rolled back",
+                    settings.target.url
+                )));
+            }
+        }
+    }
+    let order = crate::schema::dependency_order(&defs);
+    let ordered: Vec<TableDef> = order.into_iter().map(|i| defs[i].clone()).collect();
+    let pipeline = settings.pipeline.clone();
+    let tables = target.rollback(run_id, &pipeline, &ordered, options).await?;
+    let report = RollbackReport {
+        run_id: run_id.to_string(),
+        pipeline,
+        database: settings.target.url.to_string(),
+        dry_run: options.dry_run,
+        forced: options.force,
+        exact: tables.iter().all(|t| t.exact),
+        tables,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if !options.dry_run {
+        let kept: u64 = report.tables.iter().map(|t| t.changed_by_others).sum();
+        let summary = match (report.exact, kept) {
+            (true, _) => format!("run {run_id} rolled back: every table is as it was before the run"),
+            (false, 0) => format!("run {run_id} rolled back; some table differs from its state before the run"),
+            (false, kept) => {
+                format!("run {run_id} rolled back except {kept} rows changed by someone else since (kept)")
+            }
+        };
+        let details = serde_json::to_value(&report).unwrap_or_default();
+        crate::notify::send(&settings.notify, &settings.pipeline, crate::notify::Event::Rollback, summary, details)
+            .await;
+    }
+    Ok(report)
+}

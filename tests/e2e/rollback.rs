@@ -1,0 +1,148 @@
+//! `ferry rollback RUN`: a migration taken back, judged by the test's own
+//! reading of every row (`whole_row::text` in key order, which prints each
+//! value through its type's output function), never by ferry's checksums.
+//! The rollback of a stream is in `parallel.rs` (the reverse stream of a
+//! parallel run, into tables that held rows).
+
+use crate::support::*;
+use crate::tables::{EVERYTHING_DDL, EVERYTHING_ROWS, TYPES_DDL, rows_text, tables_pipeline};
+
+const ACCOUNTS: &str = r#"
+CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, doc text NOT NULL);
+CREATE TABLE orders (account_id bigint NOT NULL REFERENCES accounts (id), n int NOT NULL, amount numeric(12, 2),
+                     PRIMARY KEY (account_id, n));
+-- Several KB of incompressible text per account: stored out of line.
+INSERT INTO accounts SELECT i, 'owner ' || i, (SELECT string_agg(md5(i::text || g::text), '') FROM generate_series(1, 150) g)
+  FROM generate_series(1, 200) i;
+INSERT INTO orders SELECT a, n, a * 1.5 + n FROM generate_series(1, 200) a, generate_series(1, 3) n;
+"#;
+
+fn tables(plugin: &std::path::Path) -> String {
+    format!(
+        "[[tables]]\nname = \"everything\"\non_conflict = \"overwrite\"\n\n\
+         [[tables]]\nname = \"users\"\nplugin = \"{}\"\n\n[[tables]]\nname = \"accounts\"\n\n[[tables]]\nname = \"orders\"\n",
+        plugin.display()
+    )
+}
+
+/// Whether `table` exists in `db`.
+async fn exists(db: &PgDb, table: &str) -> bool {
+    db.scalar_i64(&format!("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = '{table}'"))
+        .await
+        == 1
+}
+
+fn table<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == name)
+        .unwrap_or_else(|| panic!("{name}: {report}"))
+}
+
+#[tokio::test]
+async fn a_rolled_back_migration_leaves_every_table_as_before_and_keeps_what_others_changed() {
+    let (source, target) = (PgDb::new("undo_src").await, PgDb::new("undo_dst").await);
+    seed_pg_legacy(&source, 300).await;
+    source.exec(&format!("{TYPES_DDL}{EVERYTHING_DDL}{EVERYTHING_ROWS}{ACCOUNTS}")).await;
+    // The source's rows of `everything` differ from the target's, which
+    // hold every type's edge values (-0, NaN, infinities, BC dates, money,
+    // xml, …): the run overwrites them, the rollback must write them back
+    // exactly.
+    source.exec("UPDATE everything SET t = 'from the source ' || id, i4 = 42; INSERT INTO everything (id, t) VALUES (6, 'new')").await;
+    target.exec(&format!("{TYPES_DDL}{EVERYTHING_DDL}{EVERYTHING_ROWS}{PG_NEW_DDL}")).await;
+    target.exec("INSERT INTO everything (id, t) VALUES (100, 'only in the target')").await;
+    let before = rows_text(&target, "everything", "id").await;
+    assert_eq!(before.len(), 6);
+
+    let hooks = tempfile::tempdir().unwrap();
+    let notify = format!(
+        "[notify]\ncommand = \"cat >> {}/notes; echo >> {}/notes\"\n",
+        hooks.path().display(),
+        hooks.path().display()
+    );
+    let p =
+        tables_pipeline(&source.url(), &target.url(), "", &format!("{notify}\n{}", tables(&plugins().transform_user)));
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 4, "completed, the invalid legacy rows dead-lettered: {run:?}");
+    let run_id = run.json()["run_id"].as_str().unwrap().to_string();
+    let migrated = rows_text(&target, "everything", "id").await;
+    assert_eq!(migrated.len(), 7);
+    assert!(migrated.iter().filter(|r| r.contains("from the source")).count() == 5, "{migrated:?}");
+    assert!(target.scalar_i64("SELECT count(*) FROM users").await > 250);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders").await, 600);
+
+    // Someone else changes a row the run overwrote, and adds an account.
+    target.exec("UPDATE everything SET t = 'someone else' WHERE id = 1").await;
+    target.exec("INSERT INTO accounts VALUES (100000, 'someone else', 'x')").await;
+    let changed = rows_text(&target, "everything", "id").await;
+
+    // A dry run says it all and changes nothing.
+    let dry = p.ferry(&["rollback", &run_id, "--dry-run", "--json"]);
+    assert_eq!(dry.code, 3, "not exact while others' rows are kept: {dry:?}");
+    let d = dry.json();
+    assert_eq!(table(&d, "public.everything")["changed_by_others"], 1, "{d}");
+    assert_eq!(table(&d, "public.everything")["changed_keys"][0], "(1)", "{d}");
+    assert_eq!(table(&d, "public.accounts")["changed_by_others"], 1, "{d}");
+    assert_eq!(table(&d, "public.orders")["deleted"], 600, "{d}");
+    assert_eq!(rows_text(&target, "everything", "id").await, changed, "a dry run writes nothing");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders").await, 600);
+
+    // The rollback: everything the run wrote goes, but the rows others
+    // changed since, which are reported and kept.
+    let back = p.ferry(&["rollback", &run_id, "--json"]);
+    assert_eq!(back.code, 3, "{back:?}");
+    let b = back.json();
+    assert_eq!(table(&b, "public.everything")["restored"], 4, "rows 2 to 5 (1 is kept, 6 was new): {b}");
+    assert_eq!(table(&b, "public.users")["exact"], true, "{b}");
+    assert_eq!(table(&b, "public.orders")["exact"], true, "{b}");
+    assert_eq!(table(&b, "public.accounts")["changed_keys"][0], "(100000)", "{b}");
+    let now = rows_text(&target, "everything", "id").await;
+    assert_eq!(now.len(), before.len(), "the row the run added is gone: {now:?}");
+    assert!(now[0].contains("someone else"), "the row someone else changed is kept: {}", now[0]);
+    assert_eq!(now[1..], before[1..], "every other row exactly as before the run");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 0);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders").await, 0);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM accounts WHERE owner = 'someone else'").await, 1);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM accounts").await, 1);
+
+    // Told to, it overwrites them too: exactly the state before the run.
+    let forced = p.ferry(&["rollback", &run_id, "--force", "--json"]);
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert_eq!(forced.json()["exact"], true);
+    assert_eq!(rows_text(&target, "everything", "id").await, before);
+    for t in ["users", "accounts", "orders"] {
+        assert!(exists(&target, t).await);
+        assert_eq!(target.scalar_i64(&format!("SELECT count(*) FROM {t}")).await, 0, "{t}");
+    }
+    let again = p.ferry(&["rollback", &run_id]);
+    assert_eq!(again.code, 8, "{again:?}");
+    assert!(again.stderr.contains("already rolled back"), "{again:?}");
+    let notes = std::fs::read_to_string(hooks.path().join("notes")).unwrap();
+    let events: Vec<serde_json::Value> =
+        notes.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rollbacks: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "rollback").collect();
+    assert_eq!(rollbacks.len(), 2, "the rollback and the forced one, not the dry run: {notes}");
+    assert_eq!(rollbacks[1]["details"]["exact"], true);
+
+    // A rolled-back run is never resumed: migrate starts a new one.
+    let rerun = p.ferry(&["migrate", "--json"]);
+    assert_eq!(rerun.code, 4, "{rerun:?}");
+    assert_ne!(rerun.json()["run_id"], run_id.as_str());
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders").await, 600);
+
+    // With the journal off, ferry says so, and rollback refuses.
+    let off = tables_pipeline(
+        &source.url(),
+        &target.url(),
+        "",
+        &format!("undo_journal = false\non_conflict = \"overwrite\"\n\n{}", tables(&plugins().transform_user)),
+    );
+    let run = off.ferry(&["migrate", "--restart", "--json"]);
+    assert!(run.stderr.contains("undo journal is off"), "{run:?}");
+    let unjournaled = run.json()["run_id"].as_str().unwrap().to_string();
+    let refused = off.ferry(&["rollback", &unjournaled]);
+    assert_eq!(refused.code, 8, "{refused:?}");
+    assert!(refused.stderr.contains("has no undo journal"), "{refused:?}");
+}
