@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
+use crate::cdc::sync::default_slot_name;
 use crate::error::ErrorKind;
 use crate::migrate::{Ending, MigrateOptions};
 use crate::notify::Event;
@@ -140,7 +141,13 @@ enum Command {
     /// The migration runbook: the seed's checklist, each item ferry can
     /// verify ticked from evidence found now, the rest left for people
     /// (Markdown, or --json).
-    Plan,
+    Plan {
+        /// Say what `ferry migrate` (and, in a parallel run, `ferry
+        /// cutover`) would do: tables, row estimates, disk needed, a time
+        /// estimate from a sample; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Take a run back: the target tables as they were before it (rows it
     /// inserted deleted, rows it changed or deleted restored from the undo
     /// journal), verified by checksum; rows someone else changed since are
@@ -429,7 +436,7 @@ async fn run(cli: Cli) -> i32 {
     let read_only = matches!(
         cli.command,
         Command::Check
-            | Command::Plan
+            | Command::Plan { .. }
             | Command::Validate { .. }
             | Command::Status { .. }
             | Command::Dlq { action: DlqAction::List { .. } }
@@ -661,15 +668,7 @@ async fn run(cli: Cli) -> i32 {
             } else {
                 crate::cutover::Side::Old
             };
-            let reverse_name = crate::cdc::reverse::pipeline(&settings.pipeline);
-            let reverse = settings.reverse.clone().unwrap_or_default();
-            let options = crate::cutover::SwitchOptions {
-                to,
-                forward_slot: default_slot_name(&settings.pipeline),
-                forward_publication: default_slot_name(&settings.pipeline),
-                reverse_slot: reverse.slot.unwrap_or_else(|| default_slot_name(&reverse_name)),
-                dry_run,
-            };
+            let options = crate::cutover::SwitchOptions::of(&settings, to, dry_run);
             match crate::cutover::switch(&settings, &options).await {
                 Err(e) => fail(&e),
                 Ok(r) => {
@@ -687,7 +686,14 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Plan => match crate::runbook::plan(&settings).await {
+        Command::Plan { dry_run: false } => match crate::runbook::plan(&settings).await {
+            Err(e) => fail(&e),
+            Ok(r) => {
+                show(cli.json, &r, || r.markdown());
+                exit::OK
+            }
+        },
+        Command::Plan { dry_run: true } => match crate::runbook::dry_run(&settings).await {
             Err(e) => fail(&e),
             Ok(r) => {
                 show(cli.json, &r, || r.markdown());
@@ -846,14 +852,6 @@ async fn run(cli: Cli) -> i32 {
             }
         }
     }
-}
-
-/// `ferry_<pipeline>`, lowercased, other characters as `_`: the default
-/// replication slot and publication names.
-fn default_slot_name(pipeline: &str) -> String {
-    let clean: String =
-        pipeline.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    format!("ferry_{clean}")
 }
 
 /// Starts the /metrics and /health server when asked to.

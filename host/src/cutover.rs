@@ -62,6 +62,23 @@ pub struct SwitchOptions {
     pub dry_run: bool,
 }
 
+impl SwitchOptions {
+    /// The switch to `to` of `settings`' parallel run, with its streams'
+    /// slots and publication as configured (or their default names).
+    pub fn of(settings: &Settings, to: Side, dry_run: bool) -> SwitchOptions {
+        use crate::cdc::sync::default_slot_name;
+        let reverse_name = reverse::pipeline(&settings.pipeline);
+        let reverse = settings.reverse.clone().unwrap_or_default();
+        SwitchOptions {
+            to,
+            forward_slot: default_slot_name(&settings.pipeline),
+            forward_publication: default_slot_name(&settings.pipeline),
+            reverse_slot: reverse.slot.unwrap_or_else(|| default_slot_name(&reverse_name)),
+            dry_run,
+        }
+    }
+}
+
 /// One gate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Gate {

@@ -135,13 +135,10 @@ pub async fn plan(settings: &Settings) -> anyhow::Result<Runbook> {
         State::People,
         "run this pipeline against copies first; `ferry plugin diff` compares plugin versions on real rows",
     );
-    book.add(
-        PRE,
-        "A way back",
-        State::Open,
-        "`ferry rollback` is not built yet: the backups above are the way back (or, in a parallel run, `ferry cutback`)",
-    );
     let parallel = settings.reverse.is_some();
+    // The way back: the undo journal (checked once the target is open).
+    let way_back_at = book.steps.len();
+    book.add(PRE, "A way back", State::Open, "");
     book.add(
         PRE,
         "Plan the maintenance window",
@@ -198,6 +195,7 @@ pub async fn plan(settings: &Settings) -> anyhow::Result<Runbook> {
         ),
         None => book.add(MIGRATION, "Run the migration", State::Open, "`ferry migrate` (or `ferry sync`)"),
     }
+    book.steps[way_back_at] = way_back(settings, target.as_mut(), run.as_ref(), parallel).await?;
     let tables = match &run {
         Some(r) => target.table_progress(&r.run_id).await?,
         None => Vec::new(),
@@ -309,4 +307,212 @@ pub async fn plan(settings: &Settings) -> anyhow::Result<Runbook> {
     );
     book.add(POST, "Write down the problems met", State::People, "dead letters and conflicts carry their reasons");
     Ok(book)
+}
+
+/// "A way back": done when `ferry rollback` can take the latest run back
+/// (its undo journal exists), or will be able to (no run yet, the journal
+/// on, a PostgreSQL target).
+async fn way_back(
+    settings: &Settings,
+    target: &mut dyn engines::RowTarget,
+    run: Option<&crate::control::RunRecord>,
+    parallel: bool,
+) -> anyhow::Result<Step> {
+    let also = if parallel { "; in the parallel run, `ferry cutback` moves the application back" } else { "" };
+    let (state, detail) = if !settings.undo_journal {
+        (State::Open, "the undo journal is off ([target] undo_journal = false): only the backups are a way back".into())
+    } else if settings.target.url.engine() != crate::db::Engine::Postgres {
+        (State::Open, "`ferry rollback` needs a PostgreSQL target: the backups are the way back".into())
+    } else {
+        match run {
+            None => (State::Done, format!("the undo journal is on: `ferry rollback RUN` will take the run back{also}")),
+            Some(r) if r.status == RunStatus::RolledBack => (State::Done, format!("run {} was rolled back", r.run_id)),
+            Some(r) => match target.journaled_tables(&r.run_id).await?.len() {
+                0 => (
+                    State::Open,
+                    format!("run {} has no undo journal (it ran without one): the backups are the way back", r.run_id),
+                ),
+                n => {
+                    (State::Done, format!("`ferry rollback {}` takes it back (journal of {n} tables){also}", r.run_id))
+                }
+            },
+        }
+    };
+    Ok(Step { phase: PRE, item: "A way back", state, detail })
+}
+
+/// Rows read (and transformed) per table to time a dry run.
+const SAMPLE_ROWS: usize = 2000;
+
+/// What `ferry migrate` would do with one source table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableEstimate {
+    pub table: String,
+    pub targets: String,
+    /// `create` (ferry creates the target), or `write into existing (on_conflict = …)`.
+    pub action: String,
+    /// The plugin's file, or none: copied as it is.
+    pub plugin: Option<String>,
+    /// Source rows: the engine's estimate, else counted.
+    pub rows: u64,
+    /// Source size on disk (table, indexes, TOAST), when the engine says.
+    pub bytes: Option<u64>,
+    /// Rows sampled and the seconds reading and transforming them took.
+    pub sample_rows: usize,
+    pub sample_seconds: f64,
+    /// `rows` at the sample's pace.
+    pub estimated_seconds: f64,
+    /// How rollback will journal it: `empty_at_start` (one row per batch)
+    /// or `before_images` (one per row the run touches); none when off.
+    pub journal: Option<crate::undo::UndoMode>,
+}
+
+/// `ferry plan --dry-run`: what `ferry migrate` (and, in a parallel run,
+/// `ferry cutover`) would do, found without writing anything but the
+/// record of the validation the cutover's gate runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    pub pipeline: String,
+    pub tables: Vec<TableEstimate>,
+    pub rows: u64,
+    /// Disk the target needs: the sources' size (copies take about as
+    /// much), plus as much again for the journal of tables that hold rows.
+    pub disk_bytes: u64,
+    /// Reading and transforming every row at the sample's pace (writing is
+    /// not measured: a dry run writes nothing).
+    pub estimated_seconds: f64,
+    /// A parallel run: the cutover's gates now (`ferry cutover --dry-run`),
+    /// or why they cannot be checked yet.
+    pub cutover: Option<crate::cutover::SwitchReport>,
+    pub cutover_error: Option<String>,
+}
+
+impl DryRun {
+    pub fn markdown(&self) -> String {
+        let mut out = format!("# Dry run — pipeline `{}`\n\n`ferry migrate` would copy:\n\n", self.pipeline);
+        out.push_str("| table | into | action | plugin | rows | size | sample | estimate | journal |\n");
+        out.push_str("|---|---|---|---|---:|---:|---:|---:|---|\n");
+        for t in &self.tables {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} rows in {:.3} s | {:.1} s | {} |\n",
+                t.table,
+                t.targets,
+                t.action,
+                t.plugin.as_deref().unwrap_or("—"),
+                t.rows,
+                t.bytes.map(megabytes).unwrap_or_else(|| "?".into()),
+                t.sample_rows,
+                t.sample_seconds,
+                t.estimated_seconds,
+                match t.journal {
+                    Some(crate::undo::UndoMode::EmptyAtStart) => "empty at start",
+                    Some(crate::undo::UndoMode::BeforeImages) => "before-images",
+                    None => "off",
+                }
+            ));
+        }
+        out.push_str(&format!(
+            "\n{} rows; the target needs about {} of disk; reading and transforming them takes about {:.0} s at \
+             the sample's pace (loading is not measured: a dry run writes nothing).\n",
+            self.rows,
+            megabytes(self.disk_bytes),
+            self.estimated_seconds
+        ));
+        if let Some(r) = &self.cutover {
+            out.push_str("\n`ferry cutover` now:\n\n");
+            for g in &r.gates {
+                out.push_str(&format!("- [{}] {}: {}\n", if g.ok { "x" } else { " " }, g.name, g.detail));
+            }
+        }
+        if let Some(e) = &self.cutover_error {
+            out.push_str(&format!("\n`ferry cutover` cannot be checked yet: {e}\n"));
+        }
+        out
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_048_576.0)
+}
+
+/// `ferry plan --dry-run` (see [`DryRun`]).
+pub async fn dry_run(settings: &Settings) -> anyhow::Result<DryRun> {
+    let mut source = engines::open_row_source(&settings.source.url, "source").await?;
+    let mut target = engines::open_row_target(settings).await?;
+    let plan = crate::tables::plan(settings, &settings.tables, source.as_mut(), target.as_mut()).await?;
+    let postgres = settings.target.url.engine() == crate::db::Engine::Postgres;
+    let mut tables = Vec::with_capacity(plan.tables.len());
+    for table in &plan.tables {
+        let (rows, bytes) = match source.size_estimate(&table.source).await? {
+            Some((rows, bytes)) => (rows, Some(bytes)),
+            None => (source.count_rows(&table.source).await?, None),
+        };
+        let started = std::time::Instant::now();
+        let page = source.read_page(&table.source, None, SAMPLE_ROWS).await?;
+        let sample_rows = page.rows.len();
+        if let Some(plugin) = &table.plugin {
+            let (plugin, def, rows) = (plugin.clone(), table.source.clone(), page.rows);
+            tokio::task::spawn_blocking(move || {
+                let mut instance = plugin.instantiate()?;
+                instance.describe(&def)?;
+                instance.transform_batch(&def.name.to_string(), &rows).map(|_| ())
+            })
+            .await??;
+        }
+        let sample_seconds = started.elapsed().as_secs_f64();
+        // Whether the journal will need before-images: a target that
+        // exists and holds rows now.
+        let mut holds_rows = false;
+        for output in table.outputs.iter().filter(|o| !o.create) {
+            let page = target.read_page(&output.def, None, 1).await?;
+            holds_rows |= page.rows.len() + page.unreadable.len() > 0;
+        }
+        let journal = (settings.undo_journal && postgres).then_some(if holds_rows {
+            crate::undo::UndoMode::BeforeImages
+        } else {
+            crate::undo::UndoMode::EmptyAtStart
+        });
+        tables.push(TableEstimate {
+            table: table.source.name.to_string(),
+            targets: table.target_names(),
+            action: if table.creates() {
+                "create".to_string()
+            } else {
+                format!("write into existing (on_conflict = {})", format!("{:?}", table.on_conflict).to_lowercase())
+            },
+            plugin: table.plugin.as_ref().map(|p| p.path().display().to_string()),
+            rows,
+            bytes,
+            sample_rows,
+            sample_seconds,
+            estimated_seconds: if sample_rows == 0 { 0.0 } else { rows as f64 * sample_seconds / sample_rows as f64 },
+            journal,
+        });
+    }
+    let disk_bytes = tables
+        .iter()
+        .map(|t| {
+            let size = t.bytes.unwrap_or(0);
+            if t.journal == Some(crate::undo::UndoMode::BeforeImages) { 2 * size } else { size }
+        })
+        .sum();
+    let (cutover, cutover_error) = match settings.reverse.is_some() {
+        false => (None, None),
+        true => {
+            let options = crate::cutover::SwitchOptions::of(settings, crate::cutover::Side::New, true);
+            match crate::cutover::switch(settings, &options).await {
+                Ok(report) => (Some(report), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            }
+        }
+    };
+    Ok(DryRun {
+        pipeline: settings.pipeline.clone(),
+        rows: tables.iter().map(|t| t.rows).sum(),
+        estimated_seconds: tables.iter().map(|t| t.estimated_seconds).sum(),
+        disk_bytes,
+        tables,
+        cutover,
+        cutover_error,
+    })
 }

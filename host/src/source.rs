@@ -20,6 +20,12 @@ pub trait RowSource: Send {
     /// A table's definition, or `None` if there is no such table.
     async fn describe(&mut self, table: &crate::db::TableName) -> anyhow::Result<Option<crate::schema::TableDef>>;
     async fn count_rows(&mut self, table: &crate::schema::TableDef) -> anyhow::Result<u64>;
+    /// The engine's own estimate of a table's rows and its size on disk in
+    /// bytes (table, indexes, TOAST), without reading it (rows counted when
+    /// it has no statistics yet); `None` when the engine keeps none.
+    async fn size_estimate(&mut self, _table: &crate::schema::TableDef) -> anyhow::Result<Option<(u64, u64)>> {
+        Ok(None)
+    }
     async fn read_page(
         &mut self,
         table: &crate::schema::TableDef,

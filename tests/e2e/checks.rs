@@ -93,14 +93,48 @@ async fn plan_ticks_exactly_the_items_whose_evidence_exists() {
         assert!(steps.iter().any(|s| s["state"] == "people"), "some items are for people: {r}");
         steps.iter().filter(|s| s["state"] == "done").map(|s| s["item"].as_str().unwrap().to_string()).collect()
     };
-    assert_eq!(done(&p), ["Pre-flight check passes", "Back up the source"]);
+    assert_eq!(done(&p), ["Pre-flight check passes", "Back up the source", "A way back"]);
 
-    let migrate = p.ferry(&["migrate"]);
+    // The dry run says what migrate would do, and writes nothing.
+    let dry = p.ferry(&["plan", "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let d = dry.json();
+    let t = &d["tables"][0];
+    assert_eq!(
+        (t["table"].as_str(), t["rows"].as_u64(), t["sample_rows"].as_u64()),
+        (Some("public.users"), Some(200), Some(200)),
+        "{d}"
+    );
+    assert_eq!(t["action"], "write into existing (on_conflict = error)", "{d}");
+    assert_eq!(t["journal"], "empty_at_start", "{d}");
+    assert!(t["plugin"].as_str().unwrap().ends_with("transform_user.wasm"), "{d}");
+    assert!(d["disk_bytes"].as_u64().unwrap() > 8192 && d["estimated_seconds"].as_f64().unwrap() > 0.0, "{d}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 0);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'ferry'").await, 0);
+
+    let migrate = p.ferry(&["migrate", "--json"]);
     assert_eq!(migrate.code, 4, "dead letters: {migrate:?}");
+    let run_id = migrate.json()["run_id"].as_str().unwrap().to_string();
     assert_eq!(
         done(&p),
-        ["Pre-flight check passes", "Back up the source", "Run the migration", "Counts add up", "Monitor errors"]
+        [
+            "Pre-flight check passes",
+            "Back up the source",
+            "A way back",
+            "Run the migration",
+            "Counts add up",
+            "Monitor errors"
+        ]
     );
+    let plan = p.ferry(&["plan"]);
+    assert!(
+        plan.stdout.contains(&format!("`ferry rollback {run_id}` takes it back (journal of 1 tables)")),
+        "{plan:?}"
+    );
+    // Into a table that now holds rows, a run journals before-images.
+    let dry = p.ferry(&["plan", "--dry-run"]);
+    assert!(dry.stdout.contains("| public.users | users | write into existing (on_conflict = error) |"), "{dry:?}");
+    assert!(dry.stdout.contains("before-images |"), "{dry:?}");
     let plan = p.ferry(&["plan"]);
     assert!(plan.stdout.contains("- [ ] **Dead letters reviewed** — 4 dead letters"), "{plan:?}");
     assert!(plan.stdout.contains("- [ ] **Back up the target** —") && plan.stdout.contains("missing.dump"), "{plan:?}");

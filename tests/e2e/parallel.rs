@@ -609,6 +609,13 @@ async fn cutover_is_gated_then_switches_and_cutback_brings_the_old_side_up_to_da
     let dry = run(&mut ferry(&["cutover", "--dry-run", "--json"]));
     assert_eq!((dry.code, dry.json()["switched"].clone()), (0, serde_json::json!(false)), "{dry:?}");
     assert_eq!(switched(), "", "a dry run switches nothing");
+    // The runbook's dry run shows the same gates, holding.
+    let plan = run(&mut ferry(&["plan", "--dry-run", "--json"]));
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let p = plan.json();
+    assert!(p["cutover"]["gates"].as_array().unwrap().iter().all(|g| g["ok"] == true), "{p}");
+    assert_eq!(p["tables"].as_array().unwrap().len(), 2, "{p}");
+    assert_eq!(switched(), "");
     let done = run(&mut ferry(&["cutover", "--json"]));
     assert_eq!(done.code, 0, "{done:?}");
     let r = done.json();

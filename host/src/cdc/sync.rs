@@ -534,3 +534,11 @@ pub async fn teardown(settings: &Settings, options: &SyncOptions) -> anyhow::Res
 /// How long a stopping `sync` waits for its last acknowledgement to be
 /// written to the server.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// The slot and publication name of a pipeline unless configured:
+/// `ferry_<pipeline>`, lowercased, anything but ASCII letters and digits as `_`.
+pub fn default_slot_name(pipeline: &str) -> String {
+    let clean: String =
+        pipeline.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    format!("ferry_{clean}")
+}

@@ -833,6 +833,19 @@ impl RowSource for PgTables {
         Ok(n as u64)
     }
 
+    async fn size_estimate(&mut self, table: &TableDef) -> anyhow::Result<Option<(u64, u64)>> {
+        let (rows, bytes): (f32, i64) = sqlx::query_as(
+            "SELECT c.reltuples, pg_total_relation_size(c.oid) FROM pg_class c WHERE c.oid = $1::regclass",
+        )
+        .bind(table.quoted())
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(|e| self.err(format!("estimating the size of {}", table.name), &e))?;
+        // -1: never vacuumed or analyzed: counted.
+        let rows = if rows >= 0.0 { rows as u64 } else { self.count_rows(table).await? };
+        Ok(Some((rows, bytes as u64)))
+    }
+
     async fn read_page(&mut self, table: &TableDef, after: Option<&Key>, limit: usize) -> anyhow::Result<RowPage> {
         let query = Self::page_query(table, after, limit);
         self.copy_out(table, &query).await
