@@ -232,6 +232,32 @@ impl UndoJournal for PgTables {
         };
         let mut tx = self.conn.begin().await.map_err(fail("starting the rollback".into()))?;
         sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
+        // The run is over: whatever still runs under it is fenced out (its
+        // checkpoints go), waiting first for a batch it is committing.
+        let has = |name: &'static str| format!("SELECT to_regclass('{name}')::oid::int8");
+        let progress: Option<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(has("ferry.table_progress"))).fetch_one(&mut *tx).await?;
+        if progress.is_some() {
+            sqlx::query(
+                "UPDATE ferry.table_progress SET last_key = 'rolled back', updated_at = now() WHERE run_id = $1",
+            )
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let checkpoints: Option<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(has("ferry.change_checkpoints"))).fetch_one(&mut *tx).await?;
+        if checkpoints.is_some() {
+            // The stream of the pipeline continues its latest run only.
+            sqlx::query(
+                "DELETE FROM ferry.change_checkpoints WHERE pipeline = $1 AND $2 IS NOT DISTINCT FROM \
+                 (SELECT run_id FROM ferry.runs WHERE pipeline = $1 ORDER BY started_at DESC, run_id DESC LIMIT 1)",
+            )
+            .bind(pipeline)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         // Nobody writes the tables while they are put back and verified.
         let names: Vec<String> = tables.iter().map(TableDef::quoted).collect();
         sqlx::query(sqlx::AssertSqlSafe(format!("LOCK TABLE {} IN EXCLUSIVE MODE", names.join(", "))))
@@ -357,8 +383,7 @@ impl UndoJournal for PgTables {
                 .map_err(fail(format!("verifying {}", def.name)))?;
             report.exact = report.checksum_after == report.checksum_before;
         }
-        // The run is over: whatever still runs under it is fenced out (its
-        // checkpoints are gone), and it is never resumed.
+        // It is never resumed.
         // A table now as it was is done with; one that is not (rows others
         // changed, kept) keeps its journal for a rollback with --force.
         let exact: Vec<String> = out.iter().filter(|t| t.exact).map(|t| t.table.clone()).collect();
@@ -378,25 +403,6 @@ impl UndoJournal for PgTables {
         .bind(run_id)
         .execute(&mut *tx)
         .await?;
-        let has = |name: &'static str| format!("SELECT to_regclass('{name}')::oid::int8");
-        let progress: Option<i64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(has("ferry.table_progress"))).fetch_one(&mut *tx).await?;
-        if progress.is_some() {
-            sqlx::query(
-                "UPDATE ferry.table_progress SET last_key = 'rolled back', updated_at = now() WHERE run_id = $1",
-            )
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let checkpoints: Option<i64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(has("ferry.change_checkpoints"))).fetch_one(&mut *tx).await?;
-        if checkpoints.is_some() {
-            sqlx::query("DELETE FROM ferry.change_checkpoints WHERE pipeline = $1")
-                .bind(pipeline)
-                .execute(&mut *tx)
-                .await?;
-        }
         if options.dry_run {
             tx.rollback().await?;
         } else {
