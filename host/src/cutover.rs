@@ -115,7 +115,6 @@ pub async fn switch(settings: &Settings, options: &SwitchOptions) -> anyhow::Res
         }
         .into());
     };
-    let (back, _) = reverse::endpoints(settings, |n| n.to_string(), None)?;
     // The stream into the side switched to, and the side it reads.
     let (into_source, into_slot, leaving) = match options.to {
         Side::New => (&settings.source.url, &options.forward_slot, "old"),
@@ -125,7 +124,7 @@ pub async fn switch(settings: &Settings, options: &SwitchOptions) -> anyhow::Res
     gates.push(lag_gate(into_source, into_slot, leaving, cutover.max_lag).await?);
     gates.push(validate_gate(settings).await);
     let mut new = engines::open_row_target(settings).await?;
-    let mut old = engines::open_row_target(&back).await?;
+    let (back, mut old) = reverse::old_side(settings).await?;
     let open = new.conflicts(&settings.pipeline, true).await?.len() + old.conflicts(&back.pipeline, true).await?.len();
     gates.push(Gate {
         name: "conflicts",
@@ -355,9 +354,8 @@ pub struct ConflictsReport {
 /// Lists the parallel run's conflicts (open ones unless `all`), after
 /// marking them resolved when asked.
 pub async fn conflicts(settings: &Settings, resolve: bool, all: bool) -> anyhow::Result<ConflictsReport> {
-    let (back, _) = reverse::endpoints(settings, |n| n.to_string(), None)?;
     let mut new = engines::open_row_target(settings).await?;
-    let mut old = engines::open_row_target(&back).await?;
+    let (back, mut old) = reverse::old_side(settings).await?;
     let mut report = ConflictsReport { pipeline: settings.pipeline.clone(), conflicts: Vec::new(), resolved: 0 };
     if resolve {
         report.resolved =

@@ -160,9 +160,12 @@ pub async fn plan(settings: &Settings) -> anyhow::Result<Runbook> {
     let mut target = engines::open_row_target(settings).await?;
     let run = target.latest_run(&settings.pipeline).await?;
     let stream = target.stream_status(&settings.pipeline).await?;
-    if parallel {
-        let (back, _) = crate::cdc::reverse::endpoints(settings, |n| n.to_string(), None)?;
-        let mut old = engines::open_row_target(&back).await?;
+    // The old database's side of a parallel run (the reverse stream's).
+    let mut old = match parallel {
+        true => Some(crate::cdc::reverse::old_side(settings).await?),
+        false => None,
+    };
+    if let Some((back, old)) = &mut old {
         let reverse = old.stream_status(&back.pipeline).await?;
         let both = stream.as_ref().is_some_and(|s| s.position.is_some()) && reverse.is_some();
         book.add(
@@ -275,13 +278,11 @@ pub async fn plan(settings: &Settings) -> anyhow::Result<Runbook> {
     } else {
         book.add(POST, "Switch the application to the new database", State::People, "the application's configuration");
     }
-    let conflicts = match parallel {
-        true => {
-            let (back, _) = crate::cdc::reverse::endpoints(settings, |n| n.to_string(), None)?;
-            let mut old = engines::open_row_target(&back).await?;
+    let conflicts = match &mut old {
+        Some((back, old)) => {
             target.conflicts(&settings.pipeline, true).await?.len() + old.conflicts(&back.pipeline, true).await?.len()
         }
-        false => 0,
+        None => 0,
     };
     let stream_dead = stream.as_ref().map_or(0, |s| s.dead_lettered);
     match (run.is_some() || stream.is_some(), stream_dead, conflicts) {

@@ -77,8 +77,7 @@ fn stream_state(s: crate::sink::StreamStatus) -> StreamState {
 
 /// The parallel run as both databases record it.
 async fn parallel(settings: &Settings, new: &mut dyn crate::engines::RowTarget) -> anyhow::Result<ParallelState> {
-    let (back, _) = crate::cdc::reverse::endpoints(settings, |n| n.to_string(), None)?;
-    let mut old = crate::engines::open_row_target(&back).await?;
+    let (back, mut old) = crate::cdc::reverse::old_side(settings).await?;
     let owner = new.parallel_owner(&settings.pipeline).await?.map_or_else(|| "old".to_string(), |(o, _)| o);
     let open = new.conflicts(&settings.pipeline, true).await?.len() + old.conflicts(&back.pipeline, true).await?.len();
     Ok(ParallelState {

@@ -197,11 +197,10 @@ pub async fn rollback(
     options: RollbackOptions,
 ) -> anyhow::Result<RollbackReport> {
     let started = std::time::Instant::now();
-    let settings = match reverse {
-        true => crate::cdc::reverse::endpoints(settings, |n| n.to_string(), None)?.0,
-        false => settings.clone(),
+    let (settings, mut target) = match reverse {
+        true => crate::cdc::reverse::old_side(settings).await?,
+        false => (settings.clone(), crate::engines::open_row_target(settings).await?),
     };
-    let mut target = crate::engines::open_row_target(&settings).await?;
     let names = target.journaled_tables(run_id).await?;
     if names.is_empty() {
         return Err(crate::error::Error::contract(format!(

@@ -49,6 +49,15 @@ pub fn forward_origins(settings: &Settings) -> Option<Origins> {
     })
 }
 
+/// The old database's side of a parallel run, as the reverse stream sees
+/// it (`<name>.reverse`, its target the old database), opened: where its
+/// position, conflicts and owner record live.
+pub async fn old_side(settings: &Settings) -> anyhow::Result<(Settings, Box<dyn engines::RowTarget>)> {
+    let (back, _) = endpoints(settings, |n| n.to_string(), None)?;
+    let old = engines::open_row_target(&back).await?;
+    Ok((back, old))
+}
+
 /// The reverse stream's endpoints and options (tables not resolved yet:
 /// enough to tear it down). `slot_name` makes a default slot name.
 pub fn endpoints(

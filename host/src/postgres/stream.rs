@@ -244,30 +244,33 @@ async fn conflicts(
     if watched.is_empty() {
         return Ok(Vec::new());
     }
+    // Each watched write's whole key, as values (for the query) and as
+    // text (to match what it returns), computed once.
     let n = def.primary_key.len();
-    let key_of = |i: usize| -> Vec<Option<String>> {
-        let values: Vec<&crate::value::Value> = match &batch.writes[i].change {
-            RowChange::Upsert(row) => def.primary_key.iter().map(|&k| &row[k]).collect(),
-            RowChange::Delete(key) => key.iter().collect(),
+    let mut keys: Vec<Row> = Vec::with_capacity(watched.len());
+    let mut by_text: std::collections::HashMap<Vec<Option<String>>, Vec<usize>> = Default::default();
+    for &i in &watched {
+        let key: Row = match &batch.writes[i].change {
+            RowChange::Upsert(row) => def.primary_key.iter().map(|&k| row[k].clone()).collect(),
+            RowChange::Delete(key) => key.clone(),
             RowChange::Truncate => Vec::new(),
         };
-        values
-            .into_iter()
+        if key.len() != n {
+            continue;
+        }
+        let text: Vec<Option<String>> = key
+            .iter()
             .map(|v| {
                 let mut text = String::new();
                 write_pg_text(v, &mut text).then_some(text)
             })
-            .collect()
-    };
-    let keys: Vec<Row> = watched
-        .iter()
-        .map(|&i| match &batch.writes[i].change {
-            RowChange::Upsert(row) => def.primary_key.iter().map(|&k| row[k].clone()).collect(),
-            RowChange::Delete(key) => key.clone(),
-            RowChange::Truncate => Vec::new(),
-        })
-        .filter(|k: &Row| k.len() == n)
-        .collect();
+            .collect();
+        let writes = by_text.entry(text).or_default();
+        if writes.is_empty() {
+            keys.push(key);
+        }
+        writes.push(i);
+    }
     if keys.is_empty() {
         return Ok(Vec::new());
     }
@@ -284,13 +287,14 @@ async fn conflicts(
         sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&mut *tx).await?;
     let mut out = Vec::new();
     for (key, kept, kept_micros) in found {
-        for &i in &watched {
+        for &i in by_text.get(&key).into_iter().flatten() {
             let seen = batch.writes[i].seen_until.expect("watched");
-            if kept_micros > seen && key_of(i) == key {
+            if kept_micros > seen {
                 out.push(Conflict { write: i, kept: kept.clone(), kept_micros });
             }
         }
     }
+    out.sort_by_key(|c| c.write);
     Ok(out)
 }
 
