@@ -163,6 +163,13 @@ fn key_in(def: &TableDef, keys: &[&Row], alias: &str) -> String {
     let n = keys.first().map_or(0, |k| k.len());
     let columns: Vec<String> = def.key_columns().take(n).map(|c| format!("{alias}{}", quote_ident(&c.name))).collect();
     let mut sql = format!("({}) IN (", columns.join(", "));
+    push_key_tuples(def, keys, &mut sql);
+    sql.push(')');
+    sql
+}
+
+/// `(…), (…)`: each of `keys` as a tuple of literals of the key's types.
+fn push_key_tuples(def: &TableDef, keys: &[&Row], sql: &mut String) {
     let mut scratch = String::new();
     for (n, key) in keys.iter().enumerate() {
         sql.push_str(if n == 0 { "(" } else { ", (" });
@@ -170,12 +177,10 @@ fn key_in(def: &TableDef, keys: &[&Row], alias: &str) -> String {
             if i > 0 {
                 sql.push_str(", ");
             }
-            push_value(value, &column.sql_type, &mut scratch, &mut sql);
+            push_value(value, &column.sql_type, &mut scratch, sql);
         }
         sql.push(')');
     }
-    sql.push(')');
-    sql
 }
 
 /// Runs `sql(rows)` over `rows` in statements of [`STATEMENT_ROWS`].
@@ -374,17 +379,7 @@ async fn journal_first_touch(
     for chunk in whole.chunks(STATEMENT_ROWS) {
         let names: Vec<String> = def.key_columns().map(|c| quote_ident(&c.name)).collect();
         let mut values = String::from("(VALUES ");
-        let mut scratch = String::new();
-        for (n, key) in chunk.iter().enumerate() {
-            values.push_str(if n == 0 { "(" } else { ", (" });
-            for (i, (value, column)) in key.iter().zip(def.key_columns()).enumerate() {
-                if i > 0 {
-                    values.push_str(", ");
-                }
-                push_value(value, &column.sql_type, &mut scratch, &mut values);
-            }
-            values.push(')');
-        }
+        push_key_tuples(def, chunk, &mut values);
         values.push_str(&format!(") AS ferry_new({})", names.join(", ")));
         super::undo::journal_from(tx, run_id, def, &values).await?;
     }

@@ -303,30 +303,12 @@ impl PgTables {
     }
 
     /// Writes COPY `data` (text, or binary) holding `total` rows under
-    /// `policy`, journaling them for the run's undo (`journal`) in the same
-    /// (sub)transaction.
+    /// `policy`: straight in with COPY, or through a staging table (skip
+    /// and overwrite, and every write whose before-images are journaled:
+    /// read from the stage's keys); then marks the (sub)transaction as the
+    /// run's (`journal`).
     #[allow(clippy::too_many_arguments)]
     async fn apply_data(
-        tx: &mut PgConnection,
-        data: Vec<u8>,
-        total: u64,
-        table: &TableDef,
-        policy: OnConflict,
-        binary: bool,
-        journal: Option<Journal<'_>>,
-    ) -> Result<Applied, sqlx::Error> {
-        let applied = Self::write_data(tx, data, total, table, policy, binary, journal).await?;
-        if let Some(journal) = journal {
-            super::undo::mark(tx, journal.run_id).await?;
-        }
-        Ok(applied)
-    }
-
-    /// [`Self::apply_data`]'s write: straight in with COPY, or through a
-    /// staging table (skip and overwrite, and every write whose
-    /// before-images are journaled: read from the stage's keys).
-    #[allow(clippy::too_many_arguments)]
-    async fn write_data(
         tx: &mut PgConnection,
         data: Vec<u8>,
         total: u64,
@@ -339,12 +321,12 @@ impl PgTables {
         let format = if binary { " (FORMAT binary)" } else { "" };
         let copy_into = |name: &str| format!("COPY {name} ({columns}) FROM STDIN{format}");
         let before_images = journal.filter(|j| j.mode == UndoMode::BeforeImages);
-        match policy {
+        let applied = match policy {
             OnConflict::Error if before_images.is_none() => {
                 let mut copy = tx.copy_in_raw(&copy_into(&table.quoted())).await?;
                 copy.send(data).await?;
                 let loaded = copy.finish().await?;
-                Ok(Applied { loaded, skipped: 0 })
+                Applied { loaded, skipped: 0 }
             }
             _ => {
                 sqlx::query("DROP TABLE IF EXISTS pg_temp.ferry_rows_stage").execute(&mut *tx).await?;
@@ -381,9 +363,13 @@ impl PgTables {
                 );
                 let written = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?.rows_affected();
                 sqlx::query("DROP TABLE pg_temp.ferry_rows_stage").execute(&mut *tx).await?;
-                Ok(Applied { loaded: written, skipped: total - written })
+                Applied { loaded: written, skipped: total - written }
             }
+        };
+        if let Some(journal) = journal {
+            super::undo::mark(tx, journal.run_id).await?;
         }
+        Ok(applied)
     }
 
     /// [`Self::apply`], isolating the rows the target refuses by bisection

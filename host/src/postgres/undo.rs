@@ -160,24 +160,16 @@ impl UndoJournal for PgTables {
     async fn begin_undo(&mut self, run_id: &str, table: &TableDef) -> anyhow::Result<Option<UndoMode>> {
         let what = |e: sqlx::Error| Error::driver(format!("starting the undo journal of {}", table.name), &e);
         sqlx::raw_sql(DDL).execute(&mut self.conn).await.map_err(what)?;
-        if table.primary_key.is_empty() {
-            // Without a key there is nothing to journal a row by; a keyless
-            // table is always copied into a table empty at its start.
-            let empty: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT NOT EXISTS (SELECT 1 FROM {})",
-                table.quoted()
-            )))
-            .fetch_one(&mut self.conn)
-            .await
-            .map_err(what)?;
-            if !empty {
-                return Err(Error::contract(format!(
-                    "table {} has no primary key and already holds rows: ferry cannot journal its rows for \
-                     `ferry rollback`; empty it, give it a key, or set [target] undo_journal = false",
-                    table.name
-                )));
-            }
+        // A table without a key is only ever written into when it was
+        // empty at the run's start (a copy in storage order; streams need a
+        // key), so its rows are the run's transactions' and no row of it is
+        // journaled by key.
+        // Recorded once, at the run's true start: a resumed run keeps it
+        // (without reading the table again).
+        if let Some(mode) = mode(&mut self.conn, &mut self.undo, run_id, table).await? {
+            return Ok(Some(mode));
         }
+        self.undo.remove(&(run_id.to_string(), table.name.to_string()));
         let sql = format!(
             "INSERT INTO ferry.undo_tables (run_id, target_table, empty_at_start, rows_before, checksum_before) \
              SELECT $1, $2, split_part(c, ':', 1) = '0', split_part(c, ':', 1)::int8, c FROM ({}) x(c) \
