@@ -310,7 +310,7 @@ async fn apply_writes(
     tx: &mut PgConnection,
     batch: &RowChangeBatch,
     careful: bool,
-    journals: &[Option<UndoMode>],
+    journals: &[Option<(i32, UndoMode)>],
 ) -> Result<(Vec<StreamDeadLetter>, Vec<Conflict>), sqlx::Error> {
     let mut refused = Vec::new();
     let mut conflicted = Vec::new();
@@ -318,8 +318,8 @@ async fn apply_writes(
     let journal_run = journals.iter().any(Option::is_some).then_some(run_id);
     for stretch in batch.stretches() {
         for &t in &stretch.truncate {
-            if journals[t] == Some(UndoMode::BeforeImages) {
-                super::undo::journal_existing(tx, run_id, &batch.tables[t], None).await?;
+            if let Some((journal, UndoMode::BeforeImages)) = journals[t] {
+                super::undo::journal_existing(tx, journal, &batch.tables[t], None).await?;
             }
         }
         if !stretch.truncate.is_empty() {
@@ -334,8 +334,8 @@ async fn apply_writes(
         let deletes: Vec<usize> = stretch.deletes.iter().copied().filter(applies).collect();
         let upserts: Vec<usize> = stretch.upserts.iter().copied().filter(applies).collect();
         conflicted.extend(lost);
-        if journals[stretch.table] == Some(UndoMode::BeforeImages) {
-            journal_first_touch(tx, run_id, batch, def, deletes.iter().chain(&upserts)).await?;
+        if let Some((journal, UndoMode::BeforeImages)) = journals[stretch.table] {
+            journal_first_touch(tx, journal, batch, def, deletes.iter().chain(&upserts)).await?;
         }
         for (indexes, sql) in [(&deletes, delete_sql as fn(&TableDef, &[&Row]) -> String), (&upserts, upsert_sql)] {
             let rows: Vec<&Row> = indexes
@@ -359,7 +359,7 @@ async fn apply_writes(
 /// rows they match.
 async fn journal_first_touch(
     tx: &mut PgConnection,
-    run_id: &str,
+    journal: i32,
     batch: &RowChangeBatch,
     def: &TableDef,
     writes: impl Iterator<Item = &usize>,
@@ -374,14 +374,14 @@ async fn journal_first_touch(
     let (whole, prefixes): (Vec<&Row>, Vec<&Row>) =
         keys.iter().filter(|k| !k.is_empty()).partition(|k| k.len() == def.primary_key.len());
     for prefix in prefixes {
-        super::undo::journal_existing(tx, run_id, def, Some(&key_in(def, &[prefix], "ferry_row."))).await?;
+        super::undo::journal_existing(tx, journal, def, Some(&key_in(def, &[prefix], "ferry_row."))).await?;
     }
     for chunk in whole.chunks(STATEMENT_ROWS) {
         let names: Vec<String> = def.key_columns().map(|c| quote_ident(&c.name)).collect();
         let mut values = String::from("(VALUES ");
         push_key_tuples(def, chunk, &mut values);
         values.push_str(&format!(") AS ferry_new({})", names.join(", ")));
-        super::undo::journal_from(tx, run_id, def, &values).await?;
+        super::undo::journal_from(tx, journal, def, &values).await?;
     }
     Ok(())
 }

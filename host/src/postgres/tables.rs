@@ -41,7 +41,7 @@ pub struct PgTables {
     pub(super) origin_marked: bool,
     /// The undo journal's mode of each (run, target table) this session
     /// wrote ([`super::undo::mode`]).
-    pub(super) undo: std::collections::HashMap<(String, String), Option<crate::undo::UndoMode>>,
+    pub(super) undo: std::collections::HashMap<(String, String), Option<(i32, crate::undo::UndoMode)>>,
 }
 
 impl super::control::PgConn for PgTables {
@@ -340,7 +340,7 @@ impl PgTables {
                 copy.send(data).await?;
                 copy.finish().await?;
                 if let Some(journal) = before_images {
-                    super::undo::journal_from(tx, journal.run_id, table, "ferry_rows_stage ferry_new").await?;
+                    super::undo::journal_from(tx, journal.id, table, "ferry_rows_stage ferry_new").await?;
                 }
                 let key: Vec<usize> = table.primary_key.clone();
                 let non_key: Vec<String> = (0..table.columns.len())
@@ -1078,7 +1078,7 @@ impl RowSink for PgTables {
         let mut journals = Vec::with_capacity(batch.writes.len());
         for write in &batch.writes {
             let mode = super::undo::mode(&mut self.conn, &mut self.undo, &batch.run_id, &write.target).await?;
-            journals.push(mode.map(|mode| Journal { run_id: &batch.run_id, mode }));
+            journals.push(mode.map(|(id, mode)| Journal { run_id: &batch.run_id, id, mode }));
         }
         let buf = &mut self.buf;
         let mut tx = self.conn.begin().await?;

@@ -20,6 +20,7 @@ use crate::undo::{RollbackOptions, TableRollback, UndoJournal, UndoMode};
 
 const DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
 CREATE TABLE IF NOT EXISTS ferry.undo_tables (
+    journal         integer GENERATED ALWAYS AS IDENTITY UNIQUE,
     run_id          text NOT NULL,
     target_table    text NOT NULL,
     empty_at_start  boolean NOT NULL,
@@ -30,11 +31,10 @@ CREATE TABLE IF NOT EXISTS ferry.undo_tables (
     PRIMARY KEY (run_id, target_table)
 );
 CREATE TABLE IF NOT EXISTS ferry.undo (
-    run_id       text NOT NULL,
-    target_table text NOT NULL,
-    key          text NOT NULL,
-    before       text,
-    PRIMARY KEY (run_id, target_table, key)
+    journal integer NOT NULL,
+    key     text NOT NULL,
+    before  text,
+    PRIMARY KEY (journal, key)
 );
 CREATE TABLE IF NOT EXISTS ferry.undo_xacts (
     run_id text NOT NULL
@@ -48,6 +48,8 @@ const NAMED_KEYS: i64 = 20;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Journal<'a> {
     pub run_id: &'a str,
+    /// The table's journal in the run (`ferry.undo_tables.journal`).
+    pub id: i32,
     pub mode: UndoMode,
 }
 
@@ -71,25 +73,25 @@ fn checksum_sql(def: &TableDef) -> String {
     )
 }
 
-/// The journal mode of `def` in run `run_id` (`None`: not journaled),
-/// remembered per connection in `cache`.
+/// The journal of `def` in run `run_id` and its mode (`None`: not
+/// journaled), remembered per connection in `cache`.
 pub(super) async fn mode(
     conn: &mut PgConnection,
-    cache: &mut HashMap<(String, String), Option<UndoMode>>,
+    cache: &mut HashMap<(String, String), Option<(i32, UndoMode)>>,
     run_id: &str,
     def: &TableDef,
-) -> anyhow::Result<Option<UndoMode>> {
+) -> anyhow::Result<Option<(i32, UndoMode)>> {
     let key = (run_id.to_string(), def.name.to_string());
     if let Some(mode) = cache.get(&key) {
         return Ok(*mode);
     }
     let exists: Option<i64> =
         sqlx::query_scalar("SELECT to_regclass('ferry.undo_tables')::oid::int8").fetch_one(&mut *conn).await?;
-    let empty: Option<bool> = match exists {
+    let found: Option<(i32, bool)> = match exists {
         None => None,
         Some(_) => {
-            sqlx::query_scalar(
-                "SELECT empty_at_start FROM ferry.undo_tables WHERE run_id = $1 AND target_table = $2 \
+            sqlx::query_as(
+                "SELECT journal, empty_at_start FROM ferry.undo_tables WHERE run_id = $1 AND target_table = $2 \
                  AND rolled_back_at IS NULL",
             )
             .bind(run_id)
@@ -98,7 +100,7 @@ pub(super) async fn mode(
             .await?
         }
     };
-    let mode = empty.map(|e| if e { UndoMode::EmptyAtStart } else { UndoMode::BeforeImages });
+    let mode = found.map(|(id, e)| (id, if e { UndoMode::EmptyAtStart } else { UndoMode::BeforeImages }));
     cache.insert(key, mode);
     Ok(mode)
 }
@@ -114,7 +116,7 @@ pub(super) async fn mark(tx: &mut PgConnection, run_id: &str) -> Result<(), sqlx
 /// holds now, or NULL.
 pub(super) async fn journal_from(
     tx: &mut PgConnection,
-    run_id: &str,
+    journal: i32,
     def: &TableDef,
     from: &str,
 ) -> Result<(), sqlx::Error> {
@@ -126,13 +128,13 @@ pub(super) async fn journal_from(
         })
         .collect();
     let sql = format!(
-        "INSERT INTO ferry.undo (run_id, target_table, key, before) \
-         SELECT $1, $2, {}, ferry_row::text FROM {from} LEFT JOIN {} ferry_row ON {} ON CONFLICT DO NOTHING",
+        "INSERT INTO ferry.undo (journal, key, before) \
+         SELECT $1, {}, ferry_row::text FROM {from} LEFT JOIN {} ferry_row ON {} ON CONFLICT DO NOTHING",
         key_text(def, "ferry_new"),
         def.quoted(),
         on.join(" AND ")
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(def.name.to_string()).execute(&mut *tx).await?;
+    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(journal).execute(&mut *tx).await?;
     Ok(())
 }
 
@@ -140,18 +142,18 @@ pub(super) async fn journal_from(
 /// condition on `t`; `None`: every row, before a truncate).
 pub(super) async fn journal_existing(
     tx: &mut PgConnection,
-    run_id: &str,
+    journal: i32,
     def: &TableDef,
     filter: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
-        "INSERT INTO ferry.undo (run_id, target_table, key, before) \
-         SELECT $1, $2, {}, ferry_row::text FROM {} ferry_row{} ON CONFLICT DO NOTHING",
+        "INSERT INTO ferry.undo (journal, key, before) \
+         SELECT $1, {}, ferry_row::text FROM {} ferry_row{} ON CONFLICT DO NOTHING",
         key_text(def, "ferry_row"),
         def.quoted(),
         filter.map(|f| format!(" WHERE {f}")).unwrap_or_default()
     );
-    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(run_id).bind(def.name.to_string()).execute(&mut *tx).await?;
+    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(journal).execute(&mut *tx).await?;
     Ok(())
 }
 
@@ -166,7 +168,7 @@ impl UndoJournal for PgTables {
         // journaled by key.
         // Recorded once, at the run's true start: a resumed run keeps it
         // (without reading the table again).
-        if let Some(mode) = mode(&mut self.conn, &mut self.undo, run_id, table).await? {
+        if let Some((_, mode)) = mode(&mut self.conn, &mut self.undo, run_id, table).await? {
             return Ok(Some(mode));
         }
         self.undo.remove(&(run_id.to_string(), table.name.to_string()));
@@ -184,7 +186,7 @@ impl UndoJournal for PgTables {
             .map_err(what)?;
         self.undo.remove(&(run_id.to_string(), table.name.to_string()));
         let mode = mode(&mut self.conn, &mut self.undo, run_id, table).await?;
-        Ok(Some(mode.ok_or_else(|| {
+        Ok(Some(mode.map(|(_, mode)| mode).ok_or_else(|| {
             Error::contract(format!("run {run_id} was rolled back: it writes nothing into {} any more", table.name))
         })?))
     }
@@ -266,15 +268,18 @@ impl UndoJournal for PgTables {
         sqlx::query("ANALYZE ferry_undo_xids").execute(&mut *tx).await?;
         let by_run = "ferry_row.xmin::text::int8 IN (SELECT xid FROM ferry_undo_xids)";
         let mut out = Vec::with_capacity(tables.len());
+        let mut journals = Vec::with_capacity(tables.len());
         for def in tables {
-            let (empty, before): (bool, String) = sqlx::query_as(
-                "SELECT empty_at_start, checksum_before FROM ferry.undo_tables WHERE run_id = $1 AND target_table = $2",
+            let (journal, empty, before): (i32, bool, String) = sqlx::query_as(
+                "SELECT journal, empty_at_start, checksum_before FROM ferry.undo_tables \
+                 WHERE run_id = $1 AND target_table = $2",
             )
             .bind(run_id)
             .bind(def.name.to_string())
             .fetch_one(&mut *tx)
             .await?;
             let mode = if empty { UndoMode::EmptyAtStart } else { UndoMode::BeforeImages };
+            journals.push(journal);
             out.push(TableRollback {
                 table: def.name.to_string(),
                 mode,
@@ -289,7 +294,7 @@ impl UndoJournal for PgTables {
         }
         // Children before parents: the run's rows go (and, for tables that
         // held rows, the current version of every key it touched).
-        for (def, report) in tables.iter().zip(out.iter_mut()).rev() {
+        for ((def, report), &journal) in tables.iter().zip(out.iter_mut()).zip(&journals).rev() {
             let key = key_text(def, "ferry_row");
             let (changed, delete) = match report.mode {
                 UndoMode::EmptyAtStart => (
@@ -303,12 +308,12 @@ impl UndoJournal for PgTables {
                 UndoMode::BeforeImages => (
                     format!(
                         "SELECT u.key AS k FROM ferry.undo u JOIN {} ferry_row ON {key} = u.key \
-                         WHERE u.run_id = $1 AND u.target_table = $2 AND NOT ({by_run}) \
+                         WHERE u.journal = $1 AND NOT ({by_run}) \
                          AND ferry_row::text IS DISTINCT FROM u.before",
                         def.quoted()
                     ),
                     format!(
-                        "DELETE FROM {} ferry_row USING ferry.undo u WHERE u.run_id = $1 AND u.target_table = $2 \
+                        "DELETE FROM {} ferry_row USING ferry.undo u WHERE u.journal = $1 \
                          AND {key} = u.key{}",
                         def.quoted(),
                         if options.force {
@@ -319,19 +324,21 @@ impl UndoJournal for PgTables {
                     ),
                 ),
             };
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            let mut changed = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT count(*)::int8, (array_agg(k ORDER BY k))[1:{NAMED_KEYS}] FROM ({changed}) c"
-            )))
-            .bind(run_id)
-            .bind(def.name.to_string())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(fail(format!("finding rows of {} changed since the run", def.name)))?;
+            )));
+            if report.mode == UndoMode::BeforeImages {
+                changed = changed.bind(journal);
+            }
+            let row = changed
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(fail(format!("finding rows of {} changed since the run", def.name)))?;
             report.changed_by_others = row.get::<i64, _>(0) as u64;
             report.changed_keys = row.get::<Option<Vec<String>>, _>(1).unwrap_or_default();
             let mut query = sqlx::query(sqlx::AssertSqlSafe(delete));
             if report.mode == UndoMode::BeforeImages {
-                query = query.bind(run_id).bind(def.name.to_string());
+                query = query.bind(journal);
             }
             report.deleted = query
                 .execute(&mut *tx)
@@ -344,7 +351,7 @@ impl UndoJournal for PgTables {
                 .rows_affected();
         }
         // Parents before children: the before-images of keys now free.
-        for (def, report) in tables.iter().zip(out.iter_mut()) {
+        for ((def, report), &journal) in tables.iter().zip(out.iter_mut()).zip(&journals) {
             if report.mode != UndoMode::BeforeImages {
                 continue;
             }
@@ -353,7 +360,7 @@ impl UndoJournal for PgTables {
             let sql = format!(
                 "INSERT INTO {table} ({columns}) OVERRIDING SYSTEM VALUE \
                  SELECT {from_record} FROM (SELECT u.before::{table} AS r FROM ferry.undo u \
-                 WHERE u.run_id = $1 AND u.target_table = $2 AND u.before IS NOT NULL \
+                 WHERE u.journal = $1 AND u.before IS NOT NULL \
                  AND NOT EXISTS (SELECT 1 FROM {table} ferry_row WHERE {key} = u.key)) ferry_old",
                 table = def.quoted(),
                 columns = columns.join(", "),
@@ -361,8 +368,7 @@ impl UndoJournal for PgTables {
                 key = key_text(def, "ferry_row"),
             );
             report.restored = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(run_id)
-                .bind(def.name.to_string())
+                .bind(journal)
                 .execute(&mut *tx)
                 .await
                 .map_err(fail(format!("writing back the rows run {run_id} changed in {}", def.name)))?
@@ -378,12 +384,12 @@ impl UndoJournal for PgTables {
         // It is never resumed.
         // A table now as it was is done with; one that is not (rows others
         // changed, kept) keeps its journal for a rollback with --force.
-        let exact: Vec<String> = out.iter().filter(|t| t.exact).map(|t| t.table.clone()).collect();
+        let exact: Vec<i32> = out.iter().zip(&journals).filter(|(t, _)| t.exact).map(|(_, &j)| j).collect();
         for sql in [
-            "UPDATE ferry.undo_tables SET rolled_back_at = now() WHERE run_id = $1 AND target_table = ANY($2)",
-            "DELETE FROM ferry.undo WHERE run_id = $1 AND target_table = ANY($2)",
+            "UPDATE ferry.undo_tables SET rolled_back_at = now() WHERE journal = ANY($1)",
+            "DELETE FROM ferry.undo WHERE journal = ANY($1)",
         ] {
-            sqlx::query(sql).bind(run_id).bind(&exact).execute(&mut *tx).await?;
+            sqlx::query(sql).bind(&exact).execute(&mut *tx).await?;
         }
         if exact.len() == out.len() {
             sqlx::query("DELETE FROM ferry.undo_xacts WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
