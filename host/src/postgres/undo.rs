@@ -127,9 +127,12 @@ pub(super) async fn journal_from(
             format!("ferry_row.{c} = ferry_new.{c}")
         })
         .collect();
+    // A lookup by key per row, whatever the planner thinks of the stage
+    // (a temporary table without statistics): a join was planned as a
+    // hash join over the whole target, spilling to disk, batch after batch.
     let sql = format!(
         "INSERT INTO ferry.undo (journal, key, before) \
-         SELECT $1, {}, ferry_row::text FROM {from} LEFT JOIN {} ferry_row ON {} ON CONFLICT DO NOTHING",
+         SELECT $1, {}, (SELECT ferry_row::text FROM {} ferry_row WHERE {}) FROM {from} ON CONFLICT DO NOTHING",
         key_text(def, "ferry_new"),
         def.quoted(),
         on.join(" AND ")
