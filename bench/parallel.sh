@@ -17,6 +17,7 @@
 #      disjoint keys) and echoes dropped are read from the reports.
 #
 # Usage: bench/parallel.sh                 (SEED_ROWS=200000 N_TX=100000 RATE=2000 DURATION=30)
+#        UNDO_JOURNAL=false bench/parallel.sh  (both streams without the undo journal)
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -95,6 +96,7 @@ name = "par"
 url = "postgres://postgres@127.0.0.1:$OLD_PORT/postgres"
 [target]
 url = "postgres://postgres@127.0.0.1:$NEW_PORT/postgres"
+undo_journal = ${UNDO_JOURNAL:-true}
 [[tables]]
 name = "users"
 plugin = "$PLUGINS/transform_user.wasm"

@@ -123,8 +123,8 @@ pub async fn switch(settings: &Settings, options: &SwitchOptions) -> anyhow::Res
     let mut gates = Vec::new();
     gates.push(lag_gate(into_source, into_slot, leaving, cutover.max_lag).await?);
     gates.push(validate_gate(settings).await);
-    let mut new = engines::open_row_target(settings).await?;
     let (back, mut old) = reverse::old_side(settings).await?;
+    let mut new = engines::open_row_target(settings).await?;
     let open = new.conflicts(&settings.pipeline, true).await?.len() + old.conflicts(&back.pipeline, true).await?.len();
     gates.push(Gate {
         name: "conflicts",
@@ -354,8 +354,9 @@ pub struct ConflictsReport {
 /// Lists the parallel run's conflicts (open ones unless `all`), after
 /// marking them resolved when asked.
 pub async fn conflicts(settings: &Settings, resolve: bool, all: bool) -> anyhow::Result<ConflictsReport> {
-    let mut new = engines::open_row_target(settings).await?;
+    // The old side first: without [reverse] that is the configuration error.
     let (back, mut old) = reverse::old_side(settings).await?;
+    let mut new = engines::open_row_target(settings).await?;
     let mut report = ConflictsReport { pipeline: settings.pipeline.clone(), conflicts: Vec::new(), resolved: 0 };
     if resolve {
         report.resolved =
