@@ -312,7 +312,7 @@ pub async fn plan(settings: &Settings) -> anyhow::Result<Runbook> {
 
 /// "A way back": done when `ferry rollback` can take the latest run back
 /// (its undo journal exists), or will be able to (no run yet, the journal
-/// on, a PostgreSQL target).
+/// on).
 async fn way_back(
     settings: &Settings,
     target: &mut dyn engines::RowTarget,
@@ -322,8 +322,6 @@ async fn way_back(
     let also = if parallel { "; in the parallel run, `ferry cutback` moves the application back" } else { "" };
     let (state, detail) = if !settings.undo_journal {
         (State::Open, "the undo journal is off ([target] undo_journal = false): only the backups are a way back".into())
-    } else if settings.target.url.engine() != crate::db::Engine::Postgres {
-        (State::Open, "`ferry rollback` needs a PostgreSQL target: the backups are the way back".into())
     } else {
         match run {
             None => (State::Done, format!("the undo journal is on: `ferry rollback RUN` will take the run back{also}")),
@@ -441,7 +439,6 @@ pub async fn dry_run(settings: &Settings) -> anyhow::Result<DryRun> {
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
     let mut target = engines::open_row_target(settings).await?;
     let plan = crate::tables::plan(settings, &settings.tables, source.as_mut(), target.as_mut()).await?;
-    let postgres = settings.target.url.engine() == crate::db::Engine::Postgres;
     let mut tables = Vec::with_capacity(plan.tables.len());
     for table in &plan.tables {
         let (rows, bytes) = match source.size_estimate(&table.source).await? {
@@ -468,7 +465,7 @@ pub async fn dry_run(settings: &Settings) -> anyhow::Result<DryRun> {
             let page = target.read_page(&output.def, None, 1).await?;
             holds_rows |= page.rows.len() + page.unreadable.len() > 0;
         }
-        let journal = (settings.undo_journal && postgres).then_some(if holds_rows {
+        let journal = settings.undo_journal.then_some(if holds_rows {
             crate::undo::UndoMode::BeforeImages
         } else {
             crate::undo::UndoMode::EmptyAtStart

@@ -98,6 +98,7 @@ pub struct RollbackOptions {
 /// `RowChangeSink::apply_row_changes` of a batch naming the run) journals
 /// as described in the module documentation, in the write's transaction.
 /// `None`: this engine keeps no journal (rollback unavailable).
+/// `end_undo` runs whenever the run stops writing.
 /// `rollback` restores `tables` (each table after the tables it references)
 /// in one transaction, as described above; it refuses a run without a
 /// journal or already rolled back.
@@ -106,6 +107,13 @@ pub trait UndoJournal: Send {
     async fn begin_undo(&mut self, run_id: &str, table: &TableDef) -> anyhow::Result<Option<UndoMode>> {
         let _ = (run_id, table);
         Ok(None)
+    }
+    /// The run stopped writing for now (a migration ended, a stream
+    /// stopped): what it left is what a rollback compares with to find
+    /// others' changes, where the engine needs that recorded (SQLite).
+    async fn end_undo(&mut self, run_id: &str) -> anyhow::Result<()> {
+        let _ = run_id;
+        Ok(())
     }
     /// The target tables journaled for `run_id` (none: no journal).
     async fn journaled_tables(&mut self, run_id: &str) -> anyhow::Result<Vec<crate::db::TableName>> {
@@ -120,9 +128,7 @@ pub trait UndoJournal: Send {
         options: RollbackOptions,
     ) -> anyhow::Result<Vec<TableRollback>> {
         let _ = (run_id, pipeline, tables, options);
-        Err(crate::error::Error::contract(
-            "this target keeps no undo journal: `ferry rollback` needs a PostgreSQL target",
-        ))
+        Err(crate::error::Error::contract("this target keeps no undo journal"))
     }
 }
 
@@ -145,7 +151,7 @@ pub async fn begin(
     for table in tables {
         if target.begin_undo(run_id, table).await?.is_none() {
             tracing::warn!(
-                "{} keeps no undo journal (PostgreSQL targets only): `ferry rollback {run_id}` will not be possible",
+                "{} keeps no undo journal (an in-memory database): `ferry rollback {run_id}` will not be possible",
                 settings.target.url
             );
             return Ok(());

@@ -146,3 +146,76 @@ async fn a_rolled_back_migration_leaves_every_table_as_before_and_keeps_what_oth
     assert_eq!(refused.code, 8, "{refused:?}");
     assert!(refused.stderr.contains("has no undo journal"), "{refused:?}");
 }
+
+/// Every row of `table` in the SQLite file, each value with its storage
+/// class (`typeof`), in key order: the test's own reading.
+async fn sqlite_rows(db: &SqliteDb, table: &str) -> Vec<String> {
+    let mut c = db.conn().await;
+    let columns: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}')")))
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    let parts: Vec<String> = columns.iter().map(|c| format!("typeof(\"{c}\") || ':' || quote(\"{c}\")")).collect();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {} FROM {table} ORDER BY 1", parts.join(" || '|' || "))))
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+}
+
+/// SQLite rows carry no writing transaction: its journal is a copy of the
+/// file at the run's start and one as the run left it. The rollback puts
+/// back exactly what the first holds, and keeps what someone changed after
+/// the run (told apart with the second) until --force.
+#[tokio::test]
+async fn a_rolled_back_migration_into_sqlite_is_restored_from_the_copy_taken_at_its_start() {
+    let source = PgDb::new("undo_sqlite_src").await;
+    source.exec(ACCOUNTS).await;
+    let target = SqliteDb::new();
+    // The target already holds accounts, some of them older versions (with
+    // values of each storage class), and one only it has.
+    target
+        .exec(
+            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT NOT NULL, doc TEXT NOT NULL, score REAL); \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) \
+             INSERT INTO accounts SELECT i, 'old owner ' || i, CASE WHEN i % 2 = 0 THEN x'00ff' ELSE i END, i / 3.0 \
+               FROM n; \
+             INSERT INTO accounts VALUES (100001, 'only in the target', '', -0.0)",
+        )
+        .await;
+    source.exec("ALTER TABLE accounts ADD COLUMN score float8").await;
+    let before = sqlite_rows(&target, "accounts").await;
+    let p = tables_pipeline(
+        &source.url(),
+        &target.url(),
+        "",
+        "[[tables]]\nname = \"accounts\"\non_conflict = \"overwrite\"\n\n[[tables]]\nname = \"orders\"\n",
+    );
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let run_id = run.json()["run_id"].as_str().unwrap().to_string();
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM accounts").await, 201);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders").await, 600);
+    target.exec("UPDATE accounts SET owner = 'someone else' WHERE id = 7").await;
+
+    let back = p.ferry(&["rollback", &run_id, "--json"]);
+    assert_eq!(back.code, 3, "{back:?}");
+    let b = back.json();
+    assert_eq!(table(&b, "accounts")["changed_keys"], serde_json::json!(["(7)"]), "{b}");
+    assert_eq!(table(&b, "orders")["exact"], true, "{b}");
+    let now = sqlite_rows(&target, "accounts").await;
+    let differ: Vec<(&String, &String)> = now.iter().zip(&before).filter(|(a, b)| a != b).collect();
+    assert_eq!((now.len(), differ.len()), (before.len(), 1), "only the row someone else changed: {differ:?}");
+    assert!(differ[0].0.contains("someone else"), "{differ:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders").await, 0);
+
+    let forced = p.ferry(&["rollback", &run_id, "--force", "--json"]);
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert_eq!(sqlite_rows(&target, "accounts").await, before, "exactly the rows before the run, storage classes too");
+    // The copies are gone once every table is back.
+    let copies = std::fs::read_dir(target.path.parent().unwrap())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("ferry-undo"))
+        .count();
+    assert_eq!(copies, 0);
+}

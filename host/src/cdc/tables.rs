@@ -139,6 +139,7 @@ pub async fn sync(
         }
     }
     super::sync::follow(settings, options, client, &mut applier, &stop).await?;
+    applier.end_journal().await?;
     applier.swapper.flush(applier.target.as_mut()).await?;
     // Logical replication carries no sequence values: where the stream
     // stops, the target's sequences catch up with the source's.
@@ -442,6 +443,14 @@ impl<'a> TablesApplier<'a> {
                  cannot be rolled back",
                 self.settings.pipeline
             );
+        }
+        Ok(())
+    }
+
+    /// The stream stops writing for now ([`crate::undo::UndoJournal::end_undo`]).
+    async fn end_journal(&mut self) -> anyhow::Result<()> {
+        if let Some(run) = &self.undo_run {
+            self.target.end_undo(run).await?;
         }
         Ok(())
     }
@@ -1131,6 +1140,7 @@ pub async fn apply(
         }
     }
     applier.swapper.flush(applier.target.as_mut()).await?;
+    applier.end_journal().await?;
     applier.report.stream.checkpoint.position = applier.position;
     applier.report.stream.toast_rereads = applier.report.toast_rereads;
     Ok(applier.report.stream)

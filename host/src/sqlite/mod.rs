@@ -4,6 +4,7 @@ pub(crate) mod control;
 mod deployments;
 mod stream;
 mod tables;
+mod undo;
 
 pub use tables::SqliteTables;
 

@@ -22,10 +22,6 @@ use crate::value::{BadValue, Kind, Value, decode_pg_text, encode_pg_text, format
 pub(super) const MAX_PARAMS: usize = 32_766;
 
 /// A SQLite database read or written table by table.
-/// SQLite keeps no undo journal (its rows carry no writing transaction):
-/// runs into it cannot be rolled back, and say so when they start.
-impl crate::undo::UndoJournal for SqliteTables {}
-
 pub struct SqliteTables {
     pub(super) conn: SqliteConnection,
     pub(super) url: DbUrl,

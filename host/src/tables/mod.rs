@@ -524,6 +524,9 @@ pub async fn migrate_in_snapshot(
         crate::migrate::progress_bar(counts.values().sum(), done)
     });
     let outcome = copy_tables(settings, &plan, &run, started_tables, snapshot, stop.clone(), bar.clone()).await;
+    if settings.undo_journal {
+        target.end_undo(&run.run_id).await?;
+    }
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
