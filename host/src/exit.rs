@@ -9,7 +9,8 @@ pub const OK: i32 = 0;
 pub const ERROR: i32 = 1;
 /// Bad command line or configuration; nothing was written.
 pub const USAGE: i32 = 2;
-/// `check` found a failing item, or `validate` found a mismatch.
+/// `check` found a failing item, `validate` a mismatch, a `cutover` gate
+/// did not hold, or `rollback` left a table not exactly as before the run.
 pub const VERIFY_FAILED: i32 = 3;
 /// `migrate`, `sync` or `apply` completed, and some rows or changes are in
 /// the dead-letter tables.
