@@ -190,11 +190,17 @@ pub async fn plan(settings: &Settings) -> anyhow::Result<Runbook> {
         Some(r) if r.status == RunStatus::Completed => {
             book.add(MIGRATION, "Run the migration", State::Done, format!("run {} completed", r.run_id))
         }
-        Some(r) => book.add(
+        Some(r) if r.status.resumable() => book.add(
             MIGRATION,
             "Run the migration",
             State::Open,
             format!("run {} is {}: `ferry migrate` resumes it", r.run_id, r.status.as_str()),
+        ),
+        Some(r) => book.add(
+            MIGRATION,
+            "Run the migration",
+            State::Open,
+            format!("run {} was {}: `ferry migrate` starts a new one", r.run_id, r.status.as_str().replace('_', " ")),
         ),
         None => book.add(MIGRATION, "Run the migration", State::Open, "`ferry migrate` (or `ferry sync`)"),
     }

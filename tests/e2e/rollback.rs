@@ -126,6 +126,15 @@ async fn a_rolled_back_migration_leaves_every_table_as_before_and_keeps_what_oth
     assert_eq!(rollbacks.len(), 2, "the rollback and the forced one, not the dry run: {notes}");
     assert_eq!(rollbacks[1]["details"]["exact"], true);
 
+    let status = p.ferry(&["status", "--json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    assert_eq!(status.json()["phase"], "migrate run rolled_back", "{status:?}");
+    let plan = p.ferry(&["plan"]);
+    assert!(
+        plan.stdout.contains(&format!("run {run_id} was rolled back: `ferry migrate` starts a new one")),
+        "{plan:?}"
+    );
+
     // A rolled-back run is never resumed: migrate starts a new one.
     let rerun = p.ferry(&["migrate", "--json"]);
     assert_eq!(rerun.code, 4, "{rerun:?}");

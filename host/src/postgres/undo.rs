@@ -235,12 +235,8 @@ impl UndoJournal for PgTables {
         let progress: Option<i64> =
             sqlx::query_scalar(sqlx::AssertSqlSafe(has("ferry.table_progress"))).fetch_one(&mut *tx).await?;
         if progress.is_some() {
-            sqlx::query(
-                "UPDATE ferry.table_progress SET last_key = 'rolled back', updated_at = now() WHERE run_id = $1",
-            )
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
+            // A batch of the run finds no checkpoint to build on: fenced.
+            sqlx::query("DELETE FROM ferry.table_progress WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
         }
         let checkpoints: Option<i64> =
             sqlx::query_scalar(sqlx::AssertSqlSafe(has("ferry.change_checkpoints"))).fetch_one(&mut *tx).await?;

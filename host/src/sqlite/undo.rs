@@ -207,7 +207,7 @@ impl UndoJournal for SqliteTables {
             // Fence first: whatever still runs under the run stops at its
             // next commit.
             for sql in [
-                "UPDATE ferry_table_progress SET last_key = 'rolled back' WHERE run_id = ?1",
+                "DELETE FROM ferry_table_progress WHERE run_id = ?1",
                 "UPDATE ferry_runs SET status = 'rolled_back', message = 'rolled back by ferry rollback' WHERE run_id = ?1",
             ] {
                 sqlx::query(sql).bind(run_id).execute(&mut *tx).await?;
