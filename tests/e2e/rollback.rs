@@ -228,3 +228,53 @@ async fn a_rolled_back_migration_into_sqlite_is_restored_from_the_copy_taken_at_
         .count();
     assert_eq!(copies, 0);
 }
+
+/// The way a migration fails in production: killed with SIGKILL half-way,
+/// a batch perhaps in flight. What it committed is its own, found by the
+/// transactions that wrote it, and the rollback takes exactly that back:
+/// the rows it overwrote come back, the rows it added go.
+#[tokio::test]
+async fn a_migration_killed_half_way_is_rolled_back_exactly() {
+    let (source, target) = (PgDb::new("undo_kill_src").await, PgDb::new("undo_kill_dst").await);
+    let ddl = "CREATE TABLE events (id bigint PRIMARY KEY, body text NOT NULL)";
+    source
+        .exec(&format!(
+            "{ddl}; INSERT INTO events SELECT g, md5(g::text) || repeat('x', g % 300) FROM generate_series(1, 100000) g"
+        ))
+        .await;
+    // The target holds every 7th key already; a statement trigger of its
+    // own makes each batch take a while, so the kill lands half-way.
+    target
+        .exec(&format!(
+            "{ddl}; INSERT INTO events SELECT g * 7, 'before ' || g FROM generate_series(1, 20000) g; \
+             CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$; \
+             CREATE TRIGGER slow AFTER INSERT OR UPDATE ON events FOR EACH STATEMENT EXECUTE FUNCTION slow()"
+        ))
+        .await;
+    let before = rows_text(&target, "events", "id").await;
+    let p = tables_pipeline(
+        &source.url(),
+        &target.url(),
+        "",
+        "[migrate]\nbatch_size = 500\n\n[[tables]]\nname = \"events\"\non_conflict = \"overwrite\"\n",
+    );
+    let mut child = p.spawn(&["migrate"]);
+    let written = "SELECT count(*) FROM events WHERE body NOT LIKE 'before %'";
+    eventually("some batches committed", || async { target.scalar_i64(written).await >= 5000 }).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let n = target.scalar_i64(written).await;
+    assert!((5000..100_000).contains(&n), "killed half-way ({n} rows written)");
+    let mut c = target.conn().await;
+    let (run_id, status): (String, String) =
+        sqlx::query_as("SELECT run_id, status FROM ferry.runs ORDER BY started_at DESC LIMIT 1")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(status, "running", "killed, not stopped");
+
+    let back = p.ferry(&["rollback", &run_id, "--json"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(back.json()["tables"][0]["changed_by_others"], 0);
+    assert_eq!(rows_text(&target, "events", "id").await, before, "exactly the rows before the run");
+}
