@@ -165,12 +165,11 @@ impl UndoJournal for PgTables {
     async fn begin_undo(&mut self, run_id: &str, table: &TableDef) -> anyhow::Result<Option<UndoMode>> {
         let what = |e: sqlx::Error| Error::driver(format!("starting the undo journal of {}", table.name), &e);
         sqlx::raw_sql(DDL).execute(&mut self.conn).await.map_err(what)?;
-        // A table without a key is only ever written into when it was
-        // empty at the run's start (a copy in storage order; streams need a
-        // key), so its rows are the run's transactions' and no row of it is
-        // journaled by key.
         // Recorded once, at the run's true start: a resumed run keeps it
-        // (without reading the table again).
+        // (without reading the table again). A table without a key is only
+        // ever written into when it was empty at the start (a copy in
+        // storage order; streams need a key), so no row of it is journaled
+        // by key.
         if let Some((_, mode)) = mode(&mut self.conn, &mut self.undo, run_id, table).await? {
             return Ok(Some(mode));
         }
