@@ -228,8 +228,11 @@ pub async fn rollback(
             }
         }
     }
+    // Ordered by the catalog's names (which foreign keys use), then named
+    // as the journal names them (the catalog may qualify them).
     let order = crate::schema::dependency_order(&defs);
-    let ordered: Vec<TableDef> = order.into_iter().map(|i| defs[i].clone()).collect();
+    let ordered: Vec<TableDef> =
+        order.into_iter().map(|i| TableDef { name: names[i].clone(), ..defs[i].clone() }).collect();
     let pipeline = settings.pipeline.clone();
     let tables = target.rollback(run_id, &pipeline, &ordered, options).await?;
     let report = RollbackReport {

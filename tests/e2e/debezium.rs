@@ -206,6 +206,40 @@ async fn replays_apply_nothing_twice() {
     assert_final_state(&target).await;
 }
 
+/// A stream applied into a table that held rows — updates of them, deletes,
+/// a truncate — is taken back by `ferry rollback` to exactly those rows
+/// (TOASTed documents included), judged by the test's own reading.
+#[tokio::test]
+async fn an_applied_stream_with_a_truncate_is_rolled_back_to_the_rows_before_it() {
+    let target = PgDb::new("dbz").await;
+    target.exec(PG_NEW_DDL).await;
+    target
+        .exec(
+            "INSERT INTO users SELECT 'user_' || g, 'Before', 'Row ' || g, 'b' || g || '@example.com', \
+             '2020-01-01 00:00:00+00'::timestamptz + g * interval '1.000001 second', \
+             jsonb_build_object('theme', 'dark', 'doc', (SELECT string_agg(md5(g::text || i::text), '') \
+                                                         FROM generate_series(1, 100) i)) \
+             FROM generate_series(1, 50) g",
+        )
+        .await;
+    let before = crate::tables::rows_text(&target, "users", "id").await;
+    let (_p_source, p) = pipeline(&target, &plugins().transform_user).await;
+    let mut lines = stream();
+    lines.push(
+        json!({"source": {"lsn": 900, "sequence": "[\"800\",\"900\"]", "txId": 16, "snapshot": "false"}, "op": "t"})
+            .to_string(),
+    );
+    let file = write_lines(p.config.parent().unwrap(), "events.jsonl", &lines);
+    let run = p.ferry(&["apply", "--input", &file, "--json"]);
+    assert_eq!(run.json()["truncates"], 1, "{run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 0);
+    let run_id: String =
+        sqlx::query_scalar("SELECT run_id FROM ferry.runs").fetch_one(&mut target.conn().await).await.unwrap();
+    let back = p.ferry(&["rollback", &run_id, "--json"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(crate::tables::rows_text(&target, "users", "id").await, before);
+}
+
 #[tokio::test]
 async fn truncate_empties_the_target() {
     let target = PgDb::new("dbz").await;
