@@ -858,3 +858,57 @@ async fn rolling_back_the_reverse_stream_restores_the_old_side_and_keeps_what_it
     assert_eq!(fresh.code, 0, "a new stream, under a new run: {fresh:?}");
     assert_eq!(scalar(&old, "SELECT count(*) FROM ferry.runs WHERE pipeline = 'par.reverse'").await, 2);
 }
+
+/// The forward stream's run — its initial load and every change it applied
+/// after — is one run: into tables empty at its start, rollback removes
+/// exactly the rows its transactions wrote (the load's and the stream's,
+/// TOASTed updates and deletes included) and keeps a row the new side's
+/// application added, until --force.
+#[tokio::test(flavor = "multi_thread")]
+async fn rolling_back_a_forward_stream_removes_its_load_and_its_changes_and_keeps_others_rows() {
+    let (old, new, mut o, mut n) = two_sides(500, true).await;
+    let (_dir, ferry) = parallel_run(&old, &new);
+    let load = run(&mut ferry(&["sync", "--idle-exit", "1"]));
+    assert_eq!(load.code, 0, "{load:?}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE users SET name = 'Streamed ' || id WHERE id <= 100; \
+         UPDATE users SET metadata = jsonb_build_object('theme', {})::text WHERE id = 101; \
+         DELETE FROM users WHERE id BETWEEN 200 AND 220; \
+         INSERT INTO notes SELECT g, 'streamed ' || g FROM generate_series(1, 30) g",
+        big_text("101")
+    )))
+    .execute(&mut o)
+    .await
+    .unwrap();
+    let stream = run(&mut ferry(&["sync", "--idle-exit", "1"]));
+    assert_eq!(stream.code, 0, "{stream:?}");
+    assert_eq!(scalar(&new, "SELECT count(*) FROM users WHERE first_name = 'Streamed'").await, 98, "{stream:?}");
+    assert_eq!(scalar(&new, "SELECT count(*) FROM notes").await, 30);
+    // The new side's application adds a row of its own.
+    sqlx::raw_sql(
+        "INSERT INTO notes VALUES (99999, 'written on the new side'); \
+         UPDATE users SET last_name = 'Edited on new' WHERE id = 'user_7'",
+    )
+    .execute(&mut n)
+    .await
+    .unwrap();
+    let run_id: String =
+        sqlx::query_scalar("SELECT run_id FROM ferry.runs WHERE pipeline = 'par'").fetch_one(&mut n).await.unwrap();
+
+    let back = run(&mut ferry(&["rollback", &run_id, "--json"]));
+    assert_eq!(back.code, 3, "{back:?}");
+    let r = back.json();
+    let changed: Vec<&str> = r["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["changed_keys"].as_array().unwrap())
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(changed, ["(99999)", "(user_7)"], "{r}");
+    assert_eq!(rows(&new, "notes").await, ["(99999,\"written on the new side\")"]);
+    assert_eq!(scalar(&new, "SELECT count(*) FROM users").await, 1, "only the row the application edited");
+    let forced = run(&mut ferry(&["rollback", &run_id, "--force", "--json"]));
+    assert_eq!(forced.code, 0, "{forced:?}");
+    assert_eq!(scalar(&new, "SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM notes)").await, 0);
+}
