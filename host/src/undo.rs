@@ -132,6 +132,23 @@ pub trait UndoJournal: Send {
     }
 }
 
+/// The tables of `run_id`'s journal not rolled back yet, from its records
+/// `(table, rolled back at)` (an engine's `journaled_tables`); an error if
+/// every one of them was.
+pub fn unfinished(run_id: &str, records: Vec<(String, Option<String>)>) -> anyhow::Result<Vec<crate::db::TableName>> {
+    if let (Some((_, Some(at))), true) = (records.first(), records.iter().all(|(_, at)| at.is_some())) {
+        return Err(crate::error::Error::contract(format!("run {run_id} was already rolled back (at {at})")));
+    }
+    records
+        .into_iter()
+        .filter(|(_, at)| at.is_none())
+        .map(|(name, _)| {
+            crate::db::TableName::parse(&name)
+                .map_err(|e| crate::error::Error::contract(format!("journal of {name}: {e}")))
+        })
+        .collect()
+}
+
 /// Starts the journal of `tables` for `run_id` unless the pipeline turned
 /// it off, warning once either way when rollback will be unavailable.
 pub async fn begin(

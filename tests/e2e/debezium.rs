@@ -206,6 +206,21 @@ async fn replays_apply_nothing_twice() {
     assert_final_state(&target).await;
 }
 
+/// Applies [`stream`] and then a truncate into `target`; it is empty after.
+async fn apply_then_truncate(target: &PgDb) -> Pipeline {
+    let (_p_source, p) = pipeline(target, &plugins().transform_user).await;
+    let mut lines = stream();
+    lines.push(
+        json!({"source": {"lsn": 900, "sequence": "[\"800\",\"900\"]", "txId": 16, "snapshot": "false"}, "op": "t"})
+            .to_string(),
+    );
+    let file = write_lines(p.config.parent().unwrap(), "events.jsonl", &lines);
+    let run = p.ferry(&["apply", "--input", &file, "--json"]);
+    assert_eq!(run.json()["truncates"], 1, "{run:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 0);
+    p
+}
+
 /// A stream applied into a table that held rows — updates of them, deletes,
 /// a truncate — is taken back by `ferry rollback` to exactly those rows
 /// (TOASTed documents included), judged by the test's own reading.
@@ -223,16 +238,7 @@ async fn an_applied_stream_with_a_truncate_is_rolled_back_to_the_rows_before_it(
         )
         .await;
     let before = crate::tables::rows_text(&target, "users", "id").await;
-    let (_p_source, p) = pipeline(&target, &plugins().transform_user).await;
-    let mut lines = stream();
-    lines.push(
-        json!({"source": {"lsn": 900, "sequence": "[\"800\",\"900\"]", "txId": 16, "snapshot": "false"}, "op": "t"})
-            .to_string(),
-    );
-    let file = write_lines(p.config.parent().unwrap(), "events.jsonl", &lines);
-    let run = p.ferry(&["apply", "--input", &file, "--json"]);
-    assert_eq!(run.json()["truncates"], 1, "{run:?}");
-    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 0);
+    let p = apply_then_truncate(&target).await;
     let run_id: String =
         sqlx::query_scalar("SELECT run_id FROM ferry.runs").fetch_one(&mut target.conn().await).await.unwrap();
     let back = p.ferry(&["rollback", &run_id, "--json"]);
@@ -244,16 +250,7 @@ async fn an_applied_stream_with_a_truncate_is_rolled_back_to_the_rows_before_it(
 async fn truncate_empties_the_target() {
     let target = PgDb::new("dbz").await;
     target.exec(PG_NEW_DDL).await;
-    let (_p_source, p) = pipeline(&target, &plugins().transform_user).await;
-    let mut lines = stream();
-    lines.push(
-        json!({"source": {"lsn": 900, "sequence": "[\"800\",\"900\"]", "txId": 16, "snapshot": "false"}, "op": "t"})
-            .to_string(),
-    );
-    let file = write_lines(p.config.parent().unwrap(), "events.jsonl", &lines);
-    let run = p.ferry(&["apply", "--input", &file, "--json"]);
-    assert_eq!(run.json()["truncates"], 1, "{run:?}");
-    assert_eq!(target.scalar_i64("SELECT count(*) FROM users").await, 0);
+    apply_then_truncate(&target).await;
 }
 
 #[tokio::test]

@@ -205,13 +205,7 @@ impl UndoJournal for PgTables {
         .bind(run_id)
         .fetch_all(&mut self.conn)
         .await?;
-        if let (Some((_, Some(at))), true) = (rows.first(), rows.iter().all(|(_, at)| at.is_some())) {
-            return Err(Error::contract(format!("run {run_id} was already rolled back (at {at})")));
-        }
-        rows.into_iter()
-            .filter(|(_, at)| at.is_none())
-            .map(|(name, _)| TableName::parse(&name).map_err(|e| Error::contract(format!("journal of {name}: {e}"))))
-            .collect()
+        crate::undo::unfinished(run_id, rows)
     }
 
     async fn rollback(
