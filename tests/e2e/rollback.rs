@@ -6,6 +6,7 @@
 
 use crate::support::*;
 use crate::tables::{EVERYTHING_DDL, EVERYTHING_ROWS, TYPES_DDL, rows_text, tables_pipeline};
+use crate::tables_sync::sqlite_rows;
 
 const ACCOUNTS: &str = r#"
 CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, doc text NOT NULL);
@@ -156,22 +157,6 @@ async fn a_rolled_back_migration_leaves_every_table_as_before_and_keeps_what_oth
     assert!(refused.stderr.contains("has no undo journal"), "{refused:?}");
 }
 
-/// Every row of `table` in the SQLite file, each value with its storage
-/// class (`typeof`), in key order: the test's own reading.
-async fn sqlite_rows(db: &SqliteDb, table: &str) -> Vec<String> {
-    let mut c = db.conn().await;
-    let columns: Vec<String> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}')")))
-            .fetch_all(&mut c)
-            .await
-            .unwrap();
-    let parts: Vec<String> = columns.iter().map(|c| format!("typeof(\"{c}\") || ':' || quote(\"{c}\")")).collect();
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {} FROM {table} ORDER BY 1", parts.join(" || '|' || "))))
-        .fetch_all(&mut c)
-        .await
-        .unwrap()
-}
-
 /// SQLite rows carry no writing transaction: its journal is a copy of the
 /// file at the run's start and one as the run left it. The rollback puts
 /// back exactly what the first holds, and keeps what someone changed after
@@ -193,7 +178,7 @@ async fn a_rolled_back_migration_into_sqlite_is_restored_from_the_copy_taken_at_
         )
         .await;
     source.exec("ALTER TABLE accounts ADD COLUMN score float8").await;
-    let before = sqlite_rows(&target, "accounts").await;
+    let before = sqlite_rows(&target, "accounts", "id").await;
     let p = tables_pipeline(
         &source.url(),
         &target.url(),
@@ -212,7 +197,7 @@ async fn a_rolled_back_migration_into_sqlite_is_restored_from_the_copy_taken_at_
     let b = back.json();
     assert_eq!(table(&b, "accounts")["changed_keys"], serde_json::json!(["(7)"]), "{b}");
     assert_eq!(table(&b, "orders")["exact"], true, "{b}");
-    let now = sqlite_rows(&target, "accounts").await;
+    let now = sqlite_rows(&target, "accounts", "id").await;
     let differ: Vec<(&String, &String)> = now.iter().zip(&before).filter(|(a, b)| a != b).collect();
     assert_eq!((now.len(), differ.len()), (before.len(), 1), "only the row someone else changed: {differ:?}");
     assert!(differ[0].0.contains("someone else"), "{differ:?}");
@@ -220,7 +205,11 @@ async fn a_rolled_back_migration_into_sqlite_is_restored_from_the_copy_taken_at_
 
     let forced = p.ferry(&["rollback", &run_id, "--force", "--json"]);
     assert_eq!(forced.code, 0, "{forced:?}");
-    assert_eq!(sqlite_rows(&target, "accounts").await, before, "exactly the rows before the run, storage classes too");
+    assert_eq!(
+        sqlite_rows(&target, "accounts", "id").await,
+        before,
+        "exactly the rows before the run, storage classes too"
+    );
     // The copies are gone once every table is back.
     let copies = std::fs::read_dir(target.path.parent().unwrap())
         .unwrap()

@@ -393,7 +393,7 @@ async fn sync_streams_plugin_tables_replacing_the_rows_of_the_old_version() {
 
 /// Each row of `table` in a SQLite file as one text (`quote()` of every
 /// column: storage class and value), in key order.
-async fn sqlite_rows(db: &SqliteDb, table: &str, order: &str) -> Vec<String> {
+pub(crate) async fn sqlite_rows(db: &SqliteDb, table: &str, order: &str) -> Vec<String> {
     let mut c = db.conn().await;
     let columns: Vec<String> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}')")))
