@@ -181,14 +181,14 @@ pub async fn begin(
 /// latest run (the initial load of `ferry sync`, or a migration the
 /// stream continues) or, for a stream that loads nothing into this target
 /// and has no run yet (`ferry sync --reverse`, `ferry apply`), a run of
-/// its own. A rolled-back run is never continued.
+/// its own. A rolled-back run is never continued. The target's control
+/// tables exist (the stream opened them).
 pub async fn stream_run(
     settings: &Settings,
     target: &mut dyn crate::engines::RowTarget,
     tables: &[TableDef],
 ) -> anyhow::Result<String> {
     use crate::control::RunStatus;
-    target.ensure_control_tables().await?;
     let latest = target.latest_run(&settings.pipeline).await?;
     let run_id = match latest {
         Some(run) if !matches!(run.status, RunStatus::RolledBack | RunStatus::Abandoned) => run.run_id,

@@ -124,9 +124,7 @@ macro_rules! pg_control {
             }
 
             async fn latest_run(&mut self, pipeline: &str) -> anyhow::Result<Option<$crate::control::RunRecord>> {
-                let exists: Option<i64> =
-                    sqlx::query_scalar("SELECT to_regclass('ferry.runs')::oid::int8").fetch_one($crate::postgres::control::PgConn::conn(self)).await?;
-                if exists.is_none() {
+                if !$crate::postgres::exists($crate::postgres::control::PgConn::conn(self), "ferry.runs").await? {
                     return Ok(None);
                 }
                 let row =
@@ -190,9 +188,7 @@ macro_rules! pg_control {
 
             async fn latest_validation(&mut self, pipeline: &str) -> anyhow::Result<Option<$crate::control::Validation>> {
                 let conn = $crate::postgres::control::PgConn::conn(self);
-                let exists: Option<i64> =
-                    sqlx::query_scalar("SELECT to_regclass('ferry.validations')::oid::int8").fetch_one(&mut *conn).await?;
-                if exists.is_none() {
+                if !$crate::postgres::exists(&mut *conn, "ferry.validations").await? {
                     return Ok(None);
                 }
                 let row: Option<(String, bool, String)> = sqlx::query_as(
@@ -230,10 +226,7 @@ macro_rules! pg_control {
 
             async fn lineage(&mut self, run_id: &str) -> anyhow::Result<Vec<$crate::control::Lineage>> {
                 // A control schema made by a ferry before lineage has none.
-                let exists: Option<i64> = sqlx::query_scalar("SELECT to_regclass('ferry.lineage')::oid::int8")
-                    .fetch_one($crate::postgres::control::PgConn::conn(self))
-                    .await?;
-                if exists.is_none() {
+                if !$crate::postgres::exists($crate::postgres::control::PgConn::conn(self), "ferry.lineage").await? {
                     return Ok(Vec::new());
                 }
                 let rows = sqlx::query("SELECT * FROM ferry.lineage WHERE run_id = $1 ORDER BY id")

@@ -24,6 +24,13 @@ use crate::tls::{FixParam, PgTls, SslMode, Transport};
 /// How long to wait for a connection before saying the server is unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether the relation `name` (e.g. `ferry.runs`) exists: the control
+/// tables are created lazily, and reading one a ferry never made is
+/// reading nothing.
+pub(crate) async fn exists(conn: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(name).fetch_one(conn).await
+}
+
 /// Connects with the session settings ferry relies on: UTC (so `timestamp`
 /// columns are read and written as UTC) and a recognisable application name.
 pub async fn connect(url: &DbUrl, role: &str) -> anyhow::Result<PgConnection> {

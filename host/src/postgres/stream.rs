@@ -443,10 +443,7 @@ impl RowChangeSink for PgTables {
     }
 
     async fn stream_status(&mut self, pipeline: &str) -> anyhow::Result<Option<StreamStatus>> {
-        let exists: Option<i64> = sqlx::query_scalar("SELECT to_regclass('ferry.change_checkpoints')::oid::int8")
-            .fetch_one(&mut self.conn)
-            .await?;
-        if exists.is_none() {
+        if !super::exists(&mut self.conn, "ferry.change_checkpoints").await? {
             return Ok(None);
         }
         type Status = (
@@ -490,10 +487,7 @@ impl RowChangeSink for PgTables {
     }
 
     async fn stream_dead_keys(&mut self, pipeline: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let exists: Option<i64> = sqlx::query_scalar("SELECT to_regclass('ferry.change_dead_letters')::oid::int8")
-            .fetch_one(&mut self.conn)
-            .await?;
-        if exists.is_none() {
+        if !super::exists(&mut self.conn, "ferry.change_dead_letters").await? {
             return Ok(Vec::new());
         }
         Ok(sqlx::query_as(
@@ -522,10 +516,7 @@ impl RowChangeSink for PgTables {
     }
 
     async fn parallel_owner(&mut self, pipeline: &str) -> anyhow::Result<Option<(String, Option<i64>)>> {
-        let exists: Option<i64> = sqlx::query_scalar("SELECT to_regclass('ferry.parallel_runs')::oid::int8")
-            .fetch_one(&mut self.conn)
-            .await?;
-        if exists.is_none() {
+        if !super::exists(&mut self.conn, "ferry.parallel_runs").await? {
             return Ok(None);
         }
         Ok(sqlx::query_as(
@@ -554,9 +545,7 @@ impl RowChangeSink for PgTables {
     }
 
     async fn conflicts(&mut self, pipeline: &str, open: bool) -> anyhow::Result<Vec<crate::sink::ConflictRecord>> {
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT to_regclass('ferry.conflicts')::oid::int8").fetch_one(&mut self.conn).await?;
-        if exists.is_none() {
+        if !super::exists(&mut self.conn, "ferry.conflicts").await? {
             return Ok(Vec::new());
         }
         type Row = (i64, String, String, String, String, String, String, String, Option<String>, String);
@@ -589,9 +578,7 @@ impl RowChangeSink for PgTables {
     }
 
     async fn resolve_conflicts(&mut self, pipeline: &str) -> anyhow::Result<u64> {
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT to_regclass('ferry.conflicts')::oid::int8").fetch_one(&mut self.conn).await?;
-        if exists.is_none() {
+        if !super::exists(&mut self.conn, "ferry.conflicts").await? {
             return Ok(0);
         }
         let done =

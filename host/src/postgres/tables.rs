@@ -943,9 +943,7 @@ impl RowSink for PgTables {
                 .await
                 .map_err(|e| self.err(format!("creating schema {schema}"), &e))?;
         }
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(def.quoted())
-            .fetch_one(&mut self.conn)
+        let exists = super::exists(&mut self.conn, &def.quoted())
             .await
             .map_err(|e| self.err(format!("looking for table {}", def.name), &e))?;
         if !exists {

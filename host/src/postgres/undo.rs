@@ -85,11 +85,9 @@ pub(super) async fn mode(
     if let Some(mode) = cache.get(&key) {
         return Ok(*mode);
     }
-    let exists: Option<i64> =
-        sqlx::query_scalar("SELECT to_regclass('ferry.undo_tables')::oid::int8").fetch_one(&mut *conn).await?;
-    let found: Option<(i32, bool)> = match exists {
-        None => None,
-        Some(_) => {
+    let found: Option<(i32, bool)> = match super::exists(conn, "ferry.undo_tables").await? {
+        false => None,
+        true => {
             sqlx::query_as(
                 "SELECT journal, empty_at_start FROM ferry.undo_tables WHERE run_id = $1 AND target_table = $2 \
                  AND rolled_back_at IS NULL",
@@ -173,7 +171,6 @@ impl UndoJournal for PgTables {
         if let Some((_, mode)) = mode(&mut self.conn, &mut self.undo, run_id, table).await? {
             return Ok(Some(mode));
         }
-        self.undo.remove(&(run_id.to_string(), table.name.to_string()));
         let sql = format!(
             "INSERT INTO ferry.undo_tables (run_id, target_table, empty_at_start, rows_before, checksum_before) \
              SELECT $1, $2, split_part(c, ':', 1) = '0', split_part(c, ':', 1)::int8, c FROM ({}) x(c) \
@@ -194,9 +191,7 @@ impl UndoJournal for PgTables {
     }
 
     async fn journaled_tables(&mut self, run_id: &str) -> anyhow::Result<Vec<TableName>> {
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT to_regclass('ferry.undo_tables')::oid::int8").fetch_one(&mut self.conn).await?;
-        if exists.is_none() {
+        if !super::exists(&mut self.conn, "ferry.undo_tables").await? {
             return Ok(Vec::new());
         }
         let rows: Vec<(String, Option<String>)> = sqlx::query_as(
@@ -224,16 +219,11 @@ impl UndoJournal for PgTables {
         sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
         // The run is over: whatever still runs under it is fenced out (its
         // checkpoints go), waiting first for a batch it is committing.
-        let has = |name: &'static str| format!("SELECT to_regclass('{name}')::oid::int8");
-        let progress: Option<i64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(has("ferry.table_progress"))).fetch_one(&mut *tx).await?;
-        if progress.is_some() {
+        if super::exists(&mut tx, "ferry.table_progress").await? {
             // A batch of the run finds no checkpoint to build on: fenced.
             sqlx::query("DELETE FROM ferry.table_progress WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
         }
-        let checkpoints: Option<i64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(has("ferry.change_checkpoints"))).fetch_one(&mut *tx).await?;
-        if checkpoints.is_some() {
+        if super::exists(&mut tx, "ferry.change_checkpoints").await? {
             // The stream of the pipeline continues its latest run only.
             sqlx::query(
                 "DELETE FROM ferry.change_checkpoints WHERE pipeline = $1 AND $2 IS NOT DISTINCT FROM \
