@@ -525,7 +525,15 @@ pub async fn migrate_in_snapshot(
     });
     let outcome = copy_tables(settings, &plan, &run, started_tables, snapshot, stop.clone(), bar.clone()).await;
     if settings.undo_journal {
-        target.end_undo(&run.run_id).await?;
+        // What the run left (SQLite's second copy). When the copy failed,
+        // that failure is the run's outcome and is reported as such (it may
+        // be a lost connection the run resumes after): the copy's is a
+        // warning, and its rollback will need --force.
+        match (target.end_undo(&run.run_id).await, &outcome) {
+            (Err(e), Ok(_)) => return Err(e),
+            (Err(e), Err(_)) => tracing::warn!("recording what run {} left for rollback: {e:#}", run.run_id),
+            (Ok(()), _) => {}
+        }
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
