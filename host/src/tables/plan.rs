@@ -1,0 +1,326 @@
+//! Phase one of a migration: the plan. The selection resolved against both
+//! catalogs — tables, keys, target names, plugin outputs checked against
+//! existing target tables, load order — and every problem found reported
+//! at once with its fix. `ferry check` runs this same code, so check and
+//! migrate cannot disagree.
+
+use std::collections::HashMap;
+
+use crate::config::{Keyless, OnConflict};
+use crate::control::TableProgress;
+use crate::db::{Engine, TableName};
+use crate::engines::RowTarget;
+use crate::plugin::TablePlugin;
+use crate::schema::{NameMap, TableDef, dependency_order};
+use crate::settings::{Settings, TableSelection};
+use crate::source::RowSource;
+
+use super::IDENTITY;
+
+/// A table the pipeline writes.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The target table as ferry writes it.
+    pub def: TableDef,
+    /// It does not exist: ferry creates it.
+    pub create: bool,
+}
+
+/// One source table of the plan.
+#[derive(Debug, Clone)]
+pub struct PlannedTable {
+    pub source: TableDef,
+    /// Where its rows go: for a copy, one table with the source's columns;
+    /// for a plugin, the tables it declared (in its own column order).
+    pub outputs: Vec<Output>,
+    /// `None`: copied as it is, no WASM on the path.
+    pub plugin: Option<TablePlugin>,
+    pub on_conflict: OnConflict,
+}
+
+impl PlannedTable {
+    /// The first (for a copy, the only) target table.
+    pub fn target(&self) -> &TableDef {
+        &self.outputs[0].def
+    }
+
+    pub fn target_names(&self) -> String {
+        self.outputs.iter().map(|o| o.def.name.to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Whether ferry creates one of its target tables in this attempt.
+    pub fn creates(&self) -> bool {
+        self.outputs.iter().any(|o| o.create)
+    }
+
+    /// Whether ferry made its target tables in this run (this attempt or an
+    /// earlier one, as recorded).
+    pub(super) fn made_by_ferry(&self, progress: &HashMap<String, TableProgress>) -> bool {
+        progress.get(&self.source.name.to_string()).map_or(self.creates(), |p| p.created)
+    }
+
+    /// No key (the plan let it through: `keyless = "ctid"`): copied in
+    /// storage order, validated as a multiset of rows.
+    pub fn keyless(&self) -> bool {
+        self.source.primary_key.is_empty()
+    }
+
+    /// What produced the rows: the plugin's SHA-256, or [`IDENTITY`].
+    pub fn producer(&self) -> &str {
+        self.plugin.as_ref().map_or(IDENTITY, |p| p.sha256())
+    }
+}
+
+/// What a many-table pipeline will do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// In load order (parents before children).
+    pub tables: Vec<PlannedTable>,
+    pub names: NameMap,
+}
+
+/// Resolves the selection against both catalogs. Every problem found is
+/// reported at once (a table without a key, a missing column…), with its fix.
+pub async fn plan(
+    settings: &Settings,
+    selection: &TableSelection,
+    source: &mut dyn RowSource,
+    target: &mut dyn RowTarget,
+) -> anyhow::Result<Plan> {
+    let target_engine = settings.target.url.engine();
+    let mut names: Vec<TableName> = Vec::new();
+    for spec in &selection.tables {
+        names.push(spec.source.clone());
+    }
+    if !selection.include.is_empty() {
+        for name in source.list_tables().await? {
+            if TableSelection::matches(&selection.include, &name)
+                && !TableSelection::matches(&selection.exclude, &name)
+                && selection.spec(&name).is_none()
+            {
+                names.push(name);
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    let mut kind = crate::error::ErrorKind::Contract;
+    let mut tables = Vec::new();
+    let mut seen_targets: HashMap<TableName, TableName> = HashMap::new();
+    for name in names {
+        let spec = selection.spec(&name);
+        let Some(mut def) = source.describe(&name).await? else {
+            problems
+                .push(format!("source table {name} does not exist in {}; check [[tables]] name", settings.source.url));
+            continue;
+        };
+        if let Some(key) = spec.and_then(|s| s.key.as_ref()) {
+            match chosen_key(&def, key) {
+                Ok((indexes, index)) => {
+                    def.primary_key = indexes;
+                    def.key_index = index;
+                }
+                Err(e) => {
+                    problems.push(format!("table {}: {e}", def.name));
+                    continue;
+                }
+            }
+        } else if def.primary_key.is_empty() {
+            let keyless = spec.map_or(selection.keyless, |s| s.keyless);
+            if keyless == Keyless::Refuse {
+                problems.push(format!(
+                    "table {} has no primary key: ferry pages, checkpoints and validates by key. Add a primary key, \
+                     or name a unique NOT NULL key: [[tables]] name = \"{}\" key = [\"column\", …], or copy it in \
+                     storage order into a table holding nothing else: keyless = \"ctid\" (in [[tables]] or [source])",
+                    def.name, def.name
+                ));
+                continue;
+            }
+            if spec.is_some_and(|s| s.plugin.is_some()) {
+                problems.push(format!(
+                    "table {} has no primary key and a plugin: a transformed table needs a key (its dead letters \
+                     and target keys are named by it); add a primary key or name one: key = [\"column\", …]",
+                    def.name
+                ));
+                continue;
+            }
+        }
+        let target_name = match spec.and_then(|s| s.target.clone()) {
+            Some(t) => t,
+            None if target_engine == Engine::Sqlite => TableName { schema: None, name: def.name.name.clone() },
+            None => def.name.clone(),
+        };
+        let on_conflict = spec.and_then(|s| s.on_conflict).unwrap_or(settings.on_conflict);
+        let plugin = match spec.and_then(|s| s.plugin.clone()) {
+            None => None,
+            Some(ps) => {
+                let loaded = tokio::task::spawn_blocking(move || TablePlugin::load(&ps.path, &ps.options)).await?;
+                match loaded {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        // A plugin that cannot run at all says so in the exit code.
+                        let e = anyhow::Error::from(e);
+                        if crate::error::ErrorKind::of(&e) == crate::error::ErrorKind::Plugin {
+                            kind = crate::error::ErrorKind::Plugin;
+                        }
+                        problems.push(format!("table {}: {e}", def.name));
+                        continue;
+                    }
+                }
+            }
+        };
+        // What the table becomes: itself, or the plugin's declared tables.
+        let wanted: Vec<TableDef> = match &plugin {
+            None => vec![def.for_target(target_name.clone(), target_engine)],
+            Some(plugin) => {
+                let (p, source_def) = (plugin.clone(), def.clone());
+                let declared = tokio::task::spawn_blocking(move || p.instantiate()?.describe(&source_def)).await?;
+                match declared {
+                    Err(e) => {
+                        problems.push(format!("table {}: {e}", def.name));
+                        continue;
+                    }
+                    Ok(declared) => declared
+                        .into_iter()
+                        .map(|out| {
+                            let name = match (&out.name.schema, target_engine) {
+                                (_, Engine::Sqlite) => TableName { schema: None, name: out.name.name.clone() },
+                                (Some(_), _) => out.name.clone(),
+                                (None, _) => {
+                                    TableName { schema: target_name.schema.clone(), name: out.name.name.clone() }
+                                }
+                            };
+                            let mut t = out.for_target(name.clone(), target_engine);
+                            t.name = name;
+                            t
+                        })
+                        .collect(),
+                }
+            }
+        };
+        let mut outputs = Vec::new();
+        for wanted in wanted {
+            let target_name = wanted.name.clone();
+            if let Some(other) = seen_targets.insert(target_name.clone(), def.name.clone()) {
+                // Several source tables may merge into one plugin-declared
+                // table; a copy needs a table of its own.
+                let merging = plugin.is_some()
+                    && tables.iter().any(|t: &PlannedTable| t.plugin.is_some() && t.source.name == other);
+                if !merging {
+                    problems.push(format!(
+                        "tables {other} and {} would both be copied into {target_name}; give one a `target` in [[tables]]",
+                        def.name
+                    ));
+                    continue;
+                }
+            }
+            let existing = target.describe(&target_name).await?;
+            let already = tables.iter().flat_map(|t| &t.outputs).any(|o| o.def.name == target_name && o.create);
+            if let Some(existing) = &existing {
+                // A plugin declares its output's types: a target column
+                // that cannot hold them would refuse every row.
+                let mut mismatches: Vec<String> = Vec::new();
+                for c in &wanted.columns {
+                    match existing.column_index(&c.name).map(|i| &existing.columns[i]) {
+                        None => mismatches.push(format!("column `{}` is missing", c.name)),
+                        Some(there)
+                            if plugin.is_some()
+                                && target_engine == Engine::Postgres
+                                && !holds(&there.kind, &c.kind) =>
+                        {
+                            mismatches.push(format!(
+                                "column `{}` has type {} but the plugin writes {:?} values",
+                                c.name, there.sql_type, c.kind
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if !mismatches.is_empty() {
+                    let what = if plugin.is_some() { "the plugin's output for" } else { "the copy of" };
+                    problems.push(format!(
+                        "target table {target_name} does not match {what} {}: {}; fix the target table, or drop it \
+                         and ferry creates it",
+                        def.name,
+                        mismatches.join("; ")
+                    ));
+                    continue;
+                }
+            }
+            outputs.push(Output { def: wanted, create: existing.is_none() && !already });
+        }
+        if outputs.is_empty() {
+            continue;
+        }
+        tables.push(PlannedTable { source: def, outputs, plugin, on_conflict });
+    }
+    if !problems.is_empty() {
+        return Err(crate::error::Error::raise(
+            kind,
+            format!("the pipeline's tables cannot be copied:\n  - {}", problems.join("\n  - ")),
+        ));
+    }
+    if tables.is_empty() {
+        anyhow::bail!(crate::config::ConfigError::Invalid {
+            path: "pipeline".into(),
+            message: format!("no source table matches source.include in {}; check the patterns", settings.source.url),
+        });
+    }
+    let map = NameMap(
+        tables
+            .iter()
+            .filter(|t| t.plugin.is_none())
+            .map(|t| (t.source.name.clone(), t.target().name.clone()))
+            .collect(),
+    );
+    let defs: Vec<TableDef> = tables.iter().map(|t| t.source.clone()).collect();
+    let order = dependency_order(&defs);
+    let tables = order.into_iter().map(|i| tables[i].clone()).collect();
+    Ok(Plan { tables, names: map })
+}
+
+/// Whether a PostgreSQL column of kind `column` holds values of kind
+/// `value` as they are: numbers in number columns, times in time columns,
+/// anything in a text (or unknown) column; never text into a number.
+fn holds(column: &crate::value::Kind, value: &crate::value::Kind) -> bool {
+    use crate::value::Kind::*;
+    let number = |k: &crate::value::Kind| matches!(k, Int16 | Int32 | Int64 | Float32 | Float64 | Numeric);
+    let instant = |k: &crate::value::Kind| matches!(k, Date | Timestamp | TimestampTz);
+    match (column, value) {
+        (Text | Other, _) | (_, Other) => true,
+        (Json, Json | Text) | (Uuid, Uuid | Text) => true,
+        (Array(c), Array(v)) => holds(c, v),
+        (c, v) if number(c) => number(v),
+        (c, v) if instant(c) => instant(v),
+        (c, v) => c == v,
+    }
+}
+
+/// The column indexes of a user-chosen key (columns that exist, are NOT
+/// NULL and carry a unique index) and that index (`None` if it is the
+/// primary key), else why not.
+fn chosen_key(def: &TableDef, key: &[String]) -> Result<(Vec<usize>, Option<String>), String> {
+    let mut indexes = Vec::new();
+    for name in key {
+        let i = def.column_index(name).ok_or_else(|| format!("key column {name} does not exist"))?;
+        if def.columns[i].nullable {
+            return Err(format!("key column {name} is nullable; a key's columns must be NOT NULL"));
+        }
+        indexes.push(i);
+    }
+    if def.primary_key == indexes {
+        return Ok((indexes, None));
+    }
+    let index = def
+        .indexes
+        .iter()
+        .find(|ix| ix.unique && ix.columns.len() == key.len() && key.iter().all(|k| ix.columns.contains(k)));
+    let Some(index) = index else {
+        return Err(format!(
+            "no unique index on ({}): a key must be unique; create one (CREATE UNIQUE INDEX … ON {} ({}))",
+            key.join(", "),
+            def.name,
+            key.join(", ")
+        ));
+    };
+    Ok((indexes, Some(index.name.clone())))
+}
