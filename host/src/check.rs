@@ -95,7 +95,12 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
     if let (Some(mut source), Some(mut target)) = (source, target) {
         match crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await {
             Err(e) => items.push("tables", Level::Fail, format!("{e:#}")),
-            Ok(plan) => {
+            Ok(mut plan) => {
+                // The same schema planning `ferry migrate` refuses on.
+                match crate::tables::pre_data::plan(settings, &mut plan).await {
+                    Err(e) => items.push("schema", Level::Fail, format!("{e:#}")),
+                    Ok(findings) => schema_items(&plan, findings, &mut items),
+                }
                 let cross = settings.source.url.engine() != settings.target.url.engine();
                 for table in &plan.tables {
                     let def = &table.source;
@@ -119,7 +124,18 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
                         detail.push_str(&format!("; through plugin sha256 {}", plugin.sha256()));
                     }
                     let creates = table.creates();
-                    if creates {
+                    if creates && table.schema_made {
+                        detail.push_str(
+                            "; created by the schema copy as the source defines it, keys and indexes built after \
+                             its rows, foreign keys and triggers after every table's",
+                        );
+                    } else if table.schema_made {
+                        detail.push_str(&format!(
+                            "; target table exists: loaded as it is, with its triggers and foreign-key checks off \
+                             where ferry may (on_conflict = {:?})",
+                            table.on_conflict
+                        ));
+                    } else if creates {
                         detail.push_str(&format!(
                             "; ferry creates it, then builds {} index(es) and {} foreign key(s) after the data",
                             table.target().indexes.len(),
@@ -180,6 +196,34 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
     }
     let ok = items.0.iter().all(|i| i.level != Level::Fail);
     CheckReport { ok, items: items.0 }
+}
+
+/// The schema copy's items: what it creates before and after the data,
+/// what it leaves out, and every problem that would stop `migrate`.
+fn schema_items(plan: &crate::tables::Plan, findings: crate::tables::pre_data::Findings, items: &mut Items) {
+    if let Some(schema) = &plan.schema {
+        let p = schema.0.plan();
+        items.push(
+            "schema",
+            Level::Ok,
+            format!(
+                "copied from the source (pg_dump): before the data {}; after it {}; {} object(s) the target holds \
+                 already are left as they are",
+                crate::schema_copy::SchemaPlan::summary(&p.before),
+                crate::schema_copy::SchemaPlan::summary(&p.after),
+                p.present
+            ),
+        );
+        if !p.left_out.is_empty() {
+            items.push("schema left out", Level::Warn, p.left_out.join("; "));
+        }
+    }
+    for warning in findings.warnings {
+        items.push("triggers on load", Level::Warn, warning);
+    }
+    for problem in findings.problems {
+        items.push("schema", Level::Fail, problem);
+    }
 }
 
 /// A parallel run (`[reverse]`): what the reverse stream and the cutover

@@ -34,6 +34,10 @@ pub struct FileConfig {
     /// `[plan]`: evidence `ferry plan` looks for beyond the databases.
     #[serde(default)]
     pub plan: PlanConfig,
+    /// `[schema]`: what of the source's schema comes along, between
+    /// PostgreSQL databases.
+    #[serde(default)]
+    pub schema: SchemaConfig,
     /// `[[tables]]`: the source tables to move, by name, each with its own
     /// settings. With `source.include`, a pipeline of many tables.
     #[serde(default)]
@@ -70,6 +74,41 @@ pub struct TableConfig {
     pub inverse: Option<PathBuf>,
     /// Pinned SHA-256 of the inverse.
     pub inverse_sha256: Option<String>,
+}
+
+/// `[schema]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// What of the source's schema is created in the target with the tables
+    /// copied as they are (default `tables`).
+    pub copy: Option<SchemaCopy>,
+    /// Keep owners and privileges (`ALTER … OWNER TO`, `GRANT`) as the
+    /// source has them (default true): every role they name must exist in
+    /// the target. `false`: the target's objects belong to ferry's role.
+    pub owners: Option<bool>,
+    /// The directory holding `pg_dump` and `pg_restore` (default: `PATH`),
+    /// of the source server's major version or newer.
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// What of a PostgreSQL source's schema comes along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaCopy {
+    /// The pipeline's tables with everything they need (extensions,
+    /// schemas, types, sequences, functions) and own (defaults, keys,
+    /// indexes, constraints, triggers, comments), their partitions, and
+    /// the other objects of their schemas built only on them (views,
+    /// functions…).
+    #[default]
+    Tables,
+    /// Every object of the database, but the tables the pipeline leaves
+    /// out and what is built on them.
+    Database,
+    /// None: ferry creates each missing table from its columns and key
+    /// (types, views, functions, triggers are the user's to create).
+    None,
 }
 
 /// `[plan]`.

@@ -80,3 +80,45 @@ pub async fn open_row_target(settings: &Settings) -> anyhow::Result<Box<dyn RowT
 pub async fn open_control(settings: &Settings) -> anyhow::Result<Box<dyn ControlStore>> {
     Ok(open_row_target(settings).await?)
 }
+
+/// Plans the copy of the schema around `tables` (copied as they are,
+/// under their own names) from the pipeline's source into its target.
+pub async fn open_schema_copy(
+    settings: &Settings,
+    tables: &[crate::db::TableName],
+) -> anyhow::Result<std::sync::Arc<dyn crate::schema_copy::SchemaCopy>> {
+    match (settings.source.url.engine(), settings.target.url.engine()) {
+        (Engine::Postgres, Engine::Postgres) => {
+            let tools =
+                crate::postgres::dump::Tools { dir: settings.schema.bin_dir.clone(), owners: settings.schema.owners };
+            let scope = match settings.schema.copy {
+                crate::config::SchemaCopy::Database => crate::postgres::dump::Scope::Database,
+                _ => crate::postgres::dump::Scope::Tables,
+            };
+            let copy =
+                crate::postgres::PgSchemaCopy::plan(&settings.source.url, &settings.target.url, tables, scope, &tools)
+                    .await?;
+            Ok(std::sync::Arc::new(copy))
+        }
+        (source, target) => Err(crate::error::Error::contract(format!(
+            "the schema is copied between PostgreSQL databases only, not from {source} to {target}"
+        ))),
+    }
+}
+
+/// Of `(table, column, type)`, those whose type the target does not know
+/// (a PostgreSQL target; another engine maps every type).
+pub async fn missing_types(
+    settings: &Settings,
+    columns: &[(String, String, String)],
+) -> anyhow::Result<Vec<(String, String, String)>> {
+    if settings.target.url.engine() != Engine::Postgres || columns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conn = crate::postgres::connect(&settings.target.url, "target").await?;
+    let mut types: Vec<&str> = columns.iter().map(|c| c.2.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    let missing: Vec<String> = crate::postgres::unknown_types(&mut conn, &types).await?;
+    Ok(columns.iter().filter(|c| missing.contains(&c.2)).cloned().collect())
+}

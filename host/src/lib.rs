@@ -30,6 +30,7 @@ pub mod retry;
 pub mod runbook;
 pub mod scaffold;
 pub mod schema;
+pub mod schema_copy;
 pub mod settings;
 pub mod sink;
 pub mod source;

@@ -56,16 +56,20 @@ where
 {
     let mut backoff = crate::retry::Backoff::default();
     let mut options = options;
+    // Set once a run under way was lost: from then on a server that cannot
+    // be reached yet is one still coming back, and is waited for.
+    let mut resuming = false;
     loop {
         let started = Instant::now();
         match attempt(options).await {
             // Only a run that was under way is resumed: a server that cannot
             // be reached at the start is more likely a wrong URL than a restart.
             Err(e)
-                if e.downcast_ref::<RunStopped>().is_some()
+                if (resuming || e.downcast_ref::<RunStopped>().is_some())
                     && crate::retry::is_transient(&e)
                     && !stop.load(Ordering::Relaxed) =>
             {
+                resuming = true;
                 if started.elapsed() > PROGRESS_TIME {
                     backoff.progressed();
                 }

@@ -146,6 +146,15 @@ pub struct TableDef {
     /// Safe because pages commit exactly once, in key order.
     #[serde(skip)]
     pub defer_key: bool,
+    /// PostgreSQL inheritance: other tables inherit from this one, so every
+    /// read and write of its own rows says `ONLY` (its plain name reaches
+    /// the children's rows too). See [`TableDef::relation`].
+    #[serde(skip)]
+    pub inherited: bool,
+    /// It inherits from another table (not as a partition): no key of the
+    /// parent's makes its own rows unique.
+    #[serde(skip)]
+    pub inherits: bool,
 }
 
 impl TableDef {
@@ -164,6 +173,17 @@ impl TableDef {
             row_bytes: 0,
             key_index: None,
             defer_key: false,
+            inherited: false,
+            inherits: false,
+        }
+    }
+
+    /// The table's own rows in a query (`FROM`, `DELETE FROM`, `UPDATE`):
+    /// its quoted name, with `ONLY` when other tables inherit from it.
+    pub fn relation(&self) -> String {
+        match self.inherited && self.engine == Engine::Postgres {
+            true => format!("ONLY {}", self.quoted()),
+            false => self.quoted(),
         }
     }
 
@@ -534,6 +554,8 @@ mod tests {
             row_bytes: 0,
             key_index: None,
             defer_key: false,
+            inherited: false,
+            inherits: false,
         }
     }
 

@@ -159,6 +159,16 @@ pub struct Settings {
     /// `[plan]`'s backup paths (resolved against the file's directory).
     pub source_backup: Option<PathBuf>,
     pub target_backup: Option<PathBuf>,
+    /// `[schema]`: what of the schema comes along (PostgreSQL to PostgreSQL).
+    pub schema: SchemaSettings,
+}
+
+/// `[schema]`.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaSettings {
+    pub copy: crate::config::SchemaCopy,
+    pub owners: bool,
+    pub bin_dir: Option<PathBuf>,
 }
 
 /// `[reverse]`: the reverse stream's slot and publication in the new database.
@@ -274,6 +284,11 @@ impl Settings {
             reverse,
             source_backup: file.plan.source_backup.as_deref().map(|p| relative_to(base, p)),
             target_backup: file.plan.target_backup.as_deref().map(|p| relative_to(base, p)),
+            schema: SchemaSettings {
+                copy: file.schema.copy.unwrap_or_default(),
+                owners: file.schema.owners.unwrap_or(true),
+                bin_dir: file.schema.bin_dir.as_deref().map(|p| relative_to(base, p)),
+            },
         })
     }
 }

@@ -230,6 +230,24 @@ pub trait RowSink: Send {
     ) -> anyhow::Result<()> {
         Ok(())
     }
+    /// The user triggers of `tables` that fire on a load: `(table, trigger,
+    /// fires even with triggers off)`.
+    async fn triggers(&mut self, _tables: &[crate::schema::TableDef]) -> anyhow::Result<Vec<(String, String, bool)>> {
+        Ok(Vec::new())
+    }
+    /// Whether this connection may load rows with the target's triggers and
+    /// foreign-key checks off ([`RowSink::skip_triggers`]).
+    async fn may_skip_triggers(&mut self) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+    /// Until called again with `false`, rows this connection writes fire no
+    /// trigger and check no foreign key (PostgreSQL:
+    /// `session_replication_role = replica`): a copy of rows that were
+    /// consistent in the source loads in any order, and no trigger of an
+    /// existing target rewrites them. Only where [`RowSink::may_skip_triggers`].
+    async fn skip_triggers(&mut self, _on: bool) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Starts source table `table` of run `run_id` over, in one
     /// transaction: empties `targets` (tables ferry created for it, so
     /// holding only what this run wrote) and resets the table's checkpoint,

@@ -17,6 +17,12 @@ use async_trait::async_trait;
 pub trait RowSource: Send {
     /// The user tables this role can see (no system or ferry tables).
     async fn list_tables(&mut self) -> anyhow::Result<Vec<crate::db::TableName>>;
+    /// The leaf partitions of a partitioned table (all levels), which hold
+    /// its rows; empty for any other table. A copy into a target that keeps
+    /// the partitioning copies each leaf as a table of its own.
+    async fn partitions(&mut self, _table: &crate::db::TableName) -> anyhow::Result<Vec<crate::db::TableName>> {
+        Ok(Vec::new())
+    }
     /// A table's definition, or `None` if there is no such table.
     async fn describe(&mut self, table: &crate::db::TableName) -> anyhow::Result<Option<crate::schema::TableDef>>;
     async fn count_rows(&mut self, table: &crate::schema::TableDef) -> anyhow::Result<u64>;

@@ -120,6 +120,17 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}", self.port)
     }
 
+    /// Crashes the server (`pg_ctl stop -m immediate`: no checkpoint, every
+    /// connection cut, crash recovery on the next start) and starts it
+    /// again after `down`.
+    #[allow(dead_code)]
+    pub fn crash(&self, down: std::time::Duration) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        std::thread::sleep(down);
+        let log = self.dir.path().join("server.log");
+        self.run("pg_ctl", &["-D", &self.data(), "-l", log.to_str().unwrap(), "-w", "start"]);
+    }
+
     /// Restarts the server (a source restart during streaming).
     #[allow(dead_code)]
     pub fn restart(&self) {

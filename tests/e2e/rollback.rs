@@ -232,12 +232,15 @@ async fn a_migration_killed_half_way_is_rolled_back_exactly() {
         ))
         .await;
     // The target holds every 7th key already; a statement trigger of its
-    // own makes each batch take a while, so the kill lands half-way.
+    // own makes each batch take a while, so the kill lands half-way
+    // (ENABLE ALWAYS: it fires even while ferry loads with the target's
+    // triggers off).
     target
         .exec(&format!(
             "{ddl}; INSERT INTO events SELECT g * 7, 'before ' || g FROM generate_series(1, 20000) g; \
              CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$; \
-             CREATE TRIGGER slow AFTER INSERT OR UPDATE ON events FOR EACH STATEMENT EXECUTE FUNCTION slow()"
+             CREATE TRIGGER slow AFTER INSERT OR UPDATE ON events FOR EACH STATEMENT EXECUTE FUNCTION slow(); \
+             ALTER TABLE events ENABLE ALWAYS TRIGGER slow"
         ))
         .await;
     let before = rows_text(&target, "events", "id").await;

@@ -170,6 +170,9 @@ pub fn pg_server() -> String {
 /// A database created for one test and dropped when the test ends.
 pub struct PgDb {
     pub name: String,
+    /// The server's URL without a database; `None`: [`pg_server`], where
+    /// the database was made for the test and is dropped with it.
+    server: Option<String>,
 }
 
 impl PgDb {
@@ -186,11 +189,18 @@ impl PgDb {
             .execute(&mut admin)
             .await
             .expect("create test database");
-        PgDb { name }
+        PgDb { name, server: None }
+    }
+
+    /// Database `name` of another server (a throwaway cluster's), read and
+    /// written like a test database but never dropped.
+    #[allow(dead_code)]
+    pub fn on(server: &str, name: &str) -> PgDb {
+        PgDb { name: name.to_string(), server: Some(server.to_string()) }
     }
 
     pub fn url(&self) -> String {
-        format!("{}/{}", pg_server(), self.name)
+        format!("{}/{}", self.server.clone().unwrap_or_else(pg_server), self.name)
     }
 
     pub async fn conn(&self) -> PgConnection {
@@ -213,6 +223,9 @@ impl PgDb {
 
 impl Drop for PgDb {
     fn drop(&mut self) {
+        if self.server.is_some() {
+            return;
+        }
         let name = self.name.clone();
         // Drop from a fresh thread and runtime: Drop may run inside a runtime.
         let _ = std::thread::spawn(move || {

@@ -3,6 +3,9 @@
 mod binary;
 pub(crate) mod control;
 mod deployments;
+pub mod dump;
+mod schema_copy;
+pub use schema_copy::PgSchemaCopy;
 pub mod replication;
 mod stream;
 mod tables;
@@ -29,6 +32,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// reading nothing.
 pub(crate) async fn exists(conn: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(name).fetch_one(conn).await
+}
+
+/// Of the type names `types` (as `format_type` writes them), those this
+/// database does not know.
+pub async fn unknown_types(conn: &mut PgConnection, types: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut unknown = Vec::new();
+    for name in types {
+        // to_regtype raises on a malformed name rather than returning NULL.
+        let known: Result<bool, sqlx::Error> =
+            sqlx::query_scalar("SELECT to_regtype($1) IS NOT NULL").bind(name).fetch_one(&mut *conn).await;
+        if !matches!(known, Ok(true)) {
+            unknown.push(name.to_string());
+        }
+    }
+    Ok(unknown)
 }
 
 /// Connects with the session settings ferry relies on: UTC (so `timestamp`

@@ -155,7 +155,7 @@ fn upsert_sql(def: &TableDef, rows: &[&Row]) -> String {
 /// `DELETE … WHERE (key) IN (…)` of `keys` (values in key order; keys of
 /// one length, shorter than the table's key for a prefix).
 fn delete_sql(def: &TableDef, keys: &[&Row]) -> String {
-    format!("DELETE FROM {} WHERE {}", def.quoted(), key_in(def, keys, ""))
+    format!("DELETE FROM {} WHERE {}", def.relation(), key_in(def, keys, ""))
 }
 
 /// `(key columns) IN ((…), …)` of `keys`, the columns prefixed by `alias`.
@@ -285,7 +285,7 @@ async fn conflicts(
         "SELECT ARRAY[{}], row_to_json(t)::text, (extract(epoch FROM c.timestamp) * 1000000)::int8 \
          FROM {} t CROSS JOIN LATERAL pg_xact_commit_timestamp_origin(t.xmin) c WHERE {} AND c.roident = 0",
         columns.join(", "),
-        def.quoted(),
+        def.relation(),
         key_in(def, &refs, "t.")
     );
     let found: Vec<(Vec<Option<String>>, String, i64)> =
@@ -323,7 +323,7 @@ async fn apply_writes(
             }
         }
         if !stretch.truncate.is_empty() {
-            let names: Vec<String> = stretch.truncate.iter().map(|&t| batch.tables[t].quoted()).collect();
+            let names: Vec<String> = stretch.truncate.iter().map(|&t| batch.tables[t].relation()).collect();
             sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {}", names.join(", ")))).execute(&mut *tx).await?;
             continue;
         }

@@ -272,7 +272,7 @@ impl PgTables {
         format!(
             "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}",
             table.column_list(),
-            table.quoted(),
+            table.relation(),
             table.key_list()
         )
     }
@@ -441,7 +441,7 @@ fn prefix_deletes(table: &TableDef, keys: &[Vec<crate::value::Value>]) -> Vec<St
         .into_iter()
         .map(|(n, keys)| {
             let columns: Vec<String> = table.key_columns().take(n).map(|c| quote_ident(&c.name)).collect();
-            format!("DELETE FROM {} WHERE ({}) IN ({})", table.quoted(), columns.join(", "), key_tuples(table, &keys))
+            format!("DELETE FROM {} WHERE ({}) IN ({})", table.relation(), columns.join(", "), key_tuples(table, &keys))
         })
         .collect()
 }
@@ -642,6 +642,20 @@ impl RowSource for PgTables {
         Ok(rows.into_iter().map(|(schema, name)| TableName { schema: Some(schema), name }).collect())
     }
 
+    async fn partitions(&mut self, table: &TableName) -> anyhow::Result<Vec<TableName>> {
+        let Some((oid, name)) = self.resolve(table).await? else { return Ok(Vec::new()) };
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT n.nspname::text, c.relname::text FROM pg_partition_tree($1::oid::regclass) t \
+             JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE t.isleaf AND t.relid <> $1::oid::regclass ORDER BY t.level, 1, 2",
+        )
+        .bind(oid)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(|e| self.err(format!("listing the partitions of {name}"), &e))?;
+        Ok(rows.into_iter().map(|(schema, name)| TableName { schema: Some(schema), name }).collect())
+    }
+
     async fn describe(&mut self, table: &TableName) -> anyhow::Result<Option<TableDef>> {
         let Some((oid, name)) = self.resolve(table).await? else { return Ok(None) };
         let what = |e: sqlx::Error| Error::driver(format!("reading the definition of {name}"), &e);
@@ -701,9 +715,11 @@ impl RowSource for PgTables {
                 _ if identity.is_some() => None,
                 Some(_) if row.try_get::<bool, _>("owns_sequence")? => Some(ColumnDefault::Serial { next }),
                 Some(expression) if expression.contains("nextval(") => {
-                    tracing::warn!(
+                    // Recreated by the schema copy (with the sequence); a
+                    // table ferry makes from its columns goes without it.
+                    tracing::debug!(
                         "the default of {name}.{column} ({expression}) takes values from a sequence the column \
-                         does not own: not recreated on the target"
+                         does not own: not part of the table's definition"
                     );
                     None
                 }
@@ -788,8 +804,12 @@ impl RowSource for PgTables {
         .fetch_all(&mut self.conn)
         .await
         .map_err(what)?;
-        let (estimate, row_bytes): (f32, Option<f64>) = sqlx::query_as(
-            "SELECT reltuples, CASE WHEN reltuples > 0 THEN pg_table_size(oid) / reltuples END FROM pg_class WHERE oid = $1::oid",
+        let (estimate, row_bytes, inherited, inherits): (f32, Option<f64>, bool, bool) = sqlx::query_as(
+            "SELECT reltuples, CASE WHEN reltuples > 0 THEN pg_table_size(oid) / reltuples END, \
+                    EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid \
+                            WHERE i.inhparent = c.oid AND NOT k.relispartition), \
+                    NOT relispartition AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid) \
+             FROM pg_class c WHERE oid = $1::oid",
         )
         .bind(oid)
         .fetch_one(&mut self.conn)
@@ -808,11 +828,13 @@ impl RowSource for PgTables {
             row_bytes: row_bytes.unwrap_or(0.0).max(0.0) as u64,
             key_index: None,
             defer_key: false,
+            inherited,
+            inherits,
         }))
     }
 
     async fn count_rows(&mut self, table: &TableDef) -> anyhow::Result<u64> {
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {}", table.quoted())))
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {}", table.relation())))
             .fetch_one(&mut self.conn)
             .await
             .map_err(|e| self.err(format!("counting rows of {}", table.name), &e))?;
@@ -882,7 +904,7 @@ impl RowSource for PgTables {
     async fn read_heap(&mut self, table: &TableDef, from: u64, to: Option<u64>, raw: bool) -> anyhow::Result<RowPage> {
         let upper = to.map(|to| format!(" AND ctid < '({to},0)'::tid")).unwrap_or_default();
         let query =
-            format!("SELECT {} FROM {} WHERE ctid >= '({from},0)'::tid{upper}", table.column_list(), table.quoted());
+            format!("SELECT {} FROM {} WHERE ctid >= '({from},0)'::tid{upper}", table.column_list(), table.relation());
         let mut page = match raw {
             true => RowPage {
                 raw: Some(crate::keyset::RawRows::of_copy_text(self.copy_out_bytes(table, &query).await?)),
@@ -919,7 +941,7 @@ impl RowSource for PgTables {
         let query = format!(
             "SELECT {} FROM {} WHERE ({}) IN ({})",
             table.column_list(),
-            table.quoted(),
+            table.relation(),
             table.key_prefix_list(keys[0].len()),
             key_tuples(table, keys)
         );
@@ -1034,11 +1056,45 @@ impl RowSink for PgTables {
         Ok(())
     }
 
+    async fn triggers(&mut self, tables: &[TableDef]) -> anyhow::Result<Vec<(String, String, bool)>> {
+        let names: Vec<String> = tables.iter().map(|t| t.quoted()).collect();
+        let rows: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT n.nspname || '.' || c.relname, t.tgname::text, t.tgenabled = 'A' FROM pg_trigger t \
+             JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE NOT t.tgisinternal AND t.tgenabled IN ('O', 'A') \
+               AND t.tgrelid IN (SELECT to_regclass(x) FROM unnest($1::text[]) x) \
+               AND (t.tgtype & 28) <> 0 ORDER BY 1, 2",
+        )
+        .bind(&names)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(|e| self.err("listing the target's triggers".into(), &e))?;
+        Ok(rows)
+    }
+
+    async fn may_skip_triggers(&mut self) -> anyhow::Result<bool> {
+        // A superuser's, or granted (PostgreSQL 15: GRANT SET ON PARAMETER
+        // session_replication_role): tried, never assumed.
+        let mut tx = self.conn.begin().await.map_err(|e| Error::driver("probing session_replication_role", &e))?;
+        let allowed = sqlx::raw_sql("SET LOCAL session_replication_role = replica").execute(&mut *tx).await.is_ok();
+        tx.rollback().await.ok();
+        Ok(allowed)
+    }
+
+    async fn skip_triggers(&mut self, on: bool) -> anyhow::Result<()> {
+        let role = if on { "replica" } else { "origin" };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET session_replication_role = {role}")))
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("setting session_replication_role = {role}"), &e))?;
+        Ok(())
+    }
+
     async fn restart_table(&mut self, run_id: &str, table: &str, targets: &[&TableDef]) -> anyhow::Result<()> {
         let what = |e: sqlx::Error| Error::driver(format!("starting the copy of {table} over"), &e);
         let mut tx = self.conn.begin().await.map_err(what)?;
         if !targets.is_empty() {
-            let list: Vec<String> = targets.iter().map(|t| t.quoted()).collect();
+            let list: Vec<String> = targets.iter().map(|t| t.relation()).collect();
             sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {}", list.join(", "))))
                 .execute(&mut *tx)
                 .await
@@ -1191,7 +1247,7 @@ impl RowSink for PgTables {
                 }
                 let sql = format!(
                     "DELETE FROM {} WHERE ({}) IN ({})",
-                    target.quoted(),
+                    target.relation(),
                     target.key_list(),
                     key_tuples(target, &keys)
                 );

@@ -69,7 +69,7 @@ fn checksum_sql(def: &TableDef) -> String {
     format!(
         "SELECT count(*)::int8::text || ':' || coalesce(sum(('x' || substr(md5(ferry_row::text), 1, 15))::bit(60)::int8), 0)::text \
          FROM {} ferry_row",
-        def.quoted()
+        def.relation()
     )
 }
 
@@ -132,7 +132,7 @@ pub(super) async fn journal_from(
         "INSERT INTO ferry.undo (journal, key, before) \
          SELECT $1, {}, (SELECT ferry_row::text FROM {} ferry_row WHERE {}) FROM {from} ON CONFLICT DO NOTHING",
         key_text(def, "ferry_new"),
-        def.quoted(),
+        def.relation(),
         on.join(" AND ")
     );
     sqlx::query(sqlx::AssertSqlSafe(sql)).bind(journal).execute(&mut *tx).await?;
@@ -151,7 +151,7 @@ pub(super) async fn journal_existing(
         "INSERT INTO ferry.undo (journal, key, before) \
          SELECT $1, {}, ferry_row::text FROM {} ferry_row{} ON CONFLICT DO NOTHING",
         key_text(def, "ferry_row"),
-        def.quoted(),
+        def.relation(),
         filter.map(|f| format!(" WHERE {f}")).unwrap_or_default()
     );
     sqlx::query(sqlx::AssertSqlSafe(sql)).bind(journal).execute(&mut *tx).await?;
@@ -280,10 +280,10 @@ impl UndoJournal for PgTables {
             let key = key_text(def, "ferry_row");
             let (changed, delete) = match report.mode {
                 UndoMode::EmptyAtStart => (
-                    format!("SELECT {key} AS k FROM {} ferry_row WHERE NOT ({by_run})", def.quoted()),
+                    format!("SELECT {key} AS k FROM {} ferry_row WHERE NOT ({by_run})", def.relation()),
                     format!(
                         "DELETE FROM {} ferry_row{}",
-                        def.quoted(),
+                        def.relation(),
                         if options.force { String::new() } else { format!(" WHERE {by_run}") }
                     ),
                 ),
@@ -292,12 +292,12 @@ impl UndoJournal for PgTables {
                         "SELECT u.key AS k FROM ferry.undo u JOIN {} ferry_row ON {key} = u.key \
                          WHERE u.journal = $1 AND NOT ({by_run}) \
                          AND ferry_row::text IS DISTINCT FROM u.before",
-                        def.quoted()
+                        def.relation()
                     ),
                     format!(
                         "DELETE FROM {} ferry_row USING ferry.undo u WHERE u.journal = $1 \
                          AND {key} = u.key{}",
-                        def.quoted(),
+                        def.relation(),
                         if options.force {
                             " AND ferry_row::text IS DISTINCT FROM u.before".to_string()
                         } else {
@@ -343,8 +343,9 @@ impl UndoJournal for PgTables {
                 "INSERT INTO {table} ({columns}) OVERRIDING SYSTEM VALUE \
                  SELECT {from_record} FROM (SELECT u.before::{table} AS r FROM ferry.undo u \
                  WHERE u.journal = $1 AND u.before IS NOT NULL \
-                 AND NOT EXISTS (SELECT 1 FROM {table} ferry_row WHERE {key} = u.key)) ferry_old",
+                 AND NOT EXISTS (SELECT 1 FROM {rows} ferry_row WHERE {key} = u.key)) ferry_old",
                 table = def.quoted(),
+                rows = def.relation(),
                 columns = columns.join(", "),
                 from_record = from_record.join(", "),
                 key = key_text(def, "ferry_row"),

@@ -513,6 +513,8 @@ impl RowSource for SqliteTables {
             row_bytes: 0,
             key_index: None,
             defer_key: false,
+            inherited: false,
+            inherits: false,
         }))
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::config::OnConflict;
 use crate::control::{RunRecord, TablePhase, TableProgress};
-use crate::db::{Engine, TableName};
+use crate::db::Engine;
 use crate::engines::{self, RowTarget};
 use crate::keyset::{Key, RowPage};
 use crate::plugin::{RowOutcome, TableTransformer};
@@ -40,15 +40,57 @@ struct Queue {
     done: Vec<bool>,
     /// For each table, the tables it must wait for.
     parents: Vec<Vec<usize>>,
+    /// Tables being copied now.
+    running: usize,
+}
+
+/// What a copy worker does next.
+enum Next {
+    Copy(usize),
+    /// Every table left waits for one being copied now.
+    Wait,
 }
 
 impl Queue {
-    fn next(&mut self) -> Option<Result<usize, ()>> {
+    /// The next table whose parents are in; `None` when none is left. A
+    /// queue where every table left waits and none is being copied would
+    /// wait for ever: an error naming them (the plan refuses cycles, so
+    /// this is a defect, never a hang).
+    fn next(&mut self, plan: &Plan) -> anyhow::Result<Option<Next>> {
         if self.waiting.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let ready = self.waiting.iter().position(|&t| self.parents[t].iter().all(|&p| self.done[p]));
-        Some(ready.map(|at| self.waiting.remove(at)).ok_or(()))
+        match self.waiting.iter().position(|&t| self.parents[t].iter().all(|&p| self.done[p])) {
+            Some(at) => {
+                self.running += 1;
+                Ok(Some(Next::Copy(self.waiting.remove(at))))
+            }
+            None if self.running > 0 => Ok(Some(Next::Wait)),
+            None => {
+                let stuck: Vec<String> = self
+                    .waiting
+                    .iter()
+                    .map(|&t| {
+                        let parents: Vec<String> = self.parents[t]
+                            .iter()
+                            .filter(|&&p| !self.done[p])
+                            .map(|&p| plan.tables[p].source.name.to_string())
+                            .collect();
+                        format!("{} (waits for {})", plan.tables[t].source.name, parents.join(", "))
+                    })
+                    .collect();
+                Err(crate::error::Error::contract(format!(
+                    "no table left can be loaded before the others: {}",
+                    stuck.join("; ")
+                )))
+            }
+        }
+    }
+
+    /// A table's copy ended (`loaded`: all its rows are in).
+    fn finished(&mut self, table: usize, loaded: bool) {
+        self.running -= 1;
+        self.done[table] |= loaded;
     }
 }
 
@@ -64,20 +106,7 @@ pub(super) async fn copy_tables(
     bar: Option<indicatif::ProgressBar>,
 ) -> anyhow::Result<u64> {
     let n = plan.tables.len();
-    let position = |name: &TableName| plan.tables.iter().position(|t| &t.source.name == name);
-    let mut parents = vec![Vec::new(); n];
-    for (i, table) in plan.tables.iter().enumerate() {
-        // Only a constraint that already exists in the target orders loads.
-        if !table.creates() {
-            parents[i] = table
-                .source
-                .foreign_keys
-                .iter()
-                .filter_map(|fk| position(&fk.references))
-                .filter(|&p| p != i)
-                .collect();
-        }
-    }
+    let parents = plan.load_after();
     let mut done = vec![false; n];
     let mut waiting = Vec::new();
     for (i, table) in plan.tables.iter().enumerate() {
@@ -88,7 +117,7 @@ pub(super) async fn copy_tables(
     }
     // Biggest first, so the last table to finish is a small one.
     waiting.sort_by_key(|&i| std::cmp::Reverse(plan.tables[i].source.estimated_rows));
-    let queue = Arc::new(Mutex::new(Queue { waiting, done, parents }));
+    let queue = Arc::new(Mutex::new(Queue { waiting, done, parents, running: 0 }));
     let notify = Arc::new(tokio::sync::Notify::new());
     let failed = Arc::new(AtomicBool::new(false));
     let workers = settings.workers.min(n).max(1);
@@ -111,11 +140,16 @@ pub(super) async fn copy_tables(
                 if stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                     return Ok(rows);
                 }
-                let next = queue.lock().expect("queue lock").next();
+                let next = queue.lock().expect("queue lock").next(&plan);
                 let index = match next {
-                    None => return Ok(rows),
-                    Some(Ok(i)) => i,
-                    Some(Err(())) => {
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        notify.notify_waiters();
+                        return Err(e);
+                    }
+                    Ok(None) => return Ok(rows),
+                    Ok(Some(Next::Copy(i))) => i,
+                    Ok(Some(Next::Wait)) => {
                         // Everything left waits for a table another worker copies.
                         tokio::time::timeout(std::time::Duration::from_millis(200), notify.notified()).await.ok();
                         continue;
@@ -123,76 +157,94 @@ pub(super) async fn copy_tables(
                 };
                 let table = &plan.tables[index];
                 let name = table.source.name.to_string();
-                let known = progress.get(&name);
-                let mut start = known.and_then(|p| p.last_key.clone());
-                // A copy into a table ferry made holds only what this run
-                // committed (exactly once): plain COPY, key built after.
-                let ours = table.made_by_ferry(&progress) && table.plugin.is_none();
-                // A keyless table is plain inserts: no key to conflict on.
-                let policy = if ours || table.keyless() { OnConflict::Error } else { table.on_conflict };
-                // An interrupted heap-order copy cannot resume (its block
-                // positions mean nothing in a new snapshot): the table
-                // starts over — in key order this time when it has a key,
-                // so that a second interruption loses nothing more.
-                let restarted = (ours || table.keyless()) && known.is_some_and(|p| p.phase == TablePhase::CopyingHeap);
-                if restarted {
-                    let again = if table.keyless() { "in storage order (it has no key)" } else { "in key order" };
-                    tracing::warn!(table = %name, "the heap-order copy was interrupted; copying the table again, {again}");
-                    let targets: Vec<&TableDef> = table.outputs.iter().map(|o| &o.def).collect();
-                    target.restart_table(&run_id, &name, &targets).await?;
-                    start = None;
-                } else if table.keyless() && !ours {
-                    // Starting over empties the target: it must hold
-                    // nothing but what this copy writes.
-                    let held = target.count_rows(table.target()).await?;
-                    if held > 0 {
-                        return Err(crate::error::Error::contract(format!(
-                            "table {name} has no key, so it is copied into a table that holds nothing else, but {} \
-                             already holds {held} rows: empty it (TRUNCATE {}), or drop it and ferry creates it",
-                            table.target().name,
-                            table.target().quoted()
-                        )));
+                let skip = plan.skips_triggers(table);
+                let copied: anyhow::Result<(u64, bool)> = async {
+                    let known = progress.get(&name);
+                    let mut start = known.and_then(|p| p.last_key.clone());
+                    // A copy into a table ferry made holds only what this run
+                    // committed (exactly once): plain COPY, key built after.
+                    let ours = table.made_by_ferry(&progress) && table.plugin.is_none();
+                    // A keyless table is plain inserts: no key to conflict on.
+                    let policy = if ours || table.keyless() { OnConflict::Error } else { table.on_conflict };
+                    // An interrupted heap-order copy cannot resume (its block
+                    // positions mean nothing in a new snapshot): the table
+                    // starts over — in key order this time when it has a key,
+                    // so that a second interruption loses nothing more.
+                    let restarted = (ours || table.keyless()) && known.is_some_and(|p| p.phase == TablePhase::CopyingHeap);
+                    if restarted {
+                        let again = if table.keyless() { "in storage order (it has no key)" } else { "in key order" };
+                        tracing::warn!(table = %name, "the heap-order copy was interrupted; copying the table again, {again}");
+                        let targets: Vec<&TableDef> = table.outputs.iter().map(|o| &o.def).collect();
+                        target.restart_table(&run_id, &name, &targets).await?;
+                        start = None;
+                    } else if table.keyless() && !ours {
+                        // Starting over empties the target: it must hold
+                        // nothing but what this copy writes.
+                        let held = target.count_rows(table.target()).await?;
+                        if held > 0 {
+                            return Err(crate::error::Error::contract(format!(
+                                "table {name} has no key, so it is copied into a table that holds nothing else, but {} \
+                                 already holds {held} rows: empty it (TRUNCATE {}), or drop it and ferry creates it",
+                                table.target().name,
+                                table.target().quoted()
+                            )));
+                        }
                     }
-                }
-                // A fresh copy into a table of its own reads the source in
-                // storage order: no index walk, no random heap reads. A
-                // keyless table has no other order.
-                let order = if table.keyless() || (ours && !restarted && start.is_none() && snapshot.is_none()) {
-                    ReadOrder::Heap
-                } else {
-                    ReadOrder::Key
-                };
-                let began = Instant::now();
-                let result = copy_table(
-                    &settings,
-                    (&plan, index),
-                    &run_id,
-                    start,
-                    target.as_mut(),
-                    snapshot.as_deref(),
-                    order,
-                    &stop,
-                    policy,
-                    bar.as_ref(),
-                )
-                .await;
-                match result {
-                    Ok((copied, complete)) => {
-                        rows += copied;
-                        tracing::info!(table = %name, rows = copied, seconds = began.elapsed().as_secs_f64(), "rows copied");
-                        if complete {
-                            if table.made_by_ferry(&progress) {
+                    // A fresh copy into a table of its own reads the source in
+                    // storage order: no index walk, no random heap reads. A
+                    // keyless table has no other order.
+                    let order = if table.keyless() || (ours && !restarted && start.is_none() && snapshot.is_none()) {
+                        ReadOrder::Heap
+                    } else {
+                        ReadOrder::Key
+                    };
+                    let began = Instant::now();
+                    // Rows copied as they are into a table the target held:
+                    // its triggers and foreign-key checks stay off while
+                    // they load (any order, nothing rewritten).
+                    if skip {
+                        target.skip_triggers(true).await?;
+                    }
+                    let result = copy_table(
+                        &settings,
+                        (&plan, index),
+                        &run_id,
+                        start,
+                        target.as_mut(),
+                        snapshot.as_deref(),
+                        order,
+                        &stop,
+                        policy,
+                        bar.as_ref(),
+                    )
+                    .await;
+                    if skip {
+                        target.skip_triggers(false).await?;
+                    }
+                    let (copied, complete) = result?;
+                    tracing::info!(table = %name, rows = copied, seconds = began.elapsed().as_secs_f64(), "rows copied");
+                    if complete {
+                        match (&plan.schema, table.made_by_ferry(&progress)) {
+                            (_, false) => {}
+                            (Some(schema), true) if table.schema_made => schema.0.build_table(&table.target().name).await?,
+                            (_, true) => {
                                 let engine = settings.target.url.engine();
                                 for output in &table.outputs {
                                     target.build_indexes(&built_later(table, &output.def, engine)).await?;
                                 }
                             }
-                            tracing::info!(table = %name, seconds = began.elapsed().as_secs_f64(), "indexes built");
-                            target.set_table_phase(&run_id, &name, TablePhase::Loaded).await?;
-                            queue.lock().expect("queue lock").done[index] = true;
-                            notify.notify_waiters();
                         }
+                        tracing::info!(table = %name, seconds = began.elapsed().as_secs_f64(), "indexes built");
+                        target.set_table_phase(&run_id, &name, TablePhase::Loaded).await?;
                     }
+                    Ok((copied, complete))
+                }
+                .await;
+                let loaded = copied.as_ref().is_ok_and(|c| c.1);
+                queue.lock().expect("queue lock").finished(index, loaded);
+                notify.notify_waiters();
+                match copied {
+                    Ok((n, _)) => rows += n,
                     Err(e) => {
                         failed.store(true, Ordering::Relaxed);
                         return Err(e.context(format!("copying table {name}")));

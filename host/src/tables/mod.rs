@@ -39,6 +39,7 @@ mod copy;
 pub mod diff;
 mod plan;
 mod post_data;
+pub mod pre_data;
 pub mod replay;
 pub mod reprocess;
 pub mod validate;
@@ -138,6 +139,16 @@ pub async fn migrate_in_snapshot(
     // Nothing is written to the target before the plan holds (missing
     // tables, keys, a plugin that cannot run, a target that does not fit).
     let mut plan = plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+    let findings = pre_data::plan(settings, &mut plan).await?;
+    if !findings.problems.is_empty() {
+        return Err(crate::error::Error::contract(format!(
+            "the pipeline's tables cannot be loaded as planned (ferry check lists this too):\n  - {}",
+            findings.problems.join("\n  - ")
+        )));
+    }
+    for warning in &findings.warnings {
+        tracing::warn!("{warning}");
+    }
     target.ensure_control_tables().await?;
     // A version deployed into this pipeline (`ferry plugin deploy`) is the
     // one its tables run, here as in a stream.
@@ -189,89 +200,118 @@ pub async fn migrate_in_snapshot(
             (run, false)
         }
     };
-    if resumed {
-        target.set_status(&run.run_id, RunStatus::Running, None).await?;
-    }
-    // Each table is recorded before its target is created, so a crash in
-    // between still knows ferry made it (and builds its indexes later).
-    let known: HashMap<String, TableProgress> =
-        target.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
-    for table in &plan.tables {
-        let name = table.source.name.to_string();
-        target.start_table(&run.run_id, &name, &table.target_names(), table.made_by_ferry(&known)).await?;
-        for output in table.outputs.iter().filter(|o| o.create) {
-            target.create_table(&built_later(table, &output.def, target_engine), &plan.names).await?;
+    // From here on the run is recorded: whatever stops it (a server
+    // restarting under it included) leaves it resumable, and a lost
+    // connection is resumed by `migrate::resuming`.
+    let run_id = run.run_id.clone();
+    let outcome: anyhow::Result<TablesReport> = async {
+        if resumed {
+            target.set_status(&run.run_id, RunStatus::Running, None).await?;
         }
-    }
-    // The journal starts before the run writes anything into a table.
-    let outputs: Vec<&TableDef> = plan.tables.iter().flat_map(|t| t.outputs.iter().map(|o| &o.def)).collect();
-    crate::undo::begin(settings, target.as_mut(), &run.run_id, &outputs).await?;
-    let counts = count_all(source.as_mut(), &plan).await?;
-    drop(source);
-
-    let started_tables: HashMap<String, TableProgress> =
-        target.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
-    // Rows of every table, and those earlier attempts of the run committed.
-    let bar = options.progress.then(|| {
-        let done = started_tables.values().map(|p| p.stats.extracted).sum();
-        crate::migrate::progress_bar(counts.values().sum(), done)
-    });
-    let outcome = copy::copy_tables(settings, &plan, &run, started_tables, snapshot, stop.clone(), bar.clone()).await;
-    if settings.undo_journal {
-        // What the run left (SQLite's second copy). When the copy failed,
-        // that failure is the run's outcome and is reported as such (it may
-        // be a lost connection the run resumes after): the copy's is a
-        // warning, and its rollback will need --force.
-        match (target.end_undo(&run.run_id).await, &outcome) {
-            (Err(e), Ok(_)) => return Err(e),
-            (Err(e), Err(_)) => tracing::warn!("recording what run {} left for rollback: {e:#}", run.run_id),
-            (Ok(()), _) => {}
+        // Each table is recorded before its target is created, so a crash in
+        // between still knows ferry made it (and builds its indexes later).
+        let known: HashMap<String, TableProgress> =
+            target.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
+        for table in &plan.tables {
+            let name = table.source.name.to_string();
+            target.start_table(&run.run_id, &name, &table.target_names(), table.made_by_ferry(&known)).await?;
         }
-    }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let progress = target.table_progress(&run.run_id).await?;
-    let stored = target.latest_run(&settings.pipeline).await?.filter(|r| r.run_id == run.run_id).unwrap_or(run.clone());
-    match outcome {
-        Ok(rows) => {
-            let interrupted = stop.load(Ordering::Relaxed);
-            let all_loaded = progress.iter().all(|p| !p.phase.copying());
-            let (ending, message) = if interrupted || !all_loaded {
-                (Ending::Interrupted, Some("interrupted by signal after the last committed pages".to_string()))
-            } else {
-                // Every table's rows are in: sequences where the source's
-                // stand, then checks and foreign keys.
-                advance_sequences(settings, &plan, target.as_mut()).await?;
-                for table in plan.tables.iter().filter(|t| created(&progress, t)) {
-                    for output in &table.outputs {
-                        target.add_constraints(&output.def, &plan.names).await?;
-                    }
-                }
-                for table in &plan.tables {
-                    target.set_table_phase(&run.run_id, &table.source.name.to_string(), TablePhase::Done).await?;
-                }
-                (Ending::Completed, None)
-            };
-            let status = if ending == Ending::Completed { RunStatus::Completed } else { RunStatus::Interrupted };
-            target.set_status(&run.run_id, status, message.as_deref()).await?;
-            let progress = target.table_progress(&run.run_id).await?;
-            Ok(report(&stored, &plan, &progress, &counts, ending, resumed, rows, started, message))
+        // The schema before the data (all of it or none), then the tables
+        // ferry makes from their columns (which may use its types).
+        if let Some(schema) = &plan.schema {
+            schema.0.create_before_data().await?;
         }
-        Err(e) if e.downcast_ref::<PluginFatal>().is_some() => {
-            let message = format!("{e:#}; every committed batch is kept: fix the plugin or the row and run again");
-            target.set_status(&run.run_id, RunStatus::Failed, Some(&message)).await?;
-            let progress = target.table_progress(&run.run_id).await?;
-            Ok(report(&stored, &plan, &progress, &counts, Ending::Fatal, resumed, 0, started, Some(message)))
-        }
-        Err(e) => {
-            let message = format!("{e:#}");
-            if let Err(e2) = target.set_status(&run.run_id, RunStatus::Failed, Some(&message)).await {
-                tracing::warn!("could not record the failure of run {}: {e2:#}", run.run_id);
+        for table in plan.tables.iter().filter(|t| !t.schema_made) {
+            for output in table.outputs.iter().filter(|o| o.create) {
+                target.create_table(&built_later(table, &output.def, target_engine), &plan.names).await?;
             }
-            Err(e.context(RunStopped { run_id: run.run_id.clone(), checkpoint: "per table".into() }))
+        }
+        // The journal starts before the run writes anything into a table.
+        let outputs: Vec<&TableDef> = plan.tables.iter().flat_map(|t| t.outputs.iter().map(|o| &o.def)).collect();
+        crate::undo::begin(settings, target.as_mut(), &run.run_id, &outputs).await?;
+        let counts = count_all(source.as_mut(), &plan).await?;
+        drop(source);
+
+        let started_tables: HashMap<String, TableProgress> =
+            target.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
+        // Rows of every table, and those earlier attempts of the run committed.
+        let bar = options.progress.then(|| {
+            let done = started_tables.values().map(|p| p.stats.extracted).sum();
+            crate::migrate::progress_bar(counts.values().sum(), done)
+        });
+        let outcome =
+            copy::copy_tables(settings, &plan, &run, started_tables, snapshot, stop.clone(), bar.clone()).await;
+        if settings.undo_journal {
+            // What the run left (SQLite's second copy). When the copy failed,
+            // that failure is the run's outcome and is reported as such (it may
+            // be a lost connection the run resumes after): the copy's is a
+            // warning, and its rollback will need --force.
+            match (target.end_undo(&run.run_id).await, &outcome) {
+                (Err(e), Ok(_)) => return Err(e),
+                (Err(e), Err(_)) => tracing::warn!("recording what run {} left for rollback: {e:#}", run.run_id),
+                (Ok(()), _) => {}
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let progress = target.table_progress(&run.run_id).await?;
+        let stored =
+            target.latest_run(&settings.pipeline).await?.filter(|r| r.run_id == run.run_id).unwrap_or(run.clone());
+        match outcome {
+            Ok(rows) => {
+                let interrupted = stop.load(Ordering::Relaxed);
+                let all_loaded = progress.iter().all(|p| !p.phase.copying());
+                let (ending, message) = if interrupted || !all_loaded {
+                    (Ending::Interrupted, Some("interrupted by signal after the last committed pages".to_string()))
+                } else {
+                    // Every table's rows are in: sequences where the source's
+                    // stand, then checks and foreign keys.
+                    advance_sequences(settings, &plan, target.as_mut()).await?;
+                    for table in plan.tables.iter().filter(|t| created(&progress, t) && !t.schema_made) {
+                        for output in &table.outputs {
+                            target.add_constraints(&output.def, &plan.names).await?;
+                        }
+                    }
+                    if let Some(schema) = &plan.schema {
+                        let made: Vec<crate::db::TableName> = plan
+                            .tables
+                            .iter()
+                            .filter(|t| t.schema_made && created(&progress, t))
+                            .map(|t| t.target().name.clone())
+                            .collect();
+                        schema.0.build_after_data(&made).await?;
+                    }
+                    for table in &plan.tables {
+                        target.set_table_phase(&run.run_id, &table.source.name.to_string(), TablePhase::Done).await?;
+                    }
+                    (Ending::Completed, None)
+                };
+                let status = if ending == Ending::Completed { RunStatus::Completed } else { RunStatus::Interrupted };
+                target.set_status(&run.run_id, status, message.as_deref()).await?;
+                let progress = target.table_progress(&run.run_id).await?;
+                Ok(report(&stored, &plan, &progress, &counts, ending, resumed, rows, started, message))
+            }
+            Err(e) if e.downcast_ref::<PluginFatal>().is_some() => {
+                let message = format!("{e:#}; every committed batch is kept: fix the plugin or the row and run again");
+                target.set_status(&run.run_id, RunStatus::Failed, Some(&message)).await?;
+                let progress = target.table_progress(&run.run_id).await?;
+                Ok(report(&stored, &plan, &progress, &counts, Ending::Fatal, resumed, 0, started, Some(message)))
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                if let Err(e2) = target.set_status(&run.run_id, RunStatus::Failed, Some(&message)).await {
+                    tracing::warn!("could not record the failure of run {}: {e2:#}", run.run_id);
+                }
+                Err(e.context(RunStopped { run_id: run.run_id.clone(), checkpoint: "per table".into() }))
+            }
         }
     }
+    .await;
+    outcome.map_err(|e| match e.downcast_ref::<RunStopped>() {
+        Some(_) => e,
+        None => e.context(RunStopped { run_id, checkpoint: "per table".into() }),
+    })
 }
 
 /// The run's plugin hashes (or `identity`), comma-separated.

@@ -36,6 +36,9 @@ pub struct PlannedTable {
     /// `None`: copied as it is, no WASM on the path.
     pub plugin: Option<TablePlugin>,
     pub on_conflict: OnConflict,
+    /// Its target table is created by the schema copy (pg_dump's
+    /// definition, built after the data by it too), not from `source`.
+    pub schema_made: bool,
 }
 
 impl PlannedTable {
@@ -77,6 +80,79 @@ pub struct Plan {
     /// In load order (parents before children).
     pub tables: Vec<PlannedTable>,
     pub names: NameMap,
+    /// The schema around the tables, when it comes along (PostgreSQL to
+    /// PostgreSQL): set by [`super::pre_data::plan`].
+    pub schema: Option<super::pre_data::Schema>,
+    /// Rows copied as they are into tables the target held load with its
+    /// triggers and foreign-key checks off (the target role may:
+    /// [`crate::sink::RowSink::skip_triggers`]), in any order; set by
+    /// [`super::pre_data::plan`].
+    pub skip_triggers: bool,
+}
+
+impl Plan {
+    /// Whether the rows of `table` load with the target's triggers off.
+    pub fn skips_triggers(&self, table: &PlannedTable) -> bool {
+        self.skip_triggers && table.plugin.is_none() && !table.creates()
+    }
+
+    /// For each table (by index), the tables whose rows must be in before
+    /// its own: into a table the target held, whose foreign keys are in
+    /// force, a table waits for the tables it references.
+    pub fn load_after(&self) -> Vec<Vec<usize>> {
+        let position = |name: &TableName| self.tables.iter().position(|t| &t.source.name == name);
+        self.tables
+            .iter()
+            .enumerate()
+            .map(|(i, table)| match table.creates() || self.skips_triggers(table) {
+                true => Vec::new(),
+                false => table
+                    .source
+                    .foreign_keys
+                    .iter()
+                    .filter_map(|fk| position(&fk.references))
+                    .filter(|&p| p != i)
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Tables whose waits ([`Plan::load_after`]) form a cycle, which no
+    /// order can load: `a → b → a`.
+    pub fn wait_cycle(&self) -> Option<String> {
+        let after = self.load_after();
+        // Depth-first: 0 unseen, 1 on the path, 2 done.
+        fn visit(i: usize, after: &[Vec<usize>], state: &mut [u8], path: &mut Vec<usize>) -> Option<Vec<usize>> {
+            state[i] = 1;
+            path.push(i);
+            for &p in &after[i] {
+                if state[p] == 1 {
+                    let from = path.iter().position(|&x| x == p).unwrap_or(0);
+                    let mut cycle = path[from..].to_vec();
+                    cycle.push(p);
+                    return Some(cycle);
+                }
+                if state[p] == 0
+                    && let Some(cycle) = visit(p, after, state, path)
+                {
+                    return Some(cycle);
+                }
+            }
+            path.pop();
+            state[i] = 2;
+            None
+        }
+        let mut state = vec![0u8; after.len()];
+        for i in 0..after.len() {
+            if state[i] == 0
+                && let Some(cycle) = visit(i, &after, &mut state, &mut Vec::new())
+            {
+                let names: Vec<String> = cycle.iter().map(|&t| self.tables[t].source.name.to_string()).collect();
+                return Some(names.join(" → "));
+            }
+        }
+        None
+    }
 }
 
 /// Resolves the selection against both catalogs. Every problem found is
@@ -102,6 +178,27 @@ pub async fn plan(
             }
         }
     }
+    // A partitioned table whose schema comes along is copied leaf by leaf
+    // into the same partitions (each leaf is a table with its own key).
+    if super::pre_data::copies_schema(settings) {
+        let mut leaves = Vec::with_capacity(names.len());
+        for name in names {
+            let spec = selection.spec(&name);
+            let as_is = spec.is_none_or(|s| s.plugin.is_none() && s.target.is_none());
+            let parts = if as_is { source.partitions(&name).await? } else { Vec::new() };
+            match parts.is_empty() {
+                true => leaves.push(name),
+                false => {
+                    for part in parts {
+                        if !leaves.contains(&part) {
+                            leaves.push(part);
+                        }
+                    }
+                }
+            }
+        }
+        names = leaves;
+    }
     let mut problems = Vec::new();
     let mut kind = crate::error::ErrorKind::Contract;
     let mut tables = Vec::new();
@@ -125,7 +222,16 @@ pub async fn plan(
                 }
             }
         } else if def.primary_key.is_empty() {
-            let keyless = spec.map_or(selection.keyless, |s| s.keyless);
+            // A child of inheritance whose schema comes along: its parent's
+            // key does not make its own rows unique, and the target table
+            // is new, so it is copied whole in storage order.
+            let inherited_copy = def.inherits
+                && super::pre_data::copies_schema(settings)
+                && spec.is_none_or(|s| s.plugin.is_none() && s.target.is_none());
+            let keyless = match spec.map_or(selection.keyless, |s| s.keyless) {
+                Keyless::Refuse if inherited_copy => Keyless::Ctid,
+                keyless => keyless,
+            };
             if keyless == Keyless::Refuse {
                 problems.push(format!(
                     "table {} has no primary key: ferry pages, checkpoints and validates by key. Add a primary key, \
@@ -251,7 +357,7 @@ pub async fn plan(
         if outputs.is_empty() {
             continue;
         }
-        tables.push(PlannedTable { source: def, outputs, plugin, on_conflict });
+        tables.push(PlannedTable { source: def, outputs, plugin, on_conflict, schema_made: false });
     }
     if !problems.is_empty() {
         return Err(crate::error::Error::raise(
@@ -275,7 +381,7 @@ pub async fn plan(
     let defs: Vec<TableDef> = tables.iter().map(|t| t.source.clone()).collect();
     let order = dependency_order(&defs);
     let tables = order.into_iter().map(|i| tables[i].clone()).collect();
-    Ok(Plan { tables, names: map })
+    Ok(Plan { tables, names: map, schema: None, skip_triggers: false })
 }
 
 /// Whether a PostgreSQL column of kind `column` holds values of kind
