@@ -155,6 +155,21 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
                         level = Level::Warn;
                         detail.push_str(&format!("; copied as text: {}", as_text.join(", ")));
                     }
+                    // Lengths and precisions the other engine cannot name.
+                    let uncarried: Vec<String> = def
+                        .columns
+                        .iter()
+                        .zip(&table.target().columns)
+                        .filter(|(s, t)| {
+                            cross && table.plugin.is_none() && s.sql_type.contains('(') && !t.sql_type.contains('(')
+                        })
+                        .map(|(s, t)| format!("{} ({} → {})", s.name, s.sql_type, t.sql_type))
+                        .collect();
+                    if !uncarried.is_empty() {
+                        level = Level::Warn;
+                        detail
+                            .push_str(&format!("; declared length or precision not carried: {}", uncarried.join(", ")));
+                    }
                     if creates && table.plugin.is_none() && cross && !def.generated.is_empty() {
                         level = Level::Warn;
                         let names: Vec<&str> = def.generated.iter().map(|g| g.name.as_str()).collect();

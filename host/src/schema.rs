@@ -202,10 +202,7 @@ impl TableDef {
         def.name = name;
         if engine != self.engine {
             for column in &mut def.columns {
-                column.sql_type = match engine {
-                    Engine::Postgres => column.kind.pg_type(),
-                    Engine::Sqlite => sqlite_type(&column.kind),
-                };
+                column.sql_type = carried_type(&column.kind, &column.sql_type, engine);
             }
             // Check constraints, index expressions, default and generation
             // expressions are PostgreSQL's.
@@ -452,6 +449,38 @@ fn sqlite_scalar_type(kind: &Kind) -> &'static str {
     }
 }
 
+/// A column's type on `engine`, from its kind and its declared type on the
+/// other engine: lengths and precisions survive where both engines can
+/// name them (`varchar(40)`, `character(5)`, `numeric(10,2)`,
+/// `timestamp(3)`), every other type by its kind. SQLite keeps them as
+/// declared (it enforces none); its type names keep their affinity (text
+/// for decimals, which it would otherwise round into floats).
+pub fn carried_type(kind: &Kind, declared: &str, engine: Engine) -> String {
+    let modifier = declared.find('(').and_then(|at| {
+        let inner = &declared[at + 1..at + declared[at..].find(')')?];
+        inner.split(',').all(|n| n.trim().parse::<u32>().is_ok()).then(|| inner.replace(' ', ""))
+    });
+    let lower = declared.to_ascii_lowercase();
+    let varying = lower.contains("var");
+    match (engine, kind, modifier) {
+        (Engine::Postgres, Kind::Text, Some(n)) if lower.contains("char") && !n.contains(',') => {
+            format!("{}({n})", if varying { "character varying" } else { "character" })
+        }
+        (Engine::Postgres, Kind::Numeric, Some(p)) => format!("numeric({p})"),
+        (Engine::Postgres, Kind::Timestamp, Some(p)) if !p.contains(',') => format!("timestamp({p})"),
+        (Engine::Postgres, Kind::TimestampTz, Some(p)) if !p.contains(',') => format!("timestamptz({p})"),
+        (Engine::Postgres, kind, _) => kind.pg_type(),
+        (Engine::Sqlite, Kind::Text, Some(n)) if lower.starts_with("char") && !n.contains(',') => {
+            format!("{}({n})", if varying { "VARCHAR" } else { "CHARACTER" })
+        }
+        (Engine::Sqlite, Kind::Numeric, Some(p)) => format!("{}({p})", sqlite_type(kind)),
+        (Engine::Sqlite, Kind::Timestamp | Kind::TimestampTz, Some(p)) if !p.contains(',') => {
+            format!("{}({p})", sqlite_type(kind))
+        }
+        (Engine::Sqlite, kind, _) => sqlite_type(kind),
+    }
+}
+
 /// The kind of a SQLite column from its declared type: SQLite's affinity
 /// rules, refined by the common type names (`BOOLEAN`, `DATETIME`, `JSON`…).
 pub fn sqlite_kind(declared: &str) -> Kind {
@@ -563,6 +592,29 @@ mod tests {
     fn parents_come_first() {
         let tables = [table("items", &["orders", "items"]), table("orders", &["users"]), table("users", &[])];
         assert_eq!(dependency_order(&tables), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn lengths_and_precisions_cross_between_engines() {
+        let cases = [
+            (Kind::Text, "character varying(40)", "VARCHAR(40)", "character varying(40)"),
+            (Kind::Text, "character(5)", "CHARACTER(5)", "character(5)"),
+            (Kind::Text, "text", "TEXT", "text"),
+            (Kind::Numeric, "numeric(10,2)", "NUMERIC TEXT(10,2)", "numeric(10,2)"),
+            (Kind::Numeric, "numeric", "NUMERIC TEXT", "numeric"),
+            (Kind::Timestamp, "timestamp(3) without time zone", "TIMESTAMP(3)", "timestamp(3)"),
+            (Kind::TimestampTz, "timestamp(0) with time zone", "TIMESTAMPTZ(0)", "timestamptz(0)"),
+            (Kind::Int32, "integer", "INTEGER", "bigint"),
+        ];
+        for (kind, pg, sqlite, back) in cases {
+            let there = carried_type(&kind, pg, Engine::Sqlite);
+            assert_eq!(there, sqlite, "{pg}");
+            assert_eq!(sqlite_kind(&there), if kind == Kind::Int32 { Kind::Int64 } else { kind.clone() }, "{there}");
+            assert_eq!(carried_type(&sqlite_kind(&there), &there, Engine::Postgres), back, "{there}");
+        }
+        // A SQLite database's own spellings.
+        assert_eq!(carried_type(&Kind::Text, "NVARCHAR(100)", Engine::Postgres), "character varying(100)");
+        assert_eq!(carried_type(&Kind::Numeric, "DECIMAL(12, 4)", Engine::Postgres), "numeric(12,4)");
     }
 
     #[test]

@@ -133,6 +133,52 @@ async fn migrates_sqlite_to_postgres() {
     assert_valid(&p);
 }
 
+/// SQLite has no timestamp type: most databases keep them in TEXT columns,
+/// in any of the forms SQLite's date functions read. They reach the seed's
+/// plugin as timestamps; only a value that is no timestamp is a dead letter,
+/// named.
+#[tokio::test]
+async fn sqlite_text_timestamps_reach_the_plugin_as_timestamps() {
+    let source = SqliteDb::new();
+    source
+        .exec(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, email TEXT, created_at TEXT, metadata TEXT);
+             INSERT INTO users VALUES
+               (1, 'Ann Lee', 'a@x.io', '2024-05-01 10:20:30', NULL),
+               (2, 'Bo Kim', 'b@x.io', '2024-05-01T10:20:30.123456Z', NULL),
+               (3, 'Cy Park', 'c@x.io', '2024-05-01 12:20:30+02:00', NULL),
+               (4, 'Di Ng', 'd@x.io', '2024-05-01', NULL),
+               (5, 'Ed Wu', 'e@x.io', 'last tuesday', NULL),
+               (6, 'Fay Ho', 'f@x.io', NULL, NULL);",
+        )
+        .await;
+    let target = PgDb::new("textts").await;
+    target.exec(PG_NEW_DDL).await;
+    let p = Pipeline::new(&source.url(), &target.url(), &plugins().transform_user, "");
+    let run = p.ferry(&["migrate", "--json"]);
+    assert_eq!(run.code, 4, "one dead letter: {run:?}");
+    let at = |id: &'static str| {
+        let target = &target;
+        async move {
+            target
+                .scalar_i64(&format!(
+                    "SELECT (extract(epoch FROM created_at) * 1000000)::int8 FROM users WHERE id = 'user_{id}'"
+                ))
+                .await
+        }
+    };
+    let base = 1_714_558_830_000_000; // 2024-05-01 10:20:30 UTC
+    assert_eq!(at("1").await, base);
+    assert_eq!(at("2").await, base + 123_456);
+    assert_eq!(at("3").await, base, "+02:00 taken into account");
+    assert_eq!(at("4").await, base - (10 * 3600 + 20 * 60 + 30) * 1_000_000, "a bare date is midnight UTC");
+    let mut c = target.conn().await;
+    let (key, reason): (String, String) =
+        sqlx::query_as("SELECT source_key, reason FROM ferry.dead_letters").fetch_one(&mut c).await.unwrap();
+    assert_eq!(key, "5");
+    assert!(reason.contains("\"last tuesday\" is not a timestamp"), "{reason}");
+}
+
 #[tokio::test]
 async fn migrates_sqlite_to_sqlite() {
     let (source, target) = (SqliteDb::new(), SqliteDb::new());

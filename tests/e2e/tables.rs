@@ -1249,3 +1249,61 @@ async fn a_source_row_is_loaded_whole_or_not_at_all_across_its_output_tables() {
     let v = p.ferry(&["validate"]);
     assert_eq!(v.code, 0, "{v:?}");
 }
+
+/// Between engines, declared lengths and precisions survive where the
+/// other engine can name them, and `check` lists the ones it cannot.
+#[tokio::test]
+async fn lengths_and_precisions_cross_between_postgres_and_sqlite() {
+    let sqlite = SqliteDb::new();
+    sqlite
+        .exec(
+            "CREATE TABLE prices (id INTEGER PRIMARY KEY, code VARCHAR(40) NOT NULL, unit CHAR(3), \
+             amount NUMERIC(10,2), rate DECIMAL(12, 4), noted TEXT);
+             INSERT INTO prices VALUES (1, 'A-1', 'EUR', '12.50', '0.1250', 'x'), (2, 'B-2', 'USD', '-0.01', NULL, NULL);",
+        )
+        .await;
+    let pg = PgDb::new("carry_pg").await;
+    let p = tables_pipeline(&sqlite.url(), &pg.url(), "include = [\"prices\"]", "");
+    assert_eq!(p.ferry(&["migrate"]).code, 0);
+    assert_eq!(
+        column_types(&pg, "prices").await,
+        [
+            ("id".to_string(), "bigint".to_string()),
+            ("code".into(), "character varying(40)".into()),
+            ("unit".into(), "character(3)".into()),
+            ("amount".into(), "numeric(10,2)".into()),
+            ("rate".into(), "numeric(12,4)".into()),
+            ("noted".into(), "text".into()),
+        ]
+    );
+    assert_eq!(rows_text(&pg, "prices", "id").await, ["(1,A-1,EUR,12.50,0.1250,x)", "(2,B-2,USD,-0.01,,)"]);
+
+    // And back: PostgreSQL to SQLite keeps them as declared; time(3) has
+    // no SQLite name that keeps its kind, and check says so.
+    pg.exec("ALTER TABLE prices ADD COLUMN at time(3)").await;
+    let back = SqliteDb::new();
+    let p = tables_pipeline(&pg.url(), &back.url(), "include = [\"public.prices\"]", "");
+    let check = p.ferry(&["check", "--json"]);
+    let report = check.json();
+    let detail = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "table public.prices")
+        .and_then(|i| i["detail"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(detail.contains("not carried: at (time(3) without time zone → TIME)"), "{detail}");
+    assert_eq!(p.ferry(&["migrate"]).code, 0);
+    let mut c = back.conn().await;
+    let declared: Vec<String> = sqlx::query_scalar("SELECT type FROM pragma_table_info('prices') ORDER BY cid")
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        declared,
+        ["INTEGER", "VARCHAR(40)", "CHARACTER(3)", "NUMERIC TEXT(10,2)", "NUMERIC TEXT(12,4)", "TEXT", "TIME"]
+    );
+    let amount: String = sqlx::query_scalar("SELECT amount FROM prices WHERE id = 1").fetch_one(&mut c).await.unwrap();
+    assert_eq!(amount, "12.50", "decimals stay exact text in SQLite");
+}

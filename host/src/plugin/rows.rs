@@ -680,6 +680,14 @@ fn legacy_user(row: &Row, p: [usize; 5]) -> Result<crate::model::LegacyUser, Str
     let created_at = match &row[p[3]] {
         Value::Null => None,
         Value::Timestamp(t) | Value::TimestampTz(t) => Some(*t),
+        // SQLite has no timestamp type: most databases keep them in TEXT
+        // columns, in the forms its date functions read.
+        Value::Text(text) => Some(crate::time::parse_text(text).ok_or_else(|| {
+            format!(
+                "created_at {text:?} is not a timestamp (expected YYYY-MM-DD[ HH:MM:SS[.ffffff]][Z|±HH:MM], as \
+                 SQLite's date functions read them)"
+            )
+        })?),
         other => return Err(format!("created_at {other:?} is not a timestamp")),
     };
     Ok(crate::model::LegacyUser {

@@ -445,31 +445,36 @@ pub fn select(
                 .map(|e| e.0),
         )
         .collect();
+    // An object of a table the target holds is kept (a run that made the
+    // table and resumes builds it) but pulls in nothing: if the run made
+    // the table, what it needs came with it; if the user did, it is theirs.
+    let theirs = |o: (u32, u32)| o.0 == catalog::CLASS && existing.contains(&o.1);
+    let made = |o: (u32, u32)| o.0 == catalog::CLASS && pipeline.contains(&o.1) && !existing.contains(&o.1);
     let mut kept: HashSet<(u32, u32)> = HashSet::new();
-    let mut todo: Vec<(u32, u32)> = Vec::new();
+    let mut todo: Vec<((u32, u32), bool)> = Vec::new();
     for entry in dump.entries.iter().filter(|e| e.catalog != 0) {
         let object = (entry.catalog, entry.oid);
         if out.contains(&object) || member_of.contains_key(&object) {
             continue;
         }
+        let of_theirs = theirs(object) || owned_by(deps, object, &theirs);
         let wanted = match scope {
             Scope::Database => true,
             Scope::Tables => {
-                let made = |o: (u32, u32)| o.0 == catalog::CLASS && pipeline.contains(&o.1) && !existing.contains(&o.1);
-                made(object) || owned_by(deps, object, &made) || built_on(deps, object, &rows_of)
+                made(object) || owned_by(deps, object, &made) || of_theirs || built_on(deps, object, &rows_of)
             }
         };
         if wanted {
-            todo.push(object);
+            todo.push((object, !of_theirs));
         }
     }
-    while let Some(object) = todo.pop() {
-        if !kept.insert(object) {
+    while let Some((object, follow)) = todo.pop() {
+        if !kept.insert(object) || !follow {
             continue;
         }
         for &referenced in needs.get(&object).map(Vec::as_slice).unwrap_or_default() {
             if !out.contains(&referenced) && !kept.contains(&referenced) {
-                todo.push(referenced);
+                todo.push((referenced, true));
             }
         }
     }
