@@ -596,7 +596,8 @@ pub async fn present(
                 let (name, args) = entry.tag.split_once('(').unwrap_or((&entry.tag, ")"));
                 Some(("SELECT to_regprocedure($1) IS NOT NULL", format!("{}({args}", entry.qualified(name))))
             }
-            "TABLE" | "SEQUENCE" | "VIEW" | "MATERIALIZED VIEW" | "FOREIGN TABLE" => {
+            // (An index's name is unique in its schema.)
+            "TABLE" | "SEQUENCE" | "VIEW" | "MATERIALIZED VIEW" | "FOREIGN TABLE" | "INDEX" => {
                 Some(("SELECT to_regclass($1) IS NOT NULL", entry.qualified(&entry.tag)))
             }
             _ => None,
@@ -604,20 +605,6 @@ pub async fn present(
         if let Some((sql, name)) = query {
             let there: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                 .bind(&name)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(|e| Error::driver(format!("looking for {} in the target", entry.label()), &e))?;
-            if there {
-                present.insert(i);
-            }
-        }
-    }
-    // An index of a table the target holds: by name, in its schema.
-    for &i in &selection.entries {
-        let entry = &dump.entries[i];
-        if entry.kind == "INDEX" && !present.contains(&i) {
-            let there: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-                .bind(entry.qualified(&entry.tag))
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(|e| Error::driver(format!("looking for {} in the target", entry.label()), &e))?;

@@ -74,6 +74,24 @@ impl PlannedTable {
     }
 }
 
+/// The schema copy of a plan (shared by the copy workers).
+#[derive(Clone)]
+pub struct Schema(pub std::sync::Arc<dyn crate::schema_copy::SchemaCopy>);
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Schema").field(self.0.plan()).finish()
+    }
+}
+
+/// Whether the pipeline's schema comes along (PostgreSQL to PostgreSQL,
+/// unless `[schema] copy = "none"`).
+pub fn copies_schema(settings: &Settings) -> bool {
+    settings.schema.copy != crate::config::SchemaCopy::None
+        && settings.source.url.engine() == Engine::Postgres
+        && settings.target.url.engine() == Engine::Postgres
+}
+
 /// What a many-table pipeline will do.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -82,7 +100,7 @@ pub struct Plan {
     pub names: NameMap,
     /// The schema around the tables, when it comes along (PostgreSQL to
     /// PostgreSQL): set by [`super::pre_data::plan`].
-    pub schema: Option<super::pre_data::Schema>,
+    pub schema: Option<Schema>,
     /// Rows copied as they are into tables the target held load with its
     /// triggers and foreign-key checks off (the target role may:
     /// [`crate::sink::RowSink::skip_triggers`]), in any order; set by
@@ -180,7 +198,7 @@ pub async fn plan(
     }
     // A partitioned table whose schema comes along is copied leaf by leaf
     // into the same partitions (each leaf is a table with its own key).
-    if super::pre_data::copies_schema(settings) {
+    if copies_schema(settings) {
         let mut leaves = Vec::with_capacity(names.len());
         for name in names {
             let spec = selection.spec(&name);
@@ -226,7 +244,7 @@ pub async fn plan(
             // key does not make its own rows unique, and the target table
             // is new, so it is copied whole in storage order.
             let inherited_copy = def.inherits
-                && super::pre_data::copies_schema(settings)
+                && copies_schema(settings)
                 && spec.is_none_or(|s| s.plugin.is_none() && s.target.is_none());
             let keyless = match spec.map_or(selection.keyless, |s| s.keyless) {
                 Keyless::Refuse if inherited_copy => Keyless::Ctid,

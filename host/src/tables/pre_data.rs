@@ -4,32 +4,10 @@
 //! plan of it is part of the pipeline's plan, so `ferry check` reports
 //! every problem `ferry migrate` would refuse on.
 
-use std::sync::Arc;
-
-use crate::config::SchemaCopy as Copying;
 use crate::db::{Engine, TableName};
-use crate::schema_copy::SchemaCopy;
 use crate::settings::Settings;
 
-use super::plan::Plan;
-
-/// The schema copy of a plan (shared by the copy workers).
-#[derive(Clone)]
-pub struct Schema(pub Arc<dyn SchemaCopy>);
-
-impl std::fmt::Debug for Schema {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Schema").field(self.0.plan()).finish()
-    }
-}
-
-/// Whether the pipeline's schema comes along (PostgreSQL to PostgreSQL,
-/// unless `[schema] copy = "none"`).
-pub fn copies_schema(settings: &Settings) -> bool {
-    settings.schema.copy != Copying::None
-        && settings.source.url.engine() == Engine::Postgres
-        && settings.target.url.engine() == Engine::Postgres
-}
+use super::plan::{Plan, Schema, copies_schema};
 
 /// What the schema planning found.
 #[derive(Debug, Default)]
