@@ -89,6 +89,9 @@ url = "$BASE/ferry_tbench_ferry"
 [migrate]
 workers = 2
 EOF
+# Each tool starts after a checkpoint: none pays for the WAL another (or
+# the generation) left behind.
+psql -q -d postgres -c CHECKPOINT
 echo "==> ferry migrate" >&2
 t0=$(now)
 /usr/bin/time -v "$FERRY_BIN" --config "$dir/ferry.toml" migrate --no-progress >"$dir/ferry.out" 2>"$dir/ferry.time"
@@ -100,6 +103,7 @@ ferry_rss=$(awk '/Maximum resident/ { printf "%.0f", $6 / 1024 }' "$dir/ferry.ti
 fresh ferry_tbench_pgcopydb
 echo "==> pgcopydb clone" >&2
 rm -rf "$dir/pgcopydb"
+psql -q -d postgres -c CHECKPOINT
 t0=$(now)
 pgcopydb clone --source "$BASE/$SRC" --target "$BASE/ferry_tbench_pgcopydb" --table-jobs 2 --index-jobs 2 \
     --dir "$dir/pgcopydb" --no-owner --no-acl >"$dir/pgcopydb.log" 2>&1
@@ -110,6 +114,7 @@ pgcopydb_s=$(elapsed "$t0" "$t1")
 fresh ferry_tbench_dump
 echo "==> pg_dump -Fd -j 2 | pg_restore -j 2" >&2
 rm -rf "$dir/dump"
+psql -q -d postgres -c CHECKPOINT
 t0=$(now)
 pg_dump -Fd -j 2 -f "$dir/dump" $SRC
 pg_restore -j 2 --no-owner -d ferry_tbench_dump "$dir/dump"

@@ -512,6 +512,12 @@ pub fn rollback(r: &crate::undo::RollbackReport) -> String {
             ));
         }
     }
+    if !r.dropped_objects.is_empty() {
+        out.push_str(&format!("  dropped what the run created: {}\n", r.dropped_objects.join(", ")));
+    }
+    for kept in &r.kept_objects {
+        out.push_str(&format!("  kept {kept}\n"));
+    }
     out.push_str(if r.exact {
         "every table is exactly as it was before the run"
     } else {

@@ -62,8 +62,9 @@ pub trait SchemaCopy: Send + Sync {
     fn plan(&self) -> &SchemaPlan;
     /// Creates what the data needs (extensions, schemas, types, sequences,
     /// functions, tables with their partitions, defaults, views), in one
-    /// target transaction.
-    async fn create_before_data(&self) -> anyhow::Result<()>;
+    /// target transaction, recording under `run_id` what it created so
+    /// that `ferry rollback` of the run drops it again.
+    async fn create_before_data(&self, run_id: &str) -> anyhow::Result<()>;
     /// Builds the keys, indexes and checks of a table the run made, once
     /// its rows are in (not its triggers or foreign keys, which wait for
     /// every table).

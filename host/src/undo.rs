@@ -64,6 +64,17 @@ pub struct TableRollback {
     pub exact: bool,
 }
 
+/// What a journal's rollback did.
+#[derive(Debug, Clone, Default)]
+pub struct JournalRollback {
+    pub tables: Vec<TableRollback>,
+    /// Objects the run's schema copy created, dropped (every table came
+    /// back exactly), in the order dropped.
+    pub dropped: Vec<String>,
+    /// Objects it created that others now depend on: kept, with why.
+    pub kept: Vec<String>,
+}
+
 /// `ferry rollback`'s report.
 #[derive(Debug, Clone, Serialize)]
 pub struct RollbackReport {
@@ -76,6 +87,10 @@ pub struct RollbackReport {
     pub tables: Vec<TableRollback>,
     /// Every table is exactly as it was at the run's start.
     pub exact: bool,
+    /// Objects the run's schema copy created, dropped again.
+    pub dropped_objects: Vec<String>,
+    /// Objects it created that something else now depends on: kept.
+    pub kept_objects: Vec<String>,
     pub seconds: f64,
 }
 
@@ -126,7 +141,7 @@ pub trait UndoJournal: Send {
         pipeline: &str,
         tables: &[TableDef],
         options: RollbackOptions,
-    ) -> anyhow::Result<Vec<TableRollback>> {
+    ) -> anyhow::Result<JournalRollback> {
         let _ = (run_id, pipeline, tables, options);
         Err(crate::error::Error::contract("this target keeps no undo journal"))
     }
@@ -251,7 +266,7 @@ pub async fn rollback(
     let ordered: Vec<TableDef> =
         order.into_iter().map(|i| TableDef { name: names[i].clone(), ..defs[i].clone() }).collect();
     let pipeline = settings.pipeline.clone();
-    let tables = target.rollback(run_id, &pipeline, &ordered, options).await?;
+    let JournalRollback { tables, dropped, kept } = target.rollback(run_id, &pipeline, &ordered, options).await?;
     let report = RollbackReport {
         run_id: run_id.to_string(),
         pipeline,
@@ -260,6 +275,8 @@ pub async fn rollback(
         forced: options.force,
         exact: tables.iter().all(|t| t.exact),
         tables,
+        dropped_objects: dropped,
+        kept_objects: kept,
         seconds: started.elapsed().as_secs_f64(),
     };
     if !options.dry_run {

@@ -380,3 +380,25 @@ async fn the_default_scope_takes_what_the_tables_need_and_leaves_the_rest() {
     }
     assert_eq!(target.scalar_i64("SELECT count(*) FROM inventory.item").await, 900);
 }
+
+/// Rolling back a run that created the schema leaves the target as it was:
+/// its rows go, then what its schema copy created, last created first; a
+/// new run creates it all again.
+#[tokio::test]
+async fn rolling_back_a_run_drops_what_its_schema_copy_created() {
+    let source = rental_source().await;
+    let target = PgDb::new("rental_undo").await;
+    let empty = PgDb::new("rental_none").await;
+    let p = pipeline(&source, &target, "");
+    assert_ok(&p.ferry(&["migrate"]), "migrate");
+    let mut c = target.conn().await;
+    let run_id: String = sqlx::query_scalar("SELECT run_id FROM ferry.runs").fetch_one(&mut c).await.unwrap();
+    let rollback = p.ferry(&["rollback", &run_id]);
+    assert_ok(&rollback, "rollback");
+    assert!(rollback.stdout.contains("dropped what the run created"), "{rollback:?}");
+    assert_eq!(schema_of(&target), schema_of(&empty), "nothing of the run's schema is left");
+    // A new run makes it all again.
+    assert_ok(&p.ferry(&["migrate"]), "migrate again");
+    assert_eq!(schema_of(&source), schema_of(&target));
+    assert_eq!(rows_of(&source).await, rows_of(&target).await);
+}

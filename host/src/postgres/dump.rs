@@ -631,7 +631,7 @@ pub async fn present(
 
 /// Runs pre-data entries in one transaction: the target holds all of them
 /// or none.
-pub async fn apply_pre_data(conn: &mut PgConnection, entries: &[&Entry]) -> anyhow::Result<()> {
+pub async fn apply_pre_data(conn: &mut PgConnection, entries: &[&Entry], run_id: &str) -> anyhow::Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -641,6 +641,7 @@ pub async fn apply_pre_data(conn: &mut PgConnection, entries: &[&Entry]) -> anyh
         for entry in entries {
             run(conn, entry).await?;
         }
+        record_created(conn, entries, run_id).await?;
         anyhow::Ok(())
     }
     .await;
@@ -651,6 +652,56 @@ pub async fn apply_pre_data(conn: &mut PgConnection, entries: &[&Entry]) -> anyh
             Err(e)
         }
     }
+}
+
+/// Records, in the pre-data's transaction, how to drop each object it
+/// created (`ferry.schema_objects`), so that rolling the run back removes
+/// them: they and the record commit or vanish together.
+async fn record_created(conn: &mut PgConnection, entries: &[&Entry], run_id: &str) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        "CREATE SCHEMA IF NOT EXISTS ferry; \
+         CREATE TABLE IF NOT EXISTS ferry.schema_objects (run_id text NOT NULL, position integer NOT NULL, \
+             label text NOT NULL, drop_sql text NOT NULL, relation text, PRIMARY KEY (run_id, position))",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let mut position: i32 =
+        sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM ferry.schema_objects WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    for entry in entries {
+        let Some(drop_sql) = drop_sql(entry) else { continue };
+        position += 1;
+        // A table's name, to drop the foreign keys on it first.
+        let relation = (entry.kind == "TABLE").then(|| entry.qualified(&entry.tag));
+        sqlx::query("INSERT INTO ferry.schema_objects VALUES ($1, $2, $3, $4, $5)")
+            .bind(run_id)
+            .bind(position)
+            .bind(entry.label())
+            .bind(drop_sql)
+            .bind(relation)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The statement that drops what a pre-data entry created (`None`: it is
+/// part of another object, or dropped with it).
+fn drop_sql(entry: &Entry) -> Option<String> {
+    let what = match entry.kind.as_str() {
+        "TABLE" | "VIEW" | "MATERIALIZED VIEW" | "SEQUENCE" | "TYPE" | "DOMAIN" | "FOREIGN TABLE" => {
+            format!("{} IF EXISTS {}", entry.kind, entry.qualified(&entry.tag))
+        }
+        "FUNCTION" | "PROCEDURE" | "AGGREGATE" => {
+            let (name, args) = entry.tag.split_once('(')?;
+            format!("{} IF EXISTS {}({args}", entry.kind, entry.qualified(name))
+        }
+        "SCHEMA" | "EXTENSION" => format!("{} IF EXISTS {}", entry.kind, quote_ident(&entry.tag)),
+        _ => return None,
+    };
+    Some(format!("DROP {what}"))
 }
 
 /// Runs post-data entries one by one, each skipped when its object is
@@ -674,39 +725,31 @@ async fn run(conn: &mut PgConnection, entry: &Entry) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The query whether an object of `catalog` named `$3` exists on table
+/// `$1.$2` (`relation`, `name`: the catalog's columns for them).
+fn table_bound(catalog: &str, relation: &str, name: &str) -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM {catalog} o JOIN pg_class c ON c.oid = o.{relation} \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND o.{name} = $3)"
+    )
+}
+
 /// Whether a post-data entry's object exists in the target: by the
 /// source catalog's names of it (`deps`), or for an index attachment, the
 /// attached index's own.
 async fn made(conn: &mut PgConnection, entry: &Entry, deps: &Dependencies) -> anyhow::Result<bool> {
-    let query = match entry.kind.as_str() {
-        "INDEX" => {
-            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+    let query: String = match entry.kind.as_str() {
+        "INDEX" => "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                     WHERE n.nspname = $1 AND c.relname = $3 AND $2 IS NOT NULL)"
-        }
-        "CONSTRAINT" | "FK CONSTRAINT" | "CHECK CONSTRAINT" => {
-            "SELECT EXISTS (SELECT 1 FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2 AND k.conname = $3)"
-        }
-        "TRIGGER" => {
-            "SELECT EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
-                      JOIN pg_namespace n ON n.oid = c.relnamespace \
-                      WHERE n.nspname = $1 AND c.relname = $2 AND t.tgname = $3)"
-        }
-        "RULE" => {
-            "SELECT EXISTS (SELECT 1 FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
-                   JOIN pg_namespace n ON n.oid = c.relnamespace \
-                   WHERE n.nspname = $1 AND c.relname = $2 AND r.rulename = $3)"
-        }
-        "POLICY" => {
-            "SELECT EXISTS (SELECT 1 FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid \
-                     JOIN pg_namespace n ON n.oid = c.relnamespace \
-                     WHERE n.nspname = $1 AND c.relname = $2 AND p.polname = $3)"
-        }
-        "INDEX ATTACH" => {
-            "SELECT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+            .into(),
+        "CONSTRAINT" | "FK CONSTRAINT" | "CHECK CONSTRAINT" => table_bound("pg_constraint", "conrelid", "conname"),
+        "TRIGGER" => table_bound("pg_trigger", "tgrelid", "tgname"),
+        "RULE" => table_bound("pg_rewrite", "ev_class", "rulename"),
+        "POLICY" => table_bound("pg_policy", "polrelid", "polname"),
+        "INDEX ATTACH" => "SELECT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
                            JOIN pg_namespace n ON n.oid = c.relnamespace \
                            WHERE n.nspname = $1 AND c.relname = $3 AND $2 IS NOT NULL)"
-        }
+            .into(),
         // Comments, grants, statistics: setting them again changes nothing.
         _ => return Ok(false),
     };

@@ -17,6 +17,9 @@ const TABLE_BUILDS: [&str; 3] = ["INDEX", "CONSTRAINT", "CHECK CONSTRAINT"];
 pub struct PgSchemaCopy {
     source: DbUrl,
     target: DbUrl,
+    /// Target connections the builds have used, kept for the next ones
+    /// (connecting with TLS costs ~0.1 s, once per table otherwise).
+    idle: std::sync::Mutex<Vec<sqlx::PgConnection>>,
     dump: Dump,
     /// The selected entries the target lacks, in restore order.
     entries: Vec<usize>,
@@ -269,6 +272,7 @@ impl PgSchemaCopy {
         Ok(PgSchemaCopy {
             source: source.clone(),
             target: target.clone(),
+            idle: std::sync::Mutex::new(Vec::new()),
             dump,
             entries,
             by_table,
@@ -281,9 +285,29 @@ impl PgSchemaCopy {
         })
     }
 
+    /// A target connection: one a build left, or a new one.
+    async fn connection(&self) -> anyhow::Result<sqlx::PgConnection> {
+        let idle = self.idle.lock().expect("idle connections").pop();
+        // One left idle while long copies ran may have been closed since.
+        if let Some(mut conn) = idle
+            && sqlx::Connection::ping(&mut conn).await.is_ok()
+        {
+            return Ok(conn);
+        }
+        super::connect(&self.target, "target").await
+    }
+
     fn chosen(&self, section: Section) -> Vec<&Entry> {
         self.entries.iter().map(|&i| &self.dump.entries[i]).filter(|e| e.section == section).collect()
     }
+}
+
+async fn analyze(conn: &mut sqlx::PgConnection, table: &TableName) -> anyhow::Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ANALYZE {}", table.quoted())))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::driver(format!("analyzing {table}"), &e))?;
+    Ok(())
 }
 
 #[async_trait]
@@ -292,24 +316,38 @@ impl SchemaCopy for PgSchemaCopy {
         &self.plan
     }
 
-    async fn create_before_data(&self) -> anyhow::Result<()> {
-        let mut conn = super::connect(&self.target, "target").await?;
-        dump::apply_pre_data(&mut conn, &self.chosen(Section::Pre)).await
+    async fn create_before_data(&self, run_id: &str) -> anyhow::Result<()> {
+        let mut conn = self.connection().await?;
+        dump::apply_pre_data(&mut conn, &self.chosen(Section::Pre), run_id).await?;
+        self.idle.lock().expect("idle connections").push(conn);
+        Ok(())
     }
 
     async fn build_table(&self, table: &TableName) -> anyhow::Result<()> {
         let key = (table.schema.clone().unwrap_or_else(|| "public".into()), table.name.clone());
         let Some(entries) = self.by_table.get(&key) else { return Ok(()) };
-        let mut conn = super::connect(&self.target, "target").await?;
+        let mut conn = self.connection().await?;
         let entries: Vec<&Entry> = entries.iter().map(|&i| &self.dump.entries[i]).collect();
-        dump::apply_post_data(&mut conn, &entries, &self.deps).await
+        dump::apply_post_data(&mut conn, &entries, &self.deps).await?;
+        // Statistics now: the foreign keys validated after every table's
+        // rows are in are planned with them (without, a join over millions
+        // of rows may be planned as nested loops).
+        analyze(&mut conn, table).await?;
+        self.idle.lock().expect("idle connections").push(conn);
+        Ok(())
     }
 
     async fn build_after_data(&self, made: &[TableName]) -> anyhow::Result<()> {
+        self.idle.lock().expect("idle connections").clear();
         let made: HashSet<(String, String)> =
             made.iter().map(|t| (t.schema.clone().unwrap_or_else(|| "public".into()), t.name.clone())).collect();
         let mut target = super::connect(&self.target, "target").await?;
         let mut source = super::connect(&self.source, "source").await?;
+        // The tables no build_table analyzed (partitions), before their
+        // foreign keys are validated.
+        for (schema, name) in made.iter().filter(|t| !self.by_table.contains_key(*t)) {
+            analyze(&mut target, &TableName { schema: Some(schema.clone()), name: name.clone() }).await?;
+        }
         let sequences: Vec<&Entry> = self.sequences.iter().map(|&i| &self.dump.entries[i]).collect();
         dump::copy_sequences(&mut source, &mut target, &sequences).await?;
         let post: Vec<&Entry> = self

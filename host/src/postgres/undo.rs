@@ -16,7 +16,7 @@ use super::tables::PgTables;
 use crate::db::{TableName, quote_ident};
 use crate::error::Error;
 use crate::schema::TableDef;
-use crate::undo::{RollbackOptions, TableRollback, UndoJournal, UndoMode};
+use crate::undo::{JournalRollback, RollbackOptions, TableRollback, UndoJournal, UndoMode};
 
 const DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
 CREATE TABLE IF NOT EXISTS ferry.undo_tables (
@@ -40,6 +40,77 @@ CREATE TABLE IF NOT EXISTS ferry.undo_xacts (
     run_id text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS undo_xacts_run ON ferry.undo_xacts (run_id);";
+
+/// Drops what run `run_id`'s schema copy created
+/// ([`super::dump`] records it with the objects, in their transaction):
+/// first the foreign keys on the tables it created (built after the data,
+/// they tie those tables to each other), then the objects, last created
+/// first, each under a savepoint, passes over what is left until a pass
+/// drops nothing (an identity sequence goes with its table). An object
+/// something else now depends on is kept, and named.
+async fn drop_created(tx: &mut PgConnection, run_id: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    if !super::exists(&mut *tx, "ferry.schema_objects").await? {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut left: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT position, label, drop_sql FROM ferry.schema_objects WHERE run_id = $1 ORDER BY position DESC",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let foreign_keys: Vec<String> = sqlx::query_scalar(
+        "SELECT format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', k.conrelid::regclass, k.conname) \
+         FROM pg_constraint k WHERE k.contype = 'f' AND k.conrelid IN \
+           (SELECT to_regclass(relation) FROM ferry.schema_objects WHERE run_id = $1 AND relation IS NOT NULL)",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for sql in foreign_keys {
+        try_in_savepoint(tx, &sql).await?;
+    }
+    let (mut dropped, mut kept) = (Vec::new(), Vec::new());
+    loop {
+        let mut progressed = false;
+        let mut failed = Vec::new();
+        for (position, label, drop_sql) in std::mem::take(&mut left) {
+            match try_in_savepoint(tx, &drop_sql).await? {
+                None => {
+                    sqlx::query("DELETE FROM ferry.schema_objects WHERE run_id = $1 AND position = $2")
+                        .bind(run_id)
+                        .bind(position)
+                        .execute(&mut *tx)
+                        .await?;
+                    dropped.push(label);
+                    progressed = true;
+                }
+                Some(why) => failed.push(((position, label, drop_sql), why)),
+            }
+        }
+        if !progressed || failed.is_empty() {
+            kept.extend(failed.into_iter().map(|((_, label, _), why)| format!("{label} ({why})")));
+            break;
+        }
+        left = failed.into_iter().map(|(object, _)| object).collect();
+    }
+    Ok((dropped, kept))
+}
+
+/// Runs `sql` under a savepoint: `None` when it ran, else the server's
+/// reason (and the transaction goes on as before it).
+async fn try_in_savepoint(tx: &mut PgConnection, sql: &str) -> anyhow::Result<Option<String>> {
+    sqlx::raw_sql("SAVEPOINT ferry_drop").execute(&mut *tx).await?;
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut *tx).await {
+        Ok(_) => {
+            sqlx::raw_sql("RELEASE SAVEPOINT ferry_drop").execute(&mut *tx).await?;
+            Ok(None)
+        }
+        Err(e) => {
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT ferry_drop").execute(&mut *tx).await?;
+            Ok(Some(super::describe_error(&e)))
+        }
+    }
+}
 
 /// How many changed keys a rollback names per table.
 const NAMED_KEYS: i64 = 20;
@@ -209,7 +280,7 @@ impl UndoJournal for PgTables {
         pipeline: &str,
         tables: &[TableDef],
         options: RollbackOptions,
-    ) -> anyhow::Result<Vec<TableRollback>> {
+    ) -> anyhow::Result<JournalRollback> {
         let url = self.url.to_string();
         let fail = |what: String| {
             let url = url.clone();
@@ -217,6 +288,15 @@ impl UndoJournal for PgTables {
         };
         let mut tx = self.conn.begin().await.map_err(fail("starting the rollback".into()))?;
         sqlx::query("SET LOCAL synchronous_commit = on").execute(&mut *tx).await?;
+        // Where the role may, the tables' triggers and foreign-key checks
+        // are off while rows go and come back (a foreign-key cycle has no
+        // order to delete in; the state it returns to held them), as for
+        // a load; else children first.
+        sqlx::raw_sql("SAVEPOINT ferry_replica").execute(&mut *tx).await?;
+        match sqlx::raw_sql("SET LOCAL session_replication_role = replica").execute(&mut *tx).await {
+            Ok(_) => sqlx::raw_sql("RELEASE SAVEPOINT ferry_replica").execute(&mut *tx).await?,
+            Err(_) => sqlx::raw_sql("ROLLBACK TO SAVEPOINT ferry_replica").execute(&mut *tx).await?,
+        };
         // The run is over: whatever still runs under it is fenced out (its
         // checkpoints go), waiting first for a batch it is committing.
         if super::exists(&mut tx, "ferry.table_progress").await? {
@@ -374,8 +454,12 @@ impl UndoJournal for PgTables {
         ] {
             sqlx::query(sql).bind(&exact).execute(&mut *tx).await?;
         }
+        let (mut dropped, mut kept) = (Vec::new(), Vec::new());
         if exact.len() == out.len() {
             sqlx::query("DELETE FROM ferry.undo_xacts WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
+            // Every table is as before the run: what its schema copy created
+            // goes too, last created first.
+            (dropped, kept) = drop_created(&mut tx, run_id).await?;
         }
         sqlx::query(
             "UPDATE ferry.runs SET status = 'rolled_back', message = 'rolled back by ferry rollback', \
@@ -390,6 +474,6 @@ impl UndoJournal for PgTables {
             tx.commit().await.map_err(fail("committing the rollback".into()))?;
         }
         self.undo.clear();
-        Ok(out)
+        Ok(JournalRollback { tables: out, dropped, kept })
     }
 }

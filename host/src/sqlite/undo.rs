@@ -20,7 +20,7 @@ use super::tables::SqliteTables;
 use crate::db::{TableName, quote_ident};
 use crate::error::Error;
 use crate::schema::TableDef;
-use crate::undo::{RollbackOptions, TableRollback, UndoJournal, UndoMode};
+use crate::undo::{JournalRollback, RollbackOptions, TableRollback, UndoJournal, UndoMode};
 
 const DDL: &str = "CREATE TABLE IF NOT EXISTS ferry_undo_tables (
     run_id         TEXT NOT NULL,
@@ -171,7 +171,7 @@ impl UndoJournal for SqliteTables {
         pipeline: &str,
         tables: &[TableDef],
         options: RollbackOptions,
-    ) -> anyhow::Result<Vec<TableRollback>> {
+    ) -> anyhow::Result<JournalRollback> {
         let before = self.backup(run_id, "before")?;
         let after = self.backup(run_id, "after")?;
         if !std::path::Path::new(&before).exists() {
@@ -353,6 +353,6 @@ impl UndoJournal for SqliteTables {
                 let _ = std::fs::remove_file(path);
             }
         }
-        Ok(out)
+        Ok(JournalRollback { tables: out, ..JournalRollback::default() })
     }
 }

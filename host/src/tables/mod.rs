@@ -139,7 +139,9 @@ pub async fn migrate_in_snapshot(
     // Nothing is written to the target before the plan holds (missing
     // tables, keys, a plugin that cannot run, a target that does not fit).
     let mut plan = plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+    let planning = Instant::now();
     let findings = pre_data::plan(settings, &mut plan).await?;
+    tracing::info!(seconds = planning.elapsed().as_secs_f64(), "schema planned");
     if !findings.problems.is_empty() {
         return Err(crate::error::Error::contract(format!(
             "the pipeline's tables cannot be loaded as planned (ferry check lists this too):\n  - {}",
@@ -219,7 +221,10 @@ pub async fn migrate_in_snapshot(
         // The schema before the data (all of it or none), then the tables
         // ferry makes from their columns (which may use its types).
         if let Some(schema) = &plan.schema {
-            schema.0.create_before_data().await?;
+            let began = Instant::now();
+            schema.0.create_before_data(&run.run_id).await?;
+            let objects = schema.0.plan().before.len();
+            tracing::info!(objects, seconds = began.elapsed().as_secs_f64(), "schema before the data");
         }
         for table in plan.tables.iter().filter(|t| !t.schema_made) {
             for output in table.outputs.iter().filter(|o| o.create) {
@@ -280,7 +285,9 @@ pub async fn migrate_in_snapshot(
                             .filter(|t| t.schema_made && created(&progress, t))
                             .map(|t| t.target().name.clone())
                             .collect();
+                        let began = Instant::now();
                         schema.0.build_after_data(&made).await?;
+                        tracing::info!(seconds = began.elapsed().as_secs_f64(), "schema after the data");
                     }
                     for table in &plan.tables {
                         target.set_table_phase(&run.run_id, &table.source.name.to_string(), TablePhase::Done).await?;
