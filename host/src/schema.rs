@@ -52,7 +52,7 @@ impl ColumnDef {
     pub fn sequence_next(&self) -> Option<i64> {
         match (&self.identity, &self.default) {
             (Some(identity), _) => Some(identity.next),
-            (None, Some(ColumnDefault::Serial { next })) => Some(*next),
+            (None, Some(ColumnDefault::Serial { next } | ColumnDefault::Sequence { next })) => Some(*next),
             _ => None,
         }
     }
@@ -69,6 +69,11 @@ pub enum ColumnDefault {
     /// PostgreSQL table ferry creates gets a sequence of its own, owned by
     /// the column, set after the data to where the source's stands.
     Serial { next: i64 },
+    /// `nextval` of a sequence the column does not own (hand-written
+    /// schemas and older dumps; several tables may share it): the schema
+    /// copy recreates it with its default, and ferry moves it like a
+    /// serial's; a table ferry makes from its columns goes without it.
+    Sequence { next: i64 },
 }
 
 /// A stored generated column (`GENERATED ALWAYS AS (…) STORED`). It is no

@@ -248,6 +248,13 @@ pub trait RowSink: Send {
     async fn skip_triggers(&mut self, _on: bool) -> anyhow::Result<()> {
         Ok(())
     }
+    /// After a load with the foreign-key checks off: the foreign keys of
+    /// `tables` that rows break (a row referencing no row of the parent,
+    /// e.g. a parent left out of the pipeline), one line each with how
+    /// many rows and one of them. Empty when every reference holds.
+    async fn broken_references(&mut self, _tables: &[crate::schema::TableDef]) -> anyhow::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// Starts source table `table` of run `run_id` over, in one
     /// transaction: empties `targets` (tables ferry created for it, so
     /// holding only what this run wrote) and resets the table's checkpoint,

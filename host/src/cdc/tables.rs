@@ -127,6 +127,7 @@ pub async fn sync(
     applier.start_journal().await?;
     applier.origin = options.origins.as_ref().map(|o| o.own.clone());
     applier.mark_origin().await?;
+    applier.quiet_triggers().await?;
     if let Some(parallel) = options.origins.clone().filter(|o| o.detect) {
         // Where the stream resumes, its source had seen what was stored
         // with that position; a new slot starts from the value given.
@@ -457,6 +458,30 @@ impl<'a> TablesApplier<'a> {
 
     /// Marks the target connection's transactions with the pipeline's
     /// origin, if it has one.
+    /// As PostgreSQL's own subscriber does: the target's triggers (foreign
+    /// keys' checks among them) do not fire on the changes the stream
+    /// applies. The source ran them when the change was made, and what they
+    /// wrote arrives in the stream too: firing again would rewrite rows
+    /// (`last_update`) or write twice (an audit table). Checks and NOT NULL
+    /// still refuse. Where the target role may not, a warning names the
+    /// triggers that will fire on every applied change.
+    async fn quiet_triggers(&mut self) -> anyhow::Result<()> {
+        if self.target.may_skip_triggers().await? {
+            return self.target.skip_triggers(true).await;
+        }
+        let fire = self.target.triggers(&self.targets).await?;
+        if !fire.is_empty() {
+            let names: Vec<String> = fire.iter().map(|(table, trigger, _)| format!("{trigger} on {table}")).collect();
+            tracing::warn!(
+                "the target's triggers {} fire on every change the stream applies (the target role may not set \
+                 session_replication_role): GRANT SET ON PARAMETER session_replication_role to it (PostgreSQL 15+), \
+                 or disable them until cutover",
+                names.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     async fn mark_origin(&mut self) -> anyhow::Result<()> {
         let Some(origin) = &self.origin else { return Ok(()) };
         // The session of a process that just died may hold the origin a
@@ -933,6 +958,7 @@ impl Applier for TablesApplier<'_> {
     async fn reconnect(&mut self) -> anyhow::Result<Option<Position>> {
         self.target = engines::open_row_target(self.settings).await?;
         self.mark_origin().await?;
+        self.quiet_triggers().await?;
         // Its source connection may be gone with the stream's.
         self.reread = None;
         self.position = self.target.stream_position(&self.settings.pipeline).await?;

@@ -142,12 +142,11 @@ pub struct Dump {
 
 /// Runs `pg_dump --schema-only` on `url` and reads the archive.
 pub async fn take(url: &DbUrl, tools: &Tools) -> anyhow::Result<Dump> {
-    let version = tools.version().await?;
     let file = std::env::temp_dir().join(format!("ferry-schema-{}.dump", uuid::Uuid::new_v4()));
-    let result = take_into(url, tools, &file).await;
+    let (version, result) = tokio::join!(tools.version(), take_into(url, tools, &file));
     std::fs::remove_file(&file).ok();
     let mut dump = result?;
-    dump.version = version;
+    dump.version = version?;
     Ok(dump)
 }
 
@@ -174,10 +173,13 @@ async fn take_into(url: &DbUrl, tools: &Tools, file: &Path) -> anyhow::Result<Du
             ),
         ));
     }
-    let list = restore(tools, file, &["--list"]).await?;
-    let post: HashSet<u32> = list_ids(&restore(tools, file, &["--list", "--section=post-data"]).await?);
-    let script = restore(tools, file, &["--file=-"]).await?;
-    parse(&list, &post, &script)
+    // Three readings of one archive, side by side.
+    let (list, post, script) = tokio::try_join!(
+        restore(tools, file, &["--list"]),
+        restore(tools, file, &["--list", "--section=post-data"]),
+        restore(tools, file, &["--file=-"]),
+    )?;
+    parse(&list, &list_ids(&post), &script)
 }
 
 /// `pg_restore ARGS FILE`'s output.

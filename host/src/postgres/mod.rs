@@ -84,10 +84,7 @@ pub async fn connect_with(url: &DbUrl, role: &str, settings: &[(&str, &str)]) ->
         result = attempt(options.ssl_mode(PgSslMode::Prefer)).await;
     }
     match result {
-        Ok(conn) => {
-            nodelay();
-            Ok(conn)
-        }
+        Ok(conn) => Ok(conn),
         Err(None) => Err(Error::transient(format!(
             "cannot connect to {role} PostgreSQL at {url}: no answer within {}s; is the server up and is {role}.url right?",
             CONNECT_TIMEOUT.as_secs()
@@ -129,38 +126,6 @@ pub(super) fn split_refused(from: usize, to: usize, todo: &mut Vec<(usize, usize
         let middle = from + (to - from) / 2;
         todo.push((middle, to));
         todo.push((from, middle));
-    }
-}
-
-/// Turns Nagle's algorithm off on the process's TCP sockets.
-///
-/// sqlx 0.9.0 stopped setting `TCP_NODELAY` (launchbadge/sqlx#4335; the fix,
-/// #4336, is merged but not released), and a COPY then often waits ~40 ms
-/// for a delayed ACK before its final message leaves: measured on
-/// `bench/tables.sh`, a third of the 5000-row pages of a copy stalled 40–50
-/// ms. sqlx does not expose its socket, so every TCP socket of the process
-/// gets the option after each connect (harmless for the others: ferry's
-/// own HTTP and NATS sockets want it too). Remove once sqlx sets it again.
-pub(crate) fn nodelay() {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::BorrowedFd;
-        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return };
-        for entry in entries.flatten() {
-            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-            if !std::fs::read_link(entry.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")) {
-                continue;
-            }
-            // SAFETY: the descriptor is only borrowed for two socket-option
-            // calls; if it was closed meanwhile they fail with EBADF.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            let socket = socket2::SockRef::from(&fd);
-            if socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM)
-                && socket.domain().is_ok_and(|d| d == socket2::Domain::IPV4 || d == socket2::Domain::IPV6)
-            {
-                let _ = socket.set_tcp_nodelay(true);
-            }
-        }
     }
 }
 

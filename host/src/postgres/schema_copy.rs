@@ -49,13 +49,10 @@ impl PgSchemaCopy {
         scope: Scope,
         tools: &Tools,
     ) -> anyhow::Result<PgSchemaCopy> {
-        let mut problems = Vec::new();
-        let mut src = super::connect(source, "source").await?;
-        let server: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int / 10000")
-            .fetch_one(&mut src)
-            .await
-            .map_err(|e| Error::driver("reading the source's version", &e))?;
-        let dump = dump::take(source, tools).await?;
+        // pg_dump runs while the source's catalog is read.
+        let (dump, catalog) = tokio::join!(dump::take(source, tools), read_catalog(source, tables));
+        let (dump, catalog) = (dump?, catalog?);
+        let Catalog { server, pipeline, partitioned, leaves, deps, mut problems } = catalog;
         if (dump.version as i32) < server {
             problems.push(format!(
                 "pg_dump {} cannot read a PostgreSQL {server} server: install the PostgreSQL {server} client (or newer) \
@@ -63,52 +60,6 @@ impl PgSchemaCopy {
                 dump.version
             ));
         }
-        // The pipeline's tables, each partition with its ancestors (a
-        // partitioned table's leaves are copied as tables of their own).
-        let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
-        let trees: Vec<(i64, bool)> = sqlx::query_as(
-            "SELECT x.relid::oid::int8, (SELECT count(*) > 1 FROM pg_partition_tree(pg_partition_root(x.relid))) \
-             FROM (SELECT to_regclass(n) AS relid FROM unnest($1::text[]) n \
-                   UNION SELECT t.relid FROM unnest($1::text[]) n, pg_partition_tree(to_regclass(n)) t \
-                   UNION SELECT a.relid FROM unnest($1::text[]) n, pg_partition_ancestors(to_regclass(n)) a) x",
-        )
-        .bind(&names)
-        .fetch_all(&mut src)
-        .await
-        .map_err(|e| Error::driver("reading the pipeline's partitions", &e))?;
-        let pipeline: HashSet<u32> = trees.iter().map(|t| t.0 as u32).collect();
-        let partitioned: HashSet<u32> = trees.iter().filter(|t| t.1).map(|t| t.0 as u32).collect();
-        // A partitioned table is made by a run that makes one of its leaves.
-        let ancestry: Vec<(String, String, String, String)> = sqlx::query_as(
-            "SELECT an.nspname::text, ac.relname::text, ln.nspname::text, lc.relname::text \
-             FROM pg_class lc JOIN pg_namespace ln ON ln.oid = lc.relnamespace, \
-                  pg_partition_ancestors(lc.oid) a JOIN pg_class ac ON ac.oid = a.relid \
-                  JOIN pg_namespace an ON an.oid = ac.relnamespace \
-             WHERE lc.oid::int8 = ANY($1) AND lc.relispartition AND a.relid <> lc.oid",
-        )
-        .bind(pipeline.iter().map(|&o| o as i64).collect::<Vec<_>>())
-        .fetch_all(&mut src)
-        .await
-        .map_err(|e| Error::driver("reading the pipeline's partitions", &e))?;
-        let mut leaves: HashMap<(String, String), Vec<(String, String)>> = HashMap::new();
-        for (schema, parent, leaf_schema, leaf) in ancestry {
-            leaves.entry((schema, parent)).or_default().push((leaf_schema, leaf));
-        }
-        let orphans: Vec<(String, String)> = sqlx::query_as(
-            "SELECT c.oid::regclass::text, p.oid::regclass::text FROM pg_inherits i \
-             JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
-             WHERE NOT c.relispartition AND c.oid::int8 = ANY($1) AND NOT p.oid::int8 = ANY($1)",
-        )
-        .bind(pipeline.iter().map(|&o| o as i64).collect::<Vec<_>>())
-        .fetch_all(&mut src)
-        .await
-        .map_err(|e| Error::driver("reading the pipeline's inheritance", &e))?;
-        for (child, parent) in orphans {
-            problems.push(format!(
-                "table {child} inherits from {parent}, which the pipeline leaves out: include {parent} too"
-            ));
-        }
-        let deps = dump::dependencies(&mut src).await?;
         let mut tgt = super::connect(target, "target").await?;
         let mut existing = HashSet::new();
         for entry in dump.entries.iter().filter(|e| e.kind == "TABLE" && pipeline.contains(&e.oid)) {
@@ -300,6 +251,74 @@ impl PgSchemaCopy {
     fn chosen(&self, section: Section) -> Vec<&Entry> {
         self.entries.iter().map(|&i| &self.dump.entries[i]).filter(|e| e.section == section).collect()
     }
+}
+
+/// What the plan reads of the source's catalog beside pg_dump's archive.
+struct Catalog {
+    server: i32,
+    /// The pipeline's tables, their partitions and ancestors (OIDs).
+    pipeline: HashSet<u32>,
+    /// Those in a partition tree.
+    partitioned: HashSet<u32>,
+    /// The pipeline's leaves under each partitioned table.
+    leaves: HashMap<(String, String), Vec<(String, String)>>,
+    deps: dump::Dependencies,
+    problems: Vec<String>,
+}
+
+async fn read_catalog(source: &DbUrl, tables: &[TableName]) -> anyhow::Result<Catalog> {
+    let mut problems = Vec::new();
+    let mut src = super::connect(source, "source").await?;
+    let server: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int / 10000")
+        .fetch_one(&mut src)
+        .await
+        .map_err(|e| Error::driver("reading the source's version", &e))?;
+    // The pipeline's tables, each partition with its ancestors (a
+    // partitioned table's leaves are copied as tables of their own).
+    let names: Vec<String> = tables.iter().map(TableName::quoted).collect();
+    let trees: Vec<(i64, bool)> = sqlx::query_as(
+        "SELECT x.relid::oid::int8, (SELECT count(*) > 1 FROM pg_partition_tree(pg_partition_root(x.relid))) \
+         FROM (SELECT to_regclass(n) AS relid FROM unnest($1::text[]) n \
+               UNION SELECT t.relid FROM unnest($1::text[]) n, pg_partition_tree(to_regclass(n)) t \
+               UNION SELECT a.relid FROM unnest($1::text[]) n, pg_partition_ancestors(to_regclass(n)) a) x",
+    )
+    .bind(&names)
+    .fetch_all(&mut src)
+    .await
+    .map_err(|e| Error::driver("reading the pipeline's partitions", &e))?;
+    let pipeline: HashSet<u32> = trees.iter().map(|t| t.0 as u32).collect();
+    let partitioned: HashSet<u32> = trees.iter().filter(|t| t.1).map(|t| t.0 as u32).collect();
+    // A partitioned table is made by a run that makes one of its leaves.
+    let ancestry: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT an.nspname::text, ac.relname::text, ln.nspname::text, lc.relname::text \
+         FROM pg_class lc JOIN pg_namespace ln ON ln.oid = lc.relnamespace, \
+              pg_partition_ancestors(lc.oid) a JOIN pg_class ac ON ac.oid = a.relid \
+              JOIN pg_namespace an ON an.oid = ac.relnamespace \
+         WHERE lc.oid::int8 = ANY($1) AND lc.relispartition AND a.relid <> lc.oid",
+    )
+    .bind(pipeline.iter().map(|&o| o as i64).collect::<Vec<_>>())
+    .fetch_all(&mut src)
+    .await
+    .map_err(|e| Error::driver("reading the pipeline's partitions", &e))?;
+    let mut leaves: HashMap<(String, String), Vec<(String, String)>> = HashMap::new();
+    for (schema, parent, leaf_schema, leaf) in ancestry {
+        leaves.entry((schema, parent)).or_default().push((leaf_schema, leaf));
+    }
+    let orphans: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.oid::regclass::text, p.oid::regclass::text FROM pg_inherits i \
+         JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent \
+         WHERE NOT c.relispartition AND c.oid::int8 = ANY($1) AND NOT p.oid::int8 = ANY($1)",
+    )
+    .bind(pipeline.iter().map(|&o| o as i64).collect::<Vec<_>>())
+    .fetch_all(&mut src)
+    .await
+    .map_err(|e| Error::driver("reading the pipeline's inheritance", &e))?;
+    for (child, parent) in orphans {
+        problems
+            .push(format!("table {child} inherits from {parent}, which the pipeline leaves out: include {parent} too"));
+    }
+    let deps = dump::dependencies(&mut src).await?;
+    Ok(Catalog { server, pipeline, partitioned, leaves, deps, problems })
 }
 
 async fn analyze(conn: &mut sqlx::PgConnection, table: &TableName) -> anyhow::Result<()> {

@@ -62,8 +62,25 @@ super::control::pg_control!(PgTables);
 fn sequence_next(table: &str, column: &str) -> String {
     format!(
         "(SELECT coalesce(s.last_value + s.increment_by, s.start_value) FROM pg_sequences s \
-          WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass \
-            = pg_get_serial_sequence({table}, {column})::regclass)"
+          WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = {})",
+        column_sequence(table, column)
+    )
+}
+
+/// SQL: the sequence (regclass) feeding column `column` of `table` (SQL
+/// expressions of a name and a column name): the one it owns (identity,
+/// `serial`; a partition's is its root's), else one its DEFAULT calls
+/// `nextval` on without owning it.
+fn column_sequence(table: &str, column: &str) -> String {
+    format!(
+        "coalesce(pg_get_serial_sequence(coalesce(pg_partition_root({table}::regclass), {table}::regclass)::text, \
+                                         {column})::regclass, \
+           (SELECT d.refobjid::regclass FROM pg_attrdef ad \
+              JOIN pg_attribute att ON att.attrelid = ad.adrelid AND att.attnum = ad.adnum \
+              JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid \
+                AND d.refclassid = 'pg_class'::regclass \
+              JOIN pg_class sq ON sq.oid = d.refobjid AND sq.relkind = 'S' \
+            WHERE ad.adrelid = {table}::regclass AND att.attname = {column} LIMIT 1))"
     )
 }
 
@@ -721,10 +738,12 @@ impl RowSource for PgTables {
                         "the default of {name}.{column} ({expression}) takes values from a sequence the column \
                          does not own: not part of the table's definition"
                     );
-                    None
+                    row.try_get::<Option<i64>, _>("sequence_next")?.map(|next| ColumnDefault::Sequence { next })
                 }
                 Some(expression) => Some(ColumnDefault::Expression(expression)),
-                None => None,
+                // A partition's column fed by its root's identity or
+                // serial sequence.
+                None => row.try_get::<Option<i64>, _>("sequence_next")?.map(|next| ColumnDefault::Sequence { next }),
             };
             let nullable = !row.try_get::<bool, _>("attnotnull")?;
             columns.push(ColumnDef { name: column, sql_type, kind, nullable, identity, default });
@@ -1042,9 +1061,12 @@ impl RowSink for PgTables {
         for (column, next) in positions {
             // `setval(s, n, false)`: n is handed out next.
             sqlx::query(
-                "SELECT setval(seq, greatest($3, coalesce((SELECT s.last_value + s.increment_by FROM pg_sequences s \
-                                 WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = seq), $3)), false) \
-                 FROM (SELECT pg_get_serial_sequence($1, $2)::regclass AS seq) q WHERE seq IS NOT NULL",
+                sqlx::AssertSqlSafe(format!(
+                    "SELECT setval(seq, greatest($3, coalesce((SELECT s.last_value + s.increment_by FROM pg_sequences s \
+                                     WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = seq), $3)), false) \
+                     FROM (SELECT {} AS seq) q WHERE seq IS NOT NULL",
+                    column_sequence("$1", "$2")
+                )),
             )
             .bind(table.quoted())
             .bind(column)
@@ -1054,6 +1076,53 @@ impl RowSink for PgTables {
             .map_err(|e| self.err(format!("moving the sequence of {}.{column} to {next}", table.name), &e))?;
         }
         Ok(())
+    }
+
+    async fn broken_references(&mut self, tables: &[TableDef]) -> anyhow::Result<Vec<String>> {
+        let names: Vec<String> = tables.iter().map(|t| t.quoted()).collect();
+        // Each foreign key: its child and parent, their columns in order.
+        // A partition holds its own copy of its parent's (checked on the
+        // partition's rows); the copies PostgreSQL adds per partition of a
+        // referenced partitioned table are skipped (the key covers them).
+        let keys: Vec<(String, String, String, Vec<String>, Vec<String>)> = sqlx::query_as(
+            "SELECT c.conname::text, c.conrelid::regclass::text, c.confrelid::regclass::text, \
+                    array(SELECT quote_ident(a.attname) FROM unnest(c.conkey) WITH ORDINALITY k(n, i) \
+                          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i), \
+                    array(SELECT quote_ident(a.attname) FROM unnest(c.confkey) WITH ORDINALITY k(n, i) \
+                          JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i) \
+             FROM pg_constraint c \
+             WHERE c.contype = 'f' \
+               AND (c.conparentid = 0 OR c.confrelid = (SELECT pc.confrelid FROM pg_constraint pc WHERE pc.oid = c.conparentid)) \
+               AND c.conrelid IN (SELECT to_regclass(x) FROM unnest($1::text[]) x) ORDER BY 2, 1",
+        )
+        .bind(&names)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(|e| self.err("listing the target's foreign keys".into(), &e))?;
+        let mut broken = Vec::new();
+        for (name, child, parent, columns, referenced) in keys {
+            // MATCH SIMPLE: a row with a NULL in the key references nothing.
+            let present: Vec<String> = columns.iter().map(|c| format!("c.{c} IS NOT NULL")).collect();
+            let joined: Vec<String> = columns.iter().zip(&referenced).map(|(c, p)| format!("p.{p} = c.{c}")).collect();
+            let shown: Vec<String> = columns.iter().map(|c| format!("c.{c}")).collect();
+            let (count, example): (i64, Option<String>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*), min(ROW({})::text) FROM {child} c WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {})",
+                shown.join(", "),
+                present.join(" AND "),
+                joined.join(" AND ")
+            )))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("checking foreign key {name} of {child}"), &e))?;
+            if count > 0 {
+                broken.push(format!(
+                    "foreign key {name} of {child}: {count} row(s) reference no row of {parent} (e.g. ({}) = {})",
+                    columns.join(", "),
+                    example.unwrap_or_default()
+                ));
+            }
+        }
+        Ok(broken)
     }
 
     async fn triggers(&mut self, tables: &[TableDef]) -> anyhow::Result<Vec<(String, String, bool)>> {

@@ -109,8 +109,15 @@ pub(super) async fn copy_tables(
     let parents = plan.load_after();
     let mut done = vec![false; n];
     let mut waiting = Vec::new();
+    let (builds, built) = mpsc::unbounded_channel::<usize>();
     for (i, table) in plan.tables.iter().enumerate() {
         match progress.get(&table.source.name.to_string()) {
+            // Loaded by an earlier attempt, perhaps not built yet: each
+            // build skips what exists.
+            Some(p) if p.phase == TablePhase::Loaded => {
+                done[i] = true;
+                builds.send(i).ok();
+            }
             Some(p) if !p.phase.copying() => done[i] = true,
             _ => waiting.push(i),
         }
@@ -122,6 +129,7 @@ pub(super) async fn copy_tables(
     let failed = Arc::new(AtomicBool::new(false));
     let workers = settings.workers.min(n).max(1);
     let mut tasks = tokio::task::JoinSet::new();
+    let builders = spawn_builders(settings, plan, &progress, built, &stop, &failed, &notify);
     for _ in 0..workers {
         let queue = Arc::clone(&queue);
         let notify = Arc::clone(&notify);
@@ -133,6 +141,7 @@ pub(super) async fn copy_tables(
         let progress = progress.clone();
         let snapshot = snapshot.map(str::to_string);
         let bar = bar.clone();
+        let builds = builds.clone();
         tasks.spawn(async move {
             let mut rows = 0u64;
             let mut target = engines::open_row_target(&settings).await?;
@@ -224,18 +233,10 @@ pub(super) async fn copy_tables(
                     let (copied, complete) = result?;
                     tracing::info!(table = %name, rows = copied, seconds = began.elapsed().as_secs_f64(), "rows copied");
                     if complete {
-                        match (&plan.schema, table.made_by_ferry(&progress)) {
-                            (_, false) => {}
-                            (Some(schema), true) if table.schema_made => schema.0.build_table(&table.target().name).await?,
-                            (_, true) => {
-                                let engine = settings.target.url.engine();
-                                for output in &table.outputs {
-                                    target.build_indexes(&built_later(table, &output.def, engine)).await?;
-                                }
-                            }
-                        }
-                        tracing::info!(table = %name, seconds = began.elapsed().as_secs_f64(), "indexes built");
+                        // Its rows are in: the builders take its keys and
+                        // indexes while this worker copies the next table.
                         target.set_table_phase(&run_id, &name, TablePhase::Loaded).await?;
+                        builds.send(index).ok();
                     }
                     Ok((copied, complete))
                 }
@@ -253,6 +254,9 @@ pub(super) async fn copy_tables(
             }
         });
     }
+    // The builders end once the last copy worker has ended and they have
+    // built every table sent.
+    drop(builds);
     let mut rows = 0;
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
@@ -263,10 +267,75 @@ pub(super) async fn copy_tables(
             }
         }
     }
+    let mut builders = builders;
+    while let Some(joined) = builders.join_next().await {
+        if let Err(e) = joined.context("an index builder panicked")? {
+            first_error.get_or_insert(e);
+        }
+    }
     match first_error {
         Some(e) => Err(e),
         None => Ok(rows),
     }
+}
+
+/// The index builders, `workers` of them beside the copy workers (as
+/// pgcopydb's index jobs): each takes a loaded table of the run's own off
+/// `built` and builds its keys, indexes and checks (not its foreign keys or
+/// triggers, which wait for every table), then its statistics. A table the
+/// target held keeps what it has. They end when `built` is closed and
+/// empty, or at a stop or a failure (a resumed run builds what is left).
+fn spawn_builders(
+    settings: &Settings,
+    plan: &Plan,
+    progress: &HashMap<String, TableProgress>,
+    built: mpsc::UnboundedReceiver<usize>,
+    stop: &Arc<AtomicBool>,
+    failed: &Arc<AtomicBool>,
+    notify: &Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinSet<anyhow::Result<()>> {
+    let built = Arc::new(tokio::sync::Mutex::new(built));
+    let mut builders = tokio::task::JoinSet::new();
+    for _ in 0..settings.workers.min(plan.tables.len()).max(1) {
+        let (built, stop, failed, notify) = (built.clone(), stop.clone(), failed.clone(), notify.clone());
+        let (settings, plan, progress) = (settings.clone(), plan.clone(), progress.clone());
+        builders.spawn(async move {
+            let mut target: Option<Box<dyn RowTarget>> = None;
+            loop {
+                let Some(index) = built.lock().await.recv().await else { return Ok(()) };
+                if stop.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let table = &plan.tables[index];
+                let began = Instant::now();
+                let result: anyhow::Result<()> = async {
+                    match (&plan.schema, table.made_by_ferry(&progress)) {
+                        (_, false) => {}
+                        (Some(schema), true) if table.schema_made => schema.0.build_table(&table.target().name).await?,
+                        (_, true) => {
+                            let target = match &mut target {
+                                Some(target) => target,
+                                None => target.insert(engines::open_row_target(&settings).await?),
+                            };
+                            let engine = settings.target.url.engine();
+                            for output in &table.outputs {
+                                target.build_indexes(&built_later(table, &output.def, engine)).await?;
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = result {
+                    failed.store(true, Ordering::Relaxed);
+                    notify.notify_waiters();
+                    return Err(e.context(format!("building the indexes of table {}", table.source.name)));
+                }
+                tracing::info!(table = %table.source.name, seconds = began.elapsed().as_secs_f64(), "indexes built");
+            }
+        });
+    }
+    builders
 }
 
 /// A plugin `fatal`: the run stops before the batch holding that row, its

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use anyhow::Context;
 use serde::Serialize;
 
 use crate::control::{RunRecord, RunStatus, Stats, TablePhase, TableProgress};
@@ -234,18 +235,44 @@ pub async fn migrate_in_snapshot(
         // The journal starts before the run writes anything into a table.
         let outputs: Vec<&TableDef> = plan.tables.iter().flat_map(|t| t.outputs.iter().map(|o| &o.def)).collect();
         crate::undo::begin(settings, target.as_mut(), &run.run_id, &outputs).await?;
-        let counts = count_all(source.as_mut(), &plan).await?;
         drop(source);
 
         let started_tables: HashMap<String, TableProgress> =
             target.table_progress(&run.run_id).await?.into_iter().map(|p| (p.table.clone(), p)).collect();
-        // Rows of every table, and those earlier attempts of the run committed.
+        // Rows of every table (the catalog's estimate until counted), and
+        // those earlier attempts of the run committed.
         let bar = options.progress.then(|| {
             let done = started_tables.values().map(|p| p.stats.extracted).sum();
-            crate::migrate::progress_bar(counts.values().sum(), done)
+            crate::migrate::progress_bar(plan.tables.iter().map(|t| t.source.estimated_rows).sum(), done)
+        });
+        // The source's rows are counted beside the copy (one scan of every
+        // table, off the copy's critical path), in its snapshot when it
+        // has one: the report accounts for each of them.
+        let counting = tokio::spawn({
+            let (url, plan, snapshot, bar) =
+                (settings.source.url.clone(), plan.clone(), snapshot.map(str::to_string), bar.clone());
+            async move {
+                let mut source = engines::open_row_source(&url, "source").await?;
+                if let Some(name) = &snapshot {
+                    source.use_snapshot(name).await?;
+                }
+                let counts = count_all(source.as_mut(), &plan).await?;
+                if let Some(bar) = bar {
+                    bar.set_length(counts.values().sum());
+                }
+                anyhow::Ok(counts)
+            }
         });
         let outcome =
             copy::copy_tables(settings, &plan, &run, started_tables, snapshot, stop.clone(), bar.clone()).await;
+        let counts = match &outcome {
+            Ok(_) => counting.await.context("the row count panicked")?,
+            Err(e) if e.downcast_ref::<PluginFatal>().is_some() => counting.await.context("the row count panicked")?,
+            Err(_) => {
+                counting.abort();
+                Ok(HashMap::new())
+            }
+        };
         if settings.undo_journal {
             // What the run left (SQLite's second copy). When the copy failed,
             // that failure is the run's outcome and is reported as such (it may
@@ -265,11 +292,34 @@ pub async fn migrate_in_snapshot(
             target.latest_run(&settings.pipeline).await?.filter(|r| r.run_id == run.run_id).unwrap_or(run.clone());
         match outcome {
             Ok(rows) => {
+                let counts = counts?;
                 let interrupted = stop.load(Ordering::Relaxed);
                 let all_loaded = progress.iter().all(|p| !p.phase.copying());
                 let (ending, message) = if interrupted || !all_loaded {
                     (Ending::Interrupted, Some("interrupted by signal after the last committed pages".to_string()))
                 } else {
+                    // Rows loaded with the foreign-key checks off (into
+                    // tables the target held): every reference must hold
+                    // — a parent left out of the pipeline holds no rows.
+                    let unchecked: Vec<TableDef> = plan
+                        .tables
+                        .iter()
+                        .filter(|t| plan.skips_triggers(t))
+                        .flat_map(|t| t.outputs.iter().map(|o| o.def.clone()))
+                        .collect();
+                    let broken = match unchecked.is_empty() {
+                        true => Vec::new(),
+                        false => target.broken_references(&unchecked).await?,
+                    };
+                    if !broken.is_empty() {
+                        return Err(crate::error::Error::contract(format!(
+                            "every row is loaded, but the target's foreign keys do not hold (the load ran with \
+                             them off):\n  - {}\nload the rows they reference (include those tables in the pipeline) \
+                             and run `ferry migrate` again to finish the run, or undo it with `ferry rollback {}`",
+                            broken.join("\n  - "),
+                            run.run_id
+                        )));
+                    }
                     // Every table's rows are in: sequences where the source's
                     // stand, then checks and foreign keys.
                     advance_sequences(settings, &plan, target.as_mut()).await?;
@@ -300,6 +350,7 @@ pub async fn migrate_in_snapshot(
                 Ok(report(&stored, &plan, &progress, &counts, ending, resumed, rows, started, message))
             }
             Err(e) if e.downcast_ref::<PluginFatal>().is_some() => {
+                let counts = counts?;
                 let message = format!("{e:#}; every committed batch is kept: fix the plugin or the row and run again");
                 target.set_status(&run.run_id, RunStatus::Failed, Some(&message)).await?;
                 let progress = target.table_progress(&run.run_id).await?;
