@@ -20,6 +20,8 @@ async fn conn(cluster: &Cluster) -> PgConnection {
 /// A row-level trigger on `users` and `notes` recording every write, and
 /// whether a replication origin was set in the writing session (ferry's
 /// apply connections of a parallel run set one; the application's do not).
+/// `ENABLE ALWAYS`: streams apply with the application's triggers off (as
+/// PostgreSQL's subscriber does), and this observer must see their writes.
 const AUDIT: &str = r#"
 CREATE TABLE audit (tbl text NOT NULL, key text NOT NULL, op text NOT NULL, by_origin boolean NOT NULL);
 CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -30,6 +32,8 @@ BEGIN
 END $$;
 CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON users FOR EACH ROW EXECUTE FUNCTION audit();
 CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON notes FOR EACH ROW EXECUTE FUNCTION audit();
+ALTER TABLE users ENABLE ALWAYS TRIGGER audit;
+ALTER TABLE notes ENABLE ALWAYS TRIGGER audit;
 "#;
 
 /// What conflict detection reads: each row's last commit time and origin.
