@@ -85,13 +85,45 @@ pub struct RowDeadLetter {
 pub struct RawRows {
     pub data: Vec<u8>,
     pub rows: usize,
+    /// PostgreSQL's binary COPY format (with its header and trailer), not
+    /// its text.
+    pub binary: bool,
 }
 
 impl RawRows {
     /// COPY text `data` of whole lines: one row per line.
     pub fn of_copy_text(data: Vec<u8>) -> RawRows {
         let rows = data.iter().filter(|&&b| b == b'\n').count();
-        RawRows { data, rows }
+        RawRows { data, rows, binary: false }
+    }
+
+    /// Binary COPY `data`, whole: its tuples counted by walking their
+    /// field lengths; `None` when it is not that format.
+    pub fn of_copy_binary(data: Vec<u8>) -> Option<RawRows> {
+        const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+        let int = |at: usize, n: usize| -> Option<i64> {
+            let bytes = data.get(at..at + n)?;
+            Some(bytes.iter().fold(0i64, |v, &b| (v << 8) | i64::from(b)))
+        };
+        if !data.starts_with(SIGNATURE) {
+            return None;
+        }
+        // Flags (4 bytes), then the header extension's length and bytes.
+        let mut at = SIGNATURE.len() + 4;
+        at += 4 + usize::try_from(int(at, 4)?).ok()?;
+        let mut rows = 0;
+        loop {
+            let fields = int(at, 2)? as i16;
+            at += 2;
+            if fields == -1 {
+                return (at == data.len()).then_some(RawRows { data, rows, binary: true });
+            }
+            for _ in 0..fields {
+                let len = int(at, 4)? as i32;
+                at += 4 + usize::try_from(len.max(0)).ok()?;
+            }
+            rows += 1;
+        }
     }
 }
 
@@ -132,4 +164,57 @@ pub fn text_row_json(table: &TableDef, fields: &[Option<String>]) -> serde_json:
     serde_json::Value::Object(
         table.columns.iter().zip(fields).map(|(c, v)| (c.name.clone(), v.clone().into())).collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RawRows;
+
+    /// Binary COPY of `tuples` (each a list of fields, `None` for NULL),
+    /// as PostgreSQL writes it: signature, flags, an extension, the
+    /// tuples, the trailer.
+    fn copy_binary(tuples: &[Vec<Option<&[u8]>>]) -> Vec<u8> {
+        let mut data = b"PGCOPY\n\xff\r\n\0".to_vec();
+        data.extend_from_slice(&0i32.to_be_bytes());
+        data.extend_from_slice(&3i32.to_be_bytes());
+        data.extend_from_slice(b"ext");
+        for tuple in tuples {
+            data.extend_from_slice(&(tuple.len() as i16).to_be_bytes());
+            for field in tuple {
+                match field {
+                    None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(bytes) => {
+                        data.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+                        data.extend_from_slice(bytes);
+                    }
+                }
+            }
+        }
+        data.extend_from_slice(&(-1i16).to_be_bytes());
+        data
+    }
+
+    #[test]
+    fn binary_copy_rows_are_counted_by_their_fields() {
+        let tuples = vec![
+            vec![Some(&[0u8, 0, 0, 1][..]), None],
+            // A field holding what looks like a trailer and newlines.
+            vec![Some(&[0xff, 0xff, b'\n', b'\n'][..]), Some(&b""[..])],
+            vec![None, None],
+        ];
+        let raw = RawRows::of_copy_binary(copy_binary(&tuples)).expect("binary COPY");
+        assert_eq!((raw.rows, raw.binary), (3, true));
+        assert_eq!(RawRows::of_copy_binary(copy_binary(&[])).map(|r| r.rows), Some(0));
+    }
+
+    #[test]
+    fn what_is_not_whole_binary_copy_is_refused() {
+        let data = copy_binary(&[vec![Some(&b"abc"[..])]]);
+        assert!(RawRows::of_copy_binary(data[..data.len() - 2].to_vec()).is_none(), "no trailer");
+        assert!(RawRows::of_copy_binary(data[..data.len() - 4].to_vec()).is_none(), "a cut field");
+        let mut extra = data.clone();
+        extra.push(0);
+        assert!(RawRows::of_copy_binary(extra).is_none(), "bytes after the trailer");
+        assert!(RawRows::of_copy_binary(b"1\tx\n".to_vec()).is_none(), "COPY text");
+    }
 }

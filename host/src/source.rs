@@ -72,15 +72,14 @@ pub trait RowSource: Send {
         Ok(None)
     }
     /// The rows at positions `from..to` (`None`: to the end) of the scan
-    /// [`RowSource::begin_heap_scan`] began — undecoded (`RowPage::raw`)
-    /// when `raw`, else decoded — with `last_key` the page's position (not
-    /// a key of the table).
+    /// [`RowSource::begin_heap_scan`] began, in `form`, with `last_key` the
+    /// page's position (not a key of the table).
     async fn read_heap(
         &mut self,
         table: &crate::schema::TableDef,
         _from: u64,
         _to: Option<u64>,
-        _raw: bool,
+        _form: PageForm,
     ) -> anyhow::Result<crate::keyset::RowPage> {
         anyhow::bail!("{}: this source has no storage order", table.name)
     }
@@ -105,4 +104,19 @@ pub trait RowSource: Send {
     async fn use_snapshot(&mut self, name: &str) -> anyhow::Result<()> {
         Err(crate::error::Error::contract(format!("snapshot {name}: this source has no exported snapshots")))
     }
+}
+
+/// How [`RowSource::read_heap`] hands a page over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageForm {
+    /// Decoded into rows.
+    Decoded,
+    /// Undecoded (`RowPage::raw`): the engine's own bulk-load text, for a
+    /// target of the same engine.
+    Raw,
+    /// Undecoded, into a table made from this one's definition (the same
+    /// types): the engine may use its binary form where every column's type
+    /// allows (PostgreSQL: COPY binary — neither side formats or parses
+    /// text).
+    RawSameTypes,
 }

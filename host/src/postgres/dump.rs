@@ -316,6 +316,20 @@ impl Dependencies {
             .map(|&(object, table, _)| (object, table.1))
             .collect()
     }
+
+    /// Every table `object` depends on (a foreign key: its own table and
+    /// the one it references).
+    pub fn tables_of(&self, object: (u32, u32)) -> Vec<u32> {
+        let mut tables: Vec<u32> = self
+            .edges
+            .iter()
+            .filter(|e| e.0 == object && e.1.0 == catalog::CLASS && self.tables.contains(&e.1.1))
+            .map(|e| e.1.1)
+            .collect();
+        tables.sort_unstable();
+        tables.dedup();
+        tables
+    }
 }
 
 /// Reads [`Dependencies`] from the source (`pg_depend`, `pg_class`).

@@ -36,6 +36,13 @@ pub struct PgSchemaCopy {
     deps: dump::Dependencies,
     /// The pipeline's leaves under each partitioned table.
     leaves: HashMap<(String, String), Vec<(String, String)>>,
+    /// Foreign keys between tables outside any partition tree, each with
+    /// the tables it needs: built as soon as the run has built those, while
+    /// other tables still copy.
+    early: Vec<(usize, Vec<(String, String)>)>,
+    /// The tables [`SchemaCopy::build_table`] built, and the early foreign
+    /// keys taken by a build.
+    built: std::sync::Mutex<Built>,
     plan: SchemaPlan,
 }
 
@@ -190,6 +197,21 @@ impl PgSchemaCopy {
                 by_table.entry(name.clone()).or_default().push(i);
             }
         }
+        let single: HashSet<&(String, String)> =
+            pipeline.iter().filter(|oid| !partitioned.contains(oid)).filter_map(|oid| table_names.get(oid)).collect();
+        let early = entries
+            .iter()
+            .map(|&i| (i, &dump.entries[i]))
+            .filter(|(_, e)| e.section == Section::Post && e.kind == "FK CONSTRAINT" && e.catalog != 0)
+            .filter_map(|(i, e)| {
+                let needs: Option<Vec<(String, String)>> = deps
+                    .tables_of((e.catalog, e.oid))
+                    .iter()
+                    .map(|t| table_names.get(t).filter(|n| single.contains(n)).cloned())
+                    .collect();
+                needs.filter(|n| !n.is_empty()).map(|n| (i, n))
+            })
+            .collect();
         let label = |i: &usize| dump.entries[*i].label();
         let object = |i: &usize| {
             let e = &dump.entries[*i];
@@ -231,6 +253,8 @@ impl PgSchemaCopy {
             selected,
             post_owner,
             leaves,
+            early,
+            built: std::sync::Mutex::new(Default::default()),
             deps,
             plan,
         })
@@ -252,6 +276,10 @@ impl PgSchemaCopy {
         self.entries.iter().map(|&i| &self.dump.entries[i]).filter(|e| e.section == section).collect()
     }
 }
+
+/// What the builds after each table have done: the tables built, the
+/// early foreign keys taken (by entry).
+type Built = (HashSet<(String, String)>, HashSet<usize>);
 
 /// What the plan reads of the source's catalog beside pg_dump's archive.
 struct Catalog {
@@ -344,14 +372,32 @@ impl SchemaCopy for PgSchemaCopy {
 
     async fn build_table(&self, table: &TableName) -> anyhow::Result<()> {
         let key = (table.schema.clone().unwrap_or_else(|| "public".into()), table.name.clone());
-        let Some(entries) = self.by_table.get(&key) else { return Ok(()) };
         let mut conn = self.connection().await?;
-        let entries: Vec<&Entry> = entries.iter().map(|&i| &self.dump.entries[i]).collect();
-        dump::apply_post_data(&mut conn, &entries, &self.deps).await?;
-        // Statistics now: the foreign keys validated after every table's
-        // rows are in are planned with them (without, a join over millions
-        // of rows may be planned as nested loops).
-        analyze(&mut conn, table).await?;
+        if let Some(entries) = self.by_table.get(&key) {
+            let entries: Vec<&Entry> = entries.iter().map(|&i| &self.dump.entries[i]).collect();
+            dump::apply_post_data(&mut conn, &entries, &self.deps).await?;
+            // Statistics now: the foreign keys validated after are planned
+            // with them (without, a join over millions of rows may be
+            // planned as nested loops).
+            analyze(&mut conn, table).await?;
+        }
+        // The foreign keys whose tables are all built now: validated while
+        // other tables still copy, rather than after the last one.
+        let ready: Vec<&Entry> = {
+            let mut built = self.built.lock().expect("built tables");
+            built.0.insert(key);
+            let ready: Vec<usize> = self
+                .early
+                .iter()
+                .filter(|(i, needs)| !built.1.contains(i) && needs.iter().all(|t| built.0.contains(t)))
+                .map(|(i, _)| *i)
+                .collect();
+            built.1.extend(&ready);
+            ready.iter().map(|&i| &self.dump.entries[i]).collect()
+        };
+        if !ready.is_empty() {
+            dump::apply_post_data(&mut conn, &ready, &self.deps).await?;
+        }
         self.idle.lock().expect("idle connections").push(conn);
         Ok(())
     }

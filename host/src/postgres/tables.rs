@@ -20,7 +20,7 @@ use crate::keyset::{Key, Row as ValueRow, RowDeadLetter, RowPage, text_row_json}
 use crate::model::DeadLetterKind;
 use crate::schema::{ColumnDef, ColumnDefault, ForeignKeyDef, IndexDef, TableDef};
 use crate::sink::{Applied, ConflictError, FencedError, RowBatch, RowSink};
-use crate::source::RowSource;
+use crate::source::{PageForm, RowSource};
 use crate::undo::UndoMode;
 use crate::value::{Kind, Value, copy_escape, copy_unescape, decode_pg_text, write_pg_text};
 
@@ -920,16 +920,32 @@ impl RowSource for PgTables {
         Ok(Some(blocks.max(0) as u64))
     }
 
-    async fn read_heap(&mut self, table: &TableDef, from: u64, to: Option<u64>, raw: bool) -> anyhow::Result<RowPage> {
+    async fn read_heap(
+        &mut self,
+        table: &TableDef,
+        from: u64,
+        to: Option<u64>,
+        form: PageForm,
+    ) -> anyhow::Result<RowPage> {
         let upper = to.map(|to| format!(" AND ctid < '({to},0)'::tid")).unwrap_or_default();
         let query =
             format!("SELECT {} FROM {} WHERE ctid >= '({from},0)'::tid{upper}", table.column_list(), table.relation());
+        // Binary where the target's types are these and every one has a
+        // binary form ferry can also decode (to isolate a refused row).
+        let binary = form == PageForm::RawSameTypes && self.binary_readable(table).await?;
+        let raw = match form {
+            PageForm::Decoded => None,
+            _ if binary => {
+                let data = self.copy_out_format(table, &query, " (FORMAT binary)").await?;
+                Some(crate::keyset::RawRows::of_copy_binary(data).ok_or_else(|| {
+                    anyhow::anyhow!("reading {}: COPY returned data that is not its binary format", table.name)
+                })?)
+            }
+            _ => Some(crate::keyset::RawRows::of_copy_text(self.copy_out_bytes(table, &query).await?)),
+        };
         let mut page = match raw {
-            true => RowPage {
-                raw: Some(crate::keyset::RawRows::of_copy_text(self.copy_out_bytes(table, &query).await?)),
-                ..RowPage::default()
-            },
-            false => self.copy_out(table, &query).await?,
+            Some(raw) => RowPage { raw: Some(raw), ..RowPage::default() },
+            None => self.copy_out(table, &query).await?,
         };
         let to = to.map_or_else(|| "end".to_string(), |to| to.to_string());
         page.last_key = Some(Key(vec![format!("heap blocks {from}..{to}")]));
@@ -1255,9 +1271,8 @@ impl RowSink for PgTables {
                 None => (&write.rows, &write.keys),
                 Some(raw) => {
                     sqlx::query("SAVEPOINT ferry_raw").execute(&mut *tx).await?;
-                    match Self::apply_data(&mut tx, raw.data.clone(), raw.rows as u64, target, policy, false, journal)
-                        .await
-                    {
+                    let (data, rows) = (raw.data.clone(), raw.rows as u64);
+                    match Self::apply_data(&mut tx, data, rows, target, policy, raw.binary, journal).await {
                         Ok(applied) => {
                             sqlx::query("RELEASE SAVEPOINT ferry_raw").execute(&mut *tx).await?;
                             written.loaded += applied.loaded;
@@ -1267,7 +1282,12 @@ impl RowSink for PgTables {
                         Err(e) if refuses_rows(&e, policy) => {
                             sqlx::query("ROLLBACK TO SAVEPOINT ferry_raw").execute(&mut *tx).await?;
                             sqlx::query("RELEASE SAVEPOINT ferry_raw").execute(&mut *tx).await?;
-                            let page = decode_lines(target, &raw.data);
+                            let page = match raw.binary {
+                                true => binary::decode_page(target, &raw.data).ok_or_else(|| {
+                                    anyhow::anyhow!("decoding a refused binary page of {}", target.name)
+                                })?,
+                                false => decode_lines(target, &raw.data),
+                            };
                             let keys: Vec<Key> = page.rows.iter().map(|r| Key::of(target, r)).collect();
                             refused.extend(page.unreadable);
                             decoded = (page.rows, keys);

@@ -569,7 +569,13 @@ impl RowSource for SqliteTables {
 
     /// Rowids `from..to`; the first range (`from` 0) also holds the
     /// negative rowids an application may have chosen.
-    async fn read_heap(&mut self, table: &TableDef, from: u64, to: Option<u64>, _raw: bool) -> anyhow::Result<RowPage> {
+    async fn read_heap(
+        &mut self,
+        table: &TableDef,
+        from: u64,
+        to: Option<u64>,
+        _form: crate::source::PageForm,
+    ) -> anyhow::Result<RowPage> {
         let mut bounds = Vec::new();
         if from > 0 {
             bounds.push(format!("rowid >= {from}"));

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use crate::config::OnConflict;
+use crate::config::{LoadMethod, OnConflict};
 use crate::control::{RunRecord, TablePhase, TableProgress};
 use crate::db::Engine;
 use crate::engines::{self, RowTarget};
@@ -21,6 +21,7 @@ use crate::plugin::{RowOutcome, TableTransformer};
 use crate::schema::TableDef;
 use crate::settings::Settings;
 use crate::sink::{RowBatch, TableWrite};
+use crate::source::PageForm;
 
 use super::plan::{Plan, PlannedTable};
 use super::post_data::built_later;
@@ -203,7 +204,7 @@ pub(super) async fn copy_tables(
                     // storage order: no index walk, no random heap reads. A
                     // keyless table has no other order.
                     let order = if table.keyless() || (ours && !restarted && start.is_none() && snapshot.is_none()) {
-                        ReadOrder::Heap
+                        ReadOrder::Heap { own_table: ours }
                     } else {
                         ReadOrder::Key
                     };
@@ -448,7 +449,9 @@ enum ReadOrder {
     /// Storage order in one snapshot ([`RowSource::begin_heap_scan`]),
     /// where the engine has it and the copy is undecoded: cheaper for the
     /// source (a sequential scan, no index), restarted if interrupted.
-    Heap,
+    /// `own_table`: into a table this run made from the source's
+    /// definition (the same types).
+    Heap { own_table: bool },
 }
 
 /// Copies one table from `start` on: `(rows extracted, whether the table is
@@ -486,7 +489,7 @@ async fn copy_table(
         _ => settings.batch_size,
     };
     let heap = match order {
-        ReadOrder::Heap if raw || table.keyless() => source.begin_heap_scan(&def).await?,
+        ReadOrder::Heap { .. } if raw || table.keyless() => source.begin_heap_scan(&def).await?,
         _ => None,
     };
     if heap.is_none() && table.keyless() {
@@ -498,6 +501,13 @@ async fn copy_table(
     if heap.is_some() {
         target.set_table_phase(run_id, &table.source.name.to_string(), TablePhase::CopyingHeap).await?;
     }
+    // Into a table of the run's own, PostgreSQL's binary form where the
+    // types allow it: neither server formats nor parses text.
+    let form = match order {
+        _ if !raw => PageForm::Decoded,
+        ReadOrder::Heap { own_table: true } if settings.load_method != LoadMethod::CopyText => PageForm::RawSameTypes,
+        _ => PageForm::Raw,
+    };
     let extract_stop = Arc::clone(stop);
     let mut after = start.clone();
     // A copy between two PostgreSQL databases forwards COPY's own bytes.
@@ -511,7 +521,7 @@ async fn copy_table(
                 }
                 let to = from + per_page;
                 let last = to >= blocks;
-                let page = source.read_heap(&def, from, (!last).then_some(to), raw).await;
+                let page = source.read_heap(&def, from, (!last).then_some(to), form).await;
                 let failed = page.is_err();
                 if page.as_ref().is_ok_and(|p| p.is_empty()) {
                     // Blocks without live rows: nothing to commit.

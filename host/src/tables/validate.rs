@@ -383,7 +383,7 @@ async fn scan_storage_order(
     loop {
         let to = from + per_page;
         let last = to >= positions;
-        let page = reader.read_heap(def, from, (!last).then_some(to), false).await?;
+        let page = reader.read_heap(def, from, (!last).then_some(to), crate::source::PageForm::Decoded).await?;
         for row in &page.rows {
             let (text, hash) = canonical_row(def, Ok(row));
             each(Ok(row), text, hash);
