@@ -26,7 +26,7 @@ pub trait RowTarget:
     + ControlStore
     + crate::control::TableControl
     + crate::deployments::DeploymentStore
-    + crate::undo::UndoJournal
+    + crate::undo_journal::UndoJournal
 {
 }
 impl<
@@ -36,7 +36,7 @@ impl<
         + ControlStore
         + crate::control::TableControl
         + crate::deployments::DeploymentStore
-        + crate::undo::UndoJournal,
+        + crate::undo_journal::UndoJournal,
 > RowTarget for T
 {
 }

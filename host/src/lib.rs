@@ -41,4 +41,5 @@ pub mod tables;
 pub mod time;
 pub mod tls;
 pub mod undo;
+pub mod undo_journal;
 pub mod value;

@@ -21,7 +21,7 @@ use crate::schema::TableDef;
 use crate::sink::{
     ChangesApplied, FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter, StreamStatus,
 };
-use crate::undo::UndoMode;
+use crate::undo_journal::UndoMode;
 use crate::value::write_pg_text;
 
 /// Rows per INSERT or DELETE statement.

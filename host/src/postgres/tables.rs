@@ -21,7 +21,7 @@ use crate::model::DeadLetterKind;
 use crate::schema::{ColumnDef, ColumnDefault, ForeignKeyDef, IndexDef, TableDef};
 use crate::sink::{Applied, ConflictError, FencedError, RowBatch, RowSink};
 use crate::source::{PageForm, RowSource};
-use crate::undo::UndoMode;
+use crate::undo_journal::UndoMode;
 use crate::value::{Kind, Value, copy_escape, copy_unescape, decode_pg_text, write_pg_text};
 
 /// A PostgreSQL database read or written table by table.
@@ -41,7 +41,7 @@ pub struct PgTables {
     pub(super) origin_marked: bool,
     /// The undo journal's mode of each (run, target table) this session
     /// wrote ([`super::undo::mode`]).
-    pub(super) undo: std::collections::HashMap<(String, String), Option<(i32, crate::undo::UndoMode)>>,
+    pub(super) undo: std::collections::HashMap<(String, String), Option<(i32, crate::undo_journal::UndoMode)>>,
 }
 
 impl super::control::PgConn for PgTables {

@@ -16,7 +16,7 @@ use super::tables::PgTables;
 use crate::db::{TableName, quote_ident};
 use crate::error::Error;
 use crate::schema::TableDef;
-use crate::undo::{JournalRollback, RollbackOptions, TableRollback, UndoJournal, UndoMode};
+use crate::undo_journal::{JournalRollback, RollbackOptions, TableRollback, UndoJournal, UndoMode};
 
 const DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
 CREATE TABLE IF NOT EXISTS ferry.undo_tables (
@@ -271,7 +271,7 @@ impl UndoJournal for PgTables {
         .bind(run_id)
         .fetch_all(&mut self.conn)
         .await?;
-        crate::undo::unfinished(run_id, rows)
+        crate::undo_journal::unfinished(run_id, rows)
     }
 
     async fn rollback(

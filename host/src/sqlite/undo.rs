@@ -20,7 +20,7 @@ use super::tables::SqliteTables;
 use crate::db::{TableName, quote_ident};
 use crate::error::Error;
 use crate::schema::TableDef;
-use crate::undo::{JournalRollback, RollbackOptions, TableRollback, UndoJournal, UndoMode};
+use crate::undo_journal::{JournalRollback, RollbackOptions, TableRollback, UndoJournal, UndoMode};
 
 const DDL: &str = "CREATE TABLE IF NOT EXISTS ferry_undo_tables (
     run_id         TEXT NOT NULL,
@@ -162,7 +162,7 @@ impl UndoJournal for SqliteTables {
         .bind(run_id)
         .fetch_all(&mut self.conn)
         .await?;
-        crate::undo::unfinished(run_id, rows)
+        crate::undo_journal::unfinished(run_id, rows)
     }
 
     async fn rollback(

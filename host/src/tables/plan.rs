@@ -115,14 +115,18 @@ impl Plan {
     }
 
     /// For each table (by index), the tables whose rows must be in before
-    /// its own: into a table the target held, whose foreign keys are in
-    /// force, a table waits for the tables it references.
+    /// its own: where the target's foreign keys are in force during the
+    /// load — a table the target held, or one ferry creates on an engine
+    /// that takes them only in `CREATE TABLE` (SQLite) — a table waits for
+    /// the tables it references. (PostgreSQL tables ferry creates get them
+    /// after the data.)
     pub fn load_after(&self) -> Vec<Vec<usize>> {
         let position = |name: &TableName| self.tables.iter().position(|t| &t.source.name == name);
+        let keys_later = |table: &PlannedTable| table.creates() && table.target().engine == Engine::Postgres;
         self.tables
             .iter()
             .enumerate()
-            .map(|(i, table)| match table.creates() || self.skips_triggers(table) {
+            .map(|(i, table)| match keys_later(table) || self.skips_triggers(table) {
                 true => Vec::new(),
                 false => table
                     .source
