@@ -63,12 +63,19 @@ pub async fn plan(settings: &Settings, plan: &mut Plan) -> anyhow::Result<Findin
         }
     }
     if let Some(cycle) = plan.wait_cycle() {
-        problems.push(format!(
-            "the target's tables {cycle} reference each other with foreign keys in force, so no load order \
-             satisfies them, and the target role may not turn them off for the load: run ferry as a superuser or \
-             GRANT SET ON PARAMETER session_replication_role TO it (PostgreSQL 15+), or drop one of the \
-             constraints for the load and add it back after"
-        ));
+        problems.push(match settings.target.url.engine() {
+            Engine::Postgres => format!(
+                "the target's tables {cycle} reference each other with foreign keys in force, so no load order \
+                 satisfies them, and the target role may not turn them off for the load: run ferry as a superuser \
+                 or GRANT SET ON PARAMETER session_replication_role TO it (PostgreSQL 15+), or drop one of the \
+                 constraints for the load and add it back after"
+            ),
+            _ => format!(
+                "the tables {cycle} reference each other with foreign keys, which SQLite enforces from CREATE \
+                 TABLE on, so no load order satisfies them: create the target tables yourself with one of those \
+                 foreign keys left out, or leave one of the tables out of the pipeline"
+            ),
+        });
     }
     if settings.target.url.engine() == Engine::Postgres {
         let mut types: Vec<(String, String, String)> = Vec::new();
