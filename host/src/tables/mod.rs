@@ -265,13 +265,13 @@ pub async fn migrate_in_snapshot(
         });
         let outcome =
             copy::copy_tables(settings, &plan, &run, started_tables, snapshot, stop.clone(), bar.clone()).await;
+        // A run that failed reports no counts (a plugin's fatal does).
         let counts = match &outcome {
-            Ok(_) => counting.await.context("the row count panicked")?,
-            Err(e) if e.downcast_ref::<PluginFatal>().is_some() => counting.await.context("the row count panicked")?,
-            Err(_) => {
+            Err(e) if e.downcast_ref::<PluginFatal>().is_none() => {
                 counting.abort();
                 Ok(HashMap::new())
             }
+            _ => counting.await.context("the row count panicked")?,
         };
         if settings.undo_journal {
             // What the run left (SQLite's second copy). When the copy failed,
