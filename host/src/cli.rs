@@ -392,9 +392,10 @@ async fn notify_run<T: serde::Serialize>(settings: &Settings, summary: String, d
 
 /// One line on a stream that stopped.
 fn stream_summary(command: &str, r: &crate::cdc::apply::ApplyReport) -> String {
-    let why = match &r.fatal {
-        Some(fatal) => format!("stopped by the plugin: {fatal}"),
-        None => "stopped".to_string(),
+    let why = match (&r.fatal, &r.paused) {
+        (Some(fatal), _) => format!("stopped by the plugin: {fatal}"),
+        (None, Some(paused)) => format!("stopped while paused: {paused}"),
+        (None, None) => "stopped".to_string(),
     };
     format!(
         "{command} {why}: {} upserts, {} deletes, {} truncates in {} transactions, {} dead letters",
@@ -405,6 +406,8 @@ fn stream_summary(command: &str, r: &crate::cdc::apply::ApplyReport) -> String {
 fn stream_exit(r: &crate::cdc::apply::ApplyReport, signalled: bool) -> i32 {
     if r.fatal.is_some() {
         exit::FATAL
+    } else if r.paused.is_some() {
+        exit::PAUSED
     } else if signalled {
         // SIGTERM/SIGINT: the current transaction was committed and
         // acknowledged; a clean stop.

@@ -163,6 +163,13 @@ pub struct EndpointConfig {
     pub exclude: Option<Vec<String>>,
     /// What to do with a table without a primary key (default `refuse`).
     pub keyless: Option<Keyless>,
+    /// `ferry sync`: install event triggers in the source (a superuser's
+    /// consent) that put every statement changing a table's columns into
+    /// the stream, so renames, type changes and added columns' defaults
+    /// flow to the target exactly. Off: a column change pauses the stream
+    /// until the target table is altered to match. Default false; removed
+    /// by `ferry sync --teardown`.
+    pub capture_ddl: Option<bool>,
 }
 
 /// How a table without a primary key (nor a `key`) is copied.

@@ -51,6 +51,9 @@ pub mod names {
     /// Rows read back from the source to complete an update that did not
     /// carry an unchanged TOASTed value.
     pub const TOAST_REREADS: &str = "ferry_toast_rereads_total";
+    /// Tables whose schema change the stream waits on (it is paused while
+    /// this is above 0).
+    pub const PAUSED_TABLES: &str = "ferry_paused_tables";
 }
 
 /// Liveness as `/health` reports it: the daemon is healthy while it made

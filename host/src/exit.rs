@@ -34,3 +34,7 @@ pub const PLUGIN: i32 = 9;
 /// ferry running the same pipeline (the checkpoint moved); nothing of the
 /// batch was written.
 pub const CONFLICT: i32 = 10;
+/// A change stream stopped while paused on a schema change it cannot
+/// apply as it is (`ferry status` says why and how to resolve it); the
+/// checkpoint is intact, just before the change.
+pub const PAUSED: i32 = 11;

@@ -31,6 +31,7 @@ pub mod runbook;
 pub mod scaffold;
 pub mod schema;
 pub mod schema_copy;
+pub mod schema_edit;
 pub mod settings;
 pub mod sink;
 pub mod source;

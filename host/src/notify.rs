@@ -36,6 +36,9 @@ pub enum Event {
     Cutback,
     /// `ferry rollback` took a run back.
     Rollback,
+    /// A change stream paused on a schema change it cannot apply as it is
+    /// (and again when it resumes: `summary` says which).
+    StreamPaused,
     /// The switch hook of a cutover or cutback (`[cutover]`), not a
     /// notification: the application is told which database to use.
     Switch,
@@ -51,6 +54,7 @@ impl Event {
             Event::Cutback => "cutback",
             Event::Rollback => "rollback",
             Event::Switch => "switch",
+            Event::StreamPaused => "stream_paused",
         }
     }
 }

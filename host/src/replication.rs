@@ -50,4 +50,22 @@ pub trait ReplicationSource: Send {
     async fn wal_position(&mut self) -> anyhow::Result<u64>;
     /// Adds `table` to `publication` unless it is there.
     async fn publish(&mut self, publication: &str, table: &TableName) -> anyhow::Result<()>;
+    /// Installs (or replaces) the DDL capture: from now on every statement
+    /// that changes a table's columns writes, in its own transaction, a
+    /// logical message ([`DDL_MESSAGE_PREFIX`]) with the tables it changed
+    /// and their columns after it. A failure inside the capture never fails
+    /// the application's statement (a warning instead; the stream still
+    /// sees the new column list and pauses). Refused with the fix where the
+    /// connection may not create event triggers.
+    async fn install_ddl_capture(&mut self) -> anyhow::Result<()>;
+    /// Whether the DDL capture is installed and enabled.
+    async fn ddl_capture(&mut self) -> anyhow::Result<bool>;
+    /// Removes the DDL capture, unless a replication slot other than
+    /// `slot` may still rely on it.
+    async fn drop_ddl_capture(&mut self, slot: &str) -> anyhow::Result<()>;
+    /// Each column of `table` with its catalog number and type OID.
+    async fn column_numbers(&mut self, table: &TableName) -> anyhow::Result<Vec<(String, i16, u32)>>;
 }
+
+/// The prefix of the logical messages the DDL capture writes.
+pub const DDL_MESSAGE_PREFIX: &str = "ferry.ddl";

@@ -44,9 +44,10 @@ pub fn apply(r: &crate::cdc::apply::ApplyReport) -> String {
     ] {
         t.add_row(vec![Cell::new(k), Cell::new(v)]);
     }
-    match &r.fatal {
-        Some(reason) => format!("{t}\nstopped: {reason}"),
-        None => t.to_string(),
+    match (&r.fatal, &r.paused) {
+        (Some(reason), _) => format!("{t}\nstopped: {reason}"),
+        (None, Some(reason)) => format!("{t}\npaused: {reason}"),
+        (None, None) => t.to_string(),
     }
 }
 
@@ -124,6 +125,16 @@ pub fn status(r: &crate::status::StatusReport) -> String {
         t.add_row(vec![Cell::new("dead letters"), Cell::new(s.dead_lettered.to_string())]);
         t.add_row(vec![Cell::new("last target commit"), Cell::new(format!("{:.1} s ago", s.seconds_since_update))]);
         t.add_row(vec![Cell::new("plugin sha256"), Cell::new(s.plugin_sha256.clone().unwrap_or_default())]);
+        if let Some(paused) = &s.paused {
+            t.add_row(vec![Cell::new("PAUSED"), Cell::new(paused)]);
+        }
+        if let Some(capture) = s.ddl_capture {
+            let said = if capture { "installed" } else { "off (a column change pauses the stream)" };
+            t.add_row(vec![Cell::new("DDL capture"), Cell::new(said)]);
+        }
+        for (table, columns) in &s.table_columns {
+            t.add_row(vec![Cell::new(format!("columns of {table}")), Cell::new(columns.join(", "))]);
+        }
     }
     for d in &r.deployments {
         let what = match d.state {

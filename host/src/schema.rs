@@ -7,7 +7,7 @@
 //! is kept for a same-engine copy (so `numeric(12,2)`, `varchar(40)`, enums
 //! and domains stay what they were).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
@@ -26,7 +26,7 @@ impl NameMap {
 }
 
 /// One column.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnDef {
     pub name: String,
     /// The type as the source engine declares it (`numeric(12,2)`,
@@ -59,7 +59,7 @@ impl ColumnDef {
 }
 
 /// A column's default, as the source's catalog defines it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ColumnDefault {
     /// An expression as PostgreSQL prints it (`now()`, `'new'::text`,
     /// `gen_random_uuid()`): kept on a PostgreSQL target, left out on
@@ -90,7 +90,7 @@ pub struct GeneratedColumn {
 }
 
 /// How an identity column generates its values.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Identity {
     /// `GENERATED ALWAYS` (else `BY DEFAULT`).
     pub always: bool,

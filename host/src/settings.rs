@@ -146,6 +146,8 @@ pub struct Settings {
     pub on_reject: OnReject,
     /// `[target] undo_journal`: runs journal what they change (rollback).
     pub undo_journal: bool,
+    /// `[source] capture_ddl`: `ferry sync` installs the DDL capture.
+    pub capture_ddl: bool,
     pub load_method: LoadMethod,
     /// The pipeline's tables: `[[tables]]` and `source.include`, or the
     /// one table `[source] table` + `[plugin]` name (one `[[tables]]` entry
@@ -276,6 +278,7 @@ impl Settings {
             on_conflict: o.on_conflict.or(file.target.on_conflict).unwrap_or_default(),
             on_reject: file.target.on_reject.unwrap_or_default(),
             undo_journal: file.target.undo_journal.unwrap_or(true),
+            capture_ddl: file.source.capture_ddl.unwrap_or(false),
             load_method: file.target.load_method.unwrap_or_default(),
             tables,
             batch_size,

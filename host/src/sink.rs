@@ -277,6 +277,9 @@ pub enum RowChange {
     Delete(crate::keyset::Row),
     /// Empty the table.
     Truncate,
+    /// Change the table's columns (the table as it is before the edit;
+    /// the writes after it name the table's next definition).
+    Alter(crate::schema_edit::ColumnEdit),
 }
 
 /// A change and where it goes.
@@ -325,6 +328,7 @@ impl ChangeOrigin {
             RowChange::Upsert(row) => format!("row {}", crate::keyset::Key::of(target, row).label()),
             RowChange::Delete(key) => format!("the delete of {}", crate::keyset::Key::of_values(key).label()),
             RowChange::Truncate => "the truncate".to_string(),
+            RowChange::Alter(edit) => format!("{edit}"),
         };
         StreamDeadLetter {
             origin: self.clone(),
@@ -358,6 +362,21 @@ pub struct RowChangeBatch {
     /// Conflict detection: how much of this target the source had seen at
     /// `next` (Unix µs), stored with it so a restart knows it again.
     pub seen_until: Option<i64>,
+    /// Versions of source tables' columns that begin in this batch (the
+    /// source table, where it begins, its columns): stored with `next`.
+    pub versions: Vec<(String, crate::position::Position, crate::schema_edit::TableVersion)>,
+}
+
+/// The target refused a change to a table's columns
+/// ([`RowChange::Alter`]): nothing of the batch was applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{table} refused {edit}: {message}")]
+pub struct SchemaRefused {
+    /// Index of the write in [`RowChangeBatch::writes`].
+    pub write: usize,
+    pub table: String,
+    pub edit: String,
+    pub message: String,
 }
 
 /// What `ferry status` shows of a many-table stream.
@@ -379,6 +398,8 @@ pub struct StreamStatus {
     pub peer_seen_micros: Option<i64>,
     /// Seconds between the first and the last commit of the stream.
     pub active_seconds: Option<f64>,
+    /// Why the stream is paused (a schema change it waits on), if it is.
+    pub paused: Option<String>,
 }
 
 /// What [`RowChangeSink::apply_row_changes`] did beyond the writes.
@@ -397,7 +418,7 @@ pub struct ChangesApplied {
 /// Contract: `apply_row_changes` performs the writes **in order** (the
 /// source's own order satisfies its foreign keys; consecutive writes to one
 /// table may be merged, the last per key winning), records the dead letters
-/// (ignoring ones already recorded) and stores `next` — all in ONE
+/// (ignoring ones already recorded), stores `versions` and `next` — all in ONE
 /// transaction, and only if the stored position equals `previous` (else
 /// [`FencedError`]). A write the target refuses for what its row holds (a
 /// data exception, a constraint) is isolated inside that transaction and
@@ -405,7 +426,9 @@ pub struct ChangesApplied {
 /// [`ChangeWrite::seen_until`] whose target row this database's own
 /// application (a transaction without replication origin) committed after
 /// that time is not applied: it is recorded in the conflicts table with the
-/// row it would have replaced, in the same transaction.
+/// row it would have replaced, in the same transaction. An `Alter` write
+/// the target refuses fails the whole batch with [`SchemaRefused`] (naming
+/// the write), so the caller can apply what came before it and pause.
 #[async_trait]
 pub trait RowChangeSink: Send {
     /// Creates the change-stream control tables if missing.
@@ -418,6 +441,14 @@ pub trait RowChangeSink: Send {
     /// The (source table, source key) of every change of the pipeline that
     /// was dead-lettered (none if it never streamed).
     async fn stream_dead_keys(&mut self, pipeline: &str) -> anyhow::Result<Vec<(String, String)>>;
+    /// The newest stored version of each source table's columns
+    /// ([`RowChangeBatch::versions`]) of the pipeline's stream.
+    async fn stream_versions(
+        &mut self,
+        pipeline: &str,
+    ) -> anyhow::Result<Vec<(String, crate::schema_edit::TableVersion)>>;
+    /// Records (or clears, with `None`) why the pipeline's stream is paused.
+    async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()>;
     /// Marks every later transaction of this connection as written by the
     /// replication origin `name` (created if missing), so that a logical
     /// replication reader of this database can tell ferry's writes from the
@@ -493,6 +524,8 @@ pub struct Stretch {
     pub upserts: Vec<usize>,
     /// Tables to truncate (then `deletes` and `upserts` are empty).
     pub truncate: Vec<usize>,
+    /// A write that alters `table`'s columns (then the rest are empty).
+    pub alter: Option<usize>,
 }
 
 impl RowChangeBatch {
@@ -504,6 +537,11 @@ impl RowChangeBatch {
         let mut i = 0;
         while i < w.len() {
             let table = w[i].table;
+            if let RowChange::Alter(_) = w[i].change {
+                out.push(Stretch { table, alter: Some(i), ..Default::default() });
+                i += 1;
+                continue;
+            }
             if w[i].change == RowChange::Truncate {
                 let mut truncate = Vec::new();
                 while i < w.len() && w[i].change == RowChange::Truncate {
@@ -524,11 +562,12 @@ impl RowChangeBatch {
             }
             let mut last: HashMap<Vec<String>, usize> = HashMap::new();
             let mut order: Vec<Vec<String>> = Vec::new();
-            while i < w.len() && w[i].table == table && w[i].change != RowChange::Truncate && !prefix(&w[i].change) {
+            let barrier = |c: &RowChange| matches!(c, RowChange::Truncate | RowChange::Alter(_));
+            while i < w.len() && w[i].table == table && !barrier(&w[i].change) && !prefix(&w[i].change) {
                 let key = match &w[i].change {
                     RowChange::Upsert(row) => crate::keyset::Key::of(def, row).0,
                     RowChange::Delete(key) => crate::keyset::Key::of_values(key).0,
-                    RowChange::Truncate => unreachable!("the loop stops at truncates"),
+                    RowChange::Truncate | RowChange::Alter(_) => unreachable!("the loop stops at barriers"),
                 };
                 if last.insert(key.clone(), i).is_none() {
                     order.push(key);

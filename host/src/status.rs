@@ -61,6 +61,16 @@ pub struct StreamState {
     pub plugin_sha256: Option<String>,
     /// Seconds since the last commit of the stream into the target.
     pub seconds_since_update: f64,
+    /// Why the stream is paused on a schema change, and how to resolve it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// Each source table's columns as the stream last stored them (the
+    /// schema version its position has).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub table_columns: Vec<(String, Vec<String>)>,
+    /// Whether the source has the DDL capture (`[source] capture_ddl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ddl_capture: Option<bool>,
 }
 
 fn stream_state(s: crate::sink::StreamStatus) -> StreamState {
@@ -72,6 +82,9 @@ fn stream_state(s: crate::sink::StreamStatus) -> StreamState {
         dead_lettered: s.dead_lettered,
         plugin_sha256: s.plugin_sha256,
         seconds_since_update: s.seconds_since_update,
+        paused: s.paused,
+        table_columns: Vec::new(),
+        ddl_capture: None,
     }
 }
 
@@ -154,10 +167,21 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
         Some(run) => (target.table_progress(&run.run_id).await?, target.lineage(&run.run_id).await?),
         None => (Vec::new(), Vec::new()),
     };
-    let stream = target.stream_status(&settings.pipeline).await?.map(stream_state);
+    let mut stream = target.stream_status(&settings.pipeline).await?.map(stream_state);
+    if let Some(stream) = stream.as_mut() {
+        let versions = target.stream_versions(&settings.pipeline).await?;
+        stream.table_columns =
+            versions.into_iter().map(|(t, v)| (t, v.names().into_iter().map(String::from).collect())).collect();
+        if settings.source.url.engine() == Engine::Postgres
+            && let Ok(mut source) = crate::engines::open_replication_source(&settings.source.url).await
+        {
+            stream.ddl_capture = source.ddl_capture().await.ok();
+        }
+    }
     let deployments = target.deployments(&settings.pipeline).await?;
     let slots = source_slots(settings, Some(slot)).await.unwrap_or_default();
     let phase = match (&stream, &migrate) {
+        (Some(s), _) if s.paused.is_some() => "paused".to_string(),
         (Some(s), _) if s.checkpoint.streaming => "streaming".to_string(),
         (_, Some(run)) => format!("migrate run {}", run.status.as_str()),
         (_, None) => "not started".to_string(),

@@ -57,6 +57,19 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of a PostgreSQL column from its base type (domains
+    /// resolved), the base type's category and, for an array, its
+    /// element type.
+    pub fn from_pg_column(base: &str, category: &str, elem: Option<&str>) -> Kind {
+        match (category, elem) {
+            ("A", Some(elem)) => match Kind::from_pg_typname(elem) {
+                k if k.is_scalar() => Kind::Array(Box::new(k)),
+                _ => Kind::Other,
+            },
+            _ => Kind::from_pg_typname(base),
+        }
+    }
+
     /// The kind of a PostgreSQL base type (`pg_type.typname`, after domains
     /// are resolved to their base type); arrays are handled by the caller.
     pub fn from_pg_typname(typname: &str) -> Kind {

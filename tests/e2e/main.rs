@@ -18,6 +18,7 @@ mod plugin_tools;
 mod replay;
 mod resume;
 mod rollback;
+mod schema_changes;
 mod schema_copy;
 mod sync;
 mod tables;

@@ -39,6 +39,10 @@ pub struct ApplyReport {
     /// Set when the plugin returned `fatal`: nothing after the last commit
     /// was applied.
     pub fatal: Option<String>,
+    /// Set when the stream stopped while paused on a schema change it
+    /// cannot apply as it is: why, and how to resolve it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
     /// Plugin versions (SHA-256) this run switched to, in order
     /// (`ferry plugin deploy`).
     #[serde(skip_serializing_if = "Vec::is_empty")]

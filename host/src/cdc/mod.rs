@@ -2,6 +2,7 @@
 //! (Debezium's envelope), and applying them exactly once.
 
 pub mod apply;
+pub mod ddl;
 pub mod debezium;
 pub mod input;
 pub mod pgoutput;

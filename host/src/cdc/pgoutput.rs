@@ -80,7 +80,11 @@ pub enum Message {
         lsn: u64,
         name: String,
     },
-    /// Type, logical Message…: not needed to apply rows.
+    /// A transactional logical message of the DDL capture
+    /// ([`crate::replication::DDL_MESSAGE_PREFIX`]), at its place in its
+    /// transaction. (The replication client decodes `M` messages itself.)
+    Ddl(Vec<u8>),
+    /// Type, …: not needed to apply rows.
     Other(u8),
 }
 

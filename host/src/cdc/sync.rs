@@ -481,6 +481,12 @@ async fn stream<A: Applier>(
                 }
                 applier.receive(&relations, message, tx_commit, tx_xid, &mut seq, &mut group.pending).await?;
             }
+            ReplicationEvent::Message { transactional: true, prefix, content, .. }
+                if prefix == crate::replication::DDL_MESSAGE_PREFIX && in_transaction && !echo =>
+            {
+                let message = Message::Ddl(content.to_vec());
+                applier.receive(&relations, message, tx_commit, tx_xid, &mut seq, &mut group.pending).await?;
+            }
             ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
                 in_transaction = false;
                 group.commit(end_lsn, commit_time_micros);
@@ -524,6 +530,9 @@ async fn stream<A: Applier>(
 pub async fn teardown(settings: &Settings, options: &SyncOptions) -> anyhow::Result<()> {
     let mut source = engines::open_replication_source(&settings.source.url).await?;
     source.drop_stream(&options.slot, &options.publication).await?;
+    if settings.capture_ddl {
+        source.drop_ddl_capture(&options.slot).await?;
+    }
     // A parallel run's stream also leaves its replication origin in its target.
     if let Some(origins) = &options.origins {
         engines::open_row_target(settings).await?.drop_origin(&origins.own).await?;

@@ -31,8 +31,137 @@ impl PgReplication {
     }
 }
 
+/// The DDL capture: two event triggers and their functions in schema
+/// `ferry` of the source. `table_rewrite` notes (transaction-locally) which
+/// tables a statement rewrote; `ddl_command_end` writes one transactional
+/// logical message with every ordinary or partitioned table the statement
+/// touched and its columns after it (each with its `attnum`, which a rename
+/// keeps), in the same shape as the catalog reading of
+/// `PgTables::describe`. SECURITY DEFINER: the application's role need not
+/// be allowed to write logical messages; any failure is a warning, never
+/// the application's error.
+const DDL_CAPTURE: &str = r#"
+CREATE SCHEMA IF NOT EXISTS ferry;
+CREATE OR REPLACE FUNCTION ferry.capture_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $capture$
+BEGIN
+    PERFORM set_config('ferry.rewritten',
+        coalesce(current_setting('ferry.rewritten', true), '') || ',' || pg_event_trigger_table_rewrite_oid() || ',', true);
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'ferry DDL capture: %', SQLERRM;
+END
+$capture$;
+CREATE OR REPLACE FUNCTION ferry.capture_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $capture$
+DECLARE
+    changed jsonb;
+BEGIN
+    SELECT coalesce(jsonb_agg(t ORDER BY t.oid), '[]'::jsonb) INTO changed FROM (
+        SELECT DISTINCT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS name,
+            strpos(coalesce(current_setting('ferry.rewritten', true), ''), ',' || c.oid || ',') > 0 AS rewritten,
+            (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                    'number', a.attnum, 'name', a.attname::text, 'type_oid', a.atttypid::int8,
+                    'sql_type', format_type(a.atttypid, a.atttypmod), 'not_null', a.attnotnull,
+                    'base', bt.typname::text, 'category', bt.typcategory::text, 'elem', et.typname::text,
+                    'identity', a.attidentity::text, 'generated', a.attgenerated::text,
+                    'default', pg_get_expr(d.adbin, d.adrelid)) ORDER BY a.attnum), '[]'::jsonb)
+             FROM pg_attribute a
+             JOIN pg_type ty ON ty.oid = a.atttypid
+             JOIN pg_type bt ON bt.oid = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
+             LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns
+        FROM pg_event_trigger_ddl_commands() e
+        JOIN pg_class c ON c.oid = e.objid AND e.classid = 'pg_class'::regclass
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'ferry') t;
+    PERFORM set_config('ferry.rewritten', '', true);
+    IF jsonb_array_length(changed) > 0 THEN
+        PERFORM pg_logical_emit_message(true, 'ferry.ddl',
+            jsonb_build_object('tag', tg_tag, 'tables', changed)::text);
+    END IF;
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'ferry DDL capture: %', SQLERRM;
+END
+$capture$;
+DROP EVENT TRIGGER IF EXISTS ferry_capture_rewrite;
+CREATE EVENT TRIGGER ferry_capture_rewrite ON table_rewrite EXECUTE FUNCTION ferry.capture_rewrite();
+DROP EVENT TRIGGER IF EXISTS ferry_capture_ddl;
+CREATE EVENT TRIGGER ferry_capture_ddl ON ddl_command_end EXECUTE FUNCTION ferry.capture_ddl();
+"#;
+
 #[async_trait]
 impl ReplicationSource for PgReplication {
+    async fn install_ddl_capture(&mut self) -> anyhow::Result<()> {
+        let superuser: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err("reading the connecting role".into(), &e))?;
+        if !superuser {
+            return Err(Error::contract(format!(
+                "[source] capture_ddl installs event triggers in {}, which only a superuser may create: connect \
+                 as one for the first `ferry sync` (it installs them once), or turn capture_ddl off (a column \
+                 change then pauses the stream until the target is altered by hand)",
+                self.url
+            )));
+        }
+        // One simple query: one implicit transaction, all or nothing.
+        sqlx::raw_sql(DDL_CAPTURE)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.err("installing the DDL capture".into(), &e))?;
+        Ok(())
+    }
+
+    async fn ddl_capture(&mut self) -> anyhow::Result<bool> {
+        let enabled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname IN ('ferry_capture_ddl', 'ferry_capture_rewrite') \
+             AND evtenabled <> 'D'",
+        )
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(|e| self.err("reading event triggers".into(), &e))?;
+        Ok(enabled == 2)
+    }
+
+    async fn drop_ddl_capture(&mut self, slot: &str) -> anyhow::Result<()> {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND slot_name <> $1",
+        )
+        .bind(slot)
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(|e| self.err("reading replication slots".into(), &e))?;
+        if others > 0 {
+            tracing::info!("the DDL capture stays: other replication slots of this database may rely on it");
+            return Ok(());
+        }
+        for statement in [
+            "DROP EVENT TRIGGER IF EXISTS ferry_capture_ddl",
+            "DROP EVENT TRIGGER IF EXISTS ferry_capture_rewrite",
+            "DROP FUNCTION IF EXISTS ferry.capture_ddl()",
+            "DROP FUNCTION IF EXISTS ferry.capture_rewrite()",
+        ] {
+            sqlx::query(statement)
+                .execute(&mut self.conn)
+                .await
+                .map_err(|e| self.err("removing the DDL capture".into(), &e))?;
+        }
+        Ok(())
+    }
+
+    async fn column_numbers(&mut self, table: &TableName) -> anyhow::Result<Vec<(String, i16, u32)>> {
+        let rows: Vec<(String, i16, i64)> = sqlx::query_as(
+            "SELECT attname::text, attnum, atttypid::int8 FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 \
+             AND NOT attisdropped ORDER BY attnum",
+        )
+        .bind(table.quoted())
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(|e| self.err(format!("reading the columns of {table}"), &e))?;
+        Ok(rows.into_iter().map(|(name, number, oid)| (name, number, oid as u32)).collect())
+    }
+
     async fn wal_position(&mut self) -> anyhow::Result<u64> {
         let at: i64 = sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8")
             .fetch_one(&mut self.conn)

@@ -19,7 +19,8 @@ use crate::keyset::Row;
 use crate::position::Position;
 use crate::schema::TableDef;
 use crate::sink::{
-    ChangesApplied, FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter, StreamStatus,
+    ChangesApplied, FencedError, RowChange, RowChangeBatch, RowChangeSink, SchemaRefused, StreamDeadLetter,
+    StreamStatus,
 };
 use crate::undo_journal::UndoMode;
 use crate::value::write_pg_text;
@@ -47,6 +48,17 @@ ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS first_applied_at t
 ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_chunk bigint;
 ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS snapshot_chunks bigint;
 ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS peer_seen_until timestamptz;
+ALTER TABLE ferry.change_checkpoints ADD COLUMN IF NOT EXISTS paused text;
+CREATE TABLE IF NOT EXISTS ferry.stream_versions (
+    pipeline     text NOT NULL,
+    source_table text NOT NULL,
+    commit_lsn   bigint NOT NULL,
+    lsn          bigint NOT NULL,
+    seq          integer NOT NULL,
+    columns      jsonb NOT NULL,
+    stored_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, source_table, commit_lsn, lsn, seq)
+);
 CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
     id            bigserial PRIMARY KEY,
     pipeline      text NOT NULL,
@@ -258,7 +270,7 @@ async fn conflicts(
         let key: Row = match &batch.writes[i].change {
             RowChange::Upsert(row) => def.primary_key.iter().map(|&k| row[k].clone()).collect(),
             RowChange::Delete(key) => key.clone(),
-            RowChange::Truncate => Vec::new(),
+            RowChange::Truncate | RowChange::Alter(_) => Vec::new(),
         };
         if key.len() != n {
             continue;
@@ -311,12 +323,37 @@ async fn apply_writes(
     batch: &RowChangeBatch,
     careful: bool,
     journals: &[Option<(i32, UndoMode)>],
+    schema_refused: &mut Option<SchemaRefused>,
 ) -> Result<(Vec<StreamDeadLetter>, Vec<Conflict>), sqlx::Error> {
     let mut refused = Vec::new();
     let mut conflicted = Vec::new();
     let run_id = batch.run_id.as_deref().unwrap_or_default();
     let journal_run = journals.iter().any(Option::is_some).then_some(run_id);
     for stretch in batch.stretches() {
+        if let Some(i) = stretch.alter {
+            let RowChange::Alter(edit) = &batch.writes[i].change else { unreachable!("an alter stretch") };
+            let def = &batch.tables[stretch.table];
+            let refuse = |message: String| SchemaRefused {
+                write: i,
+                table: def.name.to_string(),
+                edit: edit.to_string(),
+                message,
+            };
+            match edit.sql(def) {
+                Ok(None) => {}
+                Ok(Some(sql)) => {
+                    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await {
+                        *schema_refused = Some(refuse(e.to_string()));
+                        return Err(e);
+                    }
+                }
+                Err(message) => {
+                    *schema_refused = Some(refuse(message.clone()));
+                    return Err(sqlx::Error::Protocol(message));
+                }
+            }
+            continue;
+        }
         for &t in &stretch.truncate {
             if let Some((journal, UndoMode::BeforeImages)) = journals[t] {
                 super::undo::journal_existing(tx, journal, &batch.tables[t], None).await?;
@@ -342,7 +379,7 @@ async fn apply_writes(
                 .iter()
                 .map(|&i| match &batch.writes[i].change {
                     RowChange::Upsert(row) | RowChange::Delete(row) => row,
-                    RowChange::Truncate => unreachable!("stretches hold no truncate here"),
+                    RowChange::Truncate | RowChange::Alter(_) => unreachable!("stretches hold no barrier here"),
                 })
                 .collect();
             for (at, message) in run(tx, &rows, careful, sql, def, journal_run).await? {
@@ -368,7 +405,7 @@ async fn journal_first_touch(
         .map(|&i| match &batch.writes[i].change {
             RowChange::Upsert(row) => def.primary_key.iter().map(|&k| row[k].clone()).collect(),
             RowChange::Delete(key) => key.clone(),
-            RowChange::Truncate => Vec::new(),
+            RowChange::Truncate | RowChange::Alter(_) => Vec::new(),
         })
         .collect();
     let (whole, prefixes): (Vec<&Row>, Vec<&Row>) =
@@ -404,7 +441,7 @@ async fn record_conflicts(
                 let label = crate::keyset::Key::of_values(key).label();
                 (label.clone(), serde_json::json!({ "delete": label }).to_string())
             }
-            RowChange::Truncate => continue,
+            RowChange::Truncate | RowChange::Alter(_) => continue,
         };
         sqlx::query(
             "INSERT INTO ferry.conflicts (pipeline, target_table, target_key, source_table, source_key, incoming, \
@@ -458,6 +495,7 @@ impl RowChangeSink for PgTables {
             Option<f64>,
             Option<i64>,
             Option<i64>,
+            Option<String>,
         );
         let row: Option<Status> = sqlx::query_as(
             "SELECT commit_lsn, lsn, seq, applied, \
@@ -465,25 +503,58 @@ impl RowChangeSink for PgTables {
              extract(epoch FROM now() - updated_at)::float8, extract(epoch FROM now() - source_commit_at)::float8, \
              extract(epoch FROM updated_at - first_applied_at)::float8, \
              (extract(epoch FROM source_commit_at) * 1000000)::int8, \
-             (extract(epoch FROM peer_seen_until) * 1000000)::int8 \
+             (extract(epoch FROM peer_seen_until) * 1000000)::int8, paused \
              FROM ferry.change_checkpoints c WHERE pipeline = $1",
         )
         .bind(pipeline)
         .fetch_optional(&mut self.conn)
         .await?;
-        Ok(row.map(|(commit, lsn, seq, applied, dead, plugin_sha256, age, commit_age, active, commit_at, seen)| {
-            StreamStatus {
-                position: position_of(Some((commit, lsn, seq))),
-                applied: applied as u64,
-                dead_lettered: dead as u64,
-                plugin_sha256,
-                seconds_since_update: age,
-                source_commit_age_seconds: commit_age,
-                source_commit_micros: commit_at,
-                peer_seen_micros: seen,
-                active_seconds: active,
-            }
-        }))
+        Ok(row.map(
+            |(commit, lsn, seq, applied, dead, plugin_sha256, age, commit_age, active, commit_at, seen, paused)| {
+                StreamStatus {
+                    position: position_of(Some((commit, lsn, seq))),
+                    applied: applied as u64,
+                    dead_lettered: dead as u64,
+                    plugin_sha256,
+                    seconds_since_update: age,
+                    source_commit_age_seconds: commit_age,
+                    source_commit_micros: commit_at,
+                    peer_seen_micros: seen,
+                    active_seconds: active,
+                    paused,
+                }
+            },
+        ))
+    }
+
+    async fn stream_versions(
+        &mut self,
+        pipeline: &str,
+    ) -> anyhow::Result<Vec<(String, crate::schema_edit::TableVersion)>> {
+        if !super::exists(&mut self.conn, "ferry.stream_versions").await? {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, sqlx::types::Json<crate::schema_edit::TableVersion>)> = sqlx::query_as(
+            "SELECT DISTINCT ON (source_table) source_table, columns FROM ferry.stream_versions \
+             WHERE pipeline = $1 ORDER BY source_table, commit_lsn DESC, lsn DESC, seq DESC",
+        )
+        .bind(pipeline)
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows.into_iter().map(|(table, version)| (table, version.0)).collect())
+    }
+
+    async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO ferry.change_checkpoints (pipeline) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(pipeline)
+            .execute(&mut self.conn)
+            .await?;
+        sqlx::query("UPDATE ferry.change_checkpoints SET paused = $2 WHERE pipeline = $1")
+            .bind(pipeline)
+            .bind(reason)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
     }
 
     async fn stream_dead_keys(&mut self, pipeline: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -664,16 +735,21 @@ impl RowChangeSink for PgTables {
             if position_of(stored) != batch.previous {
                 return Err(FencedError { run_id: format!("change stream {}", batch.pipeline) }.into());
             }
-            let (refused, conflicted) = match apply_writes(&mut tx, batch, careful, &journals).await {
-                Ok(done) => done,
-                Err(e) if !careful && refuses_rows(&e, OnConflict::Overwrite) => {
-                    // Some row is refused: again, isolating it.
-                    tx.rollback().await?;
-                    careful = true;
-                    continue;
-                }
-                Err(e) => return Err(Error::driver(format!("applying changes in {}", self.url), &e)),
-            };
+            let mut schema_refused = None;
+            let (refused, conflicted) =
+                match apply_writes(&mut tx, batch, careful, &journals, &mut schema_refused).await {
+                    Ok(done) => done,
+                    Err(_) if schema_refused.is_some() => {
+                        return Err(schema_refused.take().expect("checked").into());
+                    }
+                    Err(e) if !careful && refuses_rows(&e, OnConflict::Overwrite) => {
+                        // Some row is refused: again, isolating it.
+                        tx.rollback().await?;
+                        careful = true;
+                        continue;
+                    }
+                    Err(e) => return Err(Error::driver(format!("applying changes in {}", self.url), &e)),
+                };
             record_conflicts(&mut tx, batch, &conflicted).await?;
             if let (Some(run_id), true) = (&batch.run_id, journals.iter().any(Option::is_some)) {
                 // The rows this transaction wrote outside savepoints.
@@ -696,13 +772,28 @@ impl RowChangeSink for PgTables {
                 .execute(&mut *tx)
                 .await?;
             }
+            for (table, at, version) in &batch.versions {
+                sqlx::query(
+                    "INSERT INTO ferry.stream_versions (pipeline, source_table, commit_lsn, lsn, seq, columns) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pipeline, source_table, commit_lsn, lsn, seq) \
+                     DO UPDATE SET columns = excluded.columns",
+                )
+                .bind(&batch.pipeline)
+                .bind(table)
+                .bind(at.commit as i64)
+                .bind(at.lsn as i64)
+                .bind(at.seq as i32)
+                .bind(sqlx::types::Json(version))
+                .execute(&mut *tx)
+                .await?;
+            }
             let p = batch.next;
             sqlx::query(
                 "UPDATE ferry.change_checkpoints SET commit_lsn = $2, lsn = $3, seq = $4, streaming = $5, \
                  applied = applied + $6, dead_lettered = dead_lettered + $7, plugin_sha256 = $8, updated_at = now(), \
                  source_commit_at = coalesce('epoch'::timestamptz + $9 * interval '1 microsecond', source_commit_at), \
                  peer_seen_until = coalesce('epoch'::timestamptz + $10 * interval '1 microsecond', peer_seen_until), \
-                 first_applied_at = coalesce(first_applied_at, now()) WHERE pipeline = $1",
+                 first_applied_at = coalesce(first_applied_at, now()), paused = NULL WHERE pipeline = $1",
             )
             .bind(&batch.pipeline)
             .bind(p.map(|p| p.commit as i64))

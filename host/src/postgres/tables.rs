@@ -715,13 +715,7 @@ impl RowSource for PgTables {
             let base: String = row.try_get("base")?;
             let category: String = row.try_get("category")?;
             let elem: Option<String> = row.try_get("elem")?;
-            let kind = match (category.as_str(), elem) {
-                ("A", Some(elem)) => match Kind::from_pg_typname(&elem) {
-                    k if k.is_scalar() => Kind::Array(Box::new(k)),
-                    _ => Kind::Other,
-                },
-                _ => Kind::from_pg_typname(&base),
-            };
+            let kind = Kind::from_pg_column(&base, &category, elem.as_deref());
             // Unreadable (no privilege on the sequence): from 1.
             let next = row.try_get::<Option<i64>, _>("sequence_next")?.unwrap_or(1);
             let identity = match row.try_get::<String, _>("identity")?.as_str() {

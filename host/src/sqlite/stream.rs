@@ -14,7 +14,8 @@ use crate::keyset::Row;
 use crate::position::Position;
 use crate::schema::TableDef;
 use crate::sink::{
-    ChangesApplied, FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter, StreamStatus,
+    ChangesApplied, FencedError, RowChange, RowChangeBatch, RowChangeSink, SchemaRefused, StreamDeadLetter,
+    StreamStatus,
 };
 
 const STREAM_DDL: &str = r#"
@@ -43,6 +44,19 @@ CREATE TABLE IF NOT EXISTS ferry_change_dead_letters (
     plugin_sha256 TEXT NOT NULL,
     created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
     UNIQUE (pipeline, dedup_key)
+);
+CREATE TABLE IF NOT EXISTS ferry_stream_versions (
+    pipeline     TEXT NOT NULL,
+    source_table TEXT NOT NULL,
+    commit_lsn   INTEGER NOT NULL,
+    lsn          INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    columns      TEXT NOT NULL,
+    PRIMARY KEY (pipeline, source_table, commit_lsn, lsn, seq)
+);
+CREATE TABLE IF NOT EXISTS ferry_stream_paused (
+    pipeline TEXT PRIMARY KEY,
+    reason   TEXT NOT NULL
 );
 "#;
 
@@ -155,7 +169,13 @@ impl RowChangeSink for SqliteTables {
         .bind(pipeline)
         .fetch_optional(&mut self.conn)
         .await?;
+        let paused: Option<String> = sqlx::query_scalar("SELECT reason FROM ferry_stream_paused WHERE pipeline = ?1")
+            .bind(pipeline)
+            .fetch_optional(&mut self.conn)
+            .await
+            .unwrap_or(None);
         Ok(row.map(|(commit, lsn, seq, applied, dead, plugin_sha256, age, commit_age, active)| StreamStatus {
+            paused,
             position: position_of(Some((commit, lsn, seq))),
             applied: applied as u64,
             dead_lettered: dead as u64,
@@ -166,6 +186,55 @@ impl RowChangeSink for SqliteTables {
             peer_seen_micros: None,
             active_seconds: active,
         }))
+    }
+
+    async fn stream_versions(
+        &mut self,
+        pipeline: &str,
+    ) -> anyhow::Result<Vec<(String, crate::schema_edit::TableVersion)>> {
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_stream_versions'",
+        )
+        .fetch_one(&mut self.conn)
+        .await?;
+        if exists == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT source_table, columns FROM ferry_stream_versions WHERE pipeline = ?1 \
+             ORDER BY source_table, commit_lsn, lsn, seq",
+        )
+        .bind(pipeline)
+        .fetch_all(&mut self.conn)
+        .await?;
+        let mut newest: Vec<(String, crate::schema_edit::TableVersion)> = Vec::new();
+        for (table, columns) in rows {
+            let version = serde_json::from_str(&columns)?;
+            match newest.iter_mut().find(|(t, _)| *t == table) {
+                Some(entry) => entry.1 = version,
+                None => newest.push((table, version)),
+            }
+        }
+        Ok(newest)
+    }
+
+    async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()> {
+        match reason {
+            Some(reason) => {
+                sqlx::query("INSERT OR REPLACE INTO ferry_stream_paused (pipeline, reason) VALUES (?1, ?2)")
+                    .bind(pipeline)
+                    .bind(reason)
+                    .execute(&mut self.conn)
+                    .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM ferry_stream_paused WHERE pipeline = ?1")
+                    .bind(pipeline)
+                    .execute(&mut self.conn)
+                    .await?
+            }
+        };
+        Ok(())
     }
 
     async fn stream_dead_keys(&mut self, pipeline: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -204,6 +273,26 @@ impl RowChangeSink for SqliteTables {
         }
         let mut refused: Vec<StreamDeadLetter> = Vec::new();
         for stretch in batch.stretches() {
+            if let Some(i) = stretch.alter {
+                let RowChange::Alter(edit) = &batch.writes[i].change else { unreachable!("an alter stretch") };
+                let def = &batch.tables[stretch.table];
+                let refuse = |message: String| SchemaRefused {
+                    write: i,
+                    table: def.name.to_string(),
+                    edit: edit.to_string(),
+                    message,
+                };
+                match edit.sql(def) {
+                    Ok(None) => {}
+                    Ok(Some(sql)) => {
+                        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await {
+                            return Err(refuse(e.to_string()).into());
+                        }
+                    }
+                    Err(message) => return Err(refuse(message).into()),
+                }
+                continue;
+            }
             for &t in &stretch.truncate {
                 sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {}", batch.tables[t].quoted())))
                     .execute(&mut *tx)
@@ -216,7 +305,9 @@ impl RowChangeSink for SqliteTables {
                     .iter()
                     .map(|&i| match &batch.writes[i].change {
                         RowChange::Upsert(row) | RowChange::Delete(row) => row,
-                        RowChange::Truncate => unreachable!("stretches hold no truncate here"),
+                        RowChange::Truncate | RowChange::Alter(_) => {
+                            unreachable!("stretches hold no barrier here")
+                        }
                     })
                     .collect();
                 if rows.is_empty() {
@@ -245,6 +336,24 @@ impl RowChangeSink for SqliteTables {
             .execute(&mut *tx)
             .await?;
         }
+        for (table, at, version) in &batch.versions {
+            sqlx::query(
+                "INSERT OR REPLACE INTO ferry_stream_versions (pipeline, source_table, commit_lsn, lsn, seq, columns) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(&batch.pipeline)
+            .bind(table)
+            .bind(at.commit as i64)
+            .bind(at.lsn as i64)
+            .bind(i64::from(at.seq))
+            .bind(serde_json::to_string(version)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM ferry_stream_paused WHERE pipeline = ?1")
+            .bind(&batch.pipeline)
+            .execute(&mut *tx)
+            .await?;
         let p = batch.next;
         sqlx::query(
             "UPDATE ferry_change_checkpoints SET commit_lsn = ?2, lsn = ?3, seq = ?4, streaming = ?5, \

@@ -185,6 +185,20 @@ pub async fn plan(
     source: &mut dyn RowSource,
     target: &mut dyn RowTarget,
 ) -> anyhow::Result<Plan> {
+    plan_as_of(settings, selection, source, target, &[]).await
+}
+
+/// [`plan`] with the columns a change stream knows of some tables (the
+/// version its stored position has, `(source table, version)`) in place
+/// of the columns the source's catalog has now: a stream resumes where its
+/// tables had those columns, before the schema changes it has yet to read.
+pub async fn plan_as_of(
+    settings: &Settings,
+    selection: &TableSelection,
+    source: &mut dyn RowSource,
+    target: &mut dyn RowTarget,
+    versions: &[(String, crate::schema_edit::TableVersion)],
+) -> anyhow::Result<Plan> {
     let target_engine = settings.target.url.engine();
     let mut names: Vec<TableName> = Vec::new();
     for spec in &selection.tables {
@@ -232,6 +246,17 @@ pub async fn plan(
                 .push(format!("source table {name} does not exist in {}; check [[tables]] name", settings.source.url));
             continue;
         };
+        if let Some((_, version)) = versions.iter().find(|(table, _)| *table == def.name.to_string()) {
+            match version.apply_to(&def) {
+                Some(then) => def = then,
+                None => problems.push(format!(
+                    "the change stream knows table {} with columns ({}), whose key is no longer in the source's \
+                     catalog; tear the stream down (`ferry sync --teardown`) and start it again",
+                    def.name,
+                    version.names().join(", ")
+                )),
+            }
+        }
         if let Some(key) = spec.and_then(|s| s.key.as_ref()) {
             match chosen_key(&def, key) {
                 Ok((indexes, index)) => {

@@ -16,7 +16,9 @@
 //! touch — are applied in one target transaction, in source order, with
 //! the stream position ([`crate::sink::RowChangeSink`]).
 
-use std::collections::HashMap;
+mod evolve;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -32,6 +34,7 @@ use crate::model::DeadLetterKind;
 use crate::plugin::{RowOutcome, TableTransformer};
 use crate::position::Position;
 use crate::schema::TableDef;
+use crate::schema_edit::TableVersion;
 use crate::settings::{Settings, TableSelection};
 use crate::sink::{ChangeOrigin, ChangeWrite, RowChange, RowChangeBatch, StreamDeadLetter};
 use crate::source::RowSource;
@@ -48,7 +51,7 @@ pub async fn sync(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<SyncReport> {
     crate::daemon::health().beat("starting");
-    let (plan, mut target, position, mut report, swapper) = open_stream(settings, selection).await?;
+    let (plan, mut target, position, mut report, swapper, stored) = open_stream(settings, selection).await?;
     for table in &plan.tables {
         if let Some(plugin) = &table.plugin {
             let (table, sha256) = (table.source.name.to_string(), plugin.sha256().to_string());
@@ -74,6 +77,19 @@ pub async fn sync(
     }
     let (mut replication, has_slot) = super::sync::prepare_source(settings, options, &names).await?;
     check_publication(replication.as_mut(), options, &plan).await?;
+    // Before the slot, so that no statement after its snapshot goes
+    // uncaptured.
+    if settings.capture_ddl {
+        replication.install_ddl_capture().await?;
+    }
+    let capture = replication.ddl_capture().await?;
+    if !capture {
+        tracing::info!(
+            "no DDL capture in the source ([source] capture_ddl): a change of a table's columns pauses the stream \
+             until the target table is altered to match"
+        );
+    }
+    let versions = evolve::known_versions(replication.as_mut(), &plan, &stored).await?;
     drop(replication);
     let mut client = super::sync::open_gated(settings, options, position).await?;
     let latest = target.latest_run(&settings.pipeline).await?;
@@ -124,6 +140,9 @@ pub async fn sync(
         }
     }
     let mut applier = TablesApplier::new(settings, plan, target, position, report, swapper);
+    applier.stop = Arc::clone(&stop);
+    applier.versions = versions;
+    applier.store_versions(&stored).await?;
     applier.start_journal().await?;
     applier.origin = options.origins.as_ref().map(|o| o.own.clone());
     applier.mark_origin().await?;
@@ -150,15 +169,18 @@ pub async fn sync(
 
 /// The plan (from the source's catalog), the target with its control and
 /// stream tables, the stored stream position and an empty report.
+#[allow(clippy::type_complexity)]
 async fn open_stream(
     settings: &Settings,
     selection: &TableSelection,
-) -> anyhow::Result<(Plan, Box<dyn RowTarget>, Option<Position>, SyncReport, Swapper)> {
+) -> anyhow::Result<(Plan, Box<dyn RowTarget>, Option<Position>, SyncReport, Swapper, Vec<(String, TableVersion)>)> {
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
     let mut target = engines::open_row_target(settings).await?;
     target.ensure_control_tables().await?;
     target.ensure_stream_tables().await?;
-    let mut plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+    // Where the stream stands, its tables have the columns it last stored.
+    let stored = target.stream_versions(&settings.pipeline).await?;
+    let mut plan = crate::tables::plan_as_of(settings, selection, source.as_mut(), target.as_mut(), &stored).await?;
     if let Some(table) = plan.tables.iter().find(|t| t.keyless()) {
         return Err(crate::error::Error::contract(format!(
             "table {} has no key: a change stream applies updates and deletes by key, so it cannot follow it. \
@@ -175,7 +197,7 @@ async fn open_stream(
     // A version deployed into an earlier run of the stream is still the live one.
     let mut swapper = Swapper::new(settings, &plan);
     swapper.restore(&mut plan, target.as_mut()).await?;
-    Ok((plan, target, position, report, swapper))
+    Ok((plan, target, position, report, swapper, stored))
 }
 
 /// A publication ferry did not make may lack tables of the pipeline (their
@@ -271,6 +293,11 @@ enum Op {
         kind: DeadLetterKind,
         reason: String,
     },
+    /// The table's columns change here: the changes after it are rows of
+    /// the new version (see [`evolve`]).
+    Schema(Box<evolve::Step>),
+    /// The stream cannot go past here until this is resolved.
+    Pause(Box<evolve::Pause>),
 }
 
 /// One decoded change, positioned.
@@ -286,6 +313,8 @@ pub(crate) struct Change {
     /// Conflict detection: the target's commits its source had seen
     /// ([`crate::sink::ChangeWrite::seen_until`]).
     seen: Option<i64>,
+    /// A copied table: the target definition (in `targets`) its rows have.
+    out: Option<usize>,
 }
 
 impl Change {
@@ -335,6 +364,16 @@ struct TablesApplier<'a> {
     owner_read: Option<std::time::Instant>,
     /// The run whose undo journal the writes go into.
     undo_run: Option<String>,
+    /// Each planned table's columns as the changes now arriving have
+    /// them (`None`: their catalog numbers are unknown — `ferry apply`).
+    versions: Vec<Option<TableVersion>>,
+    /// Each planned table's definition when the stream started, which a
+    /// version's columns replace.
+    base: Vec<TableDef>,
+    /// Tables whose changes wait behind a pause in the group received.
+    blocked: HashSet<usize>,
+    /// Signalled to stop (a pause waits for it or for its resolution).
+    stop: Arc<AtomicBool>,
 }
 
 impl<'a> TablesApplier<'a> {
@@ -357,8 +396,13 @@ impl<'a> TablesApplier<'a> {
             outputs.push(mine);
         }
         let producers = crate::tables::producers(&plan);
+        let base = plan.tables.iter().map(|t| t.source.clone()).collect();
         TablesApplier {
             settings,
+            versions: vec![None; plan.tables.len()],
+            base,
+            blocked: HashSet::new(),
+            stop: Arc::new(AtomicBool::new(false)),
             plan,
             targets: Arc::new(targets),
             outputs,
@@ -640,6 +684,14 @@ impl Applier for TablesApplier<'_> {
         seq: &mut u32,
         out: &mut Vec<Change>,
     ) -> anyhow::Result<()> {
+        if let Message::Ddl(content) = &message {
+            *seq += 1;
+            let position = Position { commit, lsn: 0, seq: *seq };
+            if self.position.is_none_or(|c| position > c) {
+                self.captured(content, position, out)?;
+            }
+            return Ok(());
+        }
         // (relation, what, old tuple, new tuple); whether the old tuple is
         // the whole row (REPLICA IDENTITY FULL) or its key only.
         let mut whole_old = false;
@@ -682,8 +734,32 @@ impl Applier for TablesApplier<'_> {
                 }
                 continue;
             }
+            if let Some(t) = self.mapping(relation).table {
+                if self.blocked.contains(&t) {
+                    // Behind a pause: read again once it is resolved.
+                    continue;
+                }
+                let columns: Vec<(&str, u32)> =
+                    relation.columns.iter().map(|c| (c.name.as_str(), c.type_oid)).collect();
+                let same = match &self.versions[t] {
+                    Some(version) => version.matches(&columns),
+                    None => columns.iter().map(|c| c.0).eq(self.plan.tables[t]
+                        .source
+                        .columns
+                        .iter()
+                        .map(|c| c.name.as_str())),
+                };
+                if !same {
+                    // The columns changed without a captured statement.
+                    self.relation_changed(t, relation, position, out).await?;
+                    if self.blocked.contains(&t) {
+                        continue;
+                    }
+                }
+            }
             let mapped = self.mapping(relation);
             let (table, columns, label) = (mapped.table, Arc::clone(&mapped.columns), mapped.label.clone());
+            let out_def = table.and_then(|t| self.outputs[t].first().copied());
             let Some(t) = table else {
                 out.push(Change {
                     position: Some(position),
@@ -699,6 +775,7 @@ impl Applier for TablesApplier<'_> {
                         ),
                     },
                     seen: None,
+                    out: None,
                 });
                 continue;
             };
@@ -712,6 +789,7 @@ impl Applier for TablesApplier<'_> {
                 what,
                 op,
                 seen,
+                out: out_def,
             };
             if what == "truncate" {
                 out.push(change(None, what, Op::Truncate));
@@ -758,7 +836,82 @@ impl Applier for TablesApplier<'_> {
             self.store_seen().await?;
             return Ok(true);
         }
-        let items = std::mem::take(items);
+        let mut items = std::mem::take(items);
+        // What follows a pause is read again once it is resolved.
+        let pause = items.iter().position(|i| matches!(i.op, Op::Pause(_))).map(|at| {
+            let mut rest = items.split_off(at);
+            rest.swap_remove(0)
+        });
+        // A schema change begins a target transaction of its own: the
+        // changes before it commit as they were.
+        while !items.is_empty() {
+            let cut = items.iter().skip(1).position(|i| matches!(i.op, Op::Schema(_))).map_or(items.len(), |p| p + 1);
+            let rest = items.split_off(cut);
+            match self.apply_segment(items, source_commit_micros).await? {
+                evolve::Segment::Applied => {}
+                evolve::Segment::Fatal => return Ok(false),
+                evolve::Segment::Refused(refused) => {
+                    let pause = self.refused_pause(&refused);
+                    return self.pause(pause).await;
+                }
+            }
+            items = rest;
+        }
+        match pause.map(|p| p.op) {
+            Some(Op::Pause(pause)) => self.pause(*pause).await,
+            _ => Ok(true),
+        }
+    }
+
+    async fn reconnect(&mut self) -> anyhow::Result<Option<Position>> {
+        self.target = engines::open_row_target(self.settings).await?;
+        self.mark_origin().await?;
+        self.quiet_triggers().await?;
+        // Its source connection may be gone with the stream's.
+        self.reread = None;
+        self.position = self.target.stream_position(&self.settings.pipeline).await?;
+        self.reset_versions().await?;
+        Ok(self.position)
+    }
+
+    async fn idle(&mut self) -> anyhow::Result<()> {
+        self.between().await
+    }
+
+    fn observe(&mut self, relations: &Relations, message: &Message) -> bool {
+        let (Message::Insert { relation, new } | Message::Update { relation, new, .. }) = message else {
+            return false;
+        };
+        let Some(relation) = relations.get(*relation).filter(|r| super::sync::Watch::is_checkpoints(r)) else {
+            return false;
+        };
+        if let Some(watch) = self.watch.as_mut() {
+            watch.observe(relation, new);
+        }
+        true
+    }
+
+    fn report(&mut self) -> &mut SyncReport {
+        &mut self.report
+    }
+}
+
+impl TablesApplier<'_> {
+    /// Applies `items` (whole transactions, at most one schema change,
+    /// first) in one target transaction.
+    async fn apply_segment(
+        &mut self,
+        items: Vec<Change>,
+        source_commit_micros: Option<i64>,
+    ) -> anyhow::Result<evolve::Segment> {
+        let mut items = items;
+        if let Some(Change { table: Some(t), op: Op::Schema(step), .. }) = items.first_mut() {
+            // A plugin table told its new shape transforms the rows after it.
+            if let Some(transformer) = step.transformer.take() {
+                self.transformers.insert(*t, transformer);
+            }
+            self.settle(step).await?;
+        }
         // Plugin tables: their upserts transformed in one call per table.
         let mut outcomes: HashMap<usize, std::vec::IntoIter<RowOutcome>> = HashMap::new();
         let mut by_table: HashMap<usize, Vec<Row>> = HashMap::new();
@@ -801,6 +954,7 @@ impl Applier for TablesApplier<'_> {
             ..Default::default()
         };
         let (mut upserts, mut deletes, mut truncates) = (0u64, 0u64, 0u64);
+        let mut versions = Vec::new();
         for item in items {
             if let Some(at) = item.position {
                 batch.next = Some(batch.next.map_or(at, |p| p.max(at)));
@@ -821,19 +975,30 @@ impl Applier for TablesApplier<'_> {
                     RowChange::Upsert(_) => upserts += 1,
                     RowChange::Delete(_) => deletes += 1,
                     RowChange::Truncate => truncates += 1,
+                    RowChange::Alter(_) => {}
                 }
                 batch.writes.push(ChangeWrite { table, change, origin, seen_until });
             };
             let copy = self.plan.tables[t].plugin.is_none();
             match item.op {
                 Op::Dead { kind, reason } => batch.dead.push(dead(kind, reason)),
+                Op::Truncate if copy => write(item.out.unwrap_or(self.outputs[t][0]), RowChange::Truncate),
                 Op::Truncate => {
                     for &o in &self.outputs[t] {
                         write(o, RowChange::Truncate);
                     }
                 }
-                Op::Upsert { row, .. } if copy => write(self.outputs[t][0], RowChange::Upsert(row)),
-                Op::Delete { key, .. } if copy => write(self.outputs[t][0], RowChange::Delete(key)),
+                Op::Upsert { row, .. } if copy => write(item.out.unwrap_or(self.outputs[t][0]), RowChange::Upsert(row)),
+                Op::Delete { key, .. } if copy => write(item.out.unwrap_or(self.outputs[t][0]), RowChange::Delete(key)),
+                Op::Schema(step) => {
+                    if let Some(before) = step.before {
+                        step.edits.into_iter().for_each(|edit| write(before, RowChange::Alter(edit)));
+                    }
+                    if let Some(at) = item.position {
+                        versions.push((self.plan.tables[t].source.name.to_string(), at, step.version));
+                    }
+                }
+                Op::Pause(_) => unreachable!("a pause ends the items applied"),
                 Op::Upsert { update, .. } => {
                     let outcome = outcomes.get_mut(&t).and_then(Iterator::next).expect("one outcome per upsert");
                     let (refused, rows) = match outcome {
@@ -849,7 +1014,7 @@ impl Applier for TablesApplier<'_> {
                                 item.key.as_ref().map_or_else(String::new, Key::label),
                                 item.label
                             ));
-                            return Ok(false);
+                            return Ok(evolve::Segment::Fatal);
                         }
                     };
                     let rows = match refused {
@@ -863,7 +1028,7 @@ impl Applier for TablesApplier<'_> {
                                     Some(keys) => {
                                         keys.into_iter().for_each(|(o, key)| write(o, RowChange::Delete(key)))
                                     }
-                                    None if self.report.stream.fatal.is_some() => return Ok(false),
+                                    None if self.report.stream.fatal.is_some() => return Ok(evolve::Segment::Fatal),
                                     None => {}
                                 }
                             }
@@ -896,7 +1061,7 @@ impl Applier for TablesApplier<'_> {
                         // The rows the old version made and the new one does not.
                         let keys = match self.plugin_keys(t, &item, &mut batch.dead)? {
                             Some(keys) => keys,
-                            None if self.report.stream.fatal.is_some() => return Ok(false),
+                            None if self.report.stream.fatal.is_some() => return Ok(evolve::Segment::Fatal),
                             None => continue,
                         };
                         for (o, key) in keys {
@@ -918,12 +1083,19 @@ impl Applier for TablesApplier<'_> {
                             write(o, RowChange::Delete(key));
                         }
                     }
-                    None if self.report.stream.fatal.is_some() => return Ok(false),
+                    None if self.report.stream.fatal.is_some() => return Ok(evolve::Segment::Fatal),
                     None => {}
                 },
             }
         }
-        let done = self.target.apply_row_changes(&batch).await?;
+        batch.versions = versions;
+        let done = match self.target.apply_row_changes(&batch).await {
+            Ok(done) => done,
+            Err(e) => match e.downcast::<crate::sink::SchemaRefused>() {
+                Ok(refused) => return Ok(evolve::Segment::Refused(refused)),
+                Err(e) => return Err(e),
+            },
+        };
         self.stored_seen = batch.seen_until;
         let (refused, conflicts) = (done.refused, done.conflicts);
         self.position = batch.next;
@@ -952,42 +1124,9 @@ impl Applier for TablesApplier<'_> {
         stream.transactions += 1;
         stream.checkpoint.position = self.position;
         stream.checkpoint.streaming = self.position.is_some();
-        Ok(true)
+        Ok(evolve::Segment::Applied)
     }
 
-    async fn reconnect(&mut self) -> anyhow::Result<Option<Position>> {
-        self.target = engines::open_row_target(self.settings).await?;
-        self.mark_origin().await?;
-        self.quiet_triggers().await?;
-        // Its source connection may be gone with the stream's.
-        self.reread = None;
-        self.position = self.target.stream_position(&self.settings.pipeline).await?;
-        Ok(self.position)
-    }
-
-    async fn idle(&mut self) -> anyhow::Result<()> {
-        self.between().await
-    }
-
-    fn observe(&mut self, relations: &Relations, message: &Message) -> bool {
-        let (Message::Insert { relation, new } | Message::Update { relation, new, .. }) = message else {
-            return false;
-        };
-        let Some(relation) = relations.get(*relation).filter(|r| super::sync::Watch::is_checkpoints(r)) else {
-            return false;
-        };
-        if let Some(watch) = self.watch.as_mut() {
-            watch.observe(relation, new);
-        }
-        true
-    }
-
-    fn report(&mut self) -> &mut SyncReport {
-        &mut self.report
-    }
-}
-
-impl TablesApplier<'_> {
     /// The target rows the plugin made of `item`'s source row (its
     /// `target-keys`), as (target index, key). `None`: dead-lettered, or
     /// the plugin said `fatal` (then `report.stream.fatal` is set).
@@ -1079,7 +1218,7 @@ pub async fn apply(
 ) -> anyhow::Result<ApplyReport> {
     use super::input::Next;
     use std::sync::atomic::Ordering;
-    let (plan, target, position, report, swapper) = open_stream(settings, selection).await?;
+    let (plan, target, position, report, swapper, _) = open_stream(settings, selection).await?;
     if let Some(missing) = plan.tables.iter().flat_map(|t| &t.outputs).find(|o| o.create) {
         return Err(crate::error::Error::contract(format!(
             "target table {} does not exist in {}: run `ferry migrate` (or load the Debezium snapshot into \
@@ -1137,6 +1276,7 @@ pub async fn apply(
                     what: "event",
                     op: Op::Dead { kind: DeadLetterKind::Extract, reason },
                     seen: None,
+                    out: None,
                 });
                 group_last = Some(token);
                 continue;
@@ -1200,7 +1340,7 @@ impl TablesApplier<'_> {
             _ => "event",
         };
         let mut change =
-            Change { position, table, label: label.clone(), key: None, what, op: Op::Truncate, seen: None };
+            Change { position, table, label: label.clone(), key: None, what, op: Op::Truncate, seen: None, out: None };
         let dead = |reason: String| Op::Dead { kind: DeadLetterKind::Extract, reason };
         let Some(t) = table else {
             change.op = dead(format!(
@@ -1209,6 +1349,7 @@ impl TablesApplier<'_> {
             ));
             return Ok(change);
         };
+        change.out = self.outputs[t].first().copied();
         let def = self.plan.tables[t].source.clone();
         let side = |field: &str| event.envelope.get(field).and_then(serde_json::Value::as_object);
         let unit = options.integer_time;

@@ -1,0 +1,112 @@
+//! The DDL capture's messages ([`crate::replication::DDL_MESSAGE_PREFIX`]):
+//! what one statement that changed tables' columns says, at its place in
+//! the stream — each table it touched with its columns after it.
+
+use serde::Deserialize;
+
+use crate::schema::{ColumnDef, ColumnDefault, Identity};
+use crate::schema_edit::{TableVersion, VersionColumn};
+use crate::value::Kind;
+
+/// One captured statement.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Captured {
+    /// The command tag (`ALTER TABLE`, `CREATE TABLE`, …).
+    pub tag: String,
+    pub tables: Vec<CapturedTable>,
+}
+
+/// A table the statement touched, as it is after it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CapturedTable {
+    pub schema: String,
+    pub name: String,
+    /// The statement rewrote the table's rows (a volatile default, a
+    /// type change).
+    pub rewritten: bool,
+    pub columns: Vec<CapturedColumn>,
+}
+
+/// A column as the catalog holds it (the shape `PgTables::describe` reads).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CapturedColumn {
+    pub number: i16,
+    #[serde(default)]
+    pub type_oid: u32,
+    pub name: String,
+    pub sql_type: String,
+    pub not_null: bool,
+    pub base: String,
+    pub category: String,
+    pub elem: Option<String>,
+    pub identity: String,
+    pub generated: String,
+    pub default: Option<String>,
+}
+
+impl Captured {
+    /// Parses a message's content; `Err` names what is wrong.
+    pub fn parse(content: &[u8]) -> Result<Captured, String> {
+        serde_json::from_slice(content).map_err(|e| format!("a DDL capture message ferry cannot read: {e}"))
+    }
+}
+
+impl CapturedTable {
+    /// The table's columns as a version (stored generated columns are no
+    /// part of the rows a stream carries).
+    pub fn version(&self) -> TableVersion {
+        let columns = self
+            .columns
+            .iter()
+            .filter(|c| c.generated.is_empty())
+            .map(|c| {
+                let identity = match c.identity.as_str() {
+                    "" => None,
+                    kind => Some(Identity { always: kind == "a", next: 1 }),
+                };
+                let default = match &c.default {
+                    _ if identity.is_some() => None,
+                    Some(e) if e.contains("nextval(") => Some(ColumnDefault::Sequence { next: 1 }),
+                    Some(e) => Some(ColumnDefault::Expression(e.clone())),
+                    None => None,
+                };
+                let def = ColumnDef {
+                    name: c.name.clone(),
+                    sql_type: c.sql_type.clone(),
+                    kind: Kind::from_pg_column(&c.base, &c.category, c.elem.as_deref()),
+                    nullable: !c.not_null,
+                    identity,
+                    default,
+                };
+                VersionColumn { number: c.number, def, type_oid: c.type_oid }
+            })
+            .collect();
+        TableVersion { columns }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_captured_statement_becomes_a_version() {
+        let message = br#"{"tag": "ALTER TABLE", "tables": [{"oid": 16390, "schema": "public", "name": "items",
+            "rewritten": false, "columns": [
+              {"number": 1, "name": "id", "sql_type": "integer", "not_null": true, "base": "int4", "category": "N",
+               "elem": null, "identity": "a", "generated": "", "default": null},
+              {"number": 3, "name": "tags", "sql_type": "text[]", "not_null": false, "base": "_text",
+               "category": "A", "elem": "text", "identity": "", "generated": "", "default": "'{}'::text[]"},
+              {"number": 4, "name": "total", "sql_type": "numeric", "not_null": false, "base": "numeric",
+               "category": "N", "elem": null, "identity": "", "generated": "s", "default": "(id * 2)"}]}]}"#;
+        let captured = Captured::parse(message).unwrap();
+        assert_eq!(captured.tag, "ALTER TABLE");
+        let version = captured.tables[0].version();
+        assert_eq!(version.names(), ["id", "tags"]);
+        assert_eq!(version.columns[1].number, 3);
+        assert_eq!(version.columns[1].def.kind, Kind::Array(Box::new(Kind::Text)));
+        assert_eq!(version.columns[1].def.default, Some(ColumnDefault::Expression("'{}'::text[]".into())));
+        assert!(version.columns[0].def.identity.as_ref().is_some_and(|i| i.always));
+        assert!(Captured::parse(b"{").is_err());
+    }
+}

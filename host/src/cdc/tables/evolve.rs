@@ -1,0 +1,553 @@
+//! A stream's tables changing shape while it runs.
+//!
+//! Each planned table has a version of its columns ([`TableVersion`]: each
+//! column with its catalog number), stored in the target with the position
+//! where it begins, in the transaction that applies it; a stream that
+//! starts again plans its tables with the versions it stored, not with the
+//! source's catalog of now, and meets the later changes in the stream.
+//!
+//! A change is seen two ways. With the DDL capture ([`crate::replication`])
+//! every statement arrives as a message at its place, with the table's
+//! columns after it: the numbers tell a rename from a drop and an add, and
+//! the defaults and types are exact. Without it, pgoutput's Relation
+//! message before the next change of the table carries only the new column
+//! names: columns that went are dropped, but new names (an added column's
+//! default, or a rename) cannot be told apart, so the stream pauses until
+//! the target table is altered to match.
+//!
+//! A copied table's edits are applied to the target in the target
+//! transaction that begins at the change (the changes before it commit
+//! first), skipping what the target already has; an edit ferry will not
+//! apply as it is (a narrowing type change, an added column whose values
+//! the source computed per row) or one the target refuses pauses the
+//! stream just before it. A plugin table's plugin is told the new shape
+//! (`describe`); if it refuses it or declares other outputs, the stream
+//! pauses until `ferry plugin deploy` brings a version that accepts it.
+//! A paused stream stays connected, says why in `ferry status`, notifies,
+//! and resumes by itself once the cause is gone (or stops on a signal, the
+//! position just before the change).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Change, Op, TablesApplier, names_table};
+use crate::cdc::ddl::Captured;
+use crate::cdc::pgoutput::Relation;
+use crate::db::TableName;
+use crate::error::Error;
+use crate::plugin::TableTransformer;
+use crate::position::Position;
+use crate::schema::TableDef;
+use crate::schema_edit::{ColumnEdit, TableVersion, VersionColumn};
+use crate::sink::{RowChangeBatch, SchemaRefused};
+
+/// A table's columns change here.
+pub(crate) struct Step {
+    pub(super) version: TableVersion,
+    /// A copied table: the edits to make on its target table as it was
+    /// (`before`, in the applier's `targets`).
+    pub(super) edits: Vec<ColumnEdit>,
+    pub(super) before: Option<usize>,
+    /// A plugin table: its instance, told the new shape.
+    pub(super) transformer: Option<TableTransformer>,
+}
+
+/// Where the stream stops until `until` holds.
+pub(crate) struct Pause {
+    pub(super) reason: String,
+    pub(super) until: Until,
+}
+
+/// What resolves a pause.
+pub(crate) enum Until {
+    /// The target table has these columns (with this type, when given)
+    /// and not those.
+    Target { table: TableName, has: Vec<(String, Option<String>)>, lacks: Vec<String> },
+    /// Planned table `t` runs another plugin version than `sha256`.
+    Plugin { t: usize, sha256: String },
+}
+
+/// What became of a segment of a group.
+pub(super) enum Segment {
+    Applied,
+    /// The plugin said `fatal` (`report.stream.fatal` says where).
+    Fatal,
+    /// The target refused a schema change: nothing of the segment applied.
+    Refused(SchemaRefused),
+}
+
+/// A column's name, catalog number and type OID.
+type ColumnNumber = (String, i16, u32);
+
+/// How often a paused stream looks for its resolution.
+const PAUSE_POLL: Duration = Duration::from_secs(1);
+
+/// Each planned table's version: the stored one, else its columns now
+/// (read before the slot is made, so the stream's first changes have them).
+pub(super) async fn known_versions(
+    replication: &mut dyn crate::replication::ReplicationSource,
+    plan: &crate::tables::Plan,
+    stored: &[(String, TableVersion)],
+) -> anyhow::Result<Vec<Option<TableVersion>>> {
+    let mut out = Vec::with_capacity(plan.tables.len());
+    for table in &plan.tables {
+        let name = table.source.name.to_string();
+        match stored.iter().find(|(t, _)| *t == name) {
+            Some((_, version)) => out.push(Some(version.clone())),
+            None => {
+                let numbers = replication.column_numbers(&table.source.name).await?;
+                out.push(TableVersion::of(&table.source, &numbers));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl TablesApplier<'_> {
+    /// Stores the versions the target does not hold yet (a stream's first
+    /// start, a table new to the pipeline) at the stream's position.
+    pub(super) async fn store_versions(&mut self, stored: &[(String, TableVersion)]) -> anyhow::Result<()> {
+        let at = self.position.unwrap_or(Position { commit: 0, lsn: 0, seq: 0 });
+        let versions: Vec<_> = self
+            .plan
+            .tables
+            .iter()
+            .zip(&self.versions)
+            .filter_map(|(table, version)| {
+                let name = table.source.name.to_string();
+                let version = version.as_ref()?;
+                (!stored.iter().any(|(t, _)| *t == name)).then(|| (name, at, version.clone()))
+            })
+            .collect();
+        if versions.is_empty() {
+            return Ok(());
+        }
+        let batch = RowChangeBatch {
+            pipeline: self.settings.pipeline.clone(),
+            tables: std::sync::Arc::clone(&self.targets),
+            previous: self.position,
+            next: self.position,
+            plugin_sha256: self.producers.clone(),
+            seen_until: self.stored_seen,
+            run_id: self.undo_run.clone(),
+            versions,
+            ..Default::default()
+        };
+        self.target.apply_row_changes(&batch).await?;
+        Ok(())
+    }
+
+    /// A message of the DDL capture at `position`.
+    pub(super) fn captured(&mut self, content: &[u8], position: Position, out: &mut Vec<Change>) -> anyhow::Result<()> {
+        let captured = match Captured::parse(content) {
+            Ok(captured) => captured,
+            Err(reason) => {
+                // The column lists of the changes that follow still tell.
+                tracing::warn!("{reason}");
+                return Ok(());
+            }
+        };
+        for table in &captured.tables {
+            let found = self.plan.tables.iter().position(|p| names_table(&p.source, Some(&table.schema), &table.name));
+            if let Some(t) = found.filter(|t| !self.blocked.contains(t)) {
+                self.schema_change(t, table.version(), table.rewritten, &captured.tag, position, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Table `t` has `version` from `position` on: a step (or a pause) in
+    /// `out`, and the table's definition as the changes after it have it.
+    pub(super) fn schema_change(
+        &mut self,
+        t: usize,
+        version: TableVersion,
+        rewritten: bool,
+        what: &str,
+        position: Position,
+        out: &mut Vec<Change>,
+    ) -> anyhow::Result<()> {
+        let label = self.plan.tables[t].source.name.to_string();
+        let Some(old) = self.versions[t].clone() else {
+            return Ok(());
+        };
+        let edits = old.edits(&version);
+        if edits.is_empty() {
+            // Constraints, indexes, …: the columns are as they were.
+            self.versions[t] = Some(version);
+            return Ok(());
+        }
+        let said: Vec<String> = edits.iter().map(ToString::to_string).collect();
+        tracing::info!(table = %label, statement = what, edits = %said.join("; "), "the source changed a table's columns");
+        // The key found again under its new names.
+        let mut renamed = self.plan.tables[t].source.clone();
+        for edit in &edits {
+            if let ColumnEdit::Rename { from, to } = edit
+                && let Some(i) = renamed.column_index(from)
+            {
+                renamed.columns[i].name = to.clone();
+            }
+        }
+        let Some(source) = version.apply_to(&renamed) else {
+            let reason = format!(
+                "the source dropped a key column of {label} ({}): the stream applies changes by key; tear it down \
+                 (`ferry sync --teardown`) and start it again",
+                said.join("; ")
+            );
+            return self.pause_here(t, position, reason, self.until_plugin_or_target(t, &version), out);
+        };
+        let mut step = Step { version: version.clone(), edits: Vec::new(), before: None, transformer: None };
+        match self.plan.tables[t].plugin.clone() {
+            None => {
+                if let Some(reason) = edits.iter().find_map(|e| e.unsafe_reason(rewritten)) {
+                    let reason = format!(
+                        "{label}: {reason}. Alter the target table to what the source has ({}), with the values \
+                         the source holds; the stream goes on by itself once it matches",
+                        said.join("; ")
+                    );
+                    let until = self.until_target(t, &source);
+                    return self.pause_here(t, position, reason, until, out);
+                }
+                let before = self.outputs[t][0];
+                let mut after = source.for_target(self.targets[before].name.clone(), self.settings.target.url.engine());
+                after.defer_key = false;
+                let at = self.targets.len();
+                std::sync::Arc::make_mut(&mut self.targets).push(after);
+                self.outputs[t] = vec![at];
+                step.edits = edits;
+                step.before = Some(before);
+            }
+            Some(plugin) => {
+                // The rows before the change still need the old shape's instance.
+                self.transformer(t)?;
+                let mut instance = tokio::task::block_in_place(|| plugin.instantiate())?;
+                let declared = tokio::task::block_in_place(|| instance.describe(&source));
+                let refused = match declared {
+                    Err(e) => Some(format!("it refuses the new shape: {e}")),
+                    Ok(outputs) => self.other_outputs(t, &outputs),
+                };
+                if let Some(why) = refused {
+                    let reason = format!(
+                        "{label} changed on the source ({}), and plugin {} of the table cannot follow: {why}. Deploy \
+                         a version that handles the new columns (`ferry plugin deploy`); the stream goes on by \
+                         itself from this change",
+                        said.join("; "),
+                        &plugin.sha256()[..12]
+                    );
+                    let until = Until::Plugin { t, sha256: plugin.sha256().to_string() };
+                    return self.pause_here(t, position, reason, until, out);
+                }
+                step.transformer = Some(instance);
+            }
+        }
+        self.plan.tables[t].source = source;
+        self.versions[t] = Some(version);
+        self.mapped.retain(|_, m| m.table != Some(t));
+        out.push(Change {
+            position: Some(position),
+            table: Some(t),
+            label,
+            key: None,
+            what: "schema change",
+            op: Op::Schema(Box::new(step)),
+            seen: None,
+            out: None,
+        });
+        Ok(())
+    }
+
+    /// Table `t`'s changes arrive with other columns (names or types) than
+    /// its version's, and no captured statement said why.
+    pub(super) async fn relation_changed(
+        &mut self,
+        t: usize,
+        relation: &Relation,
+        position: Position,
+        out: &mut Vec<Change>,
+    ) -> anyhow::Result<()> {
+        let label = self.plan.tables[t].source.name.to_string();
+        let names: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
+        let Some(old) = self.versions[t].clone() else {
+            anyhow::bail!("the stream's {label} has columns ({}) the pipeline does not know", names.join(", "));
+        };
+        // Columns whose name and type the version has are as they were; the
+        // others are found in the source's catalog of now, where it still
+        // has them with the type the stream names.
+        let unchanged = |name: &str, oid: u32| {
+            old.columns.iter().find(|c| c.def.name == name && (c.type_oid == 0 || c.type_oid == oid)).cloned()
+        };
+        let mut now: Option<(Option<TableDef>, Vec<ColumnNumber>)> = None;
+        let mut columns = Vec::with_capacity(names.len());
+        for column in &relation.columns {
+            if let Some(known) = unchanged(&column.name, column.type_oid) {
+                columns.push(Some(known));
+                continue;
+            }
+            if now.is_none() {
+                if self.reread.is_none() {
+                    self.reread = Some(crate::engines::open_row_source(&self.settings.source.url, "source").await?);
+                }
+                let source = self.reread.as_mut().expect("connected above");
+                let def = source.describe(&self.plan.tables[t].source.name).await?;
+                let mut replication = crate::engines::open_replication_source(&self.settings.source.url).await?;
+                now = Some((def, replication.column_numbers(&self.plan.tables[t].source.name).await?));
+            }
+            let (def, numbers) = now.as_ref().expect("read above");
+            let found = numbers.iter().find(|(n, _, oid)| *n == column.name && *oid == column.type_oid).and_then(
+                |(_, number, type_oid)| {
+                    let def = def.as_ref()?.columns.iter().find(|c| c.name == column.name)?.clone();
+                    Some(VersionColumn { number: *number, def, type_oid: *type_oid })
+                },
+            );
+            columns.push(found);
+        }
+        let version = columns.into_iter().collect::<Option<Vec<_>>>().map(|columns| TableVersion { columns });
+        let added: Vec<&str> =
+            names.iter().copied().filter(|n| !old.columns.iter().any(|c| c.def.name == *n)).collect();
+        let copy = self.plan.tables[t].plugin.is_none();
+        let target_name = self.targets[self.outputs[t][0]].name.clone();
+        match version {
+            // Drops and type changes, or a plugin told the new shape: no
+            // value of an existing row to guess.
+            Some(version) if added.is_empty() || !copy => {
+                return self.schema_change(t, version, false, "columns changed", position, out);
+            }
+            Some(version) => {
+                let existing = self.target.describe(&target_name).await?;
+                if existing.as_ref().is_some_and(|d| added.iter().all(|n| d.column_index(n).is_some())) {
+                    tracing::info!(table = %label, added = %added.join(", "), "the target table was altered to match");
+                    return self.schema_change(t, version, false, "columns changed", position, out);
+                }
+            }
+            None => {}
+        }
+        let type_of = |name: &str| {
+            now.as_ref()
+                .and_then(|(def, _)| def.as_ref()?.columns.iter().find(|c| c.name == name).map(|c| c.sql_type.clone()))
+                .unwrap_or_else(|| "<type>".to_string())
+        };
+        let suggestion: Vec<String> = added
+            .iter()
+            .map(|name| {
+                format!(
+                    "ALTER TABLE {} ADD COLUMN {} {}",
+                    target_name.quoted(),
+                    crate::db::quote_ident(name),
+                    type_of(name)
+                )
+            })
+            .collect();
+        let reason = format!(
+            "the columns of {label} changed on the source (now {}; the stream had {}), and without the DDL capture \
+             ferry cannot tell a rename from a drop and an add, nor what the source gave the existing rows. Alter \
+             the target table to match ({}; then set the existing rows' values as the source did): the stream \
+             goes on by itself, carrying the new columns from this change. To carry later changes as they come, \
+             set [source] capture_ddl = true",
+            names.join(", "),
+            old.names().join(", "),
+            if suggestion.is_empty() { "the same types as the source".to_string() } else { suggestion.join("; ") }
+        );
+        let until = Until::Target {
+            table: target_name,
+            has: names.iter().map(|n| (n.to_string(), None)).collect(),
+            lacks: Vec::new(),
+        };
+        self.pause_here(t, position, reason, until, out)
+    }
+
+    /// Table `t` cannot go past `position`: nothing of it is read until the
+    /// pause is resolved (and the stream reads again from there).
+    fn pause_here(
+        &mut self,
+        t: usize,
+        position: Position,
+        reason: String,
+        until: Until,
+        out: &mut Vec<Change>,
+    ) -> anyhow::Result<()> {
+        self.blocked.insert(t);
+        out.push(Change {
+            position: Some(position),
+            table: Some(t),
+            label: self.plan.tables[t].source.name.to_string(),
+            key: None,
+            what: "schema change",
+            op: Op::Pause(Box::new(Pause { reason, until })),
+            seen: None,
+            out: None,
+        });
+        Ok(())
+    }
+
+    /// Resolved when the target table of copied table `t` has `source`'s
+    /// columns with their types.
+    fn until_target(&self, t: usize, source: &TableDef) -> Until {
+        let target = self.targets[self.outputs[t][0]].name.clone();
+        let pg = self.settings.target.url.engine() == crate::db::Engine::Postgres;
+        Until::Target {
+            table: target,
+            has: source.columns.iter().map(|c| (c.name.clone(), pg.then(|| c.sql_type.clone()))).collect(),
+            lacks: Vec::new(),
+        }
+    }
+
+    fn until_plugin_or_target(&self, t: usize, version: &TableVersion) -> Until {
+        match &self.plan.tables[t].plugin {
+            Some(plugin) => Until::Plugin { t, sha256: plugin.sha256().to_string() },
+            None => Until::Target {
+                table: self.targets[self.outputs[t][0]].name.clone(),
+                has: version.columns.iter().map(|c| (c.def.name.clone(), None)).collect(),
+                lacks: Vec::new(),
+            },
+        }
+    }
+
+    /// How the outputs a plugin declares for the new shape differ from the
+    /// tables it writes now (`None`: the same).
+    fn other_outputs(&self, t: usize, declared: &[TableDef]) -> Option<String> {
+        let now: Vec<(&str, Vec<&str>)> = self.outputs[t]
+            .iter()
+            .map(|&o| &self.targets[o])
+            .map(|d| (d.name.name.as_str(), d.columns.iter().map(|c| c.name.as_str()).collect()))
+            .collect();
+        for table in declared {
+            let columns: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+            match now.iter().find(|(name, _)| *name == table.name.name) {
+                None => return Some(format!("it declares table {}, which it did not write before", table.name)),
+                Some((_, had)) if *had != columns => {
+                    return Some(format!(
+                        "it declares {} with columns ({}), where the target has ({})",
+                        table.name,
+                        columns.join(", "),
+                        had.join(", ")
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+
+    /// A copied table's step, at the start of the target transaction that
+    /// applies it: the edits the target already has are left out (a table
+    /// altered by hand, a step applied before ferry stopped).
+    pub(super) async fn settle(&mut self, step: &mut Step) -> anyhow::Result<()> {
+        let Some(before) = step.before else { return Ok(()) };
+        let Some(there) = self.target.describe(&self.targets[before].name).await? else { return Ok(()) };
+        let has = |name: &str| there.column_index(name).map(|i| &there.columns[i]);
+        step.edits.retain(|edit| match edit {
+            ColumnEdit::Add { column } => has(&column.name).is_none(),
+            ColumnEdit::Drop { name } => has(name).is_some(),
+            ColumnEdit::Rename { from, to } => has(from).is_some() && has(to).is_none(),
+            ColumnEdit::Retype { column, .. } => has(&column.name).is_none_or(|c| c.sql_type != column.sql_type),
+            ColumnEdit::Nullable { name, nullable } => has(name).is_some_and(|c| c.nullable != *nullable),
+            ColumnEdit::Default { .. } => true,
+        });
+        Ok(())
+    }
+
+    /// The pause of a schema change the target refused.
+    pub(super) fn refused_pause(&self, refused: &SchemaRefused) -> Pause {
+        let t = self.outputs.iter().position(|o| o.iter().any(|&i| self.targets[i].name.to_string() == refused.table));
+        let source = t.map(|t| self.plan.tables[t].source.clone());
+        let until = match (t, &source) {
+            (Some(t), Some(source)) => self.until_target(t, source),
+            _ => Until::Target {
+                table: TableName::parse(&refused.table)
+                    .unwrap_or_else(|_| TableName { schema: None, name: refused.table.clone() }),
+                has: Vec::new(),
+                lacks: Vec::new(),
+            },
+        };
+        Pause {
+            reason: format!(
+                "the target refused a schema change of the source: {refused}. Alter the target table to what the \
+                 source has; the stream goes on by itself once it matches"
+            ),
+            until,
+        }
+    }
+
+    /// Holds the stream where `pause` is (everything before it applied):
+    /// says so, then waits until it is resolved — `Err(transient)`: read
+    /// again from the stored position — or the stream is stopped
+    /// (`Ok(false)`, the report saying why it paused).
+    pub(super) async fn pause(&mut self, pause: Pause) -> anyhow::Result<bool> {
+        let Pause { reason, until } = pause;
+        tracing::error!("the stream is paused: {reason}");
+        let pipeline = self.settings.pipeline.clone();
+        self.target.set_stream_paused(&pipeline, Some(&reason)).await?;
+        metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set(1.0);
+        let details = serde_json::json!({ "pipeline": pipeline, "paused": reason, "position": self.position });
+        let event = crate::notify::Event::StreamPaused;
+        crate::notify::send(&self.settings.notify, &pipeline, event, format!("paused: {reason}"), details.clone())
+            .await;
+        self.report.stream.paused = Some(reason.clone());
+        loop {
+            for _ in 0..5 {
+                if self.stop.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+                tokio::time::sleep(PAUSE_POLL / 5).await;
+            }
+            crate::daemon::health().beat("paused");
+            self.between().await?;
+            if self.resolved(&until).await? {
+                break;
+            }
+        }
+        self.target.set_stream_paused(&pipeline, None).await?;
+        metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set(0.0);
+        self.report.stream.paused = None;
+        tracing::info!("resolved: the stream goes on from the change it paused at");
+        crate::notify::send(&self.settings.notify, &pipeline, event, format!("resumed after: {reason}"), details).await;
+        Err(Error::transient(format!("resuming after a pause ({reason})")))
+    }
+
+    async fn resolved(&mut self, until: &Until) -> anyhow::Result<bool> {
+        Ok(match until {
+            Until::Plugin { t, sha256 } => self.plan.tables[*t].plugin.as_ref().is_some_and(|p| p.sha256() != sha256),
+            Until::Target { table, has, lacks } => match self.target.describe(table).await? {
+                None => false,
+                Some(def) => {
+                    let holds = |(name, sql_type): &(String, Option<String>)| {
+                        def.column_index(name).is_some_and(|i| {
+                            sql_type.as_ref().is_none_or(|t| crate::schema_edit::widens(t, &def.columns[i].sql_type))
+                        })
+                    };
+                    has.iter().all(holds) && lacks.iter().all(|n| def.column_index(n).is_none())
+                }
+            },
+        })
+    }
+
+    /// After a lost connection or a resolved pause: the tables as the
+    /// target's stored versions have them (what was received past the
+    /// stored position is read again).
+    pub(super) async fn reset_versions(&mut self) -> anyhow::Result<()> {
+        let stored = self.target.stream_versions(&self.settings.pipeline).await?;
+        self.blocked.clear();
+        for t in 0..self.plan.tables.len() {
+            let name = self.base[t].name.to_string();
+            let Some((_, version)) = stored.iter().find(|(n, _)| *n == name) else { continue };
+            if self.versions[t].as_ref() == Some(version) {
+                continue;
+            }
+            let Some(source) = version.apply_to(&self.base[t]) else { continue };
+            if self.plan.tables[t].plugin.is_none() {
+                let before = self.outputs[t][0];
+                let mut after = source.for_target(self.targets[before].name.clone(), self.settings.target.url.engine());
+                after.defer_key = false;
+                let at = self.targets.len();
+                std::sync::Arc::make_mut(&mut self.targets).push(after);
+                self.outputs[t] = vec![at];
+            } else {
+                self.transformers.remove(&t);
+            }
+            self.plan.tables[t].source = source;
+            self.versions[t] = Some(version.clone());
+            self.mapped.retain(|_, m| m.table != Some(t));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,365 @@
+//! A table's columns changing while a change stream runs: the versions of
+//! a source table's columns a stream knows (each column with the number
+//! its catalog gives it for life, so a rename is told from a drop and an
+//! add), the edits that turn one version into the next, and each edit's
+//! DDL on either engine.
+//!
+//! The stream applies a version's edits to a copied table in the target
+//! transaction that holds the changes before it; what cannot be applied
+//! safely (a narrowing type change, a column whose back-filled values the
+//! target cannot compute) is refused with the reason, and the stream
+//! pauses rather than lose or invent values.
+
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Engine, quote_ident};
+use crate::schema::{ColumnDef, ColumnDefault, TableDef};
+
+/// A column of a version: its catalog number and definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionColumn {
+    /// PostgreSQL's `attnum`: kept by a rename and a type change, never
+    /// reused after a drop.
+    pub number: i16,
+    pub def: ColumnDef,
+    /// The type's OID (as pgoutput's Relation messages name it; 0: unknown).
+    #[serde(default)]
+    pub type_oid: u32,
+}
+
+/// The columns of a source table from some position of the stream on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TableVersion {
+    pub columns: Vec<VersionColumn>,
+}
+
+impl TableVersion {
+    /// The version of `def` whose columns have `numbers` (name, number,
+    /// type OID); `None` if a column has no number.
+    pub fn of(def: &TableDef, numbers: &[(String, i16, u32)]) -> Option<TableVersion> {
+        let columns = def
+            .columns
+            .iter()
+            .map(|c| {
+                let (_, number, type_oid) = numbers.iter().find(|(n, _, _)| *n == c.name)?;
+                Some(VersionColumn { number: *number, def: c.clone(), type_oid: *type_oid })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(TableVersion { columns })
+    }
+
+    /// Whether a Relation message's columns (name, type OID) are this
+    /// version's (an unknown OID matches any).
+    pub fn matches(&self, columns: &[(&str, u32)]) -> bool {
+        self.columns.len() == columns.len()
+            && self
+                .columns
+                .iter()
+                .zip(columns)
+                .all(|(c, (name, oid))| c.def.name == *name && (c.type_oid == 0 || c.type_oid == *oid))
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.columns.iter().map(|c| c.def.name.as_str()).collect()
+    }
+
+    /// `def` with this version's columns (its key found again by name).
+    /// `None`: a key column is gone.
+    pub fn apply_to(&self, def: &TableDef) -> Option<TableDef> {
+        let mut out = def.clone();
+        let key: Vec<&str> = def.key_columns().map(|c| c.name.as_str()).collect();
+        out.columns = self.columns.iter().map(|c| c.def.clone()).collect();
+        out.primary_key = key.iter().map(|k| out.column_index(k)).collect::<Option<Vec<_>>>()?;
+        out.generated.retain(|g| !out.columns.iter().any(|c| c.name == g.name));
+        for generated in &mut out.generated {
+            generated.position = generated.position.min(out.columns.len());
+        }
+        Some(out)
+    }
+
+    /// The edits from this version to `next`, in the order they apply:
+    /// drops, renames, type changes, constraint changes, additions.
+    pub fn edits(&self, next: &TableVersion) -> Vec<ColumnEdit> {
+        let mut edits = Vec::new();
+        let find = |v: &'_ TableVersion, n: i16| v.columns.iter().find(|c| c.number == n).map(|c| c.def.clone());
+        for old in &self.columns {
+            if find(next, old.number).is_none() {
+                edits.push(ColumnEdit::Drop { name: old.def.name.clone() });
+            }
+        }
+        let mut rest = Vec::new();
+        for new in &next.columns {
+            let Some(old) = find(self, new.number) else {
+                rest.push(ColumnEdit::Add { column: new.def.clone() });
+                continue;
+            };
+            if old.name != new.def.name {
+                edits.push(ColumnEdit::Rename { from: old.name.clone(), to: new.def.name.clone() });
+            }
+            if old.sql_type != new.def.sql_type {
+                edits.push(ColumnEdit::Retype { from: old.clone(), column: new.def.clone() });
+            }
+            if old.nullable != new.def.nullable {
+                edits.push(ColumnEdit::Nullable { name: new.def.name.clone(), nullable: new.def.nullable });
+            }
+            let expression = |d: &Option<ColumnDefault>| matches!(d, Some(ColumnDefault::Expression(_)));
+            if old.default != new.def.default
+                && old.identity == new.def.identity
+                && (expression(&old.default) || expression(&new.def.default))
+            {
+                edits.push(ColumnEdit::Default { name: new.def.name.clone(), default: new.def.default.clone() });
+            }
+        }
+        // Additions last, in number order: the target's columns keep the
+        // source's order.
+        edits.extend(rest);
+        edits
+    }
+}
+
+/// One change to a table's columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ColumnEdit {
+    Add {
+        column: ColumnDef,
+    },
+    Drop {
+        name: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    /// A new type (`from` is the column before, under the column's new name
+    /// if it was renamed too).
+    Retype {
+        from: ColumnDef,
+        column: ColumnDef,
+    },
+    Nullable {
+        name: String,
+        nullable: bool,
+    },
+    Default {
+        name: String,
+        default: Option<ColumnDefault>,
+    },
+}
+
+impl std::fmt::Display for ColumnEdit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ColumnEdit::Add { column } => write!(f, "ADD COLUMN {} {}", column.name, column.sql_type),
+            ColumnEdit::Drop { name } => write!(f, "DROP COLUMN {name}"),
+            ColumnEdit::Rename { from, to } => write!(f, "RENAME COLUMN {from} TO {to}"),
+            ColumnEdit::Retype { from, column } => {
+                write!(f, "ALTER COLUMN {} TYPE {} (was {})", column.name, column.sql_type, from.sql_type)
+            }
+            ColumnEdit::Nullable { name, nullable: true } => write!(f, "ALTER COLUMN {name} DROP NOT NULL"),
+            ColumnEdit::Nullable { name, nullable: false } => write!(f, "ALTER COLUMN {name} SET NOT NULL"),
+            ColumnEdit::Default { name, default: None } => write!(f, "ALTER COLUMN {name} DROP DEFAULT"),
+            ColumnEdit::Default { name, .. } => write!(f, "ALTER COLUMN {name} SET DEFAULT …"),
+        }
+    }
+}
+
+impl ColumnEdit {
+    /// Why the edit cannot be carried to a target as it is (`None`: it can).
+    /// `rewritten`: the source rewrote the table's rows in the same
+    /// statement (a default computed per row, a type change).
+    pub fn unsafe_reason(&self, rewritten: bool) -> Option<String> {
+        match self {
+            ColumnEdit::Retype { from, column } if !widens(&from.sql_type, &column.sql_type) => Some(format!(
+                "column {} changed type from {} to {}, which is not a widening ferry applies as it is (values \
+                 could be rounded or refused on the target)",
+                column.name, from.sql_type, column.sql_type
+            )),
+            ColumnEdit::Add { column } if column.identity.is_some() || column.sequence_next().is_some() => {
+                Some(format!(
+                    "column {} was added with values from a sequence: the source numbered its existing rows, and \
+                     the target would number them in another order",
+                    column.name
+                ))
+            }
+            ColumnEdit::Add { column } if rewritten && column.default.is_some() => Some(format!(
+                "column {} was added with a volatile default: the source computed a value for each existing row, \
+                 which the target cannot compute again",
+                column.name
+            )),
+            _ => None,
+        }
+    }
+
+    /// The statement that makes the edit on `def` (the table before it), on
+    /// `def`'s engine; `Ok(None)`: nothing to do there; `Err`: the engine
+    /// cannot.
+    pub fn sql(&self, def: &TableDef) -> Result<Option<String>, String> {
+        let table = def.relation();
+        let alter = |what: String| Ok(Some(format!("ALTER TABLE {table} {what}")));
+        let pg = def.engine == Engine::Postgres;
+        match self {
+            ColumnEdit::Add { column } => {
+                let sql_type = crate::schema::carried_type(&column.kind, &column.sql_type, def.engine);
+                let default = match (&column.default, pg) {
+                    (Some(ColumnDefault::Expression(e)), true) => format!(" DEFAULT {e}"),
+                    _ => String::new(),
+                };
+                let not_null = if column.nullable { "" } else { " NOT NULL" };
+                alter(format!("ADD COLUMN {} {sql_type}{not_null}{default}", quote_ident(&column.name)))
+            }
+            ColumnEdit::Drop { name } => alter(format!("DROP COLUMN {}", quote_ident(name))),
+            ColumnEdit::Rename { from, to } => {
+                alter(format!("RENAME COLUMN {} TO {}", quote_ident(from), quote_ident(to)))
+            }
+            ColumnEdit::Retype { column, .. } if pg => {
+                let name = quote_ident(&column.name);
+                alter(format!("ALTER COLUMN {name} TYPE {0} USING {name}::{0}", column.sql_type))
+            }
+            ColumnEdit::Retype { column, .. } => Err(format!(
+                "SQLite cannot change the type of column {} of {} (the table would have to be rebuilt)",
+                column.name, def.name
+            )),
+            ColumnEdit::Nullable { name, nullable } if pg => {
+                alter(format!("ALTER COLUMN {} {} NOT NULL", quote_ident(name), if *nullable { "DROP" } else { "SET" }))
+            }
+            ColumnEdit::Default { name, default: Some(ColumnDefault::Expression(e)) } if pg => {
+                alter(format!("ALTER COLUMN {} SET DEFAULT {e}", quote_ident(name)))
+            }
+            ColumnEdit::Default { name, default: None } if pg => {
+                alter(format!("ALTER COLUMN {} DROP DEFAULT", quote_ident(name)))
+            }
+            // SQLite cannot alter a column's constraints; a sequence's
+            // default is the schema copy's.
+            ColumnEdit::Nullable { .. } | ColumnEdit::Default { .. } => Ok(None),
+        }
+    }
+}
+
+/// Whether every value of PostgreSQL type `from` is a value of `to`, as
+/// it is (a widening: `integer` → `bigint`, `varchar(20)` → `varchar(80)`
+/// or `text`, `numeric(10,2)` → `numeric(14,4)`, `real` → `double precision`).
+pub fn widens(from: &str, to: &str) -> bool {
+    let integers = ["smallint", "integer", "bigint"];
+    let rank = |t: &str| integers.iter().position(|i| *i == t);
+    let (from, to) = (from.trim(), to.trim());
+    if from == to {
+        return true;
+    }
+    if let (Some(a), Some(b)) = (rank(from), rank(to)) {
+        return a <= b;
+    }
+    if rank(from).is_some() && to == "numeric" {
+        return true;
+    }
+    let args = |t: &str, base: &str| -> Option<Vec<i64>> {
+        let rest = t.strip_prefix(base)?;
+        if rest.is_empty() {
+            return Some(Vec::new());
+        }
+        let inner = rest.strip_prefix('(')?.strip_suffix(')')?;
+        inner.split(',').map(|n| n.trim().parse::<i64>().ok()).collect()
+    };
+    let text = |t: &str| t == "text" || t == "character varying";
+    if let Some(a) = args(from, "character varying") {
+        return text(to) || args(to, "character varying").is_some_and(|b| !a.is_empty() && b[0] >= a[0]);
+    }
+    if let Some(a) = args(from, "numeric") {
+        return match args(to, "numeric") {
+            Some(b) if b.is_empty() => true,
+            Some(b) if a.len() == 2 && b.len() == 2 => b[1] >= a[1] && b[0] - b[1] >= a[0] - a[1],
+            Some(b) if a.len() == 1 && !b.is_empty() => b[0] - b.get(1).copied().unwrap_or(0) >= a[0],
+            _ => false,
+        };
+    }
+    matches!((from, to), ("real", "double precision") | ("character", "text"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Kind;
+
+    fn column(name: &str, sql_type: &str) -> ColumnDef {
+        ColumnDef::plain(name, sql_type, Kind::Text, true)
+    }
+
+    fn version(columns: &[(i16, &str, &str)]) -> TableVersion {
+        TableVersion {
+            columns: columns
+                .iter()
+                .map(|&(n, name, t)| VersionColumn { number: n, def: column(name, t), type_oid: 0 })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn numbers_tell_a_rename_from_a_drop_and_an_add() {
+        let before = version(&[(1, "id", "integer"), (2, "qty", "integer"), (3, "note", "text")]);
+        // The last column renamed: same number.
+        let renamed = version(&[(1, "id", "integer"), (2, "qty", "integer"), (3, "remark", "text")]);
+        assert_eq!(before.edits(&renamed), vec![ColumnEdit::Rename { from: "note".into(), to: "remark".into() }]);
+        // Dropped and added under the same name: a new number.
+        let again = version(&[(1, "id", "integer"), (2, "qty", "integer"), (4, "note", "text")]);
+        assert_eq!(
+            before.edits(&again),
+            vec![ColumnEdit::Drop { name: "note".into() }, ColumnEdit::Add { column: column("note", "text") }]
+        );
+        let widened = version(&[(1, "id", "integer"), (2, "qty", "bigint"), (3, "note", "text")]);
+        let edits = before.edits(&widened);
+        assert!(matches!(&edits[..], [ColumnEdit::Retype { column, .. }] if column.sql_type == "bigint"));
+        assert_eq!(edits[0].unsafe_reason(true), None);
+    }
+
+    #[test]
+    fn only_widenings_apply_as_they_are() {
+        for (from, to) in [
+            ("integer", "bigint"),
+            ("smallint", "integer"),
+            ("integer", "numeric"),
+            ("character varying(20)", "character varying(80)"),
+            ("character varying(20)", "text"),
+            ("numeric(10,2)", "numeric(14,4)"),
+            ("numeric(10,2)", "numeric"),
+            ("real", "double precision"),
+        ] {
+            assert!(widens(from, to), "{from} -> {to}");
+        }
+        for (from, to) in [
+            ("bigint", "integer"),
+            ("character varying(80)", "character varying(20)"),
+            ("text", "character varying(20)"),
+            ("numeric(14,4)", "numeric(10,2)"),
+            ("numeric(10,2)", "numeric(10,4)"),
+            ("double precision", "real"),
+            ("text", "integer"),
+            ("timestamp without time zone", "timestamp with time zone"),
+        ] {
+            assert!(!widens(from, to), "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn each_engine_gets_its_own_statement() {
+        let pg = TableDef::new(
+            crate::db::TableName { schema: Some("public".into()), name: "items".into() },
+            Engine::Postgres,
+            vec![column("id", "integer")],
+            vec![0],
+        );
+        let mut note = column("note", "text");
+        note.default = Some(ColumnDefault::Expression("'none'::text".into()));
+        let add = ColumnEdit::Add { column: note };
+        assert_eq!(
+            add.sql(&pg).unwrap().unwrap(),
+            r#"ALTER TABLE "public"."items" ADD COLUMN "note" text DEFAULT 'none'::text"#
+        );
+        let lite = pg.for_target(crate::db::TableName { schema: None, name: "items".into() }, Engine::Sqlite);
+        assert_eq!(add.sql(&lite).unwrap().unwrap(), r#"ALTER TABLE "items" ADD COLUMN "note" TEXT"#);
+        let retype = ColumnEdit::Retype { from: column("id", "integer"), column: column("id", "bigint") };
+        assert!(retype.sql(&lite).is_err());
+        assert_eq!(
+            retype.sql(&pg).unwrap().unwrap(),
+            r#"ALTER TABLE "public"."items" ALTER COLUMN "id" TYPE bigint USING "id"::bigint"#
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! The source's schema changing under `ferry sync`: the application's
+//! migrations (add a column with a default and write it, rename a column,
+//! drop one, widen a type) while writers run and ferry is killed -9 after
+//! each, with and without the DDL capture. Judged by the source's own rows
+//! and by a fresh migration of the final source (`pg_dump --schema-only`
+//! of the table), never by ferry's counters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use sqlx::{Connection, PgConnection};
+
+use crate::cluster::Cluster;
+use crate::support::*;
+use crate::tables::tables_pipeline;
+
+/// An application's tables: `items` changes shape; `events` is written
+/// beside it in the same transactions and never changes.
+const APP_DDL: &str = r#"
+CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, price numeric(10, 2), doc text NOT NULL);
+CREATE TABLE events (id bigint PRIMARY KEY, item_id bigint NOT NULL, kind text NOT NULL);
+INSERT INTO items SELECT g, g % 100, g * 0.5,
+    (SELECT string_agg(md5(g::text || r::text), '') FROM generate_series(1, 150) r) FROM generate_series(1, 2000) g;
+"#;
+
+async fn connect(url: &str) -> PgConnection {
+    PgConnection::connect(url).await.unwrap()
+}
+
+async fn exec(url: &str, sql: &str) {
+    let mut c = connect(url).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut c).await.unwrap_or_else(|e| panic!("{e}: {sql}"));
+}
+
+async fn scalar(url: &str, sql: &str) -> i64 {
+    let mut c = connect(url).await;
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&mut c)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {sql}"))
+}
+
+/// Every row of `table`, as PostgreSQL prints it, in key order.
+async fn rows(url: &str, table: &str) -> Vec<String> {
+    let mut c = connect(url).await;
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT t::text FROM {table} t ORDER BY id")))
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+}
+
+/// `pg_dump --schema-only` of one table, without what differs between
+/// databases (comments, settings, owners).
+fn dump_table(url: &str, table: &str) -> String {
+    let out = std::process::Command::new("pg_dump")
+        .args(["--schema-only", "--no-owner", "--no-privileges", "-t", table, url])
+        .output()
+        .expect("pg_dump");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            !l.starts_with("--")
+                && !l.starts_with("SET ")
+                && !l.starts_with("\\restrict")
+                && !l.starts_with("\\unrestrict")
+                && !l.starts_with("SELECT pg_catalog")
+                && !l.is_empty()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A writer that keeps changing both tables in shared transactions
+/// (an item's document and an event about it) until told to stop, with
+/// the columns every version of `items` has.
+fn writer(url: String, running: Arc<AtomicBool>, written: Arc<AtomicI64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut c = connect(&url).await;
+        let mut n: i64 = 0;
+        while running.load(Ordering::Relaxed) {
+            n += 1;
+            let id = 1 + (n * 37) % 2000;
+            let sql = format!(
+                "BEGIN; UPDATE items SET doc = md5(doc) || repeat(md5('{n}'), 60) WHERE id = {id}; \
+                 INSERT INTO events VALUES ({n}, {id}, 'touched'); \
+                 COMMIT;"
+            );
+            if sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.is_err() {
+                // A migration's lock timed out or the like: try again.
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut c).await;
+                continue;
+            }
+            written.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+    })
+}
+
+/// Waits until `sql` on `url` returns true.
+async fn until(url: &str, what: &str, sql: &str) {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    eventually(what, || {
+        let (url, sql) = (url.clone(), sql.clone());
+        async move {
+            let mut c = connect(&url).await;
+            sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(sql)).fetch_one(&mut c).await.unwrap_or(false)
+        }
+    })
+    .await;
+}
+
+/// `ferry sync` running until killed; what it logs goes to the test's
+/// output (seen with --nocapture), where no pipe can fill up.
+fn daemon(p: &Pipeline) -> std::process::Child {
+    p.command(&["sync"]).env("FERRY_LOG", "ferry=info").stdout(std::process::Stdio::null()).spawn().unwrap()
+}
+
+fn has_column(table: &str, column: &str, sql_type: &str) -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = '{column}' \
+         AND NOT attisdropped AND format_type(atttypid, atttypmod) = '{sql_type}')"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_follows_the_applications_migrations_through_kill_9() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    exec(&source, APP_DDL).await;
+    let target = PgDb::new("evolve").await;
+    let p = tables_pipeline(&source, &target.url(), "include = [\"public.*\"]\ncapture_ddl = true", "");
+    let mut child = daemon(&p);
+    let running = Arc::new(AtomicBool::new(true));
+    let written = Arc::new(AtomicI64::new(0));
+    let writing = writer(source.clone(), Arc::clone(&running), Arc::clone(&written));
+    until(&target.url(), "the initial load", "SELECT count(*) = 2000 FROM items").await;
+
+    // Each migration as an application ships it, then rows that use it;
+    // once the target has the change, ferry is killed -9 mid-stream and
+    // started again.
+    let gone = |column: &str| format!("SELECT NOT ({})", has_column("items", column, "numeric(10,2)"));
+    let migrations: [(&str, String); 4] = [
+        (
+            "ALTER TABLE items ADD COLUMN note text NOT NULL DEFAULT 'none'; \
+             UPDATE items SET note = 'note ' || id WHERE id % 7 = 0; \
+             INSERT INTO items (id, qty, price, doc, note) SELECT g, 1, 1, 'new', 'fresh ' || g FROM generate_series(3001, 3100) g;",
+            has_column("items", "note", "text"),
+        ),
+        (
+            "BEGIN; ALTER TABLE items RENAME COLUMN note TO remark; \
+             UPDATE items SET remark = remark || ' (renamed)' WHERE id % 11 = 0; COMMIT;",
+            has_column("items", "remark", "text"),
+        ),
+        ("ALTER TABLE items DROP COLUMN price; UPDATE items SET qty = qty + 1 WHERE id % 13 = 0;", gone("price")),
+        (
+            "ALTER TABLE items ALTER COLUMN qty TYPE bigint; \
+             UPDATE items SET qty = 5000000000 + id WHERE id % 17 = 0;",
+            has_column("items", "qty", "bigint"),
+        ),
+    ];
+    let mut kills = 0;
+    for (sql, applied) in migrations {
+        exec(&source, sql).await;
+        until(&target.url(), &format!("the target has: {sql}"), &applied).await;
+        // Writers keep going while ferry dies.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        child = daemon(&p);
+    }
+    assert_eq!(kills, 4);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    running.store(false, Ordering::Relaxed);
+    writing.await.unwrap();
+    assert!(written.load(Ordering::Relaxed) > 50, "the writers ran");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let last = p.ferry(&["sync", "--idle-exit", "2", "--json"]);
+    assert_eq!(last.code, 0, "{last:?}");
+
+    // The rows are the source's, every value the migrations wrote among them.
+    for table in ["items", "events"] {
+        let (got, want) = (rows(&target.url(), table).await, rows(&source, table).await);
+        assert_eq!(got.len(), want.len(), "{table}: row counts");
+        let first = got.iter().zip(&want).find(|(g, w)| g != w);
+        assert!(got == want, "{table} differs from the source; first: {first:?}");
+    }
+    for check in [
+        "SELECT count(*) FROM items WHERE remark LIKE 'note %'",
+        "SELECT count(*) FROM items WHERE remark LIKE 'fresh %'",
+        "SELECT count(*) FROM items WHERE remark LIKE '%(renamed)'",
+        "SELECT count(*) FROM items WHERE qty > 5000000000",
+    ] {
+        let n = scalar(&source, check).await;
+        assert!(n > 0 && scalar(&target.url(), check).await == n, "{check}: {n} on the source");
+    }
+
+    // The table's definition is what a fresh migration of the final source makes.
+    let oracle = PgDb::new("evolve_oracle").await;
+    let fresh = tables_pipeline(&source, &oracle.url(), "include = [\"public.*\"]", "");
+    let migrated = fresh.ferry(&["migrate"]);
+    assert_eq!(migrated.code, 0, "{migrated:?}");
+    assert_eq!(dump_table(&target.url(), "public.items"), dump_table(&oracle.url(), "public.items"));
+
+    // status shows the versions and the capture; teardown removes it.
+    let st = p.ferry(&["status", "--json"]).json();
+    assert_eq!(st["stream"]["ddl_capture"], true, "{st}");
+    let columns = &st["stream"]["table_columns"];
+    assert!(columns.to_string().contains(r#"["id","qty","doc","remark"]"#), "{st}");
+    assert_eq!(p.ferry(&["sync", "--teardown"]).code, 0);
+    assert_eq!(scalar(&source, "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'ferry%'").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_capture_a_new_column_pauses_the_stream_until_the_target_has_it() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    exec(&source, APP_DDL).await;
+    let target = PgDb::new("evolve_pause").await;
+    let p = tables_pipeline(&source, &target.url(), "include = [\"public.*\"]", "");
+    let first = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert_eq!(first.code, 0, "{first:?}");
+
+    // A dropped column flows (nothing to guess); a new one pauses.
+    exec(&source, "ALTER TABLE items DROP COLUMN price; UPDATE items SET qty = 7 WHERE id <= 10;").await;
+    exec(
+        &source,
+        "ALTER TABLE items ADD COLUMN note text; UPDATE items SET note = 'n' || id WHERE id % 5 = 0; \
+         INSERT INTO events VALUES (1, 1, 'after the change');",
+    )
+    .await;
+    let child = p.spawn(&["sync"]);
+    until(&target.url(), "the stream pauses", "SELECT paused IS NOT NULL FROM ferry.change_checkpoints").await;
+    // Everything before the change is applied, nothing after it.
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM items WHERE qty = 7 AND id <= 10").await, 10);
+    assert!(!column_exists(&target, "items", "price").await, "the drop flowed");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM events").await, 0);
+    let st = p.ferry(&["status", "--json"]);
+    assert_eq!(st.json()["phase"], "paused", "{st:?}");
+    let said = st.json()["stream"]["paused"].as_str().unwrap().to_string();
+    assert!(said.contains("ADD COLUMN \"note\" text") && said.contains("capture_ddl"), "{said}");
+
+    // The operator adds the column (as the source did: no default); the
+    // stream goes on by itself and carries its values.
+    target.exec("ALTER TABLE items ADD COLUMN note text").await;
+    until(&target.url(), "the stream resumes", "SELECT count(*) = 1 FROM events").await;
+    // SIGTERM: ferry stops after acknowledging what it applied.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    for table in ["items", "events"] {
+        assert_eq!(rows(&target.url(), table).await, rows(&source, table).await, "{table}");
+    }
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM items WHERE note IS NOT NULL").await, 400);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_checkpoints WHERE paused IS NULL").await, 1);
+}
+
+async fn column_exists(db: &PgDb, table: &str, column: &str) -> bool {
+    db.scalar_i64(&format!(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = '{column}' AND NOT attisdropped"
+    ))
+    .await
+        > 0
+}
