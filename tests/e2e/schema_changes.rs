@@ -264,3 +264,69 @@ async fn column_exists(db: &PgDb, table: &str, column: &str) -> bool {
     .await
         > 0
 }
+
+/// Legacy orders (items in a JSON column) split by the `split-orders`
+/// plugin into orders and order_items.
+const ORDERS_DDL: &str = r#"
+CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL);
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers, placed_at timestamp NOT NULL,
+    status text NOT NULL, items json NOT NULL);
+INSERT INTO customers SELECT g, 'C' || g FROM generate_series(1, 10) g;
+INSERT INTO orders SELECT g, 1 + g % 10, '2024-03-01 10:00:00'::timestamp + g * interval '1 hour', 'paid',
+    json_build_array(json_build_object('sku', 'a' || g, 'qty', 1, 'price', '1.50'))
+    FROM generate_series(1, 100) g;
+"#;
+
+fn order_sql(id: i64, status_column: &str) -> String {
+    format!(
+        "INSERT INTO orders (id, customer_id, placed_at, {status_column}, items) VALUES ({id}, 1, '2024-06-01', 'paid', \
+         json_build_array(json_build_object('sku', 'x{id}', 'qty', 2, 'price', '3.00'), \
+                          json_build_object('sku', 'y{id}', 'qty', 1, 'price', '4.00')))"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_table_pauses_on_a_shape_its_plugin_refuses_until_a_version_that_handles_it_is_deployed() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    exec(&source, ORDERS_DDL).await;
+    let target = PgDb::new("evolve_plugin").await;
+    let extra = format!("[[tables]]\nname = \"orders\"\nplugin = \"{}\"\n", plugins().split_orders.display());
+    let p = tables_pipeline(&source, &target.url(), "include = [\"public.customers\"]\ncapture_ddl = true", &extra);
+    let first = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM order_items").await, 100);
+    let mut daemon = daemon(&p);
+
+    // A column the plugin does not read: it accepts the new shape, no pause.
+    exec(&source, &format!("ALTER TABLE orders ADD COLUMN note text; {}", order_sql(1001, "status"))).await;
+    until(&target.url(), "order 1001", "SELECT count(*) = 2 FROM order_items WHERE order_id = 1001").await;
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_checkpoints WHERE paused IS NOT NULL").await, 0);
+
+    // A rename the plugin cannot follow: the stream pauses just before it.
+    exec(&source, &format!("ALTER TABLE orders RENAME COLUMN status TO state; {}", order_sql(1002, "state"))).await;
+    exec(&source, "INSERT INTO customers VALUES (11, 'after the rename')").await;
+    until(&target.url(), "the pause", "SELECT paused IS NOT NULL FROM ferry.change_checkpoints").await;
+    let st = p.ferry(&["status", "--json"]).json();
+    assert_eq!(st["phase"], "paused", "{st}");
+    let said = st["stream"]["paused"].as_str().unwrap();
+    assert!(said.contains("split-orders needs a column `status`") && said.contains("ferry plugin deploy"), "{said}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders WHERE id = 1002").await, 0);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM customers WHERE id = 11").await, 0, "nothing passes a pause");
+
+    // The next version reads `state`: deployed, the stream goes on from the change.
+    let v2 = p.ferry(&["plugin", "deploy", plugins().split_orders_v2.to_str().unwrap(), "--json"]);
+    assert_eq!(v2.code, 0, "{v2:?}");
+    until(
+        &target.url(),
+        "order 1002 by v2",
+        "SELECT count(*) = 2 FROM order_items WHERE order_id = 1002 AND sku = upper(sku)",
+    )
+    .await;
+    until(&target.url(), "what came after it", "SELECT count(*) = 1 FROM customers WHERE id = 11").await;
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_checkpoints WHERE paused IS NULL").await, 1);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders").await, 102);
+}

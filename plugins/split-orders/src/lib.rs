@@ -9,5 +9,8 @@ ferry_plugin::transform_row!(Plugin);
 /// SKUs are written as the legacy items spell them.
 const UPPERCASE_SKUS: bool = false;
 
+/// The column the order's status is read from.
+const STATUS_COLUMNS: &[&str] = &["status"];
+
 mod split;
 use split::Plugin;

@@ -1,5 +1,6 @@
 //! The rules of split-orders (shared with its test-only second version,
-//! `testing/split-orders-v2`, which differs in `UPPERCASE_SKUS`).
+//! `testing/split-orders-v2`, which differs in `UPPERCASE_SKUS` and
+//! `STATUS_COLUMNS`).
 
 use std::cell::RefCell;
 
@@ -174,7 +175,10 @@ impl Guest for Plugin {
             id: find("id")?,
             customer_id: find("customer_id")?,
             placed_at: find("placed_at")?,
-            status: find("status")?,
+            status: crate::STATUS_COLUMNS
+                .iter()
+                .find_map(|name| find(name).ok())
+                .ok_or_else(|| format!("split-orders needs a column `status` in {}", source.name))?,
             items: find("items")?,
         };
         POSITIONS.with(|p| *p.borrow_mut() = Some(positions));

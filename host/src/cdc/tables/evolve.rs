@@ -43,7 +43,12 @@ use crate::sink::{RowChangeBatch, SchemaRefused};
 
 /// A table's columns change here.
 pub(crate) struct Step {
+    /// The version before the step, and after it.
+    pub(super) from: TableVersion,
     pub(super) version: TableVersion,
+    /// Read from the stream's column list and the catalog of now, before
+    /// the captured statement of the same transaction (which settles it).
+    pub(super) provisional: bool,
     /// A copied table: the edits to make on its target table as it was
     /// (`before`, in the applier's `targets`).
     pub(super) edits: Vec<ColumnEdit>,
@@ -78,6 +83,10 @@ pub(super) enum Segment {
 
 /// A column's name, catalog number and type OID.
 type ColumnNumber = (String, i16, u32);
+
+/// The statement of a step read from the stream's column list while the
+/// DDL capture is installed (its message follows and settles it).
+const PROVISIONAL: &str = "columns changed (its captured statement follows)";
 
 /// How often a paused stream looks for its resolution.
 const PAUSE_POLL: Duration = Duration::from_secs(1);
@@ -147,13 +156,76 @@ impl TablesApplier<'_> {
                 return Ok(());
             }
         };
+        tracing::debug!(tag = %captured.tag, at = %position, tables = captured.tables.len(), "a captured statement");
         for table in &captured.tables {
             let found = self.plan.tables.iter().position(|p| names_table(&p.source, Some(&table.schema), &table.name));
-            if let Some(t) = found.filter(|t| !self.blocked.contains(t)) {
-                self.schema_change(t, table.version(), table.rewritten, &captured.tag, position, out)?;
+            let Some(t) = found.filter(|t| !self.blocked.contains(t)) else { continue };
+            let version = table.version();
+            if !self.settle_provisional(t, &version, table.rewritten, position, out) {
+                self.schema_change(t, version, table.rewritten, &captured.tag, position, out)?;
             }
         }
         Ok(())
+    }
+
+    /// The statement's message came after changes of its own transaction
+    /// that already had the new columns (a provisional step in `out`): the
+    /// step takes the statement's exact version (defaults), or becomes a
+    /// pause if the statement says it cannot be applied as it is, or if
+    /// the two disagree. `false`: no such step.
+    fn settle_provisional(
+        &mut self,
+        t: usize,
+        version: &TableVersion,
+        rewritten: bool,
+        position: Position,
+        out: &mut [Change],
+    ) -> bool {
+        let Some(change) = out.iter_mut().rev().find(|c| {
+            c.table == Some(t)
+                && c.position.is_some_and(|p| p.commit == position.commit)
+                && matches!(&c.op, Op::Schema(step) if step.provisional)
+        }) else {
+            return false;
+        };
+        let Op::Schema(step) = &mut change.op else { unreachable!("matched above") };
+        let shape = |v: &TableVersion| -> Vec<(i16, String, String)> {
+            v.columns.iter().map(|c| (c.number, c.def.name.clone(), c.def.sql_type.clone())).collect()
+        };
+        let label = self.plan.tables[t].source.name.to_string();
+        let edits = step.from.edits(version);
+        let unsafe_reason = if shape(&step.version) != shape(version) {
+            Some(format!(
+                "the stream's columns of {label} ({}) are not the captured statement's ({})",
+                step.version.names().join(", "),
+                version.names().join(", ")
+            ))
+        } else {
+            edits.iter().find_map(|e| e.unsafe_reason(rewritten).map(|r| format!("{label}: {r}")))
+        };
+        step.provisional = false;
+        match unsafe_reason {
+            None => {
+                if step.before.is_some() {
+                    step.edits = edits;
+                }
+                step.version = version.clone();
+                self.versions[t] = Some(version.clone());
+            }
+            Some(reason) => {
+                let reason = format!(
+                    "{reason}. Alter the target table to what the source has, with the values the source holds; \
+                     the stream goes on by itself once it matches"
+                );
+                let until = match self.plan.tables[t].plugin.as_ref() {
+                    Some(plugin) => Until::Plugin { t, sha256: plugin.sha256().to_string() },
+                    None => self.until_target(t, &self.plan.tables[t].source.clone()),
+                };
+                self.blocked.insert(t);
+                change.op = Op::Pause(Box::new(Pause { reason, until }));
+            }
+        }
+        true
     }
 
     /// Table `t` has `version` from `position` on: a step (or a pause) in
@@ -196,7 +268,14 @@ impl TablesApplier<'_> {
             );
             return self.pause_here(t, position, reason, self.until_plugin_or_target(t, &version), out);
         };
-        let mut step = Step { version: version.clone(), edits: Vec::new(), before: None, transformer: None };
+        let mut step = Step {
+            from: old.clone(),
+            version: version.clone(),
+            provisional: what == PROVISIONAL,
+            edits: Vec::new(),
+            before: None,
+            transformer: None,
+        };
         match self.plan.tables[t].plugin.clone() {
             None => {
                 if let Some(reason) = edits.iter().find_map(|e| e.unsafe_reason(rewritten)) {
@@ -267,6 +346,7 @@ impl TablesApplier<'_> {
     ) -> anyhow::Result<()> {
         let label = self.plan.tables[t].source.name.to_string();
         let names: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
+        tracing::debug!(table = %label, at = %position, columns = %names.join(", "), "new columns in the stream");
         let Some(old) = self.versions[t].clone() else {
             anyhow::bail!("the stream's {label} has columns ({}) the pipeline does not know", names.join(", "));
         };
@@ -302,11 +382,26 @@ impl TablesApplier<'_> {
             columns.push(found);
         }
         let version = columns.into_iter().collect::<Option<Vec<_>>>().map(|columns| TableVersion { columns });
-        let added: Vec<&str> =
-            names.iter().copied().filter(|n| !old.columns.iter().any(|c| c.def.name == *n)).collect();
+        // Added: a number the version does not have (a rename keeps it).
+        let added: Vec<String> = match &version {
+            Some(v) => v
+                .columns
+                .iter()
+                .filter(|c| !old.columns.iter().any(|o| o.number == c.number))
+                .map(|c| c.def.name.clone())
+                .collect(),
+            None => {
+                names.iter().filter(|n| !old.columns.iter().any(|c| c.def.name == **n)).map(|n| n.to_string()).collect()
+            }
+        };
         let copy = self.plan.tables[t].plugin.is_none();
         let target_name = self.targets[self.outputs[t][0]].name.clone();
         match version {
+            // The captured statement of this transaction follows and
+            // settles the step (defaults, whether rows were rewritten).
+            Some(version) if self.capture => {
+                return self.schema_change(t, version, false, PROVISIONAL, position, out);
+            }
             // Drops and type changes, or a plugin told the new shape: no
             // value of an existing row to guess.
             Some(version) if added.is_empty() || !copy => {

@@ -142,6 +142,7 @@ pub async fn sync(
     let mut applier = TablesApplier::new(settings, plan, target, position, report, swapper);
     applier.stop = Arc::clone(&stop);
     applier.versions = versions;
+    applier.capture = capture;
     applier.store_versions(&stored).await?;
     applier.start_journal().await?;
     applier.origin = options.origins.as_ref().map(|o| o.own.clone());
@@ -374,6 +375,8 @@ struct TablesApplier<'a> {
     blocked: HashSet<usize>,
     /// Signalled to stop (a pause waits for it or for its resolution).
     stop: Arc<AtomicBool>,
+    /// The source has the DDL capture: a statement's message follows.
+    capture: bool,
 }
 
 impl<'a> TablesApplier<'a> {
@@ -403,6 +406,7 @@ impl<'a> TablesApplier<'a> {
             base,
             blocked: HashSet::new(),
             stop: Arc::new(AtomicBool::new(false)),
+            capture: false,
             plan,
             targets: Arc::new(targets),
             outputs,
