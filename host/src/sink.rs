@@ -529,6 +529,23 @@ pub struct Stretch {
 }
 
 impl RowChangeBatch {
+    /// The statement that makes `Alter` write `i` on its table, in the
+    /// table's engine (`Ok(None)`: nothing to do there), or why the engine
+    /// cannot.
+    pub fn alter_sql(&self, i: usize) -> Result<Option<String>, SchemaRefused> {
+        let RowChange::Alter(edit) = &self.writes[i].change else { return Ok(None) };
+        edit.sql(&self.tables[self.writes[i].table]).map_err(|message| self.refused_alter(i, message))
+    }
+
+    /// `Alter` write `i`, refused by the target with `message`.
+    pub fn refused_alter(&self, i: usize, message: String) -> SchemaRefused {
+        let edit = match &self.writes[i].change {
+            RowChange::Alter(edit) => edit.to_string(),
+            _ => String::new(),
+        };
+        SchemaRefused { write: i, table: self.tables[self.writes[i].table].name.to_string(), edit, message }
+    }
+
     /// The batch as stretches, in order (see [`Stretch`]).
     pub fn stretches(&self) -> Vec<Stretch> {
         use std::collections::HashMap;

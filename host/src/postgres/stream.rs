@@ -331,28 +331,19 @@ async fn apply_writes(
     let journal_run = journals.iter().any(Option::is_some).then_some(run_id);
     for stretch in batch.stretches() {
         if let Some(i) = stretch.alter {
-            let RowChange::Alter(edit) = &batch.writes[i].change else { unreachable!("an alter stretch") };
-            let def = &batch.tables[stretch.table];
-            let refuse = |message: String| SchemaRefused {
-                write: i,
-                table: def.name.to_string(),
-                edit: edit.to_string(),
-                message,
+            let refused = match batch.alter_sql(i) {
+                Ok(None) => continue,
+                Ok(Some(sql)) => match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await {
+                    Ok(_) => continue,
+                    Err(e) => (batch.refused_alter(i, e.to_string()), e),
+                },
+                Err(refused) => {
+                    let e = sqlx::Error::Protocol(refused.message.clone());
+                    (refused, e)
+                }
             };
-            match edit.sql(def) {
-                Ok(None) => {}
-                Ok(Some(sql)) => {
-                    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await {
-                        *schema_refused = Some(refuse(e.to_string()));
-                        return Err(e);
-                    }
-                }
-                Err(message) => {
-                    *schema_refused = Some(refuse(message.clone()));
-                    return Err(sqlx::Error::Protocol(message));
-                }
-            }
-            continue;
+            *schema_refused = Some(refused.0);
+            return Err(refused.1);
         }
         for &t in &stretch.truncate {
             if let Some((journal, UndoMode::BeforeImages)) = journals[t] {

@@ -14,8 +14,7 @@ use crate::keyset::Row;
 use crate::position::Position;
 use crate::schema::TableDef;
 use crate::sink::{
-    ChangesApplied, FencedError, RowChange, RowChangeBatch, RowChangeSink, SchemaRefused, StreamDeadLetter,
-    StreamStatus,
+    ChangesApplied, FencedError, RowChange, RowChangeBatch, RowChangeSink, StreamDeadLetter, StreamStatus,
 };
 
 const STREAM_DDL: &str = r#"
@@ -274,22 +273,11 @@ impl RowChangeSink for SqliteTables {
         let mut refused: Vec<StreamDeadLetter> = Vec::new();
         for stretch in batch.stretches() {
             if let Some(i) = stretch.alter {
-                let RowChange::Alter(edit) = &batch.writes[i].change else { unreachable!("an alter stretch") };
-                let def = &batch.tables[stretch.table];
-                let refuse = |message: String| SchemaRefused {
-                    write: i,
-                    table: def.name.to_string(),
-                    edit: edit.to_string(),
-                    message,
-                };
-                match edit.sql(def) {
-                    Ok(None) => {}
-                    Ok(Some(sql)) => {
-                        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await {
-                            return Err(refuse(e.to_string()).into());
-                        }
-                    }
-                    Err(message) => return Err(refuse(message).into()),
+                if let Some(sql) = batch.alter_sql(i)? {
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| batch.refused_alter(i, e.to_string()))?;
                 }
                 continue;
             }
