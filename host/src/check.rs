@@ -209,8 +209,41 @@ pub async fn check_tables(settings: &Settings, selection: &crate::settings::Tabl
             );
         }
     }
+    ddl_capture_item(settings, &mut items).await;
     let ok = items.0.iter().all(|i| i.level != Level::Fail);
     CheckReport { ok, items: items.0 }
+}
+
+/// The DDL capture (`[source] capture_ddl`), where it is configured or
+/// installed: whether `ferry sync` carries the source's schema changes.
+async fn ddl_capture_item(settings: &Settings, items: &mut Items) {
+    if settings.source.url.engine() != crate::db::Engine::Postgres {
+        return;
+    }
+    let facts = async {
+        let mut source = crate::engines::open_replication_source(&settings.source.url).await?;
+        Ok::<_, anyhow::Error>((source.ddl_capture().await?, source.may_install_ddl_capture().await?))
+    };
+    let (level, detail) = match (facts.await, settings.capture_ddl) {
+        (Ok((true, _)), _) => (
+            Level::Ok,
+            "installed: ferry sync carries added, dropped and renamed columns and type changes as they come"
+                .to_string(),
+        ),
+        (Ok((false, true)), true) => (Level::Ok, "ferry sync installs it when it starts".to_string()),
+        (Ok((false, false)), true) => (
+            Level::Fail,
+            format!(
+                "[source] capture_ddl is on, but the source's role may not create event triggers in {}: run the \
+                 first `ferry sync` as a superuser, or turn capture_ddl off (a new column then pauses the stream \
+                 until the target has it)",
+                settings.source.url
+            ),
+        ),
+        (Ok((false, _)), false) => return,
+        (Err(e), _) => (Level::Warn, format!("{e:#}")),
+    };
+    items.push("DDL capture", level, detail);
 }
 
 /// The schema copy's items: what it creates before and after the data,

@@ -60,6 +60,8 @@ pub trait ReplicationSource: Send {
     async fn install_ddl_capture(&mut self) -> anyhow::Result<()>;
     /// Whether the DDL capture is installed and enabled.
     async fn ddl_capture(&mut self) -> anyhow::Result<bool>;
+    /// Whether this connection may install the DDL capture.
+    async fn may_install_ddl_capture(&mut self) -> anyhow::Result<bool>;
     /// Removes the DDL capture, unless a replication slot other than
     /// `slot` may still rely on it.
     async fn drop_ddl_capture(&mut self, slot: &str) -> anyhow::Result<()>;

@@ -209,6 +209,12 @@ async fn a_stream_follows_the_applications_migrations_through_kill_9() {
     assert_eq!(st["stream"]["ddl_capture"], true, "{st}");
     let columns = &st["stream"]["table_columns"];
     assert!(columns.to_string().contains(r#"["id","qty","doc","remark"]"#), "{st}");
+    let check = p.ferry(&["check", "--json"]).json();
+    let item = check["items"].as_array().unwrap().iter().find(|i| i["name"] == "DDL capture").cloned();
+    assert!(
+        item.as_ref().is_some_and(|i| i["level"] == "ok" && i["detail"].as_str().unwrap().contains("installed")),
+        "{check}"
+    );
     assert_eq!(p.ferry(&["sync", "--teardown"]).code, 0);
     assert_eq!(scalar(&source, "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'ferry%'").await, 0);
 }

@@ -92,12 +92,15 @@ CREATE EVENT TRIGGER ferry_capture_ddl ON ddl_command_end EXECUTE FUNCTION ferry
 
 #[async_trait]
 impl ReplicationSource for PgReplication {
-    async fn install_ddl_capture(&mut self) -> anyhow::Result<()> {
-        let superuser: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    async fn may_install_ddl_capture(&mut self) -> anyhow::Result<bool> {
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
             .fetch_one(&mut self.conn)
             .await
-            .map_err(|e| self.err("reading the connecting role".into(), &e))?;
-        if !superuser {
+            .map_err(|e| self.err("reading the connecting role".into(), &e))
+    }
+
+    async fn install_ddl_capture(&mut self) -> anyhow::Result<()> {
+        if !self.may_install_ddl_capture().await? {
             return Err(Error::contract(format!(
                 "[source] capture_ddl installs event triggers in {}, which only a superuser may create: connect \
                  as one for the first `ferry sync` (it installs them once), or turn capture_ddl off (a column \
