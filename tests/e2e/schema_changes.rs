@@ -140,7 +140,7 @@ async fn a_stream_follows_the_applications_migrations_through_kill_9() {
     // once the target has the change, ferry is killed -9 mid-stream and
     // started again.
     let gone = |column: &str| format!("SELECT NOT ({})", has_column("items", column, "numeric(10,2)"));
-    let migrations: [(&str, String); 4] = [
+    let migrations: [(&str, String); 5] = [
         (
             "ALTER TABLE items ADD COLUMN note text NOT NULL DEFAULT 'none'; \
              UPDATE items SET note = 'note ' || id WHERE id % 7 = 0; \
@@ -158,6 +158,13 @@ async fn a_stream_follows_the_applications_migrations_through_kill_9() {
              UPDATE items SET qty = 5000000000 + id WHERE id % 17 = 0;",
             has_column("items", "qty", "bigint"),
         ),
+        (
+            // A table the writers insert into while it changes; its rows
+            // written with the new column in the statement's transaction.
+            "ALTER TABLE events ADD COLUMN origin text; \
+             INSERT INTO events (id, item_id, kind, origin) VALUES (-1, 1, 'migrated', 'backfill'), (-2, 2, 'migrated', NULL);",
+            has_column("events", "origin", "text"),
+        ),
     ];
     let mut kills = 0;
     for (sql, applied) in migrations {
@@ -170,7 +177,7 @@ async fn a_stream_follows_the_applications_migrations_through_kill_9() {
         kills += 1;
         child = daemon(&p);
     }
-    assert_eq!(kills, 4);
+    assert_eq!(kills, 5);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     running.store(false, Ordering::Relaxed);
     writing.await.unwrap();
@@ -202,7 +209,10 @@ async fn a_stream_follows_the_applications_migrations_through_kill_9() {
     let fresh = tables_pipeline(&source, &oracle.url(), "include = [\"public.*\"]", "");
     let migrated = fresh.ferry(&["migrate"]);
     assert_eq!(migrated.code, 0, "{migrated:?}");
-    assert_eq!(dump_table(&target.url(), "public.items"), dump_table(&oracle.url(), "public.items"));
+    for table in ["public.items", "public.events"] {
+        assert_eq!(dump_table(&target.url(), table), dump_table(&oracle.url(), table));
+    }
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM events WHERE origin = 'backfill'").await, 1);
 
     // status shows the versions and the capture; teardown removes it.
     let st = p.ferry(&["status", "--json"]).json();
