@@ -915,18 +915,24 @@ async fn dlq_list(
     limit: usize,
     table: Option<&str>,
 ) -> anyhow::Result<Vec<crate::control::DeadLetterRecord>> {
-    let mut target = crate::engines::open_control(settings).await?;
-    let run = target.latest_run(&settings.pipeline).await?.ok_or_else(|| {
-        crate::error::Error::contract(format!(
-            "no run of pipeline {} is recorded in {}",
+    let mut target = crate::engines::open_row_target(settings).await?;
+    let run = target.latest_run(&settings.pipeline).await?;
+    // The last migration run's, then the change stream's.
+    let mut all = match &run {
+        Some(run) => target.dead_letters(&run.run_id, None).await?,
+        None => Vec::new(),
+    };
+    let stream = target.stream_dead_letters(&settings.pipeline, None).await?;
+    if run.is_none() && stream.is_empty() {
+        return Err(crate::error::Error::contract(format!(
+            "no run or stream of pipeline {} is recorded in {}",
             settings.pipeline, settings.target.url
-        ))
-    })?;
-    let Some(table) = table else { return target.dead_letters(&run.run_id, Some(limit)).await };
-    let all = target.dead_letters(&run.run_id, None).await?;
+        )));
+    }
+    all.extend(stream);
     Ok(all
         .into_iter()
-        .filter(|d| d.source_table == table || d.source_table.rsplit('.').next() == Some(table))
+        .filter(|d| table.is_none_or(|t| d.source_table == t || d.source_table.rsplit('.').next() == Some(t)))
         .take(limit)
         .collect())
 }

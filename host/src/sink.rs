@@ -367,6 +367,9 @@ pub struct RowChangeBatch {
     pub versions: Vec<(String, crate::position::Position, crate::schema_edit::TableVersion)>,
 }
 
+/// The run id `ferry dlq list` gives a change stream's dead letters.
+pub const STREAM_RUN: &str = "stream";
+
 /// The target refused a change to a table's columns
 /// ([`RowChange::Alter`]): nothing of the batch was applied.
 #[derive(Debug, thiserror::Error)]
@@ -447,6 +450,13 @@ pub trait RowChangeSink: Send {
         &mut self,
         pipeline: &str,
     ) -> anyhow::Result<Vec<(String, crate::schema_edit::TableVersion)>>;
+    /// The dead letters of the pipeline's stream, oldest first (run id
+    /// `stream`; `source_row` is the change as the stream recorded it).
+    async fn stream_dead_letters(
+        &mut self,
+        pipeline: &str,
+        limit: Option<usize>,
+    ) -> anyhow::Result<Vec<crate::control::DeadLetterRecord>>;
     /// Records (or clears, with `None`) why the pipeline's stream is paused.
     async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()>;
     /// Marks every later transaction of this connection as written by the

@@ -677,6 +677,15 @@ async fn a_realistic_workload_converges_through_kills_and_a_source_restart() {
     assert_eq!(target.scalar_i64(explained).await, 3, "each by its rejected change");
     let refused = "SELECT count(*) FROM ferry.change_dead_letters WHERE source_key = '2101' AND kind = 'load'";
     assert_eq!(target.scalar_i64(refused).await, 1, "refused once, whatever the kills");
+    // ferry dlq list shows the stream's dead letters beside the load's.
+    let dlq = p.ferry(&["dlq", "list", "--json", "--limit", "1000"]);
+    assert_eq!(dlq.code, 0, "{dlq:?}");
+    let listed = dlq.json();
+    let stream: Vec<&serde_json::Value> =
+        listed.as_array().unwrap().iter().filter(|d| d["run_id"] == "stream").collect();
+    let recorded = target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await;
+    assert_eq!(stream.len() as i64, recorded, "{listed}");
+    assert!(stream.iter().any(|d| d["source_key"] == "2101" && d["kind"] == "load"), "{listed}");
     let v = p.ferry(&["validate", "--json"]);
     assert_eq!(v.code, 0, "{v:?}");
     let line = &v.json()["tables"][0];

@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::keyset::Row;
 use crate::position::Position;
 use crate::schema::TableDef;
+use crate::sink::STREAM_RUN;
 use crate::sink::{
     ChangesApplied, FencedError, RowChange, RowChangeBatch, RowChangeSink, SchemaRefused, StreamDeadLetter,
     StreamStatus,
@@ -533,6 +534,38 @@ impl RowChangeSink for PgTables {
         .fetch_all(&mut self.conn)
         .await?;
         Ok(rows.into_iter().map(|(table, version)| (table, version.0)).collect())
+    }
+
+    async fn stream_dead_letters(
+        &mut self,
+        pipeline: &str,
+        limit: Option<usize>,
+    ) -> anyhow::Result<Vec<crate::control::DeadLetterRecord>> {
+        if !super::exists(&mut self.conn, "ferry.change_dead_letters").await? {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
+            "SELECT coalesce(source_table, ''), coalesce(source_key, ''), event, coalesce(kind, ''), reason, \
+             plugin_sha256 FROM ferry.change_dead_letters WHERE pipeline = $1 ORDER BY id LIMIT $2",
+        )
+        .bind(pipeline)
+        .bind(limit.map(|l| l as i64))
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(source_table, source_key, source_row, kind, reason, plugin_sha256)| {
+                crate::control::DeadLetterRecord {
+                    run_id: STREAM_RUN.to_string(),
+                    source_table,
+                    source_key,
+                    source_row,
+                    kind,
+                    reason,
+                    plugin_sha256,
+                }
+            })
+            .collect())
     }
 
     async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()> {

@@ -217,6 +217,43 @@ impl RowChangeSink for SqliteTables {
         Ok(newest)
     }
 
+    async fn stream_dead_letters(
+        &mut self,
+        pipeline: &str,
+        limit: Option<usize>,
+    ) -> anyhow::Result<Vec<crate::control::DeadLetterRecord>> {
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_change_dead_letters'",
+        )
+        .fetch_one(&mut self.conn)
+        .await?;
+        if exists == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
+            "SELECT coalesce(source_table, ''), coalesce(source_key, ''), event, kind, reason, plugin_sha256 \
+             FROM ferry_change_dead_letters WHERE pipeline = ?1 ORDER BY id LIMIT ?2",
+        )
+        .bind(pipeline)
+        .bind(limit.map_or(-1, |l| l as i64))
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(source_table, source_key, source_row, kind, reason, plugin_sha256)| {
+                crate::control::DeadLetterRecord {
+                    run_id: crate::sink::STREAM_RUN.to_string(),
+                    source_table,
+                    source_key,
+                    source_row,
+                    kind,
+                    reason,
+                    plugin_sha256,
+                }
+            })
+            .collect())
+    }
+
     async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()> {
         match reason {
             Some(reason) => {
