@@ -113,7 +113,7 @@ async fn until(url: &str, what: &str, sql: &str) {
 /// `ferry sync` running until killed; what it logs goes to the test's
 /// output (seen with --nocapture), where no pipe can fill up.
 fn daemon(p: &Pipeline) -> std::process::Child {
-    p.command(&["sync"]).env("FERRY_LOG", "ferry=info").stdout(std::process::Stdio::null()).spawn().unwrap()
+    p.command(&["sync"]).env("FERRY_LOG", "ferry=warn").stdout(std::process::Stdio::null()).spawn().unwrap()
 }
 
 fn has_column(table: &str, column: &str, sql_type: &str) -> String {
