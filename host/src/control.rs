@@ -93,6 +93,24 @@ pub struct DeadLetterRecord {
     pub plugin_sha256: String,
 }
 
+impl DeadLetterRecord {
+    /// A change stream's dead letter, from (source table, source key, the
+    /// change as recorded, kind, reason, plugin): run id [`crate::sink::STREAM_RUN`].
+    pub fn of_stream(
+        (source_table, source_key, source_row, kind, reason, plugin_sha256): (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+        ),
+    ) -> DeadLetterRecord {
+        let run_id = crate::sink::STREAM_RUN.to_string();
+        DeadLetterRecord { run_id, source_table, source_key, source_row, kind, reason, plugin_sha256 }
+    }
+}
+
 /// Runs, checkpoints and dead letters.
 ///
 /// Contract: a run's checkpoint and counters change only inside

@@ -50,13 +50,13 @@ impl TableVersion {
 
     /// Whether a Relation message's columns (name, type OID) are this
     /// version's (an unknown OID matches any).
-    pub fn matches(&self, columns: &[(&str, u32)]) -> bool {
+    pub fn matches<'a>(&self, columns: impl ExactSizeIterator<Item = (&'a str, u32)>) -> bool {
         self.columns.len() == columns.len()
             && self
                 .columns
                 .iter()
                 .zip(columns)
-                .all(|(c, (name, oid))| c.def.name == *name && (c.type_oid == 0 || c.type_oid == *oid))
+                .all(|(c, (name, oid))| c.def.name == name && (c.type_oid == 0 || c.type_oid == oid))
     }
 
     pub fn names(&self) -> Vec<&str> {

@@ -18,7 +18,6 @@ use crate::error::Error;
 use crate::keyset::Row;
 use crate::position::Position;
 use crate::schema::TableDef;
-use crate::sink::STREAM_RUN;
 use crate::sink::{
     ChangesApplied, FencedError, RowChange, RowChangeBatch, RowChangeSink, SchemaRefused, StreamDeadLetter,
     StreamStatus,
@@ -332,19 +331,20 @@ async fn apply_writes(
     let journal_run = journals.iter().any(Option::is_some).then_some(run_id);
     for stretch in batch.stretches() {
         if let Some(i) = stretch.alter {
-            let refused = match batch.alter_sql(i) {
+            let sql = match batch.alter_sql(i) {
                 Ok(None) => continue,
-                Ok(Some(sql)) => match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await {
-                    Ok(_) => continue,
-                    Err(e) => (batch.refused_alter(i, e.to_string()), e),
-                },
+                Ok(Some(sql)) => sql,
                 Err(refused) => {
                     let e = sqlx::Error::Protocol(refused.message.clone());
-                    (refused, e)
+                    *schema_refused = Some(refused);
+                    return Err(e);
                 }
             };
-            *schema_refused = Some(refused.0);
-            return Err(refused.1);
+            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await {
+                *schema_refused = Some(batch.refused_alter(i, e.to_string()));
+                return Err(e);
+            }
+            continue;
         }
         for &t in &stretch.truncate {
             if let Some((journal, UndoMode::BeforeImages)) = journals[t] {
@@ -552,20 +552,7 @@ impl RowChangeSink for PgTables {
         .bind(limit.map(|l| l as i64))
         .fetch_all(&mut self.conn)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(source_table, source_key, source_row, kind, reason, plugin_sha256)| {
-                crate::control::DeadLetterRecord {
-                    run_id: STREAM_RUN.to_string(),
-                    source_table,
-                    source_key,
-                    source_row,
-                    kind,
-                    reason,
-                    plugin_sha256,
-                }
-            })
-            .collect())
+        Ok(rows.into_iter().map(crate::control::DeadLetterRecord::of_stream).collect())
     }
 
     async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()> {

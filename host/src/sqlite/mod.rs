@@ -17,6 +17,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 
 use crate::db::DbUrl;
 
+/// Whether table `name` exists: the control tables are created lazily,
+/// and reading one ferry never made is reading nothing.
+pub(crate) async fn exists(conn: &mut SqliteConnection, name: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+}
+
 /// Opens a database file. The source is opened read-only (ferry never
 /// writes the legacy database); the target is created if missing and put in
 /// WAL mode, whose commits survive a killed process.

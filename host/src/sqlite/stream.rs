@@ -148,12 +148,7 @@ impl RowChangeSink for SqliteTables {
     }
 
     async fn stream_status(&mut self, pipeline: &str) -> anyhow::Result<Option<StreamStatus>> {
-        let exists: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_change_checkpoints'",
-        )
-        .fetch_one(&mut self.conn)
-        .await?;
-        if exists == 0 {
+        if !super::exists(&mut self.conn, "ferry_change_checkpoints").await? {
             return Ok(None);
         }
         type Status = (Option<i64>, Option<i64>, Option<i64>, i64, i64, Option<String>, f64, Option<f64>, Option<f64>);
@@ -191,30 +186,20 @@ impl RowChangeSink for SqliteTables {
         &mut self,
         pipeline: &str,
     ) -> anyhow::Result<Vec<(String, crate::schema_edit::TableVersion)>> {
-        let exists: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_stream_versions'",
-        )
-        .fetch_one(&mut self.conn)
-        .await?;
-        if exists == 0 {
+        if !super::exists(&mut self.conn, "ferry_stream_versions").await? {
             return Ok(Vec::new());
         }
+        // The newest version of each table (row values compare in order).
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT source_table, columns FROM ferry_stream_versions WHERE pipeline = ?1 \
-             ORDER BY source_table, commit_lsn, lsn, seq",
+            "SELECT source_table, columns FROM ferry_stream_versions v WHERE pipeline = ?1 \
+             AND (commit_lsn, lsn, seq) = (SELECT commit_lsn, lsn, seq FROM ferry_stream_versions n \
+             WHERE n.pipeline = v.pipeline AND n.source_table = v.source_table \
+             ORDER BY commit_lsn DESC, lsn DESC, seq DESC LIMIT 1)",
         )
         .bind(pipeline)
         .fetch_all(&mut self.conn)
         .await?;
-        let mut newest: Vec<(String, crate::schema_edit::TableVersion)> = Vec::new();
-        for (table, columns) in rows {
-            let version = serde_json::from_str(&columns)?;
-            match newest.iter_mut().find(|(t, _)| *t == table) {
-                Some(entry) => entry.1 = version,
-                None => newest.push((table, version)),
-            }
-        }
-        Ok(newest)
+        rows.into_iter().map(|(table, columns)| Ok((table, serde_json::from_str(&columns)?))).collect()
     }
 
     async fn stream_dead_letters(
@@ -222,12 +207,7 @@ impl RowChangeSink for SqliteTables {
         pipeline: &str,
         limit: Option<usize>,
     ) -> anyhow::Result<Vec<crate::control::DeadLetterRecord>> {
-        let exists: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_change_dead_letters'",
-        )
-        .fetch_one(&mut self.conn)
-        .await?;
-        if exists == 0 {
+        if !super::exists(&mut self.conn, "ferry_change_dead_letters").await? {
             return Ok(Vec::new());
         }
         let rows: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
@@ -238,20 +218,7 @@ impl RowChangeSink for SqliteTables {
         .bind(limit.map_or(-1, |l| l as i64))
         .fetch_all(&mut self.conn)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(source_table, source_key, source_row, kind, reason, plugin_sha256)| {
-                crate::control::DeadLetterRecord {
-                    run_id: crate::sink::STREAM_RUN.to_string(),
-                    source_table,
-                    source_key,
-                    source_row,
-                    kind,
-                    reason,
-                    plugin_sha256,
-                }
-            })
-            .collect())
+        Ok(rows.into_iter().map(crate::control::DeadLetterRecord::of_stream).collect())
     }
 
     async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()> {
@@ -274,12 +241,7 @@ impl RowChangeSink for SqliteTables {
     }
 
     async fn stream_dead_keys(&mut self, pipeline: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let exists: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'ferry_change_dead_letters'",
-        )
-        .fetch_one(&mut self.conn)
-        .await?;
-        if exists == 0 {
+        if !super::exists(&mut self.conn, "ferry_change_dead_letters").await? {
             return Ok(Vec::new());
         }
         Ok(sqlx::query_as(

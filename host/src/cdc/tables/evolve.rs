@@ -131,17 +131,7 @@ impl TablesApplier<'_> {
         if versions.is_empty() {
             return Ok(());
         }
-        let batch = RowChangeBatch {
-            pipeline: self.settings.pipeline.clone(),
-            tables: std::sync::Arc::clone(&self.targets),
-            previous: self.position,
-            next: self.position,
-            plugin_sha256: self.producers.clone(),
-            seen_until: self.stored_seen,
-            run_id: self.undo_run.clone(),
-            versions,
-            ..Default::default()
-        };
+        let batch = RowChangeBatch { versions, ..self.batch(self.stored_seen) };
         self.target.apply_row_changes(&batch).await?;
         Ok(())
     }
@@ -287,14 +277,9 @@ impl TablesApplier<'_> {
                     let until = self.until_target(t, &source);
                     return self.pause_here(t, position, reason, until, out);
                 }
-                let before = self.outputs[t][0];
-                let mut after = source.for_target(self.targets[before].name.clone(), self.settings.target.url.engine());
-                after.defer_key = false;
-                let at = self.targets.len();
-                std::sync::Arc::make_mut(&mut self.targets).push(after);
-                self.outputs[t] = vec![at];
+                step.before = Some(self.outputs[t][0]);
                 step.edits = edits;
-                step.before = Some(before);
+                self.retarget(t, &source);
             }
             Some(plugin) => {
                 // The rows before the change still need the old shape's instance.
@@ -448,6 +433,17 @@ impl TablesApplier<'_> {
             lacks: Vec::new(),
         };
         self.pause_here(t, position, reason, until, out)
+    }
+
+    /// Copied table `t`'s target, from here on, as `source` has it: a new
+    /// definition in `targets` (the changes read before keep theirs).
+    fn retarget(&mut self, t: usize, source: &TableDef) {
+        let name = self.targets[self.outputs[t][0]].name.clone();
+        let mut after = source.for_target(name, self.settings.target.url.engine());
+        after.defer_key = false;
+        let at = self.targets.len();
+        std::sync::Arc::make_mut(&mut self.targets).push(after);
+        self.outputs[t] = vec![at];
     }
 
     /// Table `t` cannot go past `position`: nothing of it is read until the
@@ -630,12 +626,7 @@ impl TablesApplier<'_> {
             }
             let Some(source) = version.apply_to(&self.base[t]) else { continue };
             if self.plan.tables[t].plugin.is_none() {
-                let before = self.outputs[t][0];
-                let mut after = source.for_target(self.targets[before].name.clone(), self.settings.target.url.engine());
-                after.defer_key = false;
-                let at = self.targets.len();
-                std::sync::Arc::make_mut(&mut self.targets).push(after);
-                self.outputs[t] = vec![at];
+                self.retarget(t, &source);
             } else {
                 self.transformers.remove(&t);
             }

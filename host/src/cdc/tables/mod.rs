@@ -464,19 +464,24 @@ impl<'a> TablesApplier<'a> {
         if seen.is_none() || seen == self.stored_seen {
             return Ok(());
         }
-        let batch = RowChangeBatch {
+        self.target.apply_row_changes(&self.batch(seen)).await?;
+        self.stored_seen = seen;
+        Ok(())
+    }
+
+    /// An empty batch from the stored position to itself (what the stream
+    /// applies is added to it).
+    fn batch(&self, seen_until: Option<i64>) -> RowChangeBatch {
+        RowChangeBatch {
             pipeline: self.settings.pipeline.clone(),
             tables: Arc::clone(&self.targets),
             previous: self.position,
             next: self.position,
             plugin_sha256: self.producers.clone(),
-            seen_until: seen,
+            seen_until,
             run_id: self.undo_run.clone(),
             ..Default::default()
-        };
-        self.target.apply_row_changes(&batch).await?;
-        self.stored_seen = seen;
-        Ok(())
+        }
     }
 
     /// Journals the stream's writes for `ferry rollback` (unless the
@@ -743,15 +748,11 @@ impl Applier for TablesApplier<'_> {
                     // Behind a pause: read again once it is resolved.
                     continue;
                 }
-                let columns: Vec<(&str, u32)> =
-                    relation.columns.iter().map(|c| (c.name.as_str(), c.type_oid)).collect();
+                // No allocation: this runs for every change.
+                let columns = relation.columns.iter().map(|c| (c.name.as_str(), c.type_oid));
                 let same = match &self.versions[t] {
-                    Some(version) => version.matches(&columns),
-                    None => columns.iter().map(|c| c.0).eq(self.plan.tables[t]
-                        .source
-                        .columns
-                        .iter()
-                        .map(|c| c.name.as_str())),
+                    Some(version) => version.matches(columns),
+                    None => columns.map(|c| c.0).eq(self.plan.tables[t].source.columns.iter().map(|c| c.name.as_str())),
                 };
                 if !same {
                     // The columns changed without a captured statement.
@@ -946,17 +947,8 @@ impl TablesApplier<'_> {
             tokio::task::block_in_place(|| self.swapper.shadow(t, &name, &rows, &result, key, columns));
             outcomes.insert(t, result.into_iter());
         }
-        let mut batch = RowChangeBatch {
-            pipeline: self.settings.pipeline.clone(),
-            tables: Arc::clone(&self.targets),
-            previous: self.position,
-            next: self.position,
-            plugin_sha256: self.producers.clone(),
-            source_commit_micros,
-            seen_until: self.watch.as_ref().map(|w| w.seen_until),
-            run_id: self.undo_run.clone(),
-            ..Default::default()
-        };
+        let mut batch =
+            RowChangeBatch { source_commit_micros, ..self.batch(self.watch.as_ref().map(|w| w.seen_until)) };
         let (mut upserts, mut deletes, mut truncates) = (0u64, 0u64, 0u64);
         let mut versions = Vec::new();
         for item in items {
