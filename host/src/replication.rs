@@ -62,6 +62,17 @@ pub trait ReplicationSource: Send {
     async fn ddl_capture(&mut self) -> anyhow::Result<bool>;
     /// Whether this connection may install the DDL capture.
     async fn may_install_ddl_capture(&mut self) -> anyhow::Result<bool>;
+    /// With the DDL capture installed: a table created from now on whose
+    /// qualified name (or an ancestor's, for a partition) matches one of
+    /// the `include` regular expressions and none of `exclude` is added
+    /// to `publication` in the transaction that creates it. Replaces what
+    /// was set for `publication`.
+    async fn publish_new_tables(
+        &mut self,
+        publication: &str,
+        include: &[String],
+        exclude: &[String],
+    ) -> anyhow::Result<()>;
     /// Removes the DDL capture, unless a replication slot other than
     /// `slot` may still rely on it.
     async fn drop_ddl_capture(&mut self, slot: &str) -> anyhow::Result<()>;

@@ -33,6 +33,7 @@ pub fn apply(r: &crate::cdc::apply::ApplyReport) -> String {
         ("pipeline", r.pipeline.clone()),
         ("lines read", r.lines.to_string()),
         ("already applied (skipped)", r.skipped_replayed.to_string()),
+        ("of excluded tables (skipped)", r.skipped_excluded.to_string()),
         ("tombstones", r.tombstones.to_string()),
         ("upserts", r.upserts.to_string()),
         ("deletes", r.deletes.to_string()),

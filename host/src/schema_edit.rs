@@ -79,35 +79,35 @@ impl TableVersion {
 
     /// The edits from this version to `next`, in the order they apply:
     /// drops, renames, type changes, constraint changes, additions.
-    pub fn edits(&self, next: &TableVersion) -> Vec<ColumnEdit> {
+    pub fn edits(&self, next: &TableVersion) -> Vec<TableEdit> {
         let mut edits = Vec::new();
         let find = |v: &'_ TableVersion, n: i16| v.columns.iter().find(|c| c.number == n).map(|c| c.def.clone());
         for old in &self.columns {
             if find(next, old.number).is_none() {
-                edits.push(ColumnEdit::Drop { name: old.def.name.clone() });
+                edits.push(TableEdit::Drop { name: old.def.name.clone() });
             }
         }
         let mut rest = Vec::new();
         for new in &next.columns {
             let Some(old) = find(self, new.number) else {
-                rest.push(ColumnEdit::Add { column: new.def.clone() });
+                rest.push(TableEdit::Add { column: new.def.clone() });
                 continue;
             };
             if old.name != new.def.name {
-                edits.push(ColumnEdit::Rename { from: old.name.clone(), to: new.def.name.clone() });
+                edits.push(TableEdit::Rename { from: old.name.clone(), to: new.def.name.clone() });
             }
             if old.sql_type != new.def.sql_type {
-                edits.push(ColumnEdit::Retype { from: old.clone(), column: new.def.clone() });
+                edits.push(TableEdit::Retype { from: old.clone(), column: new.def.clone() });
             }
             if old.nullable != new.def.nullable {
-                edits.push(ColumnEdit::Nullable { name: new.def.name.clone(), nullable: new.def.nullable });
+                edits.push(TableEdit::Nullable { name: new.def.name.clone(), nullable: new.def.nullable });
             }
             let expression = |d: &Option<ColumnDefault>| matches!(d, Some(ColumnDefault::Expression(_)));
             if old.default != new.def.default
                 && old.identity == new.def.identity
                 && (expression(&old.default) || expression(&new.def.default))
             {
-                edits.push(ColumnEdit::Default { name: new.def.name.clone(), default: new.def.default.clone() });
+                edits.push(TableEdit::Default { name: new.def.name.clone(), default: new.def.default.clone() });
             }
         }
         // Additions last, in number order: the target's columns keep the
@@ -117,9 +117,16 @@ impl TableVersion {
     }
 }
 
-/// One change to a table's columns.
+/// One change to a table: to its columns, or the table made or dropped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum ColumnEdit {
+pub enum TableEdit {
+    /// The table is new: created with its columns and key (on PostgreSQL,
+    /// a partition is created as one of `partition_of`: its parent's quoted
+    /// name and its bounds).
+    Create {
+        partition_of: Option<(String, String)>,
+    },
+    DropTable,
     Add {
         column: ColumnDef,
     },
@@ -146,42 +153,47 @@ pub enum ColumnEdit {
     },
 }
 
-impl std::fmt::Display for ColumnEdit {
+impl std::fmt::Display for TableEdit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ColumnEdit::Add { column } => write!(f, "ADD COLUMN {} {}", column.name, column.sql_type),
-            ColumnEdit::Drop { name } => write!(f, "DROP COLUMN {name}"),
-            ColumnEdit::Rename { from, to } => write!(f, "RENAME COLUMN {from} TO {to}"),
-            ColumnEdit::Retype { from, column } => {
+            TableEdit::Create { partition_of: None } => write!(f, "CREATE TABLE"),
+            TableEdit::Create { partition_of: Some((parent, bound)) } => {
+                write!(f, "CREATE TABLE … PARTITION OF {parent} {bound}")
+            }
+            TableEdit::DropTable => write!(f, "DROP TABLE"),
+            TableEdit::Add { column } => write!(f, "ADD COLUMN {} {}", column.name, column.sql_type),
+            TableEdit::Drop { name } => write!(f, "DROP COLUMN {name}"),
+            TableEdit::Rename { from, to } => write!(f, "RENAME COLUMN {from} TO {to}"),
+            TableEdit::Retype { from, column } => {
                 write!(f, "ALTER COLUMN {} TYPE {} (was {})", column.name, column.sql_type, from.sql_type)
             }
-            ColumnEdit::Nullable { name, nullable: true } => write!(f, "ALTER COLUMN {name} DROP NOT NULL"),
-            ColumnEdit::Nullable { name, nullable: false } => write!(f, "ALTER COLUMN {name} SET NOT NULL"),
-            ColumnEdit::Default { name, default: None } => write!(f, "ALTER COLUMN {name} DROP DEFAULT"),
-            ColumnEdit::Default { name, .. } => write!(f, "ALTER COLUMN {name} SET DEFAULT …"),
+            TableEdit::Nullable { name, nullable: true } => write!(f, "ALTER COLUMN {name} DROP NOT NULL"),
+            TableEdit::Nullable { name, nullable: false } => write!(f, "ALTER COLUMN {name} SET NOT NULL"),
+            TableEdit::Default { name, default: None } => write!(f, "ALTER COLUMN {name} DROP DEFAULT"),
+            TableEdit::Default { name, .. } => write!(f, "ALTER COLUMN {name} SET DEFAULT …"),
         }
     }
 }
 
-impl ColumnEdit {
+impl TableEdit {
     /// Why the edit cannot be carried to a target as it is (`None`: it can).
     /// `rewritten`: the source rewrote the table's rows in the same
     /// statement (a default computed per row, a type change).
     pub fn unsafe_reason(&self, rewritten: bool) -> Option<String> {
         match self {
-            ColumnEdit::Retype { from, column } if !widens(&from.sql_type, &column.sql_type) => Some(format!(
+            TableEdit::Retype { from, column } if !widens(&from.sql_type, &column.sql_type) => Some(format!(
                 "column {} changed type from {} to {}, which is not a widening ferry applies as it is (values \
                  could be rounded or refused on the target)",
                 column.name, from.sql_type, column.sql_type
             )),
-            ColumnEdit::Add { column } if column.identity.is_some() || column.sequence_next().is_some() => {
+            TableEdit::Add { column } if column.identity.is_some() || column.sequence_next().is_some() => {
                 Some(format!(
                     "column {} was added with values from a sequence: the source numbered its existing rows, and \
                      the target would number them in another order",
                     column.name
                 ))
             }
-            ColumnEdit::Add { column } if rewritten && column.default.is_some() => Some(format!(
+            TableEdit::Add { column } if rewritten && column.default.is_some() => Some(format!(
                 "column {} was added with a volatile default: the source computed a value for each existing row, \
                  which the target cannot compute again",
                 column.name
@@ -198,7 +210,12 @@ impl ColumnEdit {
         let alter = |what: String| Ok(Some(format!("ALTER TABLE {table} {what}")));
         let pg = def.engine == Engine::Postgres;
         match self {
-            ColumnEdit::Add { column } => {
+            TableEdit::Create { partition_of: Some((parent, bound)) } if pg => {
+                Ok(Some(format!("CREATE TABLE {} PARTITION OF {parent} {bound}", def.quoted())))
+            }
+            TableEdit::Create { .. } => Ok(Some(def.create_sql(&Default::default(), &Default::default()))),
+            TableEdit::DropTable => Ok(Some(format!("DROP TABLE {}", def.quoted()))),
+            TableEdit::Add { column } => {
                 let sql_type = crate::schema::carried_type(&column.kind, &column.sql_type, def.engine);
                 let default = match (&column.default, pg) {
                     (Some(ColumnDefault::Expression(e)), true) => format!(" DEFAULT {e}"),
@@ -207,30 +224,30 @@ impl ColumnEdit {
                 let not_null = if column.nullable { "" } else { " NOT NULL" };
                 alter(format!("ADD COLUMN {} {sql_type}{not_null}{default}", quote_ident(&column.name)))
             }
-            ColumnEdit::Drop { name } => alter(format!("DROP COLUMN {}", quote_ident(name))),
-            ColumnEdit::Rename { from, to } => {
+            TableEdit::Drop { name } => alter(format!("DROP COLUMN {}", quote_ident(name))),
+            TableEdit::Rename { from, to } => {
                 alter(format!("RENAME COLUMN {} TO {}", quote_ident(from), quote_ident(to)))
             }
-            ColumnEdit::Retype { column, .. } if pg => {
+            TableEdit::Retype { column, .. } if pg => {
                 let name = quote_ident(&column.name);
                 alter(format!("ALTER COLUMN {name} TYPE {0} USING {name}::{0}", column.sql_type))
             }
-            ColumnEdit::Retype { column, .. } => Err(format!(
+            TableEdit::Retype { column, .. } => Err(format!(
                 "SQLite cannot change the type of column {} of {} (the table would have to be rebuilt)",
                 column.name, def.name
             )),
-            ColumnEdit::Nullable { name, nullable } if pg => {
+            TableEdit::Nullable { name, nullable } if pg => {
                 alter(format!("ALTER COLUMN {} {} NOT NULL", quote_ident(name), if *nullable { "DROP" } else { "SET" }))
             }
-            ColumnEdit::Default { name, default: Some(ColumnDefault::Expression(e)) } if pg => {
+            TableEdit::Default { name, default: Some(ColumnDefault::Expression(e)) } if pg => {
                 alter(format!("ALTER COLUMN {} SET DEFAULT {e}", quote_ident(name)))
             }
-            ColumnEdit::Default { name, default: None } if pg => {
+            TableEdit::Default { name, default: None } if pg => {
                 alter(format!("ALTER COLUMN {} DROP DEFAULT", quote_ident(name)))
             }
             // SQLite cannot alter a column's constraints; a sequence's
             // default is the schema copy's.
-            ColumnEdit::Nullable { .. } | ColumnEdit::Default { .. } => Ok(None),
+            TableEdit::Nullable { .. } | TableEdit::Default { .. } => Ok(None),
         }
     }
 }
@@ -297,16 +314,16 @@ mod tests {
         let before = version(&[(1, "id", "integer"), (2, "qty", "integer"), (3, "note", "text")]);
         // The last column renamed: same number.
         let renamed = version(&[(1, "id", "integer"), (2, "qty", "integer"), (3, "remark", "text")]);
-        assert_eq!(before.edits(&renamed), vec![ColumnEdit::Rename { from: "note".into(), to: "remark".into() }]);
+        assert_eq!(before.edits(&renamed), vec![TableEdit::Rename { from: "note".into(), to: "remark".into() }]);
         // Dropped and added under the same name: a new number.
         let again = version(&[(1, "id", "integer"), (2, "qty", "integer"), (4, "note", "text")]);
         assert_eq!(
             before.edits(&again),
-            vec![ColumnEdit::Drop { name: "note".into() }, ColumnEdit::Add { column: column("note", "text") }]
+            vec![TableEdit::Drop { name: "note".into() }, TableEdit::Add { column: column("note", "text") }]
         );
         let widened = version(&[(1, "id", "integer"), (2, "qty", "bigint"), (3, "note", "text")]);
         let edits = before.edits(&widened);
-        assert!(matches!(&edits[..], [ColumnEdit::Retype { column, .. }] if column.sql_type == "bigint"));
+        assert!(matches!(&edits[..], [TableEdit::Retype { column, .. }] if column.sql_type == "bigint"));
         assert_eq!(edits[0].unsafe_reason(true), None);
     }
 
@@ -348,14 +365,14 @@ mod tests {
         );
         let mut note = column("note", "text");
         note.default = Some(ColumnDefault::Expression("'none'::text".into()));
-        let add = ColumnEdit::Add { column: note };
+        let add = TableEdit::Add { column: note };
         assert_eq!(
             add.sql(&pg).unwrap().unwrap(),
             r#"ALTER TABLE "public"."items" ADD COLUMN "note" text DEFAULT 'none'::text"#
         );
         let lite = pg.for_target(crate::db::TableName { schema: None, name: "items".into() }, Engine::Sqlite);
         assert_eq!(add.sql(&lite).unwrap().unwrap(), r#"ALTER TABLE "items" ADD COLUMN "note" TEXT"#);
-        let retype = ColumnEdit::Retype { from: column("id", "integer"), column: column("id", "bigint") };
+        let retype = TableEdit::Retype { from: column("id", "integer"), column: column("id", "bigint") };
         assert!(retype.sql(&lite).is_err());
         assert_eq!(
             retype.sql(&pg).unwrap().unwrap(),

@@ -113,6 +113,59 @@ impl TableSelection {
         patterns.iter().any(|p| if p.as_str().contains('.') { p.matches(&qualified) } else { p.matches(&name.name) })
     }
 
+    /// Whether `name` is one of the tables `include` brings in by itself
+    /// (matched, not excluded, with no `[[tables]]` entry): a table a
+    /// change stream follows from its creation.
+    pub fn includes(&self, name: &TableName) -> bool {
+        TableSelection::matches(&self.include, name)
+            && !TableSelection::matches(&self.exclude, name)
+            && self.spec(name).is_none()
+    }
+
+    /// `patterns` as POSIX regular expressions on `schema.table` that match
+    /// what [`TableSelection::matches`] matches (for the source's own
+    /// catalog to select new tables with).
+    pub fn regexes(patterns: &[glob::Pattern]) -> Vec<String> {
+        patterns
+            .iter()
+            .map(|p| {
+                let glob = p.as_str();
+                let mut re = String::from(if glob.contains('.') { "^" } else { "^[^.]*\\." });
+                let mut chars = glob.chars().peekable();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '*' => re.push_str(".*"),
+                        '?' => re.push('.'),
+                        '[' => {
+                            re.push('[');
+                            if chars.peek() == Some(&'!') {
+                                chars.next();
+                                re.push('^');
+                            }
+                            for c in chars.by_ref() {
+                                if c == '\\' {
+                                    re.push_str("\\\\");
+                                    continue;
+                                }
+                                re.push(c);
+                                if c == ']' {
+                                    break;
+                                }
+                            }
+                        }
+                        c if "\\.+()|{}^$]".contains(c) => {
+                            re.push('\\');
+                            re.push(c);
+                        }
+                        c => re.push(c),
+                    }
+                }
+                re.push('$');
+                re
+            })
+            .collect()
+    }
+
     /// The explicit entry for a source table, if any.
     pub fn spec(&self, name: &TableName) -> Option<&TableSpec> {
         self.tables.iter().find(|t| &t.source == name || (t.source.schema.is_none() && t.source.name == name.name))
@@ -520,4 +573,19 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("ferry"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TableSelection;
+
+    #[test]
+    fn include_patterns_become_the_regexes_the_source_matches_new_tables_with() {
+        let patterns: Vec<glob::Pattern> =
+            ["public.*", "order?", "sales.a[!b]c", "x+y"].iter().map(|p| glob::Pattern::new(p).unwrap()).collect();
+        assert_eq!(
+            TableSelection::regexes(&patterns),
+            ["^public\\..*$", "^[^.]*\\.order.$", "^sales\\.a[^b]c$", "^[^.]*\\.x\\+y$"]
+        );
+    }
 }

@@ -279,7 +279,7 @@ pub enum RowChange {
     Truncate,
     /// Change the table's columns (the table as it is before the edit;
     /// the writes after it name the table's next definition).
-    Alter(crate::schema_edit::ColumnEdit),
+    Alter(crate::schema_edit::TableEdit),
 }
 
 /// A change and where it goes.
@@ -312,6 +312,25 @@ pub struct ChangeOrigin {
     pub event: String,
 }
 
+/// Each dead letter with the key it is recorded under: its change's
+/// `dedup_key`, numbered (`#1`, `#2`, …) after the first where one change
+/// has several (a key change's delete and upsert share a position; a
+/// plugin's rows refused in two tables), so none is dropped as a
+/// duplicate while the counters count it.
+pub fn dedup_keys<'a>(dead: impl Iterator<Item = &'a StreamDeadLetter>) -> Vec<(&'a StreamDeadLetter, String)> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    dead.map(|d| {
+        let n = seen.entry(d.origin.dedup_key.as_str()).or_insert(0);
+        let key = match *n {
+            0 => d.origin.dedup_key.clone(),
+            n => format!("{}#{n}", d.origin.dedup_key),
+        };
+        *n += 1;
+        (d, key)
+    })
+    .collect()
+}
+
 /// A change that was not applied, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamDeadLetter {
@@ -321,6 +340,17 @@ pub struct StreamDeadLetter {
 }
 
 impl ChangeOrigin {
+    /// This origin with `row` (the change's values by column) in its
+    /// event: what a dead letter keeps of the change.
+    pub fn with_row(&self, row: serde_json::Value) -> ChangeOrigin {
+        let mut event: serde_json::Value =
+            serde_json::from_str(&self.event).unwrap_or_else(|_| serde_json::json!({ "event": self.event }));
+        if let Some(map) = event.as_object_mut() {
+            map.insert("row".into(), row);
+        }
+        ChangeOrigin { event: event.to_string(), ..self.clone() }
+    }
+
     /// The dead letter of `change`, which the target table `target`
     /// refused with `message`.
     pub fn refused(&self, target: &crate::schema::TableDef, change: &RowChange, message: &str) -> StreamDeadLetter {
@@ -330,8 +360,12 @@ impl ChangeOrigin {
             RowChange::Truncate => "the truncate".to_string(),
             RowChange::Alter(edit) => format!("{edit}"),
         };
+        let origin = match change {
+            RowChange::Upsert(row) => self.with_row(crate::keyset::row_json(target, row)),
+            _ => self.clone(),
+        };
         StreamDeadLetter {
-            origin: self.clone(),
+            origin,
             kind: DeadLetterKind::Load,
             reason: format!("the target refused {row} of {}: {message}", target.name),
         }
@@ -612,5 +646,26 @@ impl RowChangeBatch {
             out.push(stretch);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_dead_letters_of_one_change_are_each_recorded() {
+        let origin = |dedup_key: &str| ChangeOrigin {
+            dedup_key: dedup_key.into(),
+            source_table: "public.t".into(),
+            source_key: Some("1".into()),
+            event: r#"{"pgoutput":"update"}"#.into(),
+        };
+        let dead = |key: &str| StreamDeadLetter { origin: origin(key), kind: DeadLetterKind::Load, reason: "r".into() };
+        let letters = [dead("0/1/0/0+1"), dead("0/1/0/0+1"), dead("0/1/0/0+2"), dead("0/1/0/0+1")];
+        let keys: Vec<String> = dedup_keys(letters.iter()).into_iter().map(|(_, k)| k).collect();
+        assert_eq!(keys, ["0/1/0/0+1", "0/1/0/0+1#1", "0/1/0/0+2", "0/1/0/0+1#2"]);
+        let kept = origin("x").with_row(serde_json::json!({ "id": 1 }));
+        assert_eq!(kept.event, r#"{"pgoutput":"update","row":{"id":1}}"#);
     }
 }

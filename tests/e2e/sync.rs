@@ -677,6 +677,14 @@ async fn a_realistic_workload_converges_through_kills_and_a_source_restart() {
     assert_eq!(target.scalar_i64(explained).await, 3, "each by its rejected change");
     let refused = "SELECT count(*) FROM ferry.change_dead_letters WHERE source_key = '2101' AND kind = 'load'";
     assert_eq!(target.scalar_i64(refused).await, 1, "refused once, whatever the kills");
+    // Each keeps the row: the source's as the plugin rejected it, the
+    // target's as the target refused it.
+    let whole = "SELECT count(DISTINCT source_key) FROM ferry.change_dead_letters WHERE kind = 'reject' \
+                 AND source_key IN ('2001', '2002') AND event::jsonb -> 'row' ->> 'metadata' = '{bad'";
+    assert_eq!(target.scalar_i64(whole).await, 2, "the rejected source rows are kept whole");
+    let target_row = "SELECT count(*) FROM ferry.change_dead_letters WHERE source_key = '2101' AND kind = 'load' \
+                      AND event::jsonb -> 'row' ->> 'first_name' = 'Refused'";
+    assert_eq!(target.scalar_i64(target_row).await, 1, "the refused row is kept whole");
     // ferry dlq list shows the stream's dead letters beside the load's.
     let dlq = p.ferry(&["dlq", "list", "--json", "--limit", "1000"]);
     assert_eq!(dlq.code, 0, "{dlq:?}");

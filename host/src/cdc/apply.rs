@@ -24,6 +24,9 @@ pub struct ApplyReport {
     pub tombstones: u64,
     /// Items already applied before (positions at or before the checkpoint).
     pub skipped_replayed: u64,
+    /// Changes of tables `source.exclude` leaves out that the publication
+    /// carries (published when they were made, excluded since).
+    pub skipped_excluded: u64,
     pub upserts: u64,
     pub deletes: u64,
     pub truncates: u64,

@@ -1,10 +1,12 @@
 //! The DDL capture's messages ([`crate::replication::DDL_MESSAGE_PREFIX`]):
-//! what one statement that changed tables' columns says, at its place in
-//! the stream — each table it touched with its columns after it.
+//! what one statement that changed tables says, at its place in the stream
+//! — each table it created or altered with its columns and key after it,
+//! and the tables it dropped.
 
 use serde::Deserialize;
 
-use crate::schema::{ColumnDef, ColumnDefault, Identity};
+use crate::db::{Engine, TableName};
+use crate::schema::{ColumnDef, ColumnDefault, Identity, TableDef};
 use crate::schema_edit::{TableVersion, VersionColumn};
 use crate::value::Kind;
 
@@ -14,6 +16,30 @@ pub struct Captured {
     /// The command tag (`ALTER TABLE`, `CREATE TABLE`, …).
     pub tag: String,
     pub tables: Vec<CapturedTable>,
+    /// The tables the statement dropped.
+    #[serde(default)]
+    pub dropped: Vec<NamedTable>,
+}
+
+/// A table by its schema and name.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedTable {
+    pub schema: String,
+    pub name: String,
+}
+
+impl NamedTable {
+    pub fn table_name(&self) -> TableName {
+        TableName { schema: Some(self.schema.clone()), name: self.name.clone() }
+    }
+}
+
+/// Where a partition sits: its parent and its bounds (`FOR VALUES …`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PartitionOf {
+    pub schema: String,
+    pub name: String,
+    pub bound: String,
 }
 
 /// A table the statement touched, as it is after it.
@@ -25,6 +51,11 @@ pub struct CapturedTable {
     /// type change).
     pub rewritten: bool,
     pub columns: Vec<CapturedColumn>,
+    /// The primary key's columns, in key order (empty: none).
+    #[serde(default)]
+    pub key: Vec<String>,
+    #[serde(default)]
+    pub partition_of: Option<PartitionOf>,
 }
 
 /// A column as the catalog holds it (the shape `PgTables::describe` reads).
@@ -83,6 +114,19 @@ impl CapturedTable {
             .collect();
         TableVersion { columns }
     }
+
+    pub fn table_name(&self) -> TableName {
+        TableName { schema: Some(self.schema.clone()), name: self.name.clone() }
+    }
+
+    /// The table as the stream reads it: the version's columns and the
+    /// primary key (`None`: it has none).
+    pub fn def(&self) -> Option<TableDef> {
+        let columns: Vec<ColumnDef> = self.version().columns.into_iter().map(|c| c.def).collect();
+        let key: Vec<usize> =
+            self.key.iter().map(|k| columns.iter().position(|c| c.name == *k)).collect::<Option<_>>()?;
+        (!key.is_empty()).then(|| TableDef::new(self.table_name(), Engine::Postgres, columns, key))
+    }
 }
 
 #[cfg(test)]
@@ -107,6 +151,27 @@ mod tests {
         assert_eq!(version.columns[1].def.kind, Kind::Array(Box::new(Kind::Text)));
         assert_eq!(version.columns[1].def.default, Some(ColumnDefault::Expression("'{}'::text[]".into())));
         assert!(version.columns[0].def.identity.as_ref().is_some_and(|i| i.always));
+        assert!(captured.tables[0].def().is_none(), "no key captured");
         assert!(Captured::parse(b"{").is_err());
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[test]
+    fn a_created_table_has_its_key_and_a_dropped_one_its_name() {
+        let message = br#"{"tag": "CREATE TABLE", "tables": [{"oid": 1, "schema": "public", "name": "notes",
+            "rewritten": false, "key": ["id"], "partition_of": null, "columns": [
+              {"number": 1, "name": "body", "sql_type": "text", "not_null": false, "base": "text", "category": "S",
+               "elem": null, "identity": "", "generated": "", "default": null},
+              {"number": 2, "name": "id", "sql_type": "bigint", "not_null": true, "base": "int8", "category": "N",
+               "elem": null, "identity": "", "generated": "", "default": null}]}]}"#;
+        let def = Captured::parse(message).unwrap().tables[0].def().unwrap();
+        assert_eq!(def.name.to_string(), "public.notes");
+        assert_eq!(def.primary_key, [1]);
+        let dropped = br#"{"tag": "DROP TABLE", "tables": [], "dropped": [{"schema": "public", "name": "old"}]}"#;
+        assert_eq!(Captured::parse(dropped).unwrap().dropped[0].table_name().to_string(), "public.old");
     }
 }

@@ -31,17 +31,32 @@ impl PgReplication {
     }
 }
 
-/// The DDL capture: two event triggers and their functions in schema
+/// The DDL capture: three event triggers and their functions in schema
 /// `ferry` of the source. `table_rewrite` notes (transaction-locally) which
 /// tables a statement rewrote; `ddl_command_end` writes one transactional
 /// logical message with every ordinary or partitioned table the statement
 /// touched and its columns after it (each with its `attnum`, which a rename
 /// keeps), in the same shape as the catalog reading of
-/// `PgTables::describe`. SECURITY DEFINER: the application's role need not
-/// be allowed to write logical messages; any failure is a warning, never
-/// the application's error.
+/// `PgTables::describe`, with its primary key, its oid and, for a
+/// partition, its parent and bounds; `sql_drop` writes one with the tables
+/// a statement dropped. A table a statement creates is first added to each
+/// publication of `ferry.capture_publish` whose patterns match it (or an
+/// ancestor of it): in the same transaction, so its first rows are in the
+/// stream. SECURITY DEFINER: the application's role need not be allowed to
+/// write logical messages nor alter publications; a failure to read the
+/// catalog or to publish is a warning, never the application's error. The
+/// message itself is written outside any subtransaction of the function:
+/// logical decoding merges a subtransaction's changes with its parent's by
+/// LSN, and a message written in one came after the next change of the
+/// statement's transaction (`ALTER …; INSERT …` delivered the INSERT
+/// first).
 const DDL_CAPTURE: &str = r#"
 CREATE SCHEMA IF NOT EXISTS ferry;
+CREATE TABLE IF NOT EXISTS ferry.capture_publish (
+    publication text PRIMARY KEY,
+    include text[] NOT NULL,
+    exclude text[] NOT NULL
+);
 CREATE OR REPLACE FUNCTION ferry.capture_rewrite() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $capture$
 BEGIN
@@ -55,7 +70,32 @@ CREATE OR REPLACE FUNCTION ferry.capture_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $capture$
 DECLARE
     changed jsonb;
+    created record;
+    publication text;
 BEGIN
+  BEGIN
+    FOR created IN
+        SELECT DISTINCT c.oid, n.nspname, c.relname FROM pg_event_trigger_ddl_commands() e
+        JOIN pg_class c ON c.oid = e.objid AND e.classid = 'pg_class'::regclass
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE e.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') AND c.relkind = 'r'
+          AND n.nspname <> 'ferry'
+    LOOP
+        FOR publication IN
+            SELECT p.publication FROM ferry.capture_publish p
+            WHERE EXISTS (
+                SELECT 1 FROM (SELECT created.oid AS relid UNION SELECT relid FROM pg_partition_ancestors(created.oid)) a
+                JOIN pg_class ac ON ac.oid = a.relid JOIN pg_namespace an ON an.oid = ac.relnamespace
+                WHERE an.nspname || '.' || ac.relname ~ ANY (p.include)
+                  AND NOT (an.nspname || '.' || ac.relname ~ ANY (p.exclude)))
+        LOOP
+            BEGIN
+                EXECUTE format('ALTER PUBLICATION %I ADD TABLE %I.%I', publication, created.nspname, created.relname);
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'ferry DDL capture: publishing %.%: %', created.nspname, created.relname, SQLERRM;
+            END;
+        END LOOP;
+    END LOOP;
     SELECT coalesce(jsonb_agg(t ORDER BY t.oid), '[]'::jsonb) INTO changed FROM (
         SELECT DISTINCT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS name,
             strpos(coalesce(current_setting('ferry.rewritten', true), ''), ',' || c.oid || ',') > 0 AS rewritten,
@@ -70,24 +110,59 @@ BEGIN
              JOIN pg_type bt ON bt.oid = CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
              LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
              LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
+            (SELECT coalesce(jsonb_agg(a.attname::text ORDER BY k.ord), '[]'::jsonb)
+             FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             WHERE i.indrelid = c.oid AND i.indisprimary) AS key,
+            (SELECT jsonb_build_object('schema', pn.nspname::text, 'name', pc.relname::text,
+                    'bound', pg_get_expr(c.relpartbound, c.oid))
+             FROM pg_inherits h JOIN pg_class pc ON pc.oid = h.inhparent
+             JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+             WHERE h.inhrelid = c.oid AND c.relispartition) AS partition_of
         FROM pg_event_trigger_ddl_commands() e
         JOIN pg_class c ON c.oid = e.objid AND e.classid = 'pg_class'::regclass
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'ferry') t;
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'ferry DDL capture: %', SQLERRM;
+    changed := NULL;
+  END;
     PERFORM set_config('ferry.rewritten', '', true);
+    -- Outside the block above (a subtransaction): a message of another
+    -- subtransaction is merged with the statement's later changes by LSN,
+    -- and can come after the first of them.
     IF jsonb_array_length(changed) > 0 THEN
         PERFORM pg_logical_emit_message(true, 'ferry.ddl',
             jsonb_build_object('tag', tg_tag, 'tables', changed)::text);
     END IF;
-EXCEPTION WHEN OTHERS THEN
+END
+$capture$;
+CREATE OR REPLACE FUNCTION ferry.capture_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $capture$
+DECLARE
+    dropped jsonb;
+BEGIN
+  BEGIN
+    SELECT coalesce(jsonb_agg(jsonb_build_object('schema', o.schema_name, 'name', o.object_name)), '[]'::jsonb)
+    INTO dropped FROM pg_event_trigger_dropped_objects() o
+    WHERE o.object_type = 'table' AND NOT o.is_temporary AND o.schema_name <> 'ferry';
+  EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'ferry DDL capture: %', SQLERRM;
+    dropped := NULL;
+  END;
+    IF jsonb_array_length(dropped) > 0 THEN
+        PERFORM pg_logical_emit_message(true, 'ferry.ddl',
+            jsonb_build_object('tag', tg_tag, 'tables', '[]'::jsonb, 'dropped', dropped)::text);
+    END IF;
 END
 $capture$;
 DROP EVENT TRIGGER IF EXISTS ferry_capture_rewrite;
 CREATE EVENT TRIGGER ferry_capture_rewrite ON table_rewrite EXECUTE FUNCTION ferry.capture_rewrite();
 DROP EVENT TRIGGER IF EXISTS ferry_capture_ddl;
 CREATE EVENT TRIGGER ferry_capture_ddl ON ddl_command_end EXECUTE FUNCTION ferry.capture_ddl();
+DROP EVENT TRIGGER IF EXISTS ferry_capture_drop;
+CREATE EVENT TRIGGER ferry_capture_drop ON sql_drop EXECUTE FUNCTION ferry.capture_drop();
 "#;
 
 #[async_trait]
@@ -118,13 +193,32 @@ impl ReplicationSource for PgReplication {
 
     async fn ddl_capture(&mut self) -> anyhow::Result<bool> {
         let enabled: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_event_trigger WHERE evtname IN ('ferry_capture_ddl', 'ferry_capture_rewrite') \
-             AND evtenabled <> 'D'",
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname IN ('ferry_capture_ddl', 'ferry_capture_rewrite', \
+             'ferry_capture_drop') AND evtenabled <> 'D'",
         )
         .fetch_one(&mut self.conn)
         .await
         .map_err(|e| self.err("reading event triggers".into(), &e))?;
-        Ok(enabled == 2)
+        Ok(enabled == 3)
+    }
+
+    async fn publish_new_tables(
+        &mut self,
+        publication: &str,
+        include: &[String],
+        exclude: &[String],
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO ferry.capture_publish (publication, include, exclude) VALUES ($1, $2, $3) \
+             ON CONFLICT (publication) DO UPDATE SET include = excluded.include, exclude = excluded.exclude",
+        )
+        .bind(publication)
+        .bind(include)
+        .bind(exclude)
+        .execute(&mut self.conn)
+        .await
+        .map_err(|e| self.err(format!("setting which new tables publication {publication} gets"), &e))?;
+        Ok(())
     }
 
     async fn drop_ddl_capture(&mut self, slot: &str) -> anyhow::Result<()> {
@@ -142,8 +236,11 @@ impl ReplicationSource for PgReplication {
         for statement in [
             "DROP EVENT TRIGGER IF EXISTS ferry_capture_ddl",
             "DROP EVENT TRIGGER IF EXISTS ferry_capture_rewrite",
+            "DROP EVENT TRIGGER IF EXISTS ferry_capture_drop",
             "DROP FUNCTION IF EXISTS ferry.capture_ddl()",
             "DROP FUNCTION IF EXISTS ferry.capture_rewrite()",
+            "DROP FUNCTION IF EXISTS ferry.capture_drop()",
+            "DROP TABLE IF EXISTS ferry.capture_publish",
         ] {
             sqlx::query(statement)
                 .execute(&mut self.conn)
@@ -283,6 +380,18 @@ impl ReplicationSource for PgReplication {
             .execute(&mut self.conn)
             .await
             .map_err(|e| self.err(format!("dropping replication slot {slot} (is a ferry sync still running?)"), &e))?;
+        // The DDL capture (if any) no longer adds new tables to it.
+        let captures: bool = sqlx::query_scalar("SELECT to_regclass('ferry.capture_publish') IS NOT NULL")
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err("looking for the DDL capture".into(), &e))?;
+        if captures {
+            sqlx::query("DELETE FROM ferry.capture_publish WHERE publication = $1")
+                .bind(publication)
+                .execute(&mut self.conn)
+                .await
+                .map_err(|e| self.err(format!("forgetting publication {publication} in the DDL capture"), &e))?;
+        }
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication))))
             .execute(&mut self.conn)
             .await

@@ -306,14 +306,14 @@ impl RowChangeSink for SqliteTables {
                 }
             }
         }
-        for d in batch.dead.iter().chain(&refused) {
+        for (d, dedup_key) in crate::sink::dedup_keys(batch.dead.iter().chain(&refused)) {
             sqlx::query(
                 "INSERT INTO ferry_change_dead_letters \
                  (pipeline, dedup_key, source_table, source_key, event, kind, reason, plugin_sha256) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (pipeline, dedup_key) DO NOTHING",
             )
             .bind(&batch.pipeline)
-            .bind(&d.origin.dedup_key)
+            .bind(dedup_key)
             .bind(&d.origin.source_table)
             .bind(&d.origin.source_key)
             .bind(&d.origin.event)

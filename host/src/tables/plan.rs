@@ -106,6 +106,14 @@ pub struct Plan {
     /// [`crate::sink::RowSink::skip_triggers`]), in any order; set by
     /// [`super::pre_data::plan`].
     pub skip_triggers: bool,
+    /// A change stream's tables that `include` brings in but the stream
+    /// has not met yet: made past its stored position (it makes them when
+    /// it reads the statement that made them), or new to the pipeline.
+    pub later: Vec<TableName>,
+    /// A change stream's tables the source dropped past its stored
+    /// position: planned from their stored version and target table until
+    /// the stream reads the drop.
+    pub dropped: Vec<TableName>,
 }
 
 impl Plan {
@@ -235,9 +243,46 @@ pub async fn plan_as_of(
         }
         names = leaves;
     }
+    // A change stream knows its tables by their stored versions (an empty
+    // one: dropped): what it does not know yet waits for the statement
+    // that made it, and what the source dropped since stays until the
+    // stream reads the drop.
+    let (mut later, mut dropped, mut stay) = (Vec::new(), Vec::new(), Vec::new());
+    let known = |name: &TableName| versions.iter().any(|(t, v)| *t == name.to_string() && !v.columns.is_empty());
+    if !versions.is_empty() {
+        names.retain(|name| {
+            let keep = known(name) || selection.spec(name).is_some();
+            if !keep {
+                later.push(name.clone());
+            }
+            keep
+        });
+        for (table, version) in versions.iter().filter(|(_, v)| !v.columns.is_empty()) {
+            let Ok(name) = TableName::parse(table) else { continue };
+            if names.contains(&name) || source.describe(&name).await?.is_some() {
+                continue;
+            }
+            let target_name = match target_engine {
+                Engine::Sqlite => TableName { schema: None, name: name.name.clone() },
+                _ => name.clone(),
+            };
+            let Some(there) = target.describe(&target_name).await? else { continue };
+            let engine = settings.source.url.engine();
+            let Some(def) = version.apply_to(&TableDef { name: name.clone(), engine, ..there }) else { continue };
+            let output = Output { def: def.for_target(target_name, target_engine), create: false };
+            dropped.push(name);
+            stay.push(PlannedTable {
+                source: def,
+                outputs: vec![output],
+                plugin: None,
+                on_conflict: settings.on_conflict,
+                schema_made: false,
+            });
+        }
+    }
     let mut problems = Vec::new();
     let mut kind = crate::error::ErrorKind::Contract;
-    let mut tables = Vec::new();
+    let mut tables = stay;
     let mut seen_targets: HashMap<TableName, TableName> = HashMap::new();
     for name in names {
         let spec = selection.spec(&name);
@@ -428,7 +473,7 @@ pub async fn plan_as_of(
     let defs: Vec<TableDef> = tables.iter().map(|t| t.source.clone()).collect();
     let order = dependency_order(&defs);
     let tables = order.into_iter().map(|i| tables[i].clone()).collect();
-    Ok(Plan { tables, names: map, schema: None, skip_triggers: false })
+    Ok(Plan { tables, names: map, schema: None, skip_triggers: false, later, dropped })
 }
 
 /// Whether a PostgreSQL column of kind `column` holds values of kind

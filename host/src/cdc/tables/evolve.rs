@@ -31,15 +31,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Change, Op, TablesApplier, names_table};
-use crate::cdc::ddl::Captured;
+use crate::cdc::ddl::{Captured, CapturedTable};
 use crate::cdc::pgoutput::Relation;
-use crate::db::TableName;
+use crate::db::{Engine, TableName};
 use crate::error::Error;
 use crate::plugin::TableTransformer;
 use crate::position::Position;
 use crate::schema::TableDef;
-use crate::schema_edit::{ColumnEdit, TableVersion, VersionColumn};
+use crate::schema_edit::{TableEdit, TableVersion, VersionColumn};
 use crate::sink::{RowChangeBatch, SchemaRefused};
+use crate::tables::{Output, PlannedTable};
 
 /// A table's columns change here.
 pub(crate) struct Step {
@@ -51,7 +52,7 @@ pub(crate) struct Step {
     pub(super) provisional: bool,
     /// A copied table: the edits to make on its target table as it was
     /// (`before`, in the applier's `targets`).
-    pub(super) edits: Vec<ColumnEdit>,
+    pub(super) edits: Vec<TableEdit>,
     pub(super) before: Option<usize>,
     /// A plugin table: its instance, told the new shape.
     pub(super) transformer: Option<TableTransformer>,
@@ -70,6 +71,9 @@ pub(crate) enum Until {
     Target { table: TableName, has: Vec<(String, Option<String>)>, lacks: Vec<String> },
     /// Planned table `t` runs another plugin version than `sha256`.
     Plugin { t: usize, sha256: String },
+    /// Only a change of the pipeline resolves it: the stream waits to be
+    /// stopped (and started again with the change).
+    Restart,
 }
 
 /// What became of a segment of a group.
@@ -147,15 +151,161 @@ impl TablesApplier<'_> {
             }
         };
         tracing::debug!(tag = %captured.tag, at = %position, tables = captured.tables.len(), "a captured statement");
+        for dropped in &captured.dropped {
+            let name = dropped.table_name();
+            self.keyless_new.remove(&name);
+            if let Some(t) = self.live_table(&name).filter(|t| !self.blocked.contains(t)) {
+                self.drop_table(t, &captured.tag, position, out);
+            }
+        }
         for table in &captured.tables {
-            let found = self.plan.tables.iter().position(|p| names_table(&p.source, Some(&table.schema), &table.name));
-            let Some(t) = found.filter(|t| !self.blocked.contains(t)) else { continue };
-            let version = table.version();
-            if !self.settle_provisional(t, &version, table.rewritten, position, out) {
-                self.schema_change(t, version, table.rewritten, &captured.tag, position, out)?;
+            match self.live_table(&table.table_name()) {
+                Some(t) if self.blocked.contains(&t) => {}
+                Some(t) => {
+                    let version = table.version();
+                    if !self.settle_provisional(t, &version, table.rewritten, position, out) {
+                        self.schema_change(t, version, table.rewritten, &captured.tag, position, out)?;
+                    }
+                }
+                None if self.follows_new(table, &captured.tag) => self.new_table(table, position, out),
+                None => {}
             }
         }
         Ok(())
+    }
+
+    /// The planned table named `name` that the stream follows now.
+    pub(super) fn live_table(&self, name: &TableName) -> Option<usize> {
+        (0..self.plan.tables.len()).find(|t| {
+            !self.gone.contains(t) && names_table(&self.plan.tables[*t].source, name.schema.as_deref(), &name.name)
+        })
+    }
+
+    /// Whether a table the statement `tag` touched, outside the plan, is a
+    /// new one the pipeline's `include` brings in (itself or, for a
+    /// partition, its parent).
+    fn follows_new(&self, table: &CapturedTable, tag: &str) -> bool {
+        let Some(selection) = &self.selection else { return false };
+        let name = table.table_name();
+        let created = matches!(tag, "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO");
+        let parent =
+            table.partition_of.as_ref().map(|p| TableName { schema: Some(p.schema.clone()), name: p.name.clone() });
+        (created || self.keyless_new.contains(&name))
+            && (selection.includes(&name)
+                || parent.is_some_and(|p| selection.includes(&p) && self.live_table(&p).is_none()))
+    }
+
+    /// `table`, created in the source and brought in by the pipeline's
+    /// `include`: from `position` on a copied table like the others, made
+    /// on the target in the transaction that begins there (its rows all
+    /// follow in the stream: the capture published it in the transaction
+    /// that created it). Without a key yet, it waits for a statement that
+    /// gives it one.
+    fn new_table(&mut self, table: &CapturedTable, position: Position, out: &mut Vec<Change>) {
+        let name = table.table_name();
+        let Some(source) = table.def() else {
+            tracing::info!(table = %name, "the source created a table without a primary key: followed once it has one");
+            self.keyless_new.insert(name);
+            return;
+        };
+        self.keyless_new.remove(&name);
+        let engine = self.settings.target.url.engine();
+        let target_name = match engine {
+            Engine::Sqlite => TableName { schema: None, name: name.name.clone() },
+            _ => name.clone(),
+        };
+        let mut target = source.for_target(target_name, engine);
+        target.defer_key = false;
+        let partition_of =
+            table.partition_of.as_ref().filter(|_| engine == Engine::Postgres).map(|p| {
+                (TableName { schema: Some(p.schema.clone()), name: p.name.clone() }.quoted(), p.bound.clone())
+            });
+        let o = self.targets.len();
+        std::sync::Arc::make_mut(&mut self.targets).push(target.clone());
+        let planned = PlannedTable {
+            source: source.clone(),
+            outputs: vec![Output { def: target, create: true }],
+            plugin: None,
+            on_conflict: self.settings.on_conflict,
+            schema_made: false,
+        };
+        let version = table.version();
+        // A table dropped earlier in the stream under the same name: its place.
+        let again = (0..self.plan.tables.len()).find(|t| {
+            self.gone.contains(t) && names_table(&self.plan.tables[*t].source, Some(&table.schema), &table.name)
+        });
+        let t = match again {
+            Some(t) => {
+                self.plan.tables[t] = planned;
+                self.outputs[t] = vec![o];
+                self.base[t] = source;
+                self.versions[t] = Some(version.clone());
+                self.gone.remove(&t);
+                self.transformers.remove(&t);
+                t
+            }
+            None => {
+                self.plan.tables.push(planned);
+                self.outputs.push(vec![o]);
+                self.base.push(source);
+                self.versions.push(Some(version.clone()));
+                self.plan.tables.len() - 1
+            }
+        };
+        self.added.insert(t);
+        // Relations read before as outside the pipeline are mapped again.
+        self.mapped.retain(|_, m| m.table.is_some());
+        tracing::info!(table = %name, at = %position, "the source created a table the pipeline includes: made on the target, then followed");
+        let step = Step {
+            from: TableVersion { columns: Vec::new() },
+            version,
+            provisional: false,
+            edits: vec![TableEdit::Create { partition_of }],
+            before: Some(o),
+            transformer: None,
+        };
+        out.push(Change {
+            position: Some(position),
+            table: Some(t),
+            label: name.to_string(),
+            key: None,
+            what: "schema change",
+            op: Op::Schema(Box::new(step)),
+            seen: None,
+            out: None,
+        });
+    }
+
+    /// Table `t` was dropped in the source at `position`: a copied table's
+    /// target table goes in the transaction that begins there; a plugin's
+    /// tables stay (other tables may write them). Its version becomes the
+    /// empty one (a stream that starts again knows it is gone).
+    fn drop_table(&mut self, t: usize, tag: &str, position: Position, out: &mut Vec<Change>) {
+        let label = self.plan.tables[t].source.name.to_string();
+        let copy = self.plan.tables[t].plugin.is_none();
+        tracing::info!(table = %label, statement = tag, at = %position, copy, "the source dropped a table of the pipeline");
+        let from = self.versions[t].clone().unwrap_or(TableVersion { columns: Vec::new() });
+        self.gone.insert(t);
+        self.versions[t] = Some(TableVersion { columns: Vec::new() });
+        self.mapped.retain(|_, m| m.table != Some(t));
+        let step = Step {
+            from,
+            version: TableVersion { columns: Vec::new() },
+            provisional: false,
+            edits: if copy { vec![TableEdit::DropTable] } else { Vec::new() },
+            before: copy.then(|| self.outputs[t][0]),
+            transformer: None,
+        };
+        out.push(Change {
+            position: Some(position),
+            table: Some(t),
+            label,
+            key: None,
+            what: "schema change",
+            op: Op::Schema(Box::new(step)),
+            seen: None,
+            out: None,
+        });
     }
 
     /// The statement's message came after changes of its own transaction
@@ -244,7 +394,7 @@ impl TablesApplier<'_> {
         // The key found again under its new names.
         let mut renamed = self.plan.tables[t].source.clone();
         for edit in &edits {
-            if let ColumnEdit::Rename { from, to } = edit
+            if let TableEdit::Rename { from, to } = edit
                 && let Some(i) = renamed.column_index(from)
             {
                 renamed.columns[i].name = to.clone();
@@ -524,15 +674,20 @@ impl TablesApplier<'_> {
     /// altered by hand, a step applied before ferry stopped).
     pub(super) async fn settle(&mut self, step: &mut Step) -> anyhow::Result<()> {
         let Some(before) = step.before else { return Ok(()) };
-        let Some(there) = self.target.describe(&self.targets[before].name).await? else { return Ok(()) };
+        let Some(there) = self.target.describe(&self.targets[before].name).await? else {
+            step.edits.retain(|edit| *edit != TableEdit::DropTable);
+            return Ok(());
+        };
         let has = |name: &str| there.column_index(name).map(|i| &there.columns[i]);
         step.edits.retain(|edit| match edit {
-            ColumnEdit::Add { column } => has(&column.name).is_none(),
-            ColumnEdit::Drop { name } => has(name).is_some(),
-            ColumnEdit::Rename { from, to } => has(from).is_some() && has(to).is_none(),
-            ColumnEdit::Retype { column, .. } => has(&column.name).is_none_or(|c| c.sql_type != column.sql_type),
-            ColumnEdit::Nullable { name, nullable } => has(name).is_some_and(|c| c.nullable != *nullable),
-            ColumnEdit::Default { .. } => true,
+            TableEdit::Create { .. } => false,
+            TableEdit::DropTable => true,
+            TableEdit::Add { column } => has(&column.name).is_none(),
+            TableEdit::Drop { name } => has(name).is_some(),
+            TableEdit::Rename { from, to } => has(from).is_some() && has(to).is_none(),
+            TableEdit::Retype { column, .. } => has(&column.name).is_none_or(|c| c.sql_type != column.sql_type),
+            TableEdit::Nullable { name, nullable } => has(name).is_some_and(|c| c.nullable != *nullable),
+            TableEdit::Default { .. } => true,
         });
         Ok(())
     }
@@ -597,6 +752,7 @@ impl TablesApplier<'_> {
 
     async fn resolved(&mut self, until: &Until) -> anyhow::Result<bool> {
         Ok(match until {
+            Until::Restart => false,
             Until::Plugin { t, sha256 } => self.plan.tables[*t].plugin.as_ref().is_some_and(|p| p.sha256() != sha256),
             Until::Target { table, has, lacks } => match self.target.describe(table).await? {
                 None => false,
@@ -620,7 +776,19 @@ impl TablesApplier<'_> {
         self.blocked.clear();
         for t in 0..self.plan.tables.len() {
             let name = self.base[t].name.to_string();
-            let Some((_, version)) = stored.iter().find(|(n, _)| *n == name) else { continue };
+            let Some((_, version)) = stored.iter().find(|(n, _)| *n == name) else {
+                // Made past the stored position: its statement comes again.
+                if self.added.contains(&t) {
+                    self.gone.insert(t);
+                }
+                continue;
+            };
+            if version.columns.is_empty() {
+                self.gone.insert(t);
+                self.versions[t] = Some(version.clone());
+                continue;
+            }
+            self.gone.remove(&t);
             if self.versions[t].as_ref() == Some(version) {
                 continue;
             }

@@ -69,20 +69,38 @@ pub async fn sync(
             table.target_names()
         )));
     }
-    let mut names: Vec<crate::db::TableName> = plan.tables.iter().map(|t| t.source.name.clone()).collect();
+    let mut names: Vec<crate::db::TableName> =
+        plan.tables.iter().map(|t| t.source.name.clone()).filter(|n| !plan.dropped.contains(n)).collect();
     // The reverse stream yields from the start: it reads the forward
     // stream's checkpoints (the forward one is given them at the cutover).
     if options.origins.as_ref().is_some_and(|o| o.detect && o.side == "old") {
         names.push(checkpoints_table());
     }
     let (mut replication, has_slot) = super::sync::prepare_source(settings, options, &names).await?;
-    check_publication(replication.as_mut(), options, &plan).await?;
+    check_publication(replication.as_mut(), options, &plan, selection).await?;
     // Before the slot, so that no statement after its snapshot goes
     // uncaptured.
     if settings.capture_ddl {
         replication.install_ddl_capture().await?;
     }
     let capture = replication.ddl_capture().await?;
+    if capture && !selection.include.is_empty() {
+        let (include, exclude) =
+            (TableSelection::regexes(&selection.include), TableSelection::regexes(&selection.exclude));
+        if let Err(e) = replication.publish_new_tables(&options.publication, &include, &exclude).await {
+            tracing::warn!(
+                "tables the source creates will not join the stream (a superuser's `ferry sync` sets it up): {e:#}"
+            );
+        }
+    }
+    let published = replication.publication_tables(&options.publication).await?;
+    if let Some(table) = plan.later.iter().find(|t| !published.contains(t)) {
+        return Err(crate::error::Error::contract(format!(
+            "table {table}, which source.include brings into the pipeline, is not part of the change stream (it \
+             was not there when the stream started, and no captured statement made it since): load it with the \
+             others from a new slot (`ferry sync --teardown`, then `ferry sync`), or leave it out (source.exclude)"
+        )));
+    }
     if !capture {
         tracing::info!(
             "no DDL capture in the source ([source] capture_ddl): a change of a table's columns pauses the stream \
@@ -143,6 +161,10 @@ pub async fn sync(
     applier.stop = Arc::clone(&stop);
     applier.versions = versions;
     applier.capture = capture;
+    applier.selection = Some(selection.clone());
+    // Met past the stored position: made when the stream reads their
+    // statement; rows before it (a table without a key) pause the stream.
+    applier.keyless_new.extend(applier.plan.later.iter().cloned());
     applier.store_versions(&stored).await?;
     applier.start_journal().await?;
     applier.origin = options.origins.as_ref().map(|o| o.own.clone());
@@ -164,7 +186,12 @@ pub async fn sync(
     applier.swapper.flush(applier.target.as_mut()).await?;
     // Logical replication carries no sequence values: where the stream
     // stops, the target's sequences catch up with the source's.
-    crate::tables::advance_sequences(settings, &applier.plan, applier.target.as_mut()).await?;
+    let mut live = applier.plan.clone();
+    live.tables = (0..live.tables.len())
+        .filter(|t| !applier.gone.contains(t) && !live.dropped.contains(&live.tables[*t].source.name))
+        .map(|t| applier.plan.tables[t].clone())
+        .collect();
+    crate::tables::advance_sequences(settings, &live, applier.target.as_mut()).await?;
     Ok(applier.report)
 }
 
@@ -208,6 +235,7 @@ async fn check_publication(
     source: &mut dyn crate::replication::ReplicationSource,
     options: &SyncOptions,
     plan: &Plan,
+    selection: &TableSelection,
 ) -> anyhow::Result<()> {
     let published: Vec<(String, String)> = source
         .publication_tables(&options.publication)
@@ -217,8 +245,12 @@ async fn check_publication(
         .collect();
     let is_published = |def: &TableDef| published.iter().any(|(s, t)| names_table(def, Some(s), t));
     let checkpoints = |schema: &str, table: &str| schema == "ferry" && table == "change_checkpoints";
-    let missing: Vec<String> =
-        plan.tables.iter().filter(|t| !is_published(&t.source)).map(|t| t.source.name.to_string()).collect();
+    let missing: Vec<String> = plan
+        .tables
+        .iter()
+        .filter(|t| !is_published(&t.source) && !plan.dropped.contains(&t.source.name))
+        .map(|t| t.source.name.to_string())
+        .collect();
     if !missing.is_empty() {
         return Err(crate::error::Error::contract(format!(
             "publication {} does not publish {} of the pipeline; add them (ALTER PUBLICATION {} ADD TABLE …) \
@@ -229,7 +261,11 @@ async fn check_publication(
         )));
     }
     for (schema, table) in &published {
-        let known = plan.tables.iter().any(|t| names_table(&t.source, Some(schema), table));
+        // A table `include` brings in joins when the stream reads the
+        // statement that made it (the DDL capture published it).
+        let name = crate::db::TableName { schema: Some(schema.clone()), name: table.clone() };
+        let known =
+            plan.tables.iter().any(|t| names_table(&t.source, Some(schema), table)) || selection.includes(&name);
         if !known && !checkpoints(schema, table) {
             tracing::warn!(
                 "publication {} also publishes {schema}.{table}, which the pipeline does not name: its changes \
@@ -377,6 +413,16 @@ struct TablesApplier<'a> {
     stop: Arc<AtomicBool>,
     /// The source has the DDL capture: a statement's message follows.
     capture: bool,
+    /// `ferry sync`: the pipeline's selection, which new tables of the
+    /// source may join (see [`evolve`]).
+    selection: Option<TableSelection>,
+    /// Planned tables the stream no longer follows (dropped in the source,
+    /// or made past the position it read again from).
+    gone: HashSet<usize>,
+    /// Planned tables the stream made.
+    added: HashSet<usize>,
+    /// New tables `include` brings in that have no key yet.
+    keyless_new: HashSet<crate::db::TableName>,
 }
 
 impl<'a> TablesApplier<'a> {
@@ -407,6 +453,10 @@ impl<'a> TablesApplier<'a> {
             blocked: HashSet::new(),
             stop: Arc::new(AtomicBool::new(false)),
             capture: false,
+            selection: None,
+            gone: HashSet::new(),
+            added: HashSet::new(),
+            keyless_new: HashSet::new(),
             plan,
             targets: Arc::new(targets),
             outputs,
@@ -574,8 +624,8 @@ impl<'a> TablesApplier<'a> {
         let names: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
         let stale = self.mapped.get(&relation.oid).is_none_or(|m| m.names != names);
         if stale {
-            let table =
-                self.plan.tables.iter().position(|t| names_table(&t.source, Some(&relation.namespace), &relation.name));
+            let name = crate::db::TableName { schema: Some(relation.namespace.clone()), name: relation.name.clone() };
+            let table = self.live_table(&name);
             let columns = match table {
                 Some(t) => {
                     self.plan.tables[t].source.columns.iter().map(|c| names.iter().position(|n| *n == c.name)).collect()
@@ -766,6 +816,34 @@ impl Applier for TablesApplier<'_> {
             let (table, columns, label) = (mapped.table, Arc::clone(&mapped.columns), mapped.label.clone());
             let out_def = table.and_then(|t| self.outputs[t].first().copied());
             let Some(t) = table else {
+                let name =
+                    crate::db::TableName { schema: Some(relation.namespace.clone()), name: relation.name.clone() };
+                if self.keyless_new.contains(&name) {
+                    let reason = format!(
+                        "the source created table {label}, which source.include brings into the pipeline, without \
+                         a primary key, and wrote rows into it: a stream applies changes by key. Stop ferry sync, \
+                         then leave the table out (source.exclude) or give it a primary key and load it again \
+                         (`ferry sync --teardown`, then `ferry sync`)"
+                    );
+                    let pause = evolve::Pause { reason, until: evolve::Until::Restart };
+                    out.push(Change {
+                        position: Some(position),
+                        table: None,
+                        label: label.clone(),
+                        key: None,
+                        what,
+                        op: Op::Pause(Box::new(pause)),
+                        seen: None,
+                        out: None,
+                    });
+                    continue;
+                }
+                if self.selection.as_ref().is_some_and(|s| TableSelection::matches(&s.exclude, &name)) {
+                    // Published when it was made (`include` matched it),
+                    // left out by the user since.
+                    self.report.stream.skipped_excluded += 1;
+                    continue;
+                }
                 out.push(Change {
                     position: Some(position),
                     table: None,
@@ -995,7 +1073,7 @@ impl TablesApplier<'_> {
                     }
                 }
                 Op::Pause(_) => unreachable!("a pause ends the items applied"),
-                Op::Upsert { update, .. } => {
+                Op::Upsert { ref row, update } => {
                     let outcome = outcomes.get_mut(&t).and_then(Iterator::next).expect("one outcome per upsert");
                     let (refused, rows) = match outcome {
                         RowOutcome::Rows(rows) => (None, rows),
@@ -1016,7 +1094,9 @@ impl TablesApplier<'_> {
                     let rows = match refused {
                         None => rows,
                         Some((kind, reason)) => {
-                            batch.dead.push(dead(kind, reason));
+                            // A dead letter keeps the source row.
+                            let row = crate::keyset::row_json(&self.plan.tables[t].source, row);
+                            batch.dead.push(StreamDeadLetter { origin: this.with_row(row), kind, reason });
                             // The last good version stays (explained by this
                             // dead letter) or goes, as `target.on_reject` says.
                             if update && self.settings.on_reject == OnReject::Delete {
@@ -1050,7 +1130,12 @@ impl TablesApplier<'_> {
                         }
                     }
                     if let Some(reason) = bad {
-                        batch.dead.push(dead(DeadLetterKind::Reject, reason));
+                        let row = crate::keyset::row_json(&self.plan.tables[t].source, row);
+                        batch.dead.push(StreamDeadLetter {
+                            origin: this.with_row(row),
+                            kind: DeadLetterKind::Reject,
+                            reason,
+                        });
                         continue;
                     }
                     if update {
