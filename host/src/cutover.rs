@@ -182,7 +182,7 @@ pub async fn switch(settings: &Settings, options: &SwitchOptions) -> anyhow::Res
     let mut left = engines::open_replication_source(left_url).await?;
     let wal = left.wal_position().await?;
     let started = Instant::now();
-    match drained(left.as_mut(), left_slot, wal, cutover.drain_timeout).await? {
+    match crate::replication::drained(left.as_mut(), left_slot, wal, cutover.drain_timeout).await? {
         Ok(()) => report.drained_seconds = Some(started.elapsed().as_secs_f64()),
         Err(behind) => {
             let warning = format!(
@@ -238,7 +238,7 @@ async fn lag_gate(source: &crate::db::DbUrl, slot: &str, side: &str, limit: Dura
     // The stream acknowledges on a one-second tick: that long is allowed
     // on top of the limit.
     let waited = limit + crate::postgres::replication::FEEDBACK_INTERVAL * 2;
-    Ok(match drained(replication.as_mut(), slot, wal, waited).await? {
+    Ok(match crate::replication::drained(replication.as_mut(), slot, wal, waited).await? {
         Ok(()) => Gate {
             name: "lag",
             ok: true,
@@ -256,27 +256,6 @@ async fn lag_gate(source: &crate::db::DbUrl, slot: &str, side: &str, limit: Dura
             ),
         },
     })
-}
-
-/// Waits up to `limit` until `slot` confirms `wal`; else how far behind it is.
-async fn drained(
-    source: &mut dyn crate::replication::ReplicationSource,
-    slot: &str,
-    wal: u64,
-    limit: Duration,
-) -> anyhow::Result<Result<(), String>> {
-    let started = Instant::now();
-    loop {
-        let status = source.slots(Some(slot)).await?;
-        let confirmed = status.first().and_then(|s| s.confirmed).unwrap_or(0);
-        if confirmed >= wal {
-            return Ok(Ok(()));
-        }
-        if started.elapsed() >= limit {
-            return Ok(Err(format!("{} bytes of WAL not yet confirmed", wal - confirmed)));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The validate gate: a clean `ferry validate`.

@@ -6,6 +6,8 @@
 //! only through this trait; `postgres/replication.rs` implements it (with
 //! the replication connection itself) without importing `cdc`.
 
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -82,3 +84,24 @@ pub trait ReplicationSource: Send {
 
 /// The prefix of the logical messages the DDL capture writes.
 pub const DDL_MESSAGE_PREFIX: &str = "ferry.ddl";
+
+/// Waits up to `limit` until `slot` confirms `wal`; else how far behind it is.
+pub async fn drained(
+    source: &mut dyn ReplicationSource,
+    slot: &str,
+    wal: u64,
+    limit: Duration,
+) -> anyhow::Result<Result<(), String>> {
+    let started = Instant::now();
+    loop {
+        let status = source.slots(Some(slot)).await?;
+        let confirmed = status.first().and_then(|s| s.confirmed).unwrap_or(0);
+        if confirmed >= wal {
+            return Ok(Ok(()));
+        }
+        if started.elapsed() >= limit {
+            return Ok(Err(format!("{} bytes of WAL not yet confirmed", wal - confirmed)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

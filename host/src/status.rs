@@ -160,6 +160,15 @@ pub async fn source_slots(settings: &Settings, only: Option<&str>) -> anyhow::Re
     crate::engines::open_replication_source(&settings.source.url).await?.slots(only).await
 }
 
+/// Whether the running stream of `slot` confirms the source's WAL position
+/// of now within two acknowledgement intervals.
+async fn caught_up(settings: &Settings, slot: &str) -> bool {
+    let Ok(mut source) = crate::engines::open_replication_source(&settings.source.url).await else { return false };
+    let Ok(wal) = source.wal_position().await else { return false };
+    let within = crate::postgres::replication::FEEDBACK_INTERVAL * 2;
+    matches!(crate::replication::drained(source.as_mut(), slot, wal, within).await, Ok(Ok(())))
+}
+
 pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusReport> {
     let mut target = crate::engines::open_row_target(settings).await?;
     let migrate = target.latest_run(&settings.pipeline).await?;
@@ -188,6 +197,11 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
     };
     let lag_seconds = match (slots.first(), &stream) {
         (Some(slot), _) if slot.lag_bytes <= 0 => Some(0.0),
+        // WAL the stream has yet to confirm may hold nothing for it (an
+        // idle source still writes WAL): caught up if it confirms what the
+        // source has now within two acknowledgements, as the cutover's lag
+        // gate judges. Else the time since its last applied commit.
+        (Some(slot), Some(_)) if slot.active && caught_up(settings, &slot.name).await => Some(0.0),
         (Some(_), Some(s)) => s.source_commit_age_seconds,
         _ => None,
     };

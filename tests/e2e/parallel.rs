@@ -633,11 +633,31 @@ async fn cutover_is_gated_then_switches_and_cutback_brings_the_old_side_up_to_da
         scalar(&new, "SELECT count(*) FROM ferry.parallel_runs WHERE pipeline = 'par' AND owner = 'new'").await,
         1
     );
+    // The old side's application is gone, but its database still writes
+    // WAL the forward stream does not carry (here: a table outside the
+    // pipeline), so the slot is always a little behind in bytes.
+    let noise = {
+        let url = format!("{}/postgres", old.url());
+        tokio::spawn(async move {
+            let mut c = PgConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql("CREATE TABLE IF NOT EXISTS noise (x int)").execute(&mut c).await.unwrap();
+            for x in 0..1000 {
+                sqlx::query("INSERT INTO noise VALUES ($1)").bind(x).execute(&mut c).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     let st = run(&mut ferry(&["status", "--json"]));
+    noise.abort();
     assert_eq!(st.code, 0, "{st:?}");
     let st = st.json();
     assert_eq!(st["parallel"]["owner"], "new", "{st}");
     assert_eq!(st["parallel"]["open_conflicts"], 0, "{st}");
+    // Caught up, as the lag gate just said: not the age of the old side's
+    // last commit.
+    let lag = st["lag_seconds"].as_f64();
+    assert!(lag.is_some_and(|l| l < 5.0), "lag right after the cutover: {st}");
     assert!(st["parallel"]["reverse"]["applied"].is_number(), "the reverse stream as the old side records it: {st}");
     assert_eq!(
         scalar(&old, "SELECT count(*) FROM ferry.parallel_runs WHERE pipeline = 'par.reverse' AND owner = 'new'").await,
@@ -729,6 +749,16 @@ async fn cutover_is_gated_then_switches_and_cutback_brings_the_old_side_up_to_da
                     + (SELECT count(*) FROM pg_replication_origin)";
         assert_eq!(scalar(side, left).await, 0, "slots, publications and origins left behind");
     }
+
+    // Cut over to the new side again (as the record says), a torn-down
+    // forward stream is not started anew over the new side's writes: refused
+    // before it makes a publication or a slot.
+    sqlx::raw_sql("UPDATE ferry.parallel_runs SET owner = 'new' WHERE pipeline = 'par'").execute(&mut n).await.unwrap();
+    let again = run(&mut ferry(&["sync", "--idle-exit", "1"]));
+    assert_ne!(again.code, 0, "{again:?}");
+    assert!(again.stderr.contains("cut over to the new side") && again.stderr.contains("cutback"), "{again:?}");
+    let made = "SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)";
+    assert_eq!(scalar(&old, made).await, 0, "nothing made on the old side");
 }
 
 /// The reverse stream killed with SIGKILL again and again while it drains

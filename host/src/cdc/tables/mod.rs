@@ -59,6 +59,21 @@ pub async fn sync(
         }
     }
 
+    // After a cutover to the new side, a forward stream without its slot
+    // (torn down) would load the old side again over what the new side's
+    // application wrote since: refused before anything is made.
+    if options.origins.as_ref().is_some_and(|o| o.side == "new")
+        && target.parallel_owner(&settings.pipeline).await?.is_some_and(|(owner, _)| owner == "new")
+        && !engines::open_replication_source(&settings.source.url).await?.slot_exists(&options.slot).await?
+    {
+        return Err(crate::error::Error::contract(format!(
+            "pipeline {} was cut over to the new side and its forward stream was torn down (slot {} is gone): a \
+             new forward stream would load {} into {} again, over what the new side's application has written \
+             since. To stream from the old side again, hand the writes back first (`ferry cutback`, with the \
+             reverse stream running), then `ferry sync` loads and streams anew",
+            settings.pipeline, options.slot, settings.source.url, settings.target.url
+        )));
+    }
     if !options.initial_load
         && let Some(table) = plan.tables.iter().find(|t| t.creates())
     {
