@@ -5,7 +5,8 @@
 //!
 //! - the table's state at the start ([`UndoJournal::begin_undo`], once per
 //!   run and table, before the run writes into it): its row count and an
-//!   order-independent checksum of its rows, and whether it was empty;
+//!   order-independent checksum of its rows, whether it was empty, and
+//!   (a table that held rows) the keys it held, in the checksum's snapshot;
 //! - the transactions that wrote the run's rows: a marker row written in
 //!   each (sub)transaction that writes target rows, whose `xmin` is that
 //!   transaction's id. A target row whose `xmin` is one of them is the
@@ -23,7 +24,9 @@
 //! before parents, parents before children, then verifies each table
 //! against the checksum taken at the start. A row someone else changed
 //! since the run wrote it (its `xmin` is not the run's and it differs from
-//! the before-image) is reported and kept, unless `--force`. The rollback
+//! the before-image) is reported and kept, unless `--force`; so is a row
+//! someone else added under a key the table did not hold at the start
+//! (`--force` removes it). The rollback
 //! also fences the run out: its checkpoints are taken away in the same
 //! transaction, so a migration or stream still running stops at its next
 //! commit, and the run is marked `rolled_back`.

@@ -28,8 +28,10 @@ pub struct TableRollback {
     pub deleted: u64,
     /// Before-images written back.
     pub restored: u64,
-    /// Rows changed by someone else since the run wrote them, kept (or
-    /// overwritten with `--force`), and the first of their keys.
+    /// Rows changed by someone else since the run wrote them, or added by
+    /// someone else under a key the table did not hold at the run's start:
+    /// kept (or put back / removed with `--force`), and the first of their
+    /// keys.
     pub changed_by_others: u64,
     pub changed_keys: Vec<String>,
     /// The table at the run's start and after the rollback: `rows:checksum`.

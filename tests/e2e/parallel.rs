@@ -857,8 +857,15 @@ async fn rolling_back_the_reverse_stream_restores_the_old_side_and_keeps_what_it
     assert_eq!(scalar(&old, "SELECT count(*) FROM users WHERE id BETWEEN 1401 AND 1500").await, 0);
     assert_ne!(rows(&old, "users").await, users_before);
 
-    // The old side's application changes a row the stream wrote.
-    sqlx::raw_sql("UPDATE users SET email = 'old.app@example.com' WHERE id = 1002").execute(&mut o).await.unwrap();
+    // The old side's application changes a row the stream wrote, and adds
+    // one of its own.
+    sqlx::raw_sql(
+        "UPDATE users SET email = 'old.app@example.com' WHERE id = 1002; \
+         INSERT INTO users SELECT 777777, name, 'added.by.old@example.com', created_at, metadata FROM users WHERE id = 5",
+    )
+    .execute(&mut o)
+    .await
+    .unwrap();
     let run_id: String = sqlx::query_scalar("SELECT run_id FROM ferry.runs WHERE pipeline = 'par.reverse'")
         .fetch_one(&mut o)
         .await
@@ -868,11 +875,12 @@ async fn rolling_back_the_reverse_stream_restores_the_old_side_and_keeps_what_it
     assert_eq!(partial.code, 3, "{partial:?}");
     let report = partial.json();
     let table = |name: &str| report["tables"].as_array().unwrap().iter().find(|t| t["table"] == name).unwrap().clone();
-    assert_eq!(table("public.users")["changed_by_others"], 1, "{report}");
-    assert_eq!(table("public.users")["changed_keys"][0], "(1002)", "{report}");
+    assert_eq!(table("public.users")["changed_by_others"], 2, "{report}");
+    assert_eq!(table("public.users")["changed_keys"], serde_json::json!(["(1002)", "(777777)"]), "{report}");
     assert_eq!(table("public.notes")["exact"], true, "{report}");
     assert_eq!(rows(&old, "notes").await, notes_before, "notes exactly as before the stream");
-    let users = rows(&old, "users").await;
+    let mut users = rows(&old, "users").await;
+    assert_eq!(users.pop().map(|u| u.starts_with("(777777,")), Some(true), "the added row is kept");
     assert_eq!(users.len(), users_before.len());
     let differ: Vec<(&String, &String)> = users.iter().zip(&users_before).filter(|(a, b)| a != b).collect();
     assert_eq!(differ.len(), 1, "only the row the application changed: {differ:?}");

@@ -39,7 +39,13 @@ CREATE TABLE IF NOT EXISTS ferry.undo (
 CREATE TABLE IF NOT EXISTS ferry.undo_xacts (
     run_id text NOT NULL
 );
-CREATE INDEX IF NOT EXISTS undo_xacts_run ON ferry.undo_xacts (run_id);";
+CREATE INDEX IF NOT EXISTS undo_xacts_run ON ferry.undo_xacts (run_id);
+CREATE TABLE IF NOT EXISTS ferry.undo_keys (
+    journal integer NOT NULL,
+    key     text NOT NULL,
+    PRIMARY KEY (journal, key)
+);
+ALTER TABLE ferry.undo_tables ADD COLUMN IF NOT EXISTS keys_at_start boolean NOT NULL DEFAULT false;";
 
 /// Drops what run `run_id`'s schema copy created
 /// ([`super::dump`] records it with the objects, in their transaction):
@@ -248,12 +254,34 @@ impl UndoJournal for PgTables {
              ON CONFLICT (run_id, target_table) DO NOTHING",
             checksum_sql(table)
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        // The keys the table holds at the start, read in the checksum's
+        // snapshot: a row someone else adds under a new key is told from
+        // one that was there (named by a rollback, removed with --force).
+        let mut tx = self.conn.begin().await.map_err(what)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await.map_err(what)?;
+        let begun = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(run_id)
             .bind(table.name.to_string())
-            .execute(&mut self.conn)
+            .execute(&mut *tx)
             .await
-            .map_err(what)?;
+            .map_err(what)?
+            .rows_affected();
+        if begun == 1 && !table.primary_key.is_empty() {
+            let keys = format!(
+                "WITH t AS (UPDATE ferry.undo_tables SET keys_at_start = true \
+                 WHERE run_id = $1 AND target_table = $2 AND NOT empty_at_start RETURNING journal) \
+                 INSERT INTO ferry.undo_keys (journal, key) SELECT t.journal, {key} FROM t, {rows} ferry_row",
+                key = key_text(table, "ferry_row"),
+                rows = table.relation()
+            );
+            sqlx::query(sqlx::AssertSqlSafe(keys))
+                .bind(run_id)
+                .bind(table.name.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(what)?;
+        }
+        tx.commit().await.map_err(what)?;
         self.undo.remove(&(run_id.to_string(), table.name.to_string()));
         let mode = mode(&mut self.conn, &mut self.undo, run_id, table).await?;
         Ok(Some(mode.map(|(_, mode)| mode).ok_or_else(|| {
@@ -332,8 +360,8 @@ impl UndoJournal for PgTables {
         let mut out = Vec::with_capacity(tables.len());
         let mut journals = Vec::with_capacity(tables.len());
         for def in tables {
-            let (journal, empty, before): (i32, bool, String) = sqlx::query_as(
-                "SELECT journal, empty_at_start, checksum_before FROM ferry.undo_tables \
+            let (journal, empty, before, keys): (i32, bool, String, bool) = sqlx::query_as(
+                "SELECT journal, empty_at_start, checksum_before, keys_at_start FROM ferry.undo_tables \
                  WHERE run_id = $1 AND target_table = $2",
             )
             .bind(run_id)
@@ -341,7 +369,7 @@ impl UndoJournal for PgTables {
             .fetch_one(&mut *tx)
             .await?;
             let mode = if empty { UndoMode::EmptyAtStart } else { UndoMode::BeforeImages };
-            journals.push(journal);
+            journals.push((journal, keys));
             out.push(TableRollback {
                 table: def.name.to_string(),
                 mode,
@@ -356,8 +384,15 @@ impl UndoJournal for PgTables {
         }
         // Children before parents: the run's rows go (and, for tables that
         // held rows, the current version of every key it touched).
-        for ((def, report), &journal) in tables.iter().zip(out.iter_mut()).zip(&journals).rev() {
+        for ((def, report), &(journal, keys_at_start)) in tables.iter().zip(out.iter_mut()).zip(&journals).rev() {
             let key = key_text(def, "ferry_row");
+            // Rows others added under keys the table did not hold at the
+            // start and the run never wrote.
+            let added_by_others = format!(
+                "NOT ({by_run}) AND NOT EXISTS (SELECT 1 FROM ferry.undo_keys s WHERE s.journal = $1 AND s.key = {key}) \
+                 AND NOT EXISTS (SELECT 1 FROM ferry.undo a WHERE a.journal = $1 AND a.key = {key})"
+            );
+            let others_added = report.mode == UndoMode::BeforeImages && keys_at_start;
             let (changed, delete) = match report.mode {
                 UndoMode::EmptyAtStart => (
                     format!("SELECT {key} AS k FROM {} ferry_row WHERE NOT ({by_run})", def.relation()),
@@ -369,10 +404,17 @@ impl UndoJournal for PgTables {
                 ),
                 UndoMode::BeforeImages => (
                     format!(
-                        "SELECT u.key AS k FROM ferry.undo u JOIN {} ferry_row ON {key} = u.key \
+                        "SELECT u.key AS k FROM ferry.undo u JOIN {rows} ferry_row ON {key} = u.key \
                          WHERE u.journal = $1 AND NOT ({by_run}) \
-                         AND ferry_row::text IS DISTINCT FROM u.before",
-                        def.relation()
+                         AND ferry_row::text IS DISTINCT FROM u.before{added}",
+                        rows = def.relation(),
+                        added = match others_added {
+                            true => format!(
+                                " UNION ALL SELECT {key} FROM {} ferry_row WHERE {added_by_others}",
+                                def.relation()
+                            ),
+                            false => String::new(),
+                        }
                     ),
                     format!(
                         "DELETE FROM {} ferry_row USING ferry.undo u WHERE u.journal = $1 \
@@ -411,9 +453,20 @@ impl UndoJournal for PgTables {
                     def.name
                 )))?
                 .rows_affected();
+            if others_added && options.force {
+                report.deleted += sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {} ferry_row WHERE {added_by_others}",
+                    def.relation()
+                )))
+                .bind(journal)
+                .execute(&mut *tx)
+                .await
+                .map_err(fail(format!("deleting the rows others added to {} since run {run_id} began", def.name)))?
+                .rows_affected();
+            }
         }
         // Parents before children: the before-images of keys now free.
-        for ((def, report), &journal) in tables.iter().zip(out.iter_mut()).zip(&journals) {
+        for ((def, report), &(journal, _)) in tables.iter().zip(out.iter_mut()).zip(&journals) {
             if report.mode != UndoMode::BeforeImages {
                 continue;
             }
@@ -447,10 +500,11 @@ impl UndoJournal for PgTables {
         // It is never resumed.
         // A table now as it was is done with; one that is not (rows others
         // changed, kept) keeps its journal for a rollback with --force.
-        let exact: Vec<i32> = out.iter().zip(&journals).filter(|(t, _)| t.exact).map(|(_, &j)| j).collect();
+        let exact: Vec<i32> = out.iter().zip(&journals).filter(|(t, _)| t.exact).map(|(_, &(j, _))| j).collect();
         for sql in [
             "UPDATE ferry.undo_tables SET rolled_back_at = now() WHERE journal = ANY($1)",
             "DELETE FROM ferry.undo WHERE journal = ANY($1)",
+            "DELETE FROM ferry.undo_keys WHERE journal = ANY($1)",
         ] {
             sqlx::query(sql).bind(&exact).execute(&mut *tx).await?;
         }
