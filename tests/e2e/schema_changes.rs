@@ -277,6 +277,62 @@ async fn a_stream_follows_the_applications_migrations_through_kill_9() {
     assert_eq!(scalar(&source, "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'ferry%'").await, 0);
 }
 
+/// A partitioned table that `include` names by its parent: the month's
+/// partition the application creates (as a scheduled job does) joins the
+/// stream in its creating transaction — the capture matches the parent —
+/// and is made on the target as a partition of the same parent, with the
+/// rows routed to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_partition_joins_the_stream_as_a_partition_of_its_parent() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    exec(
+        &source,
+        "CREATE TABLE readings (id bigint NOT NULL, taken date NOT NULL, value numeric(8, 3), \
+             PRIMARY KEY (id, taken)) PARTITION BY RANGE (taken); \
+         CREATE TABLE readings_2026_11 PARTITION OF readings FOR VALUES FROM ('2026-11-01') TO ('2026-12-01'); \
+         CREATE TABLE readings_2026_12 PARTITION OF readings FOR VALUES FROM ('2026-12-01') TO ('2027-01-01'); \
+         INSERT INTO readings SELECT g, date '2026-11-01' + (g % 61), g / 7.0 FROM generate_series(1, 600) g;",
+    )
+    .await;
+    let target = PgDb::new("evolve_parts").await;
+    let p = tables_pipeline(&source, &target.url(), "include = [\"public.readings\"]\ncapture_ddl = true", "");
+    let mut child = daemon(&p);
+    until(&target.url(), "the initial load", "SELECT count(*) = 600 FROM readings").await;
+
+    exec(
+        &source,
+        "CREATE TABLE readings_2027_01 PARTITION OF readings FOR VALUES FROM ('2027-01-01') TO ('2027-02-01'); \
+         INSERT INTO readings SELECT g, date '2027-01-01' + (g % 31), g / 3.0 FROM generate_series(601, 700) g; \
+         UPDATE readings SET value = -value WHERE id % 10 = 0;",
+    )
+    .await;
+    until(&target.url(), "the new partition's rows", "SELECT count(*) = 100 FROM readings_2027_01").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let last = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert_eq!(last.code, 0, "{last:?}");
+
+    let parent = "SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = 'readings_2027_01'::regclass";
+    let mut c = connect(&target.url()).await;
+    let on_target: String = sqlx::query_scalar(parent).fetch_one(&mut c).await.unwrap();
+    assert_eq!(on_target, "readings", "a partition of the same parent on the target");
+    let bound = "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = 'readings_2027_01'::regclass";
+    let mut s = connect(&source).await;
+    let want: String = sqlx::query_scalar(bound).fetch_one(&mut s).await.unwrap();
+    let got: String = sqlx::query_scalar(bound).fetch_one(&mut c).await.unwrap();
+    assert_eq!(got, want);
+    let all = |url: String| async move {
+        let mut c = connect(&url).await;
+        sqlx::query_scalar::<_, String>("SELECT r::text FROM readings r ORDER BY id, taken")
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    };
+    assert_eq!(all(target.url()).await, all(source.clone()).await, "every row, in every partition");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_capture_a_new_column_pauses_the_stream_until_the_target_has_it() {
     let cluster = Cluster::start();

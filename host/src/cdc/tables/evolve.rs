@@ -264,16 +264,7 @@ impl TablesApplier<'_> {
             before: Some(o),
             transformer: None,
         };
-        out.push(Change {
-            position: Some(position),
-            table: Some(t),
-            label: name.to_string(),
-            key: None,
-            what: "schema change",
-            op: Op::Schema(Box::new(step)),
-            seen: None,
-            out: None,
-        });
+        out.push(Change::at(position, Some(t), name.to_string(), "schema change", Op::Schema(Box::new(step))));
     }
 
     /// Table `t` was dropped in the source at `position`: a copied table's
@@ -296,16 +287,7 @@ impl TablesApplier<'_> {
             before: copy.then(|| self.outputs[t][0]),
             transformer: None,
         };
-        out.push(Change {
-            position: Some(position),
-            table: Some(t),
-            label,
-            key: None,
-            what: "schema change",
-            op: Op::Schema(Box::new(step)),
-            seen: None,
-            out: None,
-        });
+        out.push(Change::at(position, Some(t), label, "schema change", Op::Schema(Box::new(step))));
     }
 
     /// The statement's message came after changes of its own transaction
@@ -457,16 +439,7 @@ impl TablesApplier<'_> {
         self.plan.tables[t].source = source;
         self.versions[t] = Some(version);
         self.mapped.retain(|_, m| m.table != Some(t));
-        out.push(Change {
-            position: Some(position),
-            table: Some(t),
-            label,
-            key: None,
-            what: "schema change",
-            op: Op::Schema(Box::new(step)),
-            seen: None,
-            out: None,
-        });
+        out.push(Change::at(position, Some(t), label, "schema change", Op::Schema(Box::new(step))));
         Ok(())
     }
 
@@ -607,16 +580,13 @@ impl TablesApplier<'_> {
         out: &mut Vec<Change>,
     ) -> anyhow::Result<()> {
         self.blocked.insert(t);
-        out.push(Change {
-            position: Some(position),
-            table: Some(t),
-            label: self.plan.tables[t].source.name.to_string(),
-            key: None,
-            what: "schema change",
-            op: Op::Pause(Box::new(Pause { reason, until })),
-            seen: None,
-            out: None,
-        });
+        out.push(Change::at(
+            position,
+            Some(t),
+            self.plan.tables[t].source.name.to_string(),
+            "schema change",
+            Op::Pause(Box::new(Pause { reason, until })),
+        ));
         Ok(())
     }
 

@@ -370,6 +370,12 @@ pub(crate) struct Change {
 }
 
 impl Change {
+    /// A change at `position` with no row key of its own (a schema step, a
+    /// pause, a dead letter of a table outside the plan).
+    fn at(position: Position, table: Option<usize>, label: String, what: &'static str, op: Op) -> Change {
+        Change { position: Some(position), table, label, key: None, what, op, seen: None, out: None }
+    }
+
     fn origin(&self) -> ChangeOrigin {
         let key = self.key.as_ref().map(Key::label);
         ChangeOrigin {
@@ -841,16 +847,7 @@ impl Applier for TablesApplier<'_> {
                          (`ferry sync --teardown`, then `ferry sync`)"
                     );
                     let pause = evolve::Pause { reason, until: evolve::Until::Restart };
-                    out.push(Change {
-                        position: Some(position),
-                        table: None,
-                        label: label.clone(),
-                        key: None,
-                        what,
-                        op: Op::Pause(Box::new(pause)),
-                        seen: None,
-                        out: None,
-                    });
+                    out.push(Change::at(position, None, label.clone(), what, Op::Pause(Box::new(pause))));
                     continue;
                 }
                 if self.selection.as_ref().is_some_and(|s| TableSelection::matches(&s.exclude, &name)) {
@@ -859,22 +856,11 @@ impl Applier for TablesApplier<'_> {
                     self.report.stream.skipped_excluded += 1;
                     continue;
                 }
-                out.push(Change {
-                    position: Some(position),
-                    table: None,
-                    label: label.clone(),
-                    key: None,
-                    what,
-                    op: Op::Dead {
-                        kind: DeadLetterKind::Extract,
-                        reason: format!(
-                            "table {label} is published but not in the pipeline; add it to [[tables]] or \
-                             source.include (and load it), or drop it from the publication"
-                        ),
-                    },
-                    seen: None,
-                    out: None,
-                });
+                let reason = format!(
+                    "table {label} is published but not in the pipeline; add it to [[tables]] or source.include \
+                     (and load it), or drop it from the publication"
+                );
+                out.push(Change::at(position, None, label, what, Op::Dead { kind: DeadLetterKind::Extract, reason }));
                 continue;
             };
             let dead = |reason: String| Op::Dead { kind: DeadLetterKind::Extract, reason };
