@@ -333,6 +333,53 @@ async fn a_new_partition_joins_the_stream_as_a_partition_of_its_parent() {
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 0);
 }
 
+/// A table `include` brings in, created without a key and written: the
+/// stream cannot apply its rows by key, so it pauses before them (the
+/// changes before applied, none after) and says the way out; stopped
+/// (exit 11), the table left out (`source.exclude`), it goes on — the
+/// table's changes skipped, never dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_table_without_a_key_pauses_the_stream_until_it_is_left_out() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    exec(&source, APP_DDL).await;
+    let target = PgDb::new("evolve_keyless").await;
+    let keys = "include = [\"public.*\"]\ncapture_ddl = true";
+    let p = tables_pipeline(&source, &target.url(), keys, "");
+    let first = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    exec(
+        &source,
+        "INSERT INTO events VALUES (1, 1, 'before'); \
+         CREATE TABLE audit_log (at timestamptz NOT NULL DEFAULT now(), line text); \
+         INSERT INTO audit_log (line) VALUES ('one'), ('two');",
+    )
+    .await;
+    exec(&source, "INSERT INTO events VALUES (2, 2, 'after');").await;
+    let child = p.spawn(&["sync"]);
+    until(&target.url(), "the stream pauses", "SELECT paused IS NOT NULL FROM ferry.change_checkpoints").await;
+    let st = p.ferry(&["status", "--json"]).json();
+    assert_eq!(st["phase"], "paused", "{st}");
+    let said = st["stream"]["paused"].as_str().unwrap();
+    assert!(said.contains("public.audit_log") && said.contains("without a primary key"), "{said}");
+    assert!(said.contains("source.exclude"), "the way out: {said}");
+    // Everything before the table's first row is applied, nothing after.
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM events").await, 1, "only the row before");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM events WHERE kind = 'before'").await, 1);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(11), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let excluded = format!("{keys}\nexclude = [\"public.audit_log\"]");
+    let p = tables_pipeline(&source, &target.url(), &excluded, "");
+    let again = p.ferry(&["sync", "--idle-exit", "2", "--json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(again.json()["stream"]["skipped_excluded"], 2, "{again:?}");
+    assert_eq!(rows(&target.url(), "events").await, rows(&source, "events").await);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM pg_tables WHERE tablename = 'audit_log'").await, 0);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_capture_a_new_column_pauses_the_stream_until_the_target_has_it() {
     let cluster = Cluster::start();
