@@ -33,12 +33,8 @@ mkdir -p "$OUT_DIR"
 log() { printf '[cdc %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 now() { date +%s.%N; }
 
-if [[ ! -x $FERRY_BIN || ! -f $PLUGIN ]]; then
-    log "building ferry and the plugin (release)"
-    rustup target add wasm32-wasip2 >/dev/null
-    (cd "$ROOT/plugins" && cargo build --release --quiet --target wasm32-wasip2 -p transform-user)
-    (cd "$ROOT" && cargo build --release --quiet -p ferry)
-fi
+source "$BENCH_DIR/release.sh"
+release_build "$FERRY_BIN" transform-user
 
 # --- a throwaway source cluster with logical WAL --------------------------------
 FERRY_PID=

@@ -35,12 +35,8 @@ mkdir -p "$OUT_DIR"
 log() { printf '[parallel %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 now() { date +%s.%N; }
 
-if [[ ! -x $FERRY_BIN || ! -f $PLUGINS/transform_user.wasm || ! -f $PLUGINS/user_inverse.wasm ]]; then
-    log "building ferry and the plugins (release)"
-    rustup target add wasm32-wasip2 >/dev/null
-    (cd "$ROOT/plugins" && cargo build --release --quiet --target wasm32-wasip2 -p transform-user -p user-inverse)
-    (cd "$ROOT" && cargo build --release --quiet -p ferry)
-fi
+source "$BENCH_DIR/release.sh"
+release_build "$FERRY_BIN" transform-user user-inverse
 
 BIN=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | tail -n1)
 WORK=$(mktemp -d /tmp/ferry-parallel.XXXXXX)
