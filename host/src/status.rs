@@ -162,11 +162,10 @@ pub async fn source_slots(settings: &Settings, only: Option<&str>) -> anyhow::Re
 
 /// Whether the running stream of `slot` confirms the source's WAL position
 /// of now within two acknowledgement intervals.
-async fn caught_up(settings: &Settings, slot: &str) -> bool {
-    let Ok(mut source) = crate::engines::open_replication_source(&settings.source.url).await else { return false };
+async fn caught_up(source: &mut dyn crate::replication::ReplicationSource, slot: &str) -> bool {
     let Ok(wal) = source.wal_position().await else { return false };
     let within = crate::postgres::replication::FEEDBACK_INTERVAL * 2;
-    matches!(crate::replication::drained(source.as_mut(), slot, wal, within).await, Ok(Ok(())))
+    matches!(crate::replication::drained(source, slot, wal, within).await, Ok(Ok(())))
 }
 
 pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusReport> {
@@ -176,32 +175,44 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
         Some(run) => (target.table_progress(&run.run_id).await?, target.lineage(&run.run_id).await?),
         None => (Vec::new(), Vec::new()),
     };
+    // One connection to the source (PostgreSQL) for its side of the stream.
+    let mut source = match settings.source.url.engine() {
+        Engine::Postgres => crate::engines::open_replication_source(&settings.source.url).await.ok(),
+        _ => None,
+    };
     let mut stream = target.stream_status(&settings.pipeline).await?.map(stream_state);
     if let Some(stream) = stream.as_mut() {
         let versions = target.stream_versions(&settings.pipeline).await?;
         stream.table_columns =
             versions.into_iter().map(|(t, v)| (t, v.names().into_iter().map(String::from).collect())).collect();
-        if settings.source.url.engine() == Engine::Postgres
-            && let Ok(mut source) = crate::engines::open_replication_source(&settings.source.url).await
-        {
+        if let Some(source) = source.as_mut() {
             stream.ddl_capture = source.ddl_capture().await.ok();
         }
     }
     let deployments = target.deployments(&settings.pipeline).await?;
-    let slots = source_slots(settings, Some(slot)).await.unwrap_or_default();
+    let slots = match source.as_mut() {
+        Some(source) => source.slots(Some(slot)).await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     let phase = match (&stream, &migrate) {
         (Some(s), _) if s.paused.is_some() => "paused".to_string(),
         (Some(s), _) if s.checkpoint.streaming => "streaming".to_string(),
         (_, Some(run)) => format!("migrate run {}", run.status.as_str()),
         (_, None) => "not started".to_string(),
     };
+    // WAL the stream has yet to confirm may hold nothing for it (an idle
+    // source still writes WAL): caught up if it confirms what the source
+    // has now within two acknowledgements, as the cutover's lag gate
+    // judges. Else the lag is the time since its last applied commit.
+    let caught = match (slots.first(), source.as_mut()) {
+        (Some(slot), Some(source)) if slot.active && slot.lag_bytes > 0 && stream.is_some() => {
+            caught_up(source.as_mut(), &slot.name).await
+        }
+        _ => false,
+    };
     let lag_seconds = match (slots.first(), &stream) {
         (Some(slot), _) if slot.lag_bytes <= 0 => Some(0.0),
-        // WAL the stream has yet to confirm may hold nothing for it (an
-        // idle source still writes WAL): caught up if it confirms what the
-        // source has now within two acknowledgements, as the cutover's lag
-        // gate judges. Else the time since its last applied commit.
-        (Some(slot), Some(_)) if slot.active && caught_up(settings, &slot.name).await => Some(0.0),
+        (Some(_), Some(_)) if caught => Some(0.0),
         (Some(_), Some(s)) => s.source_commit_age_seconds,
         _ => None,
     };

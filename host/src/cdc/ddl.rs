@@ -42,6 +42,13 @@ pub struct PartitionOf {
     pub bound: String,
 }
 
+impl PartitionOf {
+    /// The parent.
+    pub fn table_name(&self) -> TableName {
+        TableName { schema: Some(self.schema.clone()), name: self.name.clone() }
+    }
+}
+
 /// A table the statement touched, as it is after it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CapturedTable {
@@ -119,10 +126,10 @@ impl CapturedTable {
         TableName { schema: Some(self.schema.clone()), name: self.name.clone() }
     }
 
-    /// The table as the stream reads it: the version's columns and the
+    /// The table as the stream reads it: its `version`'s columns and the
     /// primary key (`None`: it has none).
-    pub fn def(&self) -> Option<TableDef> {
-        let columns: Vec<ColumnDef> = self.version().columns.into_iter().map(|c| c.def).collect();
+    pub fn def(&self, version: &TableVersion) -> Option<TableDef> {
+        let columns: Vec<ColumnDef> = version.columns.iter().map(|c| c.def.clone()).collect();
         let key: Vec<usize> =
             self.key.iter().map(|k| columns.iter().position(|c| c.name == *k)).collect::<Option<_>>()?;
         (!key.is_empty()).then(|| TableDef::new(self.table_name(), Engine::Postgres, columns, key))
@@ -151,7 +158,7 @@ mod tests {
         assert_eq!(version.columns[1].def.kind, Kind::Array(Box::new(Kind::Text)));
         assert_eq!(version.columns[1].def.default, Some(ColumnDefault::Expression("'{}'::text[]".into())));
         assert!(version.columns[0].def.identity.as_ref().is_some_and(|i| i.always));
-        assert!(captured.tables[0].def().is_none(), "no key captured");
+        assert!(captured.tables[0].def(&version).is_none(), "no key captured");
         assert!(Captured::parse(b"{").is_err());
     }
 }
@@ -168,7 +175,8 @@ mod table_tests {
                "elem": null, "identity": "", "generated": "", "default": null},
               {"number": 2, "name": "id", "sql_type": "bigint", "not_null": true, "base": "int8", "category": "N",
                "elem": null, "identity": "", "generated": "", "default": null}]}]}"#;
-        let def = Captured::parse(message).unwrap().tables[0].def().unwrap();
+        let table = &Captured::parse(message).unwrap().tables[0];
+        let def = table.def(&table.version()).unwrap();
         assert_eq!(def.name.to_string(), "public.notes");
         assert_eq!(def.primary_key, [1]);
         let dropped = br#"{"tag": "DROP TABLE", "tables": [], "dropped": [{"schema": "public", "name": "old"}]}"#;

@@ -31,7 +31,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Change, Op, TablesApplier, names_table};
-use crate::cdc::ddl::{Captured, CapturedTable};
+use crate::cdc::ddl::{Captured, CapturedTable, PartitionOf};
 use crate::cdc::pgoutput::Relation;
 use crate::db::{Engine, TableName};
 use crate::error::Error;
@@ -188,8 +188,7 @@ impl TablesApplier<'_> {
         let Some(selection) = &self.selection else { return false };
         let name = table.table_name();
         let created = matches!(tag, "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO");
-        let parent =
-            table.partition_of.as_ref().map(|p| TableName { schema: Some(p.schema.clone()), name: p.name.clone() });
+        let parent = table.partition_of.as_ref().map(PartitionOf::table_name);
         (created || self.keyless_new.contains(&name))
             && (selection.includes(&name)
                 || parent.is_some_and(|p| selection.includes(&p) && self.live_table(&p).is_none()))
@@ -203,7 +202,8 @@ impl TablesApplier<'_> {
     /// gives it one.
     fn new_table(&mut self, table: &CapturedTable, position: Position, out: &mut Vec<Change>) {
         let name = table.table_name();
-        let Some(source) = table.def() else {
+        let version = table.version();
+        let Some(source) = table.def(&version) else {
             tracing::info!(table = %name, "the source created a table without a primary key: followed once it has one");
             self.keyless_new.insert(name);
             return;
@@ -216,10 +216,11 @@ impl TablesApplier<'_> {
         };
         let mut target = source.for_target(target_name, engine);
         target.defer_key = false;
-        let partition_of =
-            table.partition_of.as_ref().filter(|_| engine == Engine::Postgres).map(|p| {
-                (TableName { schema: Some(p.schema.clone()), name: p.name.clone() }.quoted(), p.bound.clone())
-            });
+        let partition_of = table
+            .partition_of
+            .as_ref()
+            .filter(|_| engine == Engine::Postgres)
+            .map(|p| (p.table_name().quoted(), p.bound.clone()));
         let o = self.targets.len();
         std::sync::Arc::make_mut(&mut self.targets).push(target.clone());
         let planned = PlannedTable {
@@ -229,7 +230,6 @@ impl TablesApplier<'_> {
             on_conflict: self.settings.on_conflict,
             schema_made: false,
         };
-        let version = table.version();
         // A table dropped earlier in the stream under the same name: its place.
         let again = (0..self.plan.tables.len()).find(|t| {
             self.gone.contains(t) && names_table(&self.plan.tables[*t].source, Some(&table.schema), &table.name)

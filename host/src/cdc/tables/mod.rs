@@ -108,14 +108,6 @@ pub async fn sync(
             );
         }
     }
-    let published = replication.publication_tables(&options.publication).await?;
-    if let Some(table) = plan.later.iter().find(|t| !published.contains(t)) {
-        return Err(crate::error::Error::contract(format!(
-            "table {table}, which source.include brings into the pipeline, is not part of the change stream (it \
-             was not there when the stream started, and no captured statement made it since): load it with the \
-             others from a new slot (`ferry sync --teardown`, then `ferry sync`), or leave it out (source.exclude)"
-        )));
-    }
     if !capture {
         tracing::info!(
             "no DDL capture in the source ([source] capture_ddl): a change of a table's columns pauses the stream \
@@ -273,6 +265,17 @@ async fn check_publication(
             options.publication,
             missing.join(", "),
             crate::db::quote_ident(&options.publication)
+        )));
+    }
+    // Tables the stream meets later were published by the DDL capture
+    // when they were made; one that was not can only come from a new load.
+    if let Some(table) =
+        plan.later.iter().find(|t| !published.iter().any(|(s, n)| t.schema.as_deref() == Some(s) && t.name == *n))
+    {
+        return Err(crate::error::Error::contract(format!(
+            "table {table}, which source.include brings into the pipeline, is not part of the change stream (it \
+             was not there when the stream started, and no captured statement made it since): load it with the \
+             others from a new slot (`ferry sync --teardown`, then `ferry sync`), or leave it out (source.exclude)"
         )));
     }
     for (schema, table) in &published {
