@@ -226,7 +226,8 @@ enum DlqAction {
     },
     /// Try the latest run's dead letters again (after fixing the source, or with
     /// a fixed plugin): those that pass are loaded exactly once, the rest keep
-    /// their new reason.
+    /// their new reason. The change stream's dead letters are replayed by the
+    /// running stream (with its live plugin versions).
     Replay {
         /// A fixed version of the tables' plugin to run them through (same output tables).
         #[arg(long, value_name = "PATH")]
@@ -234,6 +235,9 @@ enum DlqAction {
         /// Only the dead letters of this source table (`schema.table` or `table`).
         #[arg(long, value_name = "TABLE")]
         table: Option<String>,
+        /// How long to wait for the running stream to replay its dead letters.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+        wait: f64,
     },
 }
 
@@ -730,12 +734,13 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Dlq { action: DlqAction::Replay { plugin, table } } => {
+        Command::Dlq { action: DlqAction::Replay { plugin, table, wait } } => {
             let selection = settings.tables.clone();
             let stop = Arc::new(AtomicBool::new(false));
             spawn_signal_handler(Arc::clone(&stop));
-            match crate::tables::replay::replay(&settings, &selection, plugin.as_deref(), table.as_deref(), stop).await
-            {
+            let wait = std::time::Duration::from_secs_f64(wait.max(0.0));
+            let (plugin, table) = (plugin.as_deref(), table.as_deref());
+            match crate::tables::replay::replay(&settings, &selection, plugin, table, wait, stop).await {
                 Err(e) => fail(&e),
                 Ok(r) => {
                     show(cli.json, &r, || report::replay(&r));

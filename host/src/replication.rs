@@ -80,6 +80,10 @@ pub trait ReplicationSource: Send {
     async fn drop_ddl_capture(&mut self, slot: &str) -> anyhow::Result<()>;
     /// Each column of `table` with its catalog number and type OID.
     async fn column_numbers(&mut self, table: &TableName) -> anyhow::Result<Vec<(String, i16, u32)>>;
+    /// `table`'s OID in the source's catalog (`None`: no such table).
+    async fn relation_oid(&mut self, table: &TableName) -> anyhow::Result<Option<u32>>;
+    /// Takes `table` out of `publication` (nothing if it is not in it).
+    async fn unpublish(&mut self, publication: &str, table: &TableName) -> anyhow::Result<()>;
 }
 
 /// The prefix of the logical messages the DDL capture writes.

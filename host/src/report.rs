@@ -409,6 +409,18 @@ pub fn replay(r: &crate::tables::replay::ReplayReport) -> String {
             r.keyless
         ));
     }
+    if let Some(stream) = &r.stream {
+        out.push_str(&format!(
+            "\nchange stream: {} dead letters asked, {} replayed, {} dead letters again",
+            stream.asked, stream.replayed, stream.dead_lettered
+        ));
+        if stream.pending > 0 {
+            out.push_str(&format!(
+                "; {} wait for the stream, which replays them while `ferry sync` runs",
+                stream.pending
+            ));
+        }
+    }
     if r.interrupted {
         out.push_str("\ninterrupted: every batch shown is committed; run it again for the rest");
     }

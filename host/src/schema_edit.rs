@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Engine, quote_ident};
+use crate::db::{Engine, TableName, quote_ident};
 use crate::schema::{ColumnDef, ColumnDefault, TableDef};
 
 /// A column of a version: its catalog number and definition.
@@ -31,6 +31,11 @@ pub struct VersionColumn {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct TableVersion {
     pub columns: Vec<VersionColumn>,
+    /// The source relation's OID (0: unknown), which a rename keeps: a
+    /// table renamed while the stream ran, or while ferry was stopped, is
+    /// found again by it.
+    #[serde(default)]
+    pub relation: u32,
 }
 
 impl TableVersion {
@@ -45,7 +50,13 @@ impl TableVersion {
                 Some(VersionColumn { number: *number, def: c.clone(), type_oid: *type_oid })
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(TableVersion { columns })
+        Some(TableVersion { columns, relation: 0 })
+    }
+
+    /// No columns: the table is gone from the stream (dropped, or renamed
+    /// out of the pipeline).
+    pub fn gone(relation: u32) -> TableVersion {
+        TableVersion { columns: Vec::new(), relation }
     }
 
     /// Whether a Relation message's columns (name, type OID) are this
@@ -127,6 +138,11 @@ pub enum TableEdit {
         partition_of: Option<(String, String)>,
     },
     DropTable,
+    /// The table is renamed (or moved to another schema; SQLite has none).
+    RenameTable {
+        schema: Option<String>,
+        name: String,
+    },
     Add {
         column: ColumnDef,
     },
@@ -161,6 +177,8 @@ impl std::fmt::Display for TableEdit {
                 write!(f, "CREATE TABLE … PARTITION OF {parent} {bound}")
             }
             TableEdit::DropTable => write!(f, "DROP TABLE"),
+            TableEdit::RenameTable { schema: Some(schema), name } => write!(f, "RENAME TO {schema}.{name}"),
+            TableEdit::RenameTable { schema: None, name } => write!(f, "RENAME TO {name}"),
             TableEdit::Add { column } => write!(f, "ADD COLUMN {} {}", column.name, column.sql_type),
             TableEdit::Drop { name } => write!(f, "DROP COLUMN {name}"),
             TableEdit::Rename { from, to } => write!(f, "RENAME COLUMN {from} TO {to}"),
@@ -215,6 +233,17 @@ impl TableEdit {
             }
             TableEdit::Create { .. } => Ok(Some(def.create_sql(&Default::default(), &Default::default()))),
             TableEdit::DropTable => Ok(Some(format!("DROP TABLE {}", def.quoted()))),
+            // Two statements where the schema changes too (one simple query).
+            TableEdit::RenameTable { schema: Some(schema), name } if pg && def.name.schema.as_ref() != Some(schema) => {
+                let moved = TableName { schema: Some(schema.clone()), name: def.name.name.clone() };
+                let mut sql = format!("ALTER TABLE {table} SET SCHEMA {}", quote_ident(schema));
+                if *name != def.name.name {
+                    sql.push_str(&format!("; ALTER TABLE {} RENAME TO {}", moved.quoted(), quote_ident(name)));
+                }
+                Ok(Some(sql))
+            }
+            TableEdit::RenameTable { name, .. } if *name == def.name.name => Ok(None),
+            TableEdit::RenameTable { name, .. } => alter(format!("RENAME TO {}", quote_ident(name))),
             TableEdit::Add { column } => {
                 let sql_type = crate::schema::carried_type(&column.kind, &column.sql_type, def.engine);
                 let default = match (&column.default, pg) {
@@ -306,6 +335,7 @@ mod tests {
                 .iter()
                 .map(|&(n, name, t)| VersionColumn { number: n, def: column(name, t), type_oid: 0 })
                 .collect(),
+            relation: 0,
         }
     }
 
@@ -378,5 +408,21 @@ mod tests {
             retype.sql(&pg).unwrap().unwrap(),
             r#"ALTER TABLE "public"."items" ALTER COLUMN "id" TYPE bigint USING "id"::bigint"#
         );
+        let rename = |schema: Option<&str>, name: &str| TableEdit::RenameTable {
+            schema: schema.map(str::to_string),
+            name: name.to_string(),
+        };
+        let sql = |edit: TableEdit, def: &TableDef| edit.sql(def).unwrap().unwrap_or_default();
+        assert_eq!(
+            sql(rename(Some("public"), "items_old"), &pg),
+            r#"ALTER TABLE "public"."items" RENAME TO "items_old""#
+        );
+        assert_eq!(sql(rename(Some("archive"), "items"), &pg), r#"ALTER TABLE "public"."items" SET SCHEMA "archive""#);
+        assert_eq!(
+            sql(rename(Some("archive"), "old"), &pg),
+            r#"ALTER TABLE "public"."items" SET SCHEMA "archive"; ALTER TABLE "archive"."items" RENAME TO "old""#
+        );
+        assert_eq!(sql(rename(None, "items_old"), &lite), r#"ALTER TABLE "items" RENAME TO "items_old""#);
+        assert_eq!(sql(rename(None, "items"), &lite), "");
     }
 }

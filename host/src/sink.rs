@@ -399,6 +399,10 @@ pub struct RowChangeBatch {
     /// Versions of source tables' columns that begin in this batch (the
     /// source table, where it begins, its columns): stored with `next`.
     pub versions: Vec<(String, crate::position::Position, crate::schema_edit::TableVersion)>,
+    /// Dead letters replayed in this batch (their dedup keys): removed, with
+    /// their replay's request, before the batch's own dead letters are
+    /// recorded (one that fails again is recorded anew, under its key).
+    pub replayed: Vec<String>,
 }
 
 /// The run id `ferry dlq list` gives a change stream's dead letters.
@@ -493,6 +497,18 @@ pub trait RowChangeSink: Send {
     ) -> anyhow::Result<Vec<crate::control::DeadLetterRecord>>;
     /// Records (or clears, with `None`) why the pipeline's stream is paused.
     async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()>;
+    /// Asks the pipeline's stream to replay its dead letters that name a
+    /// row (of source table `table` only, when given: `schema.table` or
+    /// `table`): the stream reads each row again and applies it between two
+    /// of its transactions ([`RowChangeBatch::replayed`]). Returns the dead
+    /// letters asked (their dedup keys).
+    async fn request_stream_replay(&mut self, pipeline: &str, table: Option<&str>) -> anyhow::Result<Vec<String>>;
+    /// Dead letters whose replay is asked, oldest first: (dedup key, source
+    /// table, source key).
+    async fn stream_replays(&mut self, pipeline: &str, limit: usize) -> anyhow::Result<Vec<(String, String, String)>>;
+    /// Of the dead letters `keys`: how many still wait for their replay,
+    /// and how many are dead letters again after it.
+    async fn stream_replay_state(&mut self, pipeline: &str, keys: &[String]) -> anyhow::Result<(u64, u64)>;
     /// Marks every later transaction of this connection as written by the
     /// replication origin `name` (created if missing), so that a logical
     /// replication reader of this database can tell ferry's writes from the

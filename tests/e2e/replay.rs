@@ -260,3 +260,91 @@ async fn reprocess_replaces_a_key_range_with_another_version_exactly_once_in_pos
 async fn reprocess_replaces_a_key_range_with_another_version_exactly_once_in_sqlite() {
     reprocess_scenario(Target::Sqlite(SqliteDb::new())).await;
 }
+
+/// Accounts whose documents are out-of-line TOASTed text.
+const ACCOUNTS: &str = r#"
+CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL, bio text NOT NULL);
+INSERT INTO accounts SELECT g, 'user' || g || '@example.com',
+    (SELECT string_agg(md5(g::text || r::text), '') FROM generate_series(1, 150) r) FROM generate_series(1, 300) g;
+"#;
+
+/// A change stream's dead letters (rows the target refused: a CHECK the
+/// target has and the source does not) are replayed by the stream: asked
+/// while it is stopped, they wait for it, and the next `ferry sync` tries
+/// them — a row fixed at the source since passes, a deleted one goes, the
+/// rest are dead letters again with the reason; once the target is fixed,
+/// `ferry dlq replay` beside the running stream, with writers changing the
+/// same rows, clears them all. Judged by the source's rows and the dead
+/// letter table, not by the report.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streams_dead_letters_are_replayed_by_the_running_stream() {
+    let cluster = crate::cluster::Cluster::start();
+    let source = PgDb::on(&cluster.url(), "postgres");
+    source.exec(ACCOUNTS).await;
+    let target = PgDb::new("streamreplay").await;
+    let p = tables_pipeline(&source.url(), &target.url(), "include = [\"public.accounts\"]", "");
+    assert_eq!(p.ferry(&["sync", "--idle-exit", "1"]).code, 0);
+    target.exec("ALTER TABLE accounts ADD CONSTRAINT lower_email CHECK (email = lower(email))").await;
+    source
+        .exec(
+            "UPDATE accounts SET email = upper(email), bio = md5(bio) || bio WHERE id <= 10; \
+             INSERT INTO accounts VALUES (301, 'New@Example.com', 'a'), (302, 'Other@Example.com', 'b');",
+        )
+        .await;
+    let refused = p.ferry(&["sync", "--idle-exit", "1", "--json"]);
+    assert_eq!(refused.code, 4, "{refused:?}");
+    let dead = "SELECT count(*) FROM ferry.change_dead_letters";
+    assert_eq!(target.scalar_i64(dead).await, 12);
+    // Since then: one fixed at the source, one deleted.
+    source.exec("UPDATE accounts SET email = lower(email) WHERE id = 3; DELETE FROM accounts WHERE id = 4;").await;
+    assert_eq!(p.ferry(&["sync", "--idle-exit", "1"]).code, 0, "nothing refused this time");
+
+    // Asked with no stream running: they wait for it.
+    let asked = p.ferry(&["dlq", "replay", "--wait", "0", "--json"]);
+    assert_eq!(asked.code, 4, "{asked:?}");
+    assert_eq!(asked.json()["stream"]["pending"], 12, "{asked:?}");
+    assert!(p.ferry(&["dlq", "replay", "--wait", "0"]).stdout.contains("replays them while `ferry sync` runs"));
+    assert_eq!(p.ferry(&["sync", "--idle-exit", "2"]).code, 4, "the target still refuses ten of them");
+    assert_eq!(target.scalar_i64(dead).await, 10);
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.stream_replays").await, 0, "no request left");
+    let reasons = "SELECT count(*) FROM ferry.change_dead_letters WHERE reason LIKE '%lower_email%'";
+    assert_eq!(target.scalar_i64(reasons).await, 10, "each with the target's reason");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM accounts WHERE id IN (3, 4)").await, 1, "3 passed, 4 went");
+
+    // The target fixed, replayed beside the running stream while the
+    // application keeps changing the same rows.
+    target.exec("ALTER TABLE accounts DROP CONSTRAINT lower_email").await;
+    let mut child = p.spawn(&["sync"]);
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (url, running) = (source.url(), running.clone());
+        tokio::spawn(async move {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+            let mut n = 0;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let sql = format!("UPDATE accounts SET bio = md5(bio) || '{n}' || bio WHERE id = {}", 1 + n % 12);
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let replayed = p.ferry(&["dlq", "replay", "--json"]);
+    assert_eq!(replayed.code, 0, "{replayed:?}");
+    let stream = &replayed.json()["stream"];
+    assert_eq!((stream["asked"].as_u64(), stream["replayed"].as_u64()), (Some(10), Some(10)), "{stream}");
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    let all = "SELECT string_agg(a::text, E'\\n' ORDER BY id) FROM accounts a";
+    let want = source_text(&source, all).await;
+    eventually("the target equals the source", || async { source_text(&target, all).await == want }).await;
+    assert_eq!(target.scalar_i64(dead).await, 0);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+async fn source_text(db: &PgDb, sql: &str) -> String {
+    let mut c = db.conn().await;
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut c).await.unwrap()
+}

@@ -333,6 +333,104 @@ async fn a_new_partition_joins_the_stream_as_a_partition_of_its_parent() {
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 0);
 }
 
+/// The renames an application's migrations make, while rows flow: a table
+/// renamed in the transaction that writes it; the expand/contract swap (a
+/// new table filled beside the old one, their names exchanged in one
+/// transaction, the old one dropped); a table renamed while ferry is
+/// killed; one moved to a schema `include` leaves out. The target follows
+/// each under the source's name, every row with it; the one moved out
+/// stays as it was at the move and leaves the publication. Judged by the
+/// source's rows, the server's publication and no dead letters.
+#[tokio::test(flavor = "multi_thread")]
+async fn renamed_tables_are_followed_under_their_new_names() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    exec(&source, APP_DDL).await;
+    exec(
+        &source,
+        "CREATE TABLE notes (id bigint PRIMARY KEY, body text NOT NULL); \
+         INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let target = PgDb::new("evolve_renames").await;
+    let p = tables_pipeline(&source, &target.url(), "include = [\"public.*\"]\ncapture_ddl = true", "");
+    let mut child = daemon(&p);
+    until(&target.url(), "the initial load", "SELECT count(*) = 50 FROM notes").await;
+
+    exec(
+        &source,
+        "INSERT INTO events VALUES (1, 1, 'before'); \
+         BEGIN; \
+         INSERT INTO events VALUES (2, 2, 'same transaction, before'); \
+         ALTER TABLE events RENAME TO item_events; \
+         INSERT INTO item_events VALUES (3, 3, 'same transaction, after'); \
+         COMMIT; \
+         UPDATE item_events SET kind = 'renamed' WHERE id = 1;",
+    )
+    .await;
+    until(&target.url(), "the renamed table", "SELECT count(*) = 1 FROM item_events WHERE kind = 'renamed'").await;
+
+    // The swap: `items_new` (another shape) built and filled beside
+    // `items`, then the names exchanged and the old table dropped.
+    exec(
+        &source,
+        "CREATE TABLE items_new (id bigint PRIMARY KEY, qty bigint NOT NULL, price numeric(12, 2), \
+             doc text NOT NULL, label text NOT NULL DEFAULT 'v2'); \
+         INSERT INTO items_new (id, qty, price, doc) SELECT id, qty, price, doc FROM items; \
+         BEGIN; \
+         ALTER TABLE items RENAME TO items_old; \
+         ALTER TABLE items_new RENAME TO items; \
+         UPDATE items SET label = 'swapped', doc = md5(doc) || doc WHERE id % 100 = 0; \
+         COMMIT; \
+         DROP TABLE items_old; \
+         INSERT INTO items VALUES (2001, 1, 1.5, 'after the swap', 'v2');",
+    )
+    .await;
+    until(&target.url(), "the swapped table", "SELECT count(*) = 2001 FROM items").await;
+
+    // Renamed while ferry is down: found again by its relation.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    exec(
+        &source,
+        "ALTER TABLE notes RENAME TO memos; \
+         INSERT INTO memos VALUES (51, 'written under the new name, ferry down'); \
+         UPDATE memos SET body = upper(body) WHERE id <= 10;",
+    )
+    .await;
+    let mut child = daemon(&p);
+    until(&target.url(), "the memo written while ferry was down", "SELECT count(*) = 51 FROM memos").await;
+
+    // Moved out of what `include` names: no longer followed.
+    exec(
+        &source,
+        "CREATE SCHEMA archive; \
+         ALTER TABLE item_events SET SCHEMA archive; \
+         INSERT INTO archive.item_events VALUES (4, 4, 'archived'); \
+         INSERT INTO memos VALUES (52, 'the last one');",
+    )
+    .await;
+    until(&target.url(), "the last memo", "SELECT count(*) = 52 FROM memos").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let last = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert_eq!(last.code, 0, "{last:?}");
+
+    for table in ["items", "memos"] {
+        assert_eq!(rows(&target.url(), table).await, rows(&source, table).await, "{table}");
+    }
+    let archived = rows(&source, "archive.item_events").await;
+    assert_eq!(rows(&target.url(), "public.item_events").await, archived[..3], "as it was at the move");
+    let tables = "SELECT string_agg(schemaname || '.' || tablename, ' ' ORDER BY schemaname, tablename) FROM pg_tables \
+                  WHERE schemaname IN ('public', 'archive')";
+    let mut c = connect(&target.url()).await;
+    let on_target: String = sqlx::query_scalar(tables).fetch_one(&mut c).await.unwrap();
+    assert_eq!(on_target, "public.item_events public.items public.memos", "the source's names, nothing left behind");
+    let published = "SELECT count(*) FROM pg_publication_tables WHERE schemaname = 'archive'";
+    assert_eq!(scalar(&source, published).await, 0, "the moved table left the publication");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 0);
+}
+
 /// A table `include` brings in, created without a key and written: the
 /// stream cannot apply its rows by key, so it pauses before them (the
 /// changes before applied, none after) and says the way out; stopped

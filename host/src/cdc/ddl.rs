@@ -52,11 +52,17 @@ impl PartitionOf {
 /// A table the statement touched, as it is after it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CapturedTable {
+    /// The relation's OID (a rename keeps it).
+    #[serde(default)]
+    pub oid: u32,
     pub schema: String,
     pub name: String,
     /// The statement rewrote the table's rows (a volatile default, a
     /// type change).
     pub rewritten: bool,
+    /// A partitioned table (its rows are its partitions').
+    #[serde(default)]
+    pub partitioned: bool,
     pub columns: Vec<CapturedColumn>,
     /// The primary key's columns, in key order (empty: none).
     #[serde(default)]
@@ -119,7 +125,7 @@ impl CapturedTable {
                 VersionColumn { number: c.number, def, type_oid: c.type_oid }
             })
             .collect();
-        TableVersion { columns }
+        TableVersion { columns, relation: self.oid }
     }
 
     pub fn table_name(&self) -> TableName {

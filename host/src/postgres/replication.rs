@@ -99,6 +99,7 @@ BEGIN
     SELECT coalesce(jsonb_agg(t ORDER BY t.oid), '[]'::jsonb) INTO changed FROM (
         SELECT DISTINCT c.oid::int8 AS oid, n.nspname::text AS schema, c.relname::text AS name,
             strpos(coalesce(current_setting('ferry.rewritten', true), ''), ',' || c.oid || ',') > 0 AS rewritten,
+            c.relkind = 'p' AS partitioned,
             (SELECT coalesce(jsonb_agg(jsonb_build_object(
                     'number', a.attnum, 'name', a.attname::text, 'type_oid', a.atttypid::int8,
                     'sql_type', format_type(a.atttypid, a.atttypmod), 'not_null', a.attnotnull,
@@ -260,6 +261,38 @@ impl ReplicationSource for PgReplication {
         .await
         .map_err(|e| self.err(format!("reading the columns of {table}"), &e))?;
         Ok(rows.into_iter().map(|(name, number, oid)| (name, number, oid as u32)).collect())
+    }
+
+    async fn relation_oid(&mut self, table: &TableName) -> anyhow::Result<Option<u32>> {
+        let oid: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::int8")
+            .bind(table.quoted())
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("looking up table {table}"), &e))?;
+        Ok(oid.map(|o| o as u32))
+    }
+
+    async fn unpublish(&mut self, publication: &str, table: &TableName) -> anyhow::Result<()> {
+        let there: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
+             WHERE p.pubname = $1 AND r.prrelid = to_regclass($2))",
+        )
+        .bind(publication)
+        .bind(table.quoted())
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(|e| self.err(format!("reading publication {publication}"), &e))?;
+        if there {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER PUBLICATION {} DROP TABLE {}",
+                quote_ident(publication),
+                table.quoted()
+            )))
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.err(format!("taking {table} out of publication {publication}"), &e))?;
+        }
+        Ok(())
     }
 
     async fn wal_position(&mut self) -> anyhow::Result<u64> {

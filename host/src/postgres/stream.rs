@@ -72,6 +72,12 @@ CREATE TABLE IF NOT EXISTS ferry.change_dead_letters (
 );
 ALTER TABLE ferry.change_dead_letters ADD COLUMN IF NOT EXISTS kind text;
 ALTER TABLE ferry.change_dead_letters ADD COLUMN IF NOT EXISTS source_table text;
+CREATE TABLE IF NOT EXISTS ferry.stream_replays (
+    pipeline     text NOT NULL,
+    dedup_key    text NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, dedup_key)
+);
 CREATE TABLE IF NOT EXISTS ferry.parallel_runs (
     pipeline   text PRIMARY KEY,
     owner      text NOT NULL,
@@ -340,7 +346,9 @@ async fn apply_writes(
                     return Err(e);
                 }
             };
-            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await {
+            // A simple query: an edit may be two statements (a table moved
+            // to another schema and renamed).
+            if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await {
                 *schema_refused = Some(batch.refused_alter(i, e.to_string()));
                 return Err(e);
             }
@@ -555,6 +563,52 @@ impl RowChangeSink for PgTables {
         Ok(rows.into_iter().map(crate::control::DeadLetterRecord::of_stream).collect())
     }
 
+    async fn request_stream_replay(&mut self, pipeline: &str, table: Option<&str>) -> anyhow::Result<Vec<String>> {
+        if !super::exists(&mut self.conn, "ferry.change_dead_letters").await? {
+            return Ok(Vec::new());
+        }
+        ensure_change_tables(&mut self.conn).await?;
+        Ok(sqlx::query_scalar(
+            "WITH asked AS (SELECT pipeline, dedup_key FROM ferry.change_dead_letters WHERE pipeline = $1 \
+             AND source_table IS NOT NULL AND source_key IS NOT NULL \
+             AND ($2::text IS NULL OR source_table = $2 OR split_part(source_table, '.', 2) = $2) ORDER BY id), \
+             added AS (INSERT INTO ferry.stream_replays (pipeline, dedup_key) SELECT pipeline, dedup_key FROM asked \
+             ON CONFLICT DO NOTHING) SELECT dedup_key FROM asked",
+        )
+        .bind(pipeline)
+        .bind(table)
+        .fetch_all(&mut self.conn)
+        .await?)
+    }
+
+    async fn stream_replays(&mut self, pipeline: &str, limit: usize) -> anyhow::Result<Vec<(String, String, String)>> {
+        if !super::exists(&mut self.conn, "ferry.stream_replays").await? {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_as(
+            "SELECT d.dedup_key, d.source_table, d.source_key FROM ferry.stream_replays r \
+             JOIN ferry.change_dead_letters d USING (pipeline, dedup_key) WHERE r.pipeline = $1 ORDER BY d.id LIMIT $2",
+        )
+        .bind(pipeline)
+        .bind(limit as i64)
+        .fetch_all(&mut self.conn)
+        .await?)
+    }
+
+    async fn stream_replay_state(&mut self, pipeline: &str, keys: &[String]) -> anyhow::Result<(u64, u64)> {
+        let (pending, dead): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM ferry.stream_replays WHERE pipeline = $1 AND dedup_key = ANY($2)), \
+             (SELECT count(*) FROM ferry.change_dead_letters d WHERE pipeline = $1 AND dedup_key = ANY($2) \
+              AND NOT EXISTS (SELECT 1 FROM ferry.stream_replays r WHERE r.pipeline = d.pipeline \
+                              AND r.dedup_key = d.dedup_key))",
+        )
+        .bind(pipeline)
+        .bind(keys)
+        .fetch_one(&mut self.conn)
+        .await?;
+        Ok((pending as u64, dead as u64))
+    }
+
     async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()> {
         sqlx::query("INSERT INTO ferry.change_checkpoints (pipeline) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(pipeline)
@@ -765,6 +819,17 @@ impl RowChangeSink for PgTables {
             if let (Some(run_id), true) = (&batch.run_id, journals.iter().any(Option::is_some)) {
                 // The rows this transaction wrote outside savepoints.
                 super::undo::mark(&mut tx, run_id).await?;
+            }
+            if !batch.replayed.is_empty() {
+                for table in ["ferry.change_dead_letters", "ferry.stream_replays"] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM {table} WHERE pipeline = $1 AND dedup_key = ANY($2)"
+                    )))
+                    .bind(&batch.pipeline)
+                    .bind(&batch.replayed)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
             for (d, dedup_key) in crate::sink::dedup_keys(batch.dead.iter().chain(&refused)) {
                 sqlx::query(

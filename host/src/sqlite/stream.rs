@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS ferry_stream_paused (
     pipeline TEXT PRIMARY KEY,
     reason   TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ferry_stream_replays (
+    pipeline     TEXT NOT NULL,
+    dedup_key    TEXT NOT NULL,
+    requested_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    PRIMARY KEY (pipeline, dedup_key)
+);
 "#;
 
 type Stored = (Option<i64>, Option<i64>, Option<i64>);
@@ -221,6 +227,67 @@ impl RowChangeSink for SqliteTables {
         Ok(rows.into_iter().map(crate::control::DeadLetterRecord::of_stream).collect())
     }
 
+    async fn request_stream_replay(&mut self, pipeline: &str, table: Option<&str>) -> anyhow::Result<Vec<String>> {
+        if !super::exists(&mut self.conn, "ferry_change_dead_letters").await? {
+            return Ok(Vec::new());
+        }
+        self.ensure_stream_tables().await?;
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT dedup_key FROM ferry_change_dead_letters WHERE pipeline = ?1 AND source_table IS NOT NULL \
+             AND source_key IS NOT NULL AND (?2 IS NULL OR source_table = ?2 OR source_table LIKE '%.' || ?2) \
+             ORDER BY id",
+        )
+        .bind(pipeline)
+        .bind(table)
+        .fetch_all(&mut *tx)
+        .await?;
+        for key in &keys {
+            sqlx::query("INSERT OR IGNORE INTO ferry_stream_replays (pipeline, dedup_key) VALUES (?1, ?2)")
+                .bind(pipeline)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(keys)
+    }
+
+    async fn stream_replays(&mut self, pipeline: &str, limit: usize) -> anyhow::Result<Vec<(String, String, String)>> {
+        if !super::exists(&mut self.conn, "ferry_stream_replays").await? {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_as(
+            "SELECT d.dedup_key, d.source_table, d.source_key FROM ferry_stream_replays r \
+             JOIN ferry_change_dead_letters d ON d.pipeline = r.pipeline AND d.dedup_key = r.dedup_key \
+             WHERE r.pipeline = ?1 ORDER BY d.id LIMIT ?2",
+        )
+        .bind(pipeline)
+        .bind(limit as i64)
+        .fetch_all(&mut self.conn)
+        .await?)
+    }
+
+    async fn stream_replay_state(&mut self, pipeline: &str, keys: &[String]) -> anyhow::Result<(u64, u64)> {
+        let (mut pending, mut dead) = (0, 0);
+        for key in keys {
+            let (asked, there): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM ferry_stream_replays WHERE pipeline = ?1 AND dedup_key = ?2), \
+                 (SELECT count(*) FROM ferry_change_dead_letters WHERE pipeline = ?1 AND dedup_key = ?2)",
+            )
+            .bind(pipeline)
+            .bind(key)
+            .fetch_one(&mut self.conn)
+            .await?;
+            match (asked, there) {
+                (0, 0) => {}
+                (0, _) => dead += 1,
+                _ => pending += 1,
+            }
+        }
+        Ok((pending, dead))
+    }
+
     async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()> {
         match reason {
             Some(reason) => {
@@ -304,6 +371,15 @@ impl RowChangeSink for SqliteTables {
                     let write = &batch.writes[indexes[at]];
                     refused.push(batch.origins[write.origin].refused(def, &write.change, &message));
                 }
+            }
+        }
+        for key in &batch.replayed {
+            for table in ["ferry_change_dead_letters", "ferry_stream_replays"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE pipeline = ?1 AND dedup_key = ?2")))
+                    .bind(&batch.pipeline)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         for (d, dedup_key) in crate::sink::dedup_keys(batch.dead.iter().chain(&refused)) {

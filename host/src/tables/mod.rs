@@ -48,7 +48,7 @@ pub mod validate;
 pub use copy::PluginFatal;
 use copy::heap_page_blocks;
 pub(crate) use copy::transformed;
-pub use plan::{Output, Plan, PlannedTable, plan, plan_as_of};
+pub use plan::{Output, Plan, PlannedTable, plan, plan_as_of, target_name_of};
 pub use post_data::advance_sequences;
 use post_data::built_later;
 

@@ -262,10 +262,7 @@ pub async fn plan_as_of(
             if names.contains(&name) || source.describe(&name).await?.is_some() {
                 continue;
             }
-            let target_name = match target_engine {
-                Engine::Sqlite => TableName { schema: None, name: name.name.clone() },
-                _ => name.clone(),
-            };
+            let target_name = target_name_of(&name, target_engine);
             let Some(there) = target.describe(&target_name).await? else { continue };
             let engine = settings.source.url.engine();
             let Some(def) = version.apply_to(&TableDef { name: name.clone(), engine, ..there }) else { continue };
@@ -344,8 +341,7 @@ pub async fn plan_as_of(
         }
         let target_name = match spec.and_then(|s| s.target.clone()) {
             Some(t) => t,
-            None if target_engine == Engine::Sqlite => TableName { schema: None, name: def.name.name.clone() },
-            None => def.name.clone(),
+            None => target_name_of(&def.name, target_engine),
         };
         let on_conflict = spec.and_then(|s| s.on_conflict).unwrap_or(settings.on_conflict);
         let plugin = match spec.and_then(|s| s.plugin.clone()) {
@@ -521,4 +517,13 @@ fn chosen_key(def: &TableDef, key: &[String]) -> Result<(Vec<usize>, Option<Stri
         ));
     };
     Ok((indexes, Some(index.name.clone())))
+}
+
+/// The target table a source table is copied into when nothing names one:
+/// the same schema and name (SQLite has no schemas).
+pub fn target_name_of(source: &TableName, engine: Engine) -> TableName {
+    match engine {
+        Engine::Sqlite => TableName { schema: None, name: source.name.clone() },
+        _ => source.clone(),
+    }
 }

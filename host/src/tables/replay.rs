@@ -14,6 +14,15 @@
 //! to loaded or filtered, so `source = loaded + filtered + dead letters`
 //! still holds. A dead letter whose source row no longer exists is left as
 //! it is (reported as `gone`).
+//!
+//! A change stream's dead letters are replayed by the stream itself: `ferry
+//! dlq replay` asks for them (`ferry.stream_replays`), and the running
+//! stream, between two of its transactions, reads each row again and
+//! applies it through the table's live path, removing the dead letter in
+//! the same target transaction (see `TablesApplier::replay_dead_letters`).
+//! The stream is the only writer of its tables, so a replayed row never
+//! races a change of the same key; the command waits (`--wait`) and says
+//! what became of them, or that the stream will replay them when it runs.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -61,29 +70,109 @@ pub struct ReplayReport {
     pub keyless: u64,
     /// Stopped by SIGINT/SIGTERM between two batches (each is committed).
     pub interrupted: bool,
+    /// The change stream's dead letters, if it has any.
+    pub stream: Option<StreamReplay>,
+}
+
+/// What became of the change stream's dead letters asked to be replayed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamReplay {
+    pub asked: u64,
+    /// Applied and gone from the dead letters.
+    pub replayed: u64,
+    /// Dead letters again, with their new reason.
+    pub dead_lettered: u64,
+    /// Not replayed yet: the stream replays them while it runs.
+    pub pending: u64,
 }
 
 impl ReplayReport {
-    /// Dead letters left in the run after the replay (of the tables tried).
+    /// Dead letters left after the replay (of the tables tried).
     pub fn remaining(&self) -> u64 {
-        self.keyless + self.tables.iter().map(|t| t.dead_lettered + t.gone).sum::<u64>()
+        let stream = self.stream.as_ref().map_or(0, |s| s.dead_lettered + s.pending);
+        stream + self.keyless + self.tables.iter().map(|t| t.dead_lettered + t.gone).sum::<u64>()
     }
 }
 
 /// Replays the dead letters of the pipeline's latest run (of `only`, a
 /// source table, when given), through `plugin` instead of the tables'
 /// configured plugin when given.
+/// Then asks the change stream to replay its dead letters (of `only`) and
+/// waits up to `wait` for it to.
 pub async fn replay(
     settings: &Settings,
     selection: &TableSelection,
     plugin: Option<&Path>,
     only: Option<&str>,
+    wait: std::time::Duration,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<ReplayReport> {
+    let mut target = engines::open_row_target(settings).await?;
+    let named = |table: &str| only.is_none_or(|t| table == t || table.rsplit('.').next() == Some(t));
+    let streamed = target.stream_dead_keys(&settings.pipeline).await?.iter().filter(|(t, _)| named(t)).count();
+    if streamed > 0 && plugin.is_some() {
+        return Err(Error::raise(
+            ErrorKind::Config,
+            format!(
+                "--plugin: the change stream's {streamed} dead letters replay through the live version of their \
+                 table's plugin: deploy the fixed one (`ferry plugin deploy PATH`), then run `ferry dlq replay` \
+                 without --plugin"
+            ),
+        ));
+    }
+    // A stream without a completed migration run (`ferry apply`, a load
+    // under way) replays its own dead letters only.
+    let run = target.latest_run(&settings.pipeline).await?;
+    let completed = run.is_some_and(|r| r.status == crate::control::RunStatus::Completed);
+    let mut report = if streamed == 0 || completed {
+        replay_run(settings, selection, plugin, only, target.as_mut(), Arc::clone(&stop)).await?
+    } else {
+        ReplayReport {
+            pipeline: settings.pipeline.clone(),
+            run_id: crate::sink::STREAM_RUN.into(),
+            ..Default::default()
+        }
+    };
+    if streamed > 0 && !report.interrupted {
+        report.stream = Some(replay_stream(settings, target.as_mut(), only, wait, &stop).await?);
+    }
+    Ok(report)
+}
+
+/// Asks the stream to replay its dead letters, then waits up to `wait`
+/// until it did.
+async fn replay_stream(
+    settings: &Settings,
+    target: &mut dyn crate::tables::RowTarget,
+    only: Option<&str>,
+    wait: std::time::Duration,
+    stop: &AtomicBool,
+) -> anyhow::Result<StreamReplay> {
+    let asked = target.request_stream_replay(&settings.pipeline, only).await?;
+    let until = std::time::Instant::now() + wait;
+    let (pending, dead) = loop {
+        let (pending, dead) = target.stream_replay_state(&settings.pipeline, &asked).await?;
+        if pending == 0 || std::time::Instant::now() >= until || stop.load(Ordering::Relaxed) {
+            break (pending, dead);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let n = asked.len() as u64;
+    Ok(StreamReplay { asked: n, replayed: n - pending - dead, dead_lettered: dead, pending })
+}
+
+/// The latest migration run's dead letters.
+async fn replay_run(
+    settings: &Settings,
+    selection: &TableSelection,
+    plugin: Option<&Path>,
+    only: Option<&str>,
+    target: &mut dyn crate::tables::RowTarget,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<ReplayReport> {
     let mut source = engines::open_row_source(&settings.source.url, "source").await?;
-    let mut target = engines::open_row_target(settings).await?;
-    let run = crate::tables::completed_run(settings, target.as_mut(), "replaying its dead letters").await?;
-    let plan = crate::tables::plan(settings, selection, source.as_mut(), target.as_mut()).await?;
+    let run = crate::tables::completed_run(settings, target, "replaying its dead letters").await?;
+    let plan = crate::tables::plan(settings, selection, source.as_mut(), target).await?;
     let named = |name: &crate::db::TableName| only.is_none_or(|t| name.to_string() == t || name.name == t);
     if let Some(t) = only.filter(|_| !plan.tables.iter().any(|p| named(&p.source.name))) {
         return Err(Error::raise(ErrorKind::Config, format!("--table {t}: the pipeline has no such source table")));

@@ -105,11 +105,16 @@ pub(super) async fn known_versions(
     let mut out = Vec::with_capacity(plan.tables.len());
     for table in &plan.tables {
         let name = table.source.name.to_string();
+        // Versions stored by an older ferry lack the relation's OID.
+        let oid = replication.relation_oid(&table.source.name).await?.unwrap_or(0);
         match stored.iter().find(|(t, _)| *t == name) {
-            Some((_, version)) => out.push(Some(version.clone())),
+            Some((_, version)) => {
+                let relation = if version.relation == 0 { oid } else { version.relation };
+                out.push(Some(TableVersion { relation, ..version.clone() }));
+            }
             None => {
                 let numbers = replication.column_numbers(&table.source.name).await?;
-                out.push(TableVersion::of(&table.source, &numbers));
+                out.push(TableVersion::of(&table.source, &numbers).map(|v| TableVersion { relation: oid, ..v }));
             }
         }
     }
@@ -167,10 +172,131 @@ impl TablesApplier<'_> {
                         self.schema_change(t, version, table.rewritten, &captured.tag, position, out)?;
                     }
                 }
-                None if self.follows_new(table, &captured.tag) => self.new_table(table, position, out),
-                None => {}
+                None => match self.renamed(table) {
+                    Some(t) if self.blocked.contains(&t) => {}
+                    Some(t) => self.rename_table(t, table, &captured.tag, position, out)?,
+                    None if self.follows_new(table, &captured.tag) => self.new_table(table, position, out),
+                    None if self.entered(table, &captured.tag) => {
+                        let name = table.table_name();
+                        let reason = format!(
+                            "table {name} entered the pipeline ({}: renamed or moved to a name source.include brings \
+                             in), but the stream did not follow it before, so its rows are not in the stream. Stop \
+                             ferry sync, then leave it out (source.exclude) or load it (`ferry sync --teardown`, then \
+                             `ferry sync`)",
+                            captured.tag
+                        );
+                        let pause = Pause { reason, until: Until::Restart };
+                        out.push(Change::at(
+                            position,
+                            None,
+                            name.to_string(),
+                            "schema change",
+                            Op::Pause(Box::new(pause)),
+                        ));
+                    }
+                    None => {}
+                },
             }
         }
+        Ok(())
+    }
+
+    /// The planned table the stream follows whose source relation `table`
+    /// is, under another name: a rename (or a move to another schema).
+    fn renamed(&self, table: &CapturedTable) -> Option<usize> {
+        if table.oid == 0 {
+            return None;
+        }
+        let by_version = (0..self.plan.tables.len())
+            .find(|t| !self.gone.contains(t) && self.versions[*t].as_ref().is_some_and(|v| v.relation == table.oid));
+        by_version.or_else(|| self.mapped.get(&table.oid).and_then(|m| m.table).filter(|t| !self.gone.contains(t)))
+    }
+
+    /// Table `t` was renamed in the source to `table`'s name at `position`.
+    /// A table `include` brings in under its new name too is followed under
+    /// it, its target table renamed in the transaction that begins there
+    /// (a copied table's target keeps the source's name); one its new name
+    /// leaves out stops being followed (its target table stays as it was,
+    /// and it leaves the publication); one `[[tables]]` names (by its old
+    /// name) pauses the stream until the entry names the new one.
+    fn rename_table(
+        &mut self,
+        t: usize,
+        table: &CapturedTable,
+        tag: &str,
+        position: Position,
+        out: &mut Vec<Change>,
+    ) -> anyhow::Result<()> {
+        let from = self.plan.tables[t].source.name.clone();
+        let to = table.table_name();
+        let Some(selection) = self.selection.clone() else { return Ok(()) };
+        self.keyless_new.remove(&to);
+        let version = self.versions[t].clone().unwrap_or_default();
+        if selection.spec(&from).is_some() || self.plan.tables[t].plugin.is_some() {
+            let reason = format!(
+                "the source renamed table {from} to {to} ({tag}), and the pipeline names it as {from} in \
+                 [[tables]]: change the entry's name to \"{to}\" (and rename its target table, if the entry has \
+                 none of its own), then start `ferry sync` again: the stream goes on from the rename"
+            );
+            return self.pause_here(t, position, reason, Until::Restart, out);
+        }
+        let target = self.targets[self.outputs[t][0]].clone();
+        if !selection.includes(&to) {
+            tracing::warn!(
+                table = %from, to = %to, at = %position,
+                "the source renamed a table of the pipeline to a name source.include does not bring in: the \
+                 stream stops following it, and target table {} stays as it was at the rename", target.name
+            );
+            self.gone.insert(t);
+            self.left.insert(to.clone());
+            self.unpublish.push(to);
+            self.versions[t] = Some(TableVersion::gone(version.relation));
+            self.mapped.retain(|_, m| m.table != Some(t));
+            let step = Step {
+                from: version.clone(),
+                version: TableVersion::gone(version.relation),
+                provisional: false,
+                edits: Vec::new(),
+                before: None,
+                transformer: None,
+            };
+            out.push(Change::at(position, Some(t), from.to_string(), "schema change", Op::Schema(Box::new(step))));
+            return Ok(());
+        }
+        tracing::info!(table = %from, to = %to, at = %position, "the source renamed a table of the pipeline: renamed on the target, then followed under its new name");
+        let engine = self.settings.target.url.engine();
+        let target_name = crate::tables::target_name_of(&to, engine);
+        // The old name is gone from the stream; the new one goes on.
+        let forget = Step {
+            from: version.clone(),
+            version: TableVersion::gone(version.relation),
+            provisional: false,
+            edits: Vec::new(),
+            before: None,
+            transformer: None,
+        };
+        out.push(Change::at(position, Some(t), from.to_string(), "schema change", Op::Schema(Box::new(forget))));
+        let step = Step {
+            from: version.clone(),
+            version: version.clone(),
+            provisional: false,
+            edits: vec![TableEdit::RenameTable { schema: target_name.schema.clone(), name: target_name.name.clone() }],
+            before: Some(self.outputs[t][0]),
+            transformer: None,
+        };
+        for def in [&mut self.plan.tables[t].source, &mut self.base[t]] {
+            def.name = to.clone();
+        }
+        for output in &mut self.plan.tables[t].outputs {
+            output.def.name = target_name.clone();
+        }
+        let mut renamed = target;
+        renamed.name = target_name;
+        let at = self.targets.len();
+        std::sync::Arc::make_mut(&mut self.targets).push(renamed);
+        self.outputs[t] = vec![at];
+        self.mapped.retain(|_, m| m.table != Some(t));
+        out.push(Change::at(position, Some(t), to.to_string(), "schema change", Op::Schema(Box::new(step))));
         Ok(())
     }
 
@@ -194,6 +320,17 @@ impl TablesApplier<'_> {
                 || parent.is_some_and(|p| selection.includes(&p) && self.live_table(&p).is_none()))
     }
 
+    /// Whether `table`, which the stream does not follow and the statement
+    /// `tag` altered, now has a name `include` brings in: renamed (or moved)
+    /// into the pipeline, with rows the stream never carried.
+    fn entered(&self, table: &CapturedTable, tag: &str) -> bool {
+        let name = table.table_name();
+        tag == "ALTER TABLE"
+            && !table.partitioned
+            && !self.keyless_new.contains(&name)
+            && self.selection.as_ref().is_some_and(|s| s.includes(&name))
+    }
+
     /// `table`, created in the source and brought in by the pipeline's
     /// `include`: from `position` on a copied table like the others, made
     /// on the target in the transaction that begins there (its rows all
@@ -210,11 +347,7 @@ impl TablesApplier<'_> {
         };
         self.keyless_new.remove(&name);
         let engine = self.settings.target.url.engine();
-        let target_name = match engine {
-            Engine::Sqlite => TableName { schema: None, name: name.name.clone() },
-            _ => name.clone(),
-        };
-        let mut target = source.for_target(target_name, engine);
+        let mut target = source.for_target(crate::tables::target_name_of(&name, engine), engine);
         target.defer_key = false;
         let partition_of = table
             .partition_of
@@ -257,7 +390,7 @@ impl TablesApplier<'_> {
         self.mapped.retain(|_, m| m.table.is_some());
         tracing::info!(table = %name, at = %position, "the source created a table the pipeline includes: made on the target, then followed");
         let step = Step {
-            from: TableVersion { columns: Vec::new() },
+            from: TableVersion::default(),
             version,
             provisional: false,
             edits: vec![TableEdit::Create { partition_of }],
@@ -275,13 +408,13 @@ impl TablesApplier<'_> {
         let label = self.plan.tables[t].source.name.to_string();
         let copy = self.plan.tables[t].plugin.is_none();
         tracing::info!(table = %label, statement = tag, at = %position, copy, "the source dropped a table of the pipeline");
-        let from = self.versions[t].clone().unwrap_or(TableVersion { columns: Vec::new() });
+        let from = self.versions[t].clone().unwrap_or_default();
         self.gone.insert(t);
-        self.versions[t] = Some(TableVersion { columns: Vec::new() });
+        self.versions[t] = Some(TableVersion::gone(from.relation));
         self.mapped.retain(|_, m| m.table != Some(t));
         let step = Step {
+            version: TableVersion::gone(from.relation),
             from,
-            version: TableVersion { columns: Vec::new() },
             provisional: false,
             edits: if copy { vec![TableEdit::DropTable] } else { Vec::new() },
             before: copy.then(|| self.outputs[t][0]),
@@ -489,7 +622,10 @@ impl TablesApplier<'_> {
             );
             columns.push(found);
         }
-        let version = columns.into_iter().collect::<Option<Vec<_>>>().map(|columns| TableVersion { columns });
+        let version = columns
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .map(|columns| TableVersion { columns, relation: relation.oid });
         // Added: a number the version does not have (a rename keeps it).
         let added: Vec<String> = match &version {
             Some(v) => v
@@ -645,13 +781,14 @@ impl TablesApplier<'_> {
     pub(super) async fn settle(&mut self, step: &mut Step) -> anyhow::Result<()> {
         let Some(before) = step.before else { return Ok(()) };
         let Some(there) = self.target.describe(&self.targets[before].name).await? else {
-            step.edits.retain(|edit| *edit != TableEdit::DropTable);
+            // Dropped or renamed already (a step applied before ferry stopped).
+            step.edits.retain(|edit| !matches!(edit, TableEdit::DropTable | TableEdit::RenameTable { .. }));
             return Ok(());
         };
         let has = |name: &str| there.column_index(name).map(|i| &there.columns[i]);
         step.edits.retain(|edit| match edit {
             TableEdit::Create { .. } => false,
-            TableEdit::DropTable => true,
+            TableEdit::DropTable | TableEdit::RenameTable { .. } => true,
             TableEdit::Add { column } => has(&column.name).is_none(),
             TableEdit::Drop { name } => has(name).is_some(),
             TableEdit::Rename { from, to } => has(from).is_some() && has(to).is_none(),
@@ -759,7 +896,7 @@ impl TablesApplier<'_> {
                 continue;
             }
             self.gone.remove(&t);
-            if self.versions[t].as_ref() == Some(version) {
+            if self.versions[t].as_ref().is_some_and(|v| v.columns == version.columns) {
                 continue;
             }
             let Some(source) = version.apply_to(&self.base[t]) else { continue };

@@ -169,6 +169,7 @@ pub async fn sync(
     applier.versions = versions;
     applier.capture = capture;
     applier.selection = Some(selection.clone());
+    applier.publication = Some(options.publication.clone());
     // Met past the stored position: made when the stream reads their
     // statement; rows before it (a table without a key) pause the stream.
     applier.keyless_new.extend(applier.plan.later.iter().cloned());
@@ -370,21 +371,24 @@ pub(crate) struct Change {
     seen: Option<i64>,
     /// A copied table: the target definition (in `targets`) its rows have.
     out: Option<usize>,
+    /// A dead letter's replay: its dedup key (see [`TablesApplier::replay_dead_letters`]).
+    replay: Option<String>,
 }
 
 impl Change {
     /// A change at `position` with no row key of its own (a schema step, a
     /// pause, a dead letter of a table outside the plan).
     fn at(position: Position, table: Option<usize>, label: String, what: &'static str, op: Op) -> Change {
-        Change { position: Some(position), table, label, key: None, what, op, seen: None, out: None }
+        Change { position: Some(position), table, label, key: None, what, op, seen: None, out: None, replay: None }
     }
 
     fn origin(&self) -> ChangeOrigin {
         let key = self.key.as_ref().map(Key::label);
         ChangeOrigin {
-            dedup_key: match self.position {
-                Some(p) => p.to_string(),
-                None => format!("snapshot:{}:{}", self.label, key.as_deref().unwrap_or_default()),
+            dedup_key: match (&self.replay, self.position) {
+                (Some(replayed), _) => replayed.clone(),
+                (None, Some(p)) => p.to_string(),
+                (None, None) => format!("snapshot:{}:{}", self.label, key.as_deref().unwrap_or_default()),
             },
             source_table: self.label.clone(),
             source_key: key.clone(),
@@ -447,6 +451,15 @@ struct TablesApplier<'a> {
     added: HashSet<usize>,
     /// New tables `include` brings in that have no key yet.
     keyless_new: HashSet<crate::db::TableName>,
+    /// Tables renamed out of the pipeline: their changes are skipped (and
+    /// they leave `publication`, as `unpublish` lists, between two target
+    /// transactions).
+    left: HashSet<crate::db::TableName>,
+    unpublish: Vec<crate::db::TableName>,
+    /// When the dead letters asked to be replayed were last looked for.
+    replays_read: Option<std::time::Instant>,
+    /// `ferry sync`: the publication the stream reads.
+    publication: Option<String>,
 }
 
 impl<'a> TablesApplier<'a> {
@@ -481,6 +494,10 @@ impl<'a> TablesApplier<'a> {
             gone: HashSet::new(),
             added: HashSet::new(),
             keyless_new: HashSet::new(),
+            left: HashSet::new(),
+            unpublish: Vec::new(),
+            replays_read: None,
+            publication: None,
             plan,
             targets: Arc::new(targets),
             outputs,
@@ -632,6 +649,14 @@ impl<'a> TablesApplier<'a> {
     /// checked off the hot path, then switched to here.
     async fn between(&mut self) -> anyhow::Result<()> {
         self.poll_owner(false, None).await?;
+        if let (Some(publication), false) = (&self.publication, self.unpublish.is_empty()) {
+            let mut replication = engines::open_replication_source(&self.settings.source.url).await?;
+            for table in std::mem::take(&mut self.unpublish) {
+                if let Err(e) = replication.unpublish(publication, &table).await {
+                    tracing::warn!("{table} left the pipeline but stays in publication {publication}: {e:#}");
+                }
+            }
+        }
         let position = self.position.map(|p| p.to_string());
         let switched =
             self.swapper.between(&mut self.plan, &mut self.transformers, self.target.as_mut(), position).await?;
@@ -641,6 +666,60 @@ impl<'a> TablesApplier<'a> {
             tracing::debug!(deployment = switched.deployment, pause = ?switched.pause, "plugin switched");
         }
         Ok(())
+    }
+
+    /// The dead letters `ferry dlq replay` asked to replay (looked for at
+    /// most once a second): each row read again from the source as it is
+    /// now and applied through the table's path (its plugin, the live
+    /// version) in one target transaction of its own, which also removes
+    /// the dead letters (one that fails again is recorded anew). Between
+    /// two of the stream's transactions, so nothing the stream applies
+    /// interleaves: the row read is at least as new as every change applied
+    /// so far, and the changes of the key still to come apply after it, as
+    /// after an initial load.
+    async fn replay_dead_letters(&mut self) -> anyhow::Result<()> {
+        if self.replays_read.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+            return Ok(());
+        }
+        self.replays_read = Some(std::time::Instant::now());
+        let asked = self.target.stream_replays(&self.settings.pipeline, self.settings.batch_size.max(1)).await?;
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let mut items = Vec::with_capacity(asked.len());
+        for (dedup_key, table, key_label) in asked {
+            let t = crate::db::TableName::parse(&table).ok().and_then(|name| self.live_table(&name));
+            let read = match t {
+                None => Err(format!("table {table} is no longer in the pipeline's stream")),
+                Some(t) if self.blocked.contains(&t) => continue,
+                Some(t) => match crate::tables::replay::key_values(&self.plan.tables[t].source, &key_label) {
+                    Ok((_, values)) => Ok((t, values)),
+                    Err(e) => Err(format!("{e:#}")),
+                },
+            };
+            let (t, key, op) = match read {
+                Ok((t, values)) => {
+                    let op = self.read_now(t, &values).await?;
+                    (Some(t), Some(Key::of_values(&values)), op)
+                }
+                Err(reason) => (None, None, Op::Dead { kind: DeadLetterKind::Extract, reason }),
+            };
+            let out = t.and_then(|t| self.outputs[t].first().copied());
+            let (what, replay) = ("replay", Some(dedup_key));
+            items.push(Change { position: None, table: t, label: table, key, what, op, seen: None, out, replay });
+        }
+        let replayed = items.len();
+        match self.apply_segment(items, None).await? {
+            evolve::Segment::Applied => {
+                tracing::info!(replayed, "dead letters replayed");
+                Ok(())
+            }
+            evolve::Segment::Fatal => anyhow::bail!(
+                "{}",
+                self.report.stream.fatal.clone().unwrap_or_else(|| "the plugin said fatal on a replayed row".into())
+            ),
+            evolve::Segment::Refused(refused) => Err(refused.into()),
+        }
     }
 
     /// The mapping of relation `oid` (computed again if its columns changed).
@@ -716,15 +795,25 @@ impl<'a> TablesApplier<'a> {
         if self.reread.is_none() {
             self.reread = Some(engines::open_row_source(&self.settings.source.url, "source").await?);
         }
-        let source = self.reread.as_mut().expect("connected above");
-        source.wait_visible(xid).await?;
-        let page = source.read_keys(&self.plan.tables[t].source, std::slice::from_ref(key)).await?;
-        let (row, unreadable) = (page.rows.into_iter().next(), page.unreadable.into_iter().next());
-        if row.is_some() {
+        self.reread.as_mut().expect("connected above").wait_visible(xid).await?;
+        let op = self.read_now(t, key).await?;
+        if matches!(op, Op::Upsert { .. }) {
             // Counted when the read completed the change.
             metrics::counter!(crate::daemon::names::TOAST_REREADS).increment(1);
             self.report.toast_rereads += 1;
         }
+        Ok(op)
+    }
+
+    /// The row of planned table `t` with `key` as the source holds it now:
+    /// an upsert, or a delete if it is gone.
+    async fn read_now(&mut self, t: usize, key: &Row) -> anyhow::Result<Op> {
+        if self.reread.is_none() {
+            self.reread = Some(engines::open_row_source(&self.settings.source.url, "source").await?);
+        }
+        let source = self.reread.as_mut().expect("connected above");
+        let page = source.read_keys(&self.plan.tables[t].source, std::slice::from_ref(key)).await?;
+        let (row, unreadable) = (page.rows.into_iter().next(), page.unreadable.into_iter().next());
         Ok(match (row, unreadable) {
             (Some(row), _) => Op::Upsert { row, update: true },
             (None, Some(dead)) => Op::Dead { kind: DeadLetterKind::Extract, reason: dead.reason },
@@ -853,7 +942,9 @@ impl Applier for TablesApplier<'_> {
                     out.push(Change::at(position, None, label.clone(), what, Op::Pause(Box::new(pause))));
                     continue;
                 }
-                if self.selection.as_ref().is_some_and(|s| TableSelection::matches(&s.exclude, &name)) {
+                if self.left.contains(&name)
+                    || self.selection.as_ref().is_some_and(|s| TableSelection::matches(&s.exclude, &name))
+                {
                     // Published when it was made (`include` matched it),
                     // left out by the user since.
                     self.report.stream.skipped_excluded += 1;
@@ -877,6 +968,7 @@ impl Applier for TablesApplier<'_> {
                 op,
                 seen,
                 out: out_def,
+                replay: None,
             };
             if what == "truncate" {
                 out.push(change(None, what, Op::Truncate));
@@ -919,6 +1011,7 @@ impl Applier for TablesApplier<'_> {
 
     async fn apply(&mut self, items: &mut Vec<Change>, source_commit_micros: Option<i64>) -> anyhow::Result<bool> {
         self.between().await?;
+        self.replay_dead_letters().await?;
         if items.is_empty() {
             self.store_seen().await?;
             return Ok(true);
@@ -962,7 +1055,8 @@ impl Applier for TablesApplier<'_> {
     }
 
     async fn idle(&mut self) -> anyhow::Result<()> {
-        self.between().await
+        self.between().await?;
+        self.replay_dead_letters().await
     }
 
     fn observe(&mut self, relations: &Relations, message: &Message) -> bool {
@@ -1037,6 +1131,9 @@ impl TablesApplier<'_> {
             if let Some(at) = item.position {
                 batch.next = Some(batch.next.map_or(at, |p| p.max(at)));
             }
+            if let Some(replayed) = &item.replay {
+                batch.replayed.push(replayed.clone());
+            }
             let origin = batch.origins.len();
             let this = item.origin();
             batch.origins.push(this.clone());
@@ -1072,8 +1169,10 @@ impl TablesApplier<'_> {
                     if let Some(before) = step.before {
                         step.edits.into_iter().for_each(|edit| write(before, RowChange::Alter(edit)));
                     }
+                    // Under the name the table has at the step (a rename
+                    // stores its old name's end and its new name's start).
                     if let Some(at) = item.position {
-                        versions.push((self.plan.tables[t].source.name.to_string(), at, step.version));
+                        versions.push((item.label.clone(), at, step.version));
                     }
                 }
                 Op::Pause(_) => unreachable!("a pause ends the items applied"),
@@ -1362,6 +1461,7 @@ pub async fn apply(
                     op: Op::Dead { kind: DeadLetterKind::Extract, reason },
                     seen: None,
                     out: None,
+                    replay: None,
                 });
                 group_last = Some(token);
                 continue;
@@ -1424,8 +1524,17 @@ impl TablesApplier<'_> {
             "t" => "truncate",
             _ => "event",
         };
-        let mut change =
-            Change { position, table, label: label.clone(), key: None, what, op: Op::Truncate, seen: None, out: None };
+        let mut change = Change {
+            position,
+            table,
+            label: label.clone(),
+            key: None,
+            what,
+            op: Op::Truncate,
+            seen: None,
+            out: None,
+            replay: None,
+        };
         let dead = |reason: String| Op::Dead { kind: DeadLetterKind::Extract, reason };
         let Some(t) = table else {
             change.op = dead(format!(
