@@ -840,3 +840,83 @@ async fn many_table_apply_rereads_unchanged_toasted_documents_from_the_source() 
     }
     assert_eq!(target2.scalar_i64("SELECT sum(n)::int8 FROM docs").await, 14);
 }
+
+/// The source's columns change under a running `ferry apply` (a column
+/// added and written, another dropped): the events say so by their
+/// fields. The new column is found in the source's catalog; nothing tells
+/// what the source gave the rows already there, so apply holds before the
+/// first event of the new shape — the events before it applied, none
+/// after — and says how to alter the target; once the target has the
+/// column it goes on by itself, dropping the column the source dropped.
+/// Events that lack a column the source still has (a connector leaving it
+/// out) hold without dropping anything. Judged by the target's own rows
+/// and columns.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_holds_on_a_new_shape_until_the_target_has_it_then_follows_it() {
+    use std::io::Write;
+    let source = PgDb::new("dbzshape").await;
+    source.exec("CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, legacy text)").await;
+    let target = PgDb::new("dbzshapet").await;
+    let p = crate::tables::tables_pipeline(&source.url(), &target.url(), "include = [\"public.items\"]", "");
+    assert_eq!(p.ferry(&["migrate"]).code, 0);
+    let mut child = p
+        .command(&["apply", "--input", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut events = child.stdin.take().unwrap();
+    let mut send = |lines: &[String]| {
+        events.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+        events.flush().unwrap();
+    };
+    let count = |sql: &'static str| {
+        let target = &target;
+        move || async move { target.scalar_i64(sql).await }
+    };
+    let old = |id: i64, qty: i64| json!({"id": id, "qty": qty, "legacy": "old"});
+    send(&[
+        table_event("items", "c", Value::Null, old(1, 1), None, 10, 100),
+        table_event("items", "c", Value::Null, old(2, 2), None, 10, 101),
+    ]);
+    eventually("the first events", || async { count("SELECT count(*) FROM items")().await == 2 }).await;
+
+    // The application's migration, then rows of the new shape.
+    source.exec("ALTER TABLE items ADD COLUMN note text; ALTER TABLE items DROP COLUMN legacy;").await;
+    let new = |id: i64, qty: i64, note: &str| json!({"id": id, "qty": qty, "note": note});
+    send(&[
+        table_event("items", "c", Value::Null, new(3, 3, "first note"), None, 11, 200),
+        table_event("items", "u", Value::Null, new(1, 5, "noted"), None, 12, 300),
+        table_event("items", "d", json!({"id": 2}), Value::Null, None, 13, 400),
+    ]);
+    let paused = || async {
+        let sql = "SELECT coalesce((SELECT paused IS NOT NULL FROM ferry.change_checkpoints), false)";
+        sqlx::query_scalar::<_, bool>(sql).fetch_one(&mut target.conn().await).await.unwrap_or(false)
+    };
+    let reason = || async {
+        sqlx::query_scalar::<_, String>("SELECT paused FROM ferry.change_checkpoints")
+            .fetch_one(&mut target.conn().await)
+            .await
+            .unwrap()
+    };
+    eventually("apply holds", paused).await;
+    let said = reason().await;
+    assert!(said.contains(r#"ALTER TABLE "public"."items" ADD COLUMN "note" text"#), "{said}");
+    assert_eq!(count("SELECT count(*) FROM items")().await, 2, "the events before, none after");
+    target.exec("ALTER TABLE items ADD COLUMN note text").await;
+    let all = "SELECT string_agg(i::text, ' ' ORDER BY id) FROM items i";
+    let rows = || async { sqlx::query_scalar::<_, String>(all).fetch_one(&mut target.conn().await).await.unwrap() };
+    eventually("the new shape", || async { rows().await == r#"(1,5,noted) (3,3,"first note")"# }).await;
+    assert_eq!(count("SELECT count(*) FROM ferry.change_dead_letters")().await, 0);
+
+    // A connector that leaves `qty` out of its events: nothing is dropped.
+    send(&[table_event("items", "c", Value::Null, json!({"id": 4, "note": "no qty"}), None, 14, 500)]);
+    eventually("apply holds", paused).await;
+    let said = reason().await;
+    assert!(said.contains("lack column qty") && said.contains("column.exclude.list"), "{said}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(11));
+    let qty = "SELECT count(*) FROM information_schema.columns WHERE table_name = 'items' AND column_name = 'qty'";
+    assert_eq!(count(qty)().await, 1, "qty stays");
+    assert_eq!(count("SELECT count(*) FROM items")().await, 2);
+}

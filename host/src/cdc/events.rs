@@ -36,6 +36,15 @@ pub fn field_schemas<'a>(schema: Option<&'a Json>, side: &str) -> HashMap<&'a st
     out
 }
 
+/// The field names of an event's `side` in the order its `schema` block
+/// lists them (`None`: no schema block).
+pub fn field_order(schema: Option<&Json>, side: &str) -> Option<Vec<String>> {
+    let sides = schema?.get("fields")?.as_array()?;
+    let side = sides.iter().find(|f| f.get("field").and_then(Json::as_str) == Some(side))?;
+    let fields = side.get("fields")?.as_array()?;
+    Some(fields.iter().filter_map(|f| f.get("field").and_then(Json::as_str)).map(str::to_string).collect())
+}
+
 /// The row of `def` in `map` (an event's `before` or `after`); `Err` names
 /// the column. A column absent from `map` is an error unless `partial`
 /// (then it is `Null`: a key-only `before`).

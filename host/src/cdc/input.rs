@@ -37,6 +37,9 @@ pub trait EventInput: Send {
     async fn commit(&mut self, token: u64) -> anyhow::Result<()>;
 }
 
+/// How long a quiet line input waits before what it read is applied.
+const LINE_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Lines of a file or of stdin; commits are no-ops (the file is the log).
 pub struct LineInput<R> {
     lines: Lines<R>,
@@ -52,7 +55,12 @@ impl<R: AsyncBufRead + Unpin + Send> LineInput<R> {
 #[async_trait]
 impl<R: AsyncBufRead + Unpin + Send> EventInput for LineInput<R> {
     async fn next(&mut self) -> anyhow::Result<Next> {
-        Ok(match self.lines.next_line().await? {
+        // A pipe that goes quiet (`--input -`) lets what was read apply;
+        // `next_line` is cancel-safe, so the line is read on the next call.
+        let Ok(line) = tokio::time::timeout(LINE_IDLE, self.lines.next_line()).await else {
+            return Ok(Next::Idle);
+        };
+        Ok(match line? {
             Some(line) => {
                 self.count += 1;
                 Next::Item(line, self.count)

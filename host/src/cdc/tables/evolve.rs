@@ -826,6 +826,16 @@ impl TablesApplier<'_> {
     /// again from the stored position — or the stream is stopped
     /// (`Ok(false)`, the report saying why it paused).
     pub(super) async fn pause(&mut self, pause: Pause) -> anyhow::Result<bool> {
+        let reason = pause.reason.clone();
+        if !self.hold(pause).await? {
+            return Ok(false);
+        }
+        Err(Error::transient(format!("resuming after a pause ({reason})")))
+    }
+
+    /// Holds the stream until `pause` is resolved (`Ok(true)`) or the stream
+    /// is stopped (`Ok(false)`), saying so.
+    pub(super) async fn hold(&mut self, pause: Pause) -> anyhow::Result<bool> {
         let Pause { reason, until } = pause;
         tracing::error!("the stream is paused: {reason}");
         let pipeline = self.settings.pipeline.clone();
@@ -854,7 +864,142 @@ impl TablesApplier<'_> {
         self.report.stream.paused = None;
         tracing::info!("resolved: the stream goes on from the change it paused at");
         crate::notify::send(&self.settings.notify, &pipeline, event, format!("resumed after: {reason}"), details).await;
-        Err(Error::transient(format!("resuming after a pause ({reason})")))
+        Ok(true)
+    }
+
+    /// A Debezium event of table `t` whose `after` has other `fields` than
+    /// the table's columns (`ferry apply`): the same rules as a stream's
+    /// column list without the DDL capture, with the source's catalog of
+    /// now (`source.url`) telling what each new field is. A column the
+    /// events lack is dropped only if the source's catalog no longer has
+    /// it either (a connector may leave columns out); a new column is
+    /// carried once the target table has it (nothing tells what the
+    /// source gave the existing rows); a plugin table's plugin is told the
+    /// new shape. `Ok`: the step, before the event; `Err`: why it waits.
+    pub(super) async fn debezium_shape(
+        &mut self,
+        t: usize,
+        fields: &[String],
+        position: Option<Position>,
+    ) -> anyhow::Result<Result<Change, Pause>> {
+        let old = self.plan.tables[t].source.clone();
+        let label = old.name.to_string();
+        if self.reread.is_none() {
+            self.reread = Some(crate::engines::open_row_source(&self.settings.source.url, "source").await?);
+        }
+        let now = self.reread.as_mut().expect("connected above").describe(&old.name).await?;
+        let copy = self.plan.tables[t].plugin.is_none();
+        let target_name = self.targets[self.outputs[t][0]].name.clone();
+        let there = if copy { self.target.describe(&target_name).await? } else { None };
+        let column = |def: &Option<TableDef>, name: &str| {
+            def.as_ref().and_then(|d| d.column_index(name).map(|i| d.columns[i].clone()))
+        };
+        let restart = |reason: String| Ok(Err(Pause { reason, until: Until::Restart }));
+        let dropped: Vec<String> =
+            old.columns.iter().filter(|c| !fields.contains(&c.name)).map(|c| c.name.clone()).collect();
+        if let Some(kept) = dropped.iter().find(|c| column(&now, c).is_some()) {
+            return restart(format!(
+                "the events of {label} lack column {kept}, which {} still has: the connector leaves it out \
+                 (column.exclude.list?). Carry it in the events, or leave it out of the pipeline, then start \
+                 `ferry apply` again: it goes on from this event",
+                self.settings.source.url
+            ));
+        }
+        let mut columns = Vec::with_capacity(fields.len());
+        for field in fields {
+            match column(&Some(old.clone()), field).or_else(|| column(&now, field)).or_else(|| column(&there, field)) {
+                Some(c) => columns.push(c),
+                None => {
+                    return restart(format!(
+                        "the events of {label} carry field {field}, which neither {} nor the target table has: \
+                         ferry cannot tell its type. Point source.url at the database the connector reads, or add \
+                         the column to the target table, then start `ferry apply` again: it goes on from this event",
+                        self.settings.source.url
+                    ));
+                }
+            }
+        }
+        let added: Vec<String> =
+            fields.iter().filter(|f| old.column_index(f).is_none()).map(|f| f.to_string()).collect();
+        let mut source = old.clone();
+        source.columns = columns;
+        let key: Option<Vec<usize>> = old.key_columns().map(|k| source.column_index(&k.name)).collect();
+        let Some(key) = key else {
+            return restart(format!(
+                "the events of {label} lack a key column ({}): changes apply by key. Load the table again with                  its new key, then start `ferry apply` again",
+                dropped.join(", ")
+            ));
+        };
+        source.primary_key = key;
+        source.generated.retain(|g| !source.columns.iter().any(|c| c.name == g.name));
+        let said = format!(
+            "{}{}{}",
+            if added.is_empty() { String::new() } else { format!("new columns {}", added.join(", ")) },
+            if added.is_empty() || dropped.is_empty() { "" } else { "; " },
+            if dropped.is_empty() { String::new() } else { format!("columns gone: {}", dropped.join(", ")) }
+        );
+        tracing::info!(table = %label, change = %said, "the events carry a table's new shape");
+        let mut step = Step {
+            from: TableVersion::default(),
+            version: TableVersion::default(),
+            provisional: false,
+            edits: Vec::new(),
+            before: None,
+            transformer: None,
+        };
+        match self.plan.tables[t].plugin.clone() {
+            None => {
+                let lacking: Vec<&String> = added.iter().filter(|a| column(&there, a).is_none()).collect();
+                if !lacking.is_empty() {
+                    let suggestion: Vec<String> = lacking
+                        .iter()
+                        .map(|name| {
+                            let sql_type = column(&Some(source.clone()), name).map(|c| c.sql_type).unwrap_or_default();
+                            let name = crate::db::quote_ident(name);
+                            format!("ALTER TABLE {} ADD COLUMN {name} {sql_type}", target_name.quoted())
+                        })
+                        .collect();
+                    let reason = format!(
+                        "the events of {label} carry {said}, and nothing in them tells what the source gave the \
+                         existing rows. Alter the target table to match ({}; then set the existing rows' values \
+                         as the source did): `ferry apply` goes on by itself from this event",
+                        suggestion.join("; ")
+                    );
+                    let has = lacking.iter().map(|n| (n.to_string(), None)).collect();
+                    return Ok(Err(Pause {
+                        reason,
+                        until: Until::Target { table: target_name, has, lacks: Vec::new() },
+                    }));
+                }
+                step.before = Some(self.outputs[t][0]);
+                step.edits = dropped.iter().map(|name| TableEdit::Drop { name: name.clone() }).collect();
+                self.retarget(t, &source);
+            }
+            Some(plugin) => {
+                self.transformer(t)?;
+                let mut instance = tokio::task::block_in_place(|| plugin.instantiate())?;
+                let refused = match tokio::task::block_in_place(|| instance.describe(&source)) {
+                    Err(e) => Some(format!("it refuses the new shape: {e}")),
+                    Ok(outputs) => self.other_outputs(t, &outputs),
+                };
+                if let Some(why) = refused {
+                    let reason = format!(
+                        "the events of {label} carry {said}, and plugin {} of the table cannot follow: {why}. Deploy \
+                         a version that handles them (`ferry plugin deploy`): `ferry apply` goes on by itself from \
+                         this event",
+                        &plugin.sha256()[..12]
+                    );
+                    return Ok(Err(Pause { reason, until: Until::Plugin { t, sha256: plugin.sha256().to_string() } }));
+                }
+                step.transformer = Some(instance);
+            }
+        }
+        self.plan.tables[t].source = source;
+        let at = position.unwrap_or(Position { commit: 0, lsn: 0, seq: 0 });
+        let mut change = Change::at(at, Some(t), label, "schema change", Op::Schema(Box::new(step)));
+        // A snapshot read has no position of its own.
+        change.position = position;
+        Ok(Ok(change))
     }
 
     async fn resolved(&mut self, until: &Until) -> anyhow::Result<bool> {

@@ -1171,7 +1171,8 @@ impl TablesApplier<'_> {
                     }
                     // Under the name the table has at the step (a rename
                     // stores its old name's end and its new name's start).
-                    if let Some(at) = item.position {
+                    // (`ferry apply` knows no catalog numbers: no versions.)
+                    if let (Some(at), true) = (item.position, self.versions[t].is_some()) {
                         versions.push((item.label.clone(), at, step.version));
                     }
                 }
@@ -1411,6 +1412,7 @@ pub async fn apply(
         )));
     }
     let mut applier = TablesApplier::new(settings, plan, target, position, report, swapper);
+    applier.stop = Arc::clone(&stop);
     applier.start_journal().await?;
     let mut pending: Vec<Change> = Vec::new();
     let (mut current_tx, mut group_last, mut last_seen) = (None, None, None);
@@ -1480,8 +1482,26 @@ pub async fn apply(
             flush_and_ack!();
         }
         current_tx = event.tx_id;
-        let change = applier.debezium_change(&event, position, options).await?;
-        pending.push(change);
+        let changes = loop {
+            match applier.debezium_change(&event, position, options).await? {
+                Decoded::Changes(changes) => break Some(changes),
+                // The table's new shape cannot be applied yet: what came
+                // before is applied, then the event waits for the fix.
+                Decoded::Hold(pause) => {
+                    if !applier.apply(&mut pending, None).await? {
+                        break None;
+                    }
+                    if let Some(token) = group_last.take() {
+                        input.commit(token).await?;
+                    }
+                    if !applier.hold(*pause).await? {
+                        break None;
+                    }
+                }
+            }
+        };
+        let Some(changes) = changes else { break };
+        pending.extend(changes);
         group_last = Some(token);
     }
     if applier.report.stream.fatal.is_none() {
@@ -1497,9 +1517,54 @@ pub async fn apply(
     Ok(applier.report.stream)
 }
 
+/// What a Debezium event became.
+enum Decoded {
+    /// Its change, after the step its table's new shape takes, if any.
+    Changes(Vec<Change>),
+    /// Its table's new shape cannot be applied until this is resolved.
+    Hold(Box<evolve::Pause>),
+}
+
 impl TablesApplier<'_> {
     /// What one Debezium event asks of the pipeline.
     async fn debezium_change(
+        &mut self,
+        event: &super::debezium::Envelope,
+        position: Option<Position>,
+        options: super::apply::ApplyOptions,
+    ) -> anyhow::Result<Decoded> {
+        let mut step = None;
+        if let (Some(t), Some(after)) =
+            (self.debezium_table(event), event.envelope.get("after").and_then(|a| a.as_object()))
+            && (after.len() != self.plan.tables[t].source.columns.len()
+                || !self.plan.tables[t].source.columns.iter().all(|c| after.contains_key(&c.name)))
+        {
+            let fields: Vec<String> = super::events::field_order(event.schema.as_ref(), "after")
+                .filter(|names| names.len() == after.len())
+                .unwrap_or_else(|| after.keys().cloned().collect());
+            match self.debezium_shape(t, &fields, position).await? {
+                Ok(change) => step = Some(change),
+                Err(pause) => return Ok(Decoded::Hold(Box::new(pause))),
+            }
+        }
+        let change = self.debezium_row(event, position, options).await?;
+        Ok(Decoded::Changes(step.into_iter().chain([change]).collect()))
+    }
+
+    /// The planned table a Debezium event names.
+    fn debezium_table(&self, event: &super::debezium::Envelope) -> Option<usize> {
+        let (schema_name, name) = event.table.clone().unwrap_or((None, String::new()));
+        // An event that names no table (a bare envelope without `source`) is
+        // the table's when the pipeline has one.
+        match (&event.table, self.plan.tables.len()) {
+            (None, 1) => Some(0),
+            _ => self.plan.tables.iter().position(|t| names_table(&t.source, schema_name.as_deref(), &name)),
+        }
+    }
+
+    /// The row change of one Debezium event, decoded with its table's
+    /// columns.
+    async fn debezium_row(
         &mut self,
         event: &super::debezium::Envelope,
         position: Option<Position>,
@@ -1510,12 +1575,7 @@ impl TablesApplier<'_> {
             Some(s) => format!("{s}.{name}"),
             None => name.clone(),
         };
-        // An event that names no table (a bare envelope without `source`) is
-        // the table's when the pipeline has one.
-        let table = match (&event.table, self.plan.tables.len()) {
-            (None, 1) => Some(0),
-            _ => self.plan.tables.iter().position(|t| names_table(&t.source, schema_name.as_deref(), &name)),
-        };
+        let table = self.debezium_table(event);
         let what: &'static str = match event.op.as_str() {
             "r" => "read",
             "c" => "create",
