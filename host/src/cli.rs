@@ -195,6 +195,16 @@ enum Command {
         #[arg(long, value_name = "A..B")]
         range: Option<String>,
     },
+    /// Copy one table of the pipeline's change stream again from the source,
+    /// inside the running stream (`ferry sync`), the other tables going on.
+    Resync {
+        /// The source table (`schema.table` or `table`).
+        #[arg(long, value_name = "TABLE")]
+        table: String,
+        /// How long to wait for the running stream to finish the copy.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+        wait: f64,
+    },
     /// Dead letters of the latest run.
     Dlq {
         #[command(subcommand)]
@@ -749,6 +759,19 @@ async fn run(cli: Cli) -> i32 {
                         _ if r.remaining() > 0 => exit::DEAD_LETTERS,
                         _ => exit::OK,
                     }
+                }
+            }
+        }
+        Command::Resync { table, wait } => {
+            let selection = settings.tables.clone();
+            let stop = Arc::new(AtomicBool::new(false));
+            spawn_signal_handler(Arc::clone(&stop));
+            let wait = std::time::Duration::from_secs_f64(wait.max(0.0));
+            match crate::cdc::resync::resync(&settings, &selection, &table, wait, &stop).await {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    show(cli.json, &r, || report::resync(&r));
+                    exit::OK
                 }
             }
         }

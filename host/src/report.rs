@@ -136,6 +136,14 @@ pub fn status(r: &crate::status::StatusReport) -> String {
         for (table, columns) in &s.table_columns {
             t.add_row(vec![Cell::new(format!("columns of {table}")), Cell::new(columns.join(", "))]);
         }
+        for r in &s.resyncs {
+            let said = match (r.done, r.truncated) {
+                (true, _) => format!("done ({} rows)", r.rows),
+                (false, true) => format!("copying: {} rows so far", r.rows),
+                (false, false) => "asked (the running stream begins it)".to_string(),
+            };
+            t.add_row(vec![Cell::new(format!("resync of {}", r.table)), Cell::new(said)]);
+        }
     }
     for d in &r.deployments {
         let what = match d.state {
@@ -425,6 +433,17 @@ pub fn replay(r: &crate::tables::replay::ReplayReport) -> String {
         out.push_str("\ninterrupted: every batch shown is committed; run it again for the rest");
     }
     out
+}
+
+/// `ferry resync`.
+pub fn resync(r: &crate::cdc::resync::ResyncReport) -> String {
+    match r.done {
+        true => format!("{}: copied again ({} rows); the stream goes on", r.table, r.rows),
+        false => format!(
+            "{}: {} rows copied so far; the stream copies the rest while `ferry sync` runs (`ferry status`)",
+            r.table, r.rows
+        ),
+    }
 }
 
 /// `ferry plugin diff`: per table, rows compared and differing, then each

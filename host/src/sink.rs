@@ -405,6 +405,19 @@ pub struct RowChangeBatch {
     pub replayed: Vec<String>,
 }
 
+/// One table a stream copies again while it runs (`ferry resync`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Resync {
+    pub table: String,
+    /// The target table was emptied: the copy is under way.
+    pub truncated: bool,
+    /// The last key copied (`Key::label`).
+    pub last_key: Option<String>,
+    /// Source rows copied so far.
+    pub rows: u64,
+    pub done: bool,
+}
+
 /// The run id `ferry dlq list` gives a change stream's dead letters.
 pub const STREAM_RUN: &str = "stream";
 
@@ -509,6 +522,13 @@ pub trait RowChangeSink: Send {
     /// Of the dead letters `keys`: how many still wait for their replay,
     /// and how many are dead letters again after it.
     async fn stream_replay_state(&mut self, pipeline: &str, keys: &[String]) -> anyhow::Result<(u64, u64)>;
+    /// Asks the pipeline's stream to copy source table `table` again
+    /// (`ferry resync`), from the start.
+    async fn request_resync(&mut self, pipeline: &str, table: &str) -> anyhow::Result<()>;
+    /// The pipeline's resyncs, asked or done, oldest first.
+    async fn resyncs(&mut self, pipeline: &str) -> anyhow::Result<Vec<Resync>>;
+    /// Records how far the resync of `table` is.
+    async fn resync_progress(&mut self, pipeline: &str, resync: &Resync) -> anyhow::Result<()>;
     /// Marks every later transaction of this connection as written by the
     /// replication origin `name` (created if missing), so that a logical
     /// replication reader of this database can tell ferry's writes from the

@@ -71,6 +71,9 @@ pub struct StreamState {
     /// Whether the source has the DDL capture (`[source] capture_ddl`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ddl_capture: Option<bool>,
+    /// Tables copied again inside the stream (`ferry resync`), asked or done.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resyncs: Vec<crate::sink::Resync>,
 }
 
 fn stream_state(s: crate::sink::StreamStatus) -> StreamState {
@@ -85,6 +88,7 @@ fn stream_state(s: crate::sink::StreamStatus) -> StreamState {
         paused: s.paused,
         table_columns: Vec::new(),
         ddl_capture: None,
+        resyncs: Vec::new(),
     }
 }
 
@@ -185,6 +189,7 @@ pub async fn status(settings: &Settings, slot: &str) -> anyhow::Result<StatusRep
         let versions = target.stream_versions(&settings.pipeline).await?;
         stream.table_columns =
             versions.into_iter().map(|(t, v)| (t, v.names().into_iter().map(String::from).collect())).collect();
+        stream.resyncs = target.resyncs(&settings.pipeline).await?;
         if let Some(source) = source.as_mut() {
             stream.ddl_capture = source.ddl_capture().await.ok();
         }

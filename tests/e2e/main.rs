@@ -17,6 +17,7 @@ mod parallel;
 mod plugin_tools;
 mod replay;
 mod resume;
+mod resync;
 mod rollback;
 mod schema_changes;
 mod schema_copy;

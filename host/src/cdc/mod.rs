@@ -6,6 +6,7 @@ pub mod ddl;
 pub mod debezium;
 pub mod input;
 pub mod pgoutput;
+pub mod resync;
 pub mod reverse;
 pub use crate::position;
 pub mod events;

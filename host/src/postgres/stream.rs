@@ -78,6 +78,16 @@ CREATE TABLE IF NOT EXISTS ferry.stream_replays (
     requested_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (pipeline, dedup_key)
 );
+CREATE TABLE IF NOT EXISTS ferry.stream_resyncs (
+    pipeline     text NOT NULL,
+    source_table text NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    truncated    boolean NOT NULL DEFAULT false,
+    last_key     text,
+    rows         bigint NOT NULL DEFAULT 0,
+    done_at      timestamptz,
+    PRIMARY KEY (pipeline, source_table)
+);
 CREATE TABLE IF NOT EXISTS ferry.parallel_runs (
     pipeline   text PRIMARY KEY,
     owner      text NOT NULL,
@@ -607,6 +617,59 @@ impl RowChangeSink for PgTables {
         .fetch_one(&mut self.conn)
         .await?;
         Ok((pending as u64, dead as u64))
+    }
+
+    async fn request_resync(&mut self, pipeline: &str, table: &str) -> anyhow::Result<()> {
+        ensure_change_tables(&mut self.conn).await?;
+        sqlx::query(
+            "INSERT INTO ferry.stream_resyncs (pipeline, source_table) VALUES ($1, $2) \
+             ON CONFLICT (pipeline, source_table) DO UPDATE SET requested_at = now(), truncated = false, \
+             last_key = NULL, rows = 0, done_at = NULL",
+        )
+        .bind(pipeline)
+        .bind(table)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn resyncs(&mut self, pipeline: &str) -> anyhow::Result<Vec<crate::sink::Resync>> {
+        if !super::exists(&mut self.conn, "ferry.stream_resyncs").await? {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, bool, Option<String>, i64, bool)> = sqlx::query_as(
+            "SELECT source_table, truncated, last_key, rows, done_at IS NOT NULL FROM ferry.stream_resyncs \
+             WHERE pipeline = $1 ORDER BY requested_at",
+        )
+        .bind(pipeline)
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(table, truncated, last_key, rows, done)| crate::sink::Resync {
+                table,
+                truncated,
+                last_key,
+                rows: rows as u64,
+                done,
+            })
+            .collect())
+    }
+
+    async fn resync_progress(&mut self, pipeline: &str, resync: &crate::sink::Resync) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE ferry.stream_resyncs SET truncated = $3, last_key = $4, rows = $5, \
+             done_at = CASE WHEN $6 THEN now() END WHERE pipeline = $1 AND source_table = $2",
+        )
+        .bind(pipeline)
+        .bind(&resync.table)
+        .bind(resync.truncated)
+        .bind(&resync.last_key)
+        .bind(resync.rows as i64)
+        .bind(resync.done)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
     }
 
     async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()> {

@@ -57,6 +57,16 @@ CREATE TABLE IF NOT EXISTS ferry_stream_paused (
     pipeline TEXT PRIMARY KEY,
     reason   TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ferry_stream_resyncs (
+    pipeline     TEXT NOT NULL,
+    source_table TEXT NOT NULL,
+    requested_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
+    truncated    INTEGER NOT NULL DEFAULT 0,
+    last_key     TEXT,
+    rows         INTEGER NOT NULL DEFAULT 0,
+    done_at      TEXT,
+    PRIMARY KEY (pipeline, source_table)
+);
 CREATE TABLE IF NOT EXISTS ferry_stream_replays (
     pipeline     TEXT NOT NULL,
     dedup_key    TEXT NOT NULL,
@@ -286,6 +296,61 @@ impl RowChangeSink for SqliteTables {
             }
         }
         Ok((pending, dead))
+    }
+
+    async fn request_resync(&mut self, pipeline: &str, table: &str) -> anyhow::Result<()> {
+        self.ensure_stream_tables().await?;
+        sqlx::query(
+            "INSERT INTO ferry_stream_resyncs (pipeline, source_table) VALUES (?1, ?2) \
+             ON CONFLICT (pipeline, source_table) DO UPDATE SET \
+             requested_at = strftime('%Y-%m-%d %H:%M:%f', 'now'), truncated = 0, last_key = NULL, rows = 0, \
+             done_at = NULL",
+        )
+        .bind(pipeline)
+        .bind(table)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn resyncs(&mut self, pipeline: &str) -> anyhow::Result<Vec<crate::sink::Resync>> {
+        if !super::exists(&mut self.conn, "ferry_stream_resyncs").await? {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, bool, Option<String>, i64, bool)> = sqlx::query_as(
+            "SELECT source_table, truncated, last_key, rows, done_at IS NOT NULL FROM ferry_stream_resyncs \
+             WHERE pipeline = ?1 ORDER BY requested_at",
+        )
+        .bind(pipeline)
+        .fetch_all(&mut self.conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(table, truncated, last_key, rows, done)| crate::sink::Resync {
+                table,
+                truncated,
+                last_key,
+                rows: rows as u64,
+                done,
+            })
+            .collect())
+    }
+
+    async fn resync_progress(&mut self, pipeline: &str, resync: &crate::sink::Resync) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE ferry_stream_resyncs SET truncated = ?3, last_key = ?4, rows = ?5, \
+             done_at = CASE WHEN ?6 THEN strftime('%Y-%m-%d %H:%M:%f', 'now') END \
+             WHERE pipeline = ?1 AND source_table = ?2",
+        )
+        .bind(pipeline)
+        .bind(&resync.table)
+        .bind(resync.truncated)
+        .bind(&resync.last_key)
+        .bind(resync.rows as i64)
+        .bind(resync.done)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
     }
 
     async fn set_stream_paused(&mut self, pipeline: &str, reason: Option<&str>) -> anyhow::Result<()> {

@@ -458,6 +458,10 @@ struct TablesApplier<'a> {
     unpublish: Vec<crate::db::TableName>,
     /// When the dead letters asked to be replayed were last looked for.
     replays_read: Option<std::time::Instant>,
+    /// The table being copied again (`ferry resync`), and how far.
+    resyncing: Option<(usize, crate::sink::Resync)>,
+    /// When the resyncs asked were last looked for.
+    resyncs_read: Option<std::time::Instant>,
     /// `ferry sync`: the publication the stream reads.
     publication: Option<String>,
 }
@@ -497,6 +501,8 @@ impl<'a> TablesApplier<'a> {
             left: HashSet::new(),
             unpublish: Vec::new(),
             replays_read: None,
+            resyncing: None,
+            resyncs_read: None,
             publication: None,
             plan,
             targets: Arc::new(targets),
@@ -720,6 +726,87 @@ impl<'a> TablesApplier<'a> {
             ),
             evolve::Segment::Refused(refused) => Err(refused.into()),
         }
+    }
+
+    /// One step of a resync (`ferry resync --table T`), between two of the
+    /// stream's transactions: the target table emptied, then one page of
+    /// the source table per call, read as it is now and applied through
+    /// the table's path (plugin or copy) in a target transaction of its
+    /// own. As after an initial load, the stream converges: each row read
+    /// is at least as new as every change applied so far, and the changes
+    /// still to come apply after it. Where it stands is recorded after each
+    /// page; a page done again (after a crash) writes the same rows.
+    async fn resync_step(&mut self) -> anyhow::Result<()> {
+        if self.resyncing.is_none() {
+            if self.resyncs_read.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                return Ok(());
+            }
+            self.resyncs_read = Some(std::time::Instant::now());
+            let asked = self.target.resyncs(&self.settings.pipeline).await?.into_iter().find(|r| !r.done);
+            let Some(mut asked) = asked else { return Ok(()) };
+            let t = crate::db::TableName::parse(&asked.table).ok().and_then(|name| self.live_table(&name));
+            let Some(t) = t else {
+                tracing::warn!(table = %asked.table, "resync of a table the stream does not follow: nothing to do");
+                asked.done = true;
+                return self.target.resync_progress(&self.settings.pipeline, &asked).await;
+            };
+            tracing::info!(table = %asked.table, from = ?asked.last_key, "resync: copying the table again");
+            self.resyncing = Some((t, asked));
+        }
+        let (t, mut resync) = self.resyncing.clone().expect("set above");
+        if self.blocked.contains(&t) || self.gone.contains(&t) {
+            return Ok(());
+        }
+        let label = self.plan.tables[t].source.name.to_string();
+        let out = self.outputs[t].first().copied();
+        let change = |key: Option<Key>, op: Op| Change {
+            position: None,
+            table: Some(t),
+            label: label.clone(),
+            key,
+            what: "resync",
+            op,
+            seen: None,
+            out,
+            replay: None,
+        };
+        let items = if !resync.truncated {
+            resync.truncated = true;
+            vec![change(None, Op::Truncate)]
+        } else {
+            if self.reread.is_none() {
+                self.reread = Some(engines::open_row_source(&self.settings.source.url, "source").await?);
+            }
+            let def = self.plan.tables[t].source.clone();
+            let after = resync.last_key.as_deref().map(|k| Key::from_label(k, def.primary_key.len())).transpose()?;
+            let source = self.reread.as_mut().expect("connected above");
+            let page = source.read_page(&def, after.as_ref(), self.settings.batch_size.max(1)).await?;
+            if page.rows.is_empty() && page.unreadable.is_empty() {
+                resync.done = true;
+                tracing::info!(table = %label, rows = resync.rows, "resync done");
+                self.resyncing = None;
+                return self.target.resync_progress(&self.settings.pipeline, &resync).await;
+            }
+            resync.rows += (page.rows.len() + page.unreadable.len()) as u64;
+            resync.last_key = page.last_key.as_ref().map(Key::label);
+            let rows = page.rows.into_iter().map(|row| (Some(Key::of(&def, &row)), Op::Upsert { row, update: true }));
+            let dead = page
+                .unreadable
+                .into_iter()
+                .map(|d| (Some(d.key), Op::Dead { kind: DeadLetterKind::Extract, reason: d.reason }));
+            rows.chain(dead).map(|(key, op)| change(key, op)).collect()
+        };
+        match self.apply_segment(items, None).await? {
+            evolve::Segment::Applied => {}
+            evolve::Segment::Fatal => anyhow::bail!(
+                "{}",
+                self.report.stream.fatal.clone().unwrap_or_else(|| "the plugin said fatal on a resynced row".into())
+            ),
+            evolve::Segment::Refused(refused) => return Err(refused.into()),
+        }
+        self.target.resync_progress(&self.settings.pipeline, &resync).await?;
+        self.resyncing = Some((t, resync));
+        Ok(())
     }
 
     /// The mapping of relation `oid` (computed again if its columns changed).
@@ -1010,8 +1097,60 @@ impl Applier for TablesApplier<'_> {
     }
 
     async fn apply(&mut self, items: &mut Vec<Change>, source_commit_micros: Option<i64>) -> anyhow::Result<bool> {
+        let done = self.apply_items(items, source_commit_micros).await?;
+        if done {
+            // Once the target has every step received so far.
+            self.replay_dead_letters().await?;
+            self.resync_step().await?;
+        }
+        Ok(done)
+    }
+
+    async fn reconnect(&mut self) -> anyhow::Result<Option<Position>> {
+        self.target = engines::open_row_target(self.settings).await?;
+        self.mark_origin().await?;
+        self.quiet_triggers().await?;
+        // Its source connection may be gone with the stream's.
+        self.reread = None;
+        self.resyncing = None;
+        self.position = self.target.stream_position(&self.settings.pipeline).await?;
+        self.reset_versions().await?;
+        Ok(self.position)
+    }
+
+    async fn idle(&mut self) -> anyhow::Result<()> {
         self.between().await?;
         self.replay_dead_letters().await?;
+        self.resync_step().await
+    }
+
+    fn observe(&mut self, relations: &Relations, message: &Message) -> bool {
+        let (Message::Insert { relation, new } | Message::Update { relation, new, .. }) = message else {
+            return false;
+        };
+        let Some(relation) = relations.get(*relation).filter(|r| super::sync::Watch::is_checkpoints(r)) else {
+            return false;
+        };
+        if let Some(watch) = self.watch.as_mut() {
+            watch.observe(relation, new);
+        }
+        true
+    }
+
+    fn report(&mut self) -> &mut SyncReport {
+        &mut self.report
+    }
+}
+
+impl TablesApplier<'_> {
+    /// Applies a group of received changes: a target transaction per
+    /// segment (a schema change begins one), then the pause it ends with.
+    async fn apply_items(
+        &mut self,
+        items: &mut Vec<Change>,
+        source_commit_micros: Option<i64>,
+    ) -> anyhow::Result<bool> {
+        self.between().await?;
         if items.is_empty() {
             self.store_seen().await?;
             return Ok(true);
@@ -1043,41 +1182,6 @@ impl Applier for TablesApplier<'_> {
         }
     }
 
-    async fn reconnect(&mut self) -> anyhow::Result<Option<Position>> {
-        self.target = engines::open_row_target(self.settings).await?;
-        self.mark_origin().await?;
-        self.quiet_triggers().await?;
-        // Its source connection may be gone with the stream's.
-        self.reread = None;
-        self.position = self.target.stream_position(&self.settings.pipeline).await?;
-        self.reset_versions().await?;
-        Ok(self.position)
-    }
-
-    async fn idle(&mut self) -> anyhow::Result<()> {
-        self.between().await?;
-        self.replay_dead_letters().await
-    }
-
-    fn observe(&mut self, relations: &Relations, message: &Message) -> bool {
-        let (Message::Insert { relation, new } | Message::Update { relation, new, .. }) = message else {
-            return false;
-        };
-        let Some(relation) = relations.get(*relation).filter(|r| super::sync::Watch::is_checkpoints(r)) else {
-            return false;
-        };
-        if let Some(watch) = self.watch.as_mut() {
-            watch.observe(relation, new);
-        }
-        true
-    }
-
-    fn report(&mut self) -> &mut SyncReport {
-        &mut self.report
-    }
-}
-
-impl TablesApplier<'_> {
     /// Applies `items` (whole transactions, at most one schema change,
     /// first) in one target transaction.
     async fn apply_segment(
