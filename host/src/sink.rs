@@ -403,6 +403,9 @@ pub struct RowChangeBatch {
     /// their replay's request, before the batch's own dead letters are
     /// recorded (one that fails again is recorded anew, under its key).
     pub replayed: Vec<String>,
+    /// Source tables to copy again inside the stream ([`Resync`]), asked
+    /// with the step that makes them.
+    pub resyncs: Vec<String>,
 }
 
 /// One table a stream copies again while it runs (`ferry resync`).

@@ -431,6 +431,46 @@ async fn renamed_tables_are_followed_under_their_new_names() {
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 0);
 }
 
+/// A table made by `CREATE TABLE AS` (its rows written before the capture
+/// could publish it, and without a key) then given one, as migrations do:
+/// followed from its key on, and its rows copied again inside the stream,
+/// writes to it going on. Judged by the source's rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_made_by_create_table_as_is_copied_once_it_has_a_key() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    exec(&source, APP_DDL).await;
+    let target = PgDb::new("evolve_ctas").await;
+    let p = tables_pipeline(&source, &target.url(), "include = [\"public.*\"]\ncapture_ddl = true", "");
+    let mut child = daemon(&p);
+    until(&target.url(), "the initial load", "SELECT count(*) = 2000 FROM items").await;
+    exec(
+        &source,
+        "CREATE TABLE totals AS SELECT id, qty * 2 AS doubled, doc FROM items; \
+         ALTER TABLE totals ADD PRIMARY KEY (id); \
+         UPDATE totals SET doubled = -doubled WHERE id % 10 = 0; \
+         INSERT INTO totals VALUES (99999, 1, 'after the key'); \
+         DELETE FROM totals WHERE id % 13 = 0;",
+    )
+    .await;
+    let want = rows(&source, "totals").await;
+    let url = target.url();
+    eventually("the table's rows", || {
+        let (url, want) = (url.clone(), want.clone());
+        async move {
+            let mut c = connect(&url).await;
+            let got: Result<Vec<String>, _> =
+                sqlx::query_scalar("SELECT t::text FROM totals t ORDER BY id").fetch_all(&mut c).await;
+            got.is_ok_and(|got| got == want)
+        }
+    })
+    .await;
+    until(&target.url(), "the copy done", "SELECT done_at IS NOT NULL FROM ferry.stream_resyncs").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 0);
+}
+
 /// A table `include` brings in, created without a key and written: the
 /// stream cannot apply its rows by key, so it pauses before them (the
 /// changes before applied, none after) and says the way out; stopped

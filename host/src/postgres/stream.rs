@@ -128,6 +128,11 @@ pub(super) async fn ensure_change_tables(conn: &mut PgConnection) -> anyhow::Res
     Ok(())
 }
 
+/// A resync of a source table asked (again: from the start).
+const RESYNC_ASKED: &str = "INSERT INTO ferry.stream_resyncs (pipeline, source_table) VALUES ($1, $2) \
+    ON CONFLICT (pipeline, source_table) DO UPDATE SET requested_at = now(), truncated = false, last_key = NULL, \
+    rows = 0, done_at = NULL";
+
 type Stored = (Option<i64>, Option<i64>, Option<i32>);
 
 fn position_of(stored: Option<Stored>) -> Option<Position> {
@@ -621,15 +626,7 @@ impl RowChangeSink for PgTables {
 
     async fn request_resync(&mut self, pipeline: &str, table: &str) -> anyhow::Result<()> {
         ensure_change_tables(&mut self.conn).await?;
-        sqlx::query(
-            "INSERT INTO ferry.stream_resyncs (pipeline, source_table) VALUES ($1, $2) \
-             ON CONFLICT (pipeline, source_table) DO UPDATE SET requested_at = now(), truncated = false, \
-             last_key = NULL, rows = 0, done_at = NULL",
-        )
-        .bind(pipeline)
-        .bind(table)
-        .execute(&mut self.conn)
-        .await?;
+        sqlx::query(RESYNC_ASKED).bind(pipeline).bind(table).execute(&mut self.conn).await?;
         Ok(())
     }
 
@@ -893,6 +890,9 @@ impl RowChangeSink for PgTables {
                     .execute(&mut *tx)
                     .await?;
                 }
+            }
+            for table in &batch.resyncs {
+                sqlx::query(RESYNC_ASKED).bind(&batch.pipeline).bind(table).execute(&mut *tx).await?;
             }
             for (d, dedup_key) in crate::sink::dedup_keys(batch.dead.iter().chain(&refused)) {
                 sqlx::query(

@@ -75,6 +75,11 @@ CREATE TABLE IF NOT EXISTS ferry_stream_replays (
 );
 "#;
 
+/// A resync of a source table asked (again: from the start).
+const RESYNC_ASKED: &str = "INSERT INTO ferry_stream_resyncs (pipeline, source_table) VALUES (?1, ?2) \
+    ON CONFLICT (pipeline, source_table) DO UPDATE SET requested_at = strftime('%Y-%m-%d %H:%M:%f', 'now'), \
+    truncated = 0, last_key = NULL, rows = 0, done_at = NULL";
+
 type Stored = (Option<i64>, Option<i64>, Option<i64>);
 
 fn position_of(stored: Option<Stored>) -> Option<Position> {
@@ -300,16 +305,7 @@ impl RowChangeSink for SqliteTables {
 
     async fn request_resync(&mut self, pipeline: &str, table: &str) -> anyhow::Result<()> {
         self.ensure_stream_tables().await?;
-        sqlx::query(
-            "INSERT INTO ferry_stream_resyncs (pipeline, source_table) VALUES (?1, ?2) \
-             ON CONFLICT (pipeline, source_table) DO UPDATE SET \
-             requested_at = strftime('%Y-%m-%d %H:%M:%f', 'now'), truncated = 0, last_key = NULL, rows = 0, \
-             done_at = NULL",
-        )
-        .bind(pipeline)
-        .bind(table)
-        .execute(&mut self.conn)
-        .await?;
+        sqlx::query(RESYNC_ASKED).bind(pipeline).bind(table).execute(&mut self.conn).await?;
         Ok(())
     }
 
@@ -437,6 +433,9 @@ impl RowChangeSink for SqliteTables {
                     refused.push(batch.origins[write.origin].refused(def, &write.change, &message));
                 }
             }
+        }
+        for table in &batch.resyncs {
+            sqlx::query(RESYNC_ASKED).bind(&batch.pipeline).bind(table).execute(&mut *tx).await?;
         }
         for key in &batch.replayed {
             for table in ["ferry_change_dead_letters", "ferry_stream_replays"] {

@@ -56,6 +56,11 @@ pub(crate) struct Step {
     pub(super) before: Option<usize>,
     /// A plugin table: its instance, told the new shape.
     pub(super) transformer: Option<TableTransformer>,
+    /// The table's rows are not all in the stream (made by `CREATE TABLE
+    /// AS`, followed once it has a key): copied again
+    /// ([`super::TablesApplier::resync_step`]), asked in the transaction
+    /// that makes it.
+    pub(super) resync: bool,
 }
 
 /// Where the stream stops until `until` holds.
@@ -175,7 +180,9 @@ impl TablesApplier<'_> {
                 None => match self.renamed(table) {
                     Some(t) if self.blocked.contains(&t) => {}
                     Some(t) => self.rename_table(t, table, &captured.tag, position, out)?,
-                    None if self.follows_new(table, &captured.tag) => self.new_table(table, position, out),
+                    None if self.follows_new(table, &captured.tag) => {
+                        self.new_table(table, &captured.tag, position, out)
+                    }
                     None if self.entered(table, &captured.tag) => {
                         let name = table.table_name();
                         let reason = format!(
@@ -259,6 +266,7 @@ impl TablesApplier<'_> {
                 edits: Vec::new(),
                 before: None,
                 transformer: None,
+                resync: false,
             };
             out.push(Change::at(position, Some(t), from.to_string(), "schema change", Op::Schema(Box::new(step))));
             return Ok(());
@@ -274,6 +282,7 @@ impl TablesApplier<'_> {
             edits: Vec::new(),
             before: None,
             transformer: None,
+            resync: false,
         };
         out.push(Change::at(position, Some(t), from.to_string(), "schema change", Op::Schema(Box::new(forget))));
         let step = Step {
@@ -283,6 +292,7 @@ impl TablesApplier<'_> {
             edits: vec![TableEdit::RenameTable { schema: target_name.schema.clone(), name: target_name.name.clone() }],
             before: Some(self.outputs[t][0]),
             transformer: None,
+            resync: false,
         };
         for def in [&mut self.plan.tables[t].source, &mut self.base[t]] {
             def.name = to.clone();
@@ -337,7 +347,7 @@ impl TablesApplier<'_> {
     /// follow in the stream: the capture published it in the transaction
     /// that created it). Without a key yet, it waits for a statement that
     /// gives it one.
-    fn new_table(&mut self, table: &CapturedTable, position: Position, out: &mut Vec<Change>) {
+    fn new_table(&mut self, table: &CapturedTable, tag: &str, position: Position, out: &mut Vec<Change>) {
         let name = table.table_name();
         let version = table.version();
         let Some(source) = table.def(&version) else {
@@ -396,6 +406,10 @@ impl TablesApplier<'_> {
             edits: vec![TableEdit::Create { partition_of }],
             before: Some(o),
             transformer: None,
+            // Followed from a later statement (a key added to a table
+            // `CREATE TABLE AS` filled): its rows before it are not in
+            // the stream.
+            resync: !matches!(tag, "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO"),
         };
         out.push(Change::at(position, Some(t), name.to_string(), "schema change", Op::Schema(Box::new(step))));
     }
@@ -419,6 +433,7 @@ impl TablesApplier<'_> {
             edits: if copy { vec![TableEdit::DropTable] } else { Vec::new() },
             before: copy.then(|| self.outputs[t][0]),
             transformer: None,
+            resync: false,
         };
         out.push(Change::at(position, Some(t), label, "schema change", Op::Schema(Box::new(step))));
     }
@@ -530,6 +545,7 @@ impl TablesApplier<'_> {
             edits: Vec::new(),
             before: None,
             transformer: None,
+            resync: false,
         };
         match self.plan.tables[t].plugin.clone() {
             None => {
@@ -946,6 +962,7 @@ impl TablesApplier<'_> {
             edits: Vec::new(),
             before: None,
             transformer: None,
+            resync: false,
         };
         match self.plan.tables[t].plugin.clone() {
             None => {

@@ -1275,6 +1275,9 @@ impl TablesApplier<'_> {
                     }
                     // Under the name the table has at the step (a rename
                     // stores its old name's end and its new name's start).
+                    if step.resync {
+                        batch.resyncs.push(item.label.clone());
+                    }
                     // (`ferry apply` knows no catalog numbers: no versions.)
                     if let (Some(at), true) = (item.position, self.versions[t].is_some()) {
                         versions.push((item.label.clone(), at, step.version));
