@@ -413,7 +413,7 @@ impl ForeignKeyDef {
 }
 
 /// `pg_get_indexdef` output aimed at another table name, made idempotent.
-fn retarget_index(def: &str, table: &str) -> String {
+pub(crate) fn retarget_index(def: &str, table: &str) -> String {
     let def = def.replacen("INDEX ", "INDEX IF NOT EXISTS ", 1);
     match (def.find(" ON "), def.find(" USING ")) {
         (Some(on), Some(using)) if on < using => {

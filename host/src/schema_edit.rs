@@ -36,6 +36,15 @@ pub struct TableVersion {
     /// found again by it.
     #[serde(default)]
     pub relation: u32,
+    /// The table's secondary indexes (unique constraints' included), by
+    /// name, with PostgreSQL's definition (`None`: not known — a version an
+    /// older ferry stored, or read without the DDL capture).
+    #[serde(default)]
+    pub indexes: Option<Vec<(String, String)>>,
+    /// Its CHECK and FOREIGN KEY constraints, by name, with their
+    /// definition (`pg_get_constraintdef`).
+    #[serde(default)]
+    pub constraints: Option<Vec<(String, String)>>,
 }
 
 impl TableVersion {
@@ -50,13 +59,13 @@ impl TableVersion {
                 Some(VersionColumn { number: *number, def: c.clone(), type_oid: *type_oid })
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(TableVersion { columns, relation: 0 })
+        Some(TableVersion { columns, ..Default::default() })
     }
 
     /// No columns: the table is gone from the stream (dropped, or renamed
     /// out of the pipeline).
     pub fn gone(relation: u32) -> TableVersion {
-        TableVersion { columns: Vec::new(), relation }
+        TableVersion { relation, ..Default::default() }
     }
 
     /// Whether a Relation message's columns (name, type OID) are this
@@ -124,6 +133,44 @@ impl TableVersion {
         // Additions last, in number order: the target's columns keep the
         // source's order.
         edits.extend(rest);
+        edits.extend(self.index_edits(next));
+        edits
+    }
+
+    /// The indexes and constraints `next` adds or drops, by name (none
+    /// where either version does not know them): drops first, then what is
+    /// added (an index before the constraints that may rely on it).
+    pub fn index_edits(&self, next: &TableVersion) -> Vec<TableEdit> {
+        let mut edits = Vec::new();
+        // A unique constraint is an index of its name too: one read as an
+        // index (from a catalog) and later as a constraint is the same.
+        let named = |list: &Option<Vec<(String, String)>>, name: &str| {
+            list.as_ref().is_some_and(|l| l.iter().any(|(n, _)| n == name))
+        };
+        let pairs = [
+            (&self.indexes, &next.indexes, true, &self.constraints, &next.constraints),
+            (&self.constraints, &next.constraints, false, &self.indexes, &next.indexes),
+        ];
+        let (mut drops, mut adds) = (Vec::new(), Vec::new());
+        for (before, after, index, before_other, after_other) in pairs {
+            let (Some(before), Some(after)) = (before, after) else { continue };
+            let after_all = |n: &str| after.iter().any(|(a, _)| a == n) || named(after_other, n);
+            let before_all = |n: &str| before.iter().any(|(b, _)| b == n) || named(before_other, n);
+            for (name, _) in before.iter().filter(|(n, _)| !after_all(n)) {
+                drops.push(match index {
+                    true => TableEdit::DropIndex { name: name.clone() },
+                    false => TableEdit::DropConstraint { name: name.clone() },
+                });
+            }
+            for (name, def) in after.iter().filter(|(n, _)| !before_all(n)) {
+                adds.push(match index {
+                    true => TableEdit::AddIndex { name: name.clone(), def: def.clone() },
+                    false => TableEdit::AddConstraint { name: name.clone(), def: def.clone() },
+                });
+            }
+        }
+        edits.extend(drops);
+        edits.extend(adds);
         edits
     }
 }
@@ -153,6 +200,22 @@ pub enum TableEdit {
         from: String,
         to: String,
     },
+    /// An index made on the source (`def`: PostgreSQL's definition).
+    AddIndex {
+        name: String,
+        def: String,
+    },
+    DropIndex {
+        name: String,
+    },
+    /// A CHECK or FOREIGN KEY constraint (`def`: `pg_get_constraintdef`).
+    AddConstraint {
+        name: String,
+        def: String,
+    },
+    DropConstraint {
+        name: String,
+    },
     /// A new type (`from` is the column before, under the column's new name
     /// if it was renamed too).
     Retype {
@@ -179,6 +242,10 @@ impl std::fmt::Display for TableEdit {
             TableEdit::DropTable => write!(f, "DROP TABLE"),
             TableEdit::RenameTable { schema: Some(schema), name } => write!(f, "RENAME TO {schema}.{name}"),
             TableEdit::RenameTable { schema: None, name } => write!(f, "RENAME TO {name}"),
+            TableEdit::AddIndex { def, .. } => write!(f, "{def}"),
+            TableEdit::DropIndex { name } => write!(f, "DROP INDEX {name}"),
+            TableEdit::AddConstraint { name, def } => write!(f, "ADD CONSTRAINT {name} {def}"),
+            TableEdit::DropConstraint { name } => write!(f, "DROP CONSTRAINT {name}"),
             TableEdit::Add { column } => write!(f, "ADD COLUMN {} {}", column.name, column.sql_type),
             TableEdit::Drop { name } => write!(f, "DROP COLUMN {name}"),
             TableEdit::Rename { from, to } => write!(f, "RENAME COLUMN {from} TO {to}"),
@@ -194,6 +261,18 @@ impl std::fmt::Display for TableEdit {
 }
 
 impl TableEdit {
+    /// Whether the edit changes the table's columns (not its indexes or
+    /// constraints).
+    pub fn of_columns(&self) -> bool {
+        !matches!(
+            self,
+            TableEdit::AddIndex { .. }
+                | TableEdit::DropIndex { .. }
+                | TableEdit::AddConstraint { .. }
+                | TableEdit::DropConstraint { .. }
+        )
+    }
+
     /// Why the edit cannot be carried to a target as it is (`None`: it can).
     /// `rewritten`: the source rewrote the table's rows in the same
     /// statement (a default computed per row, a type change).
@@ -244,6 +323,22 @@ impl TableEdit {
             }
             TableEdit::RenameTable { name, .. } if *name == def.name.name => Ok(None),
             TableEdit::RenameTable { name, .. } => alter(format!("RENAME TO {}", quote_ident(name))),
+            TableEdit::AddIndex { def: index, .. } if pg => {
+                Ok(Some(crate::schema::retarget_index(index, &def.quoted())))
+            }
+            TableEdit::DropIndex { name } => Ok(Some(match &def.name.schema {
+                Some(schema) if pg => format!("DROP INDEX IF EXISTS {}.{}", quote_ident(schema), quote_ident(name)),
+                _ => format!("DROP INDEX IF EXISTS {}", quote_ident(name)),
+            })),
+            TableEdit::AddConstraint { name, def: clause } if pg => {
+                alter(format!("ADD CONSTRAINT {} {clause}", quote_ident(name)))
+            }
+            TableEdit::DropConstraint { name } if pg => {
+                alter(format!("DROP CONSTRAINT IF EXISTS {}", quote_ident(name)))
+            }
+            // SQLite: an index's definition is PostgreSQL's; a constraint
+            // cannot be added to a table there.
+            TableEdit::AddIndex { .. } | TableEdit::AddConstraint { .. } | TableEdit::DropConstraint { .. } => Ok(None),
             TableEdit::Add { column } => {
                 let sql_type = crate::schema::carried_type(&column.kind, &column.sql_type, def.engine);
                 let default = match (&column.default, pg) {
@@ -335,7 +430,7 @@ mod tests {
                 .iter()
                 .map(|&(n, name, t)| VersionColumn { number: n, def: column(name, t), type_oid: 0 })
                 .collect(),
-            relation: 0,
+            ..Default::default()
         }
     }
 
@@ -355,6 +450,26 @@ mod tests {
         let edits = before.edits(&widened);
         assert!(matches!(&edits[..], [TableEdit::Retype { column, .. }] if column.sql_type == "bigint"));
         assert_eq!(edits[0].unsafe_reason(true), None);
+    }
+
+    #[test]
+    fn indexes_and_constraints_are_told_apart_by_name_once_known() {
+        let named = |list: &[&str]| Some(list.iter().map(|n| (n.to_string(), format!("def of {n}"))).collect());
+        let before =
+            TableVersion { indexes: named(&["a_idx", "b_key"]), constraints: named(&["qty_ck"]), ..version(&[]) };
+        let after = TableVersion { indexes: named(&["b_key", "c_idx"]), constraints: named(&["fk"]), ..version(&[]) };
+        assert_eq!(
+            before.edits(&after),
+            vec![
+                TableEdit::DropIndex { name: "a_idx".into() },
+                TableEdit::DropConstraint { name: "qty_ck".into() },
+                TableEdit::AddIndex { name: "c_idx".into(), def: "def of c_idx".into() },
+                TableEdit::AddConstraint { name: "fk".into(), def: "def of fk".into() },
+            ]
+        );
+        // Not known before (an older ferry's version): nothing to tell.
+        assert!(version(&[]).edits(&after).is_empty());
+        assert!(after.edits(&after).iter().all(|e| !e.of_columns()));
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct Captured {
     /// The tables the statement dropped.
     #[serde(default)]
     pub dropped: Vec<NamedTable>,
+    /// The indexes it dropped (their table is gone from the catalog).
+    #[serde(default)]
+    pub dropped_indexes: Vec<NamedTable>,
 }
 
 /// A table by its schema and name.
@@ -69,6 +72,19 @@ pub struct CapturedTable {
     pub key: Vec<String>,
     #[serde(default)]
     pub partition_of: Option<PartitionOf>,
+    /// Its secondary indexes and its CHECK/FOREIGN KEY constraints (absent
+    /// from a capture an older ferry installed).
+    #[serde(default)]
+    pub indexes: Option<Vec<NamedDef>>,
+    #[serde(default)]
+    pub constraints: Option<Vec<NamedDef>>,
+}
+
+/// An index or a constraint: its name and PostgreSQL's definition.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedDef {
+    pub name: String,
+    pub def: String,
 }
 
 /// A column as the catalog holds it (the shape `PgTables::describe` reads).
@@ -125,7 +141,15 @@ impl CapturedTable {
                 VersionColumn { number: c.number, def, type_oid: c.type_oid }
             })
             .collect();
-        TableVersion { columns, relation: self.oid }
+        let named = |list: &Option<Vec<NamedDef>>| {
+            list.as_ref().map(|l| l.iter().map(|n| (n.name.clone(), n.def.clone())).collect())
+        };
+        TableVersion {
+            columns,
+            relation: self.oid,
+            indexes: named(&self.indexes),
+            constraints: named(&self.constraints),
+        }
     }
 
     pub fn table_name(&self) -> TableName {

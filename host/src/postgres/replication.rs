@@ -120,9 +120,19 @@ BEGIN
                     'bound', pg_get_expr(c.relpartbound, c.oid))
              FROM pg_inherits h JOIN pg_class pc ON pc.oid = h.inhparent
              JOIN pg_namespace pn ON pn.oid = pc.relnamespace
-             WHERE h.inhrelid = c.oid AND c.relispartition) AS partition_of
+             WHERE h.inhrelid = c.oid AND c.relispartition) AS partition_of,
+            (SELECT coalesce(jsonb_agg(jsonb_build_object('name', ic.relname::text,
+                    'def', pg_get_indexdef(i.indexrelid)) ORDER BY ic.relname), '[]'::jsonb)
+             FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+             WHERE i.indrelid = c.oid AND NOT i.indisprimary AND NOT EXISTS (SELECT 1 FROM pg_constraint k
+                 WHERE k.conrelid = c.oid AND k.conindid = i.indexrelid AND k.contype IN ('u', 'x'))) AS indexes,
+            (SELECT coalesce(jsonb_agg(jsonb_build_object('name', k.conname::text,
+                    'def', pg_get_constraintdef(k.oid)) ORDER BY k.conname), '[]'::jsonb)
+             FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype IN ('c', 'f', 'u', 'x')) AS constraints
         FROM pg_event_trigger_ddl_commands() e
-        JOIN pg_class c ON c.oid = e.objid AND e.classid = 'pg_class'::regclass
+        -- An index's statement (CREATE INDEX) is its table's.
+        JOIN pg_class c ON e.classid = 'pg_class'::regclass
+            AND c.oid = coalesce((SELECT x.indrelid FROM pg_index x WHERE x.indexrelid = e.objid), e.objid)
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'ferry') t;
   EXCEPTION WHEN OTHERS THEN
@@ -143,18 +153,23 @@ CREATE OR REPLACE FUNCTION ferry.capture_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $capture$
 DECLARE
     dropped jsonb;
+    indexes jsonb;
 BEGIN
   BEGIN
-    SELECT coalesce(jsonb_agg(jsonb_build_object('schema', o.schema_name, 'name', o.object_name)), '[]'::jsonb)
-    INTO dropped FROM pg_event_trigger_dropped_objects() o
-    WHERE o.object_type = 'table' AND NOT o.is_temporary AND o.schema_name <> 'ferry';
+    SELECT coalesce(jsonb_agg(jsonb_build_object('schema', o.schema_name, 'name', o.object_name))
+                        FILTER (WHERE o.object_type = 'table'), '[]'::jsonb),
+           coalesce(jsonb_agg(jsonb_build_object('schema', o.schema_name, 'name', o.object_name))
+                        FILTER (WHERE o.object_type = 'index'), '[]'::jsonb)
+    INTO dropped, indexes FROM pg_event_trigger_dropped_objects() o
+    WHERE o.object_type IN ('table', 'index') AND NOT o.is_temporary AND o.schema_name <> 'ferry';
   EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'ferry DDL capture: %', SQLERRM;
     dropped := NULL;
+    indexes := NULL;
   END;
-    IF jsonb_array_length(dropped) > 0 THEN
-        PERFORM pg_logical_emit_message(true, 'ferry.ddl',
-            jsonb_build_object('tag', tg_tag, 'tables', '[]'::jsonb, 'dropped', dropped)::text);
+    IF jsonb_array_length(dropped) > 0 OR jsonb_array_length(indexes) > 0 THEN
+        PERFORM pg_logical_emit_message(true, 'ferry.ddl', jsonb_build_object('tag', tg_tag,
+            'tables', '[]'::jsonb, 'dropped', dropped, 'dropped_indexes', indexes)::text);
     END IF;
 END
 $capture$;

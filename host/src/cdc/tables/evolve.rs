@@ -119,7 +119,17 @@ pub(super) async fn known_versions(
             }
             None => {
                 let numbers = replication.column_numbers(&table.source.name).await?;
-                out.push(TableVersion::of(&table.source, &numbers).map(|v| TableVersion { relation: oid, ..v }));
+                let def = &table.source;
+                let indexes = def.indexes.iter().map(|i| (i.name.clone(), i.pg_definition.clone().unwrap_or_default()));
+                let checks = def.checks.iter().cloned();
+                let foreign_keys = def.foreign_keys.iter().map(|f| (f.name.clone(), String::new()));
+                out.push(TableVersion::of(def, &numbers).map(|v| TableVersion {
+                    relation: oid,
+                    // Known by name: what later statements add or drop.
+                    indexes: Some(indexes.collect()),
+                    constraints: Some(checks.chain(foreign_keys).collect()),
+                    ..v
+                }));
             }
         }
     }
@@ -166,6 +176,22 @@ impl TablesApplier<'_> {
             self.keyless_new.remove(&name);
             if let Some(t) = self.live_table(&name).filter(|t| !self.blocked.contains(t)) {
                 self.drop_table(t, &captured.tag, position, out);
+            }
+        }
+        for index in &captured.dropped_indexes {
+            // Its table: the followed one whose version has it.
+            let owner = (0..self.plan.tables.len()).find(|t| {
+                !self.gone.contains(t)
+                    && self.plan.tables[*t].source.name.schema.as_deref().is_none_or(|s| s == index.schema)
+                    && self.versions[*t]
+                        .as_ref()
+                        .and_then(|v| v.indexes.as_ref())
+                        .is_some_and(|list| list.iter().any(|(n, _)| *n == index.name))
+            });
+            if let Some(t) = owner.filter(|t| !self.blocked.contains(t)) {
+                let mut version = self.versions[t].clone().expect("found above");
+                version.indexes.get_or_insert_with(Vec::new).retain(|(n, _)| *n != index.name);
+                self.schema_change(t, version, false, &captured.tag, position, out)?;
             }
         }
         for table in &captured.tables {
@@ -399,11 +425,14 @@ impl TablesApplier<'_> {
         // Relations read before as outside the pipeline are mapped again.
         self.mapped.retain(|_, m| m.table.is_some());
         tracing::info!(table = %name, at = %position, "the source created a table the pipeline includes: made on the target, then followed");
+        // Its indexes and constraints, made with it.
+        let bare = TableVersion { indexes: Some(Vec::new()), constraints: Some(Vec::new()), ..Default::default() };
+        let made = bare.index_edits(&version);
         let step = Step {
             from: TableVersion::default(),
             version,
             provisional: false,
-            edits: vec![TableEdit::Create { partition_of }],
+            edits: std::iter::once(TableEdit::Create { partition_of }).chain(made).collect(),
             before: Some(o),
             transformer: None,
             // Followed from a later statement (a key added to a table
@@ -513,7 +542,11 @@ impl TablesApplier<'_> {
         let Some(old) = self.versions[t].clone() else {
             return Ok(());
         };
-        let edits = old.edits(&version);
+        let mut edits = old.edits(&version);
+        if self.plan.tables[t].plugin.is_some() {
+            // A plugin's tables are its own: the source's indexes are not theirs.
+            edits.retain(TableEdit::of_columns);
+        }
         if edits.is_empty() {
             // Constraints, indexes, …: the columns are as they were.
             self.versions[t] = Some(version);
@@ -638,10 +671,13 @@ impl TablesApplier<'_> {
             );
             columns.push(found);
         }
-        let version = columns
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .map(|columns| TableVersion { columns, relation: relation.oid });
+        let version = columns.into_iter().collect::<Option<Vec<_>>>().map(|columns| TableVersion {
+            columns,
+            relation: relation.oid,
+            // A column list says nothing of them.
+            indexes: old.indexes.clone(),
+            constraints: old.constraints.clone(),
+        });
         // Added: a number the version does not have (a rename keeps it).
         let added: Vec<String> = match &version {
             Some(v) => v
@@ -811,6 +847,11 @@ impl TablesApplier<'_> {
             TableEdit::Retype { column, .. } => has(&column.name).is_none_or(|c| c.sql_type != column.sql_type),
             TableEdit::Nullable { name, nullable } => has(name).is_some_and(|c| c.nullable != *nullable),
             TableEdit::Default { .. } => true,
+            TableEdit::AddIndex { name, .. } => !there.indexes.iter().any(|i| i.name == *name),
+            TableEdit::AddConstraint { name, .. } => {
+                !there.checks.iter().any(|(c, _)| c == name) && !there.foreign_keys.iter().any(|f| f.name == *name)
+            }
+            TableEdit::DropIndex { .. } | TableEdit::DropConstraint { .. } => true,
         });
         Ok(())
     }
