@@ -138,6 +138,7 @@ pub fn status(r: &crate::status::StatusReport) -> String {
         }
         for r in &s.resyncs {
             let said = match (r.done, r.truncated) {
+                _ if r.held.is_some() => format!("HELD: {}", r.held.as_deref().unwrap_or_default()),
                 (true, _) => format!("done ({} rows)", r.rows),
                 (false, true) => format!("copying: {} rows so far", r.rows),
                 (false, false) => "asked (the running stream begins it)".to_string(),

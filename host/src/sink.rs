@@ -406,6 +406,9 @@ pub struct RowChangeBatch {
     /// Source tables to copy again inside the stream ([`Resync`]), asked
     /// with the step that makes them.
     pub resyncs: Vec<String>,
+    /// Source tables held from this batch on: (table, why, what resolves
+    /// it), recorded with the batch's position.
+    pub holds: Vec<(String, String, String)>,
 }
 
 /// One table a stream copies again while it runs (`ferry resync`).
@@ -419,6 +422,12 @@ pub struct Resync {
     /// Source rows copied so far.
     pub rows: u64,
     pub done: bool,
+    /// The table is held (its changes skipped, the other tables going on)
+    /// until this is resolved; then it is copied again.
+    pub held: Option<String>,
+    /// What resolves the hold (JSON, the stream's own).
+    #[serde(skip)]
+    pub until: Option<String>,
 }
 
 /// The run id `ferry dlq list` gives a change stream's dead letters.

@@ -615,6 +615,77 @@ async fn without_the_capture_a_new_column_pauses_the_stream_until_the_target_has
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_checkpoints WHERE paused IS NULL").await, 1);
 }
 
+/// A table the source writes on its own (no foreign key, no transaction
+/// shared with another table) that cannot follow a change is held alone:
+/// the other tables go on, through a kill -9; once the target table is
+/// fixed, the held table is copied again inside the stream and followed.
+/// Judged by the source's rows while both tables are written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_that_cannot_follow_is_held_alone_while_the_others_go_on() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    exec(&source, APP_DDL).await;
+    let target = PgDb::new("evolve_hold").await;
+    let p = tables_pipeline(&source, &target.url(), "include = [\"public.*\"]", "");
+    assert_eq!(p.ferry(&["sync", "--idle-exit", "1"]).code, 0);
+    let running = Arc::new(AtomicBool::new(true));
+    // Each table written in transactions of its own.
+    let write = |sql: fn(i64) -> String| {
+        let (url, running) = (source.clone(), Arc::clone(&running));
+        tokio::spawn(async move {
+            let mut c = connect(&url).await;
+            let mut n = 0;
+            while running.load(Ordering::Relaxed) {
+                n += 1;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql(n))).execute(&mut c).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let items = write(|n| format!("UPDATE items SET qty = qty + 1, doc = md5(doc) || doc WHERE id = {}", 1 + n % 2000));
+    let events = write(|n| format!("INSERT INTO events VALUES ({n}, {}, 'seen')", n % 2000));
+    let mut child = daemon(&p);
+    until(&target.url(), "events flow", "SELECT count(*) > 20 FROM events").await;
+    exec(&source, "ALTER TABLE items ADD COLUMN note text DEFAULT 'none'").await;
+    let held = "SELECT held_reason IS NOT NULL FROM ferry.stream_resyncs WHERE source_table = 'public.items'";
+    until(&target.url(), "items held", held).await;
+    let st = p.ferry(&["status", "--json"]).json();
+    assert_eq!(st["phase"], "streaming", "{st}");
+    let said = st["stream"]["resyncs"][0]["held"].as_str().unwrap_or_default().to_string();
+    assert!(said.contains(r#"ADD COLUMN "note" text"#), "{said}");
+
+    // The other table goes on, through a kill -9.
+    let before = target.scalar_i64("SELECT count(*) FROM events").await;
+    until(&target.url(), "events go on", &format!("SELECT count(*) > {before} + 20 FROM events")).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut child = daemon(&p);
+    let before = target.scalar_i64("SELECT count(*) FROM events").await;
+    until(&target.url(), "events go on again", &format!("SELECT count(*) > {before} + 20 FROM events")).await;
+    assert_eq!(target.scalar_i64(&format!("SELECT ({held})::int::int8")).await, 1, "still held");
+
+    // Fixed on the target: copied again, then followed.
+    target.exec("ALTER TABLE items ADD COLUMN note text DEFAULT 'none'").await;
+    let done = "SELECT done_at IS NOT NULL AND held_reason IS NULL FROM ferry.stream_resyncs";
+    until(&target.url(), "the held table copied again", done).await;
+    exec(&source, "UPDATE items SET note = 'after' WHERE id % 100 = 0").await;
+    running.store(false, Ordering::Relaxed);
+    items.await.unwrap();
+    events.await.unwrap();
+    let url = target.url();
+    let converged = || {
+        let (url, source) = (url.clone(), source.clone());
+        async move {
+            rows(&url, "items").await == rows(&source, "items").await
+                && rows(&url, "events").await == rows(&source, "events").await
+        }
+    };
+    eventually("the target equals the source", converged).await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 0);
+}
+
 async fn column_exists(db: &PgDb, table: &str, column: &str) -> bool {
     db.scalar_i64(&format!(
         "SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = '{column}' AND NOT attisdropped"

@@ -86,6 +86,8 @@ CREATE TABLE IF NOT EXISTS ferry.stream_resyncs (
     last_key     text,
     rows         bigint NOT NULL DEFAULT 0,
     done_at      timestamptz,
+    held_reason  text,
+    held_until   text,
     PRIMARY KEY (pipeline, source_table)
 );
 CREATE TABLE IF NOT EXISTS ferry.parallel_runs (
@@ -128,10 +130,15 @@ pub(super) async fn ensure_change_tables(conn: &mut PgConnection) -> anyhow::Res
     Ok(())
 }
 
+/// A source table held (see [`crate::sink::Resync::held`]).
+const HELD: &str = "INSERT INTO ferry.stream_resyncs (pipeline, source_table, held_reason, held_until) \
+    VALUES ($1, $2, $3, $4) ON CONFLICT (pipeline, source_table) DO UPDATE SET requested_at = now(), \
+    truncated = false, last_key = NULL, rows = 0, done_at = NULL, held_reason = $3, held_until = $4";
+
 /// A resync of a source table asked (again: from the start).
 const RESYNC_ASKED: &str = "INSERT INTO ferry.stream_resyncs (pipeline, source_table) VALUES ($1, $2) \
     ON CONFLICT (pipeline, source_table) DO UPDATE SET requested_at = now(), truncated = false, last_key = NULL, \
-    rows = 0, done_at = NULL";
+    rows = 0, done_at = NULL, held_reason = NULL, held_until = NULL";
 
 type Stored = (Option<i64>, Option<i64>, Option<i32>);
 
@@ -634,8 +641,8 @@ impl RowChangeSink for PgTables {
         if !super::exists(&mut self.conn, "ferry.stream_resyncs").await? {
             return Ok(Vec::new());
         }
-        let rows: Vec<(String, bool, Option<String>, i64, bool)> = sqlx::query_as(
-            "SELECT source_table, truncated, last_key, rows, done_at IS NOT NULL FROM ferry.stream_resyncs \
+        let rows: Vec<(String, bool, Option<String>, i64, bool, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT source_table, truncated, last_key, rows, done_at IS NOT NULL, held_reason, held_until FROM ferry.stream_resyncs \
              WHERE pipeline = $1 ORDER BY requested_at",
         )
         .bind(pipeline)
@@ -643,12 +650,14 @@ impl RowChangeSink for PgTables {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(table, truncated, last_key, rows, done)| crate::sink::Resync {
+            .map(|(table, truncated, last_key, rows, done, held, until)| crate::sink::Resync {
                 table,
                 truncated,
                 last_key,
                 rows: rows as u64,
                 done,
+                held,
+                until,
             })
             .collect())
     }
@@ -893,6 +902,9 @@ impl RowChangeSink for PgTables {
             }
             for table in &batch.resyncs {
                 sqlx::query(RESYNC_ASKED).bind(&batch.pipeline).bind(table).execute(&mut *tx).await?;
+            }
+            for (table, reason, until) in &batch.holds {
+                sqlx::query(HELD).bind(&batch.pipeline).bind(table).bind(reason).bind(until).execute(&mut *tx).await?;
             }
             for (d, dedup_key) in crate::sink::dedup_keys(batch.dead.iter().chain(&refused)) {
                 sqlx::query(

@@ -65,6 +65,8 @@ CREATE TABLE IF NOT EXISTS ferry_stream_resyncs (
     last_key     TEXT,
     rows         INTEGER NOT NULL DEFAULT 0,
     done_at      TEXT,
+    held_reason  TEXT,
+    held_until   TEXT,
     PRIMARY KEY (pipeline, source_table)
 );
 CREATE TABLE IF NOT EXISTS ferry_stream_replays (
@@ -75,10 +77,16 @@ CREATE TABLE IF NOT EXISTS ferry_stream_replays (
 );
 "#;
 
+/// A source table held (see [`crate::sink::Resync::held`]).
+const HELD: &str = "INSERT INTO ferry_stream_resyncs (pipeline, source_table, held_reason, held_until) \
+    VALUES (?1, ?2, ?3, ?4) ON CONFLICT (pipeline, source_table) DO UPDATE SET \
+    requested_at = strftime('%Y-%m-%d %H:%M:%f', 'now'), truncated = 0, last_key = NULL, rows = 0, done_at = NULL, \
+    held_reason = ?3, held_until = ?4";
+
 /// A resync of a source table asked (again: from the start).
 const RESYNC_ASKED: &str = "INSERT INTO ferry_stream_resyncs (pipeline, source_table) VALUES (?1, ?2) \
     ON CONFLICT (pipeline, source_table) DO UPDATE SET requested_at = strftime('%Y-%m-%d %H:%M:%f', 'now'), \
-    truncated = 0, last_key = NULL, rows = 0, done_at = NULL";
+    truncated = 0, last_key = NULL, rows = 0, done_at = NULL, held_reason = NULL, held_until = NULL";
 
 type Stored = (Option<i64>, Option<i64>, Option<i64>);
 
@@ -313,8 +321,8 @@ impl RowChangeSink for SqliteTables {
         if !super::exists(&mut self.conn, "ferry_stream_resyncs").await? {
             return Ok(Vec::new());
         }
-        let rows: Vec<(String, bool, Option<String>, i64, bool)> = sqlx::query_as(
-            "SELECT source_table, truncated, last_key, rows, done_at IS NOT NULL FROM ferry_stream_resyncs \
+        let rows: Vec<(String, bool, Option<String>, i64, bool, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT source_table, truncated, last_key, rows, done_at IS NOT NULL, held_reason, held_until FROM ferry_stream_resyncs \
              WHERE pipeline = ?1 ORDER BY requested_at",
         )
         .bind(pipeline)
@@ -322,12 +330,14 @@ impl RowChangeSink for SqliteTables {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(table, truncated, last_key, rows, done)| crate::sink::Resync {
+            .map(|(table, truncated, last_key, rows, done, held, until)| crate::sink::Resync {
                 table,
                 truncated,
                 last_key,
                 rows: rows as u64,
                 done,
+                held,
+                until,
             })
             .collect())
     }
@@ -436,6 +446,9 @@ impl RowChangeSink for SqliteTables {
         }
         for table in &batch.resyncs {
             sqlx::query(RESYNC_ASKED).bind(&batch.pipeline).bind(table).execute(&mut *tx).await?;
+        }
+        for (table, reason, until) in &batch.holds {
+            sqlx::query(HELD).bind(&batch.pipeline).bind(table).bind(reason).bind(until).execute(&mut *tx).await?;
         }
         for key in &batch.replayed {
             for table in ["ferry_change_dead_letters", "ferry_stream_replays"] {

@@ -70,6 +70,7 @@ pub(crate) struct Pause {
 }
 
 /// What resolves a pause.
+#[derive(Clone)]
 pub(crate) enum Until {
     /// The target table has these columns (with this type, when given)
     /// and not those.
@@ -79,6 +80,32 @@ pub(crate) enum Until {
     /// Only a change of the pipeline resolves it: the stream waits to be
     /// stopped (and started again with the change).
     Restart,
+}
+
+/// A hold's [`Until::Target`] as the target records it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HeldUntil {
+    table: String,
+    has: Vec<(String, Option<String>)>,
+    lacks: Vec<String>,
+}
+
+impl Until {
+    /// As recorded with a hold (only a target's shape resolves one).
+    pub(super) fn to_json(&self) -> String {
+        match self {
+            Until::Target { table, has, lacks } => {
+                let held = HeldUntil { table: table.to_string(), has: has.clone(), lacks: lacks.clone() };
+                serde_json::to_string(&held).unwrap_or_default()
+            }
+            _ => String::new(),
+        }
+    }
+
+    pub(super) fn from_json(text: &str) -> Option<Until> {
+        let held: HeldUntil = serde_json::from_str(text).ok()?;
+        Some(Until::Target { table: TableName::parse(&held.table).ok()?, has: held.has, lacks: held.lacks })
+    }
 }
 
 /// What became of a segment of a group.
@@ -117,23 +144,29 @@ pub(super) async fn known_versions(
                 let relation = if version.relation == 0 { oid } else { version.relation };
                 out.push(Some(TableVersion { relation, ..version.clone() }));
             }
-            None => {
-                let numbers = replication.column_numbers(&table.source.name).await?;
-                let def = &table.source;
-                let indexes = def.indexes.iter().map(|i| (i.name.clone(), i.pg_definition.clone().unwrap_or_default()));
-                let checks = def.checks.iter().cloned();
-                let foreign_keys = def.foreign_keys.iter().map(|f| (f.name.clone(), String::new()));
-                out.push(TableVersion::of(def, &numbers).map(|v| TableVersion {
-                    relation: oid,
-                    // Known by name: what later statements add or drop.
-                    indexes: Some(indexes.collect()),
-                    constraints: Some(checks.chain(foreign_keys).collect()),
-                    ..v
-                }));
-            }
+            None => out.push(catalog_version(replication, &table.source).await?),
         }
     }
     Ok(out)
+}
+
+/// The version of `def` (as the source's catalog has it now).
+async fn catalog_version(
+    replication: &mut dyn crate::replication::ReplicationSource,
+    def: &TableDef,
+) -> anyhow::Result<Option<TableVersion>> {
+    let oid = replication.relation_oid(&def.name).await?.unwrap_or(0);
+    let numbers = replication.column_numbers(&def.name).await?;
+    let indexes = def.indexes.iter().map(|i| (i.name.clone(), i.pg_definition.clone().unwrap_or_default()));
+    let checks = def.checks.iter().cloned();
+    let foreign_keys = def.foreign_keys.iter().map(|f| (f.name.clone(), String::new()));
+    Ok(TableVersion::of(def, &numbers).map(|v| TableVersion {
+        relation: oid,
+        // Known by name: what later statements add or drop.
+        indexes: Some(indexes.collect()),
+        constraints: Some(checks.chain(foreign_keys).collect()),
+        ..v
+    }))
 }
 
 impl TablesApplier<'_> {
@@ -876,6 +909,107 @@ impl TablesApplier<'_> {
             ),
             until,
         }
+    }
+
+    /// Whether the pause of table `t` at `position` can hold that table
+    /// alone, the others going on: a copied table waiting for its target
+    /// table's shape, that no foreign key ties to another table of the
+    /// pipeline and that the source does not write in the same transactions
+    /// as others (seen so far, or in the pause's own transaction in
+    /// `items`). Otherwise the whole stream pauses: holding it alone would
+    /// apply a transaction, or a parent and its child, in part.
+    pub(super) fn holdable(&self, t: usize, pause: &Pause, position: Option<Position>, items: &[Change]) -> bool {
+        let same_transaction = |c: &Change| {
+            c.table.is_some_and(|u| u != t) && c.position.zip(position).is_some_and(|(a, b)| a.commit == b.commit)
+        };
+        let source = &self.plan.tables[t].source;
+        let tied = (0..self.plan.tables.len()).filter(|u| *u != t && !self.gone.contains(u)).any(|u| {
+            let other = &self.plan.tables[u].source;
+            other.foreign_keys.iter().any(|f| names_table(source, f.references.schema.as_deref(), &f.references.name))
+                || source
+                    .foreign_keys
+                    .iter()
+                    .any(|f| names_table(other, f.references.schema.as_deref(), &f.references.name))
+        });
+        self.plan.tables[t].plugin.is_none()
+            && matches!(pause.until, Until::Target { .. })
+            && !self.co_written.contains(&t)
+            && !tied
+            && !items.iter().any(same_transaction)
+    }
+
+    /// Table `t` is held from here on: its changes are skipped until
+    /// `pause` is resolved, then it is copied again (the hold is recorded
+    /// with the position of the segment that holds it).
+    pub(super) async fn hold_table(&mut self, t: usize, pause: &Pause) {
+        let label = self.plan.tables[t].source.name.to_string();
+        tracing::error!(table = %label, "a table is held, the other tables go on: {}", pause.reason);
+        self.holds.insert(t, pause.until.clone());
+        let pipeline = self.settings.pipeline.clone();
+        let details = serde_json::json!({ "pipeline": pipeline, "held": label, "reason": pause.reason });
+        let said = format!("{label} held: {}", pause.reason);
+        crate::notify::send(&self.settings.notify, &pipeline, crate::notify::Event::StreamPaused, said, details).await;
+    }
+
+    /// The holds the target records (a stream that starts again keeps them).
+    pub(super) async fn load_holds(&mut self) -> anyhow::Result<()> {
+        for resync in self.target.resyncs(&self.settings.pipeline).await? {
+            let (Some(_), Some(until)) = (&resync.held, resync.until.as_deref().and_then(Until::from_json)) else {
+                continue;
+            };
+            if let Some(t) = TableName::parse(&resync.table).ok().and_then(|n| self.live_table(&n)) {
+                self.holds.insert(t, until);
+            }
+        }
+        self.blocked.extend(self.holds.keys().copied());
+        Ok(())
+    }
+
+    /// Releases each held table whose hold is resolved: its shape read from
+    /// the source's catalog of now, stored as its version at the stream's
+    /// position, and a resync asked in the same target transaction; its
+    /// changes are followed again from here.
+    pub(super) async fn release_holds(&mut self) -> anyhow::Result<()> {
+        let held: Vec<(usize, Until)> = self.holds.iter().map(|(t, u)| (*t, u.clone())).collect();
+        for (t, until) in held {
+            if !self.resolved(&until).await? {
+                continue;
+            }
+            let name = self.plan.tables[t].source.name.clone();
+            if self.reread.is_none() {
+                self.reread = Some(crate::engines::open_row_source(&self.settings.source.url, "source").await?);
+            }
+            let Some(def) = self.reread.as_mut().expect("connected above").describe(&name).await? else {
+                continue;
+            };
+            let mut replication = crate::engines::open_replication_source(&self.settings.source.url).await?;
+            let version = catalog_version(replication.as_mut(), &def).await?;
+            self.retarget(t, &def);
+            self.plan.tables[t].source = def.clone();
+            self.base[t] = def;
+            self.versions[t] = version.clone();
+            self.mapped.retain(|_, m| m.table != Some(t));
+            self.holds.remove(&t);
+            self.blocked.remove(&t);
+            let step = Step {
+                from: TableVersion::default(),
+                version: version.unwrap_or_default(),
+                provisional: false,
+                edits: Vec::new(),
+                before: None,
+                transformer: None,
+                resync: true,
+            };
+            let at = self.position.unwrap_or(Position { commit: 0, lsn: 0, seq: 0 });
+            let change = Change::at(at, Some(t), name.to_string(), "schema change", Op::Schema(Box::new(step)));
+            match self.apply_segment(vec![change], None).await? {
+                Segment::Applied => {
+                    tracing::info!(table = %name, "resolved: the held table is copied again, then followed")
+                }
+                _ => anyhow::bail!("releasing held table {name}: the target refused"),
+            }
+        }
+        Ok(())
     }
 
     /// Holds the stream where `pause` is (everything before it applied):

@@ -174,6 +174,7 @@ pub async fn sync(
     // statement; rows before it (a table without a key) pause the stream.
     applier.keyless_new.extend(applier.plan.later.iter().cloned());
     applier.store_versions(&stored).await?;
+    applier.load_holds().await?;
     applier.start_journal().await?;
     applier.origin = options.origins.as_ref().map(|o| o.own.clone());
     applier.mark_origin().await?;
@@ -354,6 +355,9 @@ enum Op {
     Schema(Box<evolve::Step>),
     /// The stream cannot go past here until this is resolved.
     Pause(Box<evolve::Pause>),
+    /// The table cannot go past here until this is resolved; the others
+    /// go on ([`evolve`]'s holds).
+    Hold(Box<evolve::Pause>),
 }
 
 /// One decoded change, positioned.
@@ -458,6 +462,15 @@ struct TablesApplier<'a> {
     unpublish: Vec<crate::db::TableName>,
     /// When the dead letters asked to be replayed were last looked for.
     replays_read: Option<std::time::Instant>,
+    /// Tables held (their changes skipped, the others going on) until
+    /// their hold is resolved.
+    holds: HashMap<usize, evolve::Until>,
+    /// When the holds were last checked.
+    holds_read: Option<std::time::Instant>,
+    /// Tables the source wrote in one transaction with another (never held
+    /// alone), and the tables of the transaction being read.
+    co_written: HashSet<usize>,
+    transaction_tables: (u64, HashSet<usize>),
     /// The table being copied again (`ferry resync`), and how far.
     resyncing: Option<(usize, crate::sink::Resync)>,
     /// When the resyncs asked were last looked for.
@@ -501,6 +514,10 @@ impl<'a> TablesApplier<'a> {
             left: HashSet::new(),
             unpublish: Vec::new(),
             replays_read: None,
+            holds: HashMap::new(),
+            holds_read: None,
+            co_written: HashSet::new(),
+            transaction_tables: (0, HashSet::new()),
             resyncing: None,
             resyncs_read: None,
             publication: None,
@@ -674,6 +691,19 @@ impl<'a> TablesApplier<'a> {
         Ok(())
     }
 
+    /// Table `t` is written in the source transaction that commits at
+    /// `commit`: tables written together are never held apart.
+    fn written(&mut self, commit: u64, t: usize) {
+        let (at, tables) = &mut self.transaction_tables;
+        if *at != commit {
+            *at = commit;
+            tables.clear();
+        }
+        if tables.insert(t) && tables.len() > 1 {
+            self.co_written.extend(tables.iter().copied());
+        }
+    }
+
     /// The dead letters `ferry dlq replay` asked to replay (looked for at
     /// most once a second): each row read again from the source as it is
     /// now and applied through the table's path (its plugin, the live
@@ -737,12 +767,17 @@ impl<'a> TablesApplier<'a> {
     /// still to come apply after it. Where it stands is recorded after each
     /// page; a page done again (after a crash) writes the same rows.
     async fn resync_step(&mut self) -> anyhow::Result<()> {
+        if !self.holds.is_empty() && self.holds_read.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+            self.holds_read = Some(std::time::Instant::now());
+            self.release_holds().await?;
+        }
         if self.resyncing.is_none() {
             if self.resyncs_read.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
                 return Ok(());
             }
             self.resyncs_read = Some(std::time::Instant::now());
-            let asked = self.target.resyncs(&self.settings.pipeline).await?.into_iter().find(|r| !r.done);
+            let asked =
+                self.target.resyncs(&self.settings.pipeline).await?.into_iter().find(|r| !r.done && r.held.is_none());
             let Some(mut asked) = asked else { return Ok(()) };
             let t = crate::db::TableName::parse(&asked.table).ok().and_then(|name| self.live_table(&name));
             let Some(t) = t else {
@@ -994,6 +1029,7 @@ impl Applier for TablesApplier<'_> {
                 continue;
             }
             if let Some(t) = self.mapping(relation).table {
+                self.written(commit, t);
                 if self.blocked.contains(&t) {
                     // Behind a pause: read again once it is resolved.
                     continue;
@@ -1115,6 +1151,7 @@ impl Applier for TablesApplier<'_> {
         self.resyncing = None;
         self.position = self.target.stream_position(&self.settings.pipeline).await?;
         self.reset_versions().await?;
+        self.blocked.extend(self.holds.keys().copied());
         Ok(self.position)
     }
 
@@ -1156,6 +1193,18 @@ impl TablesApplier<'_> {
             return Ok(true);
         }
         let mut items = std::mem::take(items);
+        // A table that can wait alone is held; the others go on.
+        let holdable: Vec<usize> = (0..items.len())
+            .filter(|&i| match (&items[i].op, items[i].table) {
+                (Op::Pause(pause), Some(t)) => self.holdable(t, pause, items[i].position, &items),
+                _ => false,
+            })
+            .collect();
+        for i in holdable {
+            let Op::Pause(pause) = std::mem::replace(&mut items[i].op, Op::Truncate) else { unreachable!() };
+            self.hold_table(items[i].table.expect("a table's pause"), &pause).await;
+            items[i].op = Op::Hold(pause);
+        }
         // What follows a pause is read again once it is resolved.
         let pause = items.iter().position(|i| matches!(i.op, Op::Pause(_))).map(|at| {
             let mut rest = items.split_off(at);
@@ -1284,6 +1333,7 @@ impl TablesApplier<'_> {
                     }
                 }
                 Op::Pause(_) => unreachable!("a pause ends the items applied"),
+                Op::Hold(pause) => batch.holds.push((item.label.clone(), pause.reason, pause.until.to_json())),
                 Op::Upsert { ref row, update } => {
                     let outcome = outcomes.get_mut(&t).and_then(Iterator::next).expect("one outcome per upsert");
                     let (refused, rows) = match outcome {
