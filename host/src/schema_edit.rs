@@ -113,10 +113,11 @@ impl TableVersion {
                 rest.push(TableEdit::Add { column: new.def.clone() });
                 continue;
             };
+            let old_oid = self.columns.iter().find(|c| c.number == new.number).map_or(0, |c| c.type_oid);
             if old.name != new.def.name {
                 edits.push(TableEdit::Rename { from: old.name.clone(), to: new.def.name.clone() });
             }
-            if old.sql_type != new.def.sql_type {
+            if !same_type(&old.sql_type, old_oid, &new.def.sql_type, new.type_oid) {
                 edits.push(TableEdit::Retype { from: old.clone(), column: new.def.clone() });
             }
             if old.nullable != new.def.nullable {
@@ -340,7 +341,12 @@ impl TableEdit {
             // cannot be added to a table there.
             TableEdit::AddIndex { .. } | TableEdit::AddConstraint { .. } | TableEdit::DropConstraint { .. } => Ok(None),
             TableEdit::Add { column } => {
-                let sql_type = crate::schema::carried_type(&column.kind, &column.sql_type, def.engine);
+                // A stream's source is PostgreSQL: its declared type as it is
+                // (an enum, a domain, a modifier), as a copy of its schema has.
+                let sql_type = match pg {
+                    true => column.sql_type.clone(),
+                    false => crate::schema::carried_type(&column.kind, &column.sql_type, def.engine),
+                };
                 let default = match (&column.default, pg) {
                     (Some(ColumnDefault::Expression(e)), true) => format!(" DEFAULT {e}"),
                     _ => String::new(),
@@ -373,6 +379,16 @@ impl TableEdit {
             // default is the schema copy's.
             TableEdit::Nullable { .. } | TableEdit::Default { .. } => Ok(None),
         }
+    }
+}
+
+/// Whether two columns' types are the same: by OID where both are known
+/// (a type's name is qualified or not depending on the reader's
+/// `search_path`: `mood` and `public.mood` are one type), else by name.
+pub fn same_type(a: &str, a_oid: u32, b: &str, b_oid: u32) -> bool {
+    match (a_oid, b_oid) {
+        (0, _) | (_, 0) => a == b,
+        _ => a_oid == b_oid,
     }
 }
 
@@ -470,6 +486,17 @@ mod tests {
         // Not known before (an older ferry's version): nothing to tell.
         assert!(version(&[]).edits(&after).is_empty());
         assert!(after.edits(&after).iter().all(|e| !e.of_columns()));
+    }
+
+    #[test]
+    fn a_type_named_with_its_schema_is_the_same_type() {
+        let mut before = version(&[(1, "mood", "mood")]);
+        before.columns[0].type_oid = 16400;
+        let mut after = version(&[(1, "mood", "public.mood")]);
+        after.columns[0].type_oid = 16400;
+        assert!(before.edits(&after).is_empty());
+        after.columns[0].type_oid = 16500;
+        assert_eq!(before.edits(&after).len(), 1, "another type under a like name");
     }
 
     #[test]

@@ -409,6 +409,9 @@ pub struct RowChangeBatch {
     /// Source tables held from this batch on: (table, why, what resolves
     /// it), recorded with the batch's position.
     pub holds: Vec<(String, String, String)>,
+    /// Statements run first in the batch's transaction (the source's enum
+    /// types, on PostgreSQL).
+    pub ddl: Vec<String>,
 }
 
 /// One table a stream copies again while it runs (`ferry resync`).

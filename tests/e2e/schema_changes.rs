@@ -686,6 +686,81 @@ async fn a_table_that_cannot_follow_is_held_alone_while_the_others_go_on() {
     assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 0);
 }
 
+/// A schema as an ORM writes one — enum types, a domain, a foreign-key
+/// cycle (authors and their favourite book), a self-reference, a trigger
+/// and a view — changed while rows flow the way such applications change
+/// it: a label added to an enum (after one, before one) and used at once,
+/// a new enum type for a new column. The target gets each type's labels in
+/// the source's order before the rows that use them. Judged by the
+/// source's rows and catalog, and by `pg_dump` against a fresh migration.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orm_schema_changes_its_enums_while_rows_flow() {
+    let cluster = Cluster::start();
+    let source = format!("{}/postgres", cluster.url());
+    exec(
+        &source,
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); \
+         CREATE DOMAIN positive AS integer CHECK (VALUE > 0); \
+         CREATE TABLE categories (id bigint PRIMARY KEY, parent_id bigint REFERENCES categories, name text NOT NULL); \
+         CREATE TABLE authors (id bigint PRIMARY KEY, name text NOT NULL, mood mood NOT NULL DEFAULT 'ok', \
+             favorite_book bigint, updated_at timestamptz); \
+         CREATE TABLE books (id bigint PRIMARY KEY, author_id bigint NOT NULL REFERENCES authors, \
+             category_id bigint REFERENCES categories, pages positive NOT NULL, title text NOT NULL); \
+         ALTER TABLE authors ADD CONSTRAINT authors_favorite_fk FOREIGN KEY (favorite_book) REFERENCES books \
+             DEFERRABLE INITIALLY DEFERRED; \
+         CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.updated_at := now(); RETURN NEW; END $$; \
+         CREATE TRIGGER authors_touch BEFORE UPDATE ON authors FOR EACH ROW EXECUTE FUNCTION touch(); \
+         CREATE VIEW happy_authors AS SELECT id, name FROM authors WHERE mood = 'happy'; \
+         INSERT INTO categories VALUES (1, NULL, 'fiction'), (2, 1, 'crime'), (3, 2, 'noir'); \
+         INSERT INTO authors SELECT g, 'author ' || g, (ARRAY['sad', 'ok', 'happy']::mood[])[1 + g % 3], NULL, NULL \
+             FROM generate_series(1, 300) g; \
+         INSERT INTO books SELECT g, 1 + g % 300, 1 + g % 3, 100 + g, 'book ' || g FROM generate_series(1, 600) g; \
+         UPDATE authors SET favorite_book = id WHERE id <= 300;",
+    )
+    .await;
+    let target = PgDb::new("evolve_orm").await;
+    let p = tables_pipeline(&source, &target.url(), "include = [\"public.*\"]\ncapture_ddl = true", "");
+    let mut child = daemon(&p);
+    until(&target.url(), "the initial load", "SELECT count(*) = 600 FROM books").await;
+
+    exec(&source, "ALTER TYPE mood ADD VALUE 'ecstatic' AFTER 'happy'").await;
+    exec(&source, "UPDATE authors SET mood = 'ecstatic' WHERE id % 5 = 0").await;
+    exec(
+        &source,
+        "CREATE TYPE tier AS ENUM ('free', 'pro'); \
+         ALTER TABLE authors ADD COLUMN tier tier NOT NULL DEFAULT 'free'; \
+         UPDATE authors SET tier = 'pro' WHERE id % 4 = 0;",
+    )
+    .await;
+    exec(&source, "ALTER TYPE mood ADD VALUE 'meh' BEFORE 'sad'").await;
+    exec(
+        &source,
+        "BEGIN; \
+         INSERT INTO authors (id, name, mood, favorite_book, tier) VALUES (301, 'new', 'meh', 601, 'pro'); \
+         INSERT INTO books VALUES (601, 301, 3, 42, 'a cycle, in one transaction'); \
+         COMMIT;",
+    )
+    .await;
+    until(&target.url(), "the last book", "SELECT count(*) = 1 FROM books WHERE id = 601").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    for table in ["categories", "authors", "books"] {
+        assert_eq!(rows(&target.url(), table).await, rows(&source, table).await, "{table}");
+    }
+    for labels in ["SELECT enum_range(NULL::mood)::text", "SELECT enum_range(NULL::tier)::text"] {
+        let (mut s, mut t) = (connect(&source).await, connect(&target.url()).await);
+        let want: String = sqlx::query_scalar(labels).fetch_one(&mut s).await.unwrap();
+        let got: String = sqlx::query_scalar(labels).fetch_one(&mut t).await.unwrap();
+        assert_eq!(got, want, "{labels}");
+    }
+    let oracle = PgDb::new("evolve_orm_oracle").await;
+    let fresh = tables_pipeline(&source, &oracle.url(), "include = [\"public.*\"]", "");
+    assert_eq!(fresh.ferry(&["migrate"]).code, 0);
+    assert_eq!(dump_table(&target.url(), "authors"), dump_table(&oracle.url(), "authors"));
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM ferry.change_dead_letters").await, 0);
+}
+
 async fn column_exists(db: &PgDb, table: &str, column: &str) -> bool {
     db.scalar_i64(&format!(
         "SELECT count(*) FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = '{column}' AND NOT attisdropped"

@@ -22,6 +22,43 @@ pub struct Captured {
     /// The indexes it dropped (their table is gone from the catalog).
     #[serde(default)]
     pub dropped_indexes: Vec<NamedTable>,
+    /// The enum types it made or gave values.
+    #[serde(default)]
+    pub enums: Vec<EnumType>,
+}
+
+/// An enum type and its labels, in sort order.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EnumType {
+    pub schema: String,
+    pub name: String,
+    pub labels: Vec<String>,
+}
+
+impl EnumType {
+    /// The statements that give a PostgreSQL database this type with these
+    /// labels in this order, whatever of it it has (made if missing; each
+    /// label it lacks added beside its neighbour). A label is never removed
+    /// (PostgreSQL cannot), nor renamed.
+    pub fn sql(&self) -> Vec<String> {
+        use crate::db::{quote_ident, quote_literal};
+        let name = format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name));
+        let labels: Vec<String> = self.labels.iter().map(|l| quote_literal(l)).collect();
+        let mut out = vec![format!(
+            "DO $ferry$ BEGIN IF to_regtype({}) IS NULL THEN CREATE TYPE {name} AS ENUM ({}); END IF; END $ferry$",
+            quote_literal(&name),
+            labels.join(", ")
+        )];
+        for (i, label) in labels.iter().enumerate() {
+            let place = match (i.checked_sub(1).map(|p| &labels[p]), labels.get(i + 1)) {
+                (Some(before), _) => format!(" AFTER {before}"),
+                (None, Some(after)) => format!(" BEFORE {after}"),
+                (None, None) => String::new(),
+            };
+            out.push(format!("ALTER TYPE {name} ADD VALUE IF NOT EXISTS {label}{place}"));
+        }
+        out
+    }
 }
 
 /// A table by its schema and name.

@@ -70,6 +70,7 @@ CREATE OR REPLACE FUNCTION ferry.capture_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $capture$
 DECLARE
     changed jsonb;
+    enums jsonb;
     created record;
     publication text;
 BEGIN
@@ -135,17 +136,27 @@ BEGIN
             AND c.oid = coalesce((SELECT x.indrelid FROM pg_index x WHERE x.indexrelid = e.objid), e.objid)
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'ferry') t;
+    -- Enum types made or given values: their labels, in sort order.
+    SELECT coalesce(jsonb_agg(jsonb_build_object('schema', tn.nspname::text, 'name', ty.typname::text,
+            'labels', (SELECT jsonb_agg(en.enumlabel::text ORDER BY en.enumsortorder)
+                       FROM pg_enum en WHERE en.enumtypid = ty.oid))), '[]'::jsonb)
+    INTO enums FROM (SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+                     WHERE classid = 'pg_type'::regclass) e
+    JOIN pg_type ty ON ty.oid = e.objid AND ty.typtype = 'e'
+    JOIN pg_namespace tn ON tn.oid = ty.typnamespace;
   EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'ferry DDL capture: %', SQLERRM;
     changed := NULL;
+    enums := NULL;
   END;
     PERFORM set_config('ferry.rewritten', '', true);
     -- Outside the block above (a subtransaction): a message of another
     -- subtransaction is merged with the statement's later changes by LSN,
     -- and can come after the first of them.
-    IF jsonb_array_length(changed) > 0 THEN
+    IF jsonb_array_length(changed) > 0 OR jsonb_array_length(enums) > 0 THEN
         PERFORM pg_logical_emit_message(true, 'ferry.ddl',
-            jsonb_build_object('tag', tg_tag, 'tables', changed)::text);
+            jsonb_build_object('tag', tg_tag, 'tables', coalesce(changed, '[]'::jsonb),
+                               'enums', coalesce(enums, '[]'::jsonb))::text);
     END IF;
 END
 $capture$;

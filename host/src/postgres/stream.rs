@@ -869,6 +869,13 @@ impl RowChangeSink for PgTables {
             if position_of(stored) != batch.previous {
                 return Err(FencedError { run_id: format!("change stream {}", batch.pipeline) }.into());
             }
+            for statement in &batch.ddl {
+                if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).execute(&mut *tx).await {
+                    let table = statement.clone();
+                    let edit = "the source's enum type".to_string();
+                    return Err(crate::sink::SchemaRefused { write: 0, table, edit, message: e.to_string() }.into());
+                }
+            }
             let mut schema_refused = None;
             let (refused, conflicted) =
                 match apply_writes(&mut tx, batch, careful, &journals, &mut schema_refused).await {

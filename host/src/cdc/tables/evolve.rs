@@ -204,6 +204,11 @@ impl TablesApplier<'_> {
             }
         };
         tracing::debug!(tag = %captured.tag, at = %position, tables = captured.tables.len(), "a captured statement");
+        if !captured.enums.is_empty() && self.settings.target.url.engine() == Engine::Postgres {
+            let names: Vec<String> = captured.enums.iter().map(|e| format!("{}.{}", e.schema, e.name)).collect();
+            let statements = captured.enums.iter().flat_map(|e| e.sql()).collect();
+            out.push(Change::at(position, None, names.join(", "), "schema change", Op::Types(statements)));
+        }
         for dropped in &captured.dropped {
             let name = dropped.table_name();
             self.keyless_new.remove(&name);
@@ -521,8 +526,10 @@ impl TablesApplier<'_> {
             return false;
         };
         let Op::Schema(step) = &mut change.op else { unreachable!("matched above") };
-        let shape = |v: &TableVersion| -> Vec<(i16, String, String)> {
-            v.columns.iter().map(|c| (c.number, c.def.name.clone(), c.def.sql_type.clone())).collect()
+        // By type OID: the catalog of now and the capture may name one
+        // type with and without its schema.
+        let shape = |v: &TableVersion| -> Vec<(i16, String, u32)> {
+            v.columns.iter().map(|c| (c.number, c.def.name.clone(), c.type_oid)).collect()
         };
         let label = self.plan.tables[t].source.name.to_string();
         let edits = step.from.edits(version);

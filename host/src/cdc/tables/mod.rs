@@ -358,6 +358,10 @@ enum Op {
     /// The table cannot go past here until this is resolved; the others
     /// go on ([`evolve`]'s holds).
     Hold(Box<evolve::Pause>),
+    /// Statements that give the target the source's enum types as they are
+    /// here: a target transaction of their own (a label added in one cannot
+    /// be used before it commits).
+    Types(Vec<String>),
 }
 
 /// One decoded change, positioned.
@@ -1213,7 +1217,11 @@ impl TablesApplier<'_> {
         // A schema change begins a target transaction of its own: the
         // changes before it commit as they were.
         while !items.is_empty() {
-            let cut = items.iter().skip(1).position(|i| matches!(i.op, Op::Schema(_))).map_or(items.len(), |p| p + 1);
+            let boundary = |i: &Change| matches!(i.op, Op::Schema(_) | Op::Types(_));
+            let cut = match items[0].op {
+                Op::Types(_) => 1,
+                _ => items.iter().skip(1).position(boundary).map_or(items.len(), |p| p + 1),
+            };
             let rest = items.split_off(cut);
             match self.apply_segment(items, source_commit_micros).await? {
                 evolve::Segment::Applied => {}
@@ -1292,8 +1300,10 @@ impl TablesApplier<'_> {
             batch.origins.push(this.clone());
             let dead = |kind: DeadLetterKind, reason: String| StreamDeadLetter { origin: this.clone(), kind, reason };
             let Some(t) = item.table else {
-                if let Op::Dead { kind, reason } = item.op {
-                    batch.dead.push(dead(kind, reason));
+                match item.op {
+                    Op::Dead { kind, reason } => batch.dead.push(dead(kind, reason)),
+                    Op::Types(statements) => batch.ddl.extend(statements),
+                    _ => {}
                 }
                 continue;
             };
@@ -1334,6 +1344,7 @@ impl TablesApplier<'_> {
                 }
                 Op::Pause(_) => unreachable!("a pause ends the items applied"),
                 Op::Hold(pause) => batch.holds.push((item.label.clone(), pause.reason, pause.until.to_json())),
+                Op::Types(_) => unreachable!("types name no table"),
                 Op::Upsert { ref row, update } => {
                     let outcome = outcomes.get_mut(&t).and_then(Iterator::next).expect("one outcome per upsert");
                     let (refused, rows) = match outcome {
