@@ -105,6 +105,9 @@ pub(crate) struct Swapper {
     shadow: Option<Shadow>,
     /// Leaves shadow deployments pending (see [`Swapper::for_table`]).
     live_only: bool,
+    /// Tables whose deployments are checked against another shape than
+    /// the plan's: a stream paused on a table's new shape.
+    shapes: HashMap<usize, TableDef>,
 }
 
 impl Swapper {
@@ -138,6 +141,7 @@ impl Swapper {
             candidate: None,
             shadow: None,
             live_only: false,
+            shapes: HashMap::new(),
         }
     }
 
@@ -164,7 +168,7 @@ impl Swapper {
                     "the pipeline file names a plugin version never deployed into this stream: it replaces the last deployed one");
                 continue;
             }
-            let sources = vec![(t, plan.tables[t].source.clone(), plan.tables[t].plugin.clone())];
+            let sources = checked_against(plan, &[t], &HashMap::new());
             let options = self.options[&t].clone();
             let loaded = tokio::task::block_in_place(|| prepare(live, options, sources));
             match loaded {
@@ -192,8 +196,7 @@ impl Swapper {
         // A shadow that was running goes on running (in a stream).
         if let Some(shadow) = all.iter().rev().find(|d| d.state == DeployState::Shadow && !self.live_only) {
             let tables = self.served(plan, shadow);
-            let sources =
-                tables.iter().map(|&t| (t, plan.tables[t].source.clone(), plan.tables[t].plugin.clone())).collect();
+            let sources = checked_against(plan, &tables, &HashMap::new());
             let options = tables.first().map(|t| self.options[t].clone());
             match options.map(|o| tokio::task::block_in_place(|| prepare(shadow, o, sources))) {
                 Some(Ok(ready)) => self.start_shadow(shadow.clone(), ready),
@@ -223,6 +226,15 @@ impl Swapper {
     /// The planned plugin tables `deployment` is for.
     fn served(&self, plan: &Plan, deployment: &Deployment) -> Vec<usize> {
         self.plugin_tables(plan).into_iter().filter(|&t| serves(plan, t, deployment)).collect()
+    }
+
+    /// Deployments for planned table `t` are checked against `shape` (a
+    /// stream paused on the table's new shape), or again the plan's.
+    pub(crate) fn set_shape(&mut self, t: usize, shape: Option<TableDef>) {
+        match shape {
+            Some(shape) => self.shapes.insert(t, shape),
+            None => self.shapes.remove(&t),
+        };
     }
 
     /// Whether a shadow version runs beside planned table `t`'s plugin.
@@ -365,8 +377,7 @@ impl Swapper {
         };
         tracing::info!(deployment = deployment.id, path = %deployment.path, "checking a deployed plugin version");
         let options = self.options[&first].clone();
-        let sources =
-            tables.iter().map(|&t| (t, plan.tables[t].source.clone(), plan.tables[t].plugin.clone())).collect();
+        let sources = checked_against(plan, &tables, &self.shapes);
         let request = deployment.clone();
         let task = tokio::task::spawn_blocking(move || prepare(&request, options, sources));
         self.candidate = Some(Candidate { deployment, task });
@@ -410,6 +421,24 @@ fn serves(plan: &Plan, t: usize, deployment: &Deployment) -> bool {
     }
 }
 
+/// For each of `tables`: the shape a version is checked against (`shapes`'
+/// where given: a paused table's new one), the live version's, and the
+/// live version.
+fn checked_against(
+    plan: &Plan,
+    tables: &[usize],
+    shapes: &HashMap<usize, TableDef>,
+) -> Vec<(usize, TableDef, TableDef, Option<TablePlugin>)> {
+    tables
+        .iter()
+        .map(|&t| {
+            let now = plan.tables[t].source.clone();
+            let shape = shapes.get(&t).cloned().unwrap_or_else(|| now.clone());
+            (t, shape, now, plan.tables[t].plugin.clone())
+        })
+        .collect()
+}
+
 /// Loads the deployed version (exactly the hash recorded at deploy time),
 /// instantiates it for each table and checks that it declares the same
 /// output tables as the version it replaces: a hot swap changes rules, not
@@ -417,14 +446,16 @@ fn serves(plan: &Plan, t: usize, deployment: &Deployment) -> bool {
 fn prepare(
     deployment: &Deployment,
     mut options: LoadOptions,
-    tables: Vec<(usize, TableDef, Option<TablePlugin>)>,
+    tables: Vec<(usize, TableDef, TableDef, Option<TablePlugin>)>,
 ) -> Result<Ready, String> {
     options.pinned_sha256 = Some(deployment.sha256.clone());
     let plugin = TablePlugin::load(Path::new(&deployment.path), &options).map_err(|e| e.to_string())?;
     let mut instances = Vec::new();
-    for (t, source, old) in tables {
+    // `source`: the shape the version is checked against (a paused table's
+    // new one); `now`: the live version's.
+    for (t, source, now, old) in tables {
         let instance = match old {
-            Some(old) => plugin.replacing(&old, &source)?,
+            Some(old) => plugin.replacing_as(&old, &source, &now)?,
             None => {
                 let mut instance = plugin.instantiate().map_err(|e| e.to_string())?;
                 instance.describe(&source).map_err(|e| e.to_string())?;

@@ -819,8 +819,24 @@ async fn a_plugin_table_pauses_on_a_shape_its_plugin_refuses_until_a_version_tha
     assert_eq!(target.scalar_i64("SELECT count(*) FROM orders WHERE id = 1002").await, 0);
     assert_eq!(target.scalar_i64("SELECT count(*) FROM customers WHERE id = 11").await, 0, "nothing passes a pause");
 
-    // The next version reads `state`: deployed, the stream goes on from the change.
-    let v2 = p.ferry(&["plugin", "deploy", plugins().split_orders_v2.to_str().unwrap(), "--json"]);
+    // The next version reads `state`: first tried as a shadow against the
+    // new shape, on the source's rows (the live version refuses them)...
+    let v2_path = plugins().split_orders_v2.to_str().unwrap();
+    let shadow = p.ferry(&["plugin", "deploy", v2_path, "--shadow", "--json"]);
+    assert_eq!(shadow.code, 0, "{shadow:?}");
+    assert_eq!(shadow.json()["state"], "shadow", "accepted against the new shape: {shadow:?}");
+    let report = || {
+        let st = p.ferry(&["status", "--json"]).json();
+        st["deployments"].as_array().and_then(|d| d.last().cloned()).unwrap_or_default()["shadow_report"].clone()
+    };
+    eventually("the shadow tried", || async { report()["rows"].as_u64().is_some_and(|n| n > 0) }).await;
+    let report = report();
+    assert_eq!(report["rows"].as_u64(), Some(100), "the source's first orders, as the new shape has them: {report}");
+    let outcome = report["fields"]["outcome"]["examples"][0].to_string();
+    assert!(outcome.contains("refuses the new shape"), "the live side of each example: {report}");
+    assert_eq!(target.scalar_i64("SELECT count(*) FROM orders WHERE id = 1002").await, 0, "still paused");
+    // ...then promoted: the stream goes on from the change.
+    let v2 = p.ferry(&["plugin", "promote", "--json"]);
     assert_eq!(v2.code, 0, "{v2:?}");
     until(
         &target.url(),

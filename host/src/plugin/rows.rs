@@ -498,9 +498,21 @@ impl TablePlugin {
     /// declares other output tables than `old` does — a new version
     /// changes rules, not the target's schema.
     pub fn replacing(&self, old: &TablePlugin, source: &TableDef) -> Result<TableTransformer, String> {
+        self.replacing_as(old, source, source)
+    }
+
+    /// [`TablePlugin::replacing`] where the table has a new shape `source`
+    /// that `old` (told `old_source`) may refuse: the outputs must still be
+    /// the old version's.
+    pub fn replacing_as(
+        &self,
+        old: &TablePlugin,
+        source: &TableDef,
+        old_source: &TableDef,
+    ) -> Result<TableTransformer, String> {
         let mut instance = self.instantiate().map_err(|e| e.to_string())?;
         let declared = instance.describe(source).map_err(|e| e.to_string())?;
-        let live = old.instantiate().and_then(|mut i| i.describe(source)).map_err(|e| e.to_string())?;
+        let live = old.instantiate().and_then(|mut i| i.describe(old_source)).map_err(|e| e.to_string())?;
         if declared != live {
             let names = |defs: &[TableDef]| defs.iter().map(describe_table).collect::<Vec<_>>().join("; ");
             return Err(format!(

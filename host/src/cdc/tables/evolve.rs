@@ -76,7 +76,9 @@ pub(crate) enum Until {
     /// and not those.
     Target { table: TableName, has: Vec<(String, Option<String>)>, lacks: Vec<String> },
     /// Planned table `t` runs another plugin version than `sha256`.
-    Plugin { t: usize, sha256: String },
+    /// `shape`: the table's new shape, which a shadow deployment is tried
+    /// against while the stream waits.
+    Plugin { t: usize, sha256: String, shape: Option<Box<TableDef>> },
     /// Only a change of the pipeline resolves it: the stream waits to be
     /// stopped (and started again with the change).
     Restart,
@@ -123,6 +125,10 @@ type ColumnNumber = (String, i16, u32);
 /// The statement of a step read from the stream's column list while the
 /// DDL capture is installed (its message follows and settles it).
 const PROVISIONAL: &str = "columns changed (its captured statement follows)";
+
+/// How many of the source's rows a shadow version is tried on while the
+/// stream waits for a version that handles a table's new shape.
+const SHADOW_SAMPLE: usize = 100;
 
 /// How often a paused stream looks for its resolution.
 const PAUSE_POLL: Duration = Duration::from_secs(1);
@@ -557,7 +563,7 @@ impl TablesApplier<'_> {
                      the stream goes on by itself once it matches"
                 );
                 let until = match self.plan.tables[t].plugin.as_ref() {
-                    Some(plugin) => Until::Plugin { t, sha256: plugin.sha256().to_string() },
+                    Some(plugin) => Until::Plugin { t, sha256: plugin.sha256().to_string(), shape: None },
                     None => self.until_target(t, &self.plan.tables[t].source.clone()),
                 };
                 self.blocked.insert(t);
@@ -652,7 +658,8 @@ impl TablesApplier<'_> {
                         said.join("; "),
                         &plugin.sha256()[..12]
                     );
-                    let until = Until::Plugin { t, sha256: plugin.sha256().to_string() };
+                    let shape = Some(Box::new(source.clone()));
+                    let until = Until::Plugin { t, sha256: plugin.sha256().to_string(), shape };
                     return self.pause_here(t, position, reason, until, out);
                 }
                 step.transformer = Some(instance);
@@ -832,7 +839,7 @@ impl TablesApplier<'_> {
 
     fn until_plugin_or_target(&self, t: usize, version: &TableVersion) -> Until {
         match &self.plan.tables[t].plugin {
-            Some(plugin) => Until::Plugin { t, sha256: plugin.sha256().to_string() },
+            Some(plugin) => Until::Plugin { t, sha256: plugin.sha256().to_string(), shape: None },
             None => Until::Target {
                 table: self.targets[self.outputs[t][0]].name.clone(),
                 has: version.columns.iter().map(|c| (c.def.name.clone(), None)).collect(),
@@ -1044,18 +1051,41 @@ impl TablesApplier<'_> {
         crate::notify::send(&self.settings.notify, &pipeline, event, format!("paused: {reason}"), details.clone())
             .await;
         self.report.stream.paused = Some(reason.clone());
-        loop {
+        // A version deployed meanwhile is checked against the new shape,
+        // and a shadow one is tried on the source's rows of that shape.
+        let trial = match &until {
+            Until::Plugin { t, shape: Some(shape), .. } => Some((*t, (**shape).clone())),
+            _ => None,
+        };
+        if let Some((t, shape)) = &trial {
+            self.swapper.set_shape(*t, Some(shape.clone()));
+        }
+        let mut tried = false;
+        let resolved = loop {
             for _ in 0..5 {
                 if self.stop.load(Ordering::Relaxed) {
-                    return Ok(false);
+                    break;
                 }
                 tokio::time::sleep(PAUSE_POLL / 5).await;
             }
+            if self.stop.load(Ordering::Relaxed) {
+                break false;
+            }
             crate::daemon::health().beat("paused");
             self.between().await?;
-            if self.resolved(&until).await? {
-                break;
+            if let Some((t, shape)) = trial.as_ref().filter(|(t, _)| !tried && self.swapper.shadows(*t)) {
+                self.try_shadow(*t, shape).await?;
+                tried = true;
             }
+            if self.resolved(&until).await? {
+                break true;
+            }
+        };
+        if let Some((t, _)) = &trial {
+            self.swapper.set_shape(*t, None);
+        }
+        if !resolved {
+            return Ok(false);
         }
         self.target.set_stream_paused(&pipeline, None).await?;
         metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set(0.0);
@@ -1063,6 +1093,35 @@ impl TablesApplier<'_> {
         tracing::info!("resolved: the stream goes on from the change it paused at");
         crate::notify::send(&self.settings.notify, &pipeline, event, format!("resumed after: {reason}"), details).await;
         Ok(true)
+    }
+
+    /// A shadow version of paused plugin table `t` tried on the source's
+    /// first rows of its new `shape` (which the live version refuses): its
+    /// outcomes are stored as the shadow's report, each row counted as
+    /// differing from the live version's refusal, with examples.
+    async fn try_shadow(&mut self, t: usize, shape: &TableDef) -> anyhow::Result<()> {
+        if self.reread.is_none() {
+            self.reread = Some(crate::engines::open_row_source(&self.settings.source.url, "source").await?);
+        }
+        let source = self.reread.as_mut().expect("connected above");
+        let page = source.read_page(shape, None, SHADOW_SAMPLE).await?;
+        let live: Vec<crate::plugin::RowOutcome> = page
+            .rows
+            .iter()
+            .map(|_| crate::plugin::RowOutcome::Rejected("the live version refuses the new shape".into()))
+            .collect();
+        let name = shape.name.to_string();
+        let (targets, outputs) = (&self.targets, &self.outputs[t]);
+        let key = |row: &crate::keyset::Row| crate::keyset::Key::of(shape, row).label();
+        let columns = |table: &str| {
+            let def =
+                outputs.iter().map(|&o| &targets[o]).find(|d| d.name.name == table || d.name.to_string() == table);
+            def.map(|d| d.columns.iter().map(|c| c.name.clone()).collect())
+        };
+        tokio::task::block_in_place(|| self.swapper.shadow(t, &name, &page.rows, &live, key, columns));
+        self.swapper.flush(self.target.as_mut()).await?;
+        tracing::info!(table = %name, rows = page.rows.len(), "a shadow version tried on the table's new shape");
+        Ok(())
     }
 
     /// A Debezium event of table `t` whose `after` has other `fields` than
@@ -1188,7 +1247,9 @@ impl TablesApplier<'_> {
                          this event",
                         &plugin.sha256()[..12]
                     );
-                    return Ok(Err(Pause { reason, until: Until::Plugin { t, sha256: plugin.sha256().to_string() } }));
+                    let shape = Some(Box::new(source.clone()));
+                    let until = Until::Plugin { t, sha256: plugin.sha256().to_string(), shape };
+                    return Ok(Err(Pause { reason, until }));
                 }
                 step.transformer = Some(instance);
             }
@@ -1204,7 +1265,9 @@ impl TablesApplier<'_> {
     async fn resolved(&mut self, until: &Until) -> anyhow::Result<bool> {
         Ok(match until {
             Until::Restart => false,
-            Until::Plugin { t, sha256 } => self.plan.tables[*t].plugin.as_ref().is_some_and(|p| p.sha256() != sha256),
+            Until::Plugin { t, sha256, .. } => {
+                self.plan.tables[*t].plugin.as_ref().is_some_and(|p| p.sha256() != sha256)
+            }
             Until::Target { table, has, lacks } => match self.target.describe(table).await? {
                 None => false,
                 Some(def) => {
