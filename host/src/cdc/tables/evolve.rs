@@ -959,6 +959,7 @@ impl TablesApplier<'_> {
         let label = self.plan.tables[t].source.name.to_string();
         tracing::error!(table = %label, "a table is held, the other tables go on: {}", pause.reason);
         self.holds.insert(t, pause.until.clone());
+        metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set(self.holds.len() as f64);
         let pipeline = self.settings.pipeline.clone();
         let details = serde_json::json!({ "pipeline": pipeline, "held": label, "reason": pause.reason });
         let said = format!("{label} held: {}", pause.reason);
@@ -976,6 +977,7 @@ impl TablesApplier<'_> {
             }
         }
         self.blocked.extend(self.holds.keys().copied());
+        metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set(self.holds.len() as f64);
         Ok(())
     }
 
@@ -1005,6 +1007,7 @@ impl TablesApplier<'_> {
             self.mapped.retain(|_, m| m.table != Some(t));
             self.holds.remove(&t);
             self.blocked.remove(&t);
+            metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set(self.holds.len() as f64);
             let step = Step {
                 from: TableVersion::default(),
                 version: version.unwrap_or_default(),
@@ -1045,7 +1048,8 @@ impl TablesApplier<'_> {
         tracing::error!("the stream is paused: {reason}");
         let pipeline = self.settings.pipeline.clone();
         self.target.set_stream_paused(&pipeline, Some(&reason)).await?;
-        metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set(1.0);
+        // The stream's tables wait; the held ones count as themselves.
+        metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set((self.holds.len() + 1) as f64);
         let details = serde_json::json!({ "pipeline": pipeline, "paused": reason, "position": self.position });
         let event = crate::notify::Event::StreamPaused;
         crate::notify::send(&self.settings.notify, &pipeline, event, format!("paused: {reason}"), details.clone())
@@ -1088,7 +1092,7 @@ impl TablesApplier<'_> {
             return Ok(false);
         }
         self.target.set_stream_paused(&pipeline, None).await?;
-        metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set(0.0);
+        metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set(self.holds.len() as f64);
         self.report.stream.paused = None;
         tracing::info!("resolved: the stream goes on from the change it paused at");
         crate::notify::send(&self.settings.notify, &pipeline, event, format!("resumed after: {reason}"), details).await;
