@@ -164,6 +164,10 @@ enum Command {
         /// Report what would happen; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// The run is accepted: delete its undo journal (it can no longer be
+        /// rolled back; a stream still running it stops journaling).
+        #[arg(long, conflicts_with_all = ["force", "dry_run"])]
+        forget: bool,
     },
     /// Parallel run: rows written on both sides at once (both versions).
     Conflicts {
@@ -717,7 +721,21 @@ async fn run(cli: Cli) -> i32 {
                 exit::OK
             }
         },
-        Command::Rollback { ref run, reverse, force, dry_run } => {
+        Command::Rollback { ref run, reverse, forget: true, .. } => {
+            match crate::undo::forget(&settings, run, reverse).await {
+                Err(e) => fail(&e),
+                Ok(r) => {
+                    show(cli.json, &r, || {
+                        format!(
+                            "run {}: its undo journal is forgotten ({} rows deleted); it can no longer be rolled back",
+                            r.run_id, r.deleted
+                        )
+                    });
+                    exit::OK
+                }
+            }
+        }
+        Command::Rollback { ref run, reverse, force, dry_run, .. } => {
             let options = crate::undo::RollbackOptions { force, dry_run };
             match crate::undo::rollback(&settings, run, reverse, options).await {
                 Err(e) => fail(&e),

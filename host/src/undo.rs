@@ -91,11 +91,13 @@ pub async fn begin(
 /// and has no run yet (`ferry sync --reverse`, `ferry apply`), a run of
 /// its own. A rolled-back run is never continued. The target's control
 /// tables exist (the stream opened them).
+/// `None`: the run's journal was forgotten (`ferry rollback RUN --forget`):
+/// the stream journals nothing more.
 pub async fn stream_run(
     settings: &Settings,
     target: &mut dyn crate::engines::RowTarget,
     tables: &[TableDef],
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Option<String>> {
     use crate::control::RunStatus;
     let latest = target.latest_run(&settings.pipeline).await?;
     let run_id = match latest {
@@ -114,9 +116,39 @@ pub async fn stream_run(
             .run_id
         }
     };
+    if target.undo_forgotten(&run_id).await? {
+        return Ok(None);
+    }
     let refs: Vec<&TableDef> = tables.iter().collect();
     begin(settings, target, &run_id, &refs).await?;
-    Ok(run_id)
+    Ok(Some(run_id))
+}
+
+/// What `ferry rollback RUN --forget` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForgetReport {
+    pub run_id: String,
+    /// The database whose journal it was (password redacted).
+    pub database: String,
+    /// Journal rows deleted (before-images, keys, markers).
+    pub deleted: u64,
+}
+
+/// `ferry rollback RUN --forget`: run `run_id` is accepted; its undo
+/// journal is deleted (see [`crate::undo_journal::UndoJournal::forget_undo`]).
+pub async fn forget(settings: &Settings, run_id: &str, reverse: bool) -> anyhow::Result<ForgetReport> {
+    let (settings, mut target) = match reverse {
+        true => crate::cdc::reverse::old_side(settings).await?,
+        false => (settings.clone(), crate::engines::open_row_target(settings).await?),
+    };
+    if target.journaled_tables(run_id).await?.is_empty() {
+        return Err(crate::error::Error::contract(format!(
+            "run {run_id} has no undo journal in {}: nothing to forget (`ferry status` lists the runs)",
+            settings.target.url
+        )));
+    }
+    let deleted = target.forget_undo(run_id).await?;
+    Ok(ForgetReport { run_id: run_id.to_string(), database: settings.target.url.to_string(), deleted })
 }
 
 /// `ferry rollback RUN`: the run's target (the old database for a run of

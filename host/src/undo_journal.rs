@@ -103,6 +103,20 @@ pub trait UndoJournal: Send {
         let _ = (run_id, pipeline, tables, options);
         Err(crate::error::Error::contract("this target keeps no undo journal"))
     }
+    /// Forgets run `run_id`'s journal once the run is accepted (`ferry
+    /// rollback RUN --forget`): its before-images, keys and markers are
+    /// deleted and the run journals nothing more (a stream still running
+    /// it stops journaling at its next check); it can no longer be rolled
+    /// back. Returns the journal rows deleted.
+    async fn forget_undo(&mut self, run_id: &str) -> anyhow::Result<u64> {
+        let _ = run_id;
+        Err(crate::error::Error::contract("this target keeps no undo journal to forget"))
+    }
+    /// Whether run `run_id`'s journal was forgotten.
+    async fn undo_forgotten(&mut self, run_id: &str) -> anyhow::Result<bool> {
+        let _ = run_id;
+        Ok(false)
+    }
 }
 
 /// The tables of `run_id`'s journal not rolled back yet, from its records

@@ -273,3 +273,70 @@ async fn a_migration_killed_half_way_is_rolled_back_exactly() {
     assert_eq!(back.json()["tables"][0]["changed_by_others"], 0);
     assert_eq!(rows_text(&target, "events", "id").await, before, "exactly the rows before the run");
 }
+
+/// A long stream's undo journal does not grow for ever: once the run is
+/// accepted, `ferry rollback RUN --forget` deletes it and the running
+/// stream stops journaling (markers and before-images stay at zero while
+/// it applies a thousand more transactions, and after a restart); the run
+/// can no longer be rolled back, and says so. Judged by the journal's own
+/// rows in the target.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streams_undo_journal_is_forgotten_once_its_run_is_accepted() {
+    let cluster = crate::cluster::Cluster::start();
+    let source = PgDb::on(&cluster.url(), "postgres");
+    source
+        .exec(
+            "CREATE TABLE accounts (id bigint PRIMARY KEY, balance numeric NOT NULL); \
+             INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 500) g;",
+        )
+        .await;
+    // Rows the target holds before the stream: journaled by before-image.
+    let target = PgDb::new("forget").await;
+    target.exec("CREATE TABLE accounts (id bigint PRIMARY KEY, balance numeric NOT NULL)").await;
+    target.exec("INSERT INTO accounts SELECT g, -1 FROM generate_series(1, 500) g").await;
+    let p =
+        tables_pipeline(&source.url(), &target.url(), "include = [\"public.accounts\"]", "on_conflict = \"overwrite\"");
+    let mut child =
+        p.command(&["sync"]).env("FERRY_LOG", "ferry=warn").stdout(std::process::Stdio::null()).spawn().unwrap();
+    let write = |from: i64, n: i64| {
+        let url = source.url();
+        async move {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+            for i in from..from + n {
+                let sql = format!("UPDATE accounts SET balance = balance + 1 WHERE id = {}", 1 + i % 500);
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.unwrap();
+            }
+        }
+    };
+    write(0, 1000).await;
+    let applied = |n: i64| format!("SELECT coalesce(sum(balance), 0) = {n} FROM accounts");
+    eventually("the first thousand", || async {
+        target.scalar_i64(&format!("SELECT ({})::int::int8", applied(1000))).await == 1
+    })
+    .await;
+    let journal = "SELECT (SELECT count(*) FROM ferry.undo_xacts) + (SELECT count(*) FROM ferry.undo)";
+    assert!(target.scalar_i64(journal).await > 500, "a before-image per key, a marker per target transaction");
+    let st = p.ferry(&["status", "--json"]).json();
+    let run = st["migrate"]["run_id"].as_str().unwrap().to_string();
+
+    let forgot = p.ferry(&["rollback", &run, "--forget", "--json"]);
+    assert_eq!(forgot.code, 0, "{forgot:?}");
+    assert!(forgot.json()["deleted"].as_u64() > Some(500), "{forgot:?}");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    write(1000, 1000).await;
+    eventually("the second thousand", || async {
+        target.scalar_i64(&format!("SELECT ({})::int::int8", applied(2000))).await == 1
+    })
+    .await;
+    assert_eq!(target.scalar_i64(journal).await, 0, "the stream journals nothing more");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let again = p.ferry(&["sync", "--idle-exit", "1"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    write(2000, 100).await;
+    assert_eq!(p.ferry(&["sync", "--idle-exit", "1"]).code, 0);
+    assert_eq!(target.scalar_i64(journal).await, 0, "nor after a restart");
+    let back = p.ferry(&["rollback", &run]);
+    assert_eq!(back.code, 8, "{back:?}");
+    assert!(back.stderr.contains("forgotten"), "{back:?}");
+}

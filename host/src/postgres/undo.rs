@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS ferry.undo_keys (
     key     text NOT NULL,
     PRIMARY KEY (journal, key)
 );
-ALTER TABLE ferry.undo_tables ADD COLUMN IF NOT EXISTS keys_at_start boolean NOT NULL DEFAULT false;";
+ALTER TABLE ferry.undo_tables ADD COLUMN IF NOT EXISTS keys_at_start boolean NOT NULL DEFAULT false;
+ALTER TABLE ferry.undo_tables ADD COLUMN IF NOT EXISTS forgotten_at timestamptz;";
 
 /// Drops what run `run_id`'s schema copy created
 /// ([`super::dump`] records it with the objects, in their transaction):
@@ -167,7 +168,7 @@ pub(super) async fn mode(
         true => {
             sqlx::query_as(
                 "SELECT journal, empty_at_start FROM ferry.undo_tables WHERE run_id = $1 AND target_table = $2 \
-                 AND rolled_back_at IS NULL",
+                 AND rolled_back_at IS NULL AND forgotten_at IS NULL",
             )
             .bind(run_id)
             .bind(def.name.to_string())
@@ -289,9 +290,63 @@ impl UndoJournal for PgTables {
         })?))
     }
 
+    async fn forget_undo(&mut self, run_id: &str) -> anyhow::Result<u64> {
+        let what = |e: sqlx::Error| Error::driver(format!("forgetting the undo journal of run {run_id}"), &e);
+        if !super::exists(&mut self.conn, "ferry.undo_tables").await? {
+            return Ok(0);
+        }
+        sqlx::raw_sql(DDL).execute(&mut self.conn).await.map_err(what)?;
+        let mut tx = self.conn.begin().await.map_err(what)?;
+        let journals: Vec<i32> = sqlx::query_scalar(
+            "UPDATE ferry.undo_tables SET forgotten_at = coalesce(forgotten_at, now()) WHERE run_id = $1 \
+             AND rolled_back_at IS NULL RETURNING journal",
+        )
+        .bind(run_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(what)?;
+        let mut deleted = 0;
+        for table in ["ferry.undo", "ferry.undo_keys"] {
+            let sql = format!("DELETE FROM {table} WHERE journal = ANY($1)");
+            deleted += sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&journals)
+                .execute(&mut *tx)
+                .await
+                .map_err(what)?
+                .rows_affected();
+        }
+        deleted += sqlx::query("DELETE FROM ferry.undo_xacts WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(what)?
+            .rows_affected();
+        tx.commit().await.map_err(what)?;
+        self.undo.retain(|(run, _), _| run != run_id);
+        Ok(deleted)
+    }
+
+    async fn undo_forgotten(&mut self, run_id: &str) -> anyhow::Result<bool> {
+        if !super::exists(&mut self.conn, "ferry.undo_tables").await? {
+            return Ok(false);
+        }
+        let forgotten: Option<bool> =
+            sqlx::query_scalar("SELECT bool_or(forgotten_at IS NOT NULL) FROM ferry.undo_tables WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_one(&mut self.conn)
+                .await?;
+        Ok(forgotten.unwrap_or(false))
+    }
+
     async fn journaled_tables(&mut self, run_id: &str) -> anyhow::Result<Vec<TableName>> {
         if !super::exists(&mut self.conn, "ferry.undo_tables").await? {
             return Ok(Vec::new());
+        }
+        if self.undo_forgotten(run_id).await? {
+            return Err(Error::contract(format!(
+                "the undo journal of run {run_id} was forgotten (`ferry rollback {run_id} --forget`): it can no \
+                 longer be rolled back"
+            )));
         }
         let rows: Vec<(String, Option<String>)> = sqlx::query_as(
             "SELECT target_table, rolled_back_at::text FROM ferry.undo_tables WHERE run_id = $1 ORDER BY target_table",

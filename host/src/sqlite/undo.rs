@@ -83,6 +83,15 @@ fn key_label(def: &TableDef, alias: &str) -> String {
 
 #[async_trait]
 impl UndoJournal for SqliteTables {
+    async fn forget_undo(&mut self, run_id: &str) -> anyhow::Result<u64> {
+        Err(Error::contract(format!(
+            "a SQLite target keeps run {run_id}'s undo journal as copies of the database ({} and {}), which the \
+             stream does not grow: delete them once the run is accepted",
+            self.backup(run_id, "before")?,
+            self.backup(run_id, "after")?
+        )))
+    }
+
     async fn begin_undo(&mut self, run_id: &str, table: &TableDef) -> anyhow::Result<Option<UndoMode>> {
         let what = |e: sqlx::Error| Error::driver(format!("starting the undo journal of {}", table.name), &e);
         sqlx::query(DDL).execute(&mut self.conn).await.map_err(what)?;

@@ -437,6 +437,8 @@ struct TablesApplier<'a> {
     owner_read: Option<std::time::Instant>,
     /// The run whose undo journal the writes go into.
     undo_run: Option<String>,
+    /// When the stream last looked whether its run's journal was forgotten.
+    undo_read: Option<std::time::Instant>,
     /// Each planned table's columns as the changes now arriving have
     /// them (`None`: their catalog numbers are unknown — `ferry apply`).
     versions: Vec<Option<TableVersion>>,
@@ -540,6 +542,7 @@ impl<'a> TablesApplier<'a> {
             watch: None,
             stored_seen: None,
             undo_run: None,
+            undo_read: None,
             parallel: None,
             owner_read: None,
         }
@@ -606,9 +609,13 @@ impl<'a> TablesApplier<'a> {
     /// pipeline turned the journal off), under the run [`crate::undo::stream_run`] picks.
     async fn start_journal(&mut self) -> anyhow::Result<()> {
         if self.settings.undo_journal {
-            let run = crate::undo::stream_run(self.settings, self.target.as_mut(), &self.targets).await?;
-            tracing::info!(run = %run, "journaling the stream's writes for rollback");
-            self.undo_run = Some(run);
+            match crate::undo::stream_run(self.settings, self.target.as_mut(), &self.targets).await? {
+                Some(run) => {
+                    tracing::info!(run = %run, "journaling the stream's writes for rollback");
+                    self.undo_run = Some(run);
+                }
+                None => tracing::info!("the stream's run was accepted (its undo journal forgotten): no journal"),
+            }
         } else {
             tracing::warn!(
                 "the undo journal is off for pipeline {} ([target] undo_journal = false): this stream's writes \
@@ -676,6 +683,17 @@ impl<'a> TablesApplier<'a> {
     /// checked off the hot path, then switched to here.
     async fn between(&mut self) -> anyhow::Result<()> {
         self.poll_owner(false, None).await?;
+        if let Some(run) = self.undo_run.clone()
+            && self.undo_read.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            self.undo_read = Some(std::time::Instant::now());
+            if self.target.undo_forgotten(&run).await? {
+                // What it journaled since the forget goes too.
+                self.target.forget_undo(&run).await?;
+                self.undo_run = None;
+                tracing::info!(run = %run, "the run was accepted (its undo journal forgotten): journaling stops");
+            }
+        }
         if let (Some(publication), false) = (&self.publication, self.unpublish.is_empty()) {
             let mut replication = engines::open_replication_source(&self.settings.source.url).await?;
             for table in std::mem::take(&mut self.unpublish) {
