@@ -424,7 +424,7 @@ fn stream_summary(command: &str, r: &crate::cdc::apply::ApplyReport) -> String {
 fn stream_exit(r: &crate::cdc::apply::ApplyReport, signalled: bool) -> i32 {
     if r.fatal.is_some() {
         exit::FATAL
-    } else if r.paused.is_some() {
+    } else if r.paused.is_some() || !r.held.is_empty() {
         exit::PAUSED
     } else if signalled {
         // SIGTERM/SIGINT: the current transaction was committed and

@@ -433,6 +433,16 @@ pub struct Resync {
     pub until: Option<String>,
 }
 
+/// A resync as the stream tables hold it: (table, truncated, last key,
+/// rows, done, held reason, held until).
+pub type ResyncRow = (String, bool, Option<String>, i64, bool, Option<String>, Option<String>);
+
+impl Resync {
+    pub fn of_row((table, truncated, last_key, rows, done, held, until): ResyncRow) -> Resync {
+        Resync { table, truncated, last_key, rows: rows as u64, done, held, until }
+    }
+}
+
 /// The run id `ferry dlq list` gives a change stream's dead letters.
 pub const STREAM_RUN: &str = "stream";
 

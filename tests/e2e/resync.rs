@@ -33,11 +33,7 @@ async fn text(url: &str, sql: &str) -> String {
 }
 
 fn daemon(p: &Pipeline) -> std::process::Child {
-    p.command(&["sync"])
-        .env("FERRY_LOG", std::env::var("TEST_FERRY_LOG").unwrap_or("ferry=warn".into()))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+    p.daemon()
 }
 
 /// The application: documents revised, removed and added, each with an

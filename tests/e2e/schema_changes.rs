@@ -110,15 +110,8 @@ async fn until(url: &str, what: &str, sql: &str) {
     .await;
 }
 
-/// `ferry sync` running until killed; what it logs goes to the test's
-/// output (seen with --nocapture), where no pipe can fill up. Warnings
-/// only, unless `TEST_FERRY_LOG` says otherwise.
 fn daemon(p: &Pipeline) -> std::process::Child {
-    p.command(&["sync"])
-        .env("FERRY_LOG", std::env::var("TEST_FERRY_LOG").unwrap_or("ferry=warn".into()))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+    p.daemon()
 }
 
 fn has_column(table: &str, column: &str, sql_type: &str) -> String {

@@ -372,6 +372,17 @@ impl Pipeline {
         ferry(&full)
     }
 
+    /// `ferry sync` running until killed; what it logs goes to the test's
+    /// output (seen with --nocapture), where no pipe can fill up. Warnings
+    /// only, unless `TEST_FERRY_LOG` says otherwise.
+    pub fn daemon(&self) -> std::process::Child {
+        self.command(&["sync"])
+            .env("FERRY_LOG", std::env::var("TEST_FERRY_LOG").unwrap_or("ferry=warn".into()))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// Starts `ferry` on this pipeline with its output captured.
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         self.command(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()

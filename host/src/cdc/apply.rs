@@ -46,6 +46,10 @@ pub struct ApplyReport {
     /// cannot apply as it is: why, and how to resolve it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
+    /// Tables held when the stream stopped (the others went on), each with
+    /// why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<String>,
     /// Plugin versions (SHA-256) this run switched to, in order
     /// (`ferry plugin deploy`).
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -641,25 +641,14 @@ impl RowChangeSink for PgTables {
         if !super::exists(&mut self.conn, "ferry.stream_resyncs").await? {
             return Ok(Vec::new());
         }
-        let rows: Vec<(String, bool, Option<String>, i64, bool, Option<String>, Option<String>)> = sqlx::query_as(
+        let rows: Vec<crate::sink::ResyncRow> = sqlx::query_as(
             "SELECT source_table, truncated, last_key, rows, done_at IS NOT NULL, held_reason, held_until FROM ferry.stream_resyncs \
              WHERE pipeline = $1 ORDER BY requested_at",
         )
         .bind(pipeline)
         .fetch_all(&mut self.conn)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(table, truncated, last_key, rows, done, held, until)| crate::sink::Resync {
-                table,
-                truncated,
-                last_key,
-                rows: rows as u64,
-                done,
-                held,
-                until,
-            })
-            .collect())
+        Ok(rows.into_iter().map(crate::sink::Resync::of_row).collect())
     }
 
     async fn resync_progress(&mut self, pipeline: &str, resync: &crate::sink::Resync) -> anyhow::Result<()> {

@@ -63,6 +63,22 @@ pub(crate) struct Step {
     pub(super) resync: bool,
 }
 
+impl Step {
+    /// The table is gone from the stream here (dropped, renamed out, or
+    /// the old name of a rename): its version becomes the empty one.
+    fn gone(from: TableVersion) -> Step {
+        Step {
+            version: TableVersion::gone(from.relation),
+            from,
+            provisional: false,
+            edits: Vec::new(),
+            before: None,
+            transformer: None,
+            resync: false,
+        }
+    }
+}
+
 /// Where the stream stops until `until` holds.
 pub(crate) struct Pause {
     pub(super) reason: String,
@@ -329,15 +345,7 @@ impl TablesApplier<'_> {
             self.unpublish.push(to);
             self.versions[t] = Some(TableVersion::gone(version.relation));
             self.mapped.retain(|_, m| m.table != Some(t));
-            let step = Step {
-                from: version.clone(),
-                version: TableVersion::gone(version.relation),
-                provisional: false,
-                edits: Vec::new(),
-                before: None,
-                transformer: None,
-                resync: false,
-            };
+            let step = Step::gone(version);
             out.push(Change::at(position, Some(t), from.to_string(), "schema change", Op::Schema(Box::new(step))));
             return Ok(());
         }
@@ -345,15 +353,7 @@ impl TablesApplier<'_> {
         let engine = self.settings.target.url.engine();
         let target_name = crate::tables::target_name_of(&to, engine);
         // The old name is gone from the stream; the new one goes on.
-        let forget = Step {
-            from: version.clone(),
-            version: TableVersion::gone(version.relation),
-            provisional: false,
-            edits: Vec::new(),
-            before: None,
-            transformer: None,
-            resync: false,
-        };
+        let forget = Step::gone(version.clone());
         out.push(Change::at(position, Some(t), from.to_string(), "schema change", Op::Schema(Box::new(forget))));
         let step = Step {
             from: version.clone(),
@@ -500,13 +500,9 @@ impl TablesApplier<'_> {
         self.versions[t] = Some(TableVersion::gone(from.relation));
         self.mapped.retain(|_, m| m.table != Some(t));
         let step = Step {
-            version: TableVersion::gone(from.relation),
-            from,
-            provisional: false,
             edits: if copy { vec![TableEdit::DropTable] } else { Vec::new() },
             before: copy.then(|| self.outputs[t][0]),
-            transformer: None,
-            resync: false,
+            ..Step::gone(from)
         };
         out.push(Change::at(position, Some(t), label, "schema change", Op::Schema(Box::new(step))));
     }
@@ -959,6 +955,7 @@ impl TablesApplier<'_> {
         let label = self.plan.tables[t].source.name.to_string();
         tracing::error!(table = %label, "a table is held, the other tables go on: {}", pause.reason);
         self.holds.insert(t, pause.until.clone());
+        self.report.stream.held.push(format!("{label}: {}", pause.reason));
         metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set(self.holds.len() as f64);
         let pipeline = self.settings.pipeline.clone();
         let details = serde_json::json!({ "pipeline": pipeline, "held": label, "reason": pause.reason });
@@ -969,11 +966,12 @@ impl TablesApplier<'_> {
     /// The holds the target records (a stream that starts again keeps them).
     pub(super) async fn load_holds(&mut self) -> anyhow::Result<()> {
         for resync in self.target.resyncs(&self.settings.pipeline).await? {
-            let (Some(_), Some(until)) = (&resync.held, resync.until.as_deref().and_then(Until::from_json)) else {
+            let (Some(reason), Some(until)) = (&resync.held, resync.until.as_deref().and_then(Until::from_json)) else {
                 continue;
             };
             if let Some(t) = TableName::parse(&resync.table).ok().and_then(|n| self.live_table(&n)) {
                 self.holds.insert(t, until);
+                self.report.stream.held.push(format!("{}: {reason}", resync.table));
             }
         }
         self.blocked.extend(self.holds.keys().copied());
@@ -1007,6 +1005,8 @@ impl TablesApplier<'_> {
             self.mapped.retain(|_, m| m.table != Some(t));
             self.holds.remove(&t);
             self.blocked.remove(&t);
+            let held = format!("{name}: ");
+            self.report.stream.held.retain(|h| !h.starts_with(&held));
             metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set(self.holds.len() as f64);
             let step = Step {
                 from: TableVersion::default(),
