@@ -35,6 +35,7 @@ pub const PLUGIN: i32 = 9;
 /// batch was written.
 pub const CONFLICT: i32 = 10;
 /// A change stream stopped while paused on a schema change it cannot
-/// apply as it is (`ferry status` says why and how to resolve it); the
-/// checkpoint is intact, just before the change.
+/// apply as it is, or with a table held alone for one (`ferry status` says
+/// why and how to resolve it); the checkpoint is intact, just before the
+/// change.
 pub const PAUSED: i32 = 11;
