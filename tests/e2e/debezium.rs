@@ -884,9 +884,15 @@ async fn apply_holds_on_a_new_shape_until_the_target_has_it_then_follows_it() {
     // The application's migration, then rows of the new shape.
     source.exec("ALTER TABLE items ADD COLUMN note text; ALTER TABLE items DROP COLUMN legacy;").await;
     let new = |id: i64, qty: i64, note: &str| json!({"id": id, "qty": qty, "note": note});
+    // With the connector's schema block (its field order names the shape).
+    let fields = Some(json!([
+        {"field": "id", "type": "int64"},
+        {"field": "qty", "type": "int32"},
+        {"field": "note", "type": "string", "optional": true}
+    ]));
     send(&[
-        table_event("items", "c", Value::Null, new(3, 3, "first note"), None, 11, 200),
-        table_event("items", "u", Value::Null, new(1, 5, "noted"), None, 12, 300),
+        table_event("items", "c", Value::Null, new(3, 3, "first note"), fields.clone(), 11, 200),
+        table_event("items", "u", Value::Null, new(1, 5, "noted"), fields, 12, 300),
         table_event("items", "d", json!({"id": 2}), Value::Null, None, 13, 400),
     ]);
     let paused = || async {
