@@ -64,18 +64,17 @@ pub(crate) struct Step {
 }
 
 impl Step {
+    /// From `from` to `version`, with nothing to do yet (the caller adds
+    /// edits, a plugin instance or a resync).
+    fn new(from: TableVersion, version: TableVersion) -> Step {
+        Step { from, version, provisional: false, edits: Vec::new(), before: None, transformer: None, resync: false }
+    }
+
     /// The table is gone from the stream here (dropped, renamed out, or
     /// the old name of a rename): its version becomes the empty one.
     fn gone(from: TableVersion) -> Step {
-        Step {
-            version: TableVersion::gone(from.relation),
-            from,
-            provisional: false,
-            edits: Vec::new(),
-            before: None,
-            transformer: None,
-            resync: false,
-        }
+        let version = TableVersion::gone(from.relation);
+        Step::new(from, version)
     }
 }
 
@@ -159,13 +158,13 @@ pub(super) async fn known_versions(
     let mut out = Vec::with_capacity(plan.tables.len());
     for table in &plan.tables {
         let name = table.source.name.to_string();
-        // Versions stored by an older ferry lack the relation's OID.
-        let oid = replication.relation_oid(&table.source.name).await?.unwrap_or(0);
         match stored.iter().find(|(t, _)| *t == name) {
-            Some((_, version)) => {
-                let relation = if version.relation == 0 { oid } else { version.relation };
+            // Versions stored by an older ferry lack the relation's OID.
+            Some((_, version)) if version.relation == 0 => {
+                let relation = replication.relation_oid(&table.source.name).await?.unwrap_or(0);
                 out.push(Some(TableVersion { relation, ..version.clone() }));
             }
+            Some((_, version)) => out.push(Some(version.clone())),
             None => out.push(catalog_version(replication, &table.source).await?),
         }
     }
@@ -356,13 +355,9 @@ impl TablesApplier<'_> {
         let forget = Step::gone(version.clone());
         out.push(Change::at(position, Some(t), from.to_string(), "schema change", Op::Schema(Box::new(forget))));
         let step = Step {
-            from: version.clone(),
-            version: version.clone(),
-            provisional: false,
             edits: vec![TableEdit::RenameTable { schema: target_name.schema.clone(), name: target_name.name.clone() }],
             before: Some(self.outputs[t][0]),
-            transformer: None,
-            resync: false,
+            ..Step::new(version.clone(), version.clone())
         };
         for def in [&mut self.plan.tables[t].source, &mut self.base[t]] {
             def.name = to.clone();
@@ -473,16 +468,13 @@ impl TablesApplier<'_> {
         let bare = TableVersion { indexes: Some(Vec::new()), constraints: Some(Vec::new()), ..Default::default() };
         let made = bare.index_edits(&version);
         let step = Step {
-            from: TableVersion::default(),
-            version,
-            provisional: false,
             edits: std::iter::once(TableEdit::Create { partition_of }).chain(made).collect(),
             before: Some(o),
-            transformer: None,
             // Followed from a later statement (a key added to a table
             // `CREATE TABLE AS` filled): its rows before it are not in
             // the stream.
             resync: !matches!(tag, "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO"),
+            ..Step::new(TableVersion::default(), version)
         };
         out.push(Change::at(position, Some(t), name.to_string(), "schema change", Op::Schema(Box::new(step))));
     }
@@ -613,15 +605,7 @@ impl TablesApplier<'_> {
             );
             return self.pause_here(t, position, reason, self.until_plugin_or_target(t, &version), out);
         };
-        let mut step = Step {
-            from: old.clone(),
-            version: version.clone(),
-            provisional: what == PROVISIONAL,
-            edits: Vec::new(),
-            before: None,
-            transformer: None,
-            resync: false,
-        };
+        let mut step = Step { provisional: what == PROVISIONAL, ..Step::new(old.clone(), version.clone()) };
         match self.plan.tables[t].plugin.clone() {
             None => {
                 if let Some(reason) = edits.iter().find_map(|e| e.unsafe_reason(rewritten)) {
@@ -697,11 +681,8 @@ impl TablesApplier<'_> {
                 continue;
             }
             if now.is_none() {
-                if self.reread.is_none() {
-                    self.reread = Some(crate::engines::open_row_source(&self.settings.source.url, "source").await?);
-                }
-                let source = self.reread.as_mut().expect("connected above");
-                let def = source.describe(&self.plan.tables[t].source.name).await?;
+                let name = self.plan.tables[t].source.name.clone();
+                let def = self.reread().await?.describe(&name).await?;
                 let mut replication = crate::engines::open_replication_source(&self.settings.source.url).await?;
                 now = Some((def, replication.column_numbers(&self.plan.tables[t].source.name).await?));
             }
@@ -990,10 +971,7 @@ impl TablesApplier<'_> {
                 continue;
             }
             let name = self.plan.tables[t].source.name.clone();
-            if self.reread.is_none() {
-                self.reread = Some(crate::engines::open_row_source(&self.settings.source.url, "source").await?);
-            }
-            let Some(def) = self.reread.as_mut().expect("connected above").describe(&name).await? else {
+            let Some(def) = self.reread().await?.describe(&name).await? else {
                 continue;
             };
             let mut replication = crate::engines::open_replication_source(&self.settings.source.url).await?;
@@ -1008,15 +986,7 @@ impl TablesApplier<'_> {
             let held = format!("{name}: ");
             self.report.stream.held.retain(|h| !h.starts_with(&held));
             metrics::gauge!(crate::daemon::names::PAUSED_TABLES).set(self.holds.len() as f64);
-            let step = Step {
-                from: TableVersion::default(),
-                version: version.unwrap_or_default(),
-                provisional: false,
-                edits: Vec::new(),
-                before: None,
-                transformer: None,
-                resync: true,
-            };
+            let step = Step { resync: true, ..Step::new(TableVersion::default(), version.unwrap_or_default()) };
             let at = self.position.unwrap_or(Position { commit: 0, lsn: 0, seq: 0 });
             let change = Change::at(at, Some(t), name.to_string(), "schema change", Op::Schema(Box::new(step)));
             match self.apply_segment(vec![change], None).await? {
@@ -1104,10 +1074,7 @@ impl TablesApplier<'_> {
     /// outcomes are stored as the shadow's report, each row counted as
     /// differing from the live version's refusal, with examples.
     async fn try_shadow(&mut self, t: usize, shape: &TableDef) -> anyhow::Result<()> {
-        if self.reread.is_none() {
-            self.reread = Some(crate::engines::open_row_source(&self.settings.source.url, "source").await?);
-        }
-        let source = self.reread.as_mut().expect("connected above");
+        let source = self.reread().await?;
         let page = source.read_page(shape, None, SHADOW_SAMPLE).await?;
         let live: Vec<crate::plugin::RowOutcome> = page
             .rows
@@ -1145,10 +1112,7 @@ impl TablesApplier<'_> {
     ) -> anyhow::Result<Result<Change, Pause>> {
         let old = self.plan.tables[t].source.clone();
         let label = old.name.to_string();
-        if self.reread.is_none() {
-            self.reread = Some(crate::engines::open_row_source(&self.settings.source.url, "source").await?);
-        }
-        let now = self.reread.as_mut().expect("connected above").describe(&old.name).await?;
+        let now = self.reread().await?.describe(&old.name).await?;
         let copy = self.plan.tables[t].plugin.is_none();
         let target_name = self.targets[self.outputs[t][0]].name.clone();
         let there = if copy { self.target.describe(&target_name).await? } else { None };
@@ -1200,15 +1164,7 @@ impl TablesApplier<'_> {
             if dropped.is_empty() { String::new() } else { format!("columns gone: {}", dropped.join(", ")) }
         );
         tracing::info!(table = %label, change = %said, "the events carry a table's new shape");
-        let mut step = Step {
-            from: TableVersion::default(),
-            version: TableVersion::default(),
-            provisional: false,
-            edits: Vec::new(),
-            before: None,
-            transformer: None,
-            resync: false,
-        };
+        let mut step = Step::new(TableVersion::default(), TableVersion::default());
         match self.plan.tables[t].plugin.clone() {
             None => {
                 let lacking: Vec<&String> = added.iter().filter(|a| column(&there, a).is_none()).collect();

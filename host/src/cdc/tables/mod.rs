@@ -831,13 +831,10 @@ impl<'a> TablesApplier<'a> {
             resync.truncated = true;
             vec![change(None, Op::Truncate)]
         } else {
-            if self.reread.is_none() {
-                self.reread = Some(engines::open_row_source(&self.settings.source.url, "source").await?);
-            }
             let def = self.plan.tables[t].source.clone();
             let after = resync.last_key.as_deref().map(|k| Key::from_label(k, def.primary_key.len())).transpose()?;
-            let source = self.reread.as_mut().expect("connected above");
-            let page = source.read_page(&def, after.as_ref(), self.settings.batch_size.max(1)).await?;
+            let limit = self.settings.batch_size.max(1);
+            let page = self.reread().await?.read_page(&def, after.as_ref(), limit).await?;
             if page.rows.is_empty() && page.unreadable.is_empty() {
                 resync.done = true;
                 tracing::info!(table = %label, rows = resync.rows, "resync done");
@@ -936,10 +933,7 @@ impl<'a> TablesApplier<'a> {
     /// The row of planned table `t` with `key` as the source holds it now.
     /// (Once its transaction `xid` is visible.)
     async fn read_back(&mut self, t: usize, key: &Row, xid: u32) -> anyhow::Result<Op> {
-        if self.reread.is_none() {
-            self.reread = Some(engines::open_row_source(&self.settings.source.url, "source").await?);
-        }
-        self.reread.as_mut().expect("connected above").wait_visible(xid).await?;
+        self.reread().await?.wait_visible(xid).await?;
         let op = self.read_now(t, key).await?;
         if matches!(op, Op::Upsert { .. }) {
             // Counted when the read completed the change.
@@ -949,14 +943,20 @@ impl<'a> TablesApplier<'a> {
         Ok(op)
     }
 
-    /// The row of planned table `t` with `key` as the source holds it now:
-    /// an upsert, or a delete if it is gone.
-    async fn read_now(&mut self, t: usize, key: &Row) -> anyhow::Result<Op> {
+    /// The source connection that reads rows and definitions again (opened
+    /// on first use, and again after a reconnect).
+    async fn reread(&mut self) -> anyhow::Result<&mut dyn RowSource> {
         if self.reread.is_none() {
             self.reread = Some(engines::open_row_source(&self.settings.source.url, "source").await?);
         }
-        let source = self.reread.as_mut().expect("connected above");
-        let page = source.read_keys(&self.plan.tables[t].source, std::slice::from_ref(key)).await?;
+        Ok(self.reread.as_mut().expect("connected above").as_mut())
+    }
+
+    /// The row of planned table `t` with `key` as the source holds it now:
+    /// an upsert, or a delete if it is gone.
+    async fn read_now(&mut self, t: usize, key: &Row) -> anyhow::Result<Op> {
+        let def = self.plan.tables[t].source.clone();
+        let page = self.reread().await?.read_keys(&def, std::slice::from_ref(key)).await?;
         let (row, unreadable) = (page.rows.into_iter().next(), page.unreadable.into_iter().next());
         Ok(match (row, unreadable) {
             (Some(row), _) => Op::Upsert { row, update: true },
